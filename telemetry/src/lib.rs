@@ -1,0 +1,31 @@
+//! The data contract of iot-pipeline, shared by every crate.
+//!
+//! # Layout
+//! - [`message`]: what a device publishes ([`Telemetry`]), the stream record
+//!   ([`StreamRecord`]) and the long-layout row ([`Reading`]).
+//! - [`topic`]: the MQTT topic convention `dt/{fleet}/{device_id}/telemetry`.
+//! - [`validate`]: validation against the contract, one typed [`Rejection`] per class.
+//! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.
+//! - [`schema`]: the Arrow schema of the Parquet files (the source of the Glue table).
+//! - [`partition`]: Hive partitions by event time (`dt=YYYY-MM-DD/hour=HH`).
+//! - [`parquet_writer`]: a rolling, partitioned Parquet writer over `object_store`.
+//!
+//! This crate does no network I/O of its own; it writes to whatever
+//! [`object_store::ObjectStore`] it is handed.
+
+pub mod message;
+pub mod parquet_writer;
+pub mod partition;
+pub mod quarantine;
+pub mod schema;
+pub mod topic;
+pub mod validate;
+
+pub use message::{Reading, StreamRecord, Telemetry};
+pub use partition::Partition;
+pub use validate::{Rejected, Rejection, Validated, ValidationConfig, validate_payload};
+
+/// Re-exported so that every crate uses the same `object_store` version.
+pub use object_store;
+/// Re-exported so that every crate uses the same `parquet` version.
+pub use parquet;

@@ -1,0 +1,614 @@
+//! Validation of raw payloads against the data contract, with one typed reason per
+//! rejection class.
+//!
+//! Validation never fails as a whole: every message of a payload ends up either accepted
+//! or rejected with a [`Rejection`], so that `input = accepted + rejected` holds at every
+//! stage. A payload that cannot be split into messages (bad UTF-8, bad JSON, not an object
+//! or array, oversize, bad topic) counts as one rejected message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::message::Telemetry;
+use crate::topic::parse_topic;
+
+/// AWS IoT Core's maximum MQTT message size (128 KiB).
+pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+/// Maximum number of metrics in one message.
+pub const MAX_METRICS: usize = 64;
+/// Maximum length of a device id (an AWS IoT thing name).
+pub const MAX_DEVICE_ID_LEN: usize = 128;
+/// Maximum length of a metric name.
+pub const MAX_METRIC_NAME_LEN: usize = 64;
+/// Default accepted event-time lag behind the receive time: 7 days.
+pub const DEFAULT_MAX_PAST_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Default accepted event-time lead over the receive time (clock skew): 5 minutes.
+pub const DEFAULT_MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
+
+/// Tunables of validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationConfig {
+    /// How far an event time may lie before the receive time, in milliseconds.
+    /// Default 7 days.
+    pub max_past_ms: i64,
+    /// How far an event time may lie after the receive time (device clock skew), in
+    /// milliseconds. Default 5 minutes.
+    pub max_future_ms: i64,
+    /// Largest accepted payload in bytes. Default 128 KiB, the AWS IoT Core message limit.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for ValidationConfig {
+    fn default() -> Self {
+        Self {
+            max_past_ms: DEFAULT_MAX_PAST_MS,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
+            max_payload_bytes: MAX_PAYLOAD_BYTES,
+        }
+    }
+}
+
+/// Why a payload or one message of it was rejected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    /// Larger than the IoT Core message limit.
+    #[error("payload is {len} bytes, over the {max}-byte limit (AWS IoT Core's message size)")]
+    Oversize {
+        /// Payload length in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// Not UTF-8.
+    #[error("payload is not valid UTF-8 (first invalid byte at offset {offset})")]
+    InvalidUtf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// Not parseable as JSON.
+    #[error("payload is not valid JSON: {detail}")]
+    MalformedJson {
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// A field (or the payload itself) has the wrong JSON type.
+    #[error("`{field}` must be {expected}, found {found}")]
+    WrongType {
+        /// Dotted path of the field (`payload` for the top level).
+        field: String,
+        /// What the contract expects.
+        expected: &'static str,
+        /// What was found.
+        found: String,
+    },
+    /// A required field is absent.
+    #[error("required field `{field}` is missing")]
+    MissingField {
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The event time is outside the accepted window around the receive time.
+    #[error(
+        "ts {ts} is outside the accepted window [{earliest}, {latest}] around receive time {received_at} (epoch ms)"
+    )]
+    TsOutOfRange {
+        /// The event time given.
+        ts: i64,
+        /// The receive time.
+        received_at: i64,
+        /// Earliest accepted event time.
+        earliest: i64,
+        /// Latest accepted event time.
+        latest: i64,
+    },
+    /// The device id is not a valid AWS IoT thing name.
+    #[error("device_id {device_id:?} is not 1-128 characters of [A-Za-z0-9_:-]")]
+    BadDeviceId {
+        /// The offending id (truncated to 200 chars).
+        device_id: String,
+    },
+    /// The topic is not `dt/{fleet}/{device_id}/telemetry`.
+    #[error("topic {topic:?} is not of the form dt/{{fleet}}/{{device_id}}/telemetry")]
+    BadTopic {
+        /// The topic the message arrived on.
+        topic: String,
+    },
+    /// The payload's device id differs from the topic's device segment.
+    #[error("device_id {device_id:?} does not match the topic's device {topic_device:?}")]
+    TopicMismatch {
+        /// The device segment of the topic.
+        topic_device: String,
+        /// The payload's device id.
+        device_id: String,
+    },
+    /// More metrics than allowed.
+    #[error("{count} metrics, over the limit of {max}")]
+    TooManyMetrics {
+        /// How many were sent.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// No metric at all.
+    #[error("`metrics` is empty: a message carries 1 to 64 readings")]
+    NoMetrics,
+    /// A metric name that does not match `[a-z][a-z0-9_]{0,63}`.
+    #[error("metric name {name:?} does not match [a-z][a-z0-9_]{{0,63}}")]
+    BadMetricName {
+        /// The offending name (truncated to 200 chars).
+        name: String,
+    },
+    /// A metric value that is not a finite number (JSON has no NaN; this is an overflow
+    /// such as `1e999`).
+    #[error("a metric value is not a finite number: {detail}")]
+    NonFiniteValue {
+        /// What was found.
+        detail: String,
+    },
+    /// `seq` does not fit Parquet's int64.
+    #[error("seq {seq} is larger than 2^63-1")]
+    SeqOutOfRange {
+        /// The value given.
+        seq: u64,
+    },
+    /// A device-side batch with no message in it.
+    #[error("payload is an empty JSON array")]
+    EmptyBatch,
+}
+
+impl Rejection {
+    /// A stable machine-readable code for the class (used in quarantine records and
+    /// counters).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Oversize { .. } => "oversize_payload",
+            Rejection::InvalidUtf8 { .. } => "invalid_utf8",
+            Rejection::MalformedJson { .. } => "malformed_json",
+            Rejection::WrongType { .. } => "wrong_type",
+            Rejection::MissingField { .. } => "missing_field",
+            Rejection::TsOutOfRange { .. } => "ts_out_of_range",
+            Rejection::BadDeviceId { .. } => "bad_device_id",
+            Rejection::BadTopic { .. } => "bad_topic",
+            Rejection::TopicMismatch { .. } => "topic_device_mismatch",
+            Rejection::TooManyMetrics { .. } => "too_many_metrics",
+            Rejection::NoMetrics => "no_metrics",
+            Rejection::BadMetricName { .. } => "bad_metric_name",
+            Rejection::NonFiniteValue { .. } => "non_finite_value",
+            Rejection::SeqOutOfRange { .. } => "seq_out_of_range",
+            Rejection::EmptyBatch => "empty_batch",
+        }
+    }
+}
+
+/// A message (or an unsplittable payload) that failed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The raw bytes: the whole payload, or the JSON of the one array element that failed.
+    pub raw: Vec<u8>,
+    /// Position in a device-side batch (JSON array), if the payload was one.
+    pub index: Option<usize>,
+    /// Why.
+    pub reason: Rejection,
+}
+
+/// The outcome of validating one payload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validated {
+    /// Messages that satisfy the contract, in payload order.
+    pub accepted: Vec<Telemetry>,
+    /// Messages that do not, each with its reason.
+    pub rejected: Vec<Rejected>,
+}
+
+impl Validated {
+    /// Number of messages the payload counted as (accepted + rejected).
+    pub fn messages(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    fn reject_whole(raw: &[u8], reason: Rejection) -> Self {
+        Self {
+            accepted: Vec::new(),
+            rejected: vec![Rejected {
+                raw: raw.to_vec(),
+                index: None,
+                reason,
+            }],
+        }
+    }
+}
+
+/// Validates one raw MQTT payload received on `topic` at `received_at` (epoch ms).
+///
+/// The payload is one message object or a JSON array of them (a device-side batch); each
+/// array element is judged on its own.
+pub fn validate_payload(
+    raw: &[u8],
+    topic: &str,
+    received_at: i64,
+    cfg: &ValidationConfig,
+) -> Validated {
+    if raw.len() > cfg.max_payload_bytes {
+        return Validated::reject_whole(
+            raw,
+            Rejection::Oversize {
+                len: raw.len(),
+                max: cfg.max_payload_bytes,
+            },
+        );
+    }
+    if let Err(e) = std::str::from_utf8(raw) {
+        return Validated::reject_whole(
+            raw,
+            Rejection::InvalidUtf8 {
+                offset: e.valid_up_to(),
+            },
+        );
+    }
+    let Some(parts) = parse_topic(topic) else {
+        return Validated::reject_whole(
+            raw,
+            Rejection::BadTopic {
+                topic: truncate(topic),
+            },
+        );
+    };
+    let value: Value = match serde_json::from_slice(raw) {
+        Ok(v) => v,
+        Err(e) => {
+            let detail = e.to_string();
+            let reason = if detail.starts_with("number out of range") {
+                Rejection::NonFiniteValue { detail }
+            } else {
+                Rejection::MalformedJson { detail }
+            };
+            return Validated::reject_whole(raw, reason);
+        }
+    };
+    let check = |obj: &Value| check_message(obj, parts.device_id, received_at, cfg);
+    match value {
+        Value::Array(items) => {
+            if items.is_empty() {
+                return Validated::reject_whole(raw, Rejection::EmptyBatch);
+            }
+            let mut out = Validated::default();
+            for (i, item) in items.iter().enumerate() {
+                match check(item) {
+                    Ok(msg) => out.accepted.push(msg),
+                    Err(reason) => out.rejected.push(Rejected {
+                        raw: serde_json::to_vec(item).unwrap_or_default(),
+                        index: Some(i),
+                        reason,
+                    }),
+                }
+            }
+            out
+        }
+        other => match check(&other) {
+            Ok(msg) => Validated {
+                accepted: vec![msg],
+                rejected: Vec::new(),
+            },
+            Err(reason) => Validated::reject_whole(raw, reason),
+        },
+    }
+}
+
+fn check_message(
+    value: &Value,
+    topic_device: &str,
+    received_at: i64,
+    cfg: &ValidationConfig,
+) -> Result<Telemetry, Rejection> {
+    let obj = value.as_object().ok_or_else(|| Rejection::WrongType {
+        field: "payload".into(),
+        expected: "a JSON object or an array of objects",
+        found: type_name(value).into(),
+    })?;
+
+    let device_id = match required(obj, "device_id")? {
+        Value::String(s) => s,
+        v => return Err(wrong("device_id", "a string", v)),
+    };
+    if !valid_device_id(device_id) {
+        return Err(Rejection::BadDeviceId {
+            device_id: truncate(device_id),
+        });
+    }
+    if device_id != topic_device {
+        return Err(Rejection::TopicMismatch {
+            topic_device: truncate(topic_device),
+            device_id: device_id.clone(),
+        });
+    }
+
+    let seq_v = required(obj, "seq")?;
+    let seq = seq_v
+        .as_u64()
+        .ok_or_else(|| wrong("seq", "a non-negative integer", seq_v))?;
+    if i64::try_from(seq).is_err() {
+        return Err(Rejection::SeqOutOfRange { seq });
+    }
+
+    let ts_v = required(obj, "ts")?;
+    let ts = ts_v
+        .as_i64()
+        .ok_or_else(|| wrong("ts", "an integer (epoch milliseconds)", ts_v))?;
+    let earliest = received_at.saturating_sub(cfg.max_past_ms);
+    let latest = received_at.saturating_add(cfg.max_future_ms);
+    if ts < earliest || ts > latest {
+        return Err(Rejection::TsOutOfRange {
+            ts,
+            received_at,
+            earliest,
+            latest,
+        });
+    }
+
+    let metrics_v = required(obj, "metrics")?;
+    let metrics_obj = metrics_v
+        .as_object()
+        .ok_or_else(|| wrong("metrics", "an object of name: number", metrics_v))?;
+    if metrics_obj.is_empty() {
+        return Err(Rejection::NoMetrics);
+    }
+    if metrics_obj.len() > MAX_METRICS {
+        return Err(Rejection::TooManyMetrics {
+            count: metrics_obj.len(),
+            max: MAX_METRICS,
+        });
+    }
+    let mut metrics = BTreeMap::new();
+    for (name, v) in metrics_obj {
+        if !valid_metric_name(name) {
+            return Err(Rejection::BadMetricName {
+                name: truncate(name),
+            });
+        }
+        let x = match v {
+            Value::Number(n) => n.as_f64(),
+            _ => None,
+        }
+        .ok_or_else(|| wrong_owned(format!("metrics.{name}"), "a number", v))?;
+        if !x.is_finite() {
+            return Err(Rejection::NonFiniteValue {
+                detail: format!("metrics.{name} = {x}"),
+            });
+        }
+        metrics.insert(name.clone(), x);
+    }
+
+    let fw = match obj.get("fw") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(v) => return Err(wrong("fw", "a string", v)),
+    };
+
+    Ok(Telemetry {
+        device_id: device_id.clone(),
+        seq,
+        ts,
+        metrics,
+        fw,
+    })
+}
+
+fn required<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<&'a Value, Rejection> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Err(Rejection::MissingField { field }),
+        Some(v) => Ok(v),
+    }
+}
+
+fn wrong(field: &str, expected: &'static str, found: &Value) -> Rejection {
+    wrong_owned(field.to_string(), expected, found)
+}
+
+fn wrong_owned(field: String, expected: &'static str, found: &Value) -> Rejection {
+    let found = match found {
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string {:?}", truncate(s)),
+        v => type_name(v).to_string(),
+    };
+    Rejection::WrongType {
+        field,
+        expected,
+        found,
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+/// True when `id` is a valid AWS IoT thing name: 1–128 chars of `[A-Za-z0-9_:-]`.
+pub fn valid_device_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_DEVICE_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
+/// True when `name` matches `[a-z][a-z0-9_]{0,63}`.
+pub fn valid_metric_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_METRIC_NAME_LEN
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_764_078_300_123;
+    const TOPIC: &str = "dt/fleet/sensor-000042/telemetry";
+
+    fn check(raw: &str) -> Validated {
+        validate_payload(raw.as_bytes(), TOPIC, NOW, &ValidationConfig::default())
+    }
+
+    fn reason(raw: &str) -> Rejection {
+        let v = check(raw);
+        assert!(v.accepted.is_empty(), "accepted {raw}");
+        assert_eq!(v.rejected.len(), 1);
+        v.rejected[0].reason.clone()
+    }
+
+    fn good() -> String {
+        format!(
+            r#"{{"device_id":"sensor-000042","seq":12345,"ts":{NOW},"metrics":{{"temperature":21.53,"humidity":40.1}},"fw":"1.4.2"}}"#
+        )
+    }
+
+    #[test]
+    fn the_canonical_payload_is_accepted_as_is() {
+        let v = check(&good());
+        assert!(v.rejected.is_empty());
+        let m = &v.accepted[0];
+        assert_eq!(m.device_id, "sensor-000042");
+        assert_eq!(m.seq, 12345);
+        assert_eq!(m.ts, NOW);
+        assert_eq!(m.metrics["temperature"], 21.53);
+        assert_eq!(m.fw.as_deref(), Some("1.4.2"));
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_fw_is_optional() {
+        let v = check(&format!(
+            r#"{{"device_id":"sensor-000042","seq":1,"ts":{NOW},"metrics":{{"t":1}},"extra":[1,2]}}"#
+        ));
+        assert_eq!(v.accepted.len(), 1);
+        assert_eq!(v.accepted[0].fw, None);
+    }
+
+    #[test]
+    fn every_rejection_class_has_its_own_code() {
+        let cases: Vec<(String, &str)> = vec![
+            ("{".into(), "malformed_json"),
+            ("42".into(), "wrong_type"),
+            (
+                good().replace("\"seq\":12345", "\"seq\":\"x\""),
+                "wrong_type",
+            ),
+            (good().replace("\"seq\":12345", "\"seq\":-1"), "wrong_type"),
+            (good().replace("\"seq\":12345,", ""), "missing_field"),
+            (good().replace(&NOW.to_string(), "1000"), "ts_out_of_range"),
+            (
+                good().replace(&NOW.to_string(), &(NOW + 3_600_000).to_string()),
+                "ts_out_of_range",
+            ),
+            (good().replace("21.53", "1e999"), "non_finite_value"),
+            (good().replace("21.53", "\"hot\""), "wrong_type"),
+            (
+                good().replace("temperature", "Temperature"),
+                "bad_metric_name",
+            ),
+            (
+                good().replace("{\"temperature\":21.53,\"humidity\":40.1}", "{}"),
+                "no_metrics",
+            ),
+            ("[]".into(), "empty_batch"),
+            (
+                good().replace("\"seq\":12345", "\"seq\":18446744073709551615"),
+                "seq_out_of_range",
+            ),
+        ];
+        for (raw, code) in cases {
+            assert_eq!(reason(&raw).code(), code, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_device_id_that_is_not_a_thing_name_is_rejected() {
+        let r = validate_payload(
+            good().replace("sensor-000042", "bad id!").as_bytes(),
+            "dt/fleet/bad id!/telemetry",
+            NOW,
+            &ValidationConfig::default(),
+        );
+        assert_eq!(r.rejected[0].reason.code(), "bad_device_id");
+    }
+
+    #[test]
+    fn a_payload_from_another_devices_topic_is_rejected() {
+        let r = validate_payload(
+            good().as_bytes(),
+            "dt/fleet/other/telemetry",
+            NOW,
+            &Default::default(),
+        );
+        assert_eq!(r.rejected[0].reason.code(), "topic_device_mismatch");
+        let r = validate_payload(
+            good().as_bytes(),
+            "dt/fleet/other/status",
+            NOW,
+            &Default::default(),
+        );
+        assert_eq!(r.rejected[0].reason.code(), "bad_topic");
+    }
+
+    #[test]
+    fn too_many_metrics_are_rejected() {
+        let metrics: Vec<String> = (0..65).map(|i| format!("\"m{i}\":1")).collect();
+        let raw = format!(
+            r#"{{"device_id":"sensor-000042","seq":1,"ts":{NOW},"metrics":{{{}}}}}"#,
+            metrics.join(",")
+        );
+        assert_eq!(reason(&raw).code(), "too_many_metrics");
+    }
+
+    #[test]
+    fn invalid_utf8_and_oversize_payloads_are_rejected_with_raw_bytes_kept() {
+        let raw = b"{\"device_id\":\"\xff\"}";
+        let v = validate_payload(raw, TOPIC, NOW, &Default::default());
+        assert_eq!(v.rejected[0].reason.code(), "invalid_utf8");
+        assert_eq!(v.rejected[0].raw, raw.to_vec());
+
+        let big = vec![b' '; MAX_PAYLOAD_BYTES + 1];
+        let v = validate_payload(&big, TOPIC, NOW, &Default::default());
+        assert_eq!(v.rejected[0].reason.code(), "oversize_payload");
+        assert_eq!(v.rejected[0].raw.len(), MAX_PAYLOAD_BYTES + 1);
+    }
+
+    #[test]
+    fn a_batch_is_judged_element_by_element() {
+        let bad = good().replace("\"seq\":12345,", "");
+        let v = check(&format!(
+            "[{},{bad},{}]",
+            good(),
+            good().replace("12345", "12346")
+        ));
+        assert_eq!(v.accepted.len(), 2);
+        assert_eq!(v.rejected.len(), 1);
+        assert_eq!(v.rejected[0].index, Some(1));
+        assert_eq!(v.rejected[0].reason.code(), "missing_field");
+        assert_eq!(v.messages(), 3);
+    }
+
+    #[test]
+    fn name_rules_follow_the_contract() {
+        assert!(valid_device_id("a:b_c-1"));
+        assert!(!valid_device_id(""));
+        assert!(!valid_device_id(&"a".repeat(129)));
+        assert!(valid_metric_name("battery_v2"));
+        assert!(!valid_metric_name("2x"));
+        assert!(!valid_metric_name(&format!("a{}", "b".repeat(64))));
+    }
+}

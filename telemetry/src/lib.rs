@@ -7,6 +7,7 @@
 //! - [`validate`]: validation against the contract, one typed [`Rejection`] per class.
 //! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.
 //! - [`schema`]: the Arrow schema of the Parquet files (the source of the Glue table).
+//! - [`stream`]: a record as a Kinesis stream holds it ([`stream::StreamEntry`]).
 //! - [`partition`]: Hive partitions by event time (`dt=YYYY-MM-DD/hour=HH`).
 //! - [`parquet_writer`]: a rolling, partitioned Parquet writer over `object_store`.
 //!
@@ -18,6 +19,7 @@ pub mod parquet_writer;
 pub mod partition;
 pub mod quarantine;
 pub mod schema;
+pub mod stream;
 pub mod topic;
 pub mod validate;
 

@@ -1,0 +1,209 @@
+//! An in-process stream with Kinesis semantics, for the local stack.
+//!
+//! - A record's shard is chosen as Kinesis does: the MD5 hash of its partition key, as a
+//!   128-bit number, falls into one of the shards' equal hash-key ranges.
+//! - Order is kept per shard (so per device), not across shards.
+//! - Each shard is a bounded channel: when the consumer is slow, producers wait
+//!   (backpressure) instead of the stream growing without bound.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use md5::{Digest, Md5};
+use telemetry::stream::{StreamEntry, shard_id};
+use tokio::sync::mpsc;
+
+use crate::sink::{BatchLimits, EntryOutcome, RecordSink, SinkError, SinkRecord};
+
+/// Default number of shards.
+pub const DEFAULT_SHARDS: usize = 4;
+/// Default capacity of one shard, in records.
+pub const DEFAULT_SHARD_CAPACITY: usize = 10_000;
+
+struct Shard {
+    id: String,
+    tx: mpsc::Sender<StreamEntry>,
+    next_seq: AtomicU64,
+}
+
+/// The producer side of the local stream (cheap to clone).
+#[derive(Clone)]
+pub struct LocalStream {
+    shards: Arc<Vec<Shard>>,
+}
+
+/// The consumer side of one shard.
+pub struct ShardReader {
+    /// Kinesis-style shard id.
+    pub shard_id: String,
+    /// Records in shard order; closes when every producer is gone.
+    pub rx: mpsc::Receiver<StreamEntry>,
+}
+
+impl LocalStream {
+    /// A stream of `shards` shards holding at most `capacity` records each.
+    pub fn new(shards: usize, capacity: usize) -> (Self, Vec<ShardReader>) {
+        let shards = shards.max(1);
+        let mut producers = Vec::with_capacity(shards);
+        let mut readers = Vec::with_capacity(shards);
+        for i in 0..shards {
+            let (tx, rx) = mpsc::channel(capacity.max(1));
+            let id = shard_id(i);
+            producers.push(Shard {
+                id: id.clone(),
+                tx,
+                next_seq: AtomicU64::new(0),
+            });
+            readers.push(ShardReader { shard_id: id, rx });
+        }
+        (
+            Self {
+                shards: Arc::new(producers),
+            },
+            readers,
+        )
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard a partition key maps to.
+    pub fn shard_for(&self, partition_key: &str) -> usize {
+        shard_index(partition_key, self.shards.len())
+    }
+}
+
+/// The shard of `partition_key` among `shards` shards splitting the 128-bit hash-key space
+/// evenly, as Kinesis does for a stream created with that many shards.
+pub fn shard_index(partition_key: &str, shards: usize) -> usize {
+    let digest = Md5::digest(partition_key.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest);
+    let hash = u128::from_be_bytes(bytes);
+    let shards = shards.max(1) as u128;
+    // Each shard owns an equal slice of the hash-key space (the last absorbs the rounding).
+    let width = u128::MAX / shards;
+    ((hash / width) as usize).min(shards as usize - 1)
+}
+
+impl RecordSink for LocalStream {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits::KINESIS
+    }
+
+    async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = Vec::with_capacity(batch.len());
+        for rec in batch {
+            let shard = &self.shards[self.shard_for(&rec.partition_key)];
+            let n = shard.next_seq.fetch_add(1, Ordering::Relaxed);
+            let entry = StreamEntry {
+                shard_id: shard.id.clone(),
+                // Kinesis sequence numbers are large decimal strings that grow per shard.
+                sequence_number: format!("49{n:038}"),
+                partition_key: rec.partition_key.clone(),
+                data: rec.data.clone(),
+                approximate_arrival_ms: now,
+            };
+            // `send` waits while the shard is full: backpressure on the producer.
+            match shard.tx.send(entry).await {
+                Ok(()) => out.push(EntryOutcome::Ok),
+                Err(_) => out.push(EntryOutcome::Failed {
+                    code: "StreamClosed".into(),
+                    message: "the local stream's consumer has stopped".into(),
+                    retriable: false,
+                }),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Merges every shard into one channel, as a Firehose delivery stream reading a Kinesis
+/// source does. Per-shard order is kept; the output is bounded by `capacity`.
+pub fn merge_shards(readers: Vec<ShardReader>, capacity: usize) -> mpsc::Receiver<StreamEntry> {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    for mut reader in readers {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = reader.rx.recv().await {
+                if tx.send(entry).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn rec(key: &str, i: usize) -> SinkRecord {
+        SinkRecord {
+            partition_key: key.into(),
+            data: Bytes::from(i.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_shard_follows_the_md5_hash_key_range() {
+        // MD5("sensor-000001") starts with 0x2f… → the first quarter of the key space.
+        let first = Md5::digest(b"sensor-000001")[0];
+        assert_eq!(shard_index("sensor-000001", 4), usize::from(first / 64));
+        assert_eq!(shard_index("anything", 1), 0);
+        let spread: std::collections::HashSet<_> =
+            (0..100).map(|i| shard_index(&format!("d{i}"), 4)).collect();
+        assert_eq!(
+            spread.len(),
+            4,
+            "100 keys should reach every one of 4 shards"
+        );
+    }
+
+    #[tokio::test]
+    async fn order_is_kept_per_device() {
+        let (stream, readers) = LocalStream::new(2, 100);
+        let batch: Vec<_> = (0..50)
+            .map(|i| rec(if i % 2 == 0 { "a" } else { "b" }, i))
+            .collect();
+        stream.put_batch(&batch).await.unwrap();
+        drop(stream);
+        let mut rx = merge_shards(readers, 10);
+        let mut a = Vec::new();
+        while let Some(e) = rx.recv().await {
+            if e.partition_key == "a" {
+                a.push(
+                    String::from_utf8(e.data.to_vec())
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap(),
+                );
+            }
+        }
+        assert_eq!(a, (0..50).step_by(2).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_shard_makes_the_producer_wait() {
+        let (stream, mut readers) = LocalStream::new(1, 2);
+        let s = stream.clone();
+        let put =
+            tokio::spawn(
+                async move { s.put_batch(&[rec("a", 1), rec("a", 2), rec("a", 3)]).await },
+            );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            !put.is_finished(),
+            "the third record must wait for the consumer"
+        );
+        readers[0].rx.recv().await.unwrap();
+        let outcomes = put.await.unwrap().unwrap();
+        assert!(outcomes.iter().all(|o| *o == EntryOutcome::Ok));
+    }
+}

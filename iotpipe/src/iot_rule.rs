@@ -1,0 +1,116 @@
+//! The emulated IoT topic rule: subscribes to `dt/+/+/telemetry` and invokes the ingest
+//! handler with the event AWS IoT Core would send for
+//! `SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use ingest::IotRuleEvent;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use telemetry::topic::{TOPIC_FILTER, parse_topic};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::{BrokerUrl, MAX_PAYLOAD};
+use crate::stack::Stack;
+
+/// Concurrent ingest invocations at most (a reserved-concurrency stand-in). While all are
+/// busy the rule stops reading from the broker: backpressure.
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// The running rule.
+pub struct IotRule {
+    /// Messages received from the broker.
+    pub received: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl IotRule {
+    /// Connects to `broker`, subscribes, and returns once the subscription is acknowledged
+    /// (so that no message published afterwards is missed).
+    pub async fn start(broker: &BrokerUrl, stack: Arc<Stack>) -> anyhow::Result<Self> {
+        let mut opts = MqttOptions::new(
+            format!("iotpipe-rule-{:08x}", rand_u32()),
+            broker.host.clone(),
+            broker.port,
+        );
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
+        opts.set_clean_session(true);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        client.subscribe(TOPIC_FILTER, QoS::AtLeastOnce).await?;
+        // Drive the connection until the SUBACK arrives.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = tokio::time::timeout_at(deadline, eventloop.poll())
+                .await
+                .with_context(|| format!("no SUBACK from {broker} within 10 s"))?
+                .with_context(|| {
+                    format!("cannot connect to the broker at {broker}: is it running? (omit --broker to use the embedded one)")
+                })?;
+            if matches!(ev, Event::Incoming(Packet::SubAck(_))) {
+                break;
+            }
+        }
+        let received = Arc::new(AtomicU64::new(0));
+        let (stop, mut stop_rx) = watch::channel(false);
+        let counter = received.clone();
+        let task = tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_CONCURRENCY));
+            loop {
+                let ev = tokio::select! {
+                    ev = eventloop.poll() => ev,
+                    _ = stop_rx.changed() => break,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        let received_at = chrono::Utc::now().timestamp_millis();
+                        let event = IotRuleEvent {
+                            payload: STANDARD.encode(&p.payload),
+                            device_from_topic: parse_topic(&p.topic).map(|t| t.device_id.to_string()),
+                            topic: p.topic,
+                            received_at,
+                        };
+                        let permit = permits.clone().acquire_owned().await?;
+                        let stack = stack.clone();
+                        let len = p.payload.len();
+                        tokio::spawn(async move {
+                            stack.on_message(event, len).await;
+                            // Release the stack before the permit: once every permit is
+                            // back, the caller may take sole ownership of the stack.
+                            drop(stack);
+                            drop(permit);
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "rule lost the broker connection; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            // Wait for every in-flight invocation.
+            let _all = permits.acquire_many(MAX_CONCURRENCY as u32).await?;
+            let _ = client.disconnect().await;
+            Ok(())
+        });
+        Ok(Self { received, stop, task })
+    }
+
+    /// Stops reading and waits for the in-flight invocations to finish.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("the IoT rule task panicked")?
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::process::id()) as u32
+}

@@ -1,0 +1,422 @@
+//! `iotpipe`: the whole IoT telemetry pipeline on one machine, in one process.
+//!
+//! # Layout
+//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `schema`).
+//! - [`stack`]: the local stack — stream, Firehose emulator, scheduler — around the same
+//!   handler code the Lambdas run.
+//! - [`broker`]: the embedded MQTT broker (rumqttd) and broker URLs.
+//! - [`iot_rule`]: the emulated IoT topic rule that invokes ingest per message.
+//! - [`meter`]: Lambda-style metering (`REPORT Duration / Billed Duration / …`).
+//! - [`cost`]: what a run would have cost on AWS.
+//! - [`summary`]: the end-of-run summary, for people and as JSON.
+
+mod broker;
+mod cost;
+mod iot_rule;
+mod meter;
+mod stack;
+mod summary;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ingest::IotRuleEvent;
+use tokio::sync::watch;
+
+use crate::broker::BrokerUrl;
+use crate::stack::{Stack, StackConfig, local_firehose};
+
+/// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
+/// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
+/// scheduler — all in one process, running the same handler code as on AWS.
+#[derive(Debug, Parser)]
+#[command(name = "iotpipe", version, propagate_version = true, after_help = "\
+Examples:
+  iotpipe up                                   # 10 devices, 1 msg/s each, for 30 s
+  iotpipe up --devices 50 --rate 5 --duration 10s --data ./data
+  iotpipe query --window 1m --format table     # what the rollup computed
+  device-sim --devices 5 --dump raw.jsonl --duration 60s && iotpipe replay raw.jsonl
+
+Data lands under --data (default ./data): telemetry/ (Parquet by dt=/hour=), stats/,
+quarantine/ (rejected payloads with their reasons) and errors/.")]
+struct Cli {
+    /// Log more (-v: debug, including one Lambda REPORT line per invocation; -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole pipeline: broker, simulated fleet, ingest, stream, Firehose + transform,
+    /// Parquet, scheduled rollups; then print a summary and what it would cost on AWS.
+    Up(UpArgs),
+    /// Feed payloads from a file (one JSON payload per line) through the same pipeline,
+    /// without MQTT.
+    Replay(ReplayArgs),
+    /// Run the scheduled aggregation now (incremental: only new data is processed).
+    Rollup(DataArg),
+    /// Read the aggregates: per device, metric and window.
+    Query(QueryArgs),
+    /// Print the Glue table columns generated from the Arrow schemas.
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArg {
+    /// Data directory standing in for the S3 bucket.
+    #[arg(long, default_value = "./data", env = "IOTPIPE_DATA")]
+    data: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Number of simulated devices, each its own MQTT client.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Messages per second per device.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// How long the fleet publishes (e.g. 30s, 2m); Ctrl-C stops earlier.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Use this broker (mqtt://host:port) instead of starting the embedded one.
+    #[arg(long)]
+    broker: Option<BrokerUrl>,
+    /// Port of the embedded broker on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    broker_port: u16,
+    /// MQTT QoS of the devices' publishes (0 or 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// Seed of the simulated readings (same seed, same readings).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fleet name: the second segment of the topic dt/{fleet}/{device}/telemetry.
+    #[arg(long, default_value = "fleet")]
+    fleet: String,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Print the summary as one JSON object on the last line of stdout.
+    #[arg(long)]
+    summary_json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct Tuning {
+    /// Shards of the emulated Kinesis stream.
+    #[arg(long, default_value_t = 4)]
+    shards: usize,
+    /// How often the emulated Firehose closes Parquet files (AWS: 60–900 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    flush_every: Duration,
+    /// How often the emulated scheduler runs the rollup (a final one always runs).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    rollup_every: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// File with one JSON payload per line (a payload may be a JSON array: a device-side
+    /// batch). Blank lines are skipped.
+    file: PathBuf,
+    #[command(flatten)]
+    data: DataArg,
+    /// Fleet name used in the topic each payload is attributed to.
+    #[arg(long, default_value = "replay")]
+    fleet: String,
+    #[command(flatten)]
+    tuning: Tuning,
+    /// Print the summary as one JSON object on the last line of stdout (input, accepted,
+    /// quarantined, rows, …).
+    #[arg(long)]
+    summary_json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Debug, clap::Args)]
+struct QueryArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Only this metric.
+    #[arg(long)]
+    metric: Option<String>,
+    /// Window length: 1m (1h and 1d are not produced yet).
+    #[arg(long, default_value = "1m")]
+    window: String,
+    /// Windows starting at or after this time (RFC 3339, e.g. 2026-11-25T16:00:00Z, or
+    /// epoch milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Windows starting before this time (RFC 3339 or epoch milliseconds).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Debug, clap::Args)]
+struct SchemaArgs {
+    /// Print Glue columns (name and type, one per line) for this table.
+    #[arg(long, value_name = "TABLE", value_parser = ["telemetry", "stats_1m"])]
+    glue: String,
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| format!("{s:?} is neither RFC 3339 (2026-11-25T16:00:00Z) nor epoch ms: {e}"))
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        // rumqttd logs every client disconnect as an error: silence it unless tracing.
+        0 => "warn,iotpipe=info,rumqttd=off",
+        1 => "info,iotpipe=debug,lambda_report=debug,rumqttd=off",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Up(a) => up(a).await,
+        Command::Replay(a) => replay(a).await,
+        Command::Rollup(a) => rollup(a).await,
+        Command::Query(a) => query(a).await,
+        Command::Schema(a) => schema(a),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
+    StackConfig {
+        data: data.data.clone(),
+        shards: t.shards,
+        shard_capacity: 10_000,
+        firehose: local_firehose(t.flush_every),
+        rollup_every: Some(t.rollup_every),
+        ingest: Default::default(),
+    }
+}
+
+fn spinner() -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    if a.devices == 0 || a.rate <= 0.0 {
+        bail!("--devices and --rate must be positive");
+    }
+    let broker = match &a.broker {
+        Some(url) => url.clone(),
+        None => broker::start_embedded(a.broker_port)?,
+    };
+    eprintln!("broker: {broker}{}", if a.broker.is_none() { " (embedded rumqttd)" } else { "" });
+    eprintln!("data:   {}", a.data.data.display());
+    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
+    let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\nCtrl-C: stopping the fleet, then flushing everything…");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let sim_cfg = device_sim::SimConfig {
+        broker: broker.to_string().parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+        fleet: a.fleet.clone(),
+        devices: a.devices,
+        rate: a.rate,
+        duration: a.duration,
+        qos: if a.qos == 0 { device_sim::QoS::AtMostOnce } else { device_sim::QoS::AtLeastOnce },
+        seed: a.seed,
+        ..device_sim::SimConfig::default()
+    };
+    let pb = spinner();
+    let progress = {
+        let (pb, stack, received) = (pb.clone(), stack.clone(), rule.received.clone());
+        tokio::spawn(async move {
+            loop {
+                let i = stack.ingested();
+                pb.set_message(format!(
+                    "received {} · accepted {} · quarantined {}",
+                    received.load(std::sync::atomic::Ordering::Relaxed),
+                    i.accepted,
+                    i.quarantined
+                ));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let sim = device_sim::run(sim_cfg, stop_rx).await.context("the device simulator failed")?;
+
+    // Let the rule catch up with what the broker acknowledged, then stop it.
+    let expect = sim.sent;
+    let wait_until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while rule.received.load(std::sync::atomic::Ordering::Relaxed) < expect
+        && tokio::time::Instant::now() < wait_until
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let received = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+    rule.stop().await?;
+    pb.set_message("flushing the stream, Firehose and a final rollup…");
+    progress.abort();
+    let _ = progress.await;
+    let stack = Arc::try_unwrap(stack)
+        .map_err(|_| anyhow::anyhow!("internal: the stack is still in use after the rule stopped"))?;
+    let meter = stack.meter.clone();
+    let report = stack.finish(a.devices as u64).await?;
+    pb.finish_and_clear();
+    let s = summary::Summary::new(
+        summary::Source::Mqtt { broker: broker.to_string(), sent: sim.sent, acknowledged: sim.acknowledged, received },
+        &report,
+        meter.report(),
+        &a.data.data,
+    );
+    s.print(a.summary_json)
+}
+
+async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&a.file)
+        .with_context(|| format!("cannot open {}: give a file with one JSON payload per line", a.file.display()))?;
+    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let stack = Stack::start(stack_config(&a.data, &a.tuning))?;
+    let pb = ProgressBar::new(total_bytes);
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut lines = 0u64;
+    let mut devices = std::collections::HashSet::new();
+    for line in BufReader::new(file).split(b'\n') {
+        let line = line.with_context(|| format!("reading {}", a.file.display()))?;
+        pb.inc(line.len() as u64 + 1);
+        let payload = line.strip_suffix(b"\r").unwrap_or(&line);
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        lines += 1;
+        let device = device_of(payload).unwrap_or_else(|| "unknown".into());
+        let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
+        devices.insert(device);
+        let event = IotRuleEvent {
+            payload: STANDARD.encode(payload),
+            topic,
+            received_at: chrono::Utc::now().timestamp_millis(),
+            device_from_topic: None,
+        };
+        stack.on_message(event, payload.len()).await;
+        if lines % 1000 == 0 {
+            let i = stack.ingested();
+            pb.set_message(format!("accepted {} · quarantined {}", i.accepted, i.quarantined));
+        }
+    }
+    pb.finish_and_clear();
+    let meter = stack.meter.clone();
+    let report = stack.finish(devices.len() as u64).await?;
+    let s = summary::Summary::new(summary::Source::Replay { file: a.file.display().to_string(), lines }, &report, meter.report(), &a.data.data);
+    s.print(a.summary_json)
+}
+
+/// The device a replayed payload claims to come from (its topic is derived from it).
+fn device_of(payload: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let obj = match &v {
+        serde_json::Value::Array(items) => items.first()?,
+        other => other,
+    };
+    let id = obj.get("device_id")?.as_str()?;
+    // A device id that would break the topic shape is attributed to "unknown": validation
+    // then rejects the payload with the mismatch as its reason.
+    (!id.is_empty() && !id.contains(['/', '+', '#'])).then(|| id.to_string())
+}
+
+async fn rollup(a: DataArg) -> anyhow::Result<()> {
+    let store = stack::open_store(&a.data)?;
+    let meter = meter::Meter::new();
+    let report = stack::scheduled_rollup(&store, &meter, &stack::Counters::default()).await?;
+    for f in meter.report() {
+        eprintln!(
+            "REPORT Function: {} Duration: {:.2} ms Billed Duration: {} ms Memory Size: {} MB Max Memory Used: {} MB",
+            f.function, f.total_duration_ms, f.billed_duration_ms, f.memory_size_mb, f.max_memory_used_mb
+        );
+    }
+    summary::print_line(&serde_json::to_string(&report)?);
+    Ok(())
+}
+
+async fn query(a: QueryArgs) -> anyhow::Result<()> {
+    let store = stack::open_store(&a.data.data)?;
+    let window: analytics::Window = a.window.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let q = analytics::query::Query {
+        device: a.device,
+        metric: a.metric,
+        window,
+        from_ms: a.from,
+        to_ms: a.to,
+    };
+    let rows = analytics::query::query(store, &q).await?;
+    let out = match a.format {
+        Format::Json => serde_json::to_string_pretty(&rows)?,
+        Format::Csv => analytics::query::to_csv(&rows),
+        Format::Table => {
+            if rows.is_empty() {
+                eprintln!("no aggregates match: run `iotpipe up` or `iotpipe replay`, then `iotpipe rollup`");
+            }
+            analytics::query::to_table(&rows)
+        }
+    };
+    summary::print_line(out.trim_end());
+    Ok(())
+}
+
+fn schema(a: SchemaArgs) -> anyhow::Result<()> {
+    let schema = match a.glue.as_str() {
+        "telemetry" => telemetry::schema::telemetry_schema(),
+        _ => analytics::schema::stats_schema(),
+    };
+    for (name, ty) in telemetry::schema::glue_columns(&schema) {
+        summary::print_line(&format!("{name} {ty}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,343 @@
+//! The local stack: every AWS service of the pipeline emulated in this process, running the
+//! same handler code as the Lambdas.
+//!
+//! ```text
+//! IoT rule (emulated) ─invoke─▶ ingest handler ─put─▶ LocalStream (Kinesis semantics)
+//!     ─▶ Firehose emulator ─invoke─▶ transform handler ─▶ Parquet (telemetry/dt=/hour=/)
+//! Scheduler (emulated EventBridge) ─invoke─▶ rollup handler ─▶ stats/window=1m/
+//! ```
+//!
+//! Shutdown order matters for accounting: the producers stop first, the stream is closed so
+//! that the Firehose emulator drains and flushes, then a final rollup runs over everything.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use aws_lambda_events::firehose::KinesisFirehoseEvent;
+use futures::FutureExt;
+use ingest::local_stream::{LocalStream, merge_shards};
+use ingest::{Ingest, IngestConfig, IngestReport, IotRuleEvent};
+use lambda_runtime::{Context, LambdaEvent};
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use transform::emulator::{FirehoseConfig, FirehoseReport};
+
+use crate::cost::Usage;
+use crate::meter::{INGEST, Meter, ROLLUP, TRANSFORM};
+
+/// Settings of the local stack.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Directory standing in for the S3 bucket.
+    pub data: PathBuf,
+    /// Shards of the local stream.
+    pub shards: usize,
+    /// Records one shard holds before producers wait.
+    pub shard_capacity: usize,
+    /// The emulated Firehose delivery stream.
+    pub firehose: FirehoseConfig,
+    /// How often the emulated scheduler runs the rollup (`None`: only at the end).
+    pub rollup_every: Option<Duration>,
+    /// Ingest settings (validation window, retries).
+    pub ingest: IngestConfig,
+}
+
+/// Opens (creating it if needed) a data directory as an object store.
+pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let store = LocalFileSystem::new_with_prefix(dir)
+        .with_context(|| format!("opening the data directory {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+/// Counters of what crossed the emulated services, in AWS's metering units.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// MQTT messages the rule received (or replay lines).
+    pub rule_triggers: AtomicU64,
+    /// Those messages in 5 KB units.
+    pub iot_message_units: AtomicU64,
+    /// Records read by Firehose from the stream, in 1 KB units.
+    pub kinesis_kb_units: AtomicU64,
+    /// Bytes read by Firehose from the stream.
+    pub kinesis_bytes: AtomicU64,
+    /// Firehose records in 5 KB units.
+    pub firehose_5kb_units: AtomicU64,
+    /// Scheduler invocations.
+    pub scheduler_invocations: AtomicU64,
+    /// Quarantine objects written by ingest.
+    pub quarantine_objects: AtomicU64,
+    /// Stats objects and checkpoints written by the rollups.
+    pub rollup_objects: AtomicU64,
+}
+
+/// The running stack.
+pub struct Stack {
+    /// The object store (the "bucket").
+    pub store: Arc<dyn ObjectStore>,
+    /// Per-function invocation figures.
+    pub meter: Meter,
+    /// Service counters.
+    pub counters: Arc<Counters>,
+    /// Sum of every ingest invocation's report.
+    pub ingested: Arc<std::sync::Mutex<IngestReport>>,
+    ingest: Arc<Ingest<LocalStream>>,
+    firehose: JoinHandle<Result<FirehoseReport, transform::emulator::EmulatorError>>,
+    scheduler: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    started: Instant,
+}
+
+/// What the stack did, at the end of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StackReport {
+    /// Sum of the ingest invocations.
+    pub ingest: IngestReport,
+    /// The emulated Firehose's accounting.
+    pub firehose: FirehoseSummary,
+    /// The final rollup.
+    pub rollup: Option<analytics::RollupReport>,
+    /// Usage in AWS's metering units.
+    pub usage: Usage,
+}
+
+/// The Firehose emulator's figures, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct FirehoseSummary {
+    /// Records read from the stream.
+    pub records_in: u64,
+    /// Records the transform answered `Ok`.
+    pub ok: u64,
+    /// Records it answered `Dropped` (duplicates within an invocation).
+    pub dropped: u64,
+    /// Records it answered `ProcessingFailed` (kept under the error prefix).
+    pub processing_failed: u64,
+    /// Parquet rows written.
+    pub rows_written: u64,
+    /// Parquet files written.
+    pub files: usize,
+    /// Error objects written.
+    pub error_objects: u64,
+}
+
+impl Stack {
+    /// Starts the stream, the Firehose emulator and the scheduler.
+    pub fn start(cfg: StackConfig) -> anyhow::Result<Self> {
+        let store = open_store(&cfg.data)?;
+        let meter = Meter::new();
+        let counters = Arc::new(Counters::default());
+        let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
+        let source = merge_shards(readers, cfg.shard_capacity);
+
+        let invoke = {
+            let meter = meter.clone();
+            let counters = counters.clone();
+            Arc::new(move |event: KinesisFirehoseEvent| {
+                let meter = meter.clone();
+                let counters = counters.clone();
+                async move {
+                    for r in &event.records {
+                        let len = r.data.0.len() as u64;
+                        counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
+                        counters.kinesis_kb_units.fetch_add(len.div_ceil(1024).max(1), Ordering::Relaxed);
+                        counters.firehose_5kb_units.fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
+                    }
+                    let ctx = Context::default();
+                    meter
+                        .invoke(&TRANSFORM, |r: &Result<_, _>| r.is_err(), async {
+                            transform::handle(LambdaEvent::new(event, ctx)).await
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                .boxed()
+            }) as transform::emulator::Invoke
+        };
+        let firehose = tokio::spawn(transform::emulator::run(
+            cfg.firehose.clone(),
+            source,
+            store.clone(),
+            invoke,
+        ));
+
+        let ingest = Arc::new(Ingest::new(stream, store.clone(), cfg.ingest.clone()));
+        let mut stack = Self {
+            store,
+            meter,
+            counters,
+            ingested: Arc::default(),
+            ingest,
+            firehose,
+            scheduler: None,
+            started: Instant::now(),
+        };
+        if let Some(every) = cfg.rollup_every {
+            let (tx, mut rx) = watch::channel(false);
+            let (store, meter, counters) =
+                (stack.store.clone(), stack.meter.clone(), stack.counters.clone());
+            let task = tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone()).await {
+                                tracing::warn!(error = %e, "scheduled rollup failed; the next run retries");
+                            }
+                        }
+                        _ = rx.changed() => break,
+                    }
+                }
+            });
+            stack.scheduler = Some((tx, task));
+        }
+        Ok(stack)
+    }
+
+    /// What the emulated IoT rule does for one message: invoke ingest with the event IoT
+    /// Core would send.
+    pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
+        self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .iot_message_units
+            .fetch_add((payload_len as u64).div_ceil(5120).max(1), Ordering::Relaxed);
+        let result = self
+            .meter
+            .invoke(&INGEST, |r: &Result<_, _>| r.is_err(), self.ingest.handle_event(&event))
+            .await;
+        match result {
+            Ok(report) => {
+                if report.quarantined > 0 {
+                    self.counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Ok(mut total) = self.ingested.lock() {
+                    total.add(&report);
+                }
+                report
+            }
+            Err(e) => {
+                // Lambda would retry the event; locally the error is loud and counted.
+                tracing::error!(error = %e, topic = %event.topic, "ingest invocation failed");
+                IngestReport::default()
+            }
+        }
+    }
+
+    /// Sum of ingest reports so far.
+    pub fn ingested(&self) -> IngestReport {
+        self.ingested.lock().map(|r| *r).unwrap_or_default()
+    }
+
+    /// Stops producing: closes the stream, waits for Firehose to drain and flush, stops
+    /// the scheduler, runs a final rollup, and reports.
+    pub async fn finish(self, devices: u64) -> anyhow::Result<StackReport> {
+        let Stack { store, meter, counters, ingested, ingest, firehose, scheduler, started } = self;
+        // Dropping the last producer handle closes every shard: the emulator drains them.
+        drop(ingest);
+        let fh = firehose
+            .await
+            .context("the Firehose emulator task panicked")?
+            .context("the Firehose emulator failed")?;
+        if let Some((tx, task)) = scheduler {
+            let _ = tx.send(true);
+            let _ = task.await;
+        }
+        let rollup = scheduled_rollup(&store, &meter, &counters).await?;
+        let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
+        let usage = Usage {
+            seconds: started.elapsed().as_secs_f64(),
+            devices,
+            iot_message_units: counters.iot_message_units.load(Ordering::Relaxed),
+            rule_triggers: counters.rule_triggers.load(Ordering::Relaxed),
+            kinesis_kb_units: counters.kinesis_kb_units.load(Ordering::Relaxed),
+            kinesis_bytes_out: counters.kinesis_bytes.load(Ordering::Relaxed),
+            firehose_5kb_units: counters.firehose_5kb_units.load(Ordering::Relaxed),
+            firehose_bytes: counters.kinesis_bytes.load(Ordering::Relaxed),
+            firehose_objects: fh.files.len() as u64 + fh.error_objects,
+            s3_puts: fh.files.len() as u64
+                + fh.error_objects
+                + counters.quarantine_objects.load(Ordering::Relaxed)
+                + counters.rollup_objects.load(Ordering::Relaxed),
+            scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
+        };
+        Ok(StackReport {
+            ingest,
+            firehose: FirehoseSummary {
+                records_in: fh.records_in,
+                ok: fh.ok,
+                dropped: fh.dropped,
+                processing_failed: fh.processing_failed,
+                rows_written: fh.rows_written,
+                files: fh.files.len(),
+                error_objects: fh.error_objects,
+            },
+            rollup: Some(rollup),
+            usage,
+        })
+    }
+}
+
+/// The EventBridge Scheduler event a scheduled rule sends.
+pub fn scheduled_event() -> EventBridgeEvent<serde_json::Value> {
+    let now = chrono::Utc::now();
+    let json = serde_json::json!({
+        "version": "0",
+        "id": format!("local-{}", now.timestamp_millis()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.scheduler",
+        "account": "000000000000",
+        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "region": "local",
+        "resources": ["arn:aws:scheduler:local:000000000000:schedule/default/iotpipe-rollup"],
+        "detail": {"job": "rollup"}
+    });
+    // The literal above always has every required field.
+    serde_json::from_value(json).unwrap_or_else(|_| unreachable!("scheduled event literal"))
+}
+
+/// [`scheduled_rollup`] as an owned, boxed future: the scheduler task needs a future the
+/// compiler can prove `Send` without higher-ranked lifetimes.
+fn rollup_task(
+    store: Arc<dyn ObjectStore>,
+    meter: Meter,
+    counters: Arc<Counters>,
+) -> futures::future::BoxFuture<'static, anyhow::Result<analytics::RollupReport>> {
+    async move { scheduled_rollup(&store, &meter, &counters).await }.boxed()
+}
+
+/// Invokes the rollup handler as the scheduler would, metered.
+pub async fn scheduled_rollup(
+    store: &Arc<dyn ObjectStore>,
+    meter: &Meter,
+    counters: &Counters,
+) -> anyhow::Result<analytics::RollupReport> {
+    counters.scheduler_invocations.fetch_add(1, Ordering::Relaxed);
+    let cfg = analytics::RollupConfig::default();
+    let event = LambdaEvent::new(scheduled_event(), Context::default());
+    let report = meter
+        .invoke(&ROLLUP, |r: &Result<_, _>| r.is_err(), analytics::handler::handle(event, store.clone(), &cfg))
+        .await
+        .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
+    counters.rollup_objects.fetch_add(
+        report.stats_files_written as u64 + u64::from(report.checkpoint_written),
+        Ordering::Relaxed,
+    );
+    tracing::debug!(windows_updated = report.windows_updated, new_files = report.new_files, "rollup");
+    Ok(report)
+}
+
+/// A Firehose configuration for interactive local runs: small buffers so data lands
+/// within seconds (AWS would buffer up to 900 s).
+pub fn local_firehose(flush_every: Duration) -> FirehoseConfig {
+    FirehoseConfig {
+        processor_buffer_interval: Duration::from_secs(1).min(flush_every),
+        destination_interval: flush_every,
+        ..FirehoseConfig::default()
+    }
+}

@@ -1,0 +1,128 @@
+//! The end-of-run summary: for people on stdout, and as one JSON object on the last line
+//! with `--summary-json` (for scripts and tests).
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cost::{Estimate, estimate};
+use crate::meter::FnReport;
+use crate::stack::{FirehoseSummary, StackReport};
+
+/// Where the messages came from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+pub enum Source {
+    /// Simulated devices over MQTT.
+    Mqtt {
+        /// Broker URL.
+        broker: String,
+        /// Messages the simulator published.
+        sent: u64,
+        /// Of those, acknowledged by the broker (QoS 1) or written (QoS 0).
+        acknowledged: u64,
+        /// Messages the IoT rule received from the broker.
+        received: u64,
+    },
+    /// A replay file.
+    Replay {
+        /// The file.
+        file: String,
+        /// Non-blank lines read (one payload each).
+        lines: u64,
+    },
+}
+
+/// Everything a run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Where the input came from.
+    #[serde(flatten)]
+    pub source: Source,
+    /// Messages that entered ingest (an array payload counts each element).
+    pub input: u64,
+    /// Messages delivered to the stream.
+    pub accepted: u64,
+    /// Messages quarantined with their reason (under quarantine/).
+    pub quarantined: u64,
+    /// Readings in the accepted messages.
+    pub readings: u64,
+    /// Rows written to Parquet.
+    pub rows: u64,
+    /// Firehose accounting.
+    pub firehose: FirehoseSummary,
+    /// The final rollup.
+    pub rollup: Option<analytics::RollupReport>,
+    /// Per-function Lambda figures.
+    pub functions: Vec<FnReport>,
+    /// What it would have cost on AWS.
+    pub cost: Estimate,
+    /// The data directory.
+    pub data: String,
+}
+
+impl Summary {
+    /// Assembles the summary of a run.
+    pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &Path) -> Self {
+        let cost = estimate(&r.usage, &functions);
+        Self {
+            source,
+            input: r.ingest.messages,
+            accepted: r.ingest.accepted,
+            quarantined: r.ingest.quarantined,
+            readings: r.ingest.readings,
+            rows: r.firehose.rows_written,
+            firehose: r.firehose.clone(),
+            rollup: r.rollup.clone(),
+            functions,
+            cost,
+            data: data.display().to_string(),
+        }
+    }
+
+    /// Prints the human summary, then (with `json`) the JSON object as the last line.
+    pub fn print(&self, json: bool) -> anyhow::Result<()> {
+        let mut out = String::new();
+        match &self.source {
+            Source::Mqtt { broker, sent, acknowledged, received } => {
+                out.push_str(&format!("MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}\n"));
+            }
+            Source::Replay { file, lines } => out.push_str(&format!("replayed {lines} payload line(s) from {file}\n")),
+        }
+        out.push_str(&format!(
+            "ingest: {} message(s) in = {} accepted + {} quarantined ({} readings accepted)\n",
+            self.input, self.accepted, self.quarantined, self.readings
+        ));
+        let f = &self.firehose;
+        out.push_str(&format!(
+            "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
+            f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
+        ));
+        if let Some(r) = &self.rollup {
+            out.push_str(&format!("rollup: {} window(s) updated from {} new file(s)\n", r.windows_updated, r.new_files));
+        }
+        out.push_str("functions (Lambda REPORT figures; Max Memory Used is the shared process's peak RSS):\n");
+        out.push_str(&format!("  {:<10} {:>11} {:>15} {:>11} {:>13} {:>11} {:>10}\n", "function", "invocations", "total Duration", "p99", "Billed Dur.", "Memory Size", "Max Used"));
+        for f in &self.functions {
+            out.push_str(&format!(
+                "  {:<10} {:>11} {:>12.1} ms {:>8.2} ms {:>10} ms {:>8} MB {:>7} MB\n",
+                f.function, f.invocations, f.total_duration_ms, f.p99_duration_ms, f.billed_duration_ms, f.memory_size_mb, f.max_memory_used_mb
+            ));
+        }
+        out.push_str(&self.cost.to_table());
+        out.push_str(&format!("data: {} (try: iotpipe query --data {} --window 1m)\n", self.data, self.data));
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(out.as_bytes())?;
+        if json {
+            writeln!(stdout, "{}", serde_json::to_string(self)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes one line to stdout (the CLI's results; logs go to stderr).
+pub fn print_line(s: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{s}");
+}

@@ -1,6 +1,9 @@
 //! The ingest handler on real-shaped IoT rule events: accepted messages reach the stream,
 //! everything else is quarantined with its reason and raw bytes.
 
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use base64::Engine;

@@ -346,7 +346,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             device_from_topic: None,
         };
         stack.on_message(event, payload.len()).await;
-        if lines % 1000 == 0 {
+        if lines.is_multiple_of(1000) {
             let i = stack.ingested();
             pb.set_message(format!("accepted {} · quarantined {}", i.accepted, i.quarantined));
         }

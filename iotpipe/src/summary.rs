@@ -60,12 +60,35 @@ pub struct Summary {
     pub cost: Estimate,
     /// The data directory.
     pub data: String,
+    /// Wall-clock length of the run, seconds.
+    pub elapsed_s: f64,
+    /// Messages ingested per second of wall clock.
+    pub messages_per_s: f64,
+    /// Mean handler time per message / record / run, µs, by function.
+    pub us_per_item: Vec<(String, f64)>,
+    /// Peak RSS of the whole process, MB.
+    pub peak_rss_mb: u64,
 }
 
 impl Summary {
     /// Assembles the summary of a run.
     pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &Path) -> Self {
         let cost = estimate(&r.usage, &functions);
+        let elapsed_s = r.usage.seconds;
+        let messages_per_s = if elapsed_s > 0.0 { r.ingest.messages as f64 / elapsed_s } else { 0.0 };
+        // Per item each function handles: ingest a message, transform a record.
+        let us_per_item = functions
+            .iter()
+            .map(|f| {
+                let items = match f.function.as_str() {
+                    "ingest" => r.ingest.messages,
+                    "transform" => r.firehose.records_in,
+                    _ => f.invocations,
+                };
+                let us = if items > 0 { f.total_duration_ms * 1000.0 / items as f64 } else { 0.0 };
+                (f.function.clone(), us)
+            })
+            .collect();
         Self {
             source,
             input: r.ingest.messages,
@@ -78,6 +101,10 @@ impl Summary {
             functions,
             cost,
             data: data.display().to_string(),
+            elapsed_s,
+            messages_per_s,
+            us_per_item,
+            peak_rss_mb: crate::meter::peak_rss_mb(),
         }
     }
 
@@ -110,6 +137,15 @@ impl Summary {
                 f.function, f.invocations, f.total_duration_ms, f.p99_duration_ms, f.billed_duration_ms, f.memory_size_mb, f.max_memory_used_mb
             ));
         }
+        let per_item: Vec<String> =
+            self.us_per_item.iter().map(|(f, us)| format!("{f} {us:.1} µs")).collect();
+        out.push_str(&format!(
+            "throughput: {:.0} messages/s over {:.1} s; handler time per item: {}; peak RSS {} MB\n",
+            self.messages_per_s,
+            self.elapsed_s,
+            per_item.join(", "),
+            self.peak_rss_mb
+        ));
         out.push_str(&self.cost.to_table());
         out.push_str(&format!("data: {} (try: iotpipe query --data {} --window 1m)\n", self.data, self.data));
         let mut stdout = std::io::stdout().lock();

@@ -152,10 +152,10 @@ impl PartitionedWriter {
             })?;
         file.rows += batch.num_rows();
         let size = file.writer.bytes_written() + file.writer.in_progress_size();
-        if size >= self.config.target_file_bytes {
-            if let Some(file) = self.open.remove(partition) {
-                return Ok(vec![close(file).await?]);
-            }
+        if size >= self.config.target_file_bytes
+            && let Some(file) = self.open.remove(partition)
+        {
+            return Ok(vec![close(file).await?]);
         }
         Ok(Vec::new())
     }

@@ -3,6 +3,9 @@
 //! payloads are all accounted for; a second rollup does nothing and late data updates
 //! exactly the windows it touches.
 
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;

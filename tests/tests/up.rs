@@ -2,6 +2,9 @@
 //! and mosquitto), through every stage, to Parquet that an independent reader accepts and
 //! aggregates that add up.
 
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 
 use iotpipe_tests::{iotpipe, last_json_line, need_env, python_json, query_json, run, total_count};

@@ -1,0 +1,72 @@
+//! Cost of the transform handler per record: a 500-record Firehose event of 4-metric
+//! stream records (a typical device message), transformed end to end (parse, checks,
+//! de-duplication, long-layout JSON, response budget).
+//!
+//! Run: `cargo bench -p transform --bench transform`. Criterion reports the time per
+//! event; divide by 500 for the time per record (the throughput line gives records/s).
+
+use std::hint::black_box;
+
+use aws_lambda_events::event::firehose::{
+    KinesisFirehoseEvent, KinesisFirehoseEventRecord, KinesisFirehoseRecordMetadata,
+};
+use criterion::{Criterion, Throughput, criterion_main};
+use telemetry::StreamRecord;
+
+/// Records per event: Firehose's processor buffer holds a few hundred typical records.
+const RECORDS: usize = 500;
+/// 2025-11-25T13:45:00.123Z
+const T0: i64 = 1_764_078_300_123;
+
+fn event() -> KinesisFirehoseEvent {
+    let mut event = KinesisFirehoseEvent::default();
+    event.invocation_id = Some("bench".into());
+    event.records = (0..RECORDS)
+        .map(|i| {
+            let device = format!("sensor-{:06}", i % 100);
+            let record = StreamRecord {
+                device_id: device.clone(),
+                seq: 10_000 + i as u64,
+                ts: T0 + i as i64 * 10,
+                metrics: [
+                    ("temperature", 21.53 + i as f64 / 100.0),
+                    ("humidity", 40.1),
+                    ("battery", 3.712),
+                    ("rssi", -67.0),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+                fw: Some("1.4.2".into()),
+                received_at: T0 + i as i64 * 10 + 80,
+            };
+            let mut metadata = KinesisFirehoseRecordMetadata::default();
+            metadata.shard_id = Some("shardId-000000000000".into());
+            metadata.partition_key = Some(device);
+            metadata.sequence_number = Some(format!("{:056}", i));
+            let mut r = KinesisFirehoseEventRecord::default();
+            r.record_id = Some(format!("{:056}", i));
+            r.data.0 = record.to_json();
+            r.kinesis_firehose_record_metadata = Some(metadata);
+            r
+        })
+        .collect();
+    event
+}
+
+fn bench_transform(c: &mut Criterion) {
+    let event = event();
+    let mut group = c.benchmark_group("transform");
+    group.throughput(Throughput::Elements(RECORDS as u64));
+    group.bench_function("500 records x 4 metrics", |b| {
+        b.iter(|| transform::transform(black_box(&event)))
+    });
+    group.finish();
+}
+
+/// The generated group function has no doc comment; the lint is silenced here only.
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::bench_transform);
+}
+criterion_main!(group::benches);

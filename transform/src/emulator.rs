@@ -1,0 +1,796 @@
+//! A local, in-process Firehose delivery stream with a Kinesis data stream as its source:
+//! what the `iotpipe` CLI runs instead of Amazon Data Firehose.
+//!
+//! It does, in one task, what Firehose does for this pipeline:
+//! 1. **Processor buffering**: records read from the stream are buffered until the buffer
+//!    holds [`FirehoseConfig::processor_buffer_bytes`] of record data or
+//!    [`FirehoseConfig::processor_buffer_interval`] has passed since its first record, and
+//!    never beyond Lambda's 6 MiB request limit ([`MAX_INVOKE_PAYLOAD_BYTES`]).
+//! 2. **Transformation**: the buffer becomes a [`KinesisFirehoseEvent`] shaped as Firehose
+//!    sends it for a Kinesis source, handed to the caller's [`Invoke`] (the transform
+//!    handler, metered like Lambda). An invocation that errors is retried
+//!    [`MAX_INVOKE_RETRIES`] times, immediately (the handler runs in-process: there is no
+//!    throttling or network to wait out).
+//! 3. **Contract check**: every `recordId` must be answered exactly once with a known
+//!    result; a missing, duplicated or invalid answer fails that record with Firehose's
+//!    error code, an unknown `recordId` is ignored (and logged).
+//! 4. **Record-format conversion and dynamic partitioning**: the `Ok` records' data
+//!    (newline-delimited [`Reading`] JSON) becomes Arrow batches in the telemetry schema,
+//!    grouped by the `dt`/`hour` partition keys, written as Parquet under
+//!    `{prefix}/dt=…/hour=…/` by a [`PartitionedWriter`]. Files are closed at their target
+//!    size, every [`FirehoseConfig::destination_interval`], and when the input ends.
+//! 5. **Error output**: records that failed (`ProcessingFailed`, contract violations,
+//!    invocation errors, unparseable readings, missing partition keys) are written as JSON
+//!    lines in Firehose's error-record format ([`ErrorRecord`]), one object per invocation
+//!    with failures, under `{error_prefix}/YYYY/MM/DD/HH/`.
+//!
+//! Nothing is dropped silently: at every point `records_in = ok + dropped +
+//! processing_failed`, and every reading of an `Ok` record is either a Parquet row or an
+//! error record (`rows_written + conversion_failures`).
+//!
+//! Simplifications: all error classes share one error prefix (the `errorCode` tells them
+//! apart; Firehose can split them with `!{firehose:error-output-type}`), and the
+//! destination buffer is closed on a fixed period rather than per file age.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arrow_schema::ArrowError;
+use aws_lambda_events::encodings::MillisecondTimestamp;
+use aws_lambda_events::event::firehose::{
+    KinesisFirehoseEvent, KinesisFirehoseEventRecord, KinesisFirehoseRecordMetadata,
+    KinesisFirehoseResponse,
+};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WriteError, WrittenFile};
+use telemetry::schema::{readings_to_batch, telemetry_schema};
+use telemetry::stream::StreamEntry;
+use telemetry::{Partition, Reading};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::handler::{PARTITION_KEY_DT, PARTITION_KEY_HOUR, TransformResult, base64_len, json_len};
+
+/// Default processor buffer size: 1 MiB of record data (Firehose's default; AWS accepts
+/// 0.2–3 MB).
+pub const DEFAULT_PROCESSOR_BUFFER_BYTES: usize = 1024 * 1024;
+/// Default processor buffer interval: 60 s (Firehose's default; AWS accepts 0–900 s).
+pub const DEFAULT_PROCESSOR_BUFFER_INTERVAL: Duration = Duration::from_secs(60);
+/// Default destination buffer interval: 900 s (Firehose's maximum; AWS requires at least
+/// 60 s when record-format conversion is on). Local runs pass a few seconds.
+pub const DEFAULT_DESTINATION_INTERVAL: Duration = Duration::from_secs(900);
+/// Default key prefix of error records (Firehose's `processing-failed` output type).
+pub const DEFAULT_ERROR_PREFIX: &str = "errors/processing-failed";
+/// Default delivery stream name.
+pub const DEFAULT_DELIVERY_STREAM_NAME: &str = "iot-pipeline-telemetry";
+
+/// Lambda's payload limit for a synchronous invocation's request: 6 MiB. An event is cut
+/// before it would exceed it.
+pub const MAX_INVOKE_PAYLOAD_BYTES: usize = 6 * 1024 * 1024;
+/// How many times an invocation that returned an error is retried (Firehose's default
+/// retry for data transformation is 3; then the batch goes to the error prefix).
+pub const MAX_INVOKE_RETRIES: u32 = 3;
+
+/// The region in emulated ARNs.
+pub const LOCAL_REGION: &str = "local";
+/// The account in emulated ARNs (the conventional placeholder of local AWS emulators).
+pub const LOCAL_ACCOUNT: &str = "000000000000";
+/// The function name in the emulated `lambdaArn` of error records.
+pub const TRANSFORM_FUNCTION_NAME: &str = "transform";
+
+/// Error codes written into [`ErrorRecord::error_code`], as Firehose spells them.
+pub mod error_code {
+    /// The function answered the record `ProcessingFailed`.
+    pub const PROCESSING_FAILED_STATUS: &str = "Lambda.ProcessingFailedStatus";
+    /// The invocation returned an error on every attempt.
+    pub const FUNCTION_ERROR: &str = "Lambda.FunctionError";
+    /// The response has no answer for the record.
+    pub const MISSING_RECORD_ID: &str = "Lambda.MissingRecordId";
+    /// The response answers the record more than once.
+    pub const DUPLICATED_RECORD_ID: &str = "Lambda.DuplicatedRecordId";
+    /// The answer's `result` is missing or not one of `Ok`, `Dropped`, `ProcessingFailed`.
+    pub const INVALID_RESULT: &str = "Lambda.JsonProcessingException";
+    /// An `Ok` record lacks valid `dt`/`hour` partition keys.
+    pub const MISSING_PARTITION_KEYS: &str = "DynamicPartitioning.MetadataExtractionFailed";
+    /// A document of an `Ok` record is not a reading of the telemetry schema.
+    pub const MALFORMED_DATA: &str = "DataFormatConversion.MalformedData";
+}
+
+/// How the emulated delivery stream buffers, converts and where it writes.
+#[derive(Debug, Clone)]
+pub struct FirehoseConfig {
+    /// Processor buffering: invoke the transform once this many bytes of record data
+    /// (decoded, as the stream holds it) are buffered. Firehose: 0.2–3 MB, default 1 MiB
+    /// ([`DEFAULT_PROCESSOR_BUFFER_BYTES`]); any value is accepted here so that tests can
+    /// cut small batches.
+    pub processor_buffer_bytes: usize,
+    /// Processor buffering interval: invoke the transform at the latest this long after
+    /// the first record entered the buffer. Firehose: 0–900 s, default 60 s.
+    pub processor_buffer_interval: Duration,
+    /// The Parquet writer: key prefix (`telemetry`), target file size, row group size,
+    /// compression.
+    pub parquet: ParquetWriterConfig,
+    /// Destination buffering interval: close open Parquet files at least this often, so
+    /// that data lands periodically. Default 900 s; local runs pass a few seconds.
+    pub destination_interval: Duration,
+    /// Key prefix of error records, without a trailing slash. Default
+    /// `errors/processing-failed`.
+    pub error_prefix: String,
+    /// The delivery stream's name: in its ARN and in error object names.
+    pub delivery_stream_name: String,
+}
+
+impl Default for FirehoseConfig {
+    fn default() -> Self {
+        Self {
+            processor_buffer_bytes: DEFAULT_PROCESSOR_BUFFER_BYTES,
+            processor_buffer_interval: DEFAULT_PROCESSOR_BUFFER_INTERVAL,
+            parquet: ParquetWriterConfig::default(),
+            destination_interval: DEFAULT_DESTINATION_INTERVAL,
+            error_prefix: DEFAULT_ERROR_PREFIX.to_string(),
+            delivery_stream_name: DEFAULT_DELIVERY_STREAM_NAME.to_string(),
+        }
+    }
+}
+
+/// How the emulator invokes the transform function: the event in, the response or the
+/// invocation's error message out. The caller wraps the handler to meter it like Lambda.
+pub type Invoke = Arc<
+    dyn Fn(KinesisFirehoseEvent) -> BoxFuture<'static, Result<KinesisFirehoseResponse, String>>
+        + Send
+        + Sync,
+>;
+
+/// An [`Invoke`] that calls this crate's [`crate::transform`] directly, unmetered.
+pub fn local_invoke() -> Invoke {
+    Arc::new(|event: KinesisFirehoseEvent| {
+        Box::pin(async move { Ok(crate::transform(&event)) })
+            as BoxFuture<'static, Result<KinesisFirehoseResponse, String>>
+    })
+}
+
+/// What a run of the emulated delivery stream did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirehoseReport {
+    /// Records read from the stream (= `ok + dropped + processing_failed`).
+    pub records_in: u64,
+    /// Records the function answered `Ok` that were delivered for conversion.
+    pub ok: u64,
+    /// Records the function answered `Dropped`.
+    pub dropped: u64,
+    /// Records written to the error prefix: answered `ProcessingFailed`, not answered
+    /// correctly, in a failed invocation, or `Ok` without partition keys.
+    pub processing_failed: u64,
+    /// Parquet rows written: the readings of the `Ok` records less `conversion_failures`.
+    pub rows_written: u64,
+    /// Calls of [`Invoke`], retries included (each one is a billed Lambda invocation).
+    pub invocations: u64,
+    /// Parquet objects completed, in order.
+    pub files: Vec<WrittenFile>,
+    /// Error objects written (one per invocation with failures).
+    pub error_objects: u64,
+    /// Documents of `Ok` records that were not readings of the telemetry schema; each is
+    /// an error record with code [`error_code::MALFORMED_DATA`].
+    pub conversion_failures: u64,
+}
+
+/// One line of an error object: Firehose's error-record format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorRecord {
+    /// Invocation attempts made for the record's batch.
+    pub attempts_made: u32,
+    /// When the record arrived (its Kinesis approximate arrival), epoch milliseconds.
+    pub arrival_timestamp: i64,
+    /// The failure class (see [`error_code`]).
+    pub error_code: String,
+    /// What went wrong, in words.
+    pub error_message: String,
+    /// When the emulator gave up on the record, epoch milliseconds.
+    pub attempt_ending_timestamp: i64,
+    /// The record data, base64: the stream record as it arrived, or for a conversion
+    /// failure the one document that failed.
+    pub raw_data: String,
+    /// The transform function's ARN; absent for conversion failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda_arn: Option<String>,
+}
+
+impl ErrorRecord {
+    /// The raw data, decoded (empty if it is not valid base64).
+    pub fn raw(&self) -> Vec<u8> {
+        STANDARD.decode(&self.raw_data).unwrap_or_default()
+    }
+}
+
+/// Failures that stop the emulator: the destination could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum EmulatorError {
+    /// A Parquet file could not be written.
+    #[error(transparent)]
+    Parquet(#[from] WriteError),
+    /// Readings could not be assembled into an Arrow batch.
+    #[error("building an Arrow batch of readings: {0}")]
+    Arrow(#[from] ArrowError),
+    /// An error object could not be written.
+    #[error("writing error records to {path}: {source}")]
+    ErrorOutput {
+        /// The object key.
+        path: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Runs the delivery stream until `input` closes, then flushes everything and reports.
+///
+/// Reading stops while an invocation or a write is in progress, so a bounded channel
+/// passes the backpressure on to the stream. Returns an error only when the destination
+/// cannot be written; record-level failures go to the error prefix.
+pub async fn run(
+    cfg: FirehoseConfig,
+    mut input: mpsc::Receiver<StreamEntry>,
+    store: Arc<dyn ObjectStore>,
+    invoke: Invoke,
+) -> Result<FirehoseReport, EmulatorError> {
+    let processor_interval = cfg.processor_buffer_interval;
+    let destination_interval = cfg.destination_interval.max(Duration::from_millis(1));
+    let mut stream = DeliveryStream::new(cfg, store, invoke);
+    tracing::info!(
+        delivery_stream = %stream.cfg.delivery_stream_name,
+        processor_buffer_bytes = stream.cfg.processor_buffer_bytes,
+        processor_buffer_interval_ms = processor_interval.as_millis() as u64,
+        destination_interval_ms = destination_interval.as_millis() as u64,
+        "emulated Firehose delivery stream started"
+    );
+
+    let mut destination_tick =
+        tokio::time::interval_at(Instant::now() + destination_interval, destination_interval);
+    destination_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // One timer, re-armed whenever a new buffer starts, rather than a new one per record.
+    let processor_timer = tokio::time::sleep(processor_interval);
+    tokio::pin!(processor_timer);
+    let mut armed_for: Option<Instant> = None;
+
+    loop {
+        if stream.buffer_started != armed_for {
+            armed_for = stream.buffer_started;
+            if let Some(start) = armed_for {
+                processor_timer.as_mut().reset(start + processor_interval);
+            }
+        }
+        tokio::select! {
+            // Timers first, so that a busy stream cannot starve them.
+            biased;
+            () = &mut processor_timer, if armed_for.is_some() => {
+                stream.invoke_buffer(Cut::Interval).await?;
+            }
+            _ = destination_tick.tick() => {
+                stream.close_files("destination interval").await?;
+            }
+            entry = input.recv() => match entry {
+                Some(entry) => stream.accept(entry).await?,
+                None => break,
+            },
+        }
+    }
+    stream.invoke_buffer(Cut::EndOfInput).await?;
+    stream.close_files("end of input").await?;
+    let r = &stream.report;
+    tracing::info!(
+        records_in = r.records_in,
+        ok = r.ok,
+        dropped = r.dropped,
+        processing_failed = r.processing_failed,
+        rows_written = r.rows_written,
+        conversion_failures = r.conversion_failures,
+        invocations = r.invocations,
+        files = r.files.len(),
+        error_objects = r.error_objects,
+        "emulated Firehose delivery stream finished"
+    );
+    Ok(stream.report)
+}
+
+/// Why a buffer was handed to the function.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    /// The processor buffer size was reached.
+    Size,
+    /// The next record would push the event over the Lambda request limit.
+    PayloadLimit,
+    /// The processor buffer interval elapsed.
+    Interval,
+    /// The stream closed.
+    EndOfInput,
+}
+
+impl Cut {
+    fn as_str(self) -> &'static str {
+        match self {
+            Cut::Size => "buffer size",
+            Cut::PayloadLimit => "lambda payload limit",
+            Cut::Interval => "buffer interval",
+            Cut::EndOfInput => "end of input",
+        }
+    }
+}
+
+/// The answer for one input record after the contract check.
+enum Answer {
+    Ok {
+        data: Vec<u8>,
+        partition_keys: HashMap<String, String>,
+    },
+    Dropped,
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+}
+
+struct DeliveryStream {
+    cfg: FirehoseConfig,
+    store: Arc<dyn ObjectStore>,
+    invoke: Invoke,
+    writer: PartitionedWriter,
+    report: FirehoseReport,
+    /// Records waiting for the next invocation, already in event form.
+    buffer: Vec<KinesisFirehoseEventRecord>,
+    /// Record data in the buffer (decoded), for the size hint.
+    buffer_bytes: usize,
+    /// Encoded size of the event the buffer would make, for the Lambda request limit.
+    event_bytes: usize,
+    /// When the buffer's first record arrived, for the interval hint.
+    buffer_started: Option<Instant>,
+    /// Encoded size of an event without records.
+    envelope_bytes: usize,
+    delivery_stream_arn: String,
+    source_stream_arn: String,
+    lambda_arn: String,
+    /// Tells this run's object names and invocation ids apart from other runs'.
+    run_tag: String,
+    next_record: u64,
+    next_invocation: u64,
+}
+
+impl DeliveryStream {
+    fn new(cfg: FirehoseConfig, store: Arc<dyn ObjectStore>, invoke: Invoke) -> Self {
+        let writer = PartitionedWriter::new(store.clone(), telemetry_schema(), cfg.parquet.clone());
+        let delivery_stream_arn = format!(
+            "arn:aws:firehose:{LOCAL_REGION}:{LOCAL_ACCOUNT}:deliverystream/{}",
+            cfg.delivery_stream_name
+        );
+        let source_stream_arn = format!(
+            "arn:aws:kinesis:{LOCAL_REGION}:{LOCAL_ACCOUNT}:stream/{}-source",
+            cfg.delivery_stream_name
+        );
+        let lambda_arn = format!(
+            "arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{TRANSFORM_FUNCTION_NAME}"
+        );
+        let mut stream = Self {
+            cfg,
+            store,
+            invoke,
+            writer,
+            report: FirehoseReport::default(),
+            buffer: Vec::new(),
+            buffer_bytes: 0,
+            event_bytes: 0,
+            buffer_started: None,
+            envelope_bytes: 0,
+            delivery_stream_arn,
+            source_stream_arn,
+            lambda_arn,
+            run_tag: run_tag(),
+            next_record: 0,
+            next_invocation: 0,
+        };
+        stream.envelope_bytes = json_len(&stream.event(Vec::new()));
+        stream.event_bytes = stream.envelope_bytes;
+        stream
+    }
+
+    /// An event as Firehose sends it for a Kinesis source.
+    fn event(&self, records: Vec<KinesisFirehoseEventRecord>) -> KinesisFirehoseEvent {
+        let mut event = KinesisFirehoseEvent::default();
+        // Fixed width, so that the envelope measured at start-up stays exact.
+        event.invocation_id = Some(format!("{}-{:012}", self.run_tag, self.next_invocation));
+        event.delivery_stream_arn = Some(self.delivery_stream_arn.clone());
+        event.source_kinesis_stream_arn = Some(self.source_stream_arn.clone());
+        event.region = Some(LOCAL_REGION.to_string());
+        event.records = records;
+        event
+    }
+
+    /// Buffers one stream record, invoking the function when a buffering hint is met.
+    async fn accept(&mut self, entry: StreamEntry) -> Result<(), EmulatorError> {
+        self.report.records_in += 1;
+        let data_len = entry.data.len();
+        let (record, encoded_len) = self.event_record(entry);
+        // +1: the comma between array elements.
+        let record_bytes = encoded_len + 1;
+        if !self.buffer.is_empty() && self.event_bytes + record_bytes > MAX_INVOKE_PAYLOAD_BYTES {
+            self.invoke_buffer(Cut::PayloadLimit).await?;
+        }
+        if self.buffer.is_empty() {
+            self.buffer_started = Some(Instant::now());
+        }
+        self.buffer.push(record);
+        self.buffer_bytes += data_len;
+        self.event_bytes += record_bytes;
+        if self.buffer_bytes >= self.cfg.processor_buffer_bytes {
+            self.invoke_buffer(Cut::Size).await?;
+        }
+        Ok(())
+    }
+
+    /// The event record of a stream record, and its encoded size.
+    fn event_record(&mut self, entry: StreamEntry) -> (KinesisFirehoseEventRecord, usize) {
+        let arrival = MillisecondTimestamp(
+            DateTime::<Utc>::from_timestamp_millis(entry.approximate_arrival_ms)
+                .unwrap_or_default(),
+        );
+        let mut metadata = KinesisFirehoseRecordMetadata::default();
+        metadata.shard_id = Some(entry.shard_id);
+        metadata.partition_key = Some(entry.partition_key);
+        metadata.sequence_number = Some(entry.sequence_number);
+        // Records are not KPL-aggregated, so there is no sub-sequence.
+        metadata.subsequence_number = 0;
+        metadata.approximate_arrival_timestamp = arrival.clone();
+        let mut record = KinesisFirehoseEventRecord::default();
+        // Opaque and unique within the run, like Firehose's record ids.
+        record.record_id = Some(format!("{:020}", self.next_record));
+        self.next_record += 1;
+        record.approximate_arrival_timestamp = arrival;
+        record.kinesis_firehose_record_metadata = Some(metadata);
+        // Measured without the data plus its base64 length: the data is encoded only once.
+        let encoded_len = json_len(&record) + base64_len(entry.data.len());
+        record.data.0 = entry.data.to_vec();
+        (record, encoded_len)
+    }
+
+    /// Hands the buffer to the function, checks the answers and delivers the results.
+    async fn invoke_buffer(&mut self, cut: Cut) -> Result<(), EmulatorError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.buffer);
+        let data_bytes = std::mem::take(&mut self.buffer_bytes);
+        let event_bytes = std::mem::replace(&mut self.event_bytes, self.envelope_bytes);
+        self.buffer_started = None;
+        let event = self.event(records);
+        self.next_invocation += 1;
+
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            self.report.invocations += 1;
+            match (self.invoke)(event.clone()).await {
+                Ok(response) => break Ok(response),
+                Err(message) => {
+                    tracing::warn!(
+                        invocation_id = event.invocation_id.as_deref().unwrap_or(""),
+                        attempt = attempts,
+                        error = %message,
+                        "transform invocation failed"
+                    );
+                    if attempts > MAX_INVOKE_RETRIES {
+                        break Err(message);
+                    }
+                }
+            }
+        };
+        let answers = match result {
+            Ok(response) => check_contract(&event, response),
+            Err(message) => event
+                .records
+                .iter()
+                .map(|_| Answer::Failed {
+                    code: error_code::FUNCTION_ERROR,
+                    message: format!(
+                        "The Lambda function was invoked {attempts} times and returned an \
+                         error each time: {message}"
+                    ),
+                })
+                .collect(),
+        };
+        let counts = self.deliver(&event, answers, attempts).await?;
+        tracing::info!(
+            invocation_id = event.invocation_id.as_deref().unwrap_or(""),
+            cut = cut.as_str(),
+            records = event.records.len(),
+            data_bytes,
+            event_bytes,
+            attempts,
+            ok = counts.ok,
+            dropped = counts.dropped,
+            processing_failed = counts.failed,
+            rows = counts.rows,
+            "transform invoked"
+        );
+        Ok(())
+    }
+
+    /// Converts and writes the Ok records, and writes the failures as error records.
+    async fn deliver(
+        &mut self,
+        event: &KinesisFirehoseEvent,
+        answers: Vec<Answer>,
+        attempts: u32,
+    ) -> Result<Counts, EmulatorError> {
+        let now = now_millis();
+        let mut counts = Counts::default();
+        let mut errors: Vec<ErrorRecord> = Vec::new();
+        let mut by_partition: BTreeMap<Partition, Vec<Reading>> = BTreeMap::new();
+        for (record, answer) in event.records.iter().zip(answers) {
+            let arrival = record.approximate_arrival_timestamp.timestamp_millis();
+            let failure = |code: &str, message: String, raw: &[u8], lambda: bool| ErrorRecord {
+                attempts_made: attempts,
+                arrival_timestamp: arrival,
+                error_code: code.to_string(),
+                error_message: message,
+                attempt_ending_timestamp: now,
+                raw_data: STANDARD.encode(raw),
+                lambda_arn: lambda.then(|| self.lambda_arn.clone()),
+            };
+            match answer {
+                Answer::Dropped => counts.dropped += 1,
+                Answer::Failed { code, message } => {
+                    counts.failed += 1;
+                    errors.push(failure(code, message, &record.data, true));
+                }
+                Answer::Ok {
+                    data,
+                    partition_keys,
+                } => {
+                    let Some(partition) = partition_of(&partition_keys) else {
+                        counts.failed += 1;
+                        errors.push(failure(
+                            error_code::MISSING_PARTITION_KEYS,
+                            format!(
+                                "partition keys {partition_keys:?} lack a valid \
+                                 `{PARTITION_KEY_DT}` (YYYY-MM-DD) and `{PARTITION_KEY_HOUR}` (HH)"
+                            ),
+                            &record.data,
+                            true,
+                        ));
+                        continue;
+                    };
+                    counts.ok += 1;
+                    // What record-format conversion does: each JSON document is one row.
+                    for line in data.split(|b| *b == b'\n') {
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        match serde_json::from_slice::<Reading>(line) {
+                            Ok(reading) => by_partition
+                                .entry(partition.clone())
+                                .or_default()
+                                .push(reading),
+                            Err(e) => {
+                                counts.conversion_failures += 1;
+                                errors.push(failure(
+                                    error_code::MALFORMED_DATA,
+                                    format!("not a reading of the telemetry schema: {e}"),
+                                    line,
+                                    false,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        for (partition, readings) in by_partition {
+            let batch = readings_to_batch(&readings)?;
+            let done = self.writer.write(&partition, &batch).await?;
+            counts.rows += readings.len() as u64;
+            self.completed(done);
+        }
+        if !errors.is_empty() {
+            self.write_errors(&errors, now).await?;
+        }
+        self.report.ok += counts.ok;
+        self.report.dropped += counts.dropped;
+        self.report.processing_failed += counts.failed;
+        self.report.rows_written += counts.rows;
+        self.report.conversion_failures += counts.conversion_failures;
+        Ok(counts)
+    }
+
+    /// Writes one error object of JSON lines under `{error_prefix}/YYYY/MM/DD/HH/`.
+    async fn write_errors(
+        &mut self,
+        errors: &[ErrorRecord],
+        now: i64,
+    ) -> Result<(), EmulatorError> {
+        let t = DateTime::<Utc>::from_timestamp_millis(now).unwrap_or_default();
+        // Firehose's naming: {stream}-{version}-{yyyy-MM-dd-HH-mm-ss}-{unique}.
+        let path = format!(
+            "{}/{}/{}-1-{}-{}-{:012}",
+            self.cfg.error_prefix.trim_end_matches('/'),
+            t.format("%Y/%m/%d/%H"),
+            self.cfg.delivery_stream_name,
+            t.format("%Y-%m-%d-%H-%M-%S"),
+            self.run_tag,
+            self.next_invocation,
+        );
+        let mut body = Vec::new();
+        for e in errors {
+            // An ErrorRecord of strings and integers always serializes.
+            if serde_json::to_writer(&mut body, e).is_ok() {
+                body.push(b'\n');
+            }
+        }
+        self.store
+            .put(&Path::from(path.as_str()), PutPayload::from(body))
+            .await
+            .map_err(|source| EmulatorError::ErrorOutput {
+                path: path.clone(),
+                source,
+            })?;
+        self.report.error_objects += 1;
+        tracing::warn!(path = %path, records = errors.len(), "error records written");
+        Ok(())
+    }
+
+    /// Closes every open Parquet file (destination buffer interval or end of input).
+    async fn close_files(&mut self, why: &'static str) -> Result<(), EmulatorError> {
+        if self.writer.pending_rows() == 0 {
+            return Ok(());
+        }
+        let done = self.writer.flush().await?;
+        tracing::debug!(why, files = done.len(), "destination buffer flushed");
+        self.completed(done);
+        Ok(())
+    }
+
+    fn completed(&mut self, files: Vec<WrittenFile>) {
+        for f in files {
+            tracing::info!(path = %f.path, rows = f.rows, bytes = f.bytes, "parquet file written");
+            self.report.files.push(f);
+        }
+    }
+}
+
+/// Per-invocation counters.
+#[derive(Debug, Default)]
+struct Counts {
+    ok: u64,
+    dropped: u64,
+    failed: u64,
+    rows: u64,
+    conversion_failures: u64,
+}
+
+/// Matches the response to the event: one answer per input record, in input order.
+fn check_contract(event: &KinesisFirehoseEvent, response: KinesisFirehoseResponse) -> Vec<Answer> {
+    let n = event.records.len();
+    let position: HashMap<&str, usize> = event
+        .records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.record_id.as_deref().map(|id| (id, i)))
+        .collect();
+    let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+    let mut duplicated = vec![false; n];
+    let mut unknown = 0usize;
+    for answer in response.records {
+        let Some(&i) = answer.record_id.as_deref().and_then(|id| position.get(id)) else {
+            unknown += 1;
+            continue;
+        };
+        if answers[i].is_some() {
+            duplicated[i] = true;
+            continue;
+        }
+        let result = answer.result.as_deref().map(str::parse::<TransformResult>);
+        answers[i] = Some(match result {
+            Some(Ok(TransformResult::Ok)) => Answer::Ok {
+                data: answer.data.0,
+                partition_keys: answer.metadata.partition_keys,
+            },
+            Some(Ok(TransformResult::Dropped)) => Answer::Dropped,
+            Some(Ok(TransformResult::ProcessingFailed)) => Answer::Failed {
+                code: error_code::PROCESSING_FAILED_STATUS,
+                message: "ProcessingFailed status set for record".to_string(),
+            },
+            Some(Err(e)) => Answer::Failed {
+                code: error_code::INVALID_RESULT,
+                message: e.to_string(),
+            },
+            None => Answer::Failed {
+                code: error_code::INVALID_RESULT,
+                message: "the answer has no `result`".to_string(),
+            },
+        });
+    }
+    if unknown > 0 {
+        tracing::warn!(
+            invocation_id = event.invocation_id.as_deref().unwrap_or(""),
+            unknown,
+            "the response answers record ids that were not in the event"
+        );
+    }
+    answers
+        .into_iter()
+        .zip(duplicated)
+        .map(|(answer, duplicated)| match answer {
+            _ if duplicated => Answer::Failed {
+                code: error_code::DUPLICATED_RECORD_ID,
+                message: "the response answers this record id more than once".to_string(),
+            },
+            Some(answer) => answer,
+            None => Answer::Failed {
+                code: error_code::MISSING_RECORD_ID,
+                message: "the response has no answer for this record id".to_string(),
+            },
+        })
+        .collect()
+}
+
+/// The partition named by `dt`/`hour` keys, if both are present and well-formed.
+fn partition_of(keys: &HashMap<String, String>) -> Option<Partition> {
+    let partition = Partition {
+        dt: keys.get(PARTITION_KEY_DT)?.clone(),
+        hour: keys.get(PARTITION_KEY_HOUR)?.clone(),
+    };
+    // Round-tripping through a timestamp rejects anything that is not a real date and hour
+    // (and so anything that could escape the partition folder).
+    let start = partition.start_millis()?;
+    (Partition::of_millis(start) == partition).then_some(partition)
+}
+
+fn now_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A tag that tells runs apart: start time in milliseconds and 32 random bits from the
+/// standard library's hasher seed.
+fn run_tag() -> String {
+    let ms = now_millis();
+    let random = RandomState::new().hash_one(ms) as u32;
+    format!("{ms}-{random:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_must_name_a_real_date_and_hour() {
+        let keys = |dt: &str, hour: &str| {
+            HashMap::from([
+                (PARTITION_KEY_DT.to_string(), dt.to_string()),
+                (PARTITION_KEY_HOUR.to_string(), hour.to_string()),
+            ])
+        };
+        assert_eq!(
+            partition_of(&keys("2025-11-25", "13")).map(|p| p.path()),
+            Some("dt=2025-11-25/hour=13".to_string())
+        );
+        for (dt, hour) in [
+            ("2025-11-25", "24"),
+            ("2025-13-01", "00"),
+            ("../../etc", "00"),
+            ("2025-11-25", "1"),
+        ] {
+            assert_eq!(partition_of(&keys(dt, hour)), None, "{dt} {hour}");
+        }
+        assert_eq!(partition_of(&HashMap::new()), None);
+    }
+}

@@ -1,0 +1,634 @@
+//! The Firehose data-transformation handler: stream records in, long-layout readings out.
+//!
+//! # Contract (Firehose data transformation, Kinesis-stream source)
+//! - Exactly one response record per input `recordId`, in input order, with a
+//!   [`TransformResult`]: `Ok`, `Dropped` or `ProcessingFailed`. One bad record never
+//!   fails the invocation (a failed invocation makes Firehose retry the whole batch and
+//!   then send all of it to the error prefix).
+//! - Input data: one [`StreamRecord`] as compact JSON, or several of them separated by
+//!   newlines ("record packing"; blank lines are ignored). All documents of one record
+//!   must fall in the same hour, because a record has one set of partition keys.
+//! - `Ok` data: one [`telemetry::Reading`] JSON document per metric, each followed by a
+//!   newline (Firehose's record-format conversion reads concatenated JSON documents), with
+//!   `metadata.partitionKeys` = `{"dt": "YYYY-MM-DD", "hour": "HH"}` of the event time.
+//! - `ProcessingFailed`, with the reason logged and counted in the [`Summary`], for: empty
+//!   data, data that is not UTF-8, a document that is not a [`StreamRecord`], no metrics, a
+//!   metric value that is not finite (`1e999` overflows), a device id that is not an AWS IoT
+//!   thing name, a `seq` over 2^63-1, documents spanning hours, and records past the
+//!   response size limit (below). The response echoes the original data of a record that
+//!   failed on its content, so its raw bytes reach the error prefix whichever copy Firehose
+//!   keeps.
+//! - `Dropped`: a record whose every `(device_id, seq)` already appeared earlier in the same
+//!   invocation (a duplicate document inside a packed record is left out of its output).
+//!   Dropping early only saves bytes and Parquet rows: duplicates across invocations still
+//!   happen (Kinesis and Firehose deliver at least once), and the analytics de-duplicate on
+//!   `(device_id, seq, metric)` regardless.
+//! - Response size: Lambda rejects a synchronous response over 6 MiB
+//!   ([`MAX_RESPONSE_BYTES`]), which would fail the whole invocation. The long layout is
+//!   several times larger than its input, so the handler budgets the encoded response: from
+//!   the first record that no longer fits, every record is answered `ProcessingFailed` with
+//!   empty data and the reason [`FailureReason::ResponseSizeLimit`]. Firehose then writes
+//!   those records, with their original data, under its error prefix, from which they can
+//!   be replayed.
+//!
+//! The event's `data` fields are base64, decoded by `aws_lambda_events` while the event is
+//! deserialized: an event whose base64 is invalid cannot be typed at all and fails the
+//! invocation before this code runs. Firehose encodes the data itself, so only a
+//! hand-made event can do that.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+
+use aws_lambda_events::event::firehose::{
+    KinesisFirehoseEvent, KinesisFirehoseResponse, KinesisFirehoseResponseRecord,
+    KinesisFirehoseResponseRecordMetadata,
+};
+use lambda_runtime::LambdaEvent;
+use serde::{Deserialize, Serialize};
+use telemetry::validate::valid_device_id;
+use telemetry::{Partition, StreamRecord};
+
+/// Lambda's payload limit for a synchronous invocation's response: 6 MiB. A larger response
+/// fails the invocation, so the handler keeps its encoded response within it.
+pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// Name of the partition key holding the event date, `YYYY-MM-DD` (UTC).
+pub const PARTITION_KEY_DT: &str = "dt";
+/// Name of the partition key holding the event hour, `HH` (00–23, UTC).
+pub const PARTITION_KEY_HOUR: &str = "hour";
+
+/// Longest excerpt of an offending value quoted in a failure reason, in characters.
+const MAX_QUOTED_CHARS: usize = 200;
+
+/// The outcome of one record, as Firehose's `result` field spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TransformResult {
+    /// Transformed: Firehose delivers the returned data.
+    Ok,
+    /// Intentionally left out: Firehose counts it as processed and delivers nothing.
+    Dropped,
+    /// Could not be transformed: Firehose writes the record to its error prefix.
+    ProcessingFailed,
+}
+
+impl TransformResult {
+    /// The wire spelling: `"Ok"`, `"Dropped"` or `"ProcessingFailed"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TransformResult::Ok => "Ok",
+            TransformResult::Dropped => "Dropped",
+            TransformResult::ProcessingFailed => "ProcessingFailed",
+        }
+    }
+}
+
+impl fmt::Display for TransformResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A `result` string that is none of `Ok`, `Dropped`, `ProcessingFailed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a Firehose transformation result (Ok, Dropped or ProcessingFailed)")]
+pub struct UnknownResult(pub String);
+
+impl FromStr for TransformResult {
+    type Err = UnknownResult;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "Ok" => Ok(TransformResult::Ok),
+            "Dropped" => Ok(TransformResult::Dropped),
+            "ProcessingFailed" => Ok(TransformResult::ProcessingFailed),
+            other => Err(UnknownResult(other.to_string())),
+        }
+    }
+}
+
+/// Why a record was answered `ProcessingFailed`. `line` is the 1-based line of the
+/// offending document within the record's data.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FailureReason {
+    /// The data holds no document at all (empty or only whitespace).
+    #[error("record data is empty")]
+    Empty,
+    /// The data is not UTF-8, so it cannot be JSON.
+    #[error("record data is not valid UTF-8 (first invalid byte at offset {offset})")]
+    InvalidUtf8 {
+        /// Byte offset of the first invalid sequence.
+        offset: usize,
+    },
+    /// A document is not a [`StreamRecord`] (bad JSON, missing field, wrong type).
+    #[error("line {line}: not a StreamRecord: {detail}")]
+    NotAStreamRecord {
+        /// The document's line.
+        line: usize,
+        /// The parser's message, with line and column.
+        detail: String,
+    },
+    /// A document has no metric.
+    #[error("line {line}: `metrics` is empty")]
+    NoMetrics {
+        /// The document's line.
+        line: usize,
+    },
+    /// A metric value is not a finite number (in JSON, a literal such as `1e999`).
+    #[error("line {line}: a metric value is not a finite number: {detail}")]
+    NonFiniteValue {
+        /// The document's line.
+        line: usize,
+        /// What was found.
+        detail: String,
+    },
+    /// The device id is not an AWS IoT thing name.
+    #[error("line {line}: device_id {device_id:?} is not 1-128 characters of [A-Za-z0-9_:-]")]
+    BadDeviceId {
+        /// The document's line.
+        line: usize,
+        /// The offending id (at most 200 characters of it).
+        device_id: String,
+    },
+    /// `seq` does not fit Parquet's int64.
+    #[error("line {line}: seq {seq} is larger than 2^63-1")]
+    SeqOutOfRange {
+        /// The document's line.
+        line: usize,
+        /// The value given.
+        seq: u64,
+    },
+    /// The documents of a packed record fall in different hours; a record has one set of
+    /// partition keys.
+    #[error(
+        "line {line}: packed record spans partitions ({first} then {other}); \
+         all documents of one record must share an event hour"
+    )]
+    SpansPartitions {
+        /// The first document in another partition.
+        line: usize,
+        /// The partition of the record's first document (`dt=…/hour=…`).
+        first: String,
+        /// The partition of document `line`.
+        other: String,
+    },
+    /// The readings could not be encoded as JSON (not expected to happen: every value was
+    /// checked to be finite).
+    #[error("could not encode the readings as JSON: {detail}")]
+    Encode {
+        /// The encoder's message.
+        detail: String,
+    },
+    /// The record lies beyond the response size limit: answering it would push the
+    /// response over Lambda's 6 MiB synchronous payload limit.
+    #[error(
+        "response size limit: the encoded response would exceed {limit} bytes \
+         (Lambda's synchronous payload limit)"
+    )]
+    ResponseSizeLimit {
+        /// The limit in bytes ([`MAX_RESPONSE_BYTES`]).
+        limit: usize,
+    },
+}
+
+impl FailureReason {
+    /// A stable machine-readable code for the class (log field and counter key).
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailureReason::Empty => "empty",
+            FailureReason::InvalidUtf8 { .. } => "invalid_utf8",
+            FailureReason::NotAStreamRecord { .. } => "not_a_stream_record",
+            FailureReason::NoMetrics { .. } => "no_metrics",
+            FailureReason::NonFiniteValue { .. } => "non_finite_value",
+            FailureReason::BadDeviceId { .. } => "bad_device_id",
+            FailureReason::SeqOutOfRange { .. } => "seq_out_of_range",
+            FailureReason::SpansPartitions { .. } => "spans_partitions",
+            FailureReason::Encode { .. } => "encode",
+            FailureReason::ResponseSizeLimit { .. } => "response_size_limit",
+        }
+    }
+}
+
+/// One record answered `ProcessingFailed`, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordFailure {
+    /// Position of the record in the event.
+    pub index: usize,
+    /// Its `recordId`.
+    pub record_id: Option<String>,
+    /// Why it failed.
+    pub reason: FailureReason,
+}
+
+/// What one invocation did: the counters the handler logs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Records in the event (= `ok + dropped + processing_failed`).
+    pub records: usize,
+    /// Records answered `Ok`.
+    pub ok: usize,
+    /// Records answered `Dropped` (duplicates within the invocation).
+    pub dropped: usize,
+    /// Records answered `ProcessingFailed`.
+    pub processing_failed: usize,
+    /// Readings (future Parquet rows) in the `Ok` records.
+    pub readings: usize,
+    /// Size of the response encoded as compact JSON, in bytes.
+    pub response_bytes: usize,
+    /// Every failed record with its reason, in event order.
+    pub failures: Vec<RecordFailure>,
+}
+
+impl Summary {
+    /// Number of failed records per [`FailureReason::code`].
+    pub fn failures_by_code(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        for f in &self.failures {
+            *out.entry(f.reason.code()).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// The Lambda entry point: [`transform`] inside a span carrying the request id.
+///
+/// Never returns an error: every record's outcome is in the response.
+pub async fn handle(
+    event: LambdaEvent<KinesisFirehoseEvent>,
+) -> Result<KinesisFirehoseResponse, lambda_runtime::Error> {
+    let (payload, context) = event.into_parts();
+    let span = tracing::info_span!("transform", request_id = %context.request_id);
+    Ok(span.in_scope(|| transform(&payload)))
+}
+
+/// Transforms one Firehose event: one response record per input record, in order.
+///
+/// Pure apart from logging (one line per failed record, one summary line).
+pub fn transform(event: &KinesisFirehoseEvent) -> KinesisFirehoseResponse {
+    transform_with_summary(event).0
+}
+
+/// [`transform`], also returning the counters and the failure reasons.
+pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseResponse, Summary) {
+    let n = event.records.len();
+    // Keys already answered Ok in this invocation: the de-duplication scope.
+    let mut seen: HashSet<(String, u64)> = HashSet::with_capacity(n);
+    let mut planned: Vec<Planned> = Vec::with_capacity(n);
+    for record in &event.records {
+        let outcome = judge(&record.data, &mut seen);
+        planned.push(Planned::new(
+            record.record_id.clone(),
+            outcome,
+            &record.data,
+        ));
+    }
+
+    // The response budget. Every record needs at least its minimal failure answer, so a
+    // record is kept as planned only if, after it, the minimal answers of all the records
+    // still to come fit as well. Once one does not fit, the rest of the event is cut.
+    let envelope = json_len(&KinesisFirehoseResponse::default());
+    let mut reserve = vec![0usize; n + 1];
+    for i in (0..n).rev() {
+        // +1: the comma separating array elements (one more than needed: conservative).
+        reserve[i] = reserve[i + 1] + planned[i].min_len + 1;
+    }
+    if envelope + reserve[0] > MAX_RESPONSE_BYTES {
+        // Only reachable with tens of thousands of records in one event: Firehose's
+        // processor buffer (at most 3 MiB) makes that impossible in practice.
+        tracing::error!(
+            records = n,
+            min_response_bytes = envelope + reserve[0],
+            limit = MAX_RESPONSE_BYTES,
+            "even an all-failed response exceeds the Lambda payload limit"
+        );
+    }
+    let mut used = envelope;
+    let mut cut = n;
+    for (i, p) in planned.iter().enumerate() {
+        if used + p.full_len + 1 + reserve[i + 1] <= MAX_RESPONSE_BYTES {
+            used += p.full_len + 1;
+        } else {
+            cut = i;
+            break;
+        }
+    }
+    if cut < n {
+        tracing::warn!(
+            records_cut = n - cut,
+            first_cut_record_id = planned[cut].record.record_id.as_deref().unwrap_or(""),
+            limit = MAX_RESPONSE_BYTES,
+            "records past the response size limit answered ProcessingFailed"
+        );
+        for p in &mut planned[cut..] {
+            p.cut_for_size();
+        }
+    }
+
+    let mut summary = Summary {
+        records: n,
+        response_bytes: envelope + n.saturating_sub(1),
+        ..Summary::default()
+    };
+    let mut records = Vec::with_capacity(n);
+    for (index, p) in planned.into_iter().enumerate() {
+        summary.response_bytes += p.full_len;
+        match p.verdict {
+            Verdict::Ok { readings } => {
+                summary.ok += 1;
+                summary.readings += readings;
+            }
+            Verdict::Dropped => summary.dropped += 1,
+            Verdict::Failed(reason) => {
+                summary.processing_failed += 1;
+                // Records cut for size were logged above, as one line.
+                if !matches!(reason, FailureReason::ResponseSizeLimit { .. }) {
+                    tracing::warn!(
+                        record_id = p.record.record_id.as_deref().unwrap_or(""),
+                        reason_code = reason.code(),
+                        reason = %reason,
+                        "record answered ProcessingFailed"
+                    );
+                }
+                summary.failures.push(RecordFailure {
+                    index,
+                    record_id: p.record.record_id.clone(),
+                    reason,
+                });
+            }
+        }
+        records.push(p.record);
+    }
+    tracing::info!(
+        invocation_id = event.invocation_id.as_deref().unwrap_or(""),
+        records = summary.records,
+        ok = summary.ok,
+        dropped = summary.dropped,
+        processing_failed = summary.processing_failed,
+        readings = summary.readings,
+        response_bytes = summary.response_bytes,
+        failures = ?summary.failures_by_code(),
+        "transformed"
+    );
+    let mut response = KinesisFirehoseResponse::default();
+    response.records = records;
+    (response, summary)
+}
+
+/// What the handler decided for one record, before the response budget.
+enum Outcome {
+    Ok {
+        /// Newline-terminated Reading JSON documents.
+        rows: Vec<u8>,
+        partition: Partition,
+        readings: usize,
+    },
+    Dropped,
+    Failed(FailureReason),
+}
+
+/// The result of a planned record, kept for the summary once its data moved into the
+/// response record.
+enum Verdict {
+    Ok { readings: usize },
+    Dropped,
+    Failed(FailureReason),
+}
+
+/// A response record with its encoded sizes.
+struct Planned {
+    record: KinesisFirehoseResponseRecord,
+    verdict: Verdict,
+    /// Encoded size of `record` as planned.
+    full_len: usize,
+    /// Encoded size of the record answered `ProcessingFailed` with empty data.
+    min_len: usize,
+}
+
+impl Planned {
+    fn new(record_id: Option<String>, outcome: Outcome, input: &[u8]) -> Self {
+        let mut record = KinesisFirehoseResponseRecord::default();
+        record.record_id = record_id;
+        record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
+        let min_len = json_len(&record);
+        let (result, data, partition_keys, verdict) = match outcome {
+            Outcome::Ok {
+                rows,
+                partition,
+                readings,
+            } => (
+                TransformResult::Ok,
+                rows,
+                partition_keys(&partition),
+                Verdict::Ok { readings },
+            ),
+            Outcome::Dropped => (
+                TransformResult::Dropped,
+                Vec::new(),
+                HashMap::new(),
+                Verdict::Dropped,
+            ),
+            // Echo the input so that its raw bytes survive whichever copy Firehose keeps.
+            Outcome::Failed(reason) => (
+                TransformResult::ProcessingFailed,
+                input.to_vec(),
+                HashMap::new(),
+                Verdict::Failed(reason),
+            ),
+        };
+        record.result = Some(result.as_str().to_string());
+        record.metadata.partition_keys = partition_keys;
+        // Measured with empty data plus the base64 length, so that the data is encoded
+        // once (by the runtime), not twice.
+        let full_len = json_len(&record) + base64_len(data.len());
+        record.data.0 = data;
+        Self {
+            record,
+            verdict,
+            full_len,
+            min_len,
+        }
+    }
+
+    /// Turns the record into its minimal failure answer (it lies past the size limit).
+    fn cut_for_size(&mut self) {
+        self.record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
+        self.record.data.0 = Vec::new();
+        self.record.metadata = KinesisFirehoseResponseRecordMetadata::default();
+        self.full_len = self.min_len;
+        if !matches!(self.verdict, Verdict::Failed(_)) {
+            self.verdict = Verdict::Failed(FailureReason::ResponseSizeLimit {
+                limit: MAX_RESPONSE_BYTES,
+            });
+        }
+    }
+}
+
+fn partition_keys(p: &Partition) -> HashMap<String, String> {
+    HashMap::from([
+        (PARTITION_KEY_DT.to_string(), p.dt.clone()),
+        (PARTITION_KEY_HOUR.to_string(), p.hour.clone()),
+    ])
+}
+
+/// Decides one record. `seen` holds the keys of earlier records of the invocation and
+/// receives this record's keys when it is answered Ok.
+fn judge(data: &[u8], seen: &mut HashSet<(String, u64)>) -> Outcome {
+    let (docs, partition) = match parse_documents(data) {
+        Ok(parsed) => parsed,
+        Err(reason) => return Outcome::Failed(reason),
+    };
+    // `insert` is false for a key seen earlier in the invocation or in this record.
+    let fresh: Vec<&StreamRecord> = docs
+        .iter()
+        .filter(|d| seen.insert((d.device_id.clone(), d.seq)))
+        .collect();
+    if fresh.is_empty() {
+        return Outcome::Dropped;
+    }
+    // About 150 bytes per reading for typical ids and names.
+    let mut rows = Vec::with_capacity(fresh.iter().map(|d| d.readings()).sum::<usize>() * 160);
+    let mut readings = 0;
+    for doc in fresh {
+        for reading in doc.to_readings() {
+            if let Err(e) = serde_json::to_writer(&mut rows, &reading) {
+                return Outcome::Failed(FailureReason::Encode {
+                    detail: e.to_string(),
+                });
+            }
+            rows.push(b'\n');
+            readings += 1;
+        }
+    }
+    Outcome::Ok {
+        rows,
+        partition,
+        readings,
+    }
+}
+
+/// Parses and checks the newline-separated documents of one record.
+fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), FailureReason> {
+    let text = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let mut docs = Vec::new();
+    let mut first: Option<Partition> = None;
+    for (i, line) in text.split('\n').enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let line_no = i + 1;
+        let doc: StreamRecord =
+            serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?;
+        check_document(line_no, &doc)?;
+        let partition = Partition::of_millis(doc.ts);
+        match &first {
+            None => first = Some(partition),
+            Some(p) if *p != partition => {
+                return Err(FailureReason::SpansPartitions {
+                    line: line_no,
+                    first: p.path(),
+                    other: partition.path(),
+                });
+            }
+            Some(_) => {}
+        }
+        docs.push(doc);
+    }
+    match first {
+        Some(partition) => Ok((docs, partition)),
+        None => Err(FailureReason::Empty),
+    }
+}
+
+fn classify_parse_error(line: usize, e: &serde_json::Error) -> FailureReason {
+    let detail = e.to_string();
+    // serde_json refuses a float literal that overflows f64 with this message: it is the
+    // only way a non-finite value can be written in JSON.
+    if detail.starts_with("number out of range") {
+        FailureReason::NonFiniteValue { line, detail }
+    } else {
+        FailureReason::NotAStreamRecord { line, detail }
+    }
+}
+
+/// The checks the long layout depends on. Ingest validated the full contract already;
+/// these guard against records that reached the stream another way.
+fn check_document(line: usize, doc: &StreamRecord) -> Result<(), FailureReason> {
+    if !valid_device_id(&doc.device_id) {
+        return Err(FailureReason::BadDeviceId {
+            line,
+            device_id: doc.device_id.chars().take(MAX_QUOTED_CHARS).collect(),
+        });
+    }
+    if doc.metrics.is_empty() {
+        return Err(FailureReason::NoMetrics { line });
+    }
+    if let Some((name, value)) = doc.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        return Err(FailureReason::NonFiniteValue {
+            line,
+            detail: format!("metrics.{name} = {value}"),
+        });
+    }
+    if i64::try_from(doc.seq).is_err() {
+        return Err(FailureReason::SeqOutOfRange { line, seq: doc.seq });
+    }
+    Ok(())
+}
+
+/// Length of standard, padded base64 of `n` bytes (what `Base64Data` serializes).
+pub(crate) fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// Length of a value encoded as compact JSON, without building the string. These types
+/// always serialize; were one to fail, the count would fall short by the rest.
+pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
+    let mut counter = ByteCounter(0);
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
+}
+
+struct ByteCounter(usize);
+
+impl io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_enum_round_trips_through_its_wire_spelling() {
+        for r in [
+            TransformResult::Ok,
+            TransformResult::Dropped,
+            TransformResult::ProcessingFailed,
+        ] {
+            assert_eq!(r.as_str().parse::<TransformResult>(), Ok(r));
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                format!("\"{}\"", r.as_str())
+            );
+        }
+        assert!("TransformedStateOk".parse::<TransformResult>().is_err());
+    }
+
+    #[test]
+    fn base64_length_matches_the_encoder() {
+        use base64::Engine;
+        for n in 0..20 {
+            let encoded = base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+            assert_eq!(base64_len(n), encoded.len(), "n = {n}");
+        }
+    }
+}

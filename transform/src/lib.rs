@@ -1,0 +1,42 @@
+//! The Firehose data-transformation Lambda of iot-pipeline, and the local emulation of the
+//! Firehose delivery stream that calls it.
+//!
+//! Firehose (source: the Kinesis data stream) buffers stream records and invokes this
+//! function synchronously with a batch. Each record's data is a [`telemetry::StreamRecord`]
+//! as compact JSON; the function answers every `recordId` exactly once, in input order,
+//! with the record exploded into the long layout (one [`telemetry::Reading`] JSON document
+//! per metric, newline-delimited) and the partition keys `dt` / `hour` of its event time.
+//! Firehose's record-format conversion then turns the readings into Parquet under
+//! `telemetry/dt=YYYY-MM-DD/hour=HH/`.
+//!
+//! # Layout
+//! - [`handler`]: the pure transformation ([`transform`]) and the Lambda entry point
+//!   ([`handle`]): parsing, checks, de-duplication within an invocation, the 6 MiB
+//!   response budget.
+//! - [`emulator`]: a local, in-process Firehose delivery stream (buffering hints, the
+//!   transform invocation with the real event and response types, the contract check,
+//!   record-format conversion to Parquet with dynamic partitions, the error prefix). The
+//!   `iotpipe` CLI runs it with this crate's handler.
+//! - `main.rs`: the Lambda binary: JSON logs, then `lambda_runtime::run(service_fn(handle))`.
+//!
+//! # Important notes
+//! - One bad record never fails an invocation: it is answered `ProcessingFailed`, and
+//!   Firehose writes it to the error prefix with its raw data.
+//! - A record whose `(device_id, seq)` already appeared earlier in the same invocation is
+//!   answered `Dropped`. This only saves bytes: Kinesis and Firehose deliver at least once
+//!   across invocations, so the analytics de-duplicate on `(device_id, seq, metric)` anyway.
+//! - The long layout is larger than its input: about 3x the record data for four
+//!   metrics, 7x for 64 (every reading repeats the device, seq and times). A 1 MiB
+//!   processor buffer of four-metric records makes a response of about 5 MB, close to
+//!   Lambda's 6 MiB payload limit; with more metrics per message it goes over. Records past
+//!   the limit are answered `ProcessingFailed` rather than failing the invocation (see
+//!   [`handler::MAX_RESPONSE_BYTES`]), so keep the processor buffer hint at 0.5 MB or
+//!   less when messages carry many metrics.
+
+pub mod emulator;
+pub mod handler;
+
+pub use handler::{
+    FailureReason, MAX_RESPONSE_BYTES, RecordFailure, Summary, TransformResult, handle, transform,
+    transform_with_summary,
+};

@@ -1,0 +1,459 @@
+//! One simulated device: an MQTT client with its own connection, publishing its stream.
+//!
+//! Each device is two tasks, in the shape rumqttc is built for:
+//! - the **driver** polls the [`rumqttc::EventLoop`] and nothing else. `poll` is never
+//!   raced against other futures in a `select!`, because cancelling it while a packet is
+//!   being written can lose that packet. It counts writes and PUBACKs and reconnects with
+//!   backoff and jitter.
+//! - the **publisher** paces the device's [`DeviceStream`], hands each message to the
+//!   [`rumqttc::AsyncClient`], then waits (bounded) for the acknowledgements and
+//!   disconnects.
+//!
+//! # Sessions and republishing
+//! Devices connect with a clean session, so a simulation leaves no session state behind on
+//! the broker. rumqttc republishes unacknowledged QoS 1 messages after a reconnect only
+//! when the broker resumes the session (it discards them when `session_present` is
+//! false), so the driver keeps them itself: after a connection error it takes the
+//! event loop's pending requests (the unacknowledged publishes plus the requests still
+//! queued in the channel) and puts them back, DUP flag set, once the new connection is
+//! up. QoS 1 is therefore at-least-once across reconnects; duplicates are expected and
+//! de-duplicated downstream on (`device_id`, `seq`).
+//!
+//! # Pacing
+//! Each message has an absolute due time on the run's timeline (`t0 + due`, see
+//! [`crate::schedule`]) and the publisher sleeps until it. This is
+//! [`tokio::time::MissedTickBehavior::Burst`] (which a plain `Interval` would also give)
+//! generalised to jittered slots: when a message is late (the client channel was full
+//! while reconnecting, the runtime was busy) the overdue ones go out back to back and the
+//! device is on schedule again, so the asked rate holds over the run. `Delay` would shift
+//! every later message and silently lower the rate.
+//!
+//! # Offline buffer
+//! While the connection is down the publisher blocks on the full client channel (16
+//! requests; up to 100 QoS 1 publishes wait in flight inside rumqttc). Messages falling due
+//! meanwhile are not generated yet, so holding them costs nothing; when the device catches
+//! up and finds `offline_buffer` or more later messages already due, it drops the oldest
+//! (counted, and a gap in `seq`), like a device whose ring buffer overflowed.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
+    Request,
+};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::config::{BrokerUrl, KEEP_ALIVE, QoS};
+use crate::schedule::DeviceStream;
+use crate::summary::{LatencyHistogram, LiveCounters};
+
+/// Capacity of the channel between a device's publisher and its event loop. Small on
+/// purpose: it is the backpressure that holds the publisher back while the connection is
+/// down (the schedule catches up afterwards).
+const REQUEST_CHANNEL_CAPACITY: usize = 16;
+/// QoS 1 publishes in flight per connection before the event loop waits for PUBACKs.
+const MAX_INFLIGHT: u16 = 100;
+/// TCP connect + CONNACK timeout, seconds (rumqttc's unit).
+const CONNECT_TIMEOUT_S: u64 = 5;
+/// Bound on the clean disconnect at the end of a device's run.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// First reconnect delay (before jitter).
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Longest reconnect delay (before jitter).
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What every device of a run shares.
+#[derive(Debug)]
+pub(crate) struct FleetCtx {
+    pub broker: BrokerUrl,
+    pub qos: QoS,
+    /// The instant the run started: every schedule is anchored here.
+    pub t0: Instant,
+    pub ack_timeout: Duration,
+    /// Most due messages a device holds back before dropping the oldest.
+    pub offline_buffer: u64,
+    pub live: Arc<LiveCounters>,
+    pub latency: Arc<LatencyHistogram>,
+    /// Becomes true on shutdown.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Counters a device's driver updates and its publisher reads.
+#[derive(Debug)]
+struct DeviceShared {
+    /// Distinct messages written.
+    sent: AtomicU64,
+    /// Distinct QoS 1 messages acknowledged.
+    acked: AtomicU64,
+    /// First and last write, µs after `t0` (`u64::MAX` / 0 until the first write).
+    first_write_us: AtomicU64,
+    last_write_us: AtomicU64,
+    /// Woken by the driver after every write or PUBACK (the publisher's drain waits on it).
+    progress: Notify,
+}
+
+impl Default for DeviceShared {
+    fn default() -> Self {
+        Self {
+            sent: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            first_write_us: AtomicU64::new(u64::MAX),
+            last_write_us: AtomicU64::new(0),
+            progress: Notify::new(),
+        }
+    }
+}
+
+/// What a device did, collected into the summary.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceOutcome {
+    pub device_id: String,
+    pub first_seq: u64,
+    /// Messages handed to the MQTT client.
+    pub handed_off: u64,
+    /// Messages dropped by the offline buffer (their seqs are skipped).
+    pub dropped: u64,
+    /// Messages whose time came.
+    pub scheduled: u64,
+    pub sent: u64,
+    /// Confirmed: PUBACKed (QoS 1) or written (QoS 0).
+    pub confirmed: u64,
+    /// First and last write, µs after `t0` (`None` if nothing was written).
+    pub writes_us: Option<(u64, u64)>,
+}
+
+impl DeviceOutcome {
+    pub fn failed(&self) -> u64 {
+        self.scheduled.saturating_sub(self.confirmed)
+    }
+}
+
+/// Why the publisher stopped handing off messages.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    /// Every message was handed off.
+    Completed,
+    /// Shutdown was requested at this instant.
+    Shutdown(Instant),
+    /// The deadline passed with messages left (the broker was unreachable too long).
+    GaveUp,
+    /// The event loop ended (only after a failed first connection).
+    DriverGone,
+}
+
+/// Runs one device to completion: connect, publish its stream on schedule, drain, and
+/// disconnect. `first_connect`, when given, receives the outcome of the first connection
+/// attempt (the run uses device 0 to fail fast on an unreachable broker).
+pub(crate) async fn run_device(
+    mut stream: DeviceStream,
+    ctx: Arc<FleetCtx>,
+    first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+) -> DeviceOutcome {
+    let mut opts = MqttOptions::new(stream.device_id(), ctx.broker.host.clone(), ctx.broker.port);
+    opts.set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(true)
+        .set_inflight(MAX_INFLIGHT);
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
+    let mut net = NetworkOptions::new();
+    // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(CONNECT_TIMEOUT_S);
+    eventloop.set_network_options(net);
+
+    let shared = Arc::new(DeviceShared::default());
+    let mut driver = tokio::spawn(drive(
+        eventloop,
+        Arc::clone(&shared),
+        Arc::clone(&ctx),
+        stream.device_id().to_owned(),
+        first_connect,
+    ));
+
+    let qos = ctx.qos.to_rumqttc();
+    let t0 = ctx.t0;
+    let count = stream.total();
+    // Past this instant the device stops trying: its last message was due (at the latest,
+    // with jitter) ack_timeout ago.
+    let give_up = t0 + stream.due(count.saturating_sub(1)) + stream.jitter() + ctx.ack_timeout;
+    let mut stop = ctx.stop.clone();
+    let (mut handed_off, mut dropped) = (0u64, 0u64);
+
+    let end = loop {
+        // Generated ahead of its time (its contents do not depend on it), then held until due.
+        let Some(msg) = stream.next() else {
+            break End::Completed;
+        };
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
+            () = tokio::time::sleep_until(give_up) => break End::GaveUp,
+            () = tokio::time::sleep_until(t0 + msg.due) => {}
+        }
+        // The offline buffer: with `offline_buffer` later messages already due, the device
+        // is that far behind (its connection was down); the oldest message goes.
+        let due_now = stream.due_by(Instant::now().saturating_duration_since(t0));
+        if due_now.saturating_sub(stream.taken()) >= ctx.offline_buffer {
+            dropped += 1;
+            continue;
+        }
+        // Blocks while the channel is full (connection down): that is the backpressure.
+        tokio::select! {
+            biased;
+            () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
+            () = tokio::time::sleep_until(give_up) => break End::GaveUp,
+            r = client.publish(msg.topic, qos, false, msg.payload) => match r {
+                Ok(()) => handed_off += 1,
+                Err(_) => break End::DriverGone,
+            },
+        }
+    };
+    let now = Instant::now();
+    // Messages are taken at or after their due time, so this covers those already taken.
+    let scheduled = (handed_off + dropped).max(stream.due_by(now.saturating_duration_since(t0)));
+    if dropped > 0 {
+        LiveCounters::add(&ctx.live.dropped, dropped);
+        debug!(device = %stream.device_id(), dropped, "offline buffer overflowed");
+    }
+
+    // Wait for the outstanding confirmations, bounded.
+    let drain_until = match end {
+        End::Shutdown(at) => (at + ctx.ack_timeout).min(give_up.max(at)),
+        End::Completed | End::GaveUp => give_up,
+        End::DriverGone => now,
+    };
+    let confirmed = |s: &DeviceShared| match ctx.qos {
+        QoS::AtLeastOnce => s.acked.load(Ordering::Acquire),
+        QoS::AtMostOnce => s.sent.load(Ordering::Acquire),
+    };
+    while confirmed(&shared) < handed_off {
+        // `notify_one` stores a permit, so a confirmation between the check and this wait
+        // is not lost.
+        if tokio::time::timeout_at(drain_until, shared.progress.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+
+    // Queued behind any QoS 0 publishes still in the channel, so those go out first. When
+    // the connection is down the channel may be full: then the driver is stopped instead.
+    let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, client.disconnect()).await;
+    if tokio::time::timeout(DISCONNECT_TIMEOUT, &mut driver)
+        .await
+        .is_err()
+    {
+        driver.abort();
+    }
+
+    let outcome = DeviceOutcome {
+        device_id: stream.device_id().to_owned(),
+        first_seq: stream.first_seq(),
+        handed_off,
+        dropped,
+        scheduled,
+        sent: shared.sent.load(Ordering::Acquire),
+        confirmed: confirmed(&shared),
+        writes_us: match (
+            shared.first_write_us.load(Ordering::Acquire),
+            shared.last_write_us.load(Ordering::Acquire),
+        ) {
+            (u64::MAX, _) => None,
+            (first, last) => Some((first, last)),
+        },
+    };
+    LiveCounters::add(&ctx.live.failed, outcome.failed());
+    outcome
+}
+
+/// Completes when `stop` is (or becomes) true; never, if its sender is gone.
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Polls the event loop until the device disconnects; counts writes and PUBACKs;
+/// reconnects with backoff and jitter, republishing unacknowledged QoS 1 messages.
+async fn drive(
+    mut eventloop: EventLoop,
+    shared: Arc<DeviceShared>,
+    ctx: Arc<FleetCtx>,
+    device_id: String,
+    mut first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+) {
+    let live = &ctx.live;
+    let qos1 = ctx.qos == QoS::AtLeastOnce;
+    // QoS 1 publishes written and not yet acknowledged: packet id -> first write.
+    let mut inflight: HashMap<u16, Instant> = HashMap::new();
+    // Requests of a lost connection, replayed once the next one is up.
+    let mut stash: VecDeque<Request> = VecDeque::new();
+    let mut attempt = 0u32;
+    let mut connected = ConnectedGuard::new(live);
+
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Some(tx) = first_connect.take() {
+                    let _ = tx.send(Ok(()));
+                }
+                connected.set(true);
+                attempt = 0;
+                if !stash.is_empty() {
+                    debug!(device = %device_id, requests = stash.len(), "replaying after reconnect");
+                    // Ahead of anything queued in the channel since: the original order.
+                    let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
+                    replay.append(&mut eventloop.pending);
+                    eventloop.pending = replay;
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                let now = Instant::now();
+                let us = u64::try_from(now.saturating_duration_since(ctx.t0).as_micros())
+                    .unwrap_or(u64::MAX);
+                shared.first_write_us.fetch_min(us, Ordering::AcqRel);
+                shared.last_write_us.fetch_max(us, Ordering::AcqRel);
+                if !qos1 {
+                    shared.sent.fetch_add(1, Ordering::AcqRel);
+                    LiveCounters::add(&live.sent, 1);
+                    LiveCounters::add(&live.acknowledged, 1);
+                    shared.progress.notify_one();
+                } else {
+                    match inflight.entry(pkid) {
+                        // A republish of a message already counted (a packet id is not
+                        // reused while its publish is unacknowledged).
+                        Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
+                        Entry::Vacant(slot) => {
+                            slot.insert(now);
+                            shared.sent.fetch_add(1, Ordering::AcqRel);
+                            LiveCounters::add(&live.sent, 1);
+                            shared.progress.notify_one();
+                        }
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some(at) = inflight.remove(&ack.pkid) {
+                    ctx.latency.record(at.elapsed());
+                    shared.acked.fetch_add(1, Ordering::AcqRel);
+                    LiveCounters::add(&live.acknowledged, 1);
+                    shared.progress.notify_one();
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(tx) = first_connect.take() {
+                    // The run decides: it aborts when the first device cannot connect.
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+                LiveCounters::add(&live.connection_errors, 1);
+                if connected.set(false) {
+                    debug!(device = %device_id, error = %e, "connection lost; reconnecting");
+                } else {
+                    debug!(device = %device_id, error = %e, attempt, "connect failed; retrying");
+                }
+                // rumqttc moved the unacknowledged publishes (and the queued requests) to
+                // `pending`, and would drop them on a clean-session CONNACK.
+                stash.append(&mut eventloop.pending);
+                let delay = backoff(attempt);
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    if !inflight.is_empty() {
+        // Counted as failed in the summary; one line per device would flood the terminal.
+        debug!(device = %device_id, unacknowledged = inflight.len(), "disconnected with QoS 1 messages unacknowledged");
+    }
+}
+
+/// Marks a replayed QoS 1 publish as a duplicate delivery (MQTT 3.1.1 §3.3.1.1).
+fn mark_dup(request: Request) -> Request {
+    match request {
+        Request::Publish(mut p) if p.pkid != 0 => {
+            p.dup = true;
+            Request::Publish(p)
+        }
+        other => other,
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half random, so that a
+/// fleet that lost its broker at the same instant does not reconnect in lock-step.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempt.min(16));
+    let capped = exp.min(BACKOFF_MAX);
+    let half = capped / 2;
+    let jitter = rand::rng().random_range(0..=half.as_micros().max(1));
+    half + Duration::from_micros(u64::try_from(jitter).unwrap_or(0))
+}
+
+/// Keeps [`LiveCounters::connected`] right even when the driver task is aborted.
+struct ConnectedGuard<'a> {
+    live: &'a LiveCounters,
+    on: bool,
+}
+
+impl<'a> ConnectedGuard<'a> {
+    fn new(live: &'a LiveCounters) -> Self {
+        Self { live, on: false }
+    }
+
+    /// Sets the state; returns the previous one.
+    fn set(&mut self, on: bool) -> bool {
+        let was = self.on;
+        if on && !was {
+            self.live.connected.fetch_add(1, Ordering::Relaxed);
+        } else if !on && was {
+            self.live.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.on = on;
+        was
+    }
+}
+
+impl Drop for ConnectedGuard<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for attempt in 0..40 {
+            let d = backoff(attempt);
+            let ceiling = BACKOFF_BASE
+                .saturating_mul(1 << attempt.min(16))
+                .min(BACKOFF_MAX);
+            assert!(d >= ceiling / 2 && d <= ceiling, "{attempt}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn only_qos1_publishes_with_a_packet_id_are_marked_duplicate() {
+        let mut p = rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, vec![1]);
+        p.pkid = 7;
+        let Request::Publish(out) = mark_dup(Request::Publish(p)) else {
+            panic!("not a publish");
+        };
+        assert!(out.dup);
+        let fresh = rumqttc::Publish::new("t", rumqttc::QoS::AtLeastOnce, vec![1]);
+        let Request::Publish(out) = mark_dup(Request::Publish(fresh)) else {
+            panic!("not a publish");
+        };
+        assert!(!out.dup);
+    }
+}

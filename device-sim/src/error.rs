@@ -1,0 +1,82 @@
+//! The errors of the simulator, each worded so that the user knows what to do next.
+
+/// Why a simulation could not run.
+///
+/// Failures of individual messages are not errors: they are counted in
+/// [`crate::SimSummary::failed`], and the run goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A configuration value is out of range.
+    #[error("invalid {field}: {reason}")]
+    InvalidConfig {
+        /// The [`crate::SimConfig`] field (or command-line flag) at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A fleet file cannot be read or parsed.
+    #[error("fleet file{}: {reason}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    FleetFile {
+        /// The file, when the text came from one.
+        path: Option<std::path::PathBuf>,
+        /// What is wrong (TOML errors name the line and column).
+        reason: String,
+    },
+    /// The broker address cannot be parsed.
+    #[error("invalid broker URL {url:?}: {reason}")]
+    BadBrokerUrl {
+        /// What was given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The first device could not connect, so the broker is most likely unreachable or
+    /// refuses this client; nothing was published.
+    #[error("cannot connect to {broker}: {reason} — {hint}")]
+    Connect {
+        /// The broker URL.
+        broker: String,
+        /// The MQTT client's error.
+        reason: String,
+        /// What to try.
+        hint: &'static str,
+    },
+    /// A feature this version does not implement yet.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl SimError {
+    /// Wraps the first device's connection error, with a hint chosen by its kind.
+    pub(crate) fn connect(broker: &str, err: &rumqttc::ConnectionError) -> Self {
+        use rumqttc::ConnectionError as E;
+        use std::io::ErrorKind;
+        let hint = match err {
+            E::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                "is a broker running? try `iotpipe up`, or start mosquitto \
+                 (`mosquitto -p PORT`), then pass --broker mqtt://HOST:PORT"
+            }
+            E::Io(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::Other => {
+                "check the host name in --broker"
+            }
+            E::NetworkTimeout | E::FlushTimeout => {
+                "the host did not answer within 5 s: check the address, the port and any \
+                 firewall"
+            }
+            E::ConnectionRefused(_) => {
+                "the broker rejected the MQTT CONNECT: check that it allows anonymous clients \
+                 (mosquitto: `allow_anonymous true`) and these client ids"
+            }
+            _ => "check that --broker points at an MQTT 3.1.1 broker",
+        };
+        let reason = match err {
+            E::Io(e) if e.kind() == ErrorKind::ConnectionRefused => "connection refused".into(),
+            other => other.to_string(),
+        };
+        SimError::Connect {
+            broker: broker.to_owned(),
+            reason,
+            hint,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Helpers shared by the integration tests: brokers and an independent subscriber.
+//!
+//! Each test crate uses a different subset of these.
+#![allow(dead_code)]
+// Test helpers: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use device_sim::BrokerUrl;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep};
+
+/// Event-time origin of every test fleet: payloads are then comparable with `generate()`.
+pub const START_MS: i64 = 1_764_072_000_000;
+
+// --- brokers ----------------------------------------------------------------------------
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts rumqttd on a free loopback port (in its own thread, for the life of the test
+/// process) and returns its URL once it accepts connections.
+pub async fn embedded_broker() -> BrokerUrl {
+    use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+    let port = free_port();
+    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+    let server = ServerSettings {
+        name: "v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: 128 * 1024,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..RouterConfig::default()
+        },
+        v4: Some([("1".to_owned(), server)].into_iter().collect()),
+        ..Config::default()
+    };
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        if let Err(e) = broker.start() {
+            eprintln!("embedded rumqttd on {listen} stopped: {e}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(listen).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "embedded rumqttd did not listen on {listen}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    BrokerUrl::mqtt("127.0.0.1", port)
+}
+
+/// The mosquitto of the test set-up; fails the test when it is not configured.
+pub fn mosquitto() -> BrokerUrl {
+    let Ok(url) = std::env::var("IOTPIPE_TEST_MQTT") else {
+        panic!("IOTPIPE_TEST_MQTT not set: run tests/run.sh (it starts mosquitto)");
+    };
+    url.parse()
+        .unwrap_or_else(|e| panic!("IOTPIPE_TEST_MQTT={url:?} is not a broker URL: {e}"))
+}
+
+// --- the independent subscriber ---------------------------------------------------------
+
+/// `(topic, payload)` pairs as they arrived.
+pub type Received = Vec<(String, Vec<u8>)>;
+
+/// A separate MQTT client subscribed to every telemetry topic, recording what arrives.
+pub struct Subscriber {
+    received: Arc<Mutex<Received>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects, subscribes to `dt/+/+/telemetry` at QoS 1 and returns once the broker
+    /// has acknowledged the subscription.
+    pub async fn start(broker: &BrokerUrl) -> Self {
+        let id = format!("test-sub-{:08x}", rand::random::<u32>());
+        let mut opts = MqttOptions::new(id, broker.host.clone(), broker.port);
+        opts.set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(256 * 1024, 256 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client
+            .subscribe(telemetry::topic::TOPIC_FILTER, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, eventloop.poll())
+                .await
+                .expect("no SUBACK within 10 s")
+                .unwrap_or_else(|e| panic!("subscriber cannot connect to {broker}: {e}"));
+            if let Event::Incoming(Packet::SubAck(_)) = event {
+                break;
+            }
+        }
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&received);
+        let task = tokio::spawn(async move {
+            // Keep the client alive as long as the loop runs.
+            let _client = client;
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push((p.topic, p.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("subscriber: {e}; reconnecting");
+                        sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Self { received, task }
+    }
+
+    /// The messages of `fleet` received so far.
+    pub fn of_fleet(&self, fleet: &str) -> Vec<(String, Vec<u8>)> {
+        let prefix = format!("dt/{fleet}/");
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `fleet` has at least `n` messages (or 10 s pass), then a little
+    /// longer so that extra or duplicate deliveries would show, and returns them.
+    pub async fn wait_for(&self, fleet: &str, n: u64) -> Vec<(String, Vec<u8>)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (self.of_fleet(fleet).len() as u64) < n && Instant::now() < deadline {
+            sleep(Duration::from_millis(20)).await;
+        }
+        sleep(Duration::from_millis(300)).await;
+        self.of_fleet(fleet)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A shutdown signal that never fires.
+pub fn never_shut_down() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    // Keep the sender alive for the whole test process: a dropped sender means "never".
+    std::mem::forget(tx);
+    rx
+}

@@ -38,6 +38,16 @@
 //! bug) cannot be attributed to the right stats file; they are counted in
 //! [`RollupReport::rows_outside_partition`], logged and left out.
 //!
+//! # Time limit
+//! A Lambda invocation has a deadline, and a backlog (the first run over months of data,
+//! or after an outage) may not fit in one. [`run_rollup_until`] stops *between* hour
+//! partitions when the time left is less than twice the slowest partition so far plus a
+//! reserve for the checkpoint, writes the checkpoint for what it finished, and reports the
+//! rest in [`RollupReport::partitions_remaining`]; the next run continues, oldest
+//! partitions first. At least one partition is always completed, so every run makes
+//! progress. Without this, a run that never finishes would never write its checkpoint and
+//! would redo the same work forever.
+//!
 //! # Concurrency
 //! Two overlapping runs can interleave their writes so that one's stats file overwrites
 //! the other's newer one while the newer checkpoint survives. Run the rollup with a
@@ -46,6 +56,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use object_store::path::Path;
@@ -68,12 +79,17 @@ pub const ROLLUP_WINDOW: Window = Window::M1;
 /// Length of an hour partition in milliseconds.
 const HOUR_MS: i64 = 3_600_000;
 
+/// Time kept before the deadline for writing the checkpoint (one small put) and
+/// returning.
+const CHECKPOINT_RESERVE: Duration = Duration::from_secs(5);
+
 /// What one rollup run did. Serialised as the Lambda's response and logged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupReport {
     /// Telemetry objects listed (all of them, processed before or not).
     pub files_scanned: usize,
-    /// Listed objects not in the checkpoint (including those that then failed to read).
+    /// Listed objects not in the checkpoint, including those that then failed to read or
+    /// were left for the next run.
     pub new_files: usize,
     /// Telemetry rows decoded, over every object read (old objects of touched partitions
     /// are re-read, so this exceeds the rows of the new objects).
@@ -84,6 +100,9 @@ pub struct RollupReport {
     pub rows_outside_partition: u64,
     /// Hour partitions whose windows were recomputed.
     pub partitions_touched: usize,
+    /// Hour partitions with new objects left for the next run because the deadline was
+    /// near (see the module documentation); 0 when the run caught up.
+    pub partitions_remaining: usize,
     /// Windows recomputed (touched by new objects).
     pub windows_recomputed: usize,
     /// Windows whose stored row was added, changed or removed. 0 when the new objects only
@@ -162,11 +181,22 @@ pub enum RollupError {
     },
 }
 
-/// Runs one incremental rollup over the telemetry in `store`: see the
-/// [module documentation](self) for the algorithm and the failure handling.
+/// Runs one incremental rollup over the telemetry in `store`, however long it takes: see
+/// the [module documentation](self) for the algorithm and the failure handling.
 pub async fn run_rollup(
     store: Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
+) -> Result<RollupReport, RollupError> {
+    run_rollup_until(store, cfg, None).await
+}
+
+/// [`run_rollup`] that stops between hour partitions as `deadline` (wall-clock time, like
+/// a Lambda invocation's) approaches, leaving the rest to the next run. `None` means no
+/// limit.
+pub async fn run_rollup_until(
+    store: Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    deadline: Option<SystemTime>,
 ) -> Result<RollupReport, RollupError> {
     let mut report = RollupReport::default();
     let prefix = cfg.telemetry_prefix.trim_matches('/');
@@ -208,6 +238,8 @@ pub async fn run_rollup(
     // disappeared, for example after compaction, drop out), plus what this run processes.
     let mut next = Checkpoint::new(prefix);
     let mut newly_processed = 0;
+    let mut slowest = Duration::ZERO;
+    let mut completed = 0;
     for (partition, mut inputs) in partitions {
         for input in inputs.iter().filter(|i| !i.new) {
             next.insert(&partition, &input.file.name);
@@ -217,6 +249,11 @@ pub async fn run_rollup(
             continue;
         }
         report.new_files += new_files;
+        if completed > 0 && !time_for_another(deadline, slowest) {
+            report.partitions_remaining += 1;
+            continue;
+        }
+        let started = Instant::now();
         // Arrival order, so that de-duplication keeps the reading that arrived first.
         inputs.sort_by(|a, b| {
             (a.file.meta.last_modified, &a.file.meta.location)
@@ -227,6 +264,14 @@ pub async fn run_rollup(
             next.insert(&partition, &file.name);
             newly_processed += 1;
         }
+        slowest = slowest.max(started.elapsed());
+        completed += 1;
+    }
+    if report.partitions_remaining > 0 {
+        warn!(
+            partitions_remaining = report.partitions_remaining,
+            "deadline near: remaining partitions are left for the next run"
+        );
     }
 
     if newly_processed > 0 || report.checkpoint_reset.is_some() {
@@ -245,6 +290,7 @@ pub async fn run_rollup(
         rows_read = report.rows_read,
         duplicates_dropped = report.duplicates_dropped,
         partitions_touched = report.partitions_touched,
+        partitions_remaining = report.partitions_remaining,
         windows_updated = report.windows_updated,
         stats_files_written = report.stats_files_written,
         checkpoint_written = report.checkpoint_written,
@@ -252,6 +298,18 @@ pub async fn run_rollup(
         "rollup finished"
     );
     Ok(report)
+}
+
+/// Whether another partition fits before `deadline`: the slowest partition so far, twice
+/// (partitions differ in size), plus the checkpoint reserve.
+fn time_for_another(deadline: Option<SystemTime>, slowest: Duration) -> bool {
+    let Some(deadline) = deadline else {
+        return true;
+    };
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    left > slowest.saturating_mul(2).saturating_add(CHECKPOINT_RESERVE)
 }
 
 /// A listed telemetry object and whether the checkpoint lacks it.

@@ -1,0 +1,268 @@
+//! Reading and writing Parquet in the object store, and finding the telemetry files.
+//!
+//! Only the object-store trait is used, so the same code reads the local data directory,
+//! the in-memory store of the tests and S3.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use telemetry::Partition;
+
+use crate::columns::ColumnError;
+
+/// Rows per decoded record batch: large enough to amortise per-batch work, small enough
+/// that a batch of the five projected telemetry columns stays well under a megabyte.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Bytes fetched from the end of a file in the first request: enough for the footer and
+/// metadata of a telemetry or stats file, so opening one costs a single ranged GET.
+const FOOTER_HINT: usize = 64 * 1024;
+
+/// Why a Parquet object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The object store failed (missing object, network, permissions).
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// The object is not valid Parquet, or decoding failed (a store error while fetching
+    /// column chunks also surfaces here, wrapped by the Parquet reader).
+    #[error("Parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    /// The file decodes but its columns are not the expected ones.
+    #[error("schema: {0}")]
+    Column(#[from] ColumnError),
+}
+
+/// Why a Parquet object could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Encoding failed.
+    #[error("encoding Parquet: {0}")]
+    Parquet(#[from] ParquetError),
+    /// The object store refused the put.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+/// A telemetry object under `{prefix}/dt=YYYY-MM-DD/hour=HH/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryFile {
+    /// Location, size, last-modified time and ETag, as listed.
+    pub meta: ObjectMeta,
+    /// Its hour partition.
+    pub partition: Partition,
+    /// Its path relative to the partition folder (usually just the file name).
+    pub name: String,
+}
+
+/// Lists the telemetry objects under `prefix` (for example `telemetry`), in no particular
+/// order.
+///
+/// Objects outside a well-formed `dt=YYYY-MM-DD/hour=HH/` folder are ignored, and so are
+/// names starting with `.` or `_` (markers and temporary files, which Hive, Athena and
+/// Spark skip too). No file extension is required: Firehose writes Parquet objects
+/// without one unless configured to.
+pub async fn list_telemetry(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> Result<Vec<TelemetryFile>, object_store::Error> {
+    let prefix = prefix.trim_matches('/');
+    let listed: Vec<ObjectMeta> = store.list(Some(&Path::from(prefix))).try_collect().await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (partition, name) = partition_of(prefix, meta.location.as_ref())?;
+            Some(TelemetryFile {
+                meta,
+                partition,
+                name,
+            })
+        })
+        .collect())
+}
+
+/// Splits `{prefix}/dt=…/hour=…/{name}` into the partition and the name.
+fn partition_of(prefix: &str, location: &str) -> Option<(Partition, String)> {
+    let rest = if prefix.is_empty() {
+        location
+    } else {
+        location.strip_prefix(prefix)?.strip_prefix('/')?
+    };
+    let (dt, rest) = rest.split_once('/')?;
+    let (hour, name) = rest.split_once('/')?;
+    let partition = Partition {
+        dt: dt.strip_prefix("dt=")?.to_string(),
+        hour: hour.strip_prefix("hour=")?.to_string(),
+    };
+    // A real date and hour in the canonical spelling: the partition must name the same
+    // folder when it is turned back into a path.
+    let canonical = partition.start_millis().map(Partition::of_millis)?;
+    let hidden = name
+        .split('/')
+        .any(|seg| seg.is_empty() || seg.starts_with('.') || seg.starts_with('_'));
+    (canonical == partition && !hidden).then(|| (partition, name.to_string()))
+}
+
+/// Reads a whole Parquet object, projecting to `columns` (all columns when `None`).
+///
+/// Reads asynchronously with ranged GETs, so only the footer and the projected column
+/// chunks are fetched.
+/// A projected column the file lacks is a [`ColumnError::Missing`]; column types are
+/// checked by whoever decodes the batches.
+pub async fn read_parquet(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    columns: Option<&[&'static str]>,
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let reader = StoreReader {
+        store: store.clone(),
+        path: meta.location.clone(),
+        size: meta.size,
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let mask = match columns {
+        Some(names) => {
+            // Checked against the footer, so that even a file without rows is refused.
+            let schema = builder.schema();
+            if let Some(missing) = names.iter().find(|n| schema.field_with_name(n).is_err()) {
+                return Err(ColumnError::Missing(missing).into());
+            }
+            ProjectionMask::columns(builder.parquet_schema(), names.iter().copied())
+        }
+        None => ProjectionMask::all(),
+    };
+    let stream = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// A Parquet reader over one object of known size, fetching byte ranges on demand.
+///
+/// (parquet's own `ParquetObjectReader` is deprecated in favour of implementing
+/// [`AsyncFileReader`] like this.)
+struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    /// Object size from the listing, so that opening the file needs no HEAD request.
+    size: u64,
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(external)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(external)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(FOOTER_HINT))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+/// Lists every object under `prefix`.
+pub async fn list_objects(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+) -> Result<Vec<ObjectMeta>, object_store::Error> {
+    let prefix = Path::from(prefix.trim_matches('/'));
+    store.list(Some(&prefix)).try_collect().await
+}
+
+/// Writes `batch` as one zstd-compressed Parquet object at `path` with a single put, so
+/// that readers see either the previous object or the new one, never a partial file.
+///
+/// The file is encoded in memory first: stats files are small (one row per device,
+/// metric and minute of an hour), and a single put is atomic on every store, where a
+/// multipart upload is not on all of them.
+pub async fn write_parquet(
+    store: &Arc<dyn ObjectStore>,
+    path: &str,
+    batch: &RecordBatch,
+) -> Result<(), WriteError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
+    store.put(&Path::from(path), PutPayload::from(buf)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_partition_folders_and_visible_names_are_telemetry() {
+        let p = |s: &str| partition_of("telemetry", s).map(|(p, n)| (p.path(), n));
+        assert_eq!(
+            p("telemetry/dt=2026-11-25/hour=16/part-1.parquet"),
+            Some(("dt=2026-11-25/hour=16".into(), "part-1.parquet".into()))
+        );
+        assert_eq!(
+            p("telemetry/dt=2026-11-25/hour=16/firehose-1-2026-11-25-16-05-00-abc"),
+            Some((
+                "dt=2026-11-25/hour=16".into(),
+                "firehose-1-2026-11-25-16-05-00-abc".into()
+            ))
+        );
+        assert_eq!(p("telemetry/dt=2026-11-25/hour=16/_SUCCESS"), None);
+        assert_eq!(p("telemetry/dt=2026-11-25/hour=16/.tmp/x"), None);
+        assert_eq!(p("telemetry/dt=2026-11-25/hour=24/x"), None);
+        assert_eq!(p("telemetry/dt=2026-13-01/hour=01/x"), None);
+        assert_eq!(p("telemetry/dt=2026-11-25/hour=1/x"), None);
+        assert_eq!(p("telemetry/dt=2026-11-25/x"), None);
+        assert_eq!(p("telemetryx/dt=2026-11-25/hour=16/x"), None);
+        assert_eq!(
+            partition_of("", "dt=2026-11-25/hour=16/x").map(|(_, n)| n),
+            Some("x".into())
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! The query library: window statistics filtered by device, metric and time, read from
+//! the stats files of any object store, and rendered as CSV or a terminal table.
+//!
+//! Stats files are found recursively under `stats/window={label}/`; folders named
+//! `dt=YYYY-MM-DD` (and `hour=HH` within them) whose time span cannot intersect the
+//! requested range are skipped by their path, before anything is read.
+
+use std::sync::Arc;
+
+use chrono::SecondsFormat;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use telemetry::Partition;
+
+use crate::config::{DEFAULT_STATS_PREFIX, window_prefix};
+use crate::io::{self, ReadError};
+use crate::schema::stats_from_batch;
+use crate::stats::{WindowStats, format_time};
+use crate::window::Window;
+
+/// Stats files read concurrently by a query.
+const READ_CONCURRENCY: usize = 8;
+
+/// What to return. Every filter is optional; the default selects every one-minute window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this device (exact match).
+    pub device: Option<String>,
+    /// Only this metric (exact match).
+    pub metric: Option<String>,
+    /// The window length. Only [`Window::M1`] is produced today; the others fail with
+    /// [`QueryError::WindowNotProduced`]. Default `1m`.
+    pub window: Window,
+    /// Windows starting at or after this instant, epoch milliseconds (inclusive).
+    pub from_ms: Option<i64>,
+    /// Windows starting before this instant, epoch milliseconds (exclusive).
+    pub to_ms: Option<i64>,
+}
+
+/// A query that could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The requested window length has no statistics yet.
+    #[error(
+        "{window} statistics are not produced yet: only 1m windows exist — query with window 1m"
+    )]
+    WindowNotProduced {
+        /// The requested window.
+        window: Window,
+    },
+    /// `from` is not before `to`, so no window can match.
+    #[error("empty time range: from ({from_ms} ms) must be before to ({to_ms} ms)")]
+    EmptyRange {
+        /// Start, epoch milliseconds.
+        from_ms: i64,
+        /// End, epoch milliseconds.
+        to_ms: i64,
+    },
+    /// Listing the stats files failed.
+    #[error("listing {prefix}/: {source}")]
+    List {
+        /// The listed prefix.
+        prefix: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A stats file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// Object key.
+        path: String,
+        /// The cause.
+        #[source]
+        source: ReadError,
+    },
+}
+
+/// The window statistics matching `q`, sorted by (`device_id`, `metric`, `window_start`),
+/// from stats files under the default prefix `stats/`.
+pub async fn query(store: Arc<dyn ObjectStore>, q: &Query) -> Result<Vec<WindowStats>, QueryError> {
+    query_prefix(store, DEFAULT_STATS_PREFIX, q).await
+}
+
+/// [`query`] over stats files under `stats_prefix` (the rollup's
+/// [`RollupConfig::stats_prefix`](crate::RollupConfig::stats_prefix)).
+pub async fn query_prefix(
+    store: Arc<dyn ObjectStore>,
+    stats_prefix: &str,
+    q: &Query,
+) -> Result<Vec<WindowStats>, QueryError> {
+    if q.window != Window::M1 {
+        return Err(QueryError::WindowNotProduced { window: q.window });
+    }
+    let from = q.from_ms.unwrap_or(i64::MIN);
+    let to = q.to_ms.unwrap_or(i64::MAX);
+    if let (Some(from_ms), Some(to_ms)) = (q.from_ms, q.to_ms)
+        && from_ms >= to_ms
+    {
+        return Err(QueryError::EmptyRange { from_ms, to_ms });
+    }
+
+    let prefix = window_prefix(stats_prefix, q.window);
+    let objects = io::list_objects(&store, &prefix)
+        .await
+        .map_err(|source| QueryError::List {
+            prefix: prefix.clone(),
+            source,
+        })?;
+    let wanted = objects.into_iter().filter(|meta| {
+        let path = meta.location.as_ref();
+        let hidden = path
+            .strip_prefix(prefix.as_str())
+            .unwrap_or(path)
+            .split('/')
+            .any(|seg| seg.starts_with('.') || seg.starts_with('_'));
+        !hidden && span_of(path).is_none_or(|(start, end)| start < to && end > from)
+    });
+
+    let batches: Vec<Vec<WindowStats>> = futures::stream::iter(wanted)
+        .map(|meta| {
+            let store = store.clone();
+            async move {
+                let read = |e| QueryError::Read {
+                    path: meta.location.to_string(),
+                    source: e,
+                };
+                let batches = io::read_parquet(&store, &meta, None).await.map_err(read)?;
+                let mut rows = Vec::new();
+                for batch in &batches {
+                    rows.extend(stats_from_batch(batch).map_err(|e| read(e.into()))?);
+                }
+                Ok::<_, QueryError>(rows)
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+
+    let mut rows: Vec<WindowStats> = batches
+        .into_iter()
+        .flatten()
+        .filter(|s| q.device.as_ref().is_none_or(|d| *d == s.device_id))
+        .filter(|s| q.metric.as_ref().is_none_or(|m| *m == s.metric))
+        .filter(|s| s.window_start >= from && s.window_start < to)
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.device_id, &a.metric, a.window_start).cmp(&(&b.device_id, &b.metric, b.window_start))
+    });
+    Ok(rows)
+}
+
+/// The time span `[start, end)` (epoch ms) a stats file can cover, from its `dt=` and
+/// `hour=` folders; `None` when the path does not say, and the file must be read.
+fn span_of(path: &str) -> Option<(i64, i64)> {
+    if let Some(p) = Partition::from_path(path) {
+        return p.start_millis().map(|s| (s, s.saturating_add(3_600_000)));
+    }
+    let dt = path.split('/').find_map(|seg| seg.strip_prefix("dt="))?;
+    let day = Partition {
+        dt: dt.to_string(),
+        hour: "00".into(),
+    };
+    day.start_millis()
+        .map(|s| (s, s.saturating_add(86_400_000)))
+}
+
+/// Column names, in [`WindowStats`] field order (the header of CSV and tables).
+const COLUMNS: [&str; 14] = [
+    "device_id",
+    "metric",
+    "window_start",
+    "count",
+    "min",
+    "max",
+    "sum",
+    "mean",
+    "stddev",
+    "p50",
+    "p95",
+    "p99",
+    "first_event",
+    "last_event",
+];
+
+fn time(ms: i64, format: SecondsFormat) -> String {
+    format_time(ms, format).unwrap_or_else(|| ms.to_string())
+}
+
+/// A float that any CSV reader parses back to the same value: Rust's shortest round-trip
+/// form, in scientific notation when it would otherwise run to many digits.
+fn csv_float(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-6..1e15).contains(&a) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// Quotes a CSV field when it contains a separator, a quote or a line break (RFC 4180).
+fn csv_text(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Renders rows as CSV (RFC 4180, `\n` line ends) with a header line. Times are RFC 3339
+/// UTC (event times with milliseconds); `stddev` is empty when null; floats keep full
+/// precision.
+pub fn to_csv(rows: &[WindowStats]) -> String {
+    let mut out = COLUMNS.join(",");
+    out.push('\n');
+    for r in rows {
+        let fields = [
+            csv_text(&r.device_id),
+            csv_text(&r.metric),
+            time(r.window_start, SecondsFormat::AutoSi),
+            r.count.to_string(),
+            csv_float(r.min),
+            csv_float(r.max),
+            csv_float(r.sum),
+            csv_float(r.mean),
+            r.stddev.map(csv_float).unwrap_or_default(),
+            csv_float(r.p50),
+            csv_float(r.p95),
+            csv_float(r.p99),
+            time(r.first_event, SecondsFormat::Millis),
+            time(r.last_event, SecondsFormat::Millis),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// A float for a terminal: three decimals, scientific notation for very large or small
+/// magnitudes so that columns stay narrow.
+fn table_float(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-3..1e9).contains(&a) {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+/// The time of day of an event (`HH:MM:SS.mmm`, UTC): the date is the window's, shown in
+/// `window_start`, because windows never cross a UTC day.
+fn time_of_day(ms: i64) -> String {
+    let full = time(ms, SecondsFormat::Millis);
+    match full.split_once('T') {
+        Some((_, t)) => t.trim_end_matches('Z').to_string(),
+        None => full,
+    }
+}
+
+/// Renders rows as an aligned plain-text table for a terminal: a header, a rule, one line
+/// per row. Device, metric and window start are left-aligned, numbers right-aligned with
+/// three decimals; a null `stddev` prints as `-`; `first_event`/`last_event` show the UTC
+/// time of day. An empty slice gives the header and the rule only.
+pub fn to_table(rows: &[WindowStats]) -> String {
+    let cells: Vec<[String; 14]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.device_id.clone(),
+                r.metric.clone(),
+                time(r.window_start, SecondsFormat::AutoSi),
+                r.count.to_string(),
+                table_float(r.min),
+                table_float(r.max),
+                table_float(r.sum),
+                table_float(r.mean),
+                r.stddev.map(table_float).unwrap_or_else(|| "-".into()),
+                table_float(r.p50),
+                table_float(r.p95),
+                table_float(r.p99),
+                time_of_day(r.first_event),
+                time_of_day(r.last_event),
+            ]
+        })
+        .collect();
+    let mut widths = COLUMNS.map(|c| c.chars().count());
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    // Text columns (device, metric, window start) align left, numbers right.
+    let line = |row: &[&str]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if i < 3 {
+                s.push_str(&format!("{cell:<w$}"));
+            } else {
+                s.push_str(&format!("{cell:>w$}"));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(&COLUMNS);
+    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+    out.push_str(&line(&rule.iter().map(String::as_str).collect::<Vec<_>>()));
+    for row in &cells {
+        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_paths_tell_their_time_span() {
+        assert_eq!(
+            span_of("stats/window=1m/dt=1970-01-01/hour=01/stats.parquet"),
+            Some((3_600_000, 7_200_000))
+        );
+        assert_eq!(
+            span_of("stats/window=1m/dt=1970-01-02/stats.parquet"),
+            Some((86_400_000, 172_800_000))
+        );
+        assert_eq!(span_of("stats/window=1m/stats.parquet"), None);
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_needed_and_floats_round_trip() {
+        assert_eq!(csv_text("sensor-1"), "sensor-1");
+        assert_eq!(csv_text("a,\"b\""), "\"a,\"\"b\"\"\"");
+        for x in [21.53, 0.1 + 0.2, 1e300, -2.5e-9, 0.0] {
+            assert_eq!(csv_float(x).parse::<f64>().unwrap(), x);
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! The aggregation: de-duplicated readings grouped into per-(device, metric, window)
+//! statistics.
+//!
+//! Definitions (they match DuckDB, which the end-to-end tests use as the reference):
+//! - readings are de-duplicated on (`device_id`, `seq`, `metric`) before anything is
+//!   counted, keeping the first one seen (input order);
+//! - `stddev` is the sample standard deviation (`stddev_samp`): `None` for one reading;
+//! - `p50`/`p95`/`p99` interpolate linearly between the closest ranks (`quantile_cont`):
+//!   with the values sorted ascending, `h = (n − 1)·q`, result
+//!   `x[⌊h⌋] + (h − ⌊h⌋)·(x[⌈h⌉] − x[⌊h⌋])`;
+//! - `first_event`/`last_event` are the smallest and largest event times.
+//!
+//! `sum`, `mean` and `stddev` are computed over the values in ascending order, so a
+//! window's statistics are bit-for-bit the same whatever order its files were read in:
+//! that is what lets an incremental run tell that a recomputed window did not change.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use arrow_array::RecordBatch;
+use chrono::{DateTime, SecondsFormat};
+use serde::{Deserialize, Serialize};
+
+use crate::columns::{self, ColumnError, Strings};
+use crate::window::Window;
+
+/// The statistics of one metric of one device over one window: a row of the stats files
+/// and of query results.
+///
+/// Times are epoch milliseconds (UTC) in Rust; in JSON they are RFC 3339 UTC strings
+/// (`window_start` like `"2026-11-25T16:05:00Z"`, `first_event`/`last_event` with
+/// milliseconds like `"2026-11-25T16:05:01.250Z"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowStats {
+    /// The device (AWS IoT thing name).
+    pub device_id: String,
+    /// The metric name.
+    pub metric: String,
+    /// Start of the window, epoch milliseconds (inclusive; the window is
+    /// `[window_start, window_start + length)`).
+    #[serde(with = "rfc3339_auto")]
+    pub window_start: i64,
+    /// Number of distinct readings (after de-duplication); at least 1.
+    pub count: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value.
+    pub max: f64,
+    /// Sum of the values.
+    pub sum: f64,
+    /// Arithmetic mean (`sum / count`).
+    pub mean: f64,
+    /// Sample standard deviation; `None` (JSON `null`) when `count` is 1.
+    pub stddev: Option<f64>,
+    /// Median (continuous quantile 0.5).
+    pub p50: f64,
+    /// Continuous quantile 0.95.
+    pub p95: f64,
+    /// Continuous quantile 0.99.
+    pub p99: f64,
+    /// Earliest event time in the window, epoch milliseconds.
+    #[serde(with = "rfc3339_millis")]
+    pub first_event: i64,
+    /// Latest event time in the window, epoch milliseconds.
+    #[serde(with = "rfc3339_millis")]
+    pub last_event: i64,
+}
+
+/// Identifies a window's row: (`device_id`, `metric`, `window_start` in epoch ms). Its
+/// ordering is the order of stats files and query results.
+pub type WindowKey = (String, String, i64);
+
+impl WindowStats {
+    /// The row's identity.
+    pub fn key(&self) -> WindowKey {
+        (
+            self.device_id.clone(),
+            self.metric.clone(),
+            self.window_start,
+        )
+    }
+}
+
+/// Formats epoch milliseconds as an RFC 3339 UTC string (`Z` suffix); `None` outside
+/// chrono's range (±262 000 years).
+pub(crate) fn format_time(ms: i64, format: SecondsFormat) -> Option<String> {
+    DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(format, true))
+}
+
+fn parse_time<E: serde::de::Error>(s: &str) -> Result<i64, E> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| E::custom(format!("invalid RFC 3339 time {s:?}: {e}")))
+}
+
+fn serialize_time<S: serde::Serializer>(
+    ms: i64,
+    format: SecondsFormat,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let text = format_time(ms, format).ok_or_else(|| {
+        serde::ser::Error::custom(format!("epoch milliseconds {ms} are out of range"))
+    })?;
+    s.serialize_str(&text)
+}
+
+/// Serde for a window start: whole seconds print without a fraction.
+mod rfc3339_auto {
+    use chrono::SecondsFormat;
+
+    pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        super::serialize_time(*ms, SecondsFormat::AutoSi, s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse_time(&text)
+    }
+}
+
+/// Serde for event times: always three fraction digits.
+mod rfc3339_millis {
+    use chrono::SecondsFormat;
+
+    pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        super::serialize_time(*ms, SecondsFormat::Millis, s)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse_time(&text)
+    }
+}
+
+/// The continuous quantile `q` (0 ≤ q ≤ 1) of values sorted ascending, interpolating
+/// linearly between the closest ranks (DuckDB's `quantile_cont`, R's type 7). `None` for
+/// an empty slice.
+pub fn quantile_cont(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let h = last as f64 * q.clamp(0.0, 1.0);
+    let lo = h.floor();
+    // Both ranks are within 0..=last because q is clamped.
+    let below = *sorted.get(lo as usize)?;
+    let above = *sorted.get(h.ceil() as usize)?;
+    if lo == h {
+        return Some(below);
+    }
+    Some(below + (h - lo) * (above - below))
+}
+
+/// The readings of one window, accumulated while files are read.
+#[derive(Debug, Default)]
+struct Acc {
+    values: Vec<f64>,
+    first: i64,
+    last: i64,
+    /// The new files may have changed this window. A flag here rather than a set beside
+    /// the map saves a hash lookup per row. A touched window can hold no reading at all
+    /// (its only reading lost to a repeat elsewhere): it is then removed from the stats.
+    touched: bool,
+}
+
+impl Acc {
+    fn push(&mut self, value: f64, event_time: i64) {
+        if self.values.is_empty() {
+            self.first = event_time;
+            self.last = event_time;
+        } else {
+            self.first = self.first.min(event_time);
+            self.last = self.last.max(event_time);
+        }
+        self.values.push(value);
+    }
+
+    /// The window's statistics; `None` if it holds no reading.
+    fn finish(mut self, device_id: &str, metric: &str, window_start: i64) -> Option<WindowStats> {
+        let values = &mut self.values;
+        values.sort_unstable_by(f64::total_cmp);
+        let n = values.len();
+        let min = *values.first()?;
+        let max = *values.last()?;
+        let sum: f64 = values.iter().sum();
+        let mean = sum / n as f64;
+        let stddev = (n > 1).then(|| {
+            let squares: f64 = values.iter().map(|x| (x - mean) * (x - mean)).sum();
+            (squares / (n - 1) as f64).sqrt()
+        });
+        Some(WindowStats {
+            device_id: device_id.to_string(),
+            metric: metric.to_string(),
+            window_start,
+            count: n as u64,
+            min,
+            max,
+            sum,
+            mean,
+            stddev,
+            p50: quantile_cont(values, 0.5)?,
+            p95: quantile_cont(values, 0.95)?,
+            p99: quantile_cont(values, 0.99)?,
+            first_event: self.first,
+            last_event: self.last,
+        })
+    }
+}
+
+/// Device ids and metric names as small integers, so that the hot maps hash 16-byte keys
+/// instead of strings.
+#[derive(Debug, Default)]
+struct Interner {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        // More than 4 billion distinct names in one partition is not a real workload;
+        // saturating keeps this total without a panic path.
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(name.to_string());
+        self.ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn name(&self, id: u32) -> &str {
+        self.names
+            .get(id as usize)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// One id per row of `col`. A dictionary column is interned once per distinct value.
+    fn column(&mut self, col: &Strings<'_>) -> Vec<u32> {
+        match col {
+            Strings::Dict { keys, values } => {
+                let ids: Vec<u32> = (0..values.len())
+                    .map(|i| self.id(values.value(i)))
+                    .collect();
+                keys.iter()
+                    .map(|&k| ids.get(k).copied().unwrap_or(u32::MAX))
+                    .collect()
+            }
+            plain => (0..plain.len()).map(|i| self.id(plain.value(i))).collect(),
+        }
+    }
+}
+
+/// (device id, metric id, window start) with interned names.
+type IdKey = (u32, u32, i64);
+
+/// The validated columns of one telemetry batch.
+struct Rows<'a> {
+    device: Strings<'a>,
+    metric: Strings<'a>,
+    seq: &'a arrow_array::Int64Array,
+    event_time: Vec<i64>,
+    value: &'a arrow_array::Float64Array,
+}
+
+impl<'a> Rows<'a> {
+    fn new(batch: &'a RecordBatch) -> Result<Self, ColumnError> {
+        Ok(Self {
+            device: Strings::new("device_id", columns::required(batch, "device_id")?)?,
+            metric: Strings::new("metric", columns::required(batch, "metric")?)?,
+            seq: columns::int64(batch, "seq")?,
+            event_time: columns::timestamps_ms(batch, "event_time")?,
+            value: columns::float64(batch, "value", false)?,
+        })
+    }
+}
+
+/// The telemetry columns the aggregation reads; everything else is left on disk.
+pub(crate) const INPUT_COLUMNS: [&str; 5] = ["device_id", "seq", "event_time", "metric", "value"];
+
+/// Accumulates de-duplicated readings of one partition into windows, remembering which
+/// windows the *new* files could have changed.
+#[derive(Debug)]
+pub(crate) struct Aggregator {
+    window: Window,
+    /// Event-time range `[start, end)` the input belongs to (its hour partition); rows
+    /// outside it are counted and ignored, because their window belongs to another
+    /// partition's stats file.
+    bounds: Option<(i64, i64)>,
+    names: Interner,
+    /// (device, metric, seq) → whether the first reading seen came from a new file.
+    seen: HashMap<(u32, u32, i64), bool>,
+    windows: HashMap<IdKey, Acc>,
+    /// Rows fed in.
+    pub(crate) rows: u64,
+    /// Rows dropped as repeats of an earlier (device, seq, metric).
+    pub(crate) duplicates: u64,
+    /// Rows ignored because their event time is outside `bounds`.
+    pub(crate) outside: u64,
+}
+
+impl Aggregator {
+    /// An empty aggregation into windows of `window`.
+    pub(crate) fn new(window: Window) -> Self {
+        Self {
+            window,
+            bounds: None,
+            names: Interner::default(),
+            seen: HashMap::new(),
+            windows: HashMap::new(),
+            rows: 0,
+            duplicates: 0,
+            outside: 0,
+        }
+    }
+
+    /// Restricts the input to event times in `[start_ms, end_ms)`.
+    pub(crate) fn with_bounds(mut self, start_ms: i64, end_ms: i64) -> Self {
+        self.bounds = Some((start_ms, end_ms));
+        self
+    }
+
+    /// Adds the batches of one file, in order. `new_file` marks a file the previous run
+    /// had not processed. All batches are validated first, so a bad file adds nothing.
+    pub(crate) fn add_file(
+        &mut self,
+        batches: &[RecordBatch],
+        new_file: bool,
+    ) -> Result<(), ColumnError> {
+        let views = batches
+            .iter()
+            .map(Rows::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        for rows in &views {
+            self.add_rows(rows, new_file);
+        }
+        Ok(())
+    }
+
+    fn add_rows(&mut self, rows: &Rows<'_>, new_file: bool) {
+        let devices = self.names.column(&rows.device);
+        let metrics = self.names.column(&rows.metric);
+        let readings = devices
+            .iter()
+            .zip(&metrics)
+            .zip(rows.seq.values())
+            .zip(&rows.event_time)
+            .zip(rows.value.values());
+        for ((((&device, &metric), &seq), &event_time), &value) in readings {
+            self.rows += 1;
+            if let Some((start, end)) = self.bounds
+                && (event_time < start || event_time >= end)
+            {
+                self.outside += 1;
+                continue;
+            }
+            let key = (device, metric, self.window.start_of(event_time));
+            match self.seen.entry((device, metric, seq)) {
+                Entry::Occupied(first) => {
+                    let first_is_new = *first.get();
+                    self.duplicates += 1;
+                    // A repeat changes nothing, except when an old file's reading loses
+                    // to one from a new file: the last run may have counted it (files are
+                    // read in arrival order, and a slow upload can complete after a file
+                    // that started later), so its window must be recomputed.
+                    if first_is_new && !new_file {
+                        self.windows.entry(key).or_default().touched = true;
+                    }
+                    continue;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(new_file);
+                }
+            }
+            let acc = self.windows.entry(key).or_default();
+            acc.touched |= new_file;
+            acc.push(value, event_time);
+        }
+    }
+
+    /// The windows the new files may have changed, whether or not any reading of them
+    /// survived de-duplication.
+    pub(crate) fn touched(&self) -> Vec<WindowKey> {
+        self.windows
+            .iter()
+            .filter(|(_, acc)| acc.touched)
+            .map(|(k, _)| self.key(k))
+            .collect()
+    }
+
+    fn key(&self, &(device, metric, start): &IdKey) -> WindowKey {
+        (
+            self.names.name(device).to_string(),
+            self.names.name(metric).to_string(),
+            start,
+        )
+    }
+
+    /// The statistics of every window (`only_touched = false`) or of the touched windows
+    /// only, sorted by (`device_id`, `metric`, `window_start`).
+    pub(crate) fn finish(self, only_touched: bool) -> Vec<WindowStats> {
+        let Self { names, windows, .. } = self;
+        // Sort on the names' ranks rather than the names: integer comparisons instead of
+        // string comparisons for every pair of windows.
+        let mut by_name: Vec<u32> = (0..names.names.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| names.name(a).cmp(names.name(b)));
+        let mut rank = vec![0u32; by_name.len()];
+        for (r, &id) in by_name.iter().enumerate() {
+            if let Some(slot) = rank.get_mut(id as usize) {
+                *slot = r as u32;
+            }
+        }
+        let rank_of = |id: u32| rank.get(id as usize).copied().unwrap_or(u32::MAX);
+        let mut selected: Vec<(IdKey, Acc)> = windows
+            .into_iter()
+            .filter(|(_, acc)| !only_touched || acc.touched)
+            .collect();
+        selected.sort_unstable_by_key(|&((device, metric, start), _)| {
+            (rank_of(device), rank_of(metric), start)
+        });
+        selected
+            .into_iter()
+            .filter_map(|((device, metric, start), acc)| {
+                acc.finish(names.name(device), names.name(metric), start)
+            })
+            .collect()
+    }
+}
+
+/// The window statistics of telemetry record batches (schema
+/// [`telemetry::schema::telemetry_schema`], or the same columns in another string or
+/// timestamp encoding), de-duplicated in input order, sorted by (`device_id`, `metric`,
+/// `window_start`).
+///
+/// This is the whole computation without the storage around it; the rollup applies it
+/// per hour partition.
+pub fn aggregate(batches: &[RecordBatch], window: Window) -> Result<Vec<WindowStats>, ColumnError> {
+    let mut agg = Aggregator::new(window);
+    agg.add_file(batches, true)?;
+    Ok(agg.finish(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use telemetry::Reading;
+    use telemetry::schema::readings_to_batch;
+
+    use super::*;
+
+    fn reading(device: &str, seq: i64, t: i64, metric: &str, value: f64) -> Reading {
+        Reading {
+            device_id: device.into(),
+            seq,
+            event_time: t,
+            received_at: t + 10,
+            metric: metric.into(),
+            value,
+            fw: None,
+        }
+    }
+
+    #[test]
+    fn quantiles_interpolate_between_the_closest_ranks() {
+        let x = [1.0, 2.0, 4.0, 10.0];
+        // h = 3q: 1.5 → 2 + 0.5·2; 2.85 → 4 + 0.85·6; 2.97 → 4 + 0.97·6.
+        assert_eq!(quantile_cont(&x, 0.5), Some(3.0));
+        assert!((quantile_cont(&x, 0.95).unwrap() - 9.1).abs() < 1e-12);
+        assert!((quantile_cont(&x, 0.99).unwrap() - 9.82).abs() < 1e-12);
+        assert_eq!(quantile_cont(&x, 0.0), Some(1.0));
+        assert_eq!(quantile_cont(&x, 1.0), Some(10.0));
+        assert_eq!(quantile_cont(&[7.0], 0.99), Some(7.0));
+        assert_eq!(quantile_cont(&[], 0.5), None);
+    }
+
+    #[test]
+    fn stddev_is_the_sample_deviation_and_absent_for_a_single_reading() {
+        let batch = readings_to_batch(&[
+            reading("d", 1, 0, "t", 2.0),
+            reading("d", 2, 1, "t", 4.0),
+            reading("d", 3, 2, "t", 4.0),
+            reading("d", 4, 3, "t", 4.0),
+            reading("d", 5, 4, "t", 5.0),
+            reading("d", 6, 5, "t", 5.0),
+            reading("d", 7, 6, "t", 7.0),
+            reading("d", 8, 7, "t", 9.0),
+            reading("d", 9, 60_000, "t", 1.0),
+        ])
+        .unwrap();
+        let stats = aggregate(&[batch], Window::M1).unwrap();
+        assert_eq!(stats.len(), 2);
+        // Mean 5, squared deviations sum to 32, 32 / 7.
+        assert!((stats[0].stddev.unwrap() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
+        assert_eq!(stats[1].count, 1);
+        assert_eq!(stats[1].stddev, None);
+    }
+
+    #[test]
+    fn the_first_reading_seen_wins_over_a_later_repeat() {
+        let batch = readings_to_batch(&[
+            reading("d", 1, 0, "t", 1.0),
+            reading("d", 1, 0, "t", 100.0),
+            reading("d", 1, 0, "h", 3.0),
+        ])
+        .unwrap();
+        let stats = aggregate(&[batch], Window::M1).unwrap();
+        assert_eq!(stats.len(), 2);
+        let t = stats.iter().find(|s| s.metric == "t").unwrap();
+        assert_eq!((t.count, t.max), (1, 1.0));
+    }
+
+    #[test]
+    fn rows_outside_the_partition_are_counted_not_aggregated() {
+        let batch = readings_to_batch(&[
+            reading("d", 1, 10, "t", 1.0),
+            reading("d", 2, 3_600_000, "t", 2.0),
+        ])
+        .unwrap();
+        let mut agg = Aggregator::new(Window::M1).with_bounds(0, 3_600_000);
+        agg.add_file(&[batch], true).unwrap();
+        assert_eq!((agg.rows, agg.outside), (2, 1));
+        let stats = agg.finish(false);
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].window_start, 0);
+    }
+
+    #[test]
+    fn only_windows_of_new_files_are_touched() {
+        let old = readings_to_batch(&[
+            reading("d", 1, 0, "t", 1.0),
+            reading("d", 2, 60_000, "t", 2.0),
+        ])
+        .unwrap();
+        let new = readings_to_batch(&[
+            // A repeat of an old reading: its window cannot change.
+            reading("d", 1, 0, "t", 1.0),
+            reading("d", 3, 120_000, "t", 3.0),
+        ])
+        .unwrap();
+        let mut agg = Aggregator::new(Window::M1);
+        agg.add_file(&[old], false).unwrap();
+        agg.add_file(&[new], true).unwrap();
+        assert_eq!(agg.touched(), vec![("d".into(), "t".into(), 120_000)]);
+        let stats = agg.finish(true);
+        assert_eq!(stats.len(), 1);
+        assert_eq!(stats[0].window_start, 120_000);
+    }
+}

@@ -44,7 +44,10 @@ impl std::str::FromStr for BrokerUrl {
         if host.is_empty() {
             bail!("broker URL {s:?} has no host");
         }
-        Ok(Self { host: host.to_string(), port })
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
     }
 }
 
@@ -54,8 +57,9 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
     let port = if port == 0 { free_port()? } else { port };
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     // Fail here, with a clear message, rather than inside the broker's thread.
-    TcpListener::bind(listen)
-        .with_context(|| format!("port {port} on 127.0.0.1 is taken: pass --broker-port 0 to pick a free one"))?;
+    TcpListener::bind(listen).with_context(|| {
+        format!("port {port} on 127.0.0.1 is taken: pass --broker-port 0 to pick a free one")
+    })?;
     let server = ServerSettings {
         name: "v4-local".into(),
         listen,
@@ -102,7 +106,10 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
     // Wait until the listener accepts connections.
     for _ in 0..200 {
         if std::net::TcpStream::connect(listen).is_ok() {
-            return Ok(BrokerUrl { host: "127.0.0.1".into(), port });
+            return Ok(BrokerUrl {
+                host: "127.0.0.1".into(),
+                port,
+            });
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -123,7 +130,13 @@ mod tests {
         let u: BrokerUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1883));
         assert_eq!(u.to_string(), "mqtt://127.0.0.1:1883");
-        assert!("127.0.0.1:1883".parse::<BrokerUrl>().unwrap_err().to_string().contains("mqtt://"));
+        assert!(
+            "127.0.0.1:1883"
+                .parse::<BrokerUrl>()
+                .unwrap_err()
+                .to_string()
+                .contains("mqtt://")
+        );
         assert!("mqtt://host".parse::<BrokerUrl>().is_err());
     }
 }

@@ -105,50 +105,124 @@ pub struct Estimate {
 pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
     let mut lines = Vec::new();
     let mut line = |item: String, quantity: f64, unit: &'static str, usd: f64| {
-        lines.push(CostLine { item, quantity, unit, usd });
+        lines.push(CostLine {
+            item,
+            quantity,
+            unit,
+            usd,
+        });
     };
     let m = |n: u64| n as f64 / 1e6;
-    line("IoT Core messaging".into(), u.iot_message_units as f64, "5 KB msgs", m(u.iot_message_units) * IOT_MESSAGE_PER_MILLION);
+    line(
+        "IoT Core messaging".into(),
+        u.iot_message_units as f64,
+        "5 KB msgs",
+        m(u.iot_message_units) * IOT_MESSAGE_PER_MILLION,
+    );
     let conn_min = u.devices as f64 * u.seconds / 60.0;
-    line("IoT Core connectivity".into(), conn_min, "conn-min", conn_min / 1e6 * IOT_CONNECT_PER_MILLION_MIN);
-    line("IoT rules triggered + actions".into(), u.rule_triggers as f64, "rules", m(u.rule_triggers) * (IOT_RULE_PER_MILLION + IOT_ACTION_PER_MILLION));
+    line(
+        "IoT Core connectivity".into(),
+        conn_min,
+        "conn-min",
+        conn_min / 1e6 * IOT_CONNECT_PER_MILLION_MIN,
+    );
+    line(
+        "IoT rules triggered + actions".into(),
+        u.rule_triggers as f64,
+        "rules",
+        m(u.rule_triggers) * (IOT_RULE_PER_MILLION + IOT_ACTION_PER_MILLION),
+    );
     for f in functions {
-        let usd = m(f.invocations) * LAMBDA_REQUEST_PER_MILLION + f.gb_seconds * LAMBDA_GB_SECOND_ARM64;
-        line(format!("Lambda {} ({} MB, arm64)", f.function, f.memory_size_mb), f.invocations as f64, "invocations", usd);
+        let usd =
+            m(f.invocations) * LAMBDA_REQUEST_PER_MILLION + f.gb_seconds * LAMBDA_GB_SECOND_ARM64;
+        line(
+            format!("Lambda {} ({} MB, arm64)", f.function, f.memory_size_mb),
+            f.invocations as f64,
+            "invocations",
+            usd,
+        );
     }
     let stream_hours = u.seconds / 3600.0;
-    line("Kinesis on-demand stream".into(), stream_hours, "stream-hours", stream_hours * KINESIS_STREAM_HOUR);
+    line(
+        "Kinesis on-demand stream".into(),
+        stream_hours,
+        "stream-hours",
+        stream_hours * KINESIS_STREAM_HOUR,
+    );
     let kin_in_gb = u.kinesis_kb_units as f64 * 1024.0 / GB;
     let kin_out_gb = u.kinesis_bytes_out as f64 / GB;
-    line("Kinesis data in/out".into(), kin_in_gb + kin_out_gb, "GB", kin_in_gb * KINESIS_INGEST_GB + kin_out_gb * KINESIS_RETRIEVAL_GB);
+    line(
+        "Kinesis data in/out".into(),
+        kin_in_gb + kin_out_gb,
+        "GB",
+        kin_in_gb * KINESIS_INGEST_GB + kin_out_gb * KINESIS_RETRIEVAL_GB,
+    );
     let fh_gb = u.firehose_5kb_units as f64 * 5.0 * 1024.0 / GB;
     let fh_raw_gb = u.firehose_bytes as f64 / GB;
-    line("Firehose ingest + Parquet conversion".into(), fh_gb, "GB", fh_gb * (FIREHOSE_INGEST_GB + FIREHOSE_CONVERSION_GB));
+    line(
+        "Firehose ingest + Parquet conversion".into(),
+        fh_gb,
+        "GB",
+        fh_gb * (FIREHOSE_INGEST_GB + FIREHOSE_CONVERSION_GB),
+    );
     line(
         "Firehose dynamic partitioning".into(),
         u.firehose_objects as f64,
         "objects",
-        fh_raw_gb * FIREHOSE_PARTITIONING_GB + u.firehose_objects as f64 / 1000.0 * FIREHOSE_PARTITIONING_PER_1000_OBJECTS,
+        fh_raw_gb * FIREHOSE_PARTITIONING_GB
+            + u.firehose_objects as f64 / 1000.0 * FIREHOSE_PARTITIONING_PER_1000_OBJECTS,
     );
-    line("S3 PUT requests".into(), u.s3_puts as f64, "requests", u.s3_puts as f64 / 1000.0 * S3_PUT_PER_1000);
-    line("EventBridge Scheduler".into(), u.scheduler_invocations as f64, "invocations", m(u.scheduler_invocations) * SCHEDULER_PER_MILLION);
+    line(
+        "S3 PUT requests".into(),
+        u.s3_puts as f64,
+        "requests",
+        u.s3_puts as f64 / 1000.0 * S3_PUT_PER_1000,
+    );
+    line(
+        "EventBridge Scheduler".into(),
+        u.scheduler_invocations as f64,
+        "invocations",
+        m(u.scheduler_invocations) * SCHEDULER_PER_MILLION,
+    );
 
     let total_usd: f64 = lines.iter().map(|l| l.usd).sum();
     let fixed_run = stream_hours * KINESIS_STREAM_HOUR;
-    let scale = if u.seconds > 0.0 { MONTH_SECONDS / u.seconds } else { 0.0 };
-    let month_at_this_rate_usd = (total_usd - fixed_run) * scale + MONTH_SECONDS / 3600.0 * KINESIS_STREAM_HOUR;
-    Estimate { lines, total_usd, month_at_this_rate_usd, prices_as_of: PRICES_AS_OF }
+    let scale = if u.seconds > 0.0 {
+        MONTH_SECONDS / u.seconds
+    } else {
+        0.0
+    };
+    let month_at_this_rate_usd =
+        (total_usd - fixed_run) * scale + MONTH_SECONDS / 3600.0 * KINESIS_STREAM_HOUR;
+    Estimate {
+        lines,
+        total_usd,
+        month_at_this_rate_usd,
+        prices_as_of: PRICES_AS_OF,
+    }
 }
 
 impl Estimate {
     /// A plain-text table for the terminal.
     pub fn to_table(&self) -> String {
-        let mut out = format!("What this run would have cost on AWS (us-east-1 list prices of {}, no free tier):\n", self.prices_as_of);
+        let mut out = format!(
+            "What this run would have cost on AWS (us-east-1 list prices of {}, no free tier):\n",
+            self.prices_as_of
+        );
         for l in &self.lines {
-            out.push_str(&format!("  {:<42} {:>14.2} {:<12} ${:>12.6}\n", l.item, l.quantity, l.unit, l.usd));
+            out.push_str(&format!(
+                "  {:<42} {:>14.2} {:<12} ${:>12.6}\n",
+                l.item, l.quantity, l.unit, l.usd
+            ));
         }
-        out.push_str(&format!("  {:<42} {:>27} ${:>12.6}\n", "total for this run", "", self.total_usd));
-        out.push_str(&format!("  {:<42} {:>27} ${:>12.2}\n", "a 730-hour month at this rate", "", self.month_at_this_rate_usd));
+        out.push_str(&format!(
+            "  {:<42} {:>27} ${:>12.6}\n",
+            "total for this run", "", self.total_usd
+        ));
+        out.push_str(&format!(
+            "  {:<42} {:>27} ${:>12.2}\n",
+            "a 730-hour month at this rate", "", self.month_at_this_rate_usd
+        ));
         out
     }
 }
@@ -159,13 +233,30 @@ mod tests {
 
     #[test]
     fn a_million_messages_cost_what_the_price_table_says() {
-        let u = Usage { iot_message_units: 1_000_000, rule_triggers: 1_000_000, seconds: 3600.0, ..Default::default() };
+        let u = Usage {
+            iot_message_units: 1_000_000,
+            rule_triggers: 1_000_000,
+            seconds: 3600.0,
+            ..Default::default()
+        };
         let e = estimate(&u, &[]);
-        let msg = e.lines.iter().find(|l| l.item == "IoT Core messaging").unwrap();
+        let msg = e
+            .lines
+            .iter()
+            .find(|l| l.item == "IoT Core messaging")
+            .unwrap();
         assert!((msg.usd - 1.0).abs() < 1e-9);
-        let rules = e.lines.iter().find(|l| l.item.starts_with("IoT rules")).unwrap();
+        let rules = e
+            .lines
+            .iter()
+            .find(|l| l.item.starts_with("IoT rules"))
+            .unwrap();
         assert!((rules.usd - 0.30).abs() < 1e-9);
-        let stream = e.lines.iter().find(|l| l.item.starts_with("Kinesis on-demand")).unwrap();
+        let stream = e
+            .lines
+            .iter()
+            .find(|l| l.item.starts_with("Kinesis on-demand"))
+            .unwrap();
         assert!((stream.usd - 0.04).abs() < 1e-9);
         // A month at the rate of one hour: 730 × the variable part + 730 stream-hours.
         assert!((e.month_at_this_rate_usd - (730.0 * 1.30 + 730.0 * 0.04)).abs() < 1e-6);

@@ -73,7 +73,8 @@ impl IotRule {
                         let received_at = chrono::Utc::now().timestamp_millis();
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
-                            device_from_topic: parse_topic(&p.topic).map(|t| t.device_id.to_string()),
+                            device_from_topic: parse_topic(&p.topic)
+                                .map(|t| t.device_id.to_string()),
                             topic: p.topic,
                             received_at,
                         };
@@ -100,7 +101,11 @@ impl IotRule {
             let _ = client.disconnect().await;
             Ok(())
         });
-        Ok(Self { received, stop, task })
+        Ok(Self {
+            received,
+            stop,
+            task,
+        })
     }
 
     /// Stops reading and waits for the in-flight invocations to finish.

@@ -37,7 +37,11 @@ use crate::stack::{Stack, StackConfig, local_firehose};
 /// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
 /// scheduler — all in one process, running the same handler code as on AWS.
 #[derive(Debug, Parser)]
-#[command(name = "iotpipe", version, propagate_version = true, after_help = "\
+#[command(
+    name = "iotpipe",
+    version,
+    propagate_version = true,
+    after_help = "\
 Examples:
   iotpipe up                                   # 10 devices, 1 msg/s each, for 30 s
   iotpipe up --devices 50 --rate 5 --duration 10s --data ./data
@@ -45,7 +49,8 @@ Examples:
   device-sim --devices 5 --dump raw.jsonl --duration 60s && iotpipe replay raw.jsonl
 
 Data lands under --data (default ./data): telemetry/ (Parquet by dt=/hour=), stats/,
-quarantine/ (rejected payloads with their reasons) and errors/.")]
+quarantine/ (rejected payloads with their reasons) and errors/."
+)]
 struct Cli {
     /// Log more (-v: debug, including one Lambda REPORT line per invocation; -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -200,7 +205,10 @@ fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -236,7 +244,10 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
 
 fn spinner() -> ProgressBar {
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.enable_steady_tick(Duration::from_millis(200));
     pb
 }
@@ -249,7 +260,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => broker::start_embedded(a.broker_port)?,
     };
-    eprintln!("broker: {broker}{}", if a.broker.is_none() { " (embedded rumqttd)" } else { "" });
+    eprintln!(
+        "broker: {broker}{}",
+        if a.broker.is_none() {
+            " (embedded rumqttd)"
+        } else {
+            ""
+        }
+    );
     eprintln!("data:   {}", a.data.data.display());
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
     let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
@@ -262,12 +280,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     });
     let sim_cfg = device_sim::SimConfig {
-        broker: broker.to_string().parse().map_err(|e| anyhow::anyhow!("{e}"))?,
+        broker: broker
+            .to_string()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
         fleet: a.fleet.clone(),
         devices: a.devices,
         rate: a.rate,
         duration: a.duration,
-        qos: if a.qos == 0 { device_sim::QoS::AtMostOnce } else { device_sim::QoS::AtLeastOnce },
+        qos: if a.qos == 0 {
+            device_sim::QoS::AtMostOnce
+        } else {
+            device_sim::QoS::AtLeastOnce
+        },
         seed: a.seed,
         ..device_sim::SimConfig::default()
     };
@@ -287,7 +312,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let sim = device_sim::run(sim_cfg, stop_rx).await.context("the device simulator failed")?;
+    let sim = device_sim::run(sim_cfg, stop_rx)
+        .await
+        .context("the device simulator failed")?;
 
     // Let the rule catch up with what the broker acknowledged, then stop it.
     let expect = sim.sent;
@@ -302,13 +329,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     pb.set_message("flushing the stream, Firehose and a final rollup…");
     progress.abort();
     let _ = progress.await;
-    let stack = Arc::try_unwrap(stack)
-        .map_err(|_| anyhow::anyhow!("internal: the stack is still in use after the rule stopped"))?;
+    let stack = Arc::try_unwrap(stack).map_err(|_| {
+        anyhow::anyhow!("internal: the stack is still in use after the rule stopped")
+    })?;
     let meter = stack.meter.clone();
     let report = stack.finish(a.devices as u64).await?;
     pb.finish_and_clear();
     let s = summary::Summary::new(
-        summary::Source::Mqtt { broker: broker.to_string(), sent: sim.sent, acknowledged: sim.acknowledged, received },
+        summary::Source::Mqtt {
+            broker: broker.to_string(),
+            sent: sim.sent,
+            acknowledged: sim.acknowledged,
+            received,
+        },
         &report,
         meter.report(),
         &a.data.data,
@@ -317,8 +350,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&a.file)
-        .with_context(|| format!("cannot open {}: give a file with one JSON payload per line", a.file.display()))?;
+    let file = std::fs::File::open(&a.file).with_context(|| {
+        format!(
+            "cannot open {}: give a file with one JSON payload per line",
+            a.file.display()
+        )
+    })?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     let stack = Stack::start(stack_config(&a.data, &a.tuning))?;
     let pb = ProgressBar::new(total_bytes);
@@ -348,13 +385,24 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         stack.on_message(event, payload.len()).await;
         if lines.is_multiple_of(1000) {
             let i = stack.ingested();
-            pb.set_message(format!("accepted {} · quarantined {}", i.accepted, i.quarantined));
+            pb.set_message(format!(
+                "accepted {} · quarantined {}",
+                i.accepted, i.quarantined
+            ));
         }
     }
     pb.finish_and_clear();
     let meter = stack.meter.clone();
     let report = stack.finish(devices.len() as u64).await?;
-    let s = summary::Summary::new(summary::Source::Replay { file: a.file.display().to_string(), lines }, &report, meter.report(), &a.data.data);
+    let s = summary::Summary::new(
+        summary::Source::Replay {
+            file: a.file.display().to_string(),
+            lines,
+        },
+        &report,
+        meter.report(),
+        &a.data.data,
+    );
     s.print(a.summary_json)
 }
 
@@ -378,7 +426,11 @@ async fn rollup(a: DataArg) -> anyhow::Result<()> {
     for f in meter.report() {
         eprintln!(
             "REPORT Function: {} Duration: {:.2} ms Billed Duration: {} ms Memory Size: {} MB Max Memory Used: {} MB",
-            f.function, f.total_duration_ms, f.billed_duration_ms, f.memory_size_mb, f.max_memory_used_mb
+            f.function,
+            f.total_duration_ms,
+            f.billed_duration_ms,
+            f.memory_size_mb,
+            f.max_memory_used_mb
         );
     }
     summary::print_line(&serde_json::to_string(&report)?);
@@ -401,7 +453,9 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
         Format::Csv => analytics::query::to_csv(&rows),
         Format::Table => {
             if rows.is_empty() {
-                eprintln!("no aggregates match: run `iotpipe up` or `iotpipe replay`, then `iotpipe rollup`");
+                eprintln!(
+                    "no aggregates match: run `iotpipe up` or `iotpipe replay`, then `iotpipe rollup`"
+                );
             }
             analytics::query::to_table(&rows)
         }

@@ -27,11 +27,20 @@ pub struct LambdaFn {
 }
 
 /// The ingest function (template default 128 MB).
-pub const INGEST: LambdaFn = LambdaFn { name: "ingest", memory_mb: 128 };
+pub const INGEST: LambdaFn = LambdaFn {
+    name: "ingest",
+    memory_mb: 128,
+};
 /// The Firehose transform function (template default 512 MB).
-pub const TRANSFORM: LambdaFn = LambdaFn { name: "transform", memory_mb: 512 };
+pub const TRANSFORM: LambdaFn = LambdaFn {
+    name: "transform",
+    memory_mb: 512,
+};
 /// The scheduled rollup function (template default 1024 MB).
-pub const ROLLUP: LambdaFn = LambdaFn { name: "rollup", memory_mb: 1024 };
+pub const ROLLUP: LambdaFn = LambdaFn {
+    name: "rollup",
+    memory_mb: 1024,
+};
 
 #[derive(Debug, Default)]
 struct FnStats {
@@ -121,7 +130,9 @@ impl Meter {
 
     /// Figures per function, by name.
     pub fn report(&self) -> Vec<FnReport> {
-        let Ok(stats) = self.stats.lock() else { return Vec::new() };
+        let Ok(stats) = self.stats.lock() else {
+            return Vec::new();
+        };
         stats
             .iter()
             .map(|(name, s)| {
@@ -149,7 +160,9 @@ impl Meter {
 
 /// Peak resident set size of this process in MB (`VmHWM`), 0 where /proc is absent.
 pub fn peak_rss_mb() -> u64 {
-    proc_status_kb("VmHWM:").map(|kb| kb.div_ceil(1024)).unwrap_or(0)
+    proc_status_kb("VmHWM:")
+        .map(|kb| kb.div_ceil(1024))
+        .unwrap_or(0)
 }
 
 fn proc_status_kb(field: &str) -> Option<u64> {
@@ -168,12 +181,17 @@ mod tests {
         for _ in 0..3 {
             meter.invoke(&INGEST, |_: &()| false, async {}).await;
         }
-        let _ = meter.invoke(&INGEST, |r: &Result<(), ()>| r.is_err(), async { Err(()) }).await;
+        let _ = meter
+            .invoke(&INGEST, |r: &Result<(), ()>| r.is_err(), async { Err(()) })
+            .await;
         let r = &meter.report()[0];
         assert_eq!(r.function, "ingest");
         assert_eq!(r.invocations, 4);
         assert_eq!(r.errors, 1);
-        assert_eq!(r.billed_duration_ms, 4, "sub-millisecond invocations bill 1 ms each");
+        assert_eq!(
+            r.billed_duration_ms, 4,
+            "sub-millisecond invocations bill 1 ms each"
+        );
         assert!((r.gb_seconds - 4.0 / 1000.0 * 128.0 / 1024.0).abs() < 1e-12);
         assert!(r.max_memory_used_mb > 0);
     }

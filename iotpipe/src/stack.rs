@@ -146,8 +146,12 @@ impl Stack {
                     for r in &event.records {
                         let len = r.data.0.len() as u64;
                         counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
-                        counters.kinesis_kb_units.fetch_add(len.div_ceil(1024).max(1), Ordering::Relaxed);
-                        counters.firehose_5kb_units.fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
+                        counters
+                            .kinesis_kb_units
+                            .fetch_add(len.div_ceil(1024).max(1), Ordering::Relaxed);
+                        counters
+                            .firehose_5kb_units
+                            .fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
                     }
                     let ctx = Context::default();
                     meter
@@ -180,8 +184,11 @@ impl Stack {
         };
         if let Some(every) = cfg.rollup_every {
             let (tx, mut rx) = watch::channel(false);
-            let (store, meter, counters) =
-                (stack.store.clone(), stack.meter.clone(), stack.counters.clone());
+            let (store, meter, counters) = (
+                stack.store.clone(),
+                stack.meter.clone(),
+                stack.counters.clone(),
+            );
             let task = tokio::spawn(async move {
                 let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
                 loop {
@@ -204,17 +211,24 @@ impl Stack {
     /// Core would send.
     pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
         self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .iot_message_units
-            .fetch_add((payload_len as u64).div_ceil(5120).max(1), Ordering::Relaxed);
+        self.counters.iot_message_units.fetch_add(
+            (payload_len as u64).div_ceil(5120).max(1),
+            Ordering::Relaxed,
+        );
         let result = self
             .meter
-            .invoke(&INGEST, |r: &Result<_, _>| r.is_err(), self.ingest.handle_event(&event))
+            .invoke(
+                &INGEST,
+                |r: &Result<_, _>| r.is_err(),
+                self.ingest.handle_event(&event),
+            )
             .await;
         match result {
             Ok(report) => {
                 if report.quarantined > 0 {
-                    self.counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .quarantine_objects
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 if let Ok(mut total) = self.ingested.lock() {
                     total.add(&report);
@@ -237,7 +251,16 @@ impl Stack {
     /// Stops producing: closes the stream, waits for Firehose to drain and flush, stops
     /// the scheduler, runs a final rollup, and reports.
     pub async fn finish(self, devices: u64) -> anyhow::Result<StackReport> {
-        let Stack { store, meter, counters, ingested, ingest, firehose, scheduler, started } = self;
+        let Stack {
+            store,
+            meter,
+            counters,
+            ingested,
+            ingest,
+            firehose,
+            scheduler,
+            started,
+        } = self;
         // Dropping the last producer handle closes every shard: the emulator drains them.
         drop(ingest);
         let fh = firehose
@@ -317,18 +340,28 @@ pub async fn scheduled_rollup(
     meter: &Meter,
     counters: &Counters,
 ) -> anyhow::Result<analytics::RollupReport> {
-    counters.scheduler_invocations.fetch_add(1, Ordering::Relaxed);
+    counters
+        .scheduler_invocations
+        .fetch_add(1, Ordering::Relaxed);
     let cfg = analytics::RollupConfig::default();
     let event = LambdaEvent::new(scheduled_event(), Context::default());
     let report = meter
-        .invoke(&ROLLUP, |r: &Result<_, _>| r.is_err(), analytics::handler::handle(event, store.clone(), &cfg))
+        .invoke(
+            &ROLLUP,
+            |r: &Result<_, _>| r.is_err(),
+            analytics::handler::handle(event, store.clone(), &cfg),
+        )
         .await
         .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
     counters.rollup_objects.fetch_add(
         report.stats_files_written as u64 + u64::from(report.checkpoint_written),
         Ordering::Relaxed,
     );
-    tracing::debug!(windows_updated = report.windows_updated, new_files = report.new_files, "rollup");
+    tracing::debug!(
+        windows_updated = report.windows_updated,
+        new_files = report.new_files,
+        "rollup"
+    );
     Ok(report)
 }
 

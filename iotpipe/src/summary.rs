@@ -75,7 +75,11 @@ impl Summary {
     pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &Path) -> Self {
         let cost = estimate(&r.usage, &functions);
         let elapsed_s = r.usage.seconds;
-        let messages_per_s = if elapsed_s > 0.0 { r.ingest.messages as f64 / elapsed_s } else { 0.0 };
+        let messages_per_s = if elapsed_s > 0.0 {
+            r.ingest.messages as f64 / elapsed_s
+        } else {
+            0.0
+        };
         // Per item each function handles: ingest a message, transform a record.
         let us_per_item = functions
             .iter()
@@ -85,7 +89,11 @@ impl Summary {
                     "transform" => r.firehose.records_in,
                     _ => f.invocations,
                 };
-                let us = if items > 0 { f.total_duration_ms * 1000.0 / items as f64 } else { 0.0 };
+                let us = if items > 0 {
+                    f.total_duration_ms * 1000.0 / items as f64
+                } else {
+                    0.0
+                };
                 (f.function.clone(), us)
             })
             .collect();
@@ -112,10 +120,17 @@ impl Summary {
     pub fn print(&self, json: bool) -> anyhow::Result<()> {
         let mut out = String::new();
         match &self.source {
-            Source::Mqtt { broker, sent, acknowledged, received } => {
+            Source::Mqtt {
+                broker,
+                sent,
+                acknowledged,
+                received,
+            } => {
                 out.push_str(&format!("MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}\n"));
             }
-            Source::Replay { file, lines } => out.push_str(&format!("replayed {lines} payload line(s) from {file}\n")),
+            Source::Replay { file, lines } => {
+                out.push_str(&format!("replayed {lines} payload line(s) from {file}\n"))
+            }
         }
         out.push_str(&format!(
             "ingest: {} message(s) in = {} accepted + {} quarantined ({} readings accepted)\n",
@@ -127,18 +142,39 @@ impl Summary {
             f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
         ));
         if let Some(r) = &self.rollup {
-            out.push_str(&format!("rollup: {} window(s) updated from {} new file(s)\n", r.windows_updated, r.new_files));
+            out.push_str(&format!(
+                "rollup: {} window(s) updated from {} new file(s)\n",
+                r.windows_updated, r.new_files
+            ));
         }
         out.push_str("functions (Lambda REPORT figures; Max Memory Used is the shared process's peak RSS):\n");
-        out.push_str(&format!("  {:<10} {:>11} {:>15} {:>11} {:>13} {:>11} {:>10}\n", "function", "invocations", "total Duration", "p99", "Billed Dur.", "Memory Size", "Max Used"));
+        out.push_str(&format!(
+            "  {:<10} {:>11} {:>15} {:>11} {:>13} {:>11} {:>10}\n",
+            "function",
+            "invocations",
+            "total Duration",
+            "p99",
+            "Billed Dur.",
+            "Memory Size",
+            "Max Used"
+        ));
         for f in &self.functions {
             out.push_str(&format!(
                 "  {:<10} {:>11} {:>12.1} ms {:>8.2} ms {:>10} ms {:>8} MB {:>7} MB\n",
-                f.function, f.invocations, f.total_duration_ms, f.p99_duration_ms, f.billed_duration_ms, f.memory_size_mb, f.max_memory_used_mb
+                f.function,
+                f.invocations,
+                f.total_duration_ms,
+                f.p99_duration_ms,
+                f.billed_duration_ms,
+                f.memory_size_mb,
+                f.max_memory_used_mb
             ));
         }
-        let per_item: Vec<String> =
-            self.us_per_item.iter().map(|(f, us)| format!("{f} {us:.1} µs")).collect();
+        let per_item: Vec<String> = self
+            .us_per_item
+            .iter()
+            .map(|(f, us)| format!("{f} {us:.1} µs"))
+            .collect();
         out.push_str(&format!(
             "throughput: {:.0} messages/s over {:.1} s; handler time per item: {}; peak RSS {} MB\n",
             self.messages_per_s,
@@ -147,7 +183,10 @@ impl Summary {
             self.peak_rss_mb
         ));
         out.push_str(&self.cost.to_table());
-        out.push_str(&format!("data: {} (try: iotpipe query --data {} --window 1m)\n", self.data, self.data));
+        out.push_str(&format!(
+            "data: {} (try: iotpipe query --data {} --window 1m)\n",
+            self.data, self.data
+        ));
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(out.as_bytes())?;
         if json {

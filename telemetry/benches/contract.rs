@@ -28,7 +28,10 @@ fn validation(c: &mut Criterion) {
     let good = payload(1);
     let batch = format!(
         "[{}]",
-        (0..50).map(|i| String::from_utf8(payload(i)).unwrap()).collect::<Vec<_>>().join(",")
+        (0..50)
+            .map(|i| String::from_utf8(payload(i)).unwrap())
+            .collect::<Vec<_>>()
+            .join(",")
     )
     .into_bytes();
     let mut g = c.benchmark_group("validate");
@@ -37,7 +40,14 @@ fn validation(c: &mut Criterion) {
         b.iter(|| validate_payload(black_box(&good), "dt/f/sensor-000042/telemetry", NOW, &cfg))
     });
     g.bench_function("malformed json", |b| {
-        b.iter(|| validate_payload(black_box(b"{\"device_id\":"), "dt/f/sensor-000042/telemetry", NOW, &cfg))
+        b.iter(|| {
+            validate_payload(
+                black_box(b"{\"device_id\":"),
+                "dt/f/sensor-000042/telemetry",
+                NOW,
+                &cfg,
+            )
+        })
     });
     g.throughput(Throughput::Elements(50));
     g.bench_function("device batch of 50", |b| {
@@ -47,7 +57,9 @@ fn validation(c: &mut Criterion) {
 }
 
 fn parquet(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let readings: Vec<Reading> = (0..100_000)
         .map(|i| Reading {
             device_id: format!("sensor-{:06}", i % 500),
@@ -62,13 +74,19 @@ fn parquet(c: &mut Criterion) {
     let mut g = c.benchmark_group("parquet");
     g.sample_size(10);
     g.throughput(Throughput::Elements(readings.len() as u64));
-    g.bench_function("readings_to_batch 100k", |b| b.iter(|| readings_to_batch(black_box(&readings)).unwrap()));
+    g.bench_function("readings_to_batch 100k", |b| {
+        b.iter(|| readings_to_batch(black_box(&readings)).unwrap())
+    });
     let batch = readings_to_batch(&readings).unwrap();
     g.bench_function("write 100k rows (zstd) to memory", |b| {
         b.iter(|| {
             rt.block_on(async {
                 let store = Arc::new(InMemory::new());
-                let mut w = PartitionedWriter::new(store, telemetry_schema(), ParquetWriterConfig::default());
+                let mut w = PartitionedWriter::new(
+                    store,
+                    telemetry_schema(),
+                    ParquetWriterConfig::default(),
+                );
                 w.write(&Partition::of_millis(NOW), &batch).await.unwrap();
                 w.flush().await.unwrap()
             })

@@ -13,7 +13,10 @@ use serde_json::Value;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The path of a workspace binary, built next to this test executable.
@@ -23,7 +26,11 @@ pub fn root() -> PathBuf {
 pub fn bin(name: &str) -> PathBuf {
     // target/debug/deps/<test-exe> → target/debug/<name>
     let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().and_then(Path::parent).map(Path::to_path_buf).unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -40,13 +47,17 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn need_env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,
-        _ => panic!("{name} is not set: run the suite with `bash tests/run.sh` (it starts the test services and exports it)"),
+        _ => panic!(
+            "{name} is not set: run the suite with `bash tests/run.sh` (it starts the test services and exports it)"
+        ),
     }
 }
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed with {}\n--- stdout\n{}\n--- stderr\n{}",
@@ -60,21 +71,31 @@ pub fn run(cmd: &mut Command) -> Output {
 /// The last stdout line of a successful command, parsed as JSON.
 pub fn last_json_line(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {line}"))
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("last stdout line is not JSON ({e}): {line}"))
 }
 
 /// All of stdout, parsed as JSON.
 pub fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 /// Runs a checker script of `tests/py` with the test venv's Python and parses its JSON.
 pub fn python_json(script: &str, args: &[&Path]) -> Value {
     let python = need_env("IOTPIPE_TEST_PYTHON");
-    let out = run(Command::new(python).arg(root().join("tests/py").join(script)).args(args));
+    let out = run(Command::new(python)
+        .arg(root().join("tests/py").join(script))
+        .args(args));
     stdout_json(&out)
 }
 

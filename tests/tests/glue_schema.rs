@@ -10,8 +10,15 @@ use iotpipe_tests::{iotpipe, root, run};
 fn template_columns(table: &str) -> Vec<String> {
     let template = std::fs::read_to_string(root().join("infra/template.yaml")).unwrap();
     let marker = format!("# generated: iotpipe schema --glue {table};");
-    let mut lines = template.lines().skip_while(|l| !l.contains(&marker)).skip(1);
-    assert_eq!(lines.next().map(str::trim), Some("Columns:"), "no Columns list after the marker for {table}");
+    let mut lines = template
+        .lines()
+        .skip_while(|l| !l.contains(&marker))
+        .skip(1);
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("Columns:"),
+        "no Columns list after the marker for {table}"
+    );
     lines
         .map(str::trim)
         .take_while(|l| l.starts_with("- { Name:"))
@@ -34,7 +41,11 @@ fn template_columns(table: &str) -> Vec<String> {
 
 fn generated(table: &str) -> Vec<String> {
     let out = run(&mut iotpipe(&["schema", "--glue", table]));
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]

@@ -31,8 +31,11 @@ fn seeded_lines(devices: usize, minutes: u64, seed: u64) -> Vec<String> {
         "--dump",
         "-",
     ]));
-    let lines: Vec<String> =
-        String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect();
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(lines.len() as u64, devices as u64 * minutes * 60);
     lines
 }
@@ -55,7 +58,9 @@ fn rollup(data: &Path) -> Value {
 }
 
 fn ms(v: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap().timestamp_millis()
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+        .unwrap()
+        .timestamp_millis()
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -71,22 +76,40 @@ fn assert_matches_reference(data: &Path, raw: &Path) {
     let by_key: BTreeMap<(String, String, i64), &Value> = ours
         .iter()
         .map(|r| {
-            let key = (r["device_id"].as_str().unwrap().to_string(), r["metric"].as_str().unwrap().to_string(), ms(&r["window_start"]));
+            let key = (
+                r["device_id"].as_str().unwrap().to_string(),
+                r["metric"].as_str().unwrap().to_string(),
+                ms(&r["window_start"]),
+            );
             (key, r)
         })
         .collect();
     for want in reference {
-        let key = (want["device_id"].as_str().unwrap().to_string(), want["metric"].as_str().unwrap().to_string(), want["window_start"].as_i64().unwrap());
-        let got = by_key.get(&key).unwrap_or_else(|| panic!("window {key:?} missing"));
+        let key = (
+            want["device_id"].as_str().unwrap().to_string(),
+            want["metric"].as_str().unwrap().to_string(),
+            want["window_start"].as_i64().unwrap(),
+        );
+        let got = by_key
+            .get(&key)
+            .unwrap_or_else(|| panic!("window {key:?} missing"));
         assert_eq!(got["count"], want["count"], "{key:?}");
         for f in ["min", "max", "sum", "mean", "p50", "p95", "p99"] {
-            assert!(close(got[f].as_f64().unwrap(), want[f].as_f64().unwrap()), "{f} of {key:?}: {} vs {}", got[f], want[f]);
+            assert!(
+                close(got[f].as_f64().unwrap(), want[f].as_f64().unwrap()),
+                "{f} of {key:?}: {} vs {}",
+                got[f],
+                want[f]
+            );
         }
         match (got["stddev"].as_f64(), want["stddev"].as_f64()) {
             (Some(a), Some(b)) => assert!(close(a, b), "stddev of {key:?}: {a} vs {b}"),
             (a, b) => assert_eq!(a, b, "stddev of {key:?}"),
         }
-        assert_eq!(ms(&got["first_event"]), want["first_event"].as_i64().unwrap());
+        assert_eq!(
+            ms(&got["first_event"]),
+            want["first_event"].as_i64().unwrap()
+        );
         assert_eq!(ms(&got["last_event"]), want["last_event"].as_i64().unwrap());
     }
 }
@@ -118,7 +141,9 @@ fn hostile_payloads_are_all_quarantined_with_their_reasons_and_the_run_succeeds(
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let good = |seq: u64, extra: &str| {
-        format!(r#"{{"device_id":"sensor-000001","seq":{seq},"ts":{now},"metrics":{{"temperature":20.5{extra}}}}}"#)
+        format!(
+            r#"{{"device_id":"sensor-000001","seq":{seq},"ts":{now},"metrics":{{"temperature":20.5{extra}}}}}"#
+        )
     };
     let many: Vec<String> = (0..65).map(|i| format!("\"m{i}\":1")).collect();
     let mut hostile: Vec<Vec<u8>> = vec![
@@ -147,9 +172,16 @@ fn hostile_payloads_are_all_quarantined_with_their_reasons_and_the_run_succeeds(
     drop(f);
     let data = dir.path().join("data");
     let s = replay(&raw, &data);
-    let (input, accepted, quarantined) = (s["input"].as_u64().unwrap(), s["accepted"].as_u64().unwrap(), s["quarantined"].as_u64().unwrap());
+    let (input, accepted, quarantined) = (
+        s["input"].as_u64().unwrap(),
+        s["accepted"].as_u64().unwrap(),
+        s["quarantined"].as_u64().unwrap(),
+    );
     assert_eq!(input, accepted + quarantined, "{s}");
-    assert_eq!(accepted, 2, "only seq 1 and the good half of the batch are valid: {s}");
+    assert_eq!(
+        accepted, 2,
+        "only seq 1 and the good half of the batch are valid: {s}"
+    );
 
     // Every quarantined message is on disk with its reason and its bytes.
     let mut codes = Vec::new();
@@ -162,7 +194,19 @@ fn hostile_payloads_are_all_quarantined_with_their_reasons_and_the_run_succeeds(
         }
     }
     assert_eq!(codes.len() as u64, quarantined);
-    for code in ["malformed_json", "invalid_utf8", "missing_field", "wrong_type", "non_finite_value", "ts_out_of_range", "too_many_metrics", "bad_metric_name", "bad_device_id", "empty_batch", "oversize_payload"] {
+    for code in [
+        "malformed_json",
+        "invalid_utf8",
+        "missing_field",
+        "wrong_type",
+        "non_finite_value",
+        "ts_out_of_range",
+        "too_many_metrics",
+        "bad_metric_name",
+        "bad_device_id",
+        "empty_batch",
+        "oversize_payload",
+    ] {
         assert!(codes.iter().any(|c| c == code), "no {code} among {codes:?}");
     }
 }
@@ -174,7 +218,10 @@ fn a_second_rollup_does_nothing_and_late_data_updates_only_its_windows() {
     // The first calendar minute is held back and arrives later.
     let (late, on_time): (Vec<String>, Vec<String>) = {
         let first_minute = lines.iter().map(|l| ts_of(l) / 60_000).min().unwrap();
-        lines.iter().cloned().partition(|l| ts_of(l) / 60_000 == first_minute)
+        lines
+            .iter()
+            .cloned()
+            .partition(|l| ts_of(l) / 60_000 == first_minute)
     };
     assert!(!late.is_empty() && !on_time.is_empty());
     let a = dir.path().join("a.jsonl");
@@ -204,7 +251,9 @@ fn a_second_rollup_does_nothing_and_late_data_updates_only_its_windows() {
 }
 
 fn ts_of(line: &str) -> i64 {
-    serde_json::from_str::<Value>(line).unwrap()["ts"].as_i64().unwrap()
+    serde_json::from_str::<Value>(line).unwrap()["ts"]
+        .as_i64()
+        .unwrap()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

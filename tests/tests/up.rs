@@ -12,8 +12,19 @@ use serde_json::Value;
 
 fn up(data: &Path, extra: &[&str]) -> Value {
     let mut cmd = iotpipe(&[
-        "up", "--devices", "50", "--rate", "5", "--duration", "4s", "--flush-every", "2s",
-        "--rollup-every", "2s", "--summary-json", "--data",
+        "up",
+        "--devices",
+        "50",
+        "--rate",
+        "5",
+        "--duration",
+        "4s",
+        "--flush-every",
+        "2s",
+        "--rollup-every",
+        "2s",
+        "--summary-json",
+        "--data",
     ]);
     cmd.arg(data).args(extra);
     last_json_line(&run(&mut cmd))
@@ -22,21 +33,47 @@ fn up(data: &Path, extra: &[&str]) -> Value {
 fn check_run(data: &Path, s: &Value) {
     let sent = s["sent"].as_u64().unwrap();
     assert!(sent >= 50 * 5 * 3, "the fleet sent only {sent} messages");
-    assert_eq!(s["received"], s["sent"], "the rule must receive every QoS 1 message: {s}");
+    assert_eq!(
+        s["received"], s["sent"],
+        "the rule must receive every QoS 1 message: {s}"
+    );
     assert_eq!(s["input"], s["received"]);
     assert_eq!(s["quarantined"], 0, "simulated payloads are valid: {s}");
     assert_eq!(s["accepted"], s["input"]);
     let readings = s["readings"].as_u64().unwrap();
-    assert_eq!(s["rows"].as_u64().unwrap(), readings, "every accepted reading becomes a row");
+    assert_eq!(
+        s["rows"].as_u64().unwrap(),
+        readings,
+        "every accepted reading becomes a row"
+    );
 
     // An independent reader (pyarrow and DuckDB) sees the same distinct readings.
     let parquet = python_json("parquet_check.py", &[&data.join("telemetry")]);
     assert_eq!(parquet["rows"].as_u64().unwrap(), readings);
     assert_eq!(parquet["distinct_readings"].as_u64().unwrap(), readings);
     for f in parquet["per_file"].as_array().unwrap() {
-        let cols: Vec<&str> = f["columns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(cols, ["device_id", "seq", "event_time", "received_at", "metric", "value", "fw"]);
-        assert!(f["path"].as_str().unwrap().contains("dt="), "Hive partition folders: {f}");
+        let cols: Vec<&str> = f["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                "device_id",
+                "seq",
+                "event_time",
+                "received_at",
+                "metric",
+                "value",
+                "fw"
+            ]
+        );
+        assert!(
+            f["path"].as_str().unwrap().contains("dt="),
+            "Hive partition folders: {f}"
+        );
     }
 
     // The 1-minute aggregates count every distinct reading exactly once.
@@ -47,9 +84,17 @@ fn check_run(data: &Path, s: &Value) {
     let stats_files = python_json("parquet_check.py", &[&data.join("stats")]);
     assert!(stats_files["rows"].as_u64().unwrap() > 0);
 
-    let functions: Vec<&str> = s["functions"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap()).collect();
+    let functions: Vec<&str> = s["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["function"].as_str().unwrap())
+        .collect();
     assert_eq!(functions, ["ingest", "rollup", "transform"]);
-    assert_eq!(s["functions"][0]["invocations"], s["received"], "one ingest invocation per message");
+    assert_eq!(
+        s["functions"][0]["invocations"], s["received"],
+        "one ingest invocation per message"
+    );
     assert!(s["cost"]["total_usd"].as_f64().unwrap() > 0.0);
 }
 
@@ -57,7 +102,12 @@ fn check_run(data: &Path, s: &Value) {
 fn up_on_the_embedded_broker_lands_every_reading_in_parquet_and_the_stats() {
     let dir = tempfile::tempdir().unwrap();
     let s = up(dir.path(), &[]);
-    assert!(s["broker"].as_str().unwrap().starts_with("mqtt://127.0.0.1:"));
+    assert!(
+        s["broker"]
+            .as_str()
+            .unwrap()
+            .starts_with("mqtt://127.0.0.1:")
+    );
     check_run(dir.path(), &s);
 }
 

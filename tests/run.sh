@@ -4,9 +4,9 @@
 #   bash tests/run.sh
 #
 # 1. installs and starts the test services (tests/setup/services.sh: mosquitto plain + mTLS
-#    on loopback, a python venv with pyarrow + duckdb, a test CA) and stops them on exit,
-#    even on failure;
-# 2. cargo fmt --check; cargo build --bins; cargo clippy -D warnings; cargo test;
+#    and a moto server (AWS APIs) on loopback, python venvs with pyarrow + duckdb and with
+#    moto, a test CA) and stops them on exit, even on failure;
+# 2. cargo fmt --check; cargo build --bins; cargo clippy -D warnings; cargo doc; cargo test;
 # 3. bash infra/check.sh, when present.
 #
 # Every step runs even when an earlier one failed (but nothing after a failed build); the
@@ -64,7 +64,7 @@ trap 'exit 143' TERM
 
 step "test services (tests/setup/services.sh)"
 services_up
-export IOTPIPE_TEST_PYTHON IOTPIPE_TEST_CERTS IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS
+export IOTPIPE_TEST_PYTHON IOTPIPE_TEST_CERTS IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS IOTPIPE_TEST_MOTO
 
 step "toolchain"
 cargo --version
@@ -90,6 +90,8 @@ if [ "$build_ok" = 1 ]; then
     else
         run_step "cargo clippy --workspace --all-targets -- -D warnings" \
             cargo clippy --workspace --all-targets -- -D warnings
+        run_step "cargo doc --workspace --no-deps (warnings are errors)" \
+            env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
     fi
 
     run_step "cargo test --workspace --no-fail-fast" cargo test --workspace --no-fail-fast

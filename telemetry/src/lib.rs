@@ -10,15 +10,18 @@
 //! - [`stream`]: a record as a Kinesis stream holds it ([`stream::StreamEntry`]).
 //! - [`partition`]: Hive partitions by event time (`dt=YYYY-MM-DD/hour=HH`).
 //! - [`parquet_writer`]: a rolling, partitioned Parquet writer over `object_store`.
+//! - [`store`]: opens the data location (a directory or `s3://bucket/prefix`) as an
+//!   [`object_store::ObjectStore`] rooted there.
 //!
 //! This crate does no network I/O of its own; it writes to whatever
-//! [`object_store::ObjectStore`] it is handed.
+//! [`object_store::ObjectStore`] it is handed ([`store::open_store`] only builds one).
 
 pub mod message;
 pub mod parquet_writer;
 pub mod partition;
 pub mod quarantine;
 pub mod schema;
+pub mod store;
 pub mod stream;
 pub mod topic;
 pub mod validate;

@@ -78,12 +78,20 @@ pub fn to_json_lines(records: &[QuarantineRecord]) -> Vec<u8> {
 }
 
 /// The object key for a batch of records quarantined at `received_at` by `writer`
-/// (a name unique to the writing invocation).
+/// (a name unique to the writing invocation), under [`QUARANTINE_PREFIX`].
 pub fn object_key(received_at: i64, writer: &str) -> String {
-    format!(
-        "{QUARANTINE_PREFIX}/{}/{received_at}-{writer}.jsonl",
-        Partition::of_millis(received_at).path()
-    )
+    object_key_under(QUARANTINE_PREFIX, received_at, writer)
+}
+
+/// Like [`object_key`], under another key prefix (the deployed function's
+/// `IOTPIPE_QUARANTINE_PREFIX`). Slashes around `prefix` are ignored; an empty prefix puts
+/// the partitions at the store's root.
+pub fn object_key_under(prefix: &str, received_at: i64, writer: &str) -> String {
+    let partition = Partition::of_millis(received_at).path();
+    match prefix.trim_matches('/') {
+        "" => format!("{partition}/{received_at}-{writer}.jsonl"),
+        p => format!("{p}/{partition}/{received_at}-{writer}.jsonl"),
+    }
 }
 
 #[cfg(test)]
@@ -106,6 +114,24 @@ mod tests {
         assert_eq!(
             object_key(0, "x"),
             "quarantine/dt=1970-01-01/hour=00/0-x.jsonl"
+        );
+    }
+
+    #[test]
+    fn a_configured_prefix_replaces_the_default_one_whatever_its_slashes() {
+        for prefix in [
+            "errors/quarantine",
+            "errors/quarantine/",
+            "/errors/quarantine/",
+        ] {
+            assert_eq!(
+                object_key_under(prefix, 0, "x"),
+                "errors/quarantine/dt=1970-01-01/hour=00/0-x.jsonl"
+            );
+        }
+        assert_eq!(
+            object_key_under("", 0, "x"),
+            "dt=1970-01-01/hour=00/0-x.jsonl"
         );
     }
 }

@@ -1,0 +1,248 @@
+//! Opens the pipeline's data location — a local directory or an S3 bucket and prefix — as
+//! an [`ObjectStore`] rooted there, so that every crate reads and writes the same relative
+//! keys (`telemetry/dt=…`, `stats/…`, `quarantine/…`) wherever the data lives.
+//!
+//! S3 is configured the standard AWS way, from `AWS_*` environment variables: region
+//! (`AWS_REGION` / `AWS_DEFAULT_REGION`, default `us-east-1`), credentials (static keys,
+//! web identity, container or instance credentials) and `AWS_ENDPOINT_URL` (or
+//! `AWS_ENDPOINT_URL_S3`) for an AWS-compatible server such as moto. An `http://` endpoint
+//! is allowed without further settings, since it can only be a deliberate local server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use object_store::ObjectStore;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+
+/// The URL scheme of an S3 location: `s3://bucket/prefix`.
+pub const S3_SCHEME: &str = "s3://";
+
+/// A location [`open_store`] accepts, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A local directory.
+    Local(PathBuf),
+    /// An S3 bucket, and a key prefix within it (empty: the bucket's root).
+    S3 {
+        /// The bucket's name.
+        bucket: String,
+        /// The key prefix, without leading or trailing slashes.
+        prefix: Path,
+    },
+}
+
+impl StoreLocation {
+    /// Parses `url`: `s3://bucket` or `s3://bucket/prefix/…` for S3; a path without a
+    /// scheme for a local directory. Other schemes are refused rather than taken for
+    /// directory names.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        if url.is_empty() {
+            return Err(StoreError::Empty);
+        }
+        if let Some(rest) = url.strip_prefix(S3_SCHEME) {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(StoreError::MissingBucket { url: url.into() });
+            }
+            let prefix = Path::parse(prefix.trim_matches('/')).map_err(|source| {
+                StoreError::InvalidPrefix {
+                    url: url.into(),
+                    source,
+                }
+            })?;
+            return Ok(Self::S3 {
+                bucket: bucket.into(),
+                prefix,
+            });
+        }
+        if let Some((scheme, _)) = url.split_once("://") {
+            return Err(StoreError::UnsupportedScheme {
+                url: url.into(),
+                scheme: scheme.into(),
+            });
+        }
+        Ok(Self::Local(PathBuf::from(url)))
+    }
+}
+
+/// A data location that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The location is an empty string.
+    #[error("the data location is empty: give a directory or s3://bucket/prefix")]
+    Empty,
+    /// A URL with a scheme other than `s3://`.
+    #[error("{url}: unsupported scheme {scheme}:// (use a directory or s3://bucket/prefix)")]
+    UnsupportedScheme {
+        /// The location as given.
+        url: String,
+        /// Its scheme.
+        scheme: String,
+    },
+    /// `s3://` without a bucket name.
+    #[error("{url}: no bucket name (expected s3://bucket or s3://bucket/prefix)")]
+    MissingBucket {
+        /// The location as given.
+        url: String,
+    },
+    /// The prefix is not a valid object path (e.g. an empty segment, `a//b`).
+    #[error("{url}: invalid key prefix: {source}")]
+    InvalidPrefix {
+        /// The location as given.
+        url: String,
+        /// Why the prefix is invalid.
+        #[source]
+        source: object_store::path::Error,
+    },
+    /// The local directory could not be created.
+    #[error("creating the data directory {path}: {source}")]
+    CreateDirectory {
+        /// The directory.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The object store could not be built (a local directory that cannot be opened, or
+    /// an S3 configuration that is incomplete or contradictory).
+    #[error("opening {url}: {source}")]
+    Open {
+        /// The location as given.
+        url: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// Opens `url` (see [`StoreLocation::parse`]) as an object store whose keys are relative
+/// to it, taking S3 settings from the process's `AWS_*` environment variables.
+///
+/// A local directory is created if it does not exist. Opening S3 makes no request: a
+/// wrong bucket or missing credentials show up at the first read or write.
+pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let aws_env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    open_store_with(url, aws_env)
+}
+
+/// [`open_store`] with the `AWS_*` variables given instead of read from the process
+/// environment (variables without the `AWS_` prefix, or that the S3 client does not
+/// know, are ignored). Lets tests and callers with their own configuration avoid
+/// changing the process environment.
+pub fn open_store_with<I, K, V>(url: &str, aws_env: I) -> Result<Arc<dyn ObjectStore>, StoreError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    let open_err = |source| StoreError::Open {
+        url: url.into(),
+        source,
+    };
+    match StoreLocation::parse(url)? {
+        StoreLocation::Local(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDirectory {
+                path: dir.display().to_string(),
+                source,
+            })?;
+            Ok(Arc::new(
+                LocalFileSystem::new_with_prefix(&dir).map_err(open_err)?,
+            ))
+        }
+        StoreLocation::S3 { bucket, prefix } => {
+            let mut builder = AmazonS3Builder::new();
+            for (key, value) in aws_env {
+                let key = key.as_ref();
+                if !key.starts_with("AWS_") {
+                    continue;
+                }
+                // The same mapping `AmazonS3Builder::from_env` applies.
+                if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                    builder = builder.with_config(k, value);
+                }
+            }
+            let plain_http = [AmazonS3ConfigKey::S3Endpoint, AmazonS3ConfigKey::Endpoint]
+                .iter()
+                .filter_map(|k| builder.get_config_value(k))
+                .any(|endpoint| endpoint.starts_with("http://"));
+            let s3 = builder
+                .with_bucket_name(bucket)
+                .with_allow_http(plain_http)
+                .build()
+                .map_err(open_err)?;
+            if prefix.as_ref().is_empty() {
+                Ok(Arc::new(s3))
+            } else {
+                Ok(Arc::new(PrefixStore::new(s3, prefix)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_split_into_bucket_and_a_slash_free_prefix() {
+        assert_eq!(
+            StoreLocation::parse("s3://data/iot/run-1/").unwrap(),
+            StoreLocation::S3 {
+                bucket: "data".into(),
+                prefix: Path::from("iot/run-1"),
+            }
+        );
+        assert_eq!(
+            StoreLocation::parse("s3://data").unwrap(),
+            StoreLocation::S3 {
+                bucket: "data".into(),
+                prefix: Path::default(),
+            }
+        );
+    }
+
+    #[test]
+    fn anything_without_a_scheme_is_a_local_directory() {
+        assert_eq!(
+            StoreLocation::parse("./data").unwrap(),
+            StoreLocation::Local("./data".into())
+        );
+    }
+
+    #[test]
+    fn bad_locations_are_refused_with_a_reason() {
+        for (url, expected) in [
+            ("", "empty"),
+            ("s3://", "no bucket name"),
+            ("s3:///p", "no bucket name"),
+            ("gs://b/p", "unsupported scheme gs://"),
+            ("s3://b/a//c", "invalid key prefix"),
+        ] {
+            let err = StoreLocation::parse(url).unwrap_err().to_string();
+            assert!(err.contains(expected), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_local_directory_is_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("a/b");
+        open_store(data.to_str().unwrap()).unwrap();
+        assert!(data.is_dir());
+    }
+
+    #[test]
+    fn an_s3_location_opens_without_a_request() {
+        let env = [
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("NOT_AWS", "ignored"),
+        ];
+        assert!(open_store_with("s3://bucket/prefix", env).is_ok());
+    }
+}

@@ -1,0 +1,140 @@
+//! `store::open_store` on S3, against moto's S3: what is put under a prefixed location is
+//! listed and read back relative to it, lands under the prefix in the bucket, and paging
+//! (over 1,000 keys) and multipart uploads work.
+//!
+//! Needs `IOTPIPE_TEST_MOTO` (set by `bash tests/run.sh`); fails without it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+use telemetry::store::open_store_with;
+
+fn moto() -> String {
+    match std::env::var("IOTPIPE_TEST_MOTO") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "IOTPIPE_TEST_MOTO is not set: this test needs the moto server that the test \
+             set-up starts. Run `bash tests/run.sh`, or `source tests/setup/services.sh && \
+             services_up` and then cargo test in the same shell."
+        ),
+    }
+}
+
+fn env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "iotpipe-test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "iotpipe-test-secret".into()),
+    ]
+}
+
+/// A fresh bucket, made with a bare `PUT /bucket` (moto does not check signatures).
+fn bucket() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bucket = format!("store-{}-{nanos}", std::process::id());
+    let endpoint = moto();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(response.contains(" 200 "), "creating {bucket}: {response}");
+    bucket
+}
+
+#[tokio::test]
+async fn an_s3_prefix_is_the_stores_root() {
+    let bucket = bucket();
+    let store = open_store_with(&format!("s3://{bucket}/runs/r1/"), env()).unwrap();
+    let key = Path::from("telemetry/dt=2025-11-25/hour=16/part-0.parquet");
+    store
+        .put(&key, PutPayload::from_static(b"parquet bytes"))
+        .await
+        .unwrap();
+    store
+        .put(&Path::from("stats/x.json"), PutPayload::from_static(b"{}"))
+        .await
+        .unwrap();
+
+    let listed: Vec<_> = store
+        .list(Some(&Path::from("telemetry")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].location, key, "listed relative to the prefix");
+    assert_eq!(listed[0].size, 13);
+    let body = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"parquet bytes");
+
+    // Seen from the bucket's root, the objects are under the prefix.
+    let root = open_store_with(&format!("s3://{bucket}"), env()).unwrap();
+    let mut all: Vec<String> = root
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        [
+            "runs/r1/stats/x.json",
+            "runs/r1/telemetry/dt=2025-11-25/hour=16/part-0.parquet"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn listing_pages_past_a_thousand_keys_and_multipart_uploads_complete() {
+    let bucket = bucket();
+    let store = open_store_with(&format!("s3://{bucket}/p"), env()).unwrap();
+    // S3 lists at most 1,000 keys per page.
+    let puts = (0..1005).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(
+                    &Path::from(format!("k/{i:05}")),
+                    PutPayload::from(vec![b'x']),
+                )
+                .await
+        }
+    });
+    futures::stream::iter(puts)
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap();
+    let n = store
+        .list(Some(&Path::from("k")))
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(n, 1005);
+
+    // 12 MiB in parts of 5 MiB (S3's minimum part size): a real multipart upload.
+    let key = Path::from("big/object.bin");
+    let upload = store.put_multipart(&key).await.unwrap();
+    let mut writer = WriteMultipart::new_with_chunk_size(upload, 5 * 1024 * 1024);
+    let data: Vec<u8> = (0..12 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    writer.write(&data);
+    writer.finish().await.unwrap();
+    let back = store.get(&key).await.unwrap().bytes().await.unwrap();
+    assert!(back == data, "the multipart object reads back whole");
+}

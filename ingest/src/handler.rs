@@ -21,12 +21,25 @@ use crate::sink::{RecordSink, RetryPolicy, SinkRecord, deliver};
 pub const BAD_EVENT_ENCODING: &str = "bad_event_encoding";
 
 /// Settings of the ingest function.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct IngestConfig {
     /// Validation tunables (event-time window, payload limit).
     pub validation: ValidationConfig,
     /// Retry policy for records the sink fails.
     pub retry: RetryPolicy,
+    /// Key prefix of the quarantine objects in the store (`IOTPIPE_QUARANTINE_PREFIX` on
+    /// AWS). Default `quarantine`.
+    pub quarantine_prefix: String,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            validation: ValidationConfig::default(),
+            retry: RetryPolicy::default(),
+            quarantine_prefix: quarantine::QUARANTINE_PREFIX.to_owned(),
+        }
+    }
 }
 
 /// Errors that fail an invocation (so that Lambda retries it or sends it to the DLQ):
@@ -174,7 +187,11 @@ impl<S: RecordSink> Ingest<S> {
             return Ok(());
         }
         let n = self.next_object.fetch_add(1, Ordering::Relaxed);
-        let key = quarantine::object_key(received_at, &format!("{}-{n}", self.instance));
+        let key = quarantine::object_key_under(
+            &self.config.quarantine_prefix,
+            received_at,
+            &format!("{}-{n}", self.instance),
+        );
         let body = PutPayload::from(quarantine::to_json_lines(records));
         self.store
             .put(&Path::from(key.as_str()), body)

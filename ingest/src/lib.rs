@@ -7,18 +7,34 @@
 //!   on a *batch* of raw payloads, so the same code serves the per-message IoT rule action
 //!   and a batched Kinesis event-source mapping.
 //! - [`sink`]: the [`RecordSink`] port, service limits, batching and per-entry retries.
+//! - [`kinesis`], [`firehose`]: the AWS sinks (`PutRecords`, `PutRecordBatch`), mapping
+//!   each entry's result back to its record; [`aws`]: what they share (client settings,
+//!   whole-call error classification).
+//! - [`any_sink`]: the sink chosen by configuration; [`config`]: the deployed function's
+//!   environment (`IOTPIPE_SINK`, `IOTPIPE_STREAM_NAME`, `IOTPIPE_BUCKET`,
+//!   `IOTPIPE_QUARANTINE_PREFIX`).
 //! - [`local_stream`]: an in-process stream with Kinesis semantics for the local stack.
 //!
 //! # Guarantees
 //! For every invocation `messages = accepted + quarantined`: a payload is either delivered
-//! to the stream or written under `quarantine/` with its reason and raw bytes. If the
-//! quarantine itself cannot be written the invocation fails, so that Lambda retries it.
+//! to the stream or written under the quarantine prefix (`quarantine/` by default) with its
+//! reason and raw bytes. If the quarantine itself cannot be written the invocation fails,
+//! so that Lambda retries it.
 
+pub mod any_sink;
+pub mod aws;
+pub mod config;
 pub mod event;
+pub mod firehose;
 pub mod handler;
+pub mod kinesis;
 pub mod local_stream;
 pub mod sink;
 
+pub use any_sink::AnySink;
+pub use config::Config;
 pub use event::{IngestReport, IotRuleEvent, RawPayload};
+pub use firehose::FirehoseSink;
 pub use handler::{Ingest, IngestConfig, IngestError, handle};
+pub use kinesis::KinesisSink;
 pub use sink::{RecordSink, RetryPolicy, SinkRecord};

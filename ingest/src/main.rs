@@ -1,11 +1,51 @@
-//! The ingest Lambda binary. The AWS sinks (Kinesis PutRecords, Firehose PutRecordBatch)
-//! and the S3 quarantine are wired here by the AWS-path work; until then the binary refuses
-//! to start rather than pretend to deliver.
+//! The ingest Lambda binary: JSON logs for CloudWatch, configuration from the environment
+//! ([`ingest::Config`]), the sink client and the S3 quarantine store built once, then the
+//! runtime loop around [`ingest::handle`]. A missing or bad variable fails the cold start.
 
-fn main() {
-    eprintln!(
-        "ingest: the AWS wiring (Kinesis/Firehose sinks, S3 quarantine) is not built yet; \
-         run the handler locally with `iotpipe up` or `iotpipe replay`"
+// The runtime's future nests the handler's, which nests both SDK clients' request futures
+// (AnySink): computing its layout goes deeper than rustc's default query limit of 128.
+#![recursion_limit = "256"]
+
+use ingest::{AnySink, Config, Ingest};
+use lambda_runtime::{Error, run, service_fn};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        // RUST_LOG, defaulting to `info`.
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        // CloudWatch neither renders ANSI colours nor needs our timestamps: it stamps
+        // every line itself.
+        .with_ansi(false)
+        .without_time()
+        // The current span carries the request id; its parents add nothing.
+        .with_span_list(false)
+        .init();
+
+    let ingest = init().await.map_err(|e| {
+        // The log line is what CloudWatch shows for a failed init; the returned error is
+        // what the runtime reports to Lambda.
+        tracing::error!(error = %e, "cold start failed");
+        e
+    })?;
+    let ingest = &ingest;
+    run(service_fn(move |event| ingest::handle(event, ingest))).await
+}
+
+/// Everything built once per cold start.
+async fn init() -> Result<Ingest<AnySink>, Error> {
+    let config = Config::from_env()?;
+    let sdk = ingest::aws::load_sdk_config().await;
+    let sink = AnySink::from_config(&config, &sdk);
+    let store = telemetry::store::open_store(&config.bucket_url())?;
+    tracing::info!(
+        sink = ?config.sink,
+        stream = %config.stream_name,
+        bucket = %config.bucket,
+        quarantine_prefix = %config.quarantine_prefix,
+        "ingest configured"
     );
-    std::process::exit(2);
+    Ok(Ingest::new(sink, store, config.ingest_config()))
 }

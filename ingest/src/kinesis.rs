@@ -1,0 +1,190 @@
+//! The Kinesis Data Streams sink: one `PutRecords` call per batch.
+//!
+//! `PutRecords` answers HTTP 200 even when some entries failed: `FailedRecordCount` says
+//! how many, and each failed entry carries an `ErrorCode` in place of a sequence number,
+//! in request order. Dropping those entries is the classic data-loss bug of Kinesis
+//! producers; here each entry's result becomes an [`EntryOutcome`], in order, and
+//! [`crate::sink::deliver`] retries only the failed ones.
+
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::Builder;
+use aws_sdk_kinesis::operation::put_records::PutRecordsOutput;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+
+use crate::aws::{classify, sink_retry_config, sink_timeout_config};
+use crate::sink::{BatchLimits, EntryOutcome, RecordSink, SinkError, SinkRecord};
+
+/// Per-entry error codes worth another try. Kinesis documents two
+/// (`ProvisionedThroughputExceededException`: the shard's write limit, 1 MiB/s or
+/// 1,000 records/s; `InternalFailure`); the others are throttles and outages that the
+/// same retry cures. Any other code fails the entry for good (it is quarantined).
+pub const RETRIABLE_ENTRY_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "InternalFailure",
+    "ServiceUnavailableException",
+    "KMSThrottlingException",
+];
+
+/// The code given to an entry the response reports neither as failed nor with a sequence
+/// number: it cannot be shown to be stored, so it is retried (a duplicate is absorbed
+/// downstream; a loss is not).
+pub const NO_SEQUENCE_NUMBER: &str = "NoSequenceNumber";
+
+/// Puts records into a Kinesis data stream (partition key = device id, so one device's
+/// records stay in order on one shard).
+#[derive(Debug, Clone)]
+pub struct KinesisSink {
+    /// The SDK client; built once per cold start, it holds the connection pool.
+    client: Client,
+    /// The stream's name (`IOTPIPE_STREAM_NAME`).
+    stream_name: String,
+}
+
+impl KinesisSink {
+    /// A sink over `client`. Build the client with [`configure`] so that retries are left
+    /// to [`crate::sink::deliver`].
+    pub fn new(client: Client, stream_name: impl Into<String>) -> Self {
+        Self {
+            client,
+            stream_name: stream_name.into(),
+        }
+    }
+
+    /// A sink whose client is built from `sdk` (region, credentials, endpoint) with the
+    /// sink's settings ([`configure`]).
+    pub fn from_sdk_config(sdk: &SdkConfig, stream_name: impl Into<String>) -> Self {
+        Self::new(
+            Client::from_conf(configure(sdk.into()).build()),
+            stream_name,
+        )
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.stream_name
+    }
+}
+
+/// Applies the sink's client settings: no SDK retries, bounded connect and attempt times
+/// (see [`crate::aws`]). Public so that tests build their clients the same way.
+pub fn configure(builder: Builder) -> Builder {
+    builder
+        .retry_config(sink_retry_config())
+        .timeout_config(sink_timeout_config())
+}
+
+impl RecordSink for KinesisSink {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits::KINESIS
+    }
+
+    async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
+        let entries = batch
+            .iter()
+            .map(|r| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(&r.partition_key)
+                    .data(Blob::new(r.data.to_vec()))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            // Only a missing required field fails here, and both are always set.
+            .map_err(|e| SinkError::Fatal(format!("building a PutRecords entry: {e}")))?;
+        let output = self
+            .client
+            .put_records()
+            .stream_name(&self.stream_name)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(outcomes(&output, batch.len(), &self.stream_name))
+    }
+}
+
+/// Maps a `PutRecords` response to one outcome per entry, in request order. Missing
+/// trailing results are left to [`crate::sink::deliver`], which retries those entries.
+fn outcomes(output: &PutRecordsOutput, sent: usize, stream: &str) -> Vec<EntryOutcome> {
+    let results: Vec<EntryOutcome> = output
+        .records()
+        .iter()
+        .map(
+            |entry| match (entry.error_code(), entry.sequence_number()) {
+                (Some(code), _) => EntryOutcome::Failed {
+                    code: code.to_owned(),
+                    message: entry.error_message().unwrap_or_default().to_owned(),
+                    retriable: RETRIABLE_ENTRY_CODES.contains(&code),
+                },
+                (None, Some(_)) => EntryOutcome::Ok,
+                (None, None) => EntryOutcome::Failed {
+                    code: NO_SEQUENCE_NUMBER.to_owned(),
+                    message: "the entry has neither an error code nor a sequence number".to_owned(),
+                    retriable: true,
+                },
+            },
+        )
+        .collect();
+    let failed = results
+        .iter()
+        .filter(|o| !matches!(o, EntryOutcome::Ok))
+        .count();
+    if failed > 0 || results.len() != sent {
+        tracing::debug!(
+            stream,
+            sent,
+            results = results.len(),
+            failed,
+            failed_record_count = output.failed_record_count(),
+            "PutRecords partly failed"
+        );
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::types::PutRecordsResultEntry;
+
+    fn ok(seq: &str) -> PutRecordsResultEntry {
+        PutRecordsResultEntry::builder()
+            .sequence_number(seq)
+            .shard_id("shardId-000000000000")
+            .build()
+    }
+
+    fn failed(code: &str) -> PutRecordsResultEntry {
+        PutRecordsResultEntry::builder()
+            .error_code(code)
+            .error_message("reason")
+            .build()
+    }
+
+    #[test]
+    fn each_result_entry_maps_to_the_outcome_of_the_entry_at_the_same_position() {
+        let output = PutRecordsOutput::builder()
+            .failed_record_count(3)
+            .records(ok("1"))
+            .records(failed("ProvisionedThroughputExceededException"))
+            .records(failed("InternalFailure"))
+            .records(failed("InvalidArgumentException"))
+            .records(PutRecordsResultEntry::builder().build())
+            .build()
+            .unwrap();
+        let got = outcomes(&output, 5, "s");
+        let retriable: Vec<Option<bool>> = got
+            .iter()
+            .map(|o| match o {
+                EntryOutcome::Ok => None,
+                EntryOutcome::Failed { retriable, .. } => Some(*retriable),
+            })
+            .collect();
+        assert_eq!(
+            retriable,
+            [None, Some(true), Some(true), Some(false), Some(true)],
+            "ok, throttled, internal failure, invalid (not retriable), no sequence number"
+        );
+    }
+}

@@ -4,9 +4,10 @@
 #   bash tests/run.sh
 #
 # 1. installs and starts the test services (tests/setup/services.sh: mosquitto plain + mTLS
-#    and a moto server (AWS APIs) on loopback, python venvs with pyarrow + duckdb and with
-#    moto, a test CA) and stops them on exit, even on failure;
+#    and a moto server (AWS APIs) on loopback; python venvs with pyarrow + duckdb, with moto,
+#    and with cargo-lambda; a test CA) and stops them on exit, even on failure;
 # 2. cargo fmt --check; cargo build --bins; cargo clippy -D warnings; cargo doc; cargo test;
+#    the Lambda binaries invoked under cargo lambda watch (tests/lambda/invoke.py);
 # 3. bash infra/check.sh, when present.
 #
 # Every step runs even when an earlier one failed (but nothing after a failed build); the
@@ -64,7 +65,8 @@ trap 'exit 143' TERM
 
 step "test services (tests/setup/services.sh)"
 services_up
-export IOTPIPE_TEST_PYTHON IOTPIPE_TEST_CERTS IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS IOTPIPE_TEST_MOTO
+export IOTPIPE_TEST_PYTHON IOTPIPE_TEST_CERTS IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS IOTPIPE_TEST_MOTO \
+    IOTPIPE_TEST_CARGO_LAMBDA
 
 step "toolchain"
 cargo --version
@@ -95,8 +97,13 @@ if [ "$build_ok" = 1 ]; then
     fi
 
     run_step "cargo test --workspace --no-fail-fast" cargo test --workspace --no-fail-fast
+
+    # The Lambda binaries built above, as processes under cargo lambda's Runtime API
+    # emulator, invoked with the fixture events (about 2 s; moto's venv has boto3).
+    run_step "Lambda binaries under cargo lambda watch (tests/lambda/invoke.py)" \
+        "$_SVC_MOTO_VENV/bin/python" tests/lambda/invoke.py
 else
-    step "cargo clippy, cargo test: skipped (the build failed)"
+    step "cargo clippy, cargo test, Lambda invocations: skipped (the build failed)"
 fi
 
 if [ -f infra/check.sh ]; then

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Test services for iot-pipeline: installs what the tests need and starts two mosquitto
-# brokers on loopback. Sourced by tests/run.sh; also usable by hand:
+# brokers and a moto server (AWS APIs) on loopback. Sourced by tests/run.sh; also usable by
+# hand:
 #
 #   source tests/setup/services.sh && services_up     # install (once), start, export env
 #   cargo test --workspace                            # in the same shell
@@ -13,9 +14,14 @@
 #   IOTPIPE_TEST_CERTS   dir with ca.pem ca.key server.pem server.key client.pem client.key
 #   IOTPIPE_TEST_MQTT    mqtt://127.0.0.1:PORT   plain listener, anonymous
 #   IOTPIPE_TEST_MQTTS   mqtts://127.0.0.1:PORT  mutual TLS (client cert signed by ca.pem)
+#   IOTPIPE_TEST_MOTO    http://127.0.0.1:PORT   moto server: Kinesis, Firehose, S3, ... (any
+#                        region, any credentials; POST /moto-api/reset clears its state)
+#   IOTPIPE_TEST_CARGO_LAMBDA  the cargo-lambda executable (`$IOTPIPE_TEST_CARGO_LAMBDA lambda
+#                        watch ...`), for tests/lambda/invoke.py
 #
-# Idempotent: a second services_up reuses brokers that are still running (checked by PID,
-# command line and port); installs, the venv and the certificates are reused when valid.
+# Idempotent: a second services_up reuses brokers and moto while they are still running
+# (checked by PID, command line and port); installs, the venvs and the certificates are
+# reused when valid.
 # Everything lives under .test-env/ (git-ignored). Nothing binds anything but 127.0.0.1.
 #
 # Safe to source into an interactive shell: no `set -e`, no `exit`; functions return
@@ -30,6 +36,13 @@ _SVC_PIDS="$_SVC_ENV/pids"
 _SVC_ENVFILE="$_SVC_ENV/services.env"
 # Pinned so that a re-run finds what it installed and CI sees what a developer sees.
 _SVC_PY_SPEC="pyarrow==26.0.1 duckdb==2.0.1"
+# moto gets a venv of its own: installed next to other tool sets, its boto3 pins break.
+_SVC_MOTO_VENV="$_SVC_ENV/moto-venv"
+_SVC_MOTO_SPEC="moto[server]==5.2.5"
+_SVC_MOTO="$_SVC_ENV/moto"
+# cargo-lambda (its own venv too): the Lambda Runtime API emulator for tests/lambda/.
+_SVC_CL_VENV="$_SVC_ENV/cargo-lambda"
+_SVC_CL_SPEC="cargo-lambda==1.9.2"
 # PIDs started by the latest services_up in this shell (empty when it reused running ones);
 # run.sh stops only these.
 SERVICES_STARTED_PIDS="${SERVICES_STARTED_PIDS:-}"
@@ -164,12 +177,14 @@ EOF
 }
 
 # --- mosquitto ----------------------------------------------------------------------------
-# _svc_alive PID CONF — true when PID is a live mosquitto running CONF.
+# _svc_alive PID MARK — true when PID is live and its command line holds MARK: the config
+# file of a mosquitto, the moto_server script of moto (both paths under .test-env, so a
+# recycled PID does not match).
 _svc_alive() {
-    local pid="$1" conf="$2" cmd
-    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+    local pid="$1" mark="$2" cmd
+    [ -n "$pid" ] && [ -n "$mark" ] && [ -r "/proc/$pid/cmdline" ] || return 1
     cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
-    [[ "$cmd" == *mosquitto*"$conf"* ]]
+    [[ "$cmd" == *"$mark"* ]]
 }
 
 _svc_port_open() {
@@ -270,6 +285,7 @@ _svc_reuse() {
     [ -s "$_SVC_PIDS" ] && [ -s "$_SVC_ENVFILE" ] || return 1
     local name pid conf n=0
     while read -r name pid conf; do
+        [ "$name" = moto ] && continue # checked by _svc_moto
         _svc_alive "$pid" "$conf" || return 1
         n=$((n + 1))
     done <"$_SVC_PIDS"
@@ -282,11 +298,13 @@ _svc_reuse() {
 _svc_mosquitto() {
     mkdir -p "$_SVC_MQ"
     if [ "${_SVC_CERTS_NEW:-0}" = 0 ] && _svc_reuse; then
-        _svc_log "reusing running mosquitto ($(awk '{printf "%s ", $2}' "$_SVC_PIDS")): $IOTPIPE_TEST_MQTT $IOTPIPE_TEST_MQTTS"
+        _svc_log "reusing running mosquitto ($(awk '$1 != "moto" {printf "%s ", $2}' "$_SVC_PIDS")): $IOTPIPE_TEST_MQTT $IOTPIPE_TEST_MQTTS"
         return 0
     fi
+    # Leftovers of an interrupted run, if any; a moto still running goes too (it is
+    # restarted next, and its state is then fresh as well).
     # shellcheck disable=SC2119  # no PIDs: all recorded ones
-    services_down >/dev/null 2>&1 # leftovers of an interrupted run, if any
+    services_down >/dev/null 2>&1
     local ports plain tls
     ports="$(_svc_free_ports)" || { _svc_err "cannot pick free ports"; return 1; }
     read -r plain tls <<<"$ports"
@@ -306,6 +324,129 @@ _svc_mosquitto() {
     } >"$_SVC_ENVFILE"
 }
 
+# --- moto (AWS APIs) ----------------------------------------------------------------------
+_svc_moto_venv() {
+    local py="$_SVC_MOTO_VENV/bin/python"
+    if [ -x "$_SVC_MOTO_VENV/bin/moto_server" ] \
+        && [ "$(cat "$_SVC_MOTO_VENV/.spec" 2>/dev/null)" = "$_SVC_MOTO_SPEC" ] \
+        && "$py" -c 'import moto.server' 2>/dev/null; then
+        return 0
+    fi
+    if [ -e "$_SVC_MOTO_VENV" ] && ! "$py" -c 'import sys' 2>/dev/null; then
+        rm -rf "$_SVC_MOTO_VENV"
+    fi
+    if [ ! -x "$py" ]; then
+        _svc_log "python3 -m venv ${_SVC_MOTO_VENV#"$_SVC_ROOT"/}"
+        python3 -m venv "$_SVC_MOTO_VENV" || { _svc_err "python3 -m venv (moto) failed"; return 1; }
+    fi
+    _svc_log "pip install $_SVC_MOTO_SPEC"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$py" -m pip install -q "$_SVC_MOTO_SPEC" \
+        || { _svc_err "pip install $_SVC_MOTO_SPEC failed"; return 1; }
+    if ! "$py" -c 'import moto.server' || [ ! -x "$_SVC_MOTO_VENV/bin/moto_server" ]; then
+        _svc_err "moto_server missing after install"
+        return 1
+    fi
+    printf '%s\n' "$_SVC_MOTO_SPEC" >"$_SVC_MOTO_VENV/.spec"
+}
+
+# _svc_moto_answers PORT — true when a moto answers its management API on PORT.
+_svc_moto_answers() {
+    "$_SVC_MOTO_VENV/bin/python" -c 'import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/data.json", timeout=2).read()' \
+        "$1" 2>/dev/null
+}
+
+# _svc_env_set VAR VALUE — exports VAR and records it in services.env (replacing an older
+# value; the other lines stay).
+_svc_env_set() {
+    export "$1=$2"
+    local rest=""
+    [ -f "$_SVC_ENVFILE" ] && rest="$(grep -v "^export $1=" "$_SVC_ENVFILE")"
+    printf '%s\nexport %s=%s\n' "$rest" "$1" "'$2'" >"$_SVC_ENVFILE"
+}
+
+_svc_moto() {
+    local server="$_SVC_MOTO_VENV/bin/moto_server" out="$_SVC_MOTO/moto.out"
+    local name pid mark port i stale=""
+    mkdir -p "$_SVC_MOTO"
+    # Reuse the moto of an earlier services_up while it runs and answers.
+    if [ -s "$_SVC_PIDS" ]; then
+        port="$(cat "$_SVC_MOTO/port" 2>/dev/null)"
+        while read -r name pid mark; do
+            [ "$name" = moto ] || continue
+            if _svc_alive "$pid" "$server" && [ -n "$port" ] && _svc_moto_answers "$port"; then
+                _svc_env_set IOTPIPE_TEST_MOTO "http://127.0.0.1:$port"
+                _svc_log "reusing running moto ($pid): http://127.0.0.1:$port"
+                return 0
+            fi
+            stale+=" $pid"
+        done <"$_SVC_PIDS"
+        # A recorded moto that is gone or does not answer: stop it if it is still ours,
+        # and forget it.
+        if [ -n "$stale" ]; then
+            # shellcheck disable=SC2086  # a list of PIDs
+            services_down $stale >/dev/null 2>&1
+        fi
+    fi
+    port="$(_svc_free_ports | awk '{print $1}')"
+    [ -n "$port" ] || { _svc_err "cannot pick a free port for moto"; return 1; }
+    : >"$out"
+    # Started like the brokers (see _svc_start): a plain child when non-interactive.
+    if [[ $- == *i* ]]; then
+        pid="$(
+            "$server" -H 127.0.0.1 -p "$port" </dev/null >>"$out" 2>&1 &
+            echo $!
+        )"
+    else
+        "$server" -H 127.0.0.1 -p "$port" </dev/null >>"$out" 2>&1 &
+        pid=$!
+    fi
+    echo "moto $pid $server" >>"$_SVC_PIDS"
+    echo "$port" >"$_SVC_MOTO/port"
+    SERVICES_STARTED_PIDS="${SERVICES_STARTED_PIDS:+$SERVICES_STARTED_PIDS }$pid"
+    # moto imports its service catalogue before it listens: a few seconds.
+    for ((i = 0; i < 300; i++)); do
+        if _svc_moto_answers "$port"; then
+            _svc_env_set IOTPIPE_TEST_MOTO "http://127.0.0.1:$port"
+            _svc_log "moto: pid $pid, http://127.0.0.1:$port"
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        _svc_err "moto (pid $pid) does not answer on 127.0.0.1:$port after 30 s"
+    else
+        _svc_err "moto exited at start"
+    fi
+    echo "---- $out (tail) ----" >&2
+    tail -n 20 "$out" >&2
+    return 1
+}
+
+# --- cargo-lambda (Lambda Runtime API emulator) -------------------------------------------
+_svc_cargo_lambda() {
+    local bin="$_SVC_CL_VENV/bin/cargo-lambda"
+    if [ -x "$bin" ] && [ "$(cat "$_SVC_CL_VENV/.spec" 2>/dev/null)" = "$_SVC_CL_SPEC" ] \
+        && "$bin" lambda --version >/dev/null 2>&1; then
+        export IOTPIPE_TEST_CARGO_LAMBDA="$bin"
+        return 0
+    fi
+    if [ -e "$_SVC_CL_VENV" ] && ! "$_SVC_CL_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        rm -rf "$_SVC_CL_VENV"
+    fi
+    if [ ! -x "$_SVC_CL_VENV/bin/python" ]; then
+        _svc_log "python3 -m venv ${_SVC_CL_VENV#"$_SVC_ROOT"/}"
+        python3 -m venv "$_SVC_CL_VENV" || { _svc_err "python3 -m venv (cargo-lambda) failed"; return 1; }
+    fi
+    _svc_log "pip install $_SVC_CL_SPEC"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$_SVC_CL_VENV/bin/python" -m pip install -q "$_SVC_CL_SPEC" \
+        || { _svc_err "pip install $_SVC_CL_SPEC failed"; return 1; }
+    "$bin" lambda --version >/dev/null 2>&1 || { _svc_err "cargo-lambda does not run after install"; return 1; }
+    printf '%s\n' "$_SVC_CL_SPEC" >"$_SVC_CL_VENV/.spec"
+    export IOTPIPE_TEST_CARGO_LAMBDA="$bin"
+}
+
 # --- public -------------------------------------------------------------------------------
 services_up() {
     local t0=$SECONDS
@@ -313,17 +454,24 @@ services_up() {
     mkdir -p "$_SVC_ENV" || return 1
     _svc_packages || return 1
     _svc_venv || return 1
+    _svc_moto_venv || return 1
+    _svc_cargo_lambda || return 1
     _svc_certs || return 1
     _svc_mosquitto || return 1
+    _svc_moto || return 1
+    _svc_env_set IOTPIPE_TEST_CARGO_LAMBDA "$IOTPIPE_TEST_CARGO_LAMBDA"
     _svc_log "up in $((SECONDS - t0))s"
     _svc_log "IOTPIPE_TEST_PYTHON=$IOTPIPE_TEST_PYTHON"
     _svc_log "IOTPIPE_TEST_CERTS=$IOTPIPE_TEST_CERTS"
     _svc_log "IOTPIPE_TEST_MQTT=$IOTPIPE_TEST_MQTT"
     _svc_log "IOTPIPE_TEST_MQTTS=$IOTPIPE_TEST_MQTTS"
+    # shellcheck disable=SC2153  # exported by _svc_env_set
+    _svc_log "IOTPIPE_TEST_MOTO=$IOTPIPE_TEST_MOTO"
+    _svc_log "IOTPIPE_TEST_CARGO_LAMBDA=$IOTPIPE_TEST_CARGO_LAMBDA"
 }
 
-# services_down [PID...] — stops the brokers recorded in .test-env/pids (only those, and
-# only while they still are mosquitto with our config); with PIDs, only those of them.
+# services_down [PID...] — stops the services recorded in .test-env/pids (only those, and
+# only while they still run our config or our moto_server); with PIDs, only those of them.
 # shellcheck disable=SC2120  # run.sh passes PIDs
 services_down() {
     [ -f "$_SVC_PIDS" ] || return 0
@@ -337,7 +485,7 @@ services_down() {
         fi
         if _svc_alive "$pid" "$conf"; then
             kill -TERM "$pid" 2>/dev/null && stopping+=("$pid $conf")
-            _svc_log "stopping mosquitto $name (pid $pid)"
+            _svc_log "stopping $name (pid $pid)"
         fi
     done <"$_SVC_PIDS"
     # Wait up to 5 s each (an exited one may linger as a zombie: _svc_alive says no).
@@ -355,7 +503,7 @@ services_down() {
         printf '%s' "$keep" >"$_SVC_PIDS"
     else
         rm -f "$_SVC_PIDS" "$_SVC_ENVFILE"
-        unset IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS
+        unset IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS IOTPIPE_TEST_MOTO
     fi
     return 0
 }

@@ -77,9 +77,10 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct DataArg {
-    /// Data directory standing in for the S3 bucket.
+    /// Where the data lives: a directory standing in for the S3 bucket, or
+    /// s3://bucket/prefix (AWS_REGION, credentials and AWS_ENDPOINT_URL from the environment).
     #[arg(long, default_value = "./data", env = "IOTPIPE_DATA")]
-    data: PathBuf,
+    data: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -268,7 +269,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    eprintln!("data:   {}", a.data.data.display());
+    eprintln!("data:   {}", a.data.data);
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
     let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
 

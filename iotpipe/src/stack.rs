@@ -10,7 +10,6 @@
 //! Shutdown order matters for accounting: the producers stop first, the stream is closed so
 //! that the Firehose emulator drains and flushes, then a final rollup runs over everything.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +22,6 @@ use ingest::local_stream::{LocalStream, merge_shards};
 use ingest::{Ingest, IngestConfig, IngestReport, IotRuleEvent};
 use lambda_runtime::{Context, LambdaEvent};
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -35,8 +33,8 @@ use crate::meter::{INGEST, Meter, ROLLUP, TRANSFORM};
 /// Settings of the local stack.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
-    /// Directory standing in for the S3 bucket.
-    pub data: PathBuf,
+    /// Where the data goes: a directory standing in for the bucket, or `s3://bucket/prefix`.
+    pub data: String,
     /// Shards of the local stream.
     pub shards: usize,
     /// Records one shard holds before producers wait.
@@ -49,13 +47,10 @@ pub struct StackConfig {
     pub ingest: IngestConfig,
 }
 
-/// Opens (creating it if needed) a data directory as an object store.
-pub fn open_store(dir: &Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating the data directory {}", dir.display()))?;
-    let store = LocalFileSystem::new_with_prefix(dir)
-        .with_context(|| format!("opening the data directory {}", dir.display()))?;
-    Ok(Arc::new(store))
+/// Opens the data location: a directory (created if needed) or `s3://bucket/prefix`
+/// (configured by the standard `AWS_*` environment: region, credentials, `AWS_ENDPOINT_URL`).
+pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    telemetry::store::open_store(data).with_context(|| format!("opening the data location {data}"))
 }
 
 /// Counters of what crossed the emulated services, in AWS's metering units.

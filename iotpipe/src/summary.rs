@@ -2,7 +2,6 @@
 //! with `--summary-json` (for scripts and tests).
 
 use std::io::Write;
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -72,7 +71,7 @@ pub struct Summary {
 
 impl Summary {
     /// Assembles the summary of a run.
-    pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &Path) -> Self {
+    pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &str) -> Self {
         let cost = estimate(&r.usage, &functions);
         let elapsed_s = r.usage.seconds;
         let messages_per_s = if elapsed_s > 0.0 {
@@ -108,7 +107,7 @@ impl Summary {
             rollup: r.rollup.clone(),
             functions,
             cost,
-            data: data.display().to_string(),
+            data: data.to_string(),
             elapsed_s,
             messages_per_s,
             us_per_item,

@@ -1,0 +1,86 @@
+//! `iotpipe replay`, `rollup` and `query` with `--data s3://bucket/prefix`, against moto's S3
+//! (started by `tests/run.sh`): the same code paths as a local directory, through
+//! object_store's S3 backend.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, run, stdout_json, total_count};
+
+/// Creates a bucket on moto with a plain HTTP PUT (moto does not check signatures).
+fn create_bucket(endpoint: &str, bucket: &str) {
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "creating bucket {bucket}: {reply}"
+    );
+}
+
+fn with_aws(cmd: &mut Command, endpoint: &str) {
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1");
+}
+
+#[test]
+fn replay_rollup_and_query_work_on_an_s3_bucket() {
+    let endpoint = need_env("IOTPIPE_TEST_MOTO");
+    let bucket = format!("iotpipe-e2e-{}", std::process::id());
+    create_bucket(&endpoint, &bucket);
+    let data = format!("s3://{bucket}/run");
+
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("raw.jsonl");
+    let start = chrono::Utc::now().timestamp_millis() - 30 * 60 * 1000;
+    let dump = run(Command::new(bin("device-sim"))
+        .args([
+            "--devices",
+            "4",
+            "--rate",
+            "1",
+            "--duration",
+            "2m",
+            "--seed",
+            "3",
+            "--start",
+            &start.to_string(),
+            "--dump",
+        ])
+        .arg(&raw));
+    drop(dump);
+
+    let mut replay = iotpipe(&["replay", "--summary-json", "--data", &data]);
+    replay.arg(&raw);
+    with_aws(&mut replay, &endpoint);
+    let s = last_json_line(&run(&mut replay));
+    assert_eq!(s["input"], 4 * 2 * 60);
+    assert_eq!(s["quarantined"], 0);
+    let readings = s["readings"].as_u64().unwrap();
+    assert_eq!(s["rows"].as_u64().unwrap(), readings);
+
+    let mut query = iotpipe(&["query", "--format", "json", "--data", &data]);
+    with_aws(&mut query, &endpoint);
+    let rows = stdout_json(&run(&mut query));
+    assert_eq!(total_count(rows.as_array().unwrap()), readings);
+
+    let mut rollup = iotpipe(&["rollup", "--data", &data]);
+    with_aws(&mut rollup, &endpoint);
+    let again = last_json_line(&run(&mut rollup));
+    assert_eq!(
+        again["windows_updated"], 0,
+        "a second rollup on S3 does nothing: {again}"
+    );
+}

@@ -17,7 +17,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_sdk_kinesis::config::http::HttpResponse;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::sink::SinkError;
+use crate::sink::{EntryOutcome, SinkError};
 
 /// Time allowed to open a connection (TCP + TLS). Inside an AWS region this takes a few
 /// milliseconds; a connection that is not up after this long will not be.
@@ -125,4 +125,48 @@ where
         }
         _ => SinkError::Retriable(detail),
     }
+}
+
+/// One entry of a PutRecords / PutRecordBatch response, as both services shape it.
+pub(crate) struct EntryResult<'a> {
+    /// The entry's error code, if it failed.
+    pub error_code: Option<&'a str>,
+    /// The entry's error message.
+    pub error_message: Option<&'a str>,
+    /// Whether the service acknowledged the entry (a sequence number or record id).
+    pub acknowledged: bool,
+}
+
+/// Maps response entries to outcomes, in request order. An entry with neither an error code
+/// nor an acknowledgement counts as a retriable failure (`unacknowledged_code`): a duplicate
+/// is absorbed downstream, a loss is not. Missing trailing entries are left to
+/// [`crate::sink::deliver`], which retries them.
+pub(crate) fn entry_outcomes<'a>(
+    entries: impl Iterator<Item = EntryResult<'a>>,
+    retriable_codes: &[&str],
+    unacknowledged_code: &str,
+) -> Vec<EntryOutcome> {
+    entries
+        .map(|e| match (e.error_code, e.acknowledged) {
+            (Some(code), _) => EntryOutcome::Failed {
+                code: code.to_owned(),
+                message: e.error_message.unwrap_or_default().to_owned(),
+                retriable: retriable_codes.contains(&code),
+            },
+            (None, true) => EntryOutcome::Ok,
+            (None, false) => EntryOutcome::Failed {
+                code: unacknowledged_code.to_owned(),
+                message: "the entry has neither an error code nor an acknowledgement".to_owned(),
+                retriable: true,
+            },
+        })
+        .collect()
+}
+
+/// How many outcomes are failures.
+pub(crate) fn failed_count(outcomes: &[EntryOutcome]) -> usize {
+    outcomes
+        .iter()
+        .filter(|o| !matches!(o, EntryOutcome::Ok))
+        .count()
 }

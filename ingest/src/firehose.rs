@@ -104,27 +104,16 @@ impl RecordSink for FirehoseSink {
 /// Maps a `PutRecordBatch` response to one outcome per record, in request order. Missing
 /// trailing results are left to [`crate::sink::deliver`], which retries those records.
 fn outcomes(output: &PutRecordBatchOutput, sent: usize, stream: &str) -> Vec<EntryOutcome> {
-    let results: Vec<EntryOutcome> = output
+    let entries = output
         .request_responses()
         .iter()
-        .map(|entry| match (entry.error_code(), entry.record_id()) {
-            (Some(code), _) => EntryOutcome::Failed {
-                code: code.to_owned(),
-                message: entry.error_message().unwrap_or_default().to_owned(),
-                retriable: RETRIABLE_ENTRY_CODES.contains(&code),
-            },
-            (None, Some(_)) => EntryOutcome::Ok,
-            (None, None) => EntryOutcome::Failed {
-                code: NO_RECORD_ID.to_owned(),
-                message: "the entry has neither an error code nor a record id".to_owned(),
-                retriable: true,
-            },
-        })
-        .collect();
-    let failed = results
-        .iter()
-        .filter(|o| !matches!(o, EntryOutcome::Ok))
-        .count();
+        .map(|e| crate::aws::EntryResult {
+            error_code: e.error_code(),
+            error_message: e.error_message(),
+            acknowledged: e.record_id().is_some(),
+        });
+    let results = crate::aws::entry_outcomes(entries, RETRIABLE_ENTRY_CODES, NO_RECORD_ID);
+    let failed = crate::aws::failed_count(&results);
     if failed > 0 || results.len() != sent {
         tracing::debug!(
             stream,

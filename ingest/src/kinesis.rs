@@ -107,29 +107,13 @@ impl RecordSink for KinesisSink {
 /// Maps a `PutRecords` response to one outcome per entry, in request order. Missing
 /// trailing results are left to [`crate::sink::deliver`], which retries those entries.
 fn outcomes(output: &PutRecordsOutput, sent: usize, stream: &str) -> Vec<EntryOutcome> {
-    let results: Vec<EntryOutcome> = output
-        .records()
-        .iter()
-        .map(
-            |entry| match (entry.error_code(), entry.sequence_number()) {
-                (Some(code), _) => EntryOutcome::Failed {
-                    code: code.to_owned(),
-                    message: entry.error_message().unwrap_or_default().to_owned(),
-                    retriable: RETRIABLE_ENTRY_CODES.contains(&code),
-                },
-                (None, Some(_)) => EntryOutcome::Ok,
-                (None, None) => EntryOutcome::Failed {
-                    code: NO_SEQUENCE_NUMBER.to_owned(),
-                    message: "the entry has neither an error code nor a sequence number".to_owned(),
-                    retriable: true,
-                },
-            },
-        )
-        .collect();
-    let failed = results
-        .iter()
-        .filter(|o| !matches!(o, EntryOutcome::Ok))
-        .count();
+    let entries = output.records().iter().map(|e| crate::aws::EntryResult {
+        error_code: e.error_code(),
+        error_message: e.error_message(),
+        acknowledged: e.sequence_number().is_some(),
+    });
+    let results = crate::aws::entry_outcomes(entries, RETRIABLE_ENTRY_CODES, NO_SEQUENCE_NUMBER);
+    let failed = crate::aws::failed_count(&results);
     if failed > 0 || results.len() != sent {
         tracing::debug!(
             stream,

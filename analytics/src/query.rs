@@ -165,23 +165,15 @@ fn span_of(path: &str) -> Option<(i64, i64)> {
         .map(|s| (s, s.saturating_add(86_400_000)))
 }
 
-/// Column names, in [`WindowStats`] field order (the header of CSV and tables).
-const COLUMNS: [&str; 14] = [
-    "device_id",
-    "metric",
-    "window_start",
-    "count",
-    "min",
-    "max",
-    "sum",
-    "mean",
-    "stddev",
-    "p50",
-    "p95",
-    "p99",
-    "first_event",
-    "last_event",
-];
+/// Column names, in [`WindowStats`] field order (the header of CSV and tables): the stats
+/// schema's, so the headers cannot drift from the Parquet files.
+fn columns() -> Vec<String> {
+    crate::schema::stats_schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
 
 fn time(ms: i64, format: SecondsFormat) -> String {
     format_time(ms, format).unwrap_or_else(|| ms.to_string())
@@ -211,7 +203,7 @@ fn csv_text(s: &str) -> String {
 /// UTC (event times with milliseconds); `stddev` is empty when null; floats keep full
 /// precision.
 pub fn to_csv(rows: &[WindowStats]) -> String {
-    let mut out = COLUMNS.join(",");
+    let mut out = columns().join(",");
     out.push('\n');
     for r in rows {
         let fields = [
@@ -283,7 +275,8 @@ pub fn to_table(rows: &[WindowStats]) -> String {
             ]
         })
         .collect();
-    let mut widths = COLUMNS.map(|c| c.chars().count());
+    let header = columns();
+    let mut widths: Vec<usize> = header.iter().map(|c| c.chars().count()).collect();
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -292,7 +285,7 @@ pub fn to_table(rows: &[WindowStats]) -> String {
     // Text columns (device, metric, window start) align left, numbers right.
     let line = |row: &[&str]| {
         let mut s = String::new();
-        for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
+        for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
             if i > 0 {
                 s.push_str("  ");
             }
@@ -306,7 +299,7 @@ pub fn to_table(rows: &[WindowStats]) -> String {
         s.push('\n');
         s
     };
-    let mut out = line(&COLUMNS);
+    let mut out = line(&header.iter().map(String::as_str).collect::<Vec<_>>());
     let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
     out.push_str(&line(&rule.iter().map(String::as_str).collect::<Vec<_>>()));
     for row in &cells {

@@ -233,7 +233,7 @@ if command -v aws >/dev/null 2>&1; then
 fi
 
 if ensure_shellcheck; then
-    run_check "shellcheck infra/*.sh" shellcheck -x infra/deploy.sh infra/destroy.sh infra/provision-devices.sh infra/check.sh
+    run_check "shellcheck infra/*.sh" shellcheck -x infra/deploy.sh infra/destroy.sh infra/provision-devices.sh infra/check.sh infra/smoke-moto.sh
 else
     header "shellcheck infra/*.sh"
     echo "skipped: shellcheck not available (apt-get install shellcheck)"

@@ -203,6 +203,8 @@ bad_args() {
     if bash infra/deploy.sh --dry-run --arch sparc >/dev/null 2>&1; then echo "accepted --arch sparc"; return 1; fi
     if bash infra/deploy.sh --dry-run --bogus >/dev/null 2>&1; then echo "accepted --bogus"; return 1; fi
     if bash infra/deploy.sh --dry-run --rate -1 >/dev/null 2>&1; then echo "accepted --rate -1"; return 1; fi
+    if bash infra/deploy.sh --dry-run --ingest-sink sqs >/dev/null 2>&1; then echo "accepted --ingest-sink sqs"; return 1; fi
+    if bash infra/deploy.sh --dry-run --param bad >/dev/null 2>&1; then echo "accepted --param bad"; return 1; fi
     return 0
 }
 run_check "deploy.sh rejects bad arguments" bad_args
@@ -228,8 +230,15 @@ no_creds() {
         printf '%s\n' "$out" | grep -q 'AWS_PROFILE' || { printf '%s: %s\n' "$s" "$out"; return 1; }
     done
 }
+# The pinned AWS CLI that tests/setup/services.sh installs, when there is one.
+if [ -x "$ENV_DIR/awscli/bin/aws" ]; then
+    PATH="$ENV_DIR/awscli/bin:$PATH"
+fi
 if command -v aws >/dev/null 2>&1; then
     run_check "scripts fail clearly without credentials" no_creds
+else
+    header "scripts fail clearly without credentials"
+    echo "skipped: no aws CLI (source tests/setup/services.sh && services_up installs one)"
 fi
 
 if ensure_shellcheck; then

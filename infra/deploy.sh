@@ -42,6 +42,9 @@ Options:
   --stack-name NAME       CloudFormation stack (default: iot-pipeline)
   --region REGION         AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's)
   --arch arm64|x86_64     Lambda architecture and cargo-lambda target (default: arm64)
+  --ingest-sink kinesis|firehose   where ingest writes: the Kinesis stream that feeds Firehose
+                          (default), or PutRecordBatch straight to a DirectPut Firehose stream
+                          with no Kinesis stream (cheaper idle; no per-device order or replay)
   --kinesis-mode on-demand|provisioned   stream capacity mode (default: on-demand)
   --shards N              shards when provisioned (default: sized from --devices x --rate)
   --devices N             fleet size, for the bill and the shard sizing (default: 1000)
@@ -79,6 +82,7 @@ STACK_NAME="iot-pipeline"
 REGION=""
 ARCH="arm64"
 KINESIS_MODE="on-demand"
+INGEST_SINK="kinesis"
 SHARDS=0
 DEVICES=1000
 RATE=0.2
@@ -99,6 +103,7 @@ while [ "$#" -gt 0 ]; do
     --region) need_value "$@"; REGION="$2"; shift ;;
     --arch) need_value "$@"; ARCH="$2"; shift ;;
     --kinesis-mode) need_value "$@"; KINESIS_MODE="$2"; shift ;;
+    --ingest-sink) need_value "$@"; INGEST_SINK="$2"; shift ;;
     --shards) need_value "$@"; SHARDS="$2"; shift ;;
     --devices) need_value "$@"; DEVICES="$2"; shift ;;
     --rate) need_value "$@"; RATE="$2"; shift ;;
@@ -119,6 +124,7 @@ done
 
 case "$ARCH" in arm64 | x86_64) ;; *) die "--arch must be arm64 or x86_64, not '$ARCH'" ;; esac
 case "$KINESIS_MODE" in on-demand | provisioned) ;; *) die "--kinesis-mode must be on-demand or provisioned, not '$KINESIS_MODE'" ;; esac
+case "$INGEST_SINK" in kinesis | firehose) ;; *) die "--ingest-sink must be kinesis or firehose, not '$INGEST_SINK'" ;; esac
 is_uint "$DEVICES" || die "--devices must be a whole number >= 0, not '$DEVICES'"
 is_number "$RATE" || die "--rate must be a number >= 0 (messages/s per device), not '$RATE'"
 if ! is_uint "$PAYLOAD_BYTES" || [ "$PAYLOAD_BYTES" -eq 0 ]; then die "--payload-bytes must be a whole number > 0"; fi
@@ -145,7 +151,7 @@ CFN_KINESIS_MODE="ON_DEMAND"
 [ "$KINESIS_MODE" = provisioned ] && CFN_KINESIS_MODE="PROVISIONED"
 
 cost_args=(--devices "$DEVICES" --rate "$RATE" --payload-bytes "$PAYLOAD_BYTES" --arch "$ARCH"
-    --kinesis-mode "$KINESIS_MODE" --shards "$SHARDS" --template "$TEMPLATE")
+    --kinesis-mode "$KINESIS_MODE" --shards "$SHARDS" --ingest-sink "$INGEST_SINK" --template "$TEMPLATE")
 [ "$BASIC_INGEST" = 1 ] && cost_args+=(--basic-ingest)
 
 # The shard count the estimate sizes from the fleet, unless given.
@@ -161,6 +167,7 @@ fi
 
 PARAMS=(
     "Architecture=$ARCH"
+    "IngestSink=$INGEST_SINK"
     "TopicRuleName=$RULE_NAME"
     "GlueDatabaseName=$GLUE_DB"
     "KinesisStreamMode=$CFN_KINESIS_MODE"
@@ -207,6 +214,12 @@ if [ "$DRY_RUN" = 1 ]; then
         case "$rtype" in
         AWS::Serverless::Function) note="  (SAM expands it: AWS::Lambda::Function, + AWS::Lambda::EventInvokeConfig where set)" ;;
         AWS::SNS::Subscription) [ -z "$ALARM_EMAIL" ] && note="  (skipped: no --alarm-email)" ;;
+        esac
+        case "$logical_id" in
+        TelemetryStream | StreamIteratorAgeAlarm)
+            [ "$INGEST_SINK" = firehose ] && note="  (skipped: --ingest-sink firehose)" ;;
+        TelemetryDeliveryStream)
+            [ "$INGEST_SINK" = firehose ] && note="  (DirectPut: ingest writes it)" ;;
         esac
         printf '  %-30s %s%s\n' "$logical_id" "$rtype" "$note"
     done < <(python3 "$INFRA_DIR/tmpl.py" resources "$TEMPLATE")
@@ -362,6 +375,11 @@ ENDPOINT="$(aws iot describe-endpoint --endpoint-type iot:Data-ATS --query endpo
 printf '  %-24s %s\n' "IotDataEndpoint" "$ENDPOINT"
 BUCKET="$(output BucketName)"
 STREAM="$(output StreamName)"
+if [ -n "$STREAM" ] && [ "$STREAM" != None ]; then
+    STREAM_HINT="aws kinesis describe-stream-summary --stream-name $STREAM"
+else
+    STREAM_HINT="aws firehose describe-delivery-stream --delivery-stream-name $(output DeliveryStreamName)"
+fi
 RULE="$(output TopicRuleName)"
 if [ -z "$RULE" ] || [ "$RULE" = None ]; then RULE="$RULE_NAME"; fi
 
@@ -375,7 +393,7 @@ Deployed. Next:
          --devices 10 --rate $RATE
      (Basic Ingest, no messaging charge: publish to \$aws/rules/$RULE/dt/<fleet>/<device_id>/telemetry)
   3. Watch data land:  aws s3 ls s3://$BUCKET/telemetry/ --recursive | tail
-     Stream:           aws kinesis describe-stream-summary --stream-name $STREAM
+     Stream:           $STREAM_HINT
      Query (Athena):   SELECT * FROM "$GLUE_DB"."telemetry" WHERE dt = '<yyyy-MM-dd>' LIMIT 10
   Tear down: infra/destroy.sh --stack-name $STACK_NAME   (add --force-empty-bucket to delete the data)
 EOF

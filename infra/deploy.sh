@@ -63,6 +63,8 @@ Options:
                           plain-CloudFormation rendering for moto); function code must be
                           named ../target/lambda/<bin>/bootstrap.zip as in the real template
   --endpoint-url URL      AWS-compatible endpoint for every call (same as AWS_ENDPOINT_URL)
+  --package-only          build and upload the code and the packaged template, print where
+                          they are, and stop before creating or updating the stack
   -h, --help              this help
 
 Other estimator assumptions: python3 infra/cost.py --help
@@ -93,6 +95,7 @@ ARTIFACT_BUCKET=""
 SKIP_BUILD=0
 ARTIFACTS_DIR=""
 EXTRA_PARAMS=()
+PACKAGE_ONLY=0
 
 need_value() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
 
@@ -116,6 +119,7 @@ while [ "$#" -gt 0 ]; do
     --template) need_value "$@"; TEMPLATE="$2"; shift ;;
     --endpoint-url) need_value "$@"; export AWS_ENDPOINT_URL="$2"; shift ;;
     --param) need_value "$@"; EXTRA_PARAMS+=("$2"); shift ;;
+    --package-only) PACKAGE_ONLY=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -287,8 +291,12 @@ STAGED="$BUILD_DIR/template.${TEMPLATE##*.}"
 sed "s#$CODE_PREFIX#$ARTIFACTS_DIR/#g" "$TEMPLATE" >"$STAGED"
 PACKAGED="$BUILD_DIR/packaged.yaml"
 echo "==> aws cloudformation package -> s3://$ARTIFACT_BUCKET/$STACK_NAME/"
-aws cloudformation package --template-file "$STAGED" --s3-bucket "$ARTIFACT_BUCKET" \
-    --s3-prefix "$STACK_NAME" --output-template-file "$PACKAGED" >/dev/null
+# Its upload progress lines end in carriage returns, not newlines: kept in a log instead.
+if ! aws cloudformation package --template-file "$STAGED" --s3-bucket "$ARTIFACT_BUCKET" \
+    --s3-prefix "$STACK_NAME" --output-template-file "$PACKAGED" >/dev/null 2>"$BUILD_DIR/package.log"; then
+    tr '\r' '\n' <"$BUILD_DIR/package.log" >&2
+    die "aws cloudformation package failed (see above)"
+fi
 
 # A template over 51,200 bytes must be passed by S3 URL (the packaged one is close).
 TEMPLATE_KEY="$STACK_NAME/template-$(sha256sum "$PACKAGED" | cut -c1-16).yaml"
@@ -298,6 +306,13 @@ if [ -n "$S3_ENDPOINT" ]; then
     TEMPLATE_URL="${S3_ENDPOINT%/}/$ARTIFACT_BUCKET/$TEMPLATE_KEY"
 else
     TEMPLATE_URL="https://$ARTIFACT_BUCKET.s3.$REGION.amazonaws.com/$TEMPLATE_KEY"
+fi
+
+if [ "$PACKAGE_ONLY" = 1 ]; then
+    echo "packaged template: $PACKAGED"
+    echo "uploaded as:       $TEMPLATE_URL"
+    echo "(--package-only: stack $STACK_NAME not created or updated)"
+    exit 0
 fi
 
 PARAMS_FILE="$BUILD_DIR/parameters.json"

@@ -8,6 +8,7 @@
 # It proves the scripts' mechanics with the same commands a user runs, only pointed at moto
 # (--endpoint-url) and given tiny dummy Lambda zips (--artifacts) instead of a cargo-lambda
 # release build:
+#   0. deploy.sh --package-only on the real SAM template: every CodeUri becomes an uploaded zip;
 #   1. deploy: artifact bucket, `aws cloudformation package` upload, template upload,
 #      create-stack, outputs printed;
 #   2. the same command with changed parameters: update-stack, the change applied in place;
@@ -52,6 +53,9 @@ check() {
     shift
     if "$@"; then ok "$name"; else bad "$name"; fi
 }
+# has TEXT REGEX — TEXT has a line matching REGEX; fails CMD... — CMD exits non-zero.
+has() { grep -Eq -- "$2" <<<"$1"; }
+fails() { ! "$@" >/dev/null 2>&1; }
 finish() {
     printf '\nsmoke deploy took %ss\n' "$((SECONDS - START))"
     echo "$PASSED passed, $FAILED failed"
@@ -100,8 +104,9 @@ if ! [ -x "$SAM_PY" ] || [ "$(cat "$ENV_DIR/sam/.spec" 2>/dev/null)" != "$SAM_SP
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/iotpipe-smoke.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
 STACK="iotpipe-smoke-$(date +%s)-$$"
+# deploy.sh stages its files under target/iotpipe-infra/<stack>/.
+trap 'rm -rf "$WORK" "$ROOT/target/iotpipe-infra/$STACK" "$ROOT/target/iotpipe-infra/$STACK-sam"' EXIT
 echo "moto: $ENDPOINT, stack: $STACK, aws: $("$AWS_BIN" --version 2>&1 | cut -d' ' -f1)"
 
 # ------------------------------------------------------------------ the template for moto
@@ -137,6 +142,27 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
         "$WORK/artifacts/$b/bootstrap.zip" "$b"
 done
 
+# ------------------------------------------------------------------ 0. package the real SAM template
+# The SAM template cannot be deployed to moto, but its packaging can: every CodeUri must
+# become an S3 location of an uploaded zip, and the transform must stay for CloudFormation.
+printf '\n==> 0. infra/deploy.sh --package-only (the real SAM template, dummy zips)\n'
+out0="$(bash infra/deploy.sh --package-only --stack-name "$STACK-sam" --artifacts "$WORK/artifacts" \
+    --endpoint-url "$ENDPOINT" 2>&1)"
+rc=$?
+printf '%s\n' "$out0" | sed 's/^/  | /'
+packaged="$(sed -n 's/^packaged template: //p' <<<"$out0")"
+if [ "$rc" -eq 0 ] && [ -s "$packaged" ]; then
+    ok "deploy.sh --package-only exited 0 and wrote $packaged"
+    n_uri="$(grep -c "^ *CodeUri: s3://iotpipe-artifacts-123456789012-us-east-1/$STACK-sam/" "$packaged")"
+    check "all 4 functions' CodeUri point at the uploaded zips ($n_uri)" test "$n_uri" -eq 4
+    check "no local code path is left, and the SAM transform stays" \
+        bash -c '! grep -q "target/lambda" "$1" && grep -q "^Transform: AWS::Serverless-2016-10-31" "$1"' _ "$packaged"
+    check "the stack was not created" fails awsm cloudformation describe-stacks --stack-name "$STACK-sam"
+else
+    bad "deploy.sh --package-only exited $rc"
+fi
+awsm s3 rm --recursive --only-show-errors "s3://iotpipe-artifacts-123456789012-us-east-1/$STACK-sam/" || true
+
 DEPLOY=(bash infra/deploy.sh --stack-name "$STACK" --template "$WORK/template.json"
     --artifacts "$WORK/artifacts" --endpoint-url "$ENDPOINT")
 
@@ -153,8 +179,6 @@ stack_status() {
     awsm cloudformation describe-stacks --stack-name "$STACK" --query 'Stacks[0].StackStatus' \
         --output text 2>/dev/null || echo NONE
 }
-has() { grep -Eq -- "$2" <<<"$1"; }
-fails() { ! "$@" >/dev/null 2>&1; }
 
 # ------------------------------------------------------------------ 1. first deploy
 printf '\n==> 1. %s\n' "${DEPLOY[*]}"

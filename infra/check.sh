@@ -198,6 +198,17 @@ dry_run_idle() {
 }
 run_check "deploy.sh --dry-run --devices 0 --kinesis-mode provisioned --arch x86_64" dry_run_idle
 
+dry_run_firehose_sink() {
+    # IngestSink=firehose: the plan skips the stream, the bill has no Kinesis or KMS line.
+    local out
+    out="$(bash infra/deploy.sh --dry-run --ingest-sink firehose --devices 1000 --rate 0.2 2>&1)" || { printf '%s\n' "$out"; return 1; }
+    printf '%s\n' "$out" | grep -Eq '^ *TOTAL' || { printf '%s\n' "$out"; return 1; }
+    printf '%s\n' "$out" | grep -q 'IngestSink=firehose' || { echo "IngestSink=firehose not among the parameters"; return 1; }
+    printf '%s\n' "$out" | grep -Eq 'TelemetryStream +AWS::Kinesis::Stream +\(skipped' || { echo "the stream is not marked skipped"; return 1; }
+    if printf '%s\n' "$out" | grep -Eq '^(Kinesis|KMS) '; then echo "the bill still has Kinesis/KMS lines"; return 1; fi
+}
+run_check "deploy.sh --dry-run --ingest-sink firehose (no Kinesis stream in the plan or the bill)" dry_run_firehose_sink
+
 bad_args() {
     # Unknown options and bad values are refused with a usage message, not ignored.
     if bash infra/deploy.sh --dry-run --arch sparc >/dev/null 2>&1; then echo "accepted --arch sparc"; return 1; fi

@@ -198,11 +198,24 @@ dry_run_idle() {
 }
 run_check "deploy.sh --dry-run --devices 0 --kinesis-mode provisioned --arch x86_64" dry_run_idle
 
+dry_run_firehose_sink() {
+    # IngestSink=firehose: the plan skips the stream, the bill has no Kinesis or KMS line.
+    local out
+    out="$(bash infra/deploy.sh --dry-run --ingest-sink firehose --devices 1000 --rate 0.2 2>&1)" || { printf '%s\n' "$out"; return 1; }
+    printf '%s\n' "$out" | grep -Eq '^ *TOTAL' || { printf '%s\n' "$out"; return 1; }
+    printf '%s\n' "$out" | grep -q 'IngestSink=firehose' || { echo "IngestSink=firehose not among the parameters"; return 1; }
+    printf '%s\n' "$out" | grep -Eq 'TelemetryStream +AWS::Kinesis::Stream +\(skipped' || { echo "the stream is not marked skipped"; return 1; }
+    if printf '%s\n' "$out" | grep -Eq '^(Kinesis|KMS) '; then echo "the bill still has Kinesis/KMS lines"; return 1; fi
+}
+run_check "deploy.sh --dry-run --ingest-sink firehose (no Kinesis stream in the plan or the bill)" dry_run_firehose_sink
+
 bad_args() {
     # Unknown options and bad values are refused with a usage message, not ignored.
     if bash infra/deploy.sh --dry-run --arch sparc >/dev/null 2>&1; then echo "accepted --arch sparc"; return 1; fi
     if bash infra/deploy.sh --dry-run --bogus >/dev/null 2>&1; then echo "accepted --bogus"; return 1; fi
     if bash infra/deploy.sh --dry-run --rate -1 >/dev/null 2>&1; then echo "accepted --rate -1"; return 1; fi
+    if bash infra/deploy.sh --dry-run --ingest-sink sqs >/dev/null 2>&1; then echo "accepted --ingest-sink sqs"; return 1; fi
+    if bash infra/deploy.sh --dry-run --param bad >/dev/null 2>&1; then echo "accepted --param bad"; return 1; fi
     return 0
 }
 run_check "deploy.sh rejects bad arguments" bad_args
@@ -228,12 +241,19 @@ no_creds() {
         printf '%s\n' "$out" | grep -q 'AWS_PROFILE' || { printf '%s: %s\n' "$s" "$out"; return 1; }
     done
 }
+# The pinned AWS CLI that tests/setup/services.sh installs, when there is one.
+if [ -x "$ENV_DIR/awscli/bin/aws" ]; then
+    PATH="$ENV_DIR/awscli/bin:$PATH"
+fi
 if command -v aws >/dev/null 2>&1; then
     run_check "scripts fail clearly without credentials" no_creds
+else
+    header "scripts fail clearly without credentials"
+    echo "skipped: no aws CLI (source tests/setup/services.sh && services_up installs one)"
 fi
 
 if ensure_shellcheck; then
-    run_check "shellcheck infra/*.sh" shellcheck -x infra/deploy.sh infra/destroy.sh infra/provision-devices.sh infra/check.sh
+    run_check "shellcheck infra/*.sh" shellcheck -x infra/deploy.sh infra/destroy.sh infra/provision-devices.sh infra/check.sh infra/smoke-moto.sh
 else
     header "shellcheck infra/*.sh"
     echo "skipped: shellcheck not available (apt-get install shellcheck)"

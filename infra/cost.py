@@ -78,7 +78,8 @@ DEFAULTS = {
     "ingest_ms": 20,  # billed duration per ingest invocation (validate + one PutRecords)
     "ingest_mb": 128,
     "ingest_log_bytes": 20,  # per invocation; platform lines off (SystemLogLevel WARN)
-    "transform_ms_per_mib": 150,  # per 1 MiB Firehose batch
+    "transform_ms_per_mib": 150,  # per 1 MiB of Firehose batch
+    "transform_batch_mib": 0.5,  # BufferSizeInMBs of the Firehose processor in template.yaml
     "transform_mb": 512,
     "rollup_base_ms": 500,  # per run, plus rollup_us_per_row for the rows it reads
     "rollup_us_per_row": 2.0,
@@ -154,10 +155,10 @@ class Estimate:
         self.add("Lambda", f"ingest compute ({a.arch})",
                  f"{a.ingest_ms:g} ms x {a.ingest_mb} MB", dur)
 
-        # --- Lambda: transform (Firehose processor, 1 MiB / 60 s batches)
+        # --- Lambda: transform (Firehose processor, transform_batch_mib / 60 s batches)
         fh_in_bytes = msgs * rec_bytes
         if msgs > 0:
-            batches = max(fh_in_bytes / (1024 * KB), MINUTES_PER_MONTH)
+            batches = max(fh_in_bytes / (a.transform_batch_mib * 1024 * KB), MINUTES_PER_MONTH)
             batch_mib = fh_in_bytes / (1024 * KB) / batches
         else:
             batches, batch_mib = 0.0, 0.0
@@ -175,8 +176,11 @@ class Estimate:
         req, dur = self.lambda_cost(days, compact_ms, a.compact_mb)
         self.add("Lambda", "compact (daily)", f"{days:,.0f} runs x {compact_ms / 1000:,.0f} s", req + dur)
 
-        # --- Kinesis Data Streams
-        if a.kinesis_mode == "on-demand":
+        # --- Kinesis Data Streams (none with --ingest-sink firehose: ingest PutRecordBatch
+        # goes straight to a DirectPut Firehose stream)
+        if a.ingest_sink == "firehose":
+            pass
+        elif a.kinesis_mode == "on-demand":
             self.add("Kinesis", "on-demand stream-hours", f"{HOURS_PER_MONTH} h",
                      HOURS_PER_MONTH * p["kds_od_stream_hour"])
             in_gb = msgs * math.ceil(rec_bytes / KB) * KB / GB
@@ -225,9 +229,10 @@ class Estimate:
         # --- Scheduler, KMS
         sched = runs + days
         self.add("Scheduler", "schedule invocations", f"{sched:,.0f}", sched / 1e6 * p["scheduler_per_million"])
-        kms = a.kms_callers * 12 * HOURS_PER_MONTH
-        self.add("KMS", "stream SSE requests (aws/kinesis)", f"{kms / 1e3:,.1f} k",
-                 kms / 1e4 * p["kms_per_10k_requests"])
+        if a.ingest_sink == "kinesis":
+            kms = a.kms_callers * 12 * HOURS_PER_MONTH
+            self.add("KMS", "stream SSE requests (aws/kinesis)", f"{kms / 1e3:,.1f} k",
+                     kms / 1e4 * p["kms_per_10k_requests"])
         return self
 
 
@@ -241,8 +246,10 @@ def render(est: Estimate, idle: Estimate, a: argparse.Namespace, out=sys.stdout)
     w(f"Estimated monthly bill, us-east-1 list prices as of {PRICES_AS_OF} (no free tier)\n")
     w(f"Fleet: {a.devices:,} devices x {a.rate:g} msg/s = {a.devices * a.rate:,.1f} msg/s, "
       f"{msgs / 1e6:,.1f} M messages/month of {a.payload_bytes} B with {a.metrics} readings each\n")
-    w(f"Lambda {a.arch}; Kinesis {a.kinesis_mode}"
-      + (f" ({a.shards} shard{'s' if a.shards != 1 else ''})" if a.kinesis_mode == "provisioned" else "")
+    sink = (f"ingest -> Kinesis {a.kinesis_mode}"
+            + (f" ({a.shards} shard{'s' if a.shards != 1 else ''})" if a.kinesis_mode == "provisioned" else "")
+            if a.ingest_sink == "kinesis" else "ingest -> Firehose DirectPut (no Kinesis stream)")
+    w(f"Lambda {a.arch}; {sink}"
       + f"; devices publish to {'Basic Ingest ($aws/rules/...)' if a.basic_ingest else 'dt/<fleet>/<device>/telemetry'}\n\n")
     c1 = max(len(f"{r[0]} {r[1]}") for r in est.rows) + 2
     c2 = max(len(r[2]) for r in est.rows) + 2
@@ -275,14 +282,18 @@ def render(est: Estimate, idle: Estimate, a: argparse.Namespace, out=sys.stdout)
         w(f"  IoT rule -> raw Kinesis stream -> ingest in batches of {b} (event-source mapping): "
           f"ingest Lambda {money(ingest_req + ingest_dur)} -> {money(esm_lambda)}, plus a raw on-demand "
           f"stream {money(raw_stream)}: net {'+' if delta >= 0 else '-'}{money(abs(delta))}\n")
-    if msgs > 0 and a.kinesis_mode == "on-demand":
+    if msgs > 0 and a.ingest_sink == "kinesis":
+        saved = sum(r[3] for r in est.rows if r[0] in ("Kinesis", "KMS"))
+        w(f"  --ingest-sink firehose (PutRecordBatch to a DirectPut Firehose stream, no Kinesis stream; "
+          f"no per-device order or replay): -{money(saved)}\n")
+    if msgs > 0 and a.kinesis_mode == "on-demand" and a.ingest_sink == "kinesis":
         w(f"  --kinesis-mode provisioned ({a.shards} shard{'s' if a.shards != 1 else ''}): "
           f"stream {money(HOURS_PER_MONTH * PRICES['kds_shard_hour'] * a.shards)}/month idle instead of "
           f"{money(HOURS_PER_MONTH * PRICES['kds_od_stream_hour'])}\n")
 
     w("\nAssumptions (flags of infra/cost.py): ")
     w(f"ingest {a.ingest_ms:g} ms billed at {a.ingest_mb} MB per message; "
-      f"transform {a.transform_ms_per_mib:g} ms per 1 MiB batch at {a.transform_mb} MB; "
+      f"transform {a.transform_ms_per_mib:g} ms per MiB in {a.transform_batch_mib:g} MiB batches at {a.transform_mb} MB; "
       f"rollup {a.rollup_base_ms:g} ms + {a.rollup_us_per_row:g} us/row at {a.rollup_mb} MB; "
       f"stream record = payload + {a.stream_overhead_bytes} B; "
       f"{a.row_json_bytes} B JSON and {a.parquet_bytes_per_row} B Parquet per reading; "
@@ -298,6 +309,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=0.2, help="messages per second per device")
     ap.add_argument("--payload-bytes", type=int, default=200)
     ap.add_argument("--arch", choices=["arm64", "x86_64"], default="arm64")
+    ap.add_argument("--ingest-sink", choices=["kinesis", "firehose"], default="kinesis",
+                    help="IngestSink of the template: Kinesis stream, or DirectPut Firehose (no stream)")
     ap.add_argument("--kinesis-mode", choices=["on-demand", "provisioned"], default="on-demand")
     ap.add_argument("--shards", type=int, default=0, help="provisioned shards (0 = sized from the rate)")
     ap.add_argument("--basic-ingest", action="store_true", help="devices publish to $aws/rules/<rule>/...")
@@ -331,6 +344,8 @@ def count_alarms(template: str) -> int:
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
     alarms = count_alarms(a.template)
+    if a.ingest_sink == "firehose":
+        alarms -= 1  # StreamIteratorAgeAlarm has Condition: UseKinesisSink
     est = Estimate(a, alarms).compute()
     idle_args = argparse.Namespace(**{**vars(a), "devices": 0, "shards": 1 if a.kinesis_mode == "provisioned" else a.shards})
     idle = Estimate(idle_args, alarms).compute()

@@ -5,14 +5,21 @@
 #   infra/deploy.sh --dry-run --devices 1000 --rate 0.2     # plan + monthly bill, no AWS account
 #   infra/deploy.sh                                          # build, package, deploy, print outputs
 #
-# Honours AWS_PROFILE and AWS_REGION (or AWS_DEFAULT_REGION / the profile's region).
+# Honours AWS_PROFILE and AWS_REGION (or AWS_DEFAULT_REGION / the profile's region), and
+# AWS_ENDPOINT_URL (an AWS-compatible server; the test suite's smoke deploy uses moto).
+#
+# The deploy is create-stack the first time and update-stack afterwards, chosen from the
+# stack's state, not `aws cloudformation deploy`: the same two API calls on AWS, and
+# they also work on moto, whose change-set path leaves a stack without outputs.
 set -euo pipefail
 
 INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$INFRA_DIR/.." && pwd)"
 TEMPLATE="$INFRA_DIR/template.yaml"
-BUILD_DIR="$ROOT/target/iotpipe-infra"
 BINARIES=(ingest transform rollup)
+# The template names each function's code ../target/lambda/<bin>/bootstrap.zip (relative to
+# infra/); the deploy points that prefix at the artifacts directory.
+CODE_PREFIX="../target/lambda/"
 
 usage() {
     cat <<'EOF'
@@ -20,9 +27,14 @@ Usage: infra/deploy.sh [options]
 
 Deploys infra/template.yaml (IoT rule, Lambdas, Kinesis, Firehose, S3, Glue, alarms).
 Real mode: checks aws/cargo-lambda/credentials, runs
-  cargo lambda build --release --arm64 --output-format zip --bin ingest --bin transform --bin rollup
-then `aws cloudformation package` + `aws cloudformation deploy`, and prints the outputs
-(IoT data endpoint, bucket, stream, an example device-sim command).
+  cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda \
+      --bin ingest --bin transform --bin rollup
+then `aws cloudformation package` (uploads the zips to the artifact bucket), uploads the
+packaged template, and runs `aws cloudformation create-stack` the first time or
+`update-stack` afterwards (same command every time; "no changes" is not an error), waits,
+and prints the outputs (IoT data endpoint, bucket, stream, an example device-sim command).
+Stack parameters not set by an option below go back to the template's defaults on every
+deploy: the command line is the whole configuration.
 
 Options:
   --dry-run               print the resources and the estimated monthly bill; needs no AWS
@@ -30,6 +42,9 @@ Options:
   --stack-name NAME       CloudFormation stack (default: iot-pipeline)
   --region REGION         AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, the profile's)
   --arch arm64|x86_64     Lambda architecture and cargo-lambda target (default: arm64)
+  --ingest-sink kinesis|firehose   where ingest writes: the Kinesis stream that feeds Firehose
+                          (default), or PutRecordBatch straight to a DirectPut Firehose stream
+                          with no Kinesis stream (cheaper idle; no per-device order or replay)
   --kinesis-mode on-demand|provisioned   stream capacity mode (default: on-demand)
   --shards N              shards when provisioned (default: sized from --devices x --rate)
   --devices N             fleet size, for the bill and the shard sizing (default: 1000)
@@ -39,7 +54,17 @@ Options:
   --alarm-email ADDR      subscribe ADDR to the alarm SNS topic
   --artifact-bucket NAME  S3 bucket for packaged code (default: iotpipe-artifacts-ACCOUNT-REGION,
                           created if missing)
-  --skip-build            reuse target/lambda/*/bootstrap.zip
+  --param KEY=VALUE       any other template parameter, e.g. --param IngestMemorySize=256
+                          (repeatable; see the Parameters of infra/template.yaml)
+  --skip-build            reuse target/lambda/<bin>/bootstrap.zip from an earlier build
+  --artifacts DIR         deploy prebuilt zips DIR/<bin>/bootstrap.zip (bin: ingest, transform,
+                          rollup) instead of building; the smoke test passes tiny dummy zips
+  --template FILE         deploy FILE instead of infra/template.yaml (the smoke test passes a
+                          plain-CloudFormation rendering for moto); function code must be
+                          named ../target/lambda/<bin>/bootstrap.zip as in the real template
+  --endpoint-url URL      AWS-compatible endpoint for every call (same as AWS_ENDPOINT_URL)
+  --package-only          build and upload the code and the packaged template, print where
+                          they are, and stop before creating or updating the stack
   -h, --help              this help
 
 Other estimator assumptions: python3 infra/cost.py --help
@@ -59,6 +84,7 @@ STACK_NAME="iot-pipeline"
 REGION=""
 ARCH="arm64"
 KINESIS_MODE="on-demand"
+INGEST_SINK="kinesis"
 SHARDS=0
 DEVICES=1000
 RATE=0.2
@@ -67,6 +93,9 @@ BASIC_INGEST=0
 ALARM_EMAIL=""
 ARTIFACT_BUCKET=""
 SKIP_BUILD=0
+ARTIFACTS_DIR=""
+EXTRA_PARAMS=()
+PACKAGE_ONLY=0
 
 need_value() { if [ "$#" -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
 
@@ -77,6 +106,7 @@ while [ "$#" -gt 0 ]; do
     --region) need_value "$@"; REGION="$2"; shift ;;
     --arch) need_value "$@"; ARCH="$2"; shift ;;
     --kinesis-mode) need_value "$@"; KINESIS_MODE="$2"; shift ;;
+    --ingest-sink) need_value "$@"; INGEST_SINK="$2"; shift ;;
     --shards) need_value "$@"; SHARDS="$2"; shift ;;
     --devices) need_value "$@"; DEVICES="$2"; shift ;;
     --rate) need_value "$@"; RATE="$2"; shift ;;
@@ -85,6 +115,11 @@ while [ "$#" -gt 0 ]; do
     --alarm-email) need_value "$@"; ALARM_EMAIL="$2"; shift ;;
     --artifact-bucket) need_value "$@"; ARTIFACT_BUCKET="$2"; shift ;;
     --skip-build) SKIP_BUILD=1 ;;
+    --artifacts) need_value "$@"; ARTIFACTS_DIR="$2"; shift ;;
+    --template) need_value "$@"; TEMPLATE="$2"; shift ;;
+    --endpoint-url) need_value "$@"; export AWS_ENDPOINT_URL="$2"; shift ;;
+    --param) need_value "$@"; EXTRA_PARAMS+=("$2"); shift ;;
+    --package-only) PACKAGE_ONLY=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -93,11 +128,25 @@ done
 
 case "$ARCH" in arm64 | x86_64) ;; *) die "--arch must be arm64 or x86_64, not '$ARCH'" ;; esac
 case "$KINESIS_MODE" in on-demand | provisioned) ;; *) die "--kinesis-mode must be on-demand or provisioned, not '$KINESIS_MODE'" ;; esac
+case "$INGEST_SINK" in kinesis | firehose) ;; *) die "--ingest-sink must be kinesis or firehose, not '$INGEST_SINK'" ;; esac
 is_uint "$DEVICES" || die "--devices must be a whole number >= 0, not '$DEVICES'"
 is_number "$RATE" || die "--rate must be a number >= 0 (messages/s per device), not '$RATE'"
 if ! is_uint "$PAYLOAD_BYTES" || [ "$PAYLOAD_BYTES" -eq 0 ]; then die "--payload-bytes must be a whole number > 0"; fi
 is_uint "$SHARDS" || die "--shards must be a whole number"
 [[ "$STACK_NAME" =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || die "--stack-name must match [A-Za-z][A-Za-z0-9-]*"
+[ -f "$TEMPLATE" ] || die "--template $TEMPLATE: no such file"
+for p in "${EXTRA_PARAMS[@]}"; do
+    [[ "$p" =~ ^[A-Za-z0-9]+=.*$ ]] || die "--param wants KEY=VALUE (a template parameter), not '$p'"
+done
+if [ -n "$ARTIFACTS_DIR" ]; then
+    [ -d "$ARTIFACTS_DIR" ] || die "--artifacts $ARTIFACTS_DIR: no such directory"
+    ARTIFACTS_DIR="$(cd "$ARTIFACTS_DIR" && pwd)"
+    SKIP_BUILD=1
+else
+    ARTIFACTS_DIR="$ROOT/target/lambda"
+fi
+# Per stack, so that two deploys from one clone do not share their staged files.
+BUILD_DIR="$ROOT/target/iotpipe-infra/$STACK_NAME"
 
 # Names derived from the stack name, so two stacks can live in one account.
 RULE_NAME="$(printf '%s' "$STACK_NAME" | tr -c 'A-Za-z0-9\n' '_')_telemetry"
@@ -106,7 +155,7 @@ CFN_KINESIS_MODE="ON_DEMAND"
 [ "$KINESIS_MODE" = provisioned ] && CFN_KINESIS_MODE="PROVISIONED"
 
 cost_args=(--devices "$DEVICES" --rate "$RATE" --payload-bytes "$PAYLOAD_BYTES" --arch "$ARCH"
-    --kinesis-mode "$KINESIS_MODE" --shards "$SHARDS" --template "$TEMPLATE")
+    --kinesis-mode "$KINESIS_MODE" --shards "$SHARDS" --ingest-sink "$INGEST_SINK" --template "$TEMPLATE")
 [ "$BASIC_INGEST" = 1 ] && cost_args+=(--basic-ingest)
 
 # The shard count the estimate sizes from the fleet, unless given.
@@ -122,16 +171,18 @@ fi
 
 PARAMS=(
     "Architecture=$ARCH"
+    "IngestSink=$INGEST_SINK"
     "TopicRuleName=$RULE_NAME"
     "GlueDatabaseName=$GLUE_DB"
     "KinesisStreamMode=$CFN_KINESIS_MODE"
     "KinesisShardCount=$SHARDS"
 )
 [ -n "$ALARM_EMAIL" ] && PARAMS+=("AlarmEmail=$ALARM_EMAIL")
+PARAMS+=("${EXTRA_PARAMS[@]}")
 
 build_flag="--arm64"
 [ "$ARCH" = x86_64 ] && build_flag="--x86-64"
-BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip)
+BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip --lambda-dir "$ARTIFACTS_DIR")
 for b in "${BINARIES[@]}"; do BUILD_CMD+=(--bin "$b"); done
 
 # ---------------------------------------------------------------------------- dry run
@@ -140,17 +191,23 @@ if [ "$DRY_RUN" = 1 ]; then
     echo "Dry run: nothing is built, uploaded or deployed; no AWS call is made."
     echo
     echo "Stack:      $STACK_NAME (region: ${REGION:-${AWS_REGION:-${AWS_DEFAULT_REGION:-from your AWS profile}}})"
-    echo "Template:   infra/template.yaml (AWS SAM)"
+    echo "Template:   ${TEMPLATE#"$ROOT"/}"
     echo "Parameters: ${PARAMS[*]}"
     echo
+    staged="target/iotpipe-infra/$STACK_NAME"
     echo "Would run:"
-    echo "  ${BUILD_CMD[*]}"
-    echo "  aws cloudformation package --template-file infra/template.yaml --s3-bucket <artifact bucket> \\"
-    echo "      --s3-prefix $STACK_NAME --output-template-file target/iotpipe-infra/packaged.yaml"
-    echo "  aws cloudformation deploy --stack-name $STACK_NAME --template-file target/iotpipe-infra/packaged.yaml \\"
-    echo "      --s3-bucket <artifact bucket> --s3-prefix $STACK_NAME \\"
-    echo "      --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \\"
-    echo "      --parameter-overrides ${PARAMS[*]}"
+    if [ "$SKIP_BUILD" = 1 ]; then
+        echo "  (no build: zips from ${ARTIFACTS_DIR#"$ROOT"/}/<bin>/bootstrap.zip)"
+    else
+        echo "  ${BUILD_CMD[*]}"
+    fi
+    echo "  aws cloudformation package --template-file $staged/template (code paths -> ${ARTIFACTS_DIR#"$ROOT"/}/) \\"
+    echo "      --s3-bucket <artifact bucket> --s3-prefix $STACK_NAME --output-template-file $staged/packaged.yaml"
+    echo "  aws s3 cp $staged/packaged.yaml s3://<artifact bucket>/$STACK_NAME/template-<sha256>.yaml"
+    echo "  aws cloudformation create-stack (first deploy) | update-stack (later) --stack-name $STACK_NAME \\"
+    echo "      --template-url <that object> --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND \\"
+    echo "      --parameters ${PARAMS[*]}"
+    echo "  aws cloudformation wait stack-create-complete | stack-update-complete"
     echo "  aws iot describe-endpoint --endpoint-type iot:Data-ATS"
     echo
     echo "Resources that would be created (logical id, type):"
@@ -161,6 +218,12 @@ if [ "$DRY_RUN" = 1 ]; then
         case "$rtype" in
         AWS::Serverless::Function) note="  (SAM expands it: AWS::Lambda::Function, + AWS::Lambda::EventInvokeConfig where set)" ;;
         AWS::SNS::Subscription) [ -z "$ALARM_EMAIL" ] && note="  (skipped: no --alarm-email)" ;;
+        esac
+        case "$logical_id" in
+        TelemetryStream | StreamIteratorAgeAlarm)
+            [ "$INGEST_SINK" = firehose ] && note="  (skipped: --ingest-sink firehose)" ;;
+        TelemetryDeliveryStream)
+            [ "$INGEST_SINK" = firehose ] && note="  (DirectPut: ingest writes it)" ;;
         esac
         printf '  %-30s %s%s\n' "$logical_id" "$rtype" "$note"
     done < <(python3 "$INFRA_DIR/tmpl.py" resources "$TEMPLATE")
@@ -187,6 +250,7 @@ if ! ACCOUNT="$(aws sts get-caller-identity --query Account --output text 2>&1)"
     die "no usable AWS credentials (aws sts get-caller-identity failed). Set AWS_PROFILE=<profile> (see 'aws configure list-profiles') or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, and AWS_REGION=<region>. AWS_PROFILE=${AWS_PROFILE:-<unset>} AWS_REGION=$REGION"
 fi
 echo "==> account $ACCOUNT, region $REGION, stack $STACK_NAME (AWS_PROFILE=${AWS_PROFILE:-<unset>})"
+[ -n "${AWS_ENDPOINT_URL:-}" ] && echo "==> endpoint $AWS_ENDPOINT_URL (AWS_ENDPOINT_URL), not AWS"
 
 if [ "$SKIP_BUILD" = 0 ]; then
     command -v cargo >/dev/null 2>&1 || die "cargo is required (https://rustup.rs)"
@@ -201,7 +265,7 @@ if [ "$SKIP_BUILD" = 0 ]; then
     (cd "$ROOT" && "${BUILD_CMD[@]}")
 fi
 for b in "${BINARIES[@]}"; do
-    [ -s "$ROOT/target/lambda/$b/bootstrap.zip" ] || die "missing target/lambda/$b/bootstrap.zip (build failed, or --skip-build without a build)"
+    [ -s "$ARTIFACTS_DIR/$b/bootstrap.zip" ] || die "missing $ARTIFACTS_DIR/$b/bootstrap.zip (the build failed, or --skip-build/--artifacts without the zips)"
 done
 
 if [ -z "$ARTIFACT_BUCKET" ]; then
@@ -221,18 +285,95 @@ if ! aws s3api head-bucket --bucket "$ARTIFACT_BUCKET" >/dev/null 2>&1; then
         '{"Rules":[{"ApplyServerSideEncryptionByDefault":{"SSEAlgorithm":"AES256"}}]}'
 fi
 
+# Stage the template with its code paths pointing at the artifacts directory.
 mkdir -p "$BUILD_DIR"
+STAGED="$BUILD_DIR/template.${TEMPLATE##*.}"
+sed "s#$CODE_PREFIX#$ARTIFACTS_DIR/#g" "$TEMPLATE" >"$STAGED"
 PACKAGED="$BUILD_DIR/packaged.yaml"
 echo "==> aws cloudformation package -> s3://$ARTIFACT_BUCKET/$STACK_NAME/"
-aws cloudformation package --template-file "$TEMPLATE" --s3-bucket "$ARTIFACT_BUCKET" \
-    --s3-prefix "$STACK_NAME" --output-template-file "$PACKAGED" >/dev/null
+# Its upload progress lines end in carriage returns, not newlines: kept in a log instead.
+if ! aws cloudformation package --template-file "$STAGED" --s3-bucket "$ARTIFACT_BUCKET" \
+    --s3-prefix "$STACK_NAME" --output-template-file "$PACKAGED" >/dev/null 2>"$BUILD_DIR/package.log"; then
+    tr '\r' '\n' <"$BUILD_DIR/package.log" >&2
+    die "aws cloudformation package failed (see above)"
+fi
 
-echo "==> aws cloudformation deploy --stack-name $STACK_NAME"
-# --s3-bucket: a template over 51,200 bytes must be passed by S3 URL (the packaged one is close).
-aws cloudformation deploy --stack-name "$STACK_NAME" --template-file "$PACKAGED" \
-    --s3-bucket "$ARTIFACT_BUCKET" --s3-prefix "$STACK_NAME" \
-    --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND --no-fail-on-empty-changeset \
-    --parameter-overrides "${PARAMS[@]}" --tags project=iot-pipeline "stack=$STACK_NAME"
+# A template over 51,200 bytes must be passed by S3 URL (the packaged one is close).
+TEMPLATE_KEY="$STACK_NAME/template-$(sha256sum "$PACKAGED" | cut -c1-16).yaml"
+aws s3 cp --only-show-errors "$PACKAGED" "s3://$ARTIFACT_BUCKET/$TEMPLATE_KEY"
+S3_ENDPOINT="${AWS_ENDPOINT_URL_S3:-${AWS_ENDPOINT_URL:-}}"
+if [ -n "$S3_ENDPOINT" ]; then
+    TEMPLATE_URL="${S3_ENDPOINT%/}/$ARTIFACT_BUCKET/$TEMPLATE_KEY"
+else
+    TEMPLATE_URL="https://$ARTIFACT_BUCKET.s3.$REGION.amazonaws.com/$TEMPLATE_KEY"
+fi
+
+if [ "$PACKAGE_ONLY" = 1 ]; then
+    echo "packaged template: $PACKAGED"
+    echo "uploaded as:       $TEMPLATE_URL"
+    echo "(--package-only: stack $STACK_NAME not created or updated)"
+    exit 0
+fi
+
+PARAMS_FILE="$BUILD_DIR/parameters.json"
+python3 -c 'import json, sys
+print(json.dumps([{"ParameterKey": k, "ParameterValue": v}
+                  for k, v in (a.split("=", 1) for a in sys.argv[1:])], indent=1))' \
+    "${PARAMS[@]}" >"$PARAMS_FILE"
+
+stack_status() {
+    aws cloudformation describe-stacks --stack-name "$STACK_NAME" \
+        --query 'Stacks[0].StackStatus' --output text 2>/dev/null || echo NONE
+}
+
+# failed_events — what went wrong, from the stack's latest events.
+failed_events() {
+    # shellcheck disable=SC2016  # a JMESPath literal, not a shell expansion
+    aws cloudformation describe-stack-events --stack-name "$STACK_NAME" --max-items 50 \
+        --query 'StackEvents[?contains(ResourceStatus, `FAILED`)].[LogicalResourceId,ResourceStatus,ResourceStatusReason]' \
+        --output text >&2 || true
+}
+
+STATUS="$(stack_status)"
+# shellcheck disable=SC2054  # the commas are inside the Key=...,Value=... shorthand
+STACK_ARGS=(--stack-name "$STACK_NAME" --template-url "$TEMPLATE_URL"
+    --parameters "file://$PARAMS_FILE" --capabilities CAPABILITY_IAM CAPABILITY_AUTO_EXPAND
+    --tags Key=project,Value=iot-pipeline "Key=stack,Value=$STACK_NAME")
+case "$STATUS" in
+NONE)
+    echo "==> aws cloudformation create-stack --stack-name $STACK_NAME (first deploy)"
+    aws cloudformation create-stack "${STACK_ARGS[@]}" >/dev/null
+    if ! aws cloudformation wait stack-create-complete --stack-name "$STACK_NAME"; then
+        echo "deploy.sh: creating $STACK_NAME failed ($(stack_status)):" >&2
+        failed_events
+        die "fix the cause, then: infra/destroy.sh --stack-name $STACK_NAME --yes; infra/deploy.sh ... (a stack whose first create failed cannot be updated)"
+    fi
+    echo "created stack $STACK_NAME"
+    ;;
+ROLLBACK_COMPLETE | ROLLBACK_FAILED | CREATE_FAILED | DELETE_FAILED)
+    die "stack $STACK_NAME is $STATUS (a failed first create or delete) and cannot be updated: infra/destroy.sh --stack-name $STACK_NAME --yes, then deploy again"
+    ;;
+*_IN_PROGRESS)
+    die "stack $STACK_NAME is $STATUS: wait for it to finish (aws cloudformation describe-stacks --stack-name $STACK_NAME), then deploy again"
+    ;;
+*)
+    echo "==> aws cloudformation update-stack --stack-name $STACK_NAME (stack is $STATUS)"
+    if ! out="$(aws cloudformation update-stack "${STACK_ARGS[@]}" 2>&1)"; then
+        if printf '%s' "$out" | grep -q 'No updates are to be performed'; then
+            echo "no changes: stack $STACK_NAME is up to date"
+        else
+            printf '%s\n' "$out" >&2
+            die "update-stack failed (see above)"
+        fi
+    elif ! aws cloudformation wait stack-update-complete --stack-name "$STACK_NAME"; then
+        echo "deploy.sh: updating $STACK_NAME failed ($(stack_status)); CloudFormation rolls it back:" >&2
+        failed_events
+        exit 1
+    else
+        echo "updated stack $STACK_NAME"
+    fi
+    ;;
+esac
 
 output() {
     aws cloudformation describe-stacks --stack-name "$STACK_NAME" \
@@ -249,7 +390,13 @@ ENDPOINT="$(aws iot describe-endpoint --endpoint-type iot:Data-ATS --query endpo
 printf '  %-24s %s\n' "IotDataEndpoint" "$ENDPOINT"
 BUCKET="$(output BucketName)"
 STREAM="$(output StreamName)"
+if [ -n "$STREAM" ] && [ "$STREAM" != None ]; then
+    STREAM_HINT="aws kinesis describe-stream-summary --stream-name $STREAM"
+else
+    STREAM_HINT="aws firehose describe-delivery-stream --delivery-stream-name $(output DeliveryStreamName)"
+fi
 RULE="$(output TopicRuleName)"
+if [ -z "$RULE" ] || [ "$RULE" = None ]; then RULE="$RULE_NAME"; fi
 
 cat <<EOF
 
@@ -261,7 +408,7 @@ Deployed. Next:
          --devices 10 --rate $RATE
      (Basic Ingest, no messaging charge: publish to \$aws/rules/$RULE/dt/<fleet>/<device_id>/telemetry)
   3. Watch data land:  aws s3 ls s3://$BUCKET/telemetry/ --recursive | tail
-     Stream:           aws kinesis describe-stream-summary --stream-name $STREAM
+     Stream:           $STREAM_HINT
      Query (Athena):   SELECT * FROM "$GLUE_DB"."telemetry" WHERE dt = '<yyyy-MM-dd>' LIMIT 10
   Tear down: infra/destroy.sh --stack-name $STACK_NAME   (add --force-empty-bucket to delete the data)
 EOF

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Delete the iot-pipeline stack. Refuses while the data bucket holds objects unless
 # --force-empty-bucket is given (then every object version is deleted first).
-# Honours AWS_PROFILE and AWS_REGION.
+# Honours AWS_PROFILE and AWS_REGION, and AWS_ENDPOINT_URL (an AWS-compatible server; the
+# test suite's smoke deploy uses moto).
 #
 # JMESPath literals are backtick-quoted inside single-quoted --query strings:
 # shellcheck disable=SC2016
@@ -19,6 +20,7 @@ Deletes the CloudFormation stack made by infra/deploy.sh and waits for it to go.
                          without it a non-empty bucket stops the script before anything is deleted
   --delete-artifacts     also delete the packaged code under s3://<artifact bucket>/<stack>/
   --artifact-bucket NAME artifact bucket (default: iotpipe-artifacts-ACCOUNT-REGION)
+  --endpoint-url URL     AWS-compatible endpoint for every call (same as AWS_ENDPOINT_URL)
   -y, --yes              do not ask for confirmation (required when stdin is not a terminal)
   -h, --help             this help
 
@@ -49,6 +51,7 @@ while [ "$#" -gt 0 ]; do
     --force-empty-bucket) FORCE_EMPTY=1 ;;
     --delete-artifacts) DELETE_ARTIFACTS=1 ;;
     --artifact-bucket) need_value "$@"; ARTIFACT_BUCKET="$2"; shift ;;
+    --endpoint-url) need_value "$@"; export AWS_ENDPOINT_URL="$2"; shift ;;
     -y | --yes) YES=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;

@@ -8,7 +8,8 @@
 #    and with cargo-lambda; a test CA) and stops them on exit, even on failure;
 # 2. cargo fmt --check; cargo build --bins; cargo clippy -D warnings; cargo doc; cargo test;
 #    the Lambda binaries invoked under cargo lambda watch (tests/lambda/invoke.py);
-# 3. bash infra/check.sh, when present.
+# 3. bash infra/check.sh, when present, and the smoke deploy of infra/deploy.sh and
+#    infra/destroy.sh against moto's CloudFormation (infra/smoke-moto.sh, about a minute).
 #
 # Every step runs even when an earlier one failed (but nothing after a failed build); the
 # exit status is non-zero when any step failed, and the summary names the failed steps.
@@ -66,7 +67,7 @@ trap 'exit 143' TERM
 step "test services (tests/setup/services.sh)"
 services_up
 export IOTPIPE_TEST_PYTHON IOTPIPE_TEST_CERTS IOTPIPE_TEST_MQTT IOTPIPE_TEST_MQTTS IOTPIPE_TEST_MOTO \
-    IOTPIPE_TEST_CARGO_LAMBDA
+    IOTPIPE_TEST_CARGO_LAMBDA IOTPIPE_TEST_AWS
 
 step "toolchain"
 cargo --version
@@ -110,6 +111,11 @@ if [ -f infra/check.sh ]; then
     run_step "infra/check.sh" bash infra/check.sh
 else
     step "infra/check.sh: not present, skipped"
+fi
+
+if [ -f infra/smoke-moto.sh ]; then
+    run_step "smoke deploy of infra/deploy.sh + destroy.sh against moto (infra/smoke-moto.sh)" \
+        bash infra/smoke-moto.sh
 fi
 
 step "summary ($((SECONDS - START))s)"

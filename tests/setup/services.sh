@@ -18,6 +18,7 @@
 #                        region, any credentials; POST /moto-api/reset clears its state)
 #   IOTPIPE_TEST_CARGO_LAMBDA  the cargo-lambda executable (`$IOTPIPE_TEST_CARGO_LAMBDA lambda
 #                        watch ...`), for tests/lambda/invoke.py
+#   IOTPIPE_TEST_AWS     the pinned AWS CLI (`aws`), for infra/smoke-moto.sh
 #
 # Idempotent: a second services_up reuses brokers and moto while they are still running
 # (checked by PID, command line and port); installs, the venvs and the certificates are
@@ -43,6 +44,10 @@ _SVC_MOTO="$_SVC_ENV/moto"
 # cargo-lambda (its own venv too): the Lambda Runtime API emulator for tests/lambda/.
 _SVC_CL_VENV="$_SVC_ENV/cargo-lambda"
 _SVC_CL_SPEC="cargo-lambda==1.9.2"
+# The AWS CLI (its own venv: it pins botocore exactly), for infra/smoke-moto.sh, which runs
+# infra/deploy.sh and infra/destroy.sh against moto.
+_SVC_AWS_VENV="$_SVC_ENV/awscli"
+_SVC_AWS_SPEC="awscli==1.45.11"
 # PIDs started by the latest services_up in this shell (empty when it reused running ones);
 # run.sh stops only these.
 SERVICES_STARTED_PIDS="${SERVICES_STARTED_PIDS:-}"
@@ -447,6 +452,29 @@ _svc_cargo_lambda() {
     export IOTPIPE_TEST_CARGO_LAMBDA="$bin"
 }
 
+# --- AWS CLI (for the smoke deploy of infra/*.sh against moto) ---------------------------
+_svc_awscli() {
+    local bin="$_SVC_AWS_VENV/bin/aws"
+    if [ -x "$bin" ] && [ "$(cat "$_SVC_AWS_VENV/.spec" 2>/dev/null)" = "$_SVC_AWS_SPEC" ] \
+        && "$bin" --version >/dev/null 2>&1; then
+        export IOTPIPE_TEST_AWS="$bin"
+        return 0
+    fi
+    if [ -e "$_SVC_AWS_VENV" ] && ! "$_SVC_AWS_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+        rm -rf "$_SVC_AWS_VENV"
+    fi
+    if [ ! -x "$_SVC_AWS_VENV/bin/python" ]; then
+        _svc_log "python3 -m venv ${_SVC_AWS_VENV#"$_SVC_ROOT"/}"
+        python3 -m venv "$_SVC_AWS_VENV" || { _svc_err "python3 -m venv (awscli) failed"; return 1; }
+    fi
+    _svc_log "pip install $_SVC_AWS_SPEC"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$_SVC_AWS_VENV/bin/python" -m pip install -q "$_SVC_AWS_SPEC" \
+        || { _svc_err "pip install $_SVC_AWS_SPEC failed"; return 1; }
+    "$bin" --version >/dev/null 2>&1 || { _svc_err "aws does not run after install"; return 1; }
+    printf '%s\n' "$_SVC_AWS_SPEC" >"$_SVC_AWS_VENV/.spec"
+    export IOTPIPE_TEST_AWS="$bin"
+}
+
 # --- public -------------------------------------------------------------------------------
 services_up() {
     local t0=$SECONDS
@@ -456,10 +484,12 @@ services_up() {
     _svc_venv || return 1
     _svc_moto_venv || return 1
     _svc_cargo_lambda || return 1
+    _svc_awscli || return 1
     _svc_certs || return 1
     _svc_mosquitto || return 1
     _svc_moto || return 1
     _svc_env_set IOTPIPE_TEST_CARGO_LAMBDA "$IOTPIPE_TEST_CARGO_LAMBDA"
+    _svc_env_set IOTPIPE_TEST_AWS "$IOTPIPE_TEST_AWS"
     _svc_log "up in $((SECONDS - t0))s"
     _svc_log "IOTPIPE_TEST_PYTHON=$IOTPIPE_TEST_PYTHON"
     _svc_log "IOTPIPE_TEST_CERTS=$IOTPIPE_TEST_CERTS"
@@ -468,6 +498,7 @@ services_up() {
     # shellcheck disable=SC2153  # exported by _svc_env_set
     _svc_log "IOTPIPE_TEST_MOTO=$IOTPIPE_TEST_MOTO"
     _svc_log "IOTPIPE_TEST_CARGO_LAMBDA=$IOTPIPE_TEST_CARGO_LAMBDA"
+    _svc_log "IOTPIPE_TEST_AWS=$IOTPIPE_TEST_AWS"
 }
 
 # services_down [PID...] — stops the services recorded in .test-env/pids (only those, and

@@ -355,9 +355,12 @@ _svc_moto_venv() {
 }
 
 # _svc_moto_answers PORT — true when a moto answers its management API on PORT.
+# /moto-api/ (the dashboard page), not /moto-api/data.json: the latter serialises every
+# backend and answers 500 once moto holds a Lambda function (no Docker here), which made a
+# second services_up restart a healthy moto.
 _svc_moto_answers() {
     "$_SVC_MOTO_VENV/bin/python" -c 'import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/data.json", timeout=2).read()' \
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/moto-api/", timeout=2).read()' \
         "$1" 2>/dev/null
 }
 

@@ -574,7 +574,13 @@ impl LedgerBuilder {
             .map(str::to_string);
         if let Some(only) = &self.device {
             let ours = |d: &Option<String>| d.as_deref() == Some(only.as_str());
-            if !ours(&payload_device) && !(payload_device.is_none() && ours(&topic_device)) {
+            // The payload's device when it names one, else the topic's.
+            let claimed = if payload_device.is_some() {
+                &payload_device
+            } else {
+                &topic_device
+            };
+            if !ours(claimed) {
                 return;
             }
         }
@@ -589,59 +595,80 @@ impl LedgerBuilder {
     /// Computes the ledger in windows of `window`, with `allowed_lateness_ms`, against the
     /// devices' own ledger `sent` when given.
     pub fn finish(
-        self,
+        mut self,
         window: Window,
         allowed_lateness_ms: i64,
         sent: Option<&SentLedger>,
     ) -> Ledger {
         let len = window.millis();
         let mut totals = LedgerTotals::default();
+        // Everything is keyed by interned device id; names come back at the end.
+        let mut cells: HashMap<(u32, Option<i64>), Counts> = HashMap::new();
+        // Per device: the seqs known (received or read from a rejected payload).
+        let mut known: Vec<Vec<Known>> = Vec::new();
+        fn of(known: &mut Vec<Vec<Known>>, d: u32) -> &mut Vec<Known> {
+            let i = d as usize;
+            if known.len() <= i {
+                known.resize_with(i + 1, Vec::new);
+            }
+            // Just resized to hold `i`.
+            known
+                .get_mut(i)
+                .unwrap_or_else(|| unreachable!("resized above"))
+        }
 
-        // What is known of each device: (seq, window, received?) per message.
-        let mut known: BTreeMap<String, Vec<Known>> = BTreeMap::new();
-        let mut cells: BTreeMap<(String, Option<i64>), LedgerRow> = BTreeMap::new();
         for (&(d, seq), msg) in &self.messages {
-            let device = self.devices.name(d);
             let start = window.start_of(msg.event_time);
-            let row = cells
-                .entry((device.to_string(), Some(start)))
-                .or_insert_with(|| LedgerRow::empty(device, Some(start), SentFrom::Observed));
-            row.received += 1;
-            row.duplicated += u64::from(msg.deliveries.saturating_sub(1));
+            let c = cells.entry((d, Some(start))).or_default();
+            c.received += 1;
+            c.duplicated += u64::from(msg.deliveries.saturating_sub(1));
             if msg.received_at
                 >= start
                     .saturating_add(len)
                     .saturating_add(allowed_lateness_ms)
             {
-                row.late += 1;
+                c.late += 1;
             }
-            known.entry(device.to_string()).or_default().push(Known {
+            of(&mut known, d).push(Known {
                 seq,
                 window: start,
                 received: true,
             });
         }
 
-        let known_devices: HashSet<String> = known
+        // Devices with telemetry, or listed by the devices' own ledger: a rejection on such
+        // a device's topic is the device's.
+        let with_telemetry: HashSet<&str> = self
+            .messages
             .keys()
-            .cloned()
-            .chain(sent.into_iter().flat_map(|s| s.per_device.keys().cloned()))
+            .map(|&(d, _)| d)
+            .collect::<HashSet<u32>>()
+            .into_iter()
+            .map(|d| self.devices.name(d))
             .collect();
-        for q in &self.quarantined {
-            let device = q
-                .payload_device
-                .clone()
-                .or_else(|| q.topic_device.clone().filter(|d| known_devices.contains(d)));
+        let wanted = |id: &str| self.device.as_deref().is_none_or(|only| only == id);
+        let resolved: Vec<Option<String>> = self
+            .quarantined
+            .iter()
+            .map(|q| {
+                q.payload_device.clone().or_else(|| {
+                    q.topic_device.clone().filter(|d| {
+                        with_telemetry.contains(d.as_str())
+                            || sent.is_some_and(|s| s.per_device.contains_key(d))
+                    })
+                })
+            })
+            .collect();
+        drop(with_telemetry);
+        for (q, device) in self.quarantined.iter().zip(resolved) {
             let Some(device) = device else {
                 totals.rejected_unattributed += 1;
                 continue;
             };
+            let d = self.devices.id(&device);
             let start = window.start_of(q.received_at);
-            let row = cells
-                .entry((device.clone(), Some(start)))
-                .or_insert_with(|| LedgerRow::empty(&device, Some(start), SentFrom::Observed));
-            row.rejected += 1;
-            let entries = known.entry(device).or_default();
+            cells.entry((d, Some(start))).or_default().rejected += 1;
+            let entries = of(&mut known, d);
             if let Some(seq) = q.seq {
                 entries.push(Known {
                     seq,
@@ -651,25 +678,31 @@ impl LedgerBuilder {
             }
         }
 
-        // Devices the sent ledger lists but of which nothing arrived.
+        // The sent range of each device listed by the devices' ledger.
+        let mut ranges: HashMap<u32, DeviceSent> = HashMap::new();
         if let Some(s) = sent {
-            for device in s.per_device.keys() {
-                if self.device.as_ref().is_none_or(|d| d == device) {
-                    known.entry(device.clone()).or_default();
-                }
+            for (id, r) in s.per_device.iter().filter(|(id, _)| wanted(id)) {
+                let d = self.devices.id(id);
+                of(&mut known, d);
+                ranges.insert(d, *r);
             }
         }
-
-        for (device, mut entries) in known {
-            let range = sent.and_then(|s| s.per_device.get(&device));
+        let mut from_of: HashMap<u32, SentFrom> = HashMap::new();
+        for (i, entries) in known.iter_mut().enumerate() {
+            let d = u32::try_from(i).unwrap_or(u32::MAX);
+            let range = ranges.get(&d);
+            if entries.is_empty() && range.is_none() {
+                continue;
+            }
             let from = if range.is_some() {
                 SentFrom::Summary
             } else {
                 SentFrom::Observed
             };
+            from_of.insert(d, from);
             // Received before rejected for the same seq: a received message is the one
             // that counts.
-            entries.sort_by_key(|k| (k.seq, !k.received));
+            entries.sort_unstable_by_key(|k| (k.seq, !k.received));
             let (first, last, dropped) = match range {
                 Some(r) => (
                     i64::try_from(r.first_seq).unwrap_or(i64::MAX),
@@ -682,35 +715,31 @@ impl LedgerBuilder {
                     0,
                 ),
             };
-            let outside = entries
+            let in_range = |seq: i64| last.is_some_and(|l| seq >= first && seq <= l);
+            totals.outside_range += entries
                 .iter()
-                .filter(|k| k.received && last.is_none_or(|l| k.seq < first || k.seq > l))
+                .filter(|k| k.received && !in_range(k.seq))
                 .count() as u64;
-            totals.outside_range += outside;
-            entries.retain(|k| last.is_some_and(|l| k.seq >= first && k.seq <= l));
+            entries.retain(|k| in_range(k.seq));
             entries.dedup_by_key(|k| k.seq);
 
             // Holes, each with the window it is placed in, in seq order.
             let mut holes: Vec<(Option<i64>, u64)> = Vec::new();
             if let Some(last) = last {
                 let mut next = first; // the first seq not yet accounted for
-                for (i, k) in entries.iter().enumerate() {
+                let mut previous: Option<i64> = None; // the window of the entry before
+                for k in entries.iter() {
                     let gap = seq_gap(next, k.seq);
                     if gap > 0 {
-                        // Before the first entry: the hole goes to that entry's window;
-                        // otherwise to the previous entry's.
-                        let w = if i == 0 {
-                            k.window
-                        } else {
-                            entries.get(i - 1).map_or(k.window, |p| p.window)
-                        };
-                        holes.push((Some(w), gap));
+                        // Before the first entry the hole goes to that entry's window.
+                        holes.push((Some(previous.unwrap_or(k.window)), gap));
                     }
                     next = k.seq.saturating_add(1);
+                    previous = Some(k.window);
                 }
                 let tail = seq_gap(next, last.saturating_add(1));
                 if tail > 0 {
-                    holes.push((entries.last().map(|k| k.window), tail));
+                    holes.push((previous, tail));
                 }
             }
             // The device's own drops are not missing: take them from the earliest holes.
@@ -721,39 +750,47 @@ impl LedgerBuilder {
                 to_drop -= taken;
                 let missing = gap - taken;
                 if missing > 0 {
-                    let row = cells
-                        .entry((device.clone(), w))
-                        .or_insert_with(|| LedgerRow::empty(&device, w, from));
-                    row.missing += missing;
-                    row.sent += missing;
+                    let c = cells.entry((d, w)).or_default();
+                    c.missing += missing;
+                    c.sent += missing;
                 }
             }
-            for k in &entries {
-                if let Some(row) = cells.get_mut(&(device.clone(), Some(k.window))) {
-                    row.sent += 1;
-                }
+            for k in entries.iter() {
+                cells.entry((d, Some(k.window))).or_default().sent += 1;
             }
-            // Every row of the device says where its range came from.
-            for (_, row) in cells.range_mut((device.clone(), None)..) {
-                if row.device_id != device {
-                    break;
-                }
-                row.sent_from = from;
-            }
-            let has_row = cells
-                .range((device.clone(), None)..)
-                .next()
-                .is_some_and(|((d, _), _)| *d == device);
-            if range.is_some() && !has_row {
-                // Listed by the devices, nothing sent and nothing arrived: still a row.
-                cells.insert(
-                    (device.clone(), None),
-                    LedgerRow::empty(&device, None, from),
-                );
+            if range.is_some() {
+                // Listed by the devices even if nothing was sent or arrived: still a row.
+                cells.entry((d, None)).or_default();
             }
         }
 
-        let rows: Vec<LedgerRow> = cells.into_values().collect();
+        let mut rows: Vec<LedgerRow> = cells
+            .into_iter()
+            .map(|((d, w), c)| {
+                let from = from_of.get(&d).copied().unwrap_or(SentFrom::Observed);
+                c.row(self.devices.name(d), w, from)
+            })
+            .collect();
+        rows.sort_unstable_by(|a, b| {
+            (&a.device_id, a.window_start).cmp(&(&b.device_id, b.window_start))
+        });
+        // A device listed by the devices' ledger keeps its empty no-window row only when it
+        // has no other row.
+        let mut keep = vec![true; rows.len()];
+        for (i, pair) in rows.windows(2).enumerate() {
+            if let [a, b] = pair
+                && a.device_id == b.device_id
+                && a.window_start.is_none()
+                && a.sent == 0
+                && a.missing == 0
+                && let Some(k) = keep.get_mut(i)
+            {
+                *k = false;
+            }
+        }
+        let mut keep = keep.into_iter();
+        rows.retain(|_| keep.next().unwrap_or(true));
+
         let mut devices: Vec<LedgerRow> = Vec::new();
         for row in &rows {
             match devices.last_mut() {
@@ -785,6 +822,33 @@ impl LedgerBuilder {
             rows_read: self.rows,
             quarantine_records: self.quarantined.len() as u64,
             quarantine_unreadable: self.quarantine_unreadable,
+        }
+    }
+}
+
+/// The counts of one cell (device, window) while the ledger is computed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    sent: u64,
+    received: u64,
+    duplicated: u64,
+    missing: u64,
+    late: u64,
+    rejected: u64,
+}
+
+impl Counts {
+    fn row(self, device: &str, window_start: Option<i64>, sent_from: SentFrom) -> LedgerRow {
+        LedgerRow {
+            device_id: device.to_string(),
+            window_start,
+            sent: self.sent,
+            received: self.received,
+            duplicated: self.duplicated,
+            missing: self.missing,
+            late: self.late,
+            rejected: self.rejected,
+            sent_from,
         }
     }
 }

@@ -1273,6 +1273,79 @@ mod tests {
         assert!(err.contains("--summary-json"), "{err}");
     }
 
+    #[tokio::test]
+    async fn compute_reads_telemetry_and_quarantine_from_a_store_and_refuses_a_corrupt_file() {
+        use object_store::memory::InMemory;
+        use object_store::path::Path;
+
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let part = telemetry::Partition::of_millis(T0).path();
+        // Two objects: seqs 0, 1, 3, then a redelivery of 1 (another Firehose invocation).
+        let first: Vec<Reading> = [0, 1, 3]
+            .into_iter()
+            .flat_map(|seq| delivery("d", seq, T0 + seq * 1000, T0 + seq * 1000))
+            .collect();
+        let batch = readings_to_batch(&first).unwrap();
+        io::write_parquet(&store, &format!("telemetry/{part}/a.parquet"), &batch)
+            .await
+            .unwrap();
+        let again = readings_to_batch(&delivery("d", 1, T0 + 1000, T0 + 9000)).unwrap();
+        io::write_parquet(&store, &format!("telemetry/{part}/b.parquet"), &again)
+            .await
+            .unwrap();
+        // Seq 2 quarantined with its reason; a line that is not a record is counted apart.
+        let rec = rejected(
+            "d",
+            r#"{"device_id":"d","seq":2,"ts":0,"metrics":{"t":"warm"}}"#,
+            T0,
+        );
+        let mut jsonl = telemetry::quarantine::to_json_lines(&[rec]);
+        jsonl.extend_from_slice(b"{oops\n");
+        store
+            .put(
+                &Path::from(telemetry::quarantine::object_key(T0, "w")),
+                jsonl.into(),
+            )
+            .await
+            .unwrap();
+
+        let l = compute(store.clone(), &LedgerConfig::default(), None)
+            .await
+            .unwrap();
+        let t = &l.totals;
+        assert_eq!(
+            (t.sent, t.received, t.duplicated, t.missing, t.rejected),
+            (4, 3, 1, 0, 1)
+        );
+        assert_eq!((l.files_read, l.rows_read), (2, 12));
+        assert_eq!((l.quarantine_records, l.quarantine_unreadable), (1, 1));
+
+        // Everything was written before `since` (minus the skew margin): nothing is read.
+        let later = LedgerConfig {
+            since_ms: Some(chrono::Utc::now().timestamp_millis() + 3_600_000),
+            ..LedgerConfig::default()
+        };
+        let none = compute(store.clone(), &later, None).await.unwrap();
+        assert_eq!((none.files_read, none.totals.received), (0, 0));
+
+        // A telemetry object that is not Parquet stops the ledger, naming it.
+        store
+            .put(
+                &Path::from(format!("telemetry/{part}/c.parquet")),
+                b"not parquet".to_vec().into(),
+            )
+            .await
+            .unwrap();
+        let err = compute(store, &LedgerConfig::default(), None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("c.parquet") && err.contains("move the"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn csv_and_table_end_with_the_totals() {
         let rows: Vec<Reading> = [0, 2]

@@ -20,6 +20,8 @@
 //! - [`schema`]: the Arrow schema of the stats files ([`schema::stats_schema`]).
 //! - [`checkpoint`]: the checkpoint's format, loading and saving.
 //! - [`io`]: listing telemetry objects, reading and writing Parquet in the store.
+//! - [`ledger`]: the delivery ledger: per device and window, sent, received, duplicated,
+//!   missing, late and rejected messages.
 //! - [`query`](mod@query): filtering stats by device, metric and time; CSV and table output.
 //! - [`handler`]: the Lambda handler over the scheduled EventBridge event.
 //! - [`config`]: [`RollupConfig`] and the local store from `IOTPIPE_DATA`.
@@ -41,6 +43,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod handler;
 pub mod io;
+pub mod ledger;
 pub mod query;
 pub mod rollup;
 pub mod schema;

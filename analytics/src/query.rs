@@ -191,7 +191,7 @@ fn csv_float(x: f64) -> String {
 }
 
 /// Quotes a CSV field when it contains a separator, a quote or a line break (RFC 4180).
-fn csv_text(s: &str) -> String {
+pub(crate) fn csv_text(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -207,13 +207,13 @@ impl Acc {
 /// Device ids and metric names as small integers, so that the hot maps hash 16-byte keys
 /// instead of strings.
 #[derive(Debug, Default)]
-struct Interner {
+pub(crate) struct Interner {
     ids: HashMap<String, u32>,
     names: Vec<String>,
 }
 
 impl Interner {
-    fn id(&mut self, name: &str) -> u32 {
+    pub(crate) fn id(&mut self, name: &str) -> u32 {
         if let Some(&id) = self.ids.get(name) {
             return id;
         }
@@ -225,7 +225,7 @@ impl Interner {
         id
     }
 
-    fn name(&self, id: u32) -> &str {
+    pub(crate) fn name(&self, id: u32) -> &str {
         self.names
             .get(id as usize)
             .map(String::as_str)
@@ -233,7 +233,7 @@ impl Interner {
     }
 
     /// One id per row of `col`. A dictionary column is interned once per distinct value.
-    fn column(&mut self, col: &Strings<'_>) -> Vec<u32> {
+    pub(crate) fn column(&mut self, col: &Strings<'_>) -> Vec<u32> {
         match col {
             Strings::Dict { keys, values } => {
                 let ids: Vec<u32> = (0..values.len())

@@ -1,7 +1,8 @@
 //! `iotpipe`: the whole IoT telemetry pipeline on one machine, in one process.
 //!
 //! # Layout
-//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `schema`).
+//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `schema`).
+//! - [`ledger`]: `iotpipe ledger` and the ledger totals of `up`'s summary.
 //! - [`stack`]: the local stack — stream, Firehose emulator, scheduler — around the same
 //!   handler code the Lambdas run.
 //! - [`broker`]: the embedded MQTT broker (rumqttd) and broker URLs.
@@ -13,6 +14,7 @@
 mod broker;
 mod cost;
 mod iot_rule;
+mod ledger;
 mod meter;
 mod stack;
 mod summary;
@@ -71,6 +73,9 @@ enum Command {
     Rollup(DataArg),
     /// Read the aggregates: per device, metric and window.
     Query(QueryArgs),
+    /// The delivery ledger: per device and window, messages sent, received, duplicated,
+    /// missing, late and rejected (`--help` explains each column).
+    Ledger(ledger::LedgerArgs),
     /// Print the Glue table columns generated from the Arrow schemas.
     Schema(SchemaArgs),
 }
@@ -221,6 +226,7 @@ async fn main() -> std::process::ExitCode {
         Command::Replay(a) => replay(a).await,
         Command::Rollup(a) => rollup(a).await,
         Command::Query(a) => query(a).await,
+        Command::Ledger(a) => ledger::run(a).await,
         Command::Schema(a) => schema(a),
     };
     match result {
@@ -270,6 +276,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     );
     eprintln!("data:   {}", a.data.data);
+    // The ledger counts what this run received (seqs restart with every run).
+    let run_started_ms = chrono::Utc::now().timestamp_millis();
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
     let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
 
@@ -336,7 +344,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let meter = stack.meter.clone();
     let report = stack.finish(a.devices as u64).await?;
     pb.finish_and_clear();
-    let s = summary::Summary::new(
+    let mut s = summary::Summary::new(
         summary::Source::Mqtt {
             broker: broker.to_string(),
             sent: sim.sent,
@@ -347,6 +355,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         meter.report(),
         &a.data.data,
     );
+    s.ledger = ledger::run_totals(&a.data.data, run_started_ms, &sim)
+        .await
+        .inspect_err(|e| tracing::warn!(error = %e, "the delivery ledger could not be computed"))
+        .ok();
     s.print(a.summary_json)
 }
 

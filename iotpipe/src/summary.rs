@@ -67,6 +67,9 @@ pub struct Summary {
     pub us_per_item: Vec<(String, f64)>,
     /// Peak RSS of the whole process, MB.
     pub peak_rss_mb: u64,
+    /// The delivery ledger's totals (`iotpipe up`: what this run's devices sent against
+    /// what the run's data holds); `None` when not computed.
+    pub ledger: Option<analytics::ledger::LedgerTotals>,
 }
 
 impl Summary {
@@ -112,6 +115,7 @@ impl Summary {
             messages_per_s,
             us_per_item,
             peak_rss_mb: crate::meter::peak_rss_mb(),
+            ledger: None,
         }
     }
 
@@ -145,6 +149,18 @@ impl Summary {
                 "rollup: {} window(s) updated from {} new file(s)\n",
                 r.windows_updated, r.new_files
             ));
+        }
+        if let Some(l) = &self.ledger {
+            out.push_str(&format!(
+                "ledger: {} sent, {} received, {} duplicated, {} missing, {} late, {} rejected (iotpipe ledger for details)\n",
+                l.sent, l.received, l.duplicated, l.missing, l.late, l.rejected
+            ));
+            if l.missing > 0 {
+                out.push_str(&format!(
+                    "warning: {} message(s) sent by the devices never reached the telemetry\n",
+                    l.missing
+                ));
+            }
         }
         out.push_str("functions (Lambda REPORT figures; Max Memory Used is the shared process's peak RSS):\n");
         out.push_str(&format!(

@@ -1,4 +1,4 @@
-//! `iotpipe replay`, `rollup` and `query` with `--data s3://bucket/prefix`, against moto's S3
+//! `iotpipe replay`, `rollup`, `query` and `ledger` with `--data s3://bucket/prefix`, against moto's S3
 //! (started by `tests/run.sh`): the same code paths as a local directory, through
 //! object_store's S3 backend.
 
@@ -36,7 +36,7 @@ fn with_aws(cmd: &mut Command, endpoint: &str) {
 }
 
 #[test]
-fn replay_rollup_and_query_work_on_an_s3_bucket() {
+fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let bucket = format!("iotpipe-e2e-{}", std::process::id());
     create_bucket(&endpoint, &bucket);
@@ -75,6 +75,26 @@ fn replay_rollup_and_query_work_on_an_s3_bucket() {
     with_aws(&mut query, &endpoint);
     let rows = stdout_json(&run(&mut query));
     assert_eq!(total_count(rows.as_array().unwrap()), readings);
+
+    // The delivery ledger reads the same bucket: every message once, none missing; all are
+    // stamped half an hour back, so all late in 1-minute windows.
+    let ledger = |extra: &[&str]| {
+        let mut cmd = iotpipe(&["ledger", "--format", "json", "--data", &data]);
+        cmd.args(extra);
+        with_aws(&mut cmd, &endpoint);
+        stdout_json(&run(&mut cmd))["totals"].clone()
+    };
+    let t = ledger(&[]);
+    let n = |k: &str| t[k].as_u64().unwrap();
+    let expected = 4 * 2 * 60;
+    assert_eq!(
+        (n("received"), n("duplicated"), n("missing"), n("late")),
+        (expected, 0, 0, expected),
+        "{t}"
+    );
+    // Nothing was received an hour from now: --since leaves everything out.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    assert_eq!(ledger(&["--since", &later])["received"], 0);
 
     let mut rollup = iotpipe(&["rollup", "--data", &data]);
     with_aws(&mut rollup, &endpoint);

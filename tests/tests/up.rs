@@ -96,6 +96,26 @@ fn check_run(data: &Path, s: &Value) {
         "one ingest invocation per message"
     );
     assert!(s["cost"]["total_usd"].as_f64().unwrap() > 0.0);
+
+    // The delivery ledger of the run: every message the devices sent is in the Parquet,
+    // once; the DuckDB reading of the same files agrees.
+    let l = &s["ledger"];
+    assert_eq!(l["sent"], s["sent"], "ledger: {l}");
+    assert_eq!(l["missing"], 0, "ledger: {l}");
+    assert_eq!(l["received"], s["sent"], "ledger: {l}");
+    assert_eq!(l["rejected"], 0, "ledger: {l}");
+    assert_eq!(l["late"], 0, "a local run delivers within seconds: {l}");
+    assert_eq!(l["devices"], 50);
+    let duck = python_json(
+        "ledger_check.py",
+        &[
+            &data.join("telemetry"),
+            Path::new("60000"),
+            Path::new("60000"),
+        ],
+    );
+    assert_eq!(duck["received"], l["received"], "DuckDB: {duck}");
+    assert_eq!(duck["duplicated"], l["duplicated"], "DuckDB: {duck}");
 }
 
 #[test]

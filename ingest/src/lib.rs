@@ -14,6 +14,8 @@
 //!   environment (`IOTPIPE_SINK`, `IOTPIPE_STREAM_NAME`, `IOTPIPE_BUCKET`,
 //!   `IOTPIPE_QUARANTINE_PREFIX`).
 //! - [`local_stream`]: an in-process stream with Kinesis semantics for the local stack.
+//! - [`kinesis_source`]: a checkpointing Kinesis reader that feeds the local Firehose
+//!   emulation from a real (or AWS-compatible) stream.
 //!
 //! # Guarantees
 //! For every invocation `messages = accepted + quarantined`: a payload is either delivered
@@ -28,6 +30,7 @@ pub mod event;
 pub mod firehose;
 pub mod handler;
 pub mod kinesis;
+pub mod kinesis_source;
 pub mod local_stream;
 pub mod sink;
 

@@ -31,7 +31,7 @@ use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
 use crate::broker::BrokerUrl;
-use crate::stack::{Stack, StackConfig, local_firehose};
+use crate::stack::{Stack, StackConfig, StreamTarget, local_firehose};
 
 /// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
 /// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
@@ -120,7 +120,23 @@ struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 struct Tuning {
-    /// Shards of the emulated Kinesis stream.
+    /// Where ingest puts the records it accepts:
+    ///   local          the in-process stream with Kinesis semantics (no AWS account);
+    ///   kinesis:NAME   a Kinesis data stream (PutRecords); this run reads it back
+    ///                  (checkpointed under _checkpoint/kinesis/ in --data; a second run
+    ///                  resumes after the checkpoints) into the emulated Firehose;
+    ///   firehose:NAME  a Firehose delivery stream (PutRecordBatch); it does the rest on
+    ///                  AWS, so this run writes no Parquet (see the summary's note).
+    /// AWS streams use the standard AWS configuration: AWS_REGION, credentials
+    /// (AWS_ACCESS_KEY_ID/…, AWS_PROFILE) and AWS_ENDPOINT_URL for a compatible server.
+    #[arg(
+        long,
+        default_value = "local",
+        value_name = "STREAM",
+        verbatim_doc_comment
+    )]
+    stream: StreamTarget,
+    /// Shards of the emulated Kinesis stream (--stream local only).
     #[arg(long, default_value_t = 4)]
     shards: usize,
     /// How often the emulated Firehose closes Parquet files (AWS: 60–900 s).
@@ -240,6 +256,7 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
         firehose: local_firehose(t.flush_every),
         rollup_every: Some(t.rollup_every),
         ingest: Default::default(),
+        stream: t.stream.clone(),
     }
 }
 
@@ -270,7 +287,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     );
     eprintln!("data:   {}", a.data.data);
-    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
+    eprintln!("stream: {}", a.tuning.stream);
+    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
     let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -358,7 +376,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         )
     })?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let stack = Stack::start(stack_config(&a.data, &a.tuning))?;
+    let stack = Stack::start(stack_config(&a.data, &a.tuning)).await?;
     let pb = ProgressBar::new(total_bytes);
     pb.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")

@@ -136,6 +136,15 @@ struct Tuning {
         verbatim_doc_comment
     )]
     stream: StreamTarget,
+    /// Pack several messages of one device (and event hour) into each stream record, as
+    /// newline-delimited JSON: `--pack` fills records up to the stream's metering unit
+    /// (25 KB Kinesis, 5 KB Firehose), `--pack=BYTES` up to BYTES (at most the 1 MiB record
+    /// limit). Packing works within one ingest invocation, so it pays for device-side
+    /// batches (JSON array payloads). The transform splits packed records.
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on",
+          default_value = "off", env = "IOTPIPE_PACK")]
+    pack: ingest::pack::Pack,
     /// Shards of the emulated Kinesis stream (--stream local only).
     #[arg(long, default_value_t = 4)]
     shards: usize,
@@ -255,7 +264,10 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
         shard_capacity: 10_000,
         firehose: local_firehose(t.flush_every),
         rollup_every: Some(t.rollup_every),
-        ingest: Default::default(),
+        ingest: ingest::IngestConfig {
+            pack: t.pack,
+            ..Default::default()
+        },
         stream: t.stream.clone(),
     }
 }

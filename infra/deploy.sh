@@ -20,7 +20,8 @@ Usage: infra/deploy.sh [options]
 
 Deploys infra/template.yaml (IoT rule, Lambdas, Kinesis, Firehose, S3, Glue, alarms).
 Real mode: checks aws/cargo-lambda/credentials, runs
-  cargo lambda build --release --arm64 --output-format zip --bin ingest --bin transform --bin rollup
+  cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda \
+      -p ingest -p transform -p analytics --bin ingest --bin transform --bin rollup
 then `aws cloudformation package` + `aws cloudformation deploy`, and prints the outputs
 (IoT data endpoint, bucket, stream, an example device-sim command).
 
@@ -131,7 +132,12 @@ PARAMS=(
 
 build_flag="--arm64"
 [ "$ARCH" = x86_64 ] && build_flag="--x86-64"
-BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip)
+# --lambda-dir: the zips land where the template's CodeUri points (target/lambda/<bin>/)
+# even when CARGO_TARGET_DIR moves cargo's build directory elsewhere.
+# -p: the Lambda crates are not the workspace's default members (iotpipe, device-sim), and
+# `--bin` alone only looks there.
+BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip --lambda-dir "$ROOT/target/lambda"
+    -p ingest -p transform -p analytics)
 for b in "${BINARIES[@]}"; do BUILD_CMD+=(--bin "$b"); done
 
 # ---------------------------------------------------------------------------- dry run

@@ -83,7 +83,7 @@ impl FirehoseSink {
                     "Firehose DescribeDeliveryStream {}: {}; create the delivery stream \
                      (infra/deploy.sh) or check AWS_REGION / AWS_ENDPOINT_URL and the credentials",
                     self.delivery_stream,
-                    aws_sdk_firehose::error::DisplayErrorContext(&e)
+                    crate::aws::brief(&e)
                 )
             })
     }

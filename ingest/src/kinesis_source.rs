@@ -590,7 +590,7 @@ impl KinesisSource {
         SourceError::Kinesis {
             operation,
             stream: self.cfg.stream_name.clone(),
-            detail: aws_sdk_kinesis::error::DisplayErrorContext(e).to_string(),
+            detail: crate::aws::brief(e),
             hint,
         }
     }

@@ -12,7 +12,7 @@
 //!   whole-call error classification).
 //! - [`any_sink`]: the sink chosen by configuration; [`config`]: the deployed function's
 //!   environment (`IOTPIPE_SINK`, `IOTPIPE_STREAM_NAME`, `IOTPIPE_BUCKET`,
-//!   `IOTPIPE_QUARANTINE_PREFIX`).
+//!   `IOTPIPE_QUARANTINE_PREFIX`, `IOTPIPE_PACK`).
 //! - [`pack`]: record packing (several messages of one device per record).
 //! - [`local_stream`]: an in-process stream with Kinesis semantics for the local stack.
 //! - [`kinesis_source`]: a checkpointing Kinesis reader that feeds the local Firehose

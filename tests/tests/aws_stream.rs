@@ -276,3 +276,30 @@ async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_
         "every accepted message reached the delivery stream"
     );
 }
+
+#[test]
+fn a_missing_stream_fails_the_run_at_its_start_saying_what_to_do() {
+    let endpoint = need_env("IOTPIPE_TEST_MOTO");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("raw.jsonl");
+    std::fs::write(&file, "{}\n").unwrap();
+    for (stream, hint) in [
+        ("kinesis:iotpipe-no-such-stream", "create the stream"),
+        (
+            "firehose:iotpipe-no-such-stream",
+            "create the delivery stream",
+        ),
+    ] {
+        let mut cmd = iotpipe(&["replay", "--stream", stream, "--data"]);
+        cmd.arg(dir.path().join("data"))
+            .arg(&file)
+            .envs(aws_env(&endpoint));
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stream}: {stderr}");
+        assert!(
+            stderr.contains("ResourceNotFoundException") && stderr.contains(hint),
+            "{stream}: {stderr}"
+        );
+    }
+}

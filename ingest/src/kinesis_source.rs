@@ -28,8 +28,12 @@
 //! # When a run ends
 //! After [`KinesisSource::run`]'s `stop` turns `true` (the producers have stopped and every
 //! put was acknowledged), each open shard is read until a `GetRecords` call *issued after
-//! the stop* returns no records with `MillisBehindLatest` 0: the shard's tip, so every
-//! record the run put has been read. Closed shards are read to their end.
+//! the stop* returns no records with `MillisBehindLatest` 0 — the shard's tip — and, when
+//! the producer noted what it put ([`KinesisSource::with_put_positions`]), until the last
+//! record read is at or past the highest sequence number acknowledged on that shard: a
+//! record that has not yet propagated to `GetRecords` (Kinesis takes up to about a second)
+//! is waited for rather than missed, for at most [`DRAIN_TIMEOUT`]. Closed shards are read
+//! to their end.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -65,6 +69,9 @@ pub const CHECKPOINT_PREFIX: &str = "_checkpoint/kinesis";
 /// Consecutive retriable failures of one call before the reader gives up (with the
 /// backoff below, about a minute and a half).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 20;
+/// How long, after the stop, a shard may stay short of what the run put on it before the
+/// reader gives up with an error (the records are not lost: a later run reads them).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// First backoff after a retriable failure; doubles per attempt.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// Cap of one backoff.
@@ -262,6 +269,8 @@ pub struct KinesisSource {
     cfg: KinesisSourceConfig,
     /// Counters, for the report.
     stats: Arc<Stats>,
+    /// What the run's producer put, per shard (drain condition).
+    put: Option<crate::kinesis::PutPositions>,
 }
 
 /// How a shard's reading ended.
@@ -282,7 +291,15 @@ impl KinesisSource {
             store,
             cfg,
             stats: Arc::default(),
+            put: None,
         }
+    }
+
+    /// Drains each shard, after the stop, at least to the highest sequence number the
+    /// producer's [`crate::KinesisSink`] noted in `positions` (see the module doc).
+    pub fn with_put_positions(mut self, positions: crate::kinesis::PutPositions) -> Self {
+        self.put = Some(positions);
+        self
     }
 
     /// A reader whose client is built from `sdk` (region, credentials, endpoint).
@@ -448,6 +465,8 @@ impl KinesisSource {
         let mut iterator = self.iterator(&shard_id, last.as_deref()).await?;
         let mut next_call = Instant::now();
         let mut failures = 0u32;
+        // When the stop was first seen, for DRAIN_TIMEOUT.
+        let mut stopped_at: Option<Instant> = None;
         loop {
             tokio::time::sleep_until(next_call).await;
             // Sampled before the call: a call issued after the stop sees every record put
@@ -527,7 +546,29 @@ impl KinesisSource {
                     return Ok((shard_id, ShardEnd::Ended));
                 }
                 if stopping {
-                    return Ok((shard_id, ShardEnd::Drained));
+                    let put = self.put.as_ref().and_then(|p| p.get(&shard_id));
+                    let caught_up = match (&put, &last) {
+                        (None, _) => true,
+                        (Some(put), Some(read)) => crate::kinesis::sequence_cmp(read, put).is_ge(),
+                        (Some(_), None) => false,
+                    };
+                    if caught_up {
+                        return Ok((shard_id, ShardEnd::Drained));
+                    }
+                    let since = *stopped_at.get_or_insert(started);
+                    if started.duration_since(since) > DRAIN_TIMEOUT {
+                        return Err(SourceError::Kinesis {
+                            operation: "GetRecords",
+                            stream: self.cfg.stream_name.clone(),
+                            detail: format!(
+                                "shard {shard_id} stayed at {} for {DRAIN_TIMEOUT:?} after the \
+                                 producers stopped, short of sequence number {} that the run put",
+                                last.as_deref().unwrap_or("its start"),
+                                put.unwrap_or_default()
+                            ),
+                            hint: "; a later run reads the rest (at least once)",
+                        });
+                    }
                 }
             }
         }

@@ -148,3 +148,65 @@ async fn throttling_backs_off_and_an_expired_iterator_is_renewed_after_the_last_
         "renewed after the last record read, so nothing is read twice"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_the_stop_a_shard_is_read_until_what_the_run_put_has_arrived() {
+    let list = mock!(aws_sdk_kinesis::Client::list_shards)
+        .sequence()
+        .output(shards)
+        .times(2)
+        .build();
+    let iterators = mock!(aws_sdk_kinesis::Client::get_shard_iterator).then_output(|| {
+        GetShardIteratorOutput::builder()
+            .shard_iterator("it")
+            .build()
+    });
+    let empty = || {
+        GetRecordsOutput::builder()
+            .set_records(Some(Vec::new()))
+            .next_shard_iterator("it")
+            .millis_behind_latest(0)
+            .build()
+            .unwrap()
+    };
+    // The put was acknowledged, but GetRecords does not show it at once.
+    let reads = mock!(aws_sdk_kinesis::Client::get_records)
+        .sequence()
+        .output(empty)
+        .output(empty)
+        .output(|| {
+            GetRecordsOutput::builder()
+                .records(record("103"))
+                .next_shard_iterator("it")
+                .millis_behind_latest(0)
+                .build()
+                .unwrap()
+        })
+        .output(empty)
+        .build();
+    let client = mock_client!(
+        aws_sdk_kinesis,
+        RuleMode::MatchAny,
+        [&list, &iterators, &reads],
+        kinesis::configure
+    );
+    let put = kinesis::PutPositions::default();
+    put.record(SHARD, "103");
+    let source = KinesisSource::new(
+        client,
+        Arc::new(InMemory::new()),
+        KinesisSourceConfig::new("telemetry"),
+    )
+    .with_put_positions(put);
+    let (tx, mut rx) = mpsc::channel(16);
+    let (_stop_tx, stop) = watch::channel(true);
+    let report = source.run(tx, stop).await.unwrap();
+    assert_eq!(
+        rx.recv().await.map(|e| e.sequence_number).as_deref(),
+        Some("103")
+    );
+    assert_eq!(
+        report.get_records_calls, 4,
+        "two empty tips are not the end yet"
+    );
+}

@@ -324,11 +324,14 @@ impl Stack {
             }
             StreamTarget::Kinesis(name) => {
                 let sdk = ingest::aws::load_sdk_config().await;
+                // What ingest puts, per shard: the reader drains at least that far.
+                let put = ingest::kinesis::PutPositions::default();
                 let reader = KinesisSource::from_sdk_config(
                     &sdk,
                     store.clone(),
                     KinesisSourceConfig::new(name),
-                );
+                )
+                .with_put_positions(put.clone());
                 reader.check_stream().await?;
                 let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
                 let (progress_tx, progress_rx) = mpsc::unbounded_channel();
@@ -354,7 +357,9 @@ impl Stack {
                     result
                 });
                 let sink = StackSink::Aws {
-                    sink: AnySink::Kinesis(KinesisSink::from_sdk_config(&sdk, name)),
+                    sink: AnySink::Kinesis(
+                        KinesisSink::from_sdk_config(&sdk, name).with_put_positions(put),
+                    ),
                     counters: counters.clone(),
                 };
                 let reader = KinesisReader {

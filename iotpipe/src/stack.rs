@@ -546,6 +546,7 @@ impl Stack {
                 + counters.quarantine_objects.load(Ordering::Relaxed)
                 + counters.rollup_objects.load(Ordering::Relaxed),
             scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
+            no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_)),
         };
         Ok(StackReport {
             ingest,

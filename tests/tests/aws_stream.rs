@@ -249,6 +249,17 @@ async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_
     );
     let note = s["note"].as_str().unwrap_or_default();
     assert!(note.contains("moto only stores"), "{note}");
+    let stream_line = s["cost"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["item"] == "Kinesis on-demand stream")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        stream_line["usd"], 0.0,
+        "no Kinesis stream is used: {stream_line}"
+    );
 
     // moto stores each PutRecordBatch as one object of the raw records, concatenated.
     let s3 =

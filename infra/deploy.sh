@@ -28,7 +28,7 @@ Usage: infra/deploy.sh [options]
 Deploys infra/template.yaml (IoT rule, Lambdas, Kinesis, Firehose, S3, Glue, alarms).
 Real mode: checks aws/cargo-lambda/credentials, runs
   cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda \
-      --bin ingest --bin transform --bin rollup
+      -p ingest -p transform -p analytics --bin ingest --bin transform --bin rollup
 then `aws cloudformation package` (uploads the zips to the artifact bucket), uploads the
 packaged template, and runs `aws cloudformation create-stack` the first time or
 `update-stack` afterwards (same command every time; "no changes" is not an error), waits,
@@ -182,7 +182,10 @@ PARAMS+=("${EXTRA_PARAMS[@]}")
 
 build_flag="--arm64"
 [ "$ARCH" = x86_64 ] && build_flag="--x86-64"
-BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip --lambda-dir "$ARTIFACTS_DIR")
+# -p: the Lambda crates are not the workspace's default members (iotpipe, device-sim), and
+# `--bin` alone only looks there.
+BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip --lambda-dir "$ARTIFACTS_DIR"
+    -p ingest -p transform -p analytics)
 for b in "${BINARIES[@]}"; do BUILD_CMD+=(--bin "$b"); done
 
 # ---------------------------------------------------------------------------- dry run

@@ -87,6 +87,20 @@ pub async fn load_sdk_config() -> SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// A failed call in one line: `Code: message` for an error the service answered, the full
+/// error context otherwise (connection and timeout failures).
+pub fn brief<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (err, err.code()) {
+        (SdkError::ServiceError(_), Some(code)) => {
+            format!("{code}: {}", err.message().unwrap_or("(no message)"))
+        }
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
 /// Whether an error code is throttling or a transient service failure.
 pub fn is_retriable_code(code: &str) -> bool {
     THROTTLING_ERROR_CODES.contains(&code) || TRANSIENT_ERROR_CODES.contains(&code)

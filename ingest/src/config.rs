@@ -12,6 +12,9 @@ pub const STREAM_NAME_VAR: &str = "IOTPIPE_STREAM_NAME";
 pub const BUCKET_VAR: &str = "IOTPIPE_BUCKET";
 /// The quarantine's key prefix in the bucket (optional).
 pub const QUARANTINE_PREFIX_VAR: &str = "IOTPIPE_QUARANTINE_PREFIX";
+/// Record packing (optional): `off` (default), `on` (up to the sink's metering unit) or a
+/// record size in bytes; see [`crate::pack`].
+pub const PACK_VAR: &str = "IOTPIPE_PACK";
 
 /// Default of [`QUARANTINE_PREFIX_VAR`].
 pub const DEFAULT_QUARANTINE_PREFIX: &str = telemetry::quarantine::QUARANTINE_PREFIX;
@@ -44,6 +47,8 @@ pub struct Config {
     /// The quarantine's key prefix, without surrounding slashes ([`QUARANTINE_PREFIX_VAR`],
     /// default `quarantine`).
     pub quarantine_prefix: String,
+    /// Record packing ([`PACK_VAR`], default off).
+    pub pack: crate::pack::Pack,
 }
 
 /// A variable that is missing or unusable.
@@ -163,11 +168,21 @@ impl Config {
             }
         };
 
+        let pack = match get(PACK_VAR) {
+            None => crate::pack::Pack::Off,
+            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: PACK_VAR,
+                value: v,
+                expected: "off, on (the sink's unit: 25 KB Kinesis, 5 KB Firehose) or a record size in bytes (>= 64)",
+            })?,
+        };
+
         Ok(Self {
             sink,
             stream_name,
             bucket,
             quarantine_prefix,
+            pack,
         })
     }
 
@@ -180,6 +195,7 @@ impl Config {
     pub fn ingest_config(&self) -> IngestConfig {
         IngestConfig {
             quarantine_prefix: self.quarantine_prefix.clone(),
+            pack: self.pack,
             ..IngestConfig::default()
         }
     }
@@ -216,6 +232,18 @@ mod tests {
     }
 
     #[test]
+    fn iotpipe_pack_turns_packing_on_and_a_bad_value_names_the_variable() {
+        let on = config(&with(PACK_VAR, Some("on"))).unwrap();
+        assert_eq!(on.ingest_config().pack, crate::pack::Pack::SinkUnit);
+        let sized = config(&with(PACK_VAR, Some("100000"))).unwrap();
+        assert_eq!(sized.pack, crate::pack::Pack::Bytes(100_000));
+        let err = config(&with(PACK_VAR, Some("sometimes")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(PACK_VAR), "{err}");
+    }
+
+    #[test]
     fn the_templates_environment_configures_a_kinesis_sink() {
         let c = config(&with("-", None)).unwrap();
         assert_eq!(
@@ -225,6 +253,7 @@ mod tests {
                 stream_name: "iotpipe-telemetry".into(),
                 bucket: "iotpipe-data-123".into(),
                 quarantine_prefix: "quarantine".into(),
+                pack: crate::pack::Pack::Off,
             }
         );
         assert_eq!(c.bucket_url(), "s3://iotpipe-data-123");

@@ -67,6 +67,26 @@ impl FirehoseSink {
     pub fn delivery_stream(&self) -> &str {
         &self.delivery_stream
     }
+
+    /// Checks that the delivery stream exists (`DescribeDeliveryStream`), so that a typo
+    /// fails a run at its start instead of quarantining every record. The error says
+    /// what to check.
+    pub async fn check_delivery_stream(&self) -> Result<(), String> {
+        self.client
+            .describe_delivery_stream()
+            .delivery_stream_name(&self.delivery_stream)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                format!(
+                    "Firehose DescribeDeliveryStream {}: {}; create the delivery stream \
+                     (infra/deploy.sh) or check AWS_REGION / AWS_ENDPOINT_URL and the credentials",
+                    self.delivery_stream,
+                    crate::aws::brief(&e)
+                )
+            })
+    }
 }
 
 /// Applies the sink's client settings: no SDK retries, bounded connect and attempt times

@@ -12,10 +12,11 @@ use lambda_runtime::LambdaEvent;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use telemetry::quarantine::{self, QuarantineRecord, SINK_FAILED};
-use telemetry::{StreamRecord, ValidationConfig, validate_payload};
+use telemetry::{Partition, StreamRecord, ValidationConfig, validate_payload};
 
 use crate::event::{IngestReport, IotRuleEvent, RawPayload};
-use crate::sink::{RecordSink, RetryPolicy, SinkRecord, deliver};
+use crate::pack::{FIREHOSE_UNIT_BYTES, KINESIS_PUT_UNIT_BYTES, Message, Pack, pack};
+use crate::sink::{BatchLimits, RecordSink, RetryPolicy, SinkRecord, deliver};
 
 /// Reason code of an IoT rule event whose payload is not base64.
 pub const BAD_EVENT_ENCODING: &str = "bad_event_encoding";
@@ -30,6 +31,9 @@ pub struct IngestConfig {
     /// Key prefix of the quarantine objects in the store (`IOTPIPE_QUARANTINE_PREFIX` on
     /// AWS). Default `quarantine`.
     pub quarantine_prefix: String,
+    /// Record packing (`IOTPIPE_PACK`): several messages of one device and hour per stream
+    /// record, newline-delimited ([`crate::pack`]). Default off.
+    pub pack: Pack,
 }
 
 impl Default for IngestConfig {
@@ -38,6 +42,7 @@ impl Default for IngestConfig {
             validation: ValidationConfig::default(),
             retry: RetryPolicy::default(),
             quarantine_prefix: quarantine::QUARANTINE_PREFIX.to_owned(),
+            pack: Pack::Off,
         }
     }
 }
@@ -118,15 +123,14 @@ impl<S: RecordSink> Ingest<S> {
     }
 
     /// Ingests a batch of raw payloads: validates each, delivers the accepted messages as
-    /// stream records (partition key = device id), and quarantines the rest.
+    /// stream records (partition key = device id; packed when [`IngestConfig::pack`] is on),
+    /// and quarantines the rest. A record the sink does not take is quarantined message by
+    /// message, so the counts stay in messages: `messages = accepted + quarantined`.
     pub async fn ingest(&self, payloads: &[RawPayload]) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         let mut quarantined = Vec::new();
-        let mut records = Vec::new();
-        // Maps a record back to its payload, to quarantine it with its topic if the sink
-        // cannot take it. Record data is unique per message (device id + seq + times).
-        let mut origin: HashMap<Bytes, usize> = HashMap::new();
-        let mut total_readings = 0u64;
+        // Each message remembers its payload (for the quarantine's topic) and readings.
+        let mut messages: Vec<Message<(usize, u64)>> = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
             let v = validate_payload(&p.payload, &p.topic, p.received_at, &self.config.validation);
             report.messages += v.messages() as u64;
@@ -136,39 +140,60 @@ impl<S: RecordSink> Ingest<S> {
             }
             for msg in v.accepted {
                 let rec = StreamRecord::new(msg, p.received_at);
-                total_readings += rec.readings() as u64;
-                let data = Bytes::from(rec.to_json());
-                origin.insert(data.clone(), i);
-                records.push(SinkRecord {
-                    partition_key: rec.device_id.clone(),
-                    data,
+                messages.push(Message {
+                    key: rec.device_id.clone(),
+                    hour: Partition::of_millis(rec.ts),
+                    data: Bytes::from(rec.to_json()),
+                    tag: (i, rec.readings() as u64),
                 });
             }
         }
-        let total_records = records.len();
+        let accepted_messages = messages.len() as u64;
+        report.readings = messages.iter().map(|m| m.tag.1).sum();
+        let limits = self.sink.limits();
+        let unit = if limits == BatchLimits::FIREHOSE {
+            FIREHOSE_UNIT_BYTES
+        } else {
+            KINESIS_PUT_UNIT_BYTES
+        };
+        let packed = pack(
+            messages,
+            self.config.pack.target(unit, limits.max_record_bytes),
+        );
+        // Maps a record back to its messages, to quarantine them if the sink cannot take
+        // it. Record data is unique (each message has its device id, seq and times).
+        let mut parts: HashMap<Bytes, Vec<Message<(usize, u64)>>> = HashMap::new();
+        let mut records = Vec::with_capacity(packed.len());
+        for p in packed {
+            records.push(SinkRecord {
+                partition_key: p.key,
+                data: p.data.clone(),
+            });
+            parts.insert(p.data, p.parts);
+        }
         let delivery = deliver(&self.sink, records, &self.config.retry).await;
         report.put_calls = delivery.calls;
-        report.sink_failed = delivery.undelivered.len() as u64;
-        report.accepted = (total_records - delivery.undelivered.len()) as u64;
-        report.readings = total_readings;
+        let mut undelivered_messages = 0u64;
         for u in &delivery.undelivered {
-            // The record's own readings are no longer on their way.
-            if let Ok(rec) = serde_json::from_slice::<StreamRecord>(&u.record.data) {
-                report.readings -= rec.readings() as u64;
+            for m in parts.get(&u.record.data).into_iter().flatten() {
+                undelivered_messages += 1;
+                // The message's own readings are no longer on their way.
+                report.readings -= m.tag.1;
+                let (topic, received_at) = payloads
+                    .get(m.tag.0)
+                    .map(|p| (p.topic.as_str(), p.received_at))
+                    .unwrap_or(("", 0));
+                quarantined.push(QuarantineRecord::other(
+                    SINK_FAILED,
+                    format!("the stream did not take the record: {}", u.reason),
+                    topic,
+                    received_at,
+                    &m.data,
+                ));
             }
-            let (topic, received_at) = origin
-                .get(&u.record.data)
-                .and_then(|i| payloads.get(*i))
-                .map(|p| (p.topic.as_str(), p.received_at))
-                .unwrap_or(("", 0));
-            quarantined.push(QuarantineRecord::other(
-                SINK_FAILED,
-                format!("the stream did not take the record: {}", u.reason),
-                topic,
-                received_at,
-                &u.record.data,
-            ));
         }
+        report.sink_failed = undelivered_messages;
+        report.accepted = accepted_messages - undelivered_messages;
         report.quarantined = quarantined.len() as u64;
         if let Some(first) = payloads.first() {
             self.write_quarantine(first.received_at, &quarantined)

@@ -32,6 +32,39 @@ pub const RETRIABLE_ENTRY_CODES: &[&str] = &[
 /// downstream; a loss is not).
 pub const NO_SEQUENCE_NUMBER: &str = "NoSequenceNumber";
 
+/// Per shard, the highest sequence number `PutRecords` acknowledged: lets a reader of the
+/// same stream tell when it has read everything a run put (see
+/// [`crate::kinesis_source::KinesisSource::with_put_positions`]). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PutPositions(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+);
+
+impl PutPositions {
+    /// Notes that `sequence_number` was stored on `shard_id`.
+    pub fn record(&self, shard_id: &str, sequence_number: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            let newer = map
+                .get(shard_id)
+                .is_none_or(|old| sequence_cmp(sequence_number, old).is_gt());
+            if newer {
+                map.insert(shard_id.to_owned(), sequence_number.to_owned());
+            }
+        }
+    }
+
+    /// The highest sequence number stored on `shard_id`, if any.
+    pub fn get(&self, shard_id: &str) -> Option<String> {
+        self.0.lock().ok().and_then(|m| m.get(shard_id).cloned())
+    }
+}
+
+/// Orders Kinesis sequence numbers (decimal strings of up to 128 digits) numerically.
+pub fn sequence_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
 /// Puts records into a Kinesis data stream (partition key = device id, so one device's
 /// records stay in order on one shard).
 #[derive(Debug, Clone)]
@@ -40,6 +73,8 @@ pub struct KinesisSink {
     client: Client,
     /// The stream's name (`IOTPIPE_STREAM_NAME`).
     stream_name: String,
+    /// Where acknowledged positions are noted, when a reader needs them.
+    positions: Option<PutPositions>,
 }
 
 impl KinesisSink {
@@ -49,7 +84,14 @@ impl KinesisSink {
         Self {
             client,
             stream_name: stream_name.into(),
+            positions: None,
         }
+    }
+
+    /// Notes every acknowledged entry's shard and sequence number in `positions`.
+    pub fn with_put_positions(mut self, positions: PutPositions) -> Self {
+        self.positions = Some(positions);
+        self
     }
 
     /// A sink whose client is built from `sdk` (region, credentials, endpoint) with the
@@ -100,6 +142,13 @@ impl RecordSink for KinesisSink {
             .send()
             .await
             .map_err(|e| classify(&e))?;
+        if let Some(p) = &self.positions {
+            for r in output.records() {
+                if let (Some(shard), Some(seq)) = (r.shard_id(), r.sequence_number()) {
+                    p.record(shard, seq);
+                }
+            }
+        }
         Ok(outcomes(&output, batch.len(), &self.stream_name))
     }
 }
@@ -144,6 +193,24 @@ mod tests {
             .error_code(code)
             .error_message("reason")
             .build()
+    }
+
+    #[test]
+    fn sequence_numbers_compare_as_numbers() {
+        use std::cmp::Ordering::*;
+        assert_eq!(sequence_cmp("9", "10"), Less);
+        assert_eq!(sequence_cmp("0010", "10"), Equal);
+        assert_eq!(
+            sequence_cmp(
+                "49590338271490256608559692538361571095921575989136588898",
+                "49590338271490256608559692538361571095921575989136588899"
+            ),
+            Less
+        );
+        let p = PutPositions::default();
+        p.record("s", "10");
+        p.record("s", "9");
+        assert_eq!(p.get("s").as_deref(), Some("10"));
     }
 
     #[test]

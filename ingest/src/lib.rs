@@ -12,8 +12,11 @@
 //!   whole-call error classification).
 //! - [`any_sink`]: the sink chosen by configuration; [`config`]: the deployed function's
 //!   environment (`IOTPIPE_SINK`, `IOTPIPE_STREAM_NAME`, `IOTPIPE_BUCKET`,
-//!   `IOTPIPE_QUARANTINE_PREFIX`).
+//!   `IOTPIPE_QUARANTINE_PREFIX`, `IOTPIPE_PACK`).
+//! - [`pack`]: record packing (several messages of one device per record).
 //! - [`local_stream`]: an in-process stream with Kinesis semantics for the local stack.
+//! - [`kinesis_source`]: a checkpointing Kinesis reader that feeds the local Firehose
+//!   emulation from a real (or AWS-compatible) stream.
 //!
 //! # Guarantees
 //! For every invocation `messages = accepted + quarantined`: a payload is either delivered
@@ -28,7 +31,9 @@ pub mod event;
 pub mod firehose;
 pub mod handler;
 pub mod kinesis;
+pub mod kinesis_source;
 pub mod local_stream;
+pub mod pack;
 pub mod sink;
 
 pub use any_sink::AnySink;

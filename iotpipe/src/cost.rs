@@ -72,6 +72,9 @@ pub struct Usage {
     pub s3_puts: u64,
     /// Scheduler invocations.
     pub scheduler_invocations: u64,
+    /// The run used no Kinesis data stream (ingest put straight into Firehose): no
+    /// stream-hours are charged.
+    pub no_kinesis_stream: bool,
 }
 
 /// One priced line.
@@ -142,7 +145,11 @@ pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
             usd,
         );
     }
-    let stream_hours = u.seconds / 3600.0;
+    let stream_hours = if u.no_kinesis_stream {
+        0.0
+    } else {
+        u.seconds / 3600.0
+    };
     line(
         "Kinesis on-demand stream".into(),
         stream_hours,
@@ -192,8 +199,12 @@ pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
     } else {
         0.0
     };
-    let month_at_this_rate_usd =
-        (total_usd - fixed_run) * scale + MONTH_SECONDS / 3600.0 * KINESIS_STREAM_HOUR;
+    let stream_month = if u.no_kinesis_stream {
+        0.0
+    } else {
+        MONTH_SECONDS / 3600.0 * KINESIS_STREAM_HOUR
+    };
+    let month_at_this_rate_usd = (total_usd - fixed_run) * scale + stream_month;
     Estimate {
         lines,
         total_usd,
@@ -260,5 +271,15 @@ mod tests {
         assert!((stream.usd - 0.04).abs() < 1e-9);
         // A month at the rate of one hour: 730 × the variable part + 730 stream-hours.
         assert!((e.month_at_this_rate_usd - (730.0 * 1.30 + 730.0 * 0.04)).abs() < 1e-6);
+
+        // Straight into Firehose: no stream to pay for.
+        let direct = estimate(
+            &Usage {
+                no_kinesis_stream: true,
+                ..u
+            },
+            &[],
+        );
+        assert!((direct.month_at_this_rate_usd - 730.0 * 1.30).abs() < 1e-6);
     }
 }

@@ -33,7 +33,7 @@ use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
 use crate::broker::BrokerUrl;
-use crate::stack::{Stack, StackConfig, local_firehose};
+use crate::stack::{Stack, StackConfig, StreamTarget, local_firehose};
 
 /// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
 /// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
@@ -125,7 +125,32 @@ struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 struct Tuning {
-    /// Shards of the emulated Kinesis stream.
+    /// Where ingest puts the records it accepts:
+    ///   local          the in-process stream with Kinesis semantics (no AWS account);
+    ///   kinesis:NAME   a Kinesis data stream (PutRecords); this run reads it back
+    ///                  (checkpointed under _checkpoint/kinesis/ in --data; a second run
+    ///                  resumes after the checkpoints) into the emulated Firehose;
+    ///   firehose:NAME  a Firehose delivery stream (PutRecordBatch); it does the rest on
+    ///                  AWS, so this run writes no Parquet (see the summary's note).
+    /// AWS streams use the standard AWS configuration: AWS_REGION, credentials
+    /// (AWS_ACCESS_KEY_ID/…, AWS_PROFILE) and AWS_ENDPOINT_URL for a compatible server.
+    #[arg(
+        long,
+        default_value = "local",
+        value_name = "STREAM",
+        verbatim_doc_comment
+    )]
+    stream: StreamTarget,
+    /// Pack several messages of one device (and event hour) into each stream record, as
+    /// newline-delimited JSON: `--pack` fills records up to the stream's metering unit
+    /// (25 KB Kinesis, 5 KB Firehose), `--pack=BYTES` up to BYTES (at most the 1 MiB record
+    /// limit). Packing works within one ingest invocation, so it pays for device-side
+    /// batches (JSON array payloads). The transform splits packed records.
+    #[arg(long, value_name = "BYTES", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on",
+          default_value = "off", env = "IOTPIPE_PACK")]
+    pack: ingest::pack::Pack,
+    /// Shards of the emulated Kinesis stream (--stream local only).
     #[arg(long, default_value_t = 4)]
     shards: usize,
     /// How often the emulated Firehose closes Parquet files (AWS: 60–900 s).
@@ -245,7 +270,11 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
         shard_capacity: 10_000,
         firehose: local_firehose(t.flush_every),
         rollup_every: Some(t.rollup_every),
-        ingest: Default::default(),
+        ingest: ingest::IngestConfig {
+            pack: t.pack,
+            ..Default::default()
+        },
+        stream: t.stream.clone(),
     }
 }
 
@@ -276,9 +305,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     );
     eprintln!("data:   {}", a.data.data);
+    eprintln!("stream: {}", a.tuning.stream);
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
-    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning))?);
+    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
     let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -370,7 +400,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         )
     })?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let stack = Stack::start(stack_config(&a.data, &a.tuning))?;
+    let stack = Stack::start(stack_config(&a.data, &a.tuning)).await?;
     let pb = ProgressBar::new(total_bytes);
     pb.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")

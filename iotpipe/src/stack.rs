@@ -9,6 +9,14 @@
 //!
 //! Shutdown order matters for accounting: the producers stop first, the stream is closed so
 //! that the Firehose emulator drains and flushes, then a final rollup runs over everything.
+//!
+//! The stream can also be real ([`StreamTarget`]): with `kinesis:NAME` ingest puts into a
+//! Kinesis data stream (`KinesisSink`) and a checkpointing reader
+//! ([`ingest::kinesis_source`]) feeds the same Firehose emulator; at the end the reader
+//! drains every shard to its tip, and its checkpoints (under `_checkpoint/kinesis/`) are
+//! written only for records whose Parquet is complete. With `firehose:NAME` ingest puts
+//! into a Firehose delivery stream (`FirehoseSink`) and nothing is emulated after it: on
+//! AWS that delivery stream transforms, converts and writes Parquet itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +26,17 @@ use anyhow::Context as _;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::firehose::KinesisFirehoseEvent;
 use futures::FutureExt;
+use ingest::kinesis_source::{KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
 use ingest::local_stream::{LocalStream, merge_shards};
-use ingest::{Ingest, IngestConfig, IngestReport, IotRuleEvent};
+use ingest::sink::{BatchLimits, EntryOutcome, SinkError, SinkRecord};
+use ingest::{
+    AnySink, FirehoseSink, Ingest, IngestConfig, IngestReport, IotRuleEvent, KinesisSink,
+    RecordSink,
+};
 use lambda_runtime::{Context, LambdaEvent};
 use object_store::ObjectStore;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use transform::emulator::{FirehoseConfig, FirehoseReport};
 
@@ -45,6 +58,112 @@ pub struct StackConfig {
     pub rollup_every: Option<Duration>,
     /// Ingest settings (validation window, retries).
     pub ingest: IngestConfig,
+    /// Which stream ingest writes into.
+    pub stream: StreamTarget,
+}
+
+/// The stream ingest writes into (`--stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamTarget {
+    /// The in-process stream with Kinesis semantics, then the emulated Firehose.
+    Local,
+    /// A Kinesis data stream (`PutRecords`), read back by [`KinesisSource`] into the
+    /// emulated Firehose.
+    Kinesis(String),
+    /// A Firehose delivery stream (`PutRecordBatch`); the rest happens in that delivery
+    /// stream, not here.
+    Firehose(String),
+}
+
+impl std::str::FromStr for StreamTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let named = |name: &str, kind: &str| {
+            let ok = !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if ok {
+                Ok(name.to_owned())
+            } else {
+                Err(format!(
+                    "{kind} stream name {name:?} must be 1-128 characters of A-Z a-z 0-9 _ . -"
+                ))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "local" => Ok(Self::Local),
+            Some(("kinesis", name)) => named(name, "Kinesis").map(Self::Kinesis),
+            Some(("firehose", name)) => named(name, "Firehose").map(Self::Firehose),
+            _ => Err(format!(
+                "{s:?} is not a stream: use local, kinesis:NAME or firehose:NAME"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for StreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local => f.write_str("local"),
+            Self::Kinesis(n) => write!(f, "kinesis:{n}"),
+            Self::Firehose(n) => write!(f, "firehose:{n}"),
+        }
+    }
+}
+
+/// What the run's summary says happens to records put into a Firehose delivery stream.
+pub const FIREHOSE_NOTE: &str = "records were put into the Firehose delivery stream; on AWS it \
+     invokes the transform Lambda, converts to Parquet and writes telemetry/dt=/hour=/ in its \
+     bucket after its buffering interval (60-900 s), so no Parquet is written by this run. An \
+     AWS-compatible server such as moto only stores each PutRecordBatch as one object of raw \
+     record bytes in the delivery stream's bucket: no transform, no Parquet.";
+
+/// The record sink ingest writes through: the local stream or an AWS one.
+pub enum StackSink {
+    /// The in-process stream.
+    Local(LocalStream),
+    /// Kinesis or Firehose; `counters` meter what Firehose direct put ingests.
+    Aws {
+        /// The SDK sink.
+        sink: AnySink,
+        /// Where Firehose direct-put bytes are counted (cost table).
+        counters: Arc<Counters>,
+    },
+}
+
+impl RecordSink for StackSink {
+    fn limits(&self) -> BatchLimits {
+        match self {
+            Self::Local(s) => s.limits(),
+            Self::Aws { sink, .. } => sink.limits(),
+        }
+    }
+
+    async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
+        match self {
+            Self::Local(s) => s.put_batch(batch).await,
+            Self::Aws { sink, counters } => {
+                let outcomes = sink.put_batch(batch).await?;
+                if matches!(sink, AnySink::Firehose(_)) {
+                    for (r, o) in batch.iter().zip(&outcomes) {
+                        if *o == EntryOutcome::Ok {
+                            let len = r.data.len() as u64;
+                            counters
+                                .firehose_put_bytes
+                                .fetch_add(len, Ordering::Relaxed);
+                            counters
+                                .firehose_5kb_units
+                                .fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(outcomes)
+            }
+        }
+    }
 }
 
 /// Opens the data location: a directory (created if needed) or `s3://bucket/prefix`
@@ -72,6 +191,18 @@ pub struct Counters {
     pub quarantine_objects: AtomicU64,
     /// Stats objects and checkpoints written by the rollups.
     pub rollup_objects: AtomicU64,
+    /// Bytes put into a Firehose delivery stream directly (`--stream firehose:NAME`).
+    pub firehose_put_bytes: AtomicU64,
+}
+
+/// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
+struct KinesisReader {
+    /// Tells the reader the producers have stopped: drain to the tips and end.
+    stop: watch::Sender<bool>,
+    /// The reader.
+    task: JoinHandle<Result<SourceReport, SourceError>>,
+    /// Writes checkpoints as the Firehose emulator reports durable positions.
+    checkpointer: JoinHandle<Result<u64, SourceError>>,
 }
 
 /// The running stack.
@@ -84,8 +215,12 @@ pub struct Stack {
     pub counters: Arc<Counters>,
     /// Sum of every ingest invocation's report.
     pub ingested: Arc<std::sync::Mutex<IngestReport>>,
-    ingest: Arc<Ingest<LocalStream>>,
-    firehose: JoinHandle<Result<FirehoseReport, transform::emulator::EmulatorError>>,
+    ingest: Arc<Ingest<StackSink>>,
+    /// The emulated Firehose (absent with a real Firehose delivery stream).
+    firehose: Option<JoinHandle<Result<FirehoseReport, transform::emulator::EmulatorError>>>,
+    /// The Kinesis reader (only with `kinesis:NAME`).
+    kinesis: Option<KinesisReader>,
+    stream: StreamTarget,
     scheduler: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     started: Instant,
 }
@@ -101,6 +236,22 @@ pub struct StackReport {
     pub rollup: Option<analytics::RollupReport>,
     /// Usage in AWS's metering units.
     pub usage: Usage,
+    /// The stream ingest wrote into (`local`, `kinesis:NAME`, `firehose:NAME`).
+    pub stream: String,
+    /// What the Kinesis reader did (`kinesis:NAME` only).
+    pub kinesis: Option<KinesisSummary>,
+    /// What happened after the stream, when this run could not do it itself.
+    pub note: Option<String>,
+}
+
+/// The Kinesis reader's figures, for the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct KinesisSummary {
+    /// What the reader did.
+    #[serde(flatten)]
+    pub read: SourceReport,
+    /// Checkpoint objects written (`_checkpoint/kinesis/<stream>/<shard>`).
+    pub checkpoints_written: u64,
 }
 
 /// The Firehose emulator's figures, for the summary.
@@ -123,13 +274,13 @@ pub struct FirehoseSummary {
 }
 
 impl Stack {
-    /// Starts the stream, the Firehose emulator and the scheduler.
-    pub fn start(cfg: StackConfig) -> anyhow::Result<Self> {
+    /// Starts the stream, the Firehose emulator and the scheduler. With an AWS stream it
+    /// loads the AWS configuration the standard way (`AWS_REGION`, credentials,
+    /// `AWS_ENDPOINT_URL`) and checks that the stream exists.
+    pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
         let store = open_store(&cfg.data)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
-        let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
-        let source = merge_shards(readers, cfg.shard_capacity);
 
         let invoke = {
             let meter = meter.clone();
@@ -159,14 +310,80 @@ impl Stack {
                 .boxed()
             }) as transform::emulator::Invoke
         };
-        let firehose = tokio::spawn(transform::emulator::run(
-            cfg.firehose.clone(),
-            source,
-            store.clone(),
-            invoke,
-        ));
+        let (sink, firehose, kinesis) = match &cfg.stream {
+            StreamTarget::Local => {
+                let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
+                let source = merge_shards(readers, cfg.shard_capacity);
+                let firehose = tokio::spawn(transform::emulator::run(
+                    cfg.firehose.clone(),
+                    source,
+                    store.clone(),
+                    invoke,
+                ));
+                (StackSink::Local(stream), Some(firehose), None)
+            }
+            StreamTarget::Kinesis(name) => {
+                let sdk = ingest::aws::load_sdk_config().await;
+                // What ingest puts, per shard: the reader drains at least that far.
+                let put = ingest::kinesis::PutPositions::default();
+                let reader = KinesisSource::from_sdk_config(
+                    &sdk,
+                    store.clone(),
+                    KinesisSourceConfig::new(name),
+                )
+                .with_put_positions(put.clone());
+                reader.check_stream().await?;
+                let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
+                let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+                let firehose = tokio::spawn(transform::emulator::run_with_progress(
+                    cfg.firehose.clone(),
+                    rx,
+                    store.clone(),
+                    invoke,
+                    Some(progress_tx),
+                ));
+                let checkpointer = tokio::spawn(ingest::kinesis_source::checkpoint(
+                    store.clone(),
+                    ingest::kinesis_source::CHECKPOINT_PREFIX.to_owned(),
+                    name.clone(),
+                    progress_rx,
+                ));
+                let (stop, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(async move {
+                    let result = reader.run(tx, stop_rx).await;
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "the Kinesis reader stopped");
+                    }
+                    result
+                });
+                let sink = StackSink::Aws {
+                    sink: AnySink::Kinesis(
+                        KinesisSink::from_sdk_config(&sdk, name).with_put_positions(put),
+                    ),
+                    counters: counters.clone(),
+                };
+                let reader = KinesisReader {
+                    stop,
+                    task,
+                    checkpointer,
+                };
+                (sink, Some(firehose), Some(reader))
+            }
+            StreamTarget::Firehose(name) => {
+                let sdk = ingest::aws::load_sdk_config().await;
+                let fh = FirehoseSink::from_sdk_config(&sdk, name);
+                fh.check_delivery_stream()
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                let sink = StackSink::Aws {
+                    sink: AnySink::Firehose(fh),
+                    counters: counters.clone(),
+                };
+                (sink, None, None)
+            }
+        };
 
-        let ingest = Arc::new(Ingest::new(stream, store.clone(), cfg.ingest.clone()));
+        let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
         let mut stack = Self {
             store,
             meter,
@@ -174,6 +391,8 @@ impl Stack {
             ingested: Arc::default(),
             ingest,
             firehose,
+            kinesis,
+            stream: cfg.stream.clone(),
             scheduler: None,
             started: Instant::now(),
         };
@@ -243,8 +462,9 @@ impl Stack {
         self.ingested.lock().map(|r| *r).unwrap_or_default()
     }
 
-    /// Stops producing: closes the stream, waits for Firehose to drain and flush, stops
-    /// the scheduler, runs a final rollup, and reports.
+    /// Stops producing: closes the stream (or drains the Kinesis reader to the shards'
+    /// tips), waits for Firehose to drain and flush (and the checkpoints to be written),
+    /// stops the scheduler, runs a final rollup, and reports.
     pub async fn finish(self, devices: u64) -> anyhow::Result<StackReport> {
         let Stack {
             store,
@@ -253,15 +473,57 @@ impl Stack {
             ingested,
             ingest,
             firehose,
+            kinesis,
+            stream,
             scheduler,
             started,
         } = self;
-        // Dropping the last producer handle closes every shard: the emulator drains them.
+        // Dropping the last producer handle closes every local shard: the emulator drains
+        // them. A Kinesis reader is told that the producers are done instead: it reads
+        // every shard to its tip, then drops its sender, which ends the emulator.
         drop(ingest);
-        let fh = firehose
-            .await
-            .context("the Firehose emulator task panicked")?
-            .context("the Firehose emulator failed")?;
+        let mut reader = None;
+        if let Some(k) = &kinesis {
+            let _ = k.stop.send(true);
+        }
+        if let Some(k) = kinesis {
+            let read = match k.task.await {
+                Ok(r) => r.map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::anyhow!("the Kinesis reader panicked: {e}")),
+            };
+            reader = Some((read, k.checkpointer));
+        }
+        let fh = match firehose {
+            Some(f) => Some(
+                f.await
+                    .context("the Firehose emulator task panicked")?
+                    .context("the Firehose emulator failed")?,
+            ),
+            None => None,
+        };
+        let mut kinesis = None;
+        if let Some((read, checkpointer)) = reader {
+            // The emulator has reported its last durable positions and closed the channel.
+            let checkpoints_written = checkpointer
+                .await
+                .context("the Kinesis checkpointer panicked")?
+                .context("writing Kinesis checkpoints failed")?;
+            let read = read.context(
+                "reading the Kinesis stream failed (what was read before is in Parquet and \
+                 checkpointed: a new run resumes after the checkpoints)",
+            )?;
+            kinesis = Some(KinesisSummary {
+                read,
+                checkpoints_written,
+            });
+        }
+        let note = matches!(stream, StreamTarget::Firehose(_)).then(|| FIREHOSE_NOTE.to_owned());
+        let fh = fh.unwrap_or_default();
+        let checkpoints = kinesis.as_ref().map_or(0, |k| k.checkpoints_written);
+        let firehose_bytes = match stream {
+            StreamTarget::Firehose(_) => counters.firehose_put_bytes.load(Ordering::Relaxed),
+            _ => counters.kinesis_bytes.load(Ordering::Relaxed),
+        };
         if let Some((tx, task)) = scheduler {
             let _ = tx.send(true);
             let _ = task.await;
@@ -276,13 +538,15 @@ impl Stack {
             kinesis_kb_units: counters.kinesis_kb_units.load(Ordering::Relaxed),
             kinesis_bytes_out: counters.kinesis_bytes.load(Ordering::Relaxed),
             firehose_5kb_units: counters.firehose_5kb_units.load(Ordering::Relaxed),
-            firehose_bytes: counters.kinesis_bytes.load(Ordering::Relaxed),
+            firehose_bytes,
             firehose_objects: fh.files.len() as u64 + fh.error_objects,
             s3_puts: fh.files.len() as u64
                 + fh.error_objects
+                + checkpoints
                 + counters.quarantine_objects.load(Ordering::Relaxed)
                 + counters.rollup_objects.load(Ordering::Relaxed),
             scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
+            no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_)),
         };
         Ok(StackReport {
             ingest,
@@ -297,6 +561,9 @@ impl Stack {
             },
             rollup: Some(rollup),
             usage,
+            stream: stream.to_string(),
+            kinesis,
+            note,
         })
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::cost::{Estimate, estimate};
 use crate::meter::FnReport;
-use crate::stack::{FirehoseSummary, StackReport};
+use crate::stack::{FirehoseSummary, KinesisSummary, StackReport};
 
 /// Where the messages came from.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +49,12 @@ pub struct Summary {
     pub readings: u64,
     /// Rows written to Parquet.
     pub rows: u64,
+    /// The stream ingest wrote into: `local`, `kinesis:NAME` or `firehose:NAME`.
+    pub stream: String,
+    /// What the Kinesis reader did (`kinesis:NAME` only).
+    pub kinesis: Option<KinesisSummary>,
+    /// What happens after the stream when this run does not do it (`firehose:NAME`).
+    pub note: Option<String>,
     /// Firehose accounting.
     pub firehose: FirehoseSummary,
     /// The final rollup.
@@ -106,6 +112,9 @@ impl Summary {
             quarantined: r.ingest.quarantined,
             readings: r.ingest.readings,
             rows: r.firehose.rows_written,
+            stream: r.stream.clone(),
+            kinesis: r.kinesis.clone(),
+            note: r.note.clone(),
             firehose: r.firehose.clone(),
             rollup: r.rollup.clone(),
             functions,
@@ -139,11 +148,28 @@ impl Summary {
             "ingest: {} message(s) in = {} accepted + {} quarantined ({} readings accepted)\n",
             self.input, self.accepted, self.quarantined, self.readings
         ));
+        out.push_str(&format!("stream: {}\n", self.stream));
+        if let Some(k) = &self.kinesis {
+            out.push_str(&format!(
+                "kinesis read: {} record(s) from {} shard(s) ({} resumed after a checkpoint, {} closed and followed to children); {} GetRecords call(s), {} throttled, {} expired iterator(s); {} checkpoint(s) written\n",
+                k.read.records_read,
+                k.read.shards_read,
+                k.read.shards_resumed,
+                k.read.shards_ended,
+                k.read.get_records_calls,
+                k.read.throttled,
+                k.read.expired_iterators,
+                k.checkpoints_written
+            ));
+        }
         let f = &self.firehose;
-        out.push_str(&format!(
-            "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
-            f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
-        ));
+        match &self.note {
+            Some(note) => out.push_str(&format!("firehose: {note}\n")),
+            None => out.push_str(&format!(
+                "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
+                f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
+            )),
+        }
         if let Some(r) = &self.rollup {
             out.push_str(&format!(
                 "rollup: {} window(s) updated from {} new file(s)\n",

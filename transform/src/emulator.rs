@@ -28,6 +28,15 @@
 //! processing_failed`, and every reading of an `Ok` record is either a Parquet row or an
 //! error record (`rows_written + conversion_failures`).
 //!
+//! # Durable positions (for a checkpointing source)
+//! [`run_with_progress`] also reports, per source shard, the sequence number up to which
+//! every record has been handled *durably*: answered by the function, and its rows in
+//! completed Parquet objects (or its failure in an error object). A Kinesis reader
+//! checkpoints only those positions, so that a restart re-reads (at least once) instead of
+//! losing what was buffered or in an open file. Positions are published after each
+//! invocation that leaves no open Parquet file, after every destination flush, and at the
+//! end of input.
+//!
 //! Simplifications: all error classes share one error prefix (the `errorCode` tells them
 //! apart; Firehose can split them with `!{firehose:error-output-type}`), and the
 //! destination buffer is closed on a fixed period rather than per file age.
@@ -231,6 +240,10 @@ pub enum EmulatorError {
     },
 }
 
+/// Per source shard (`shardId-…`), the sequence number of the last record handled
+/// durably; see the module doc.
+pub type DurablePositions = BTreeMap<String, String>;
+
 /// Runs the delivery stream until `input` closes, then flushes everything and reports.
 ///
 /// Reading stops while an invocation or a write is in progress, so a bounded channel
@@ -238,13 +251,26 @@ pub enum EmulatorError {
 /// cannot be written; record-level failures go to the error prefix.
 pub async fn run(
     cfg: FirehoseConfig,
+    input: mpsc::Receiver<StreamEntry>,
+    store: Arc<dyn ObjectStore>,
+    invoke: Invoke,
+) -> Result<FirehoseReport, EmulatorError> {
+    run_with_progress(cfg, input, store, invoke, None).await
+}
+
+/// [`run`], also sending the [`DurablePositions`] on `progress` whenever they advance
+/// (each message holds every shard seen so far). The channel closes when the run ends.
+pub async fn run_with_progress(
+    cfg: FirehoseConfig,
     mut input: mpsc::Receiver<StreamEntry>,
     store: Arc<dyn ObjectStore>,
     invoke: Invoke,
+    progress: Option<mpsc::UnboundedSender<DurablePositions>>,
 ) -> Result<FirehoseReport, EmulatorError> {
     let processor_interval = cfg.processor_buffer_interval;
     let destination_interval = cfg.destination_interval.max(Duration::from_millis(1));
     let mut stream = DeliveryStream::new(cfg, store, invoke);
+    stream.progress = progress;
     tracing::info!(
         delivery_stream = %stream.cfg.delivery_stream_name,
         processor_buffer_bytes = stream.cfg.processor_buffer_bytes,
@@ -285,6 +311,7 @@ pub async fn run(
     }
     stream.invoke_buffer(Cut::EndOfInput).await?;
     stream.close_files("end of input").await?;
+    stream.publish_durable();
     let r = &stream.report;
     tracing::info!(
         records_in = r.records_in,
@@ -361,6 +388,13 @@ struct DeliveryStream {
     run_tag: String,
     next_record: u64,
     next_invocation: u64,
+    /// Per shard, the last record whose invocation has been delivered (to the Parquet
+    /// writer or the error prefix); durable once no Parquet file is open.
+    handled: DurablePositions,
+    /// What was last sent on `progress`, to send only advances.
+    published: DurablePositions,
+    /// Where durable positions go ([`run_with_progress`]).
+    progress: Option<mpsc::UnboundedSender<DurablePositions>>,
 }
 
 impl DeliveryStream {
@@ -394,6 +428,9 @@ impl DeliveryStream {
             run_tag: run_tag(),
             next_record: 0,
             next_invocation: 0,
+            handled: DurablePositions::new(),
+            published: DurablePositions::new(),
+            progress: None,
         };
         stream.envelope_bytes = json_len(&stream.event(Vec::new()));
         stream.event_bytes = stream.envelope_bytes;
@@ -505,6 +542,16 @@ impl DeliveryStream {
                 .collect(),
         };
         let counts = self.deliver(&event, answers, attempts).await?;
+        for r in &event.records {
+            if let Some(m) = &r.kinesis_firehose_record_metadata
+                && let (Some(shard), Some(seq)) = (&m.shard_id, &m.sequence_number)
+            {
+                self.handled.insert(shard.clone(), seq.clone());
+            }
+        }
+        if self.writer.pending_rows() == 0 {
+            self.publish_durable();
+        }
         tracing::info!(
             invocation_id = event.invocation_id.as_deref().unwrap_or(""),
             cut = cut.as_str(),
@@ -647,13 +694,26 @@ impl DeliveryStream {
 
     /// Closes every open Parquet file (destination buffer interval or end of input).
     async fn close_files(&mut self, why: &'static str) -> Result<(), EmulatorError> {
-        if self.writer.pending_rows() == 0 {
-            return Ok(());
+        if self.writer.pending_rows() > 0 {
+            let done = self.writer.flush().await?;
+            tracing::debug!(why, files = done.len(), "destination buffer flushed");
+            self.completed(done);
         }
-        let done = self.writer.flush().await?;
-        tracing::debug!(why, files = done.len(), "destination buffer flushed");
-        self.completed(done);
+        self.publish_durable();
         Ok(())
+    }
+
+    /// Sends the handled positions on `progress` if they advanced. Call only when no
+    /// Parquet file is open: then everything handled is in completed objects.
+    fn publish_durable(&mut self) {
+        if self.handled == self.published {
+            return;
+        }
+        if let Some(tx) = &self.progress {
+            // A receiver that has gone only means nobody checkpoints any more.
+            let _ = tx.send(self.handled.clone());
+        }
+        self.published = self.handled.clone();
     }
 
     fn completed(&mut self, files: Vec<WrittenFile>) {

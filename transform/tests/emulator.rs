@@ -22,7 +22,7 @@ use telemetry::stream::{StreamEntry, shard_id};
 use tokio::sync::mpsc;
 use transform::emulator::{
     ErrorRecord, FirehoseConfig, FirehoseReport, Invoke, MAX_INVOKE_PAYLOAD_BYTES, error_code,
-    local_invoke, run,
+    local_invoke, run, run_with_progress,
 };
 
 /// 2025-11-25T13:45:00.123Z
@@ -527,4 +527,54 @@ async fn accounting_holds_for_a_mixed_stream_of_good_duplicate_and_bad_records()
     assert_eq!(report.rows_written, 3 * report.ok);
     assert_eq!(error_records(&store).await.len(), 6);
     assert_accounting(&report);
+}
+
+#[tokio::test(start_paused = true)]
+async fn durable_positions_are_reported_only_once_the_parquet_objects_are_complete() {
+    let store = Arc::new(InMemory::new());
+    let cfg = FirehoseConfig {
+        // Every record is invoked at once; only the destination interval closes files.
+        processor_buffer_bytes: 1,
+        ..config()
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run_with_progress(
+        cfg,
+        rx,
+        store.clone(),
+        local_invoke(),
+        Some(ptx),
+    ));
+    let entries: Vec<StreamEntry> = (0..4).map(|n| entry("sensor-1", n, T0, 2)).collect();
+    for e in entries.clone() {
+        tx.send(e).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        keys(&store, "telemetry").await.is_empty(),
+        "the rows are still in an open file"
+    );
+    assert!(
+        prx.try_recv().is_err(),
+        "nothing is durable while the Parquet file is open"
+    );
+
+    // The destination interval closes the file: now every record handled is durable.
+    tokio::time::sleep(Duration::from_secs(900)).await;
+    assert_eq!(keys(&store, "telemetry").await.len(), 1);
+    let durable = prx.try_recv().expect("positions after the flush");
+    let expected: BTreeMap<String, String> = entries
+        .iter()
+        .map(|e| (e.shard_id.clone(), e.sequence_number.clone()))
+        .collect();
+    assert_eq!(durable, expected, "the last record of each shard");
+
+    drop(tx);
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.rows_written, 8);
+    assert!(
+        prx.recv().await.is_none(),
+        "no further advance, and the channel closes with the run"
+    );
 }

@@ -1,0 +1,153 @@
+//! Record packing (`IngestConfig::pack`): many messages of one device per stream record,
+//! every accepted message delivered once and in per-device order, and a record the sink
+//! refuses quarantined message by message so that the counts still balance.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use ingest::local_stream::{LocalStream, merge_shards};
+use ingest::pack::Pack;
+use ingest::sink::{BatchLimits, EntryOutcome, SinkError};
+use ingest::{Ingest, IngestConfig, RawPayload, RecordSink, RetryPolicy, SinkRecord};
+use object_store::memory::InMemory;
+use object_store::{ObjectStore, ObjectStoreExt};
+use telemetry::StreamRecord;
+use telemetry::quarantine::QuarantineRecord;
+
+/// A device-side batch: `n` messages of `device` from `first` on, as one JSON array.
+fn batch(device: &str, first: u64, n: u64, now: i64) -> RawPayload {
+    let items: Vec<String> = (first..first + n)
+        .map(|seq| {
+            format!(
+                r#"{{"device_id":"{device}","seq":{seq},"ts":{ts},"metrics":{{"temperature":21.5,"battery":3.7}}}}"#,
+                ts = now - 60_000 + seq as i64
+            )
+        })
+        .collect();
+    RawPayload {
+        payload: format!("[{}]", items.join(",")).into_bytes(),
+        topic: format!("dt/fleet/{device}/telemetry"),
+        received_at: now,
+    }
+}
+
+fn payloads(now: i64) -> Vec<RawPayload> {
+    let mut p = vec![
+        batch("sensor-000001", 0, 40, now),
+        batch("sensor-000002", 0, 40, now),
+        batch("sensor-000001", 40, 40, now),
+    ];
+    p.push(RawPayload {
+        payload: b"{broken".to_vec(),
+        topic: "dt/fleet/sensor-000003/telemetry".into(),
+        received_at: now,
+    });
+    p
+}
+
+fn packing(bytes: usize) -> IngestConfig {
+    IngestConfig {
+        pack: Pack::Bytes(bytes),
+        ..IngestConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn packed_records_carry_every_accepted_message_once_in_device_order() {
+    // Anchor the event times mid-hour so that no batch spans two hours.
+    let now = chrono::Utc::now().timestamp_millis() / 3_600_000 * 3_600_000 + 1_800_000;
+    let (stream, readers) = LocalStream::new(2, 1000);
+    let ingest = Ingest::new(stream, Arc::new(InMemory::new()), packing(2000));
+    let report = ingest.ingest(&payloads(now)).await.unwrap();
+    assert_eq!(
+        (report.messages, report.accepted, report.quarantined),
+        (121, 120, 1)
+    );
+    assert_eq!(report.readings, 240);
+    drop(ingest);
+
+    let mut rx = merge_shards(readers, 1000);
+    let mut records = 0;
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    while let Some(e) = rx.recv().await {
+        records += 1;
+        assert!(e.data.len() <= 2000, "a record of {} bytes", e.data.len());
+        for line in e.data.split(|b| *b == b'\n') {
+            let r: StreamRecord = serde_json::from_slice(line).unwrap();
+            assert_eq!(r.device_id, e.partition_key, "one device per record");
+            seqs.entry(r.device_id).or_default().push(r.seq);
+        }
+    }
+    assert!(
+        records < 20,
+        "120 messages of ~150 B in 2000 B records: {records} records"
+    );
+    assert_eq!(seqs["sensor-000001"], (0..80).collect::<Vec<_>>());
+    assert_eq!(seqs["sensor-000002"], (0..40).collect::<Vec<_>>());
+}
+
+/// A sink that refuses every entry for good.
+struct Refusing;
+
+impl RecordSink for Refusing {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits::KINESIS
+    }
+
+    async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
+        Ok(batch
+            .iter()
+            .map(|_| EntryOutcome::Failed {
+                code: "InvalidArgumentException".into(),
+                message: "refused".into(),
+                retriable: false,
+            })
+            .collect())
+    }
+}
+
+#[tokio::test]
+async fn a_packed_record_the_sink_refuses_is_quarantined_message_by_message() {
+    let now = chrono::Utc::now().timestamp_millis() / 3_600_000 * 3_600_000 + 1_800_000;
+    let store = Arc::new(InMemory::new());
+    let cfg = IngestConfig {
+        retry: RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        },
+        ..packing(4000)
+    };
+    let ingest = Ingest::new(Refusing, store.clone(), cfg);
+    let report = ingest.ingest(&payloads(now)).await.unwrap();
+    assert_eq!(report.messages, 121);
+    assert_eq!(report.accepted, 0);
+    assert_eq!(report.sink_failed, 120, "counted in messages, not records");
+    assert_eq!(report.quarantined, 121);
+    assert_eq!(report.readings, 0);
+
+    let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
+    let mut q: Vec<QuarantineRecord> = Vec::new();
+    for o in objects {
+        let body = store.get(&o.location).await.unwrap().bytes().await.unwrap();
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            q.push(serde_json::from_slice(line).unwrap());
+        }
+    }
+    let sink_failed: Vec<_> = q
+        .iter()
+        .filter(|r| r.reason_code == "sink_failed")
+        .collect();
+    assert_eq!(sink_failed.len(), 120, "one quarantine record per message");
+    for r in sink_failed {
+        let m: StreamRecord = serde_json::from_slice(&r.raw()).unwrap();
+        assert!(
+            r.topic.ends_with(&format!("{}/telemetry", m.device_id)),
+            "{}",
+            r.topic
+        );
+    }
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SimError;
 use crate::fleet::{DeviceType, FleetLayout};
+use crate::tls::TlsConfig;
 
 /// Default broker: a local mosquitto or the `iotpipe up` embedded broker.
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
@@ -27,8 +28,10 @@ pub const DEFAULT_CONNECT_RATE: f64 = 500.0;
 /// Default bound on waiting for QoS 1 acknowledgements once a device has published its
 /// last message (or the run was shut down).
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// MQTT keep-alive of every device connection. AWS IoT Core accepts 30–1200 s.
+/// Default MQTT keep-alive of every device connection. AWS IoT Core accepts 30–1200 s.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Longest keep-alive MQTT can express (a 16-bit number of seconds).
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(65_535);
 /// Highest per-device publish rate, in messages per second. Event times are epoch
 /// milliseconds, so a faster device would publish several messages with the same `ts`.
 pub const MAX_RATE: f64 = 1000.0;
@@ -95,6 +98,24 @@ pub struct SimConfig {
     /// messages per second, named `device_prefix` + number.
     #[serde(rename = "device_type")]
     pub device_types: Vec<DeviceType>,
+    /// TLS settings (CA, client certificates, ALPN) for an `mqtts://` broker; must be
+    /// empty for `mqtt://`. Default: no client certificate, the system trust store.
+    pub tls: TlsConfig,
+    /// MQTT keep-alive: the longest a connection stays silent before a PINGREQ; the
+    /// broker drops a client silent for 1.5 × this. 0 disables it. Default 30 s (AWS IoT
+    /// Core accepts 30–1200 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub keep_alive: Duration,
+    /// Connect with a clean session (the default). `false` asks the broker to keep each
+    /// device's session (subscriptions, queued QoS 1 messages) after it disconnects; the
+    /// sessions then outlive the run on the broker, keyed by device id. Publishing is
+    /// at-least-once either way: the simulator republishes unacknowledged QoS 1 messages
+    /// itself after a reconnect.
+    pub clean_session: bool,
+    /// AWS IoT Basic Ingest: publish to `$aws/rules/RULE/dt/{fleet}/{device_id}/telemetry`,
+    /// which goes straight to the IoT rule `RULE` without the message broker (no
+    /// messaging charge, no subscribers see it). Default `None`: the plain topic.
+    pub basic_ingest: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -114,6 +135,10 @@ impl Default for SimConfig {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             offline_buffer: DEFAULT_OFFLINE_BUFFER,
             device_types: Vec::new(),
+            tls: TlsConfig::default(),
+            keep_alive: KEEP_ALIVE,
+            clean_session: true,
+            basic_ingest: None,
         }
     }
 }
@@ -161,6 +186,26 @@ impl SimConfig {
                 ),
             ));
         }
+        if !(self.keep_alive.is_zero()
+            || (self.keep_alive >= Duration::from_secs(1) && self.keep_alive <= MAX_KEEP_ALIVE))
+        {
+            return Err(invalid(
+                "keep_alive",
+                format!(
+                    "{} is not 0 (off) or between 1 s and 65535 s (AWS IoT Core: 30-1200 s)",
+                    humantime::format_duration(self.keep_alive)
+                ),
+            ));
+        }
+        if let Some(rule) = &self.basic_ingest
+            && !valid_rule_name(rule)
+        {
+            return Err(invalid(
+                "basic_ingest",
+                format!("{rule:?} is not an AWS IoT rule name: 1-128 characters of [A-Za-z0-9_]"),
+            ));
+        }
+        self.tls.validate(&self.broker)?;
         // Device types, ids (they must be AWS IoT thing names) and seq ranges.
         FleetLayout::new(self).check(self)
     }
@@ -173,6 +218,11 @@ pub(crate) fn valid_topic_segment(s: &str) -> bool {
         && s.len() <= telemetry::validate::MAX_DEVICE_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
+/// AWS IoT rule names: `[A-Za-z0-9_]`, 1–128 characters.
+fn valid_rule_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// MQTT quality of service. AWS IoT Core supports 0 and 1 only, so QoS 2 is not offered.
@@ -258,7 +308,8 @@ impl<'de> Deserialize<'de> for QoS {
 pub enum Scheme {
     /// Plain TCP (`mqtt://`, default port 1883).
     Mqtt,
-    /// TLS (`mqtts://`, default port 8883). Parsed, but not connectable yet.
+    /// TLS (`mqtts://`, default port 8883; 443 for AWS IoT Core with ALPN), see
+    /// [`crate::tls`].
     Mqtts,
 }
 

@@ -44,13 +44,13 @@ use std::time::Duration;
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
-    Request,
+    Request, TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{BrokerUrl, KEEP_ALIVE, QoS};
+use crate::config::{BrokerUrl, QoS};
 use crate::schedule::DeviceStream;
 use crate::summary::{LatencyHistogram, LiveCounters};
 
@@ -74,6 +74,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(crate) struct FleetCtx {
     pub broker: BrokerUrl,
     pub qos: QoS,
+    /// MQTT keep-alive of every connection.
+    pub keep_alive: Duration,
+    /// Clean (true) or persistent (false) sessions.
+    pub clean_session: bool,
     /// The instant the run started: every schedule is anchored here.
     pub t0: Instant,
     pub ack_timeout: Duration,
@@ -153,13 +157,17 @@ enum End {
 /// attempt (the run uses device 0 to fail fast on an unreachable broker).
 pub(crate) async fn run_device(
     mut stream: DeviceStream,
+    tls: Option<Arc<rustls::ClientConfig>>,
     ctx: Arc<FleetCtx>,
     first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
 ) -> DeviceOutcome {
     let mut opts = MqttOptions::new(stream.device_id(), ctx.broker.host.clone(), ctx.broker.port);
-    opts.set_keep_alive(KEEP_ALIVE)
-        .set_clean_session(true)
+    opts.set_keep_alive(ctx.keep_alive)
+        .set_clean_session(ctx.clean_session)
         .set_inflight(MAX_INFLIGHT);
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
     let mut net = NetworkOptions::new();
     // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.

@@ -41,6 +41,17 @@ pub enum SimError {
         /// What to try.
         hint: &'static str,
     },
+    /// A TLS file or setting cannot be used (unreadable, not PEM, key and certificate do
+    /// not match, a device without a certificate in `--cert-dir`).
+    #[error("TLS: {what}: {reason} — {hint}")]
+    Tls {
+        /// The file or setting at fault.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// A feature this version does not implement yet.
     #[error("{0}")]
     Unsupported(String),
@@ -51,6 +62,13 @@ impl SimError {
     pub(crate) fn connect(broker: &str, err: &rumqttc::ConnectionError) -> Self {
         use rumqttc::ConnectionError as E;
         use std::io::ErrorKind;
+        if let Some((reason, hint)) = crate::tls::explain_handshake_error(err) {
+            return SimError::Connect {
+                broker: broker.to_owned(),
+                reason,
+                hint,
+            };
+        }
         let hint = match err {
             E::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
                 "is a broker running? try `iotpipe up`, or start mosquitto \

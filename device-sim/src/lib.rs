@@ -40,6 +40,7 @@
 //!   pacing, acknowledgement counting, reconnects and republishing.
 //! - [`summary`]: the run's [`SimSummary`], the per-device [`DeviceLedger`], live counters and the
 //!   latency histogram.
+//! - [`tls`]: mutual-TLS client settings ([`tls::TlsConfig`]) on rustls + aws-lc-rs.
 //! - [`error`]: the [`SimError`] enum.
 //! - `src/main.rs`: the `device-sim` command line.
 //!
@@ -62,8 +63,9 @@
 //!   scheduled message ends up `acknowledged` or `failed` (which includes `dropped`).
 //! - **Fleets** of several device types come from TOML fleet files ([`SimConfig::load`];
 //!   `device-sim/fleet.example.toml`).
-//! - **TLS** (`mqtts://`, AWS IoT Core with X.509) is not implemented yet: [`run`] refuses
-//!   such a broker with [`SimError::Unsupported`].
+//! - **TLS** (`mqtts://`): mutual X.509 with one shared client certificate or one per
+//!   device from a directory, ALPN `x-amzn-mqtt-ca` for AWS IoT Core on port 443; see
+//!   [`tls`]. Files are checked before the first connection.
 
 pub mod config;
 mod device;
@@ -72,6 +74,7 @@ pub mod fleet;
 pub mod model;
 pub mod schedule;
 pub mod summary;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +93,7 @@ use crate::device::{DeviceOutcome, FleetCtx, run_device, stopped};
 use crate::fleet::FleetLayout;
 use crate::schedule::{DeviceStream, FleetStream};
 use crate::summary::LatencyHistogram;
+use crate::tls::TlsSetup;
 
 /// Publishes the fleet's messages over MQTT until every device has published its share
 /// (⌈rate × duration⌉ messages) or `shutdown` becomes true; then waits (at most
@@ -110,16 +114,23 @@ pub async fn run_with_counters(
     live: Arc<LiveCounters>,
 ) -> Result<SimSummary, SimError> {
     cfg.validate()?;
-    if cfg.broker.scheme == Scheme::Mqtts {
-        return Err(SimError::Unsupported(format!(
-            "{}: TLS (mqtts://) is not supported yet; use a plain mqtt:// listener",
-            cfg.broker
-        )));
-    }
     let start_ms = cfg.start_ms.unwrap_or_else(now_ms);
     let broker = cfg.broker.to_string();
     let layout = FleetLayout::new(&cfg);
     let devices = layout.devices();
+    // TLS files are read and checked before anything connects.
+    let tls = match cfg.broker.scheme {
+        Scheme::Mqtts => {
+            let ids: Vec<String> = (0..devices).filter_map(|i| layout.device_id(i)).collect();
+            Some(TlsSetup::new(
+                &cfg.tls,
+                &cfg.broker,
+                ids.iter().map(String::as_str),
+            )?)
+        }
+        Scheme::Mqtt => None,
+    };
+    let tls_for = |device_id: &str| tls.as_ref().map(|t| t.client_config(device_id)).transpose();
 
     // The fleet's own stop signal: set by `shutdown`, or by the run when it aborts.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -135,6 +146,8 @@ pub async fn run_with_counters(
     let ctx = Arc::new(FleetCtx {
         broker: cfg.broker.clone(),
         qos: cfg.qos,
+        keep_alive: cfg.keep_alive,
+        clean_session: cfg.clean_session,
         t0: Instant::now(),
         ack_timeout: cfg.ack_timeout,
         offline_buffer: cfg.offline_buffer,
@@ -158,10 +171,12 @@ pub async fn run_with_counters(
     // Device 0 doubles as the connectivity probe: if it cannot connect at all, say so
     // now instead of retrying every device until the deadline.
     let first = stream_of(0)?;
+    let first_tls = tls_for(first.device_id())?;
     ids.push((first.device_id().to_owned(), first.first_seq()));
     let (probe_tx, probe_rx) = oneshot::channel();
     handles.push(tokio::spawn(run_device(
         first,
+        first_tls,
         Arc::clone(&ctx),
         Some(probe_tx),
     )));
@@ -188,8 +203,26 @@ pub async fn run_with_counters(
             () = stopped(&mut stop) => break,
             () = tokio::time::sleep_until(ctx.t0 + stream.connect_at()) => {}
         }
+        let device_tls = match tls_for(stream.device_id()) {
+            Ok(t) => t,
+            Err(e) => {
+                // A device's certificate went bad after the check: stop the fleet.
+                let _ = stop_tx.send(true);
+                for h in &handles {
+                    h.abort();
+                }
+                forward.abort();
+                monitor.abort();
+                return Err(e);
+            }
+        };
         ids.push((stream.device_id().to_owned(), stream.first_seq()));
-        handles.push(tokio::spawn(run_device(stream, Arc::clone(&ctx), None)));
+        handles.push(tokio::spawn(run_device(
+            stream,
+            device_tls,
+            Arc::clone(&ctx),
+            None,
+        )));
         LiveCounters::add(&live.started, 1);
     }
     let devices_started = handles.len();

@@ -50,6 +50,16 @@ Examples:
   # A fleet of several device types (env sensors, GPS trucks, presses) from a file:
   device-sim --fleet device-sim/fleet.example.toml --duration 1m
 
+  # Mutual TLS with one certificate for every device (e.g. a mosquitto with
+  # require_certificate true):
+  device-sim --broker mqtts://127.0.0.1:8883 --ca ca.pem --cert client.pem --key client.key
+
+  # AWS IoT Core, one certificate per device (infra/provision-devices.sh --out certs):
+  device-sim --broker mqtts://PREFIX-ats.iot.eu-west-1.amazonaws.com:8883 \\
+      --cert-dir certs --devices 10 --device-prefix sensor-
+  # ... the same through port 443 (ALPN x-amzn-mqtt-ca is offered automatically):
+  device-sim --broker mqtts://PREFIX-ats.iot.eu-west-1.amazonaws.com:443 --cert-dir certs
+
   # Watch what arrives at the broker (package mosquitto-clients):
   mosquitto_sub -h 127.0.0.1 -p 1883 -t 'dt/+/+/telemetry' -v
 
@@ -64,9 +74,56 @@ Exit status: 0 when every message was confirmed (PUBACK for QoS 1, written for Q
 #[derive(Debug, Parser)]
 #[command(name = "device-sim", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// MQTT broker to publish to, as mqtt://HOST:PORT (port 1883 when omitted).
+    /// MQTT broker to publish to: mqtt://HOST:PORT (port 1883 when omitted) or, with TLS, mqtts://HOST:PORT (8883; AWS IoT Core: mqtts://PREFIX-ats.iot.REGION.amazonaws.com, port 8883 or 443).
     #[arg(long, value_name = "URL", default_value = DEFAULT_BROKER)]
     broker: BrokerUrl,
+
+    /// TLS: PEM file of the CA that signed the broker's certificate (AWS IoT Core: AmazonRootCA1.pem). Default: DIR/AmazonRootCA1.pem with --cert-dir if present, else the system trust store.
+    #[arg(long, value_name = "FILE", help_heading = "TLS (mqtts://)")]
+    ca: Option<PathBuf>,
+
+    /// TLS: PEM client certificate shared by every device (mutual TLS); needs --key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "TLS (mqtts://)",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+
+    /// TLS: PEM private key of --cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "TLS (mqtts://)",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
+
+    /// TLS: one certificate per device from DIR: DIR/DEVICE_ID/cert.pem + private.key (what infra/provision-devices.sh --out DIR writes) or DIR/DEVICE_ID.pem + DEVICE_ID.key.
+    #[arg(long, value_name = "DIR", help_heading = "TLS (mqtts://)", conflicts_with_all = ["cert", "key"])]
+    cert_dir: Option<PathBuf>,
+
+    /// TLS: ALPN protocol(s) to offer, comma-separated. Default: x-amzn-mqtt-ca for an AWS IoT host on port 443 (MQTT over 443), none otherwise.
+    #[arg(
+        long,
+        value_name = "PROTO",
+        help_heading = "TLS (mqtts://)",
+        value_delimiter = ','
+    )]
+    alpn: Vec<String>,
+
+    /// MQTT keep-alive (e.g. 30s, 5m; 0 = off): the broker drops a device silent for 1.5 x this. AWS IoT Core accepts 30s-20m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "MQTT")]
+    keep_alive: Duration,
+
+    /// true: every connection starts a clean session. false: the broker keeps each device's session after it disconnects (persistent session; it outlives the run).
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set, help_heading = "MQTT")]
+    clean_session: bool,
+
+    /// AWS IoT Basic Ingest: publish to $aws/rules/RULE/dt/FLEET/DEVICE_ID/telemetry, straight to the IoT rule RULE (no broker fan-out, no messaging charge).
+    #[arg(long, value_name = "RULE", help_heading = "MQTT")]
+    basic_ingest: Option<String>,
 
     /// Fleet name (the FLEET segment of the topic dt/FLEET/DEVICE_ID/telemetry), or a fleet file (*.toml) with device types, metric generators and defaults for these flags (see device-sim/fleet.example.toml).
     #[arg(long, value_name = "NAME|FILE.toml", default_value = device_sim::config::DEFAULT_FLEET)]
@@ -85,7 +142,7 @@ struct Cli {
     duration: Duration,
 
     /// MQTT quality of service: 0 (at most once) or 1 (at least once: the broker acknowledges every message).
-    #[arg(long, value_name = "0|1", default_value = "1")]
+    #[arg(long, value_name = "0|1", default_value = "1", help_heading = "MQTT")]
     qos: QoS,
 
     /// Seed of the generated readings: the same seed with the same --start gives byte-identical payloads.
@@ -201,6 +258,32 @@ impl Cli {
         }
         if set("offline_buffer") {
             cfg.offline_buffer = self.offline_buffer;
+        }
+        if set("keep_alive") {
+            cfg.keep_alive = self.keep_alive;
+        }
+        if set("clean_session") {
+            cfg.clean_session = self.clean_session;
+        }
+        if self.basic_ingest.is_some() {
+            cfg.basic_ingest.clone_from(&self.basic_ingest);
+        }
+        // TLS flags replace the fleet file's settings one by one.
+        if self.ca.is_some() {
+            cfg.tls.ca.clone_from(&self.ca);
+        }
+        if self.cert.is_some() {
+            cfg.tls.cert.clone_from(&self.cert);
+            cfg.tls.key.clone_from(&self.key);
+            cfg.tls.cert_dir = None;
+        }
+        if self.cert_dir.is_some() {
+            cfg.tls.cert_dir.clone_from(&self.cert_dir);
+            cfg.tls.cert = None;
+            cfg.tls.key = None;
+        }
+        if !self.alpn.is_empty() {
+            cfg.tls.alpn.clone_from(&self.alpn);
         }
         // Pin the event-time origin now, so that the summary can say how to reproduce it.
         cfg.start_ms = Some(cfg.start_ms.unwrap_or_else(device_sim::now_ms));

@@ -30,6 +30,16 @@ pub fn device_id(prefix: &str, index: usize) -> String {
     format!("{prefix}{:06}", index + 1)
 }
 
+/// The topic `device_id` publishes on: `dt/{fleet}/{device_id}/telemetry`, behind
+/// `$aws/rules/{rule}/` with [`SimConfig::basic_ingest`].
+pub fn topic(cfg: &SimConfig, device_id: &str) -> String {
+    let plain = telemetry::topic::telemetry_topic(&cfg.fleet, device_id);
+    match &cfg.basic_ingest {
+        Some(rule) => format!("$aws/rules/{rule}/{plain}"),
+        None => plain,
+    }
+}
+
 /// Messages each device publishes: ⌈`rate` × `duration`⌉, i.e. every message *k* with
 /// `k / rate < duration`. Exactly `rate × duration` when that is a whole number (up to
 /// floating-point noise, which is rounded away rather than turned into an extra message).
@@ -113,7 +123,7 @@ impl DeviceStream {
         let offset_ms = i64::try_from(offset.as_millis()).unwrap_or(i64::MAX);
         Some(Self {
             index,
-            topic: telemetry::topic::telemetry_topic(&cfg.fleet, &device_id),
+            topic: topic(cfg, &device_id),
             device_id,
             model,
             first_seq: cfg.first_seq,

@@ -98,18 +98,118 @@ pub struct Subscriber {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How a [`Subscriber`] connects.
+pub struct SubOptions {
+    /// Its TLS client config for an `mqtts://` broker ([`tls_client`]).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `false`: a persistent session (the broker queues QoS 1 messages while the
+    /// subscriber is away, and keeps the subscription across broker restarts with
+    /// persistence on).
+    pub clean_session: bool,
+    /// The topic filter.
+    pub filter: String,
+}
+
+impl Default for SubOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            clean_session: true,
+            filter: telemetry::topic::TOPIC_FILTER.to_owned(),
+        }
+    }
+}
+
+/// A rustls client config of the tests' own (not device-sim's): trusts `ca`, presents
+/// `cert`/`key` when given. aws-lc-rs, like device-sim.
+pub fn tls_client(
+    ca: &std::path::Path,
+    client: Option<(&std::path::Path, &std::path::Path)>,
+) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    Arc::new(cfg)
+}
+
+/// The test CA's directory (`IOTPIPE_TEST_CERTS`: ca.pem, client.pem, client.key, ...);
+/// fails the test when it is not configured.
+pub fn test_certs() -> std::path::PathBuf {
+    let Ok(dir) = std::env::var("IOTPIPE_TEST_CERTS") else {
+        panic!("IOTPIPE_TEST_CERTS not set: run tests/run.sh (it makes the test CA)");
+    };
+    dir.into()
+}
+
+/// The mutual-TLS mosquitto of the test set-up; fails the test when it is not configured.
+pub fn mosquitto_tls() -> BrokerUrl {
+    let Ok(url) = std::env::var("IOTPIPE_TEST_MQTTS") else {
+        panic!("IOTPIPE_TEST_MQTTS not set: run tests/run.sh (it starts mosquitto with mTLS)");
+    };
+    url.parse()
+        .unwrap_or_else(|e| panic!("IOTPIPE_TEST_MQTTS={url:?} is not a broker URL: {e}"))
+}
+
+/// A TLS subscriber config with the test set-up's client certificate.
+pub fn test_tls_client() -> Arc<rustls::ClientConfig> {
+    let d = test_certs();
+    tls_client(
+        &d.join("ca.pem"),
+        Some((&d.join("client.pem"), &d.join("client.key"))),
+    )
+}
+
 impl Subscriber {
     /// Connects, subscribes to `dt/+/+/telemetry` at QoS 1 and returns once the broker
     /// has acknowledged the subscription.
     pub async fn start(broker: &BrokerUrl) -> Self {
-        let id = format!("test-sub-{:08x}", rand::random::<u32>());
+        let tls = (broker.scheme == device_sim::Scheme::Mqtts).then(test_tls_client);
+        Self::start_with(
+            broker,
+            &format!("test-sub-{:08x}", rand::random::<u32>()),
+            SubOptions {
+                tls,
+                ..SubOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Self::start`] with a given client id and options.
+    pub async fn start_with(broker: &BrokerUrl, id: &str, o: SubOptions) -> Self {
         let mut opts = MqttOptions::new(id, broker.host.clone(), broker.port);
         opts.set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
+            .set_clean_session(o.clean_session)
             .set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some(tls) = o.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
         client
-            .subscribe(telemetry::topic::TOPIC_FILTER, rumqttc::QoS::AtLeastOnce)
+            .subscribe(o.filter.as_str(), rumqttc::QoS::AtLeastOnce)
             .await
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -143,14 +243,14 @@ impl Subscriber {
         Self { received, task }
     }
 
-    /// The messages of `fleet` received so far.
+    /// The messages of `fleet` received so far (also behind a Basic Ingest prefix).
     pub fn of_fleet(&self, fleet: &str) -> Vec<(String, Vec<u8>)> {
-        let prefix = format!("dt/{fleet}/");
+        let part = format!("dt/{fleet}/");
         self.received
             .lock()
             .unwrap()
             .iter()
-            .filter(|(t, _)| t.starts_with(&prefix))
+            .filter(|(t, _)| t.starts_with(&part) || t.contains(&format!("/{part}")))
             .cloned()
             .collect()
     }

@@ -280,3 +280,125 @@ pub fn never_shut_down() -> watch::Receiver<bool> {
     std::mem::forget(tx);
     rx
 }
+
+// --- a mosquitto of the test's own, to restart ------------------------------------------
+
+/// A mosquitto started by the test itself (the `mosquitto` binary on PATH) on a free
+/// loopback port, with persistence on so that subscribers' persistent sessions and queued
+/// QoS 1 messages survive a restart; plain or mutual TLS (the set-up's test CA).
+pub struct OwnMosquitto {
+    /// Its URL (`mqtt://` or `mqtts://127.0.0.1:PORT`); the same across restarts.
+    pub url: BrokerUrl,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMosquitto {
+    /// Writes the config and starts the broker; returns once it accepts connections.
+    pub async fn start(tls: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let d = dir.path().display();
+        let mut conf = format!(
+            "# Written by device-sim's tests. As root mosquitto would switch to user\n\
+             # 'mosquitto', which cannot write this root-owned directory.\n\
+             user root\n\
+             per_listener_settings false\n\
+             allow_anonymous true\n\
+             persistence true\n\
+             persistence_location {d}/\n\
+             set_tcp_nodelay true\n\
+             max_inflight_messages 1000\n\
+             max_queued_messages 0\n\
+             log_dest file {d}/mosquitto.log\n\
+             connection_messages false\n\
+             listener {port} 127.0.0.1\n"
+        );
+        if tls {
+            let c = test_certs();
+            let c = c.display();
+            conf.push_str(&format!(
+                "cafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
+                 require_certificate true\n"
+            ));
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
+        let scheme = if tls { "mqtts" } else { "mqtt" };
+        let url = format!("{scheme}://127.0.0.1:{port}").parse().unwrap();
+        let mut broker = Self {
+            url,
+            dir,
+            child: None,
+        };
+        broker.spawn().await;
+        broker
+    }
+
+    async fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start mosquitto ({e}): install the mosquitto package \
+                     (tests/run.sh does) so that it is on PATH"
+                )
+            });
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.url.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(&addr).await.is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
+                    .unwrap_or_default();
+                panic!("mosquitto exited ({status}): {log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen on {addr}"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the broker with SIGTERM (it writes its persistence file on the way out) and
+    /// waits for it to exit.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM mosquitto failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not stop on SIGTERM"
+            );
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts it again on the same port, from its persistence file.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -30,6 +30,8 @@ pub const DEFAULT_CONNECT_RATE: f64 = 500.0;
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default MQTT keep-alive of every device connection. AWS IoT Core accepts 30–1200 s.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Default MQTT 5 session expiry of a persistent session (AWS IoT Core's default).
+pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
 /// Longest keep-alive MQTT can express (a 16-bit number of seconds).
 pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(65_535);
 /// Highest per-device publish rate, in messages per second. Event times are epoch
@@ -116,6 +118,13 @@ pub struct SimConfig {
     /// which goes straight to the IoT rule `RULE` without the message broker (no
     /// messaging charge, no subscribers see it). Default `None`: the plain topic.
     pub basic_ingest: Option<String>,
+    /// MQTT protocol version: 3.1.1 (the default) or 5.
+    pub mqtt_version: MqttVersion,
+    /// MQTT 5 only: how long the broker keeps a persistent session (`clean_session =
+    /// false`) after the device disconnects. Default 1 h (AWS IoT Core's default; its
+    /// maximum is 7 days).
+    #[serde(with = "humantime_serde_compat")]
+    pub session_expiry: Duration,
 }
 
 impl Default for SimConfig {
@@ -139,6 +148,8 @@ impl Default for SimConfig {
             keep_alive: KEEP_ALIVE,
             clean_session: true,
             basic_ingest: None,
+            mqtt_version: MqttVersion::V3_1_1,
+            session_expiry: DEFAULT_SESSION_EXPIRY,
         }
     }
 }
@@ -299,6 +310,59 @@ impl Serialize for QoS {
 impl<'de> Deserialize<'de> for QoS {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         QoS::try_from(u8::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The MQTT protocol version of the device connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4), the default: what every broker and AWS IoT Core speak.
+    #[default]
+    V3_1_1,
+    /// MQTT 5: reason codes on PUBACK (a refused publish counts as failed), session
+    /// expiry instead of clean session.
+    V5,
+}
+
+impl fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V3_1_1 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
+impl FromStr for MqttVersion {
+    type Err = SimError;
+
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        match s.trim() {
+            "3.1.1" | "3" | "4" | "311" => Ok(MqttVersion::V3_1_1),
+            "5" | "5.0" => Ok(MqttVersion::V5),
+            other => Err(SimError::InvalidConfig {
+                field: "mqtt_version",
+                reason: format!("{other:?} is not 3.1.1 or 5"),
+            }),
+        }
+    }
+}
+
+impl Serialize for MqttVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // "5" and 5 both work in a fleet file.
+        let v = serde_json::Value::deserialize(d)?;
+        let s = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -43,14 +43,15 @@ use std::time::Duration;
 
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
-    Request, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, Request,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{BrokerUrl, QoS};
+use crate::config::{BrokerUrl, MqttVersion, QoS};
+use crate::error::SimError;
 use crate::schedule::DeviceStream;
 use crate::summary::{LatencyHistogram, LiveCounters};
 
@@ -78,6 +79,10 @@ pub(crate) struct FleetCtx {
     pub keep_alive: Duration,
     /// Clean (true) or persistent (false) sessions.
     pub clean_session: bool,
+    /// MQTT 3.1.1 or 5.
+    pub mqtt_version: MqttVersion,
+    /// MQTT 5 session expiry of a persistent session.
+    pub session_expiry: Duration,
     /// The instant the run started: every schedule is anchored here.
     pub t0: Instant,
     pub ack_timeout: Duration,
@@ -159,32 +164,35 @@ pub(crate) async fn run_device(
     mut stream: DeviceStream,
     tls: Option<Arc<rustls::ClientConfig>>,
     ctx: Arc<FleetCtx>,
-    first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+    first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) -> DeviceOutcome {
-    let mut opts = MqttOptions::new(stream.device_id(), ctx.broker.host.clone(), ctx.broker.port);
-    opts.set_keep_alive(ctx.keep_alive)
-        .set_clean_session(ctx.clean_session)
-        .set_inflight(MAX_INFLIGHT);
-    if let Some(tls) = tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
-    let mut net = NetworkOptions::new();
-    // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(CONNECT_TIMEOUT_S);
-    eventloop.set_network_options(net);
-
     let shared = Arc::new(DeviceShared::default());
-    let mut driver = tokio::spawn(drive(
-        eventloop,
-        Arc::clone(&shared),
-        Arc::clone(&ctx),
-        stream.device_id().to_owned(),
-        first_connect,
-    ));
+    let (client, mut driver) = match ctx.mqtt_version {
+        MqttVersion::V3_1_1 => {
+            let (client, eventloop) = client_v4(stream.device_id(), tls, &ctx);
+            let driver = tokio::spawn(drive(
+                eventloop,
+                Arc::clone(&shared),
+                Arc::clone(&ctx),
+                stream.device_id().to_owned(),
+                first_connect,
+            ));
+            (Client::V4(client), driver)
+        }
+        MqttVersion::V5 => {
+            let (client, eventloop) = v5::client(stream.device_id(), tls, &ctx);
+            let driver = tokio::spawn(v5::drive(
+                eventloop,
+                Arc::clone(&shared),
+                Arc::clone(&ctx),
+                stream.device_id().to_owned(),
+                first_connect,
+            ));
+            (Client::V5(client), driver)
+        }
+    };
 
-    let qos = ctx.qos.to_rumqttc();
+    let qos = ctx.qos;
     let t0 = ctx.t0;
     let count = stream.total();
     // Past this instant the device stops trying: its last message was due (at the latest,
@@ -216,7 +224,7 @@ pub(crate) async fn run_device(
             biased;
             () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
             () = tokio::time::sleep_until(give_up) => break End::GaveUp,
-            r = client.publish(msg.topic, qos, false, msg.payload) => match r {
+            r = client.publish(msg.topic, qos, msg.payload) => match r {
                 Ok(()) => handed_off += 1,
                 Err(_) => break End::DriverGone,
             },
@@ -281,6 +289,61 @@ pub(crate) async fn run_device(
     outcome
 }
 
+/// The MQTT 3.1.1 client of a device and its event loop.
+fn client_v4(
+    device_id: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ctx: &FleetCtx,
+) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(device_id, ctx.broker.host.clone(), ctx.broker.port);
+    opts.set_keep_alive(ctx.keep_alive)
+        .set_clean_session(ctx.clean_session)
+        .set_inflight(MAX_INFLIGHT);
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
+    eventloop.set_network_options(network_options());
+    (client, eventloop)
+}
+
+fn network_options() -> NetworkOptions {
+    let mut net = NetworkOptions::new();
+    // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(CONNECT_TIMEOUT_S);
+    net
+}
+
+/// A device's MQTT client handle, of either protocol version.
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    /// Queues a publish; fails only when the event loop is gone.
+    async fn publish(&self, topic: String, qos: QoS, payload: Vec<u8>) -> Result<(), ()> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, qos.to_rumqttc(), false, payload)
+                .await
+                .map_err(drop),
+            Client::V5(c) => c
+                .publish(topic, v5::qos(qos), false, payload)
+                .await
+                .map_err(drop),
+        }
+    }
+
+    async fn disconnect(&self) -> Result<(), ()> {
+        match self {
+            Client::V4(c) => c.disconnect().await.map_err(drop),
+            Client::V5(c) => c.disconnect().await.map_err(drop),
+        }
+    }
+}
+
 /// Completes when `stop` is (or becomes) true; never, if its sender is gone.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
@@ -295,7 +358,7 @@ async fn drive(
     shared: Arc<DeviceShared>,
     ctx: Arc<FleetCtx>,
     device_id: String,
-    mut first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+    mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) {
     let live = &ctx.live;
     let qos1 = ctx.qos == QoS::AtLeastOnce;
@@ -360,7 +423,7 @@ async fn drive(
             Err(e) => {
                 if let Some(tx) = first_connect.take() {
                     // The run decides: it aborts when the first device cannot connect.
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
                     break;
                 }
                 LiveCounters::add(&live.connection_errors, 1);
@@ -432,6 +495,159 @@ impl<'a> ConnectedGuard<'a> {
 impl Drop for ConnectedGuard<'_> {
     fn drop(&mut self) {
         self.set(false);
+    }
+}
+
+/// The MQTT 5 client: the same driver over `rumqttc::v5` types.
+mod v5 {
+    use std::collections::hash_map::Entry;
+    use std::collections::{HashMap, VecDeque};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
+    use rumqttc::{Outgoing, TlsConfiguration, Transport};
+    use tokio::sync::oneshot;
+    use tokio::time::Instant;
+    use tracing::debug;
+
+    use super::{
+        CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, MAX_INFLIGHT,
+        REQUEST_CHANNEL_CAPACITY, backoff, network_options,
+    };
+    use crate::config::QoS;
+    use crate::error::SimError;
+    use crate::summary::LiveCounters;
+
+    pub(super) fn qos(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
+        match q {
+            QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        }
+    }
+
+    /// The MQTT 5 client of a device and its event loop. A persistent session
+    /// (`clean_session = false`) is clean start off plus a session expiry interval.
+    pub(super) fn client(
+        device_id: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        ctx: &FleetCtx,
+    ) -> (AsyncClient, EventLoop) {
+        let mut opts = MqttOptions::new(device_id, ctx.broker.host.clone(), ctx.broker.port);
+        opts.set_keep_alive(ctx.keep_alive)
+            .set_clean_start(ctx.clean_session)
+            .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
+            .set_connection_timeout(CONNECT_TIMEOUT_S)
+            .set_network_options(network_options());
+        if !ctx.clean_session {
+            let secs = u32::try_from(ctx.session_expiry.as_secs()).unwrap_or(u32::MAX);
+            opts.set_session_expiry_interval(Some(secs));
+        }
+        if let Some(tls) = tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        }
+        AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY)
+    }
+
+    fn mark_dup(request: Request) -> Request {
+        match request {
+            Request::Publish(mut p) if p.pkid != 0 => {
+                p.dup = true;
+                Request::Publish(p)
+            }
+            other => other,
+        }
+    }
+
+    /// [`super::drive`] for MQTT 5. A PUBACK with an error reason code (quota exceeded,
+    /// not authorized, ...) is not an acknowledgement: that message counts as failed.
+    pub(super) async fn drive(
+        mut eventloop: EventLoop,
+        shared: Arc<DeviceShared>,
+        ctx: Arc<FleetCtx>,
+        device_id: String,
+        mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
+    ) {
+        let live = &ctx.live;
+        let qos1 = ctx.qos == QoS::AtLeastOnce;
+        let mut inflight: HashMap<u16, Instant> = HashMap::new();
+        let mut stash: VecDeque<Request> = VecDeque::new();
+        let mut attempt = 0u32;
+        let mut connected = ConnectedGuard::new(live);
+
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = first_connect.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    connected.set(true);
+                    attempt = 0;
+                    if !stash.is_empty() {
+                        let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
+                        replay.append(&mut eventloop.pending);
+                        eventloop.pending = replay;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    let now = Instant::now();
+                    let us = u64::try_from(now.saturating_duration_since(ctx.t0).as_micros())
+                        .unwrap_or(u64::MAX);
+                    shared.first_write_us.fetch_min(us, Ordering::AcqRel);
+                    shared.last_write_us.fetch_max(us, Ordering::AcqRel);
+                    if !qos1 {
+                        shared.sent.fetch_add(1, Ordering::AcqRel);
+                        LiveCounters::add(&live.sent, 1);
+                        LiveCounters::add(&live.acknowledged, 1);
+                        shared.progress.notify_one();
+                    } else {
+                        match inflight.entry(pkid) {
+                            Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
+                            Entry::Vacant(slot) => {
+                                slot.insert(now);
+                                shared.sent.fetch_add(1, Ordering::AcqRel);
+                                LiveCounters::add(&live.sent, 1);
+                                shared.progress.notify_one();
+                            }
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(at) = inflight.remove(&ack.pkid) {
+                        if matches!(
+                            ack.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ) {
+                            ctx.latency.record(at.elapsed());
+                            shared.acked.fetch_add(1, Ordering::AcqRel);
+                            LiveCounters::add(&live.acknowledged, 1);
+                        } else {
+                            debug!(device = %device_id, reason = ?ack.reason, "publish refused");
+                        }
+                        shared.progress.notify_one();
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(tx) = first_connect.take() {
+                        let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
+                        break;
+                    }
+                    LiveCounters::add(&live.connection_errors, 1);
+                    if connected.set(false) {
+                        debug!(device = %device_id, error = %e, "connection lost; reconnecting");
+                    } else {
+                        debug!(device = %device_id, error = %e, attempt, "connect failed; retrying");
+                    }
+                    stash.append(&mut eventloop.pending);
+                    let delay = backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 }
 

@@ -85,7 +85,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use config::{BrokerUrl, QoS, Scheme, SimConfig};
+pub use config::{BrokerUrl, MqttVersion, QoS, Scheme, SimConfig};
 pub use error::SimError;
 pub use summary::{DeviceLedger, LiveCounters, SimSummary};
 
@@ -148,6 +148,8 @@ pub async fn run_with_counters(
         qos: cfg.qos,
         keep_alive: cfg.keep_alive,
         clean_session: cfg.clean_session,
+        mqtt_version: cfg.mqtt_version,
+        session_expiry: cfg.session_expiry,
         t0: Instant::now(),
         ack_timeout: cfg.ack_timeout,
         offline_buffer: cfg.offline_buffer,
@@ -192,7 +194,7 @@ pub async fn run_with_counters(
         }
         forward.abort();
         monitor.abort();
-        return Err(SimError::connect(&broker, &e));
+        return Err(e);
     }
 
     // The connection ramp: device i is started at its slot, i / connect_rate s in.
@@ -332,6 +334,7 @@ fn summarize(
         devices: layout.devices(),
         devices_started,
         qos: cfg.qos,
+        mqtt_version: cfg.mqtt_version,
         rate: cfg.device_types.is_empty().then_some(cfg.rate),
         nominal_rate: (layout.nominal_rate() * 1000.0).round() / 1000.0,
         messages_per_device: layout.max_messages_per_device(),

@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use device_sim::config::{DEFAULT_BROKER, DEFAULT_CONNECT_RATE};
 use device_sim::fleet::FleetLayout;
-use device_sim::{BrokerUrl, LiveCounters, QoS, SimConfig, SimSummary};
+use device_sim::{BrokerUrl, LiveCounters, MqttVersion, QoS, SimConfig, SimSummary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -120,6 +120,19 @@ struct Cli {
     /// true: every connection starts a clean session. false: the broker keeps each device's session after it disconnects (persistent session; it outlives the run).
     #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set, help_heading = "MQTT")]
     clean_session: bool,
+
+    /// MQTT protocol version: 3.1.1 or 5.
+    #[arg(
+        long,
+        value_name = "3.1.1|5",
+        default_value = "3.1.1",
+        help_heading = "MQTT"
+    )]
+    mqtt_version: MqttVersion,
+
+    /// MQTT 5 with --clean-session false: how long the broker keeps a device's session after it disconnects (AWS IoT Core: default 1h, at most 7 days).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration, help_heading = "MQTT")]
+    session_expiry: Duration,
 
     /// AWS IoT Basic Ingest: publish to $aws/rules/RULE/dt/FLEET/DEVICE_ID/telemetry, straight to the IoT rule RULE (no broker fan-out, no messaging charge).
     #[arg(long, value_name = "RULE", help_heading = "MQTT")]
@@ -264,6 +277,12 @@ impl Cli {
         }
         if set("clean_session") {
             cfg.clean_session = self.clean_session;
+        }
+        if set("mqtt_version") {
+            cfg.mqtt_version = self.mqtt_version;
+        }
+        if set("session_expiry") {
+            cfg.session_expiry = self.session_expiry;
         }
         if self.basic_ingest.is_some() {
             cfg.basic_ingest.clone_from(&self.basic_ingest);
@@ -557,7 +576,7 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
         )
     };
     format!(
-        "device-sim: {devices} devices, {nominal} msg/s fleet-wide for {dur} (QoS {qos}) to {broker}, fleet {fleet:?}\n\
+        "device-sim: {devices} devices, {nominal} msg/s fleet-wide for {dur} (QoS {qos}, MQTT {version}) to {broker}, fleet {fleet:?}\n\
          \x20 scheduled     {scheduled}\n\
          \x20 sent          {sent}  ({send_rate} msg/s)\n\
          \x20 acknowledged  {acked}\n\
@@ -571,6 +590,7 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
         nominal = s.nominal_rate,
         dur = humantime::format_duration(cfg.duration),
         qos = s.qos,
+        version = s.mqtt_version,
         broker = s.broker,
         fleet = s.fleet,
         scheduled = s.scheduled,

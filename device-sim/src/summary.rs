@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::config::QoS;
+use crate::config::{MqttVersion, QoS};
 
 /// Counters a caller can read while [`crate::run_with_counters`] runs (progress bars,
 /// the `iotpipe up` dashboard). Monotonic except `connected`.
@@ -58,6 +58,8 @@ pub struct SimSummary {
     pub devices_started: usize,
     /// QoS of the publishes (0 or 1).
     pub qos: QoS,
+    /// MQTT protocol version of the connections ("3.1.1" or "5").
+    pub mqtt_version: MqttVersion,
     /// Asked rate per device, messages per second (`None` for a fleet of device types,
     /// whose intervals differ; see `nominal_rate`).
     pub rate: Option<f64>,
@@ -249,6 +251,7 @@ mod tests {
             devices: 1,
             devices_started: 1,
             qos: QoS::AtLeastOnce,
+            mqtt_version: MqttVersion::V5,
             rate: Some(1.0),
             nominal_rate: 1.0,
             messages_per_device: 1,
@@ -270,6 +273,7 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["elapsed_s"], 1.234);
         assert_eq!(v["qos"], 1);
+        assert_eq!(v["mqtt_version"], "5");
         assert!(v["publish_latency_p99_ms"].is_null());
     }
 }

@@ -357,8 +357,8 @@ fn system_roots() -> Result<RootCertStore, SimError> {
 /// sits at different depths: in the TLS connector's error for a failed handshake, in the
 /// packet reader's I/O error when the server's alert arrives after the client finished
 /// its half (TLS 1.3, or a refused client certificate).
-fn rustls_error(err: &rumqttc::ConnectionError) -> Option<&rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(r) = e.downcast_ref::<rustls::Error>() {
             return Some(r);
@@ -378,7 +378,7 @@ fn rustls_error(err: &rumqttc::ConnectionError) -> Option<&rustls::Error> {
 /// Words for a failed TLS handshake: what happened and what to do. `None` when `err` is
 /// not a TLS failure.
 pub(crate) fn explain_handshake_error(
-    err: &rumqttc::ConnectionError,
+    err: &(dyn std::error::Error + 'static),
 ) -> Option<(String, &'static str)> {
     use rustls::{AlertDescription as A, CertificateError as C, Error as R};
     let e = rustls_error(err)?;

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use device_sim::tls::TlsConfig;
-use device_sim::{QoS, SimConfig};
+use device_sim::{MqttVersion, QoS, SimConfig};
 use telemetry::Telemetry;
 use tokio::time::sleep;
 
@@ -26,7 +26,7 @@ use common::{
     OwnMosquitto, START_MS, SubOptions, Subscriber, never_shut_down, test_certs, test_tls_client,
 };
 
-async fn restart_mid_run_loses_nothing(tls: bool, clean_session: bool) {
+async fn restart_mid_run_loses_nothing(tls: bool, clean_session: bool, mqtt_version: MqttVersion) {
     let mut broker = OwnMosquitto::start(tls).await;
     let tag = format!("{:08x}", rand::random::<u32>());
     let fleet = format!("restart-{tag}");
@@ -65,6 +65,7 @@ async fn restart_mid_run_loses_nothing(tls: bool, clean_session: bool) {
         seed: 3,
         start_ms: Some(START_MS),
         clean_session,
+        mqtt_version,
         // Reconnecting takes up to a few seconds of backoff: wait for the last PUBACKs.
         ack_timeout: Duration::from_secs(15),
         tls: tls_cfg,
@@ -103,15 +104,20 @@ async fn restart_mid_run_loses_nothing(tls: bool, clean_session: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_no_qos1_message() {
-    restart_mid_run_loses_nothing(false, true).await;
+    restart_mid_run_loses_nothing(false, true, MqttVersion::V3_1_1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_no_qos1_message_with_persistent_device_sessions() {
-    restart_mid_run_loses_nothing(false, false).await;
+    restart_mid_run_loses_nothing(false, false, MqttVersion::V3_1_1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_no_qos1_message_over_mutual_tls() {
-    restart_mid_run_loses_nothing(true, true).await;
+    restart_mid_run_loses_nothing(true, true, MqttVersion::V3_1_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_no_qos1_message_with_mqtt5_persistent_sessions() {
+    restart_mid_run_loses_nothing(false, false, MqttVersion::V5).await;
 }

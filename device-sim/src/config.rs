@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SimError;
+use crate::faults::{Faults, MAX_BATCH};
 use crate::fleet::{DeviceType, FleetLayout};
 use crate::tls::TlsConfig;
 
@@ -125,6 +126,14 @@ pub struct SimConfig {
     /// maximum is 7 days).
     #[serde(with = "humantime_serde_compat")]
     pub session_expiry: Duration,
+    /// Device-side batching: each publish carries this many consecutive messages as a
+    /// JSON array (the last one fewer); 1 (the default) publishes single objects. The
+    /// ledger still counts messages (seqs), not publishes. At most 1000; keep the
+    /// payload under 128 KiB for AWS IoT Core (a default sensor message is ~130 bytes).
+    pub batch: usize,
+    /// Reproducible fault injection (duplicates, reordering, clock skew, malformed and
+    /// oversize payloads, disconnect storms); all off by default. See [`crate::faults`].
+    pub faults: Faults,
 }
 
 impl Default for SimConfig {
@@ -150,6 +159,8 @@ impl Default for SimConfig {
             basic_ingest: None,
             mqtt_version: MqttVersion::V3_1_1,
             session_expiry: DEFAULT_SESSION_EXPIRY,
+            batch: 1,
+            faults: Faults::default(),
         }
     }
 }
@@ -216,6 +227,13 @@ impl SimConfig {
                 format!("{rule:?} is not an AWS IoT rule name: 1-128 characters of [A-Za-z0-9_]"),
             ));
         }
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(invalid(
+                "batch",
+                format!("{} is not between 1 and {MAX_BATCH} messages", self.batch),
+            ));
+        }
+        self.faults.validate()?;
         self.tls.validate(&self.broker)?;
         // Device types, ids (they must be AWS IoT thing names) and seq ranges.
         FleetLayout::new(self).check(self)

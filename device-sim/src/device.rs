@@ -52,7 +52,7 @@ use tracing::debug;
 
 use crate::config::{BrokerUrl, MqttVersion, QoS};
 use crate::error::SimError;
-use crate::schedule::DeviceStream;
+use crate::faults::{FaultCounts, SendStream};
 use crate::summary::{LatencyHistogram, LiveCounters};
 
 /// Capacity of the channel between a device's publisher and its event loop. Small on
@@ -63,6 +63,9 @@ const REQUEST_CHANNEL_CAPACITY: usize = 16;
 const MAX_INFLIGHT: u16 = 100;
 /// TCP connect + CONNACK timeout, seconds (rumqttc's unit).
 const CONNECT_TIMEOUT_S: u64 = 5;
+/// Largest MQTT packet a device sends or takes (rumqttc's default is 10 KiB): room for
+/// the largest batch and for oversize faults (128 KiB + 1 KiB).
+const MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// Bound on the clean disconnect at the end of a device's run.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// First reconnect delay (before jitter).
@@ -92,6 +95,8 @@ pub(crate) struct FleetCtx {
     pub latency: Arc<LatencyHistogram>,
     /// Becomes true on shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Disconnect storms so far: a driver that sees it change drops its connection.
+    pub storms: AtomicU64,
 }
 
 /// Counters a device's driver updates and its publisher reads.
@@ -106,6 +111,12 @@ struct DeviceShared {
     last_write_us: AtomicU64,
     /// Woken by the driver after every write or PUBACK (the publisher's drain waits on it).
     progress: Notify,
+    /// Messages in each publish handed to the client, in hand-off order (the event loop
+    /// writes them in that order): the driver counts messages, not packets. A batch
+    /// weighs its size, an injected duplicate copy 0.
+    weights: std::sync::Mutex<VecDeque<u64>>,
+    /// Connections this device dropped in disconnect storms.
+    disconnects: AtomicU64,
 }
 
 impl Default for DeviceShared {
@@ -116,7 +127,76 @@ impl Default for DeviceShared {
             first_write_us: AtomicU64::new(u64::MAX),
             last_write_us: AtomicU64::new(0),
             progress: Notify::new(),
+            weights: std::sync::Mutex::new(VecDeque::new()),
+            disconnects: AtomicU64::new(0),
         }
+    }
+}
+
+/// QoS 1 publishes written and not yet acknowledged: packet id -> (first write, messages).
+type Inflight = HashMap<u16, (Instant, u64)>;
+
+impl DeviceShared {
+    fn next_weight(&self) -> u64 {
+        self.weights
+            .lock()
+            .ok()
+            .and_then(|mut w| w.pop_front())
+            .unwrap_or(1)
+    }
+
+    /// A publish was written (`pkid` 0 for QoS 0): counts its messages once.
+    fn on_write(&self, ctx: &FleetCtx, inflight: &mut Inflight, pkid: u16) {
+        let live = &ctx.live;
+        let now = Instant::now();
+        let us =
+            u64::try_from(now.saturating_duration_since(ctx.t0).as_micros()).unwrap_or(u64::MAX);
+        self.first_write_us.fetch_min(us, Ordering::AcqRel);
+        self.last_write_us.fetch_max(us, Ordering::AcqRel);
+        if ctx.qos == QoS::AtMostOnce {
+            let w = self.next_weight();
+            self.sent.fetch_add(w, Ordering::AcqRel);
+            self.acked.fetch_add(w, Ordering::AcqRel);
+            LiveCounters::add(&live.sent, w);
+            LiveCounters::add(&live.acknowledged, w);
+            self.progress.notify_one();
+            return;
+        }
+        match inflight.entry(pkid) {
+            // A republish of a publish already counted (a packet id is not reused while
+            // its publish is unacknowledged).
+            Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
+            Entry::Vacant(slot) => {
+                let w = self.next_weight();
+                slot.insert((now, w));
+                self.sent.fetch_add(w, Ordering::AcqRel);
+                LiveCounters::add(&live.sent, w);
+                self.progress.notify_one();
+            }
+        }
+    }
+
+    /// A PUBACK arrived; `ok` is false for an MQTT 5 error reason code.
+    fn on_ack(&self, ctx: &FleetCtx, inflight: &mut Inflight, pkid: u16, ok: bool) {
+        if let Some((at, w)) = inflight.remove(&pkid) {
+            if ok {
+                ctx.latency.record(at.elapsed());
+                self.acked.fetch_add(w, Ordering::AcqRel);
+                LiveCounters::add(&ctx.live.acknowledged, w);
+            }
+            self.progress.notify_one();
+        }
+    }
+
+    /// Whether a disconnect storm hit since `seen` (which it updates).
+    fn storm_hit(&self, ctx: &FleetCtx, seen: &mut u64) -> bool {
+        let now = ctx.storms.load(Ordering::Acquire);
+        if now == *seen {
+            return false;
+        }
+        *seen = now;
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+        true
     }
 }
 
@@ -136,6 +216,8 @@ pub(crate) struct DeviceOutcome {
     pub confirmed: u64,
     /// First and last write, µs after `t0` (`None` if nothing was written).
     pub writes_us: Option<(u64, u64)>,
+    /// Faults injected into this device's publishes.
+    pub faults: FaultCounts,
 }
 
 impl DeviceOutcome {
@@ -161,31 +243,32 @@ enum End {
 /// disconnect. `first_connect`, when given, receives the outcome of the first connection
 /// attempt (the run uses device 0 to fail fast on an unreachable broker).
 pub(crate) async fn run_device(
-    mut stream: DeviceStream,
+    mut stream: SendStream,
     tls: Option<Arc<rustls::ClientConfig>>,
     ctx: Arc<FleetCtx>,
     first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) -> DeviceOutcome {
     let shared = Arc::new(DeviceShared::default());
+    let device_id = stream.readings().device_id().to_owned();
     let (client, mut driver) = match ctx.mqtt_version {
         MqttVersion::V3_1_1 => {
-            let (client, eventloop) = client_v4(stream.device_id(), tls, &ctx);
+            let (client, eventloop) = client_v4(&device_id, tls, &ctx);
             let driver = tokio::spawn(drive(
                 eventloop,
                 Arc::clone(&shared),
                 Arc::clone(&ctx),
-                stream.device_id().to_owned(),
+                device_id.clone(),
                 first_connect,
             ));
             (Client::V4(client), driver)
         }
         MqttVersion::V5 => {
-            let (client, eventloop) = v5::client(stream.device_id(), tls, &ctx);
+            let (client, eventloop) = v5::client(&device_id, tls, &ctx);
             let driver = tokio::spawn(v5::drive(
                 eventloop,
                 Arc::clone(&shared),
                 Arc::clone(&ctx),
-                stream.device_id().to_owned(),
+                device_id.clone(),
                 first_connect,
             ));
             (Client::V5(client), driver)
@@ -194,10 +277,11 @@ pub(crate) async fn run_device(
 
     let qos = ctx.qos;
     let t0 = ctx.t0;
-    let count = stream.total();
+    let readings = stream.readings().clone();
+    let count = readings.total();
     // Past this instant the device stops trying: its last message was due (at the latest,
     // with jitter) ack_timeout ago.
-    let give_up = t0 + stream.due(count.saturating_sub(1)) + stream.jitter() + ctx.ack_timeout;
+    let give_up = t0 + readings.due(count.saturating_sub(1)) + readings.jitter() + ctx.ack_timeout;
     let mut stop = ctx.stop.clone();
     let (mut handed_off, mut dropped) = (0u64, 0u64);
 
@@ -214,28 +298,41 @@ pub(crate) async fn run_device(
         }
         // The offline buffer: with `offline_buffer` later messages already due, the device
         // is that far behind (its connection was down); the oldest message goes.
-        let due_now = stream.due_by(Instant::now().saturating_duration_since(t0));
+        let due_now = readings.due_by(Instant::now().saturating_duration_since(t0));
         if due_now.saturating_sub(stream.taken()) >= ctx.offline_buffer {
-            dropped += 1;
+            dropped += msg.messages;
             continue;
         }
+        if let Ok(mut w) = shared.weights.lock() {
+            w.push_back(msg.messages);
+        }
         // Blocks while the channel is full (connection down): that is the backpressure.
-        tokio::select! {
+        let cancelled = tokio::select! {
             biased;
-            () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
-            () = tokio::time::sleep_until(give_up) => break End::GaveUp,
+            () = stopped(&mut stop) => Some(End::Shutdown(Instant::now())),
+            () = tokio::time::sleep_until(give_up) => Some(End::GaveUp),
             r = client.publish(msg.topic, qos, msg.payload) => match r {
-                Ok(()) => handed_off += 1,
-                Err(_) => break End::DriverGone,
+                Ok(()) => {
+                    handed_off += msg.messages;
+                    None
+                }
+                Err(_) => Some(End::DriverGone),
             },
+        };
+        if let Some(end) = cancelled {
+            // Not handed off: its weight must not count the next write.
+            if let Ok(mut w) = shared.weights.lock() {
+                w.pop_back();
+            }
+            break end;
         }
     };
     let now = Instant::now();
     // Messages are taken at or after their due time, so this covers those already taken.
-    let scheduled = (handed_off + dropped).max(stream.due_by(now.saturating_duration_since(t0)));
+    let scheduled = (handed_off + dropped).max(readings.due_by(now.saturating_duration_since(t0)));
     if dropped > 0 {
         LiveCounters::add(&ctx.live.dropped, dropped);
-        debug!(device = %stream.device_id(), dropped, "offline buffer overflowed");
+        debug!(device = %device_id, dropped, "offline buffer overflowed");
     }
 
     // Wait for the outstanding confirmations, bounded.
@@ -269,9 +366,12 @@ pub(crate) async fn run_device(
         driver.abort();
     }
 
+    let mut faults = stream.counts();
+    faults.disconnects = shared.disconnects.load(Ordering::Acquire);
     let outcome = DeviceOutcome {
-        device_id: stream.device_id().to_owned(),
-        first_seq: stream.first_seq(),
+        device_id,
+        first_seq: readings.first_seq(),
+        faults,
         handed_off,
         dropped,
         scheduled,
@@ -298,7 +398,9 @@ fn client_v4(
     let mut opts = MqttOptions::new(device_id, ctx.broker.host.clone(), ctx.broker.port);
     opts.set_keep_alive(ctx.keep_alive)
         .set_clean_session(ctx.clean_session)
-        .set_inflight(MAX_INFLIGHT);
+        .set_inflight(MAX_INFLIGHT)
+        // rumqttc's default limit is 10 KiB: too small for batches and oversize faults.
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     if let Some(tls) = tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
     }
@@ -361,21 +463,30 @@ async fn drive(
     mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) {
     let live = &ctx.live;
-    let qos1 = ctx.qos == QoS::AtLeastOnce;
-    // QoS 1 publishes written and not yet acknowledged: packet id -> first write.
-    let mut inflight: HashMap<u16, Instant> = HashMap::new();
+    let mut inflight = Inflight::new();
     // Requests of a lost connection, replayed once the next one is up.
     let mut stash: VecDeque<Request> = VecDeque::new();
     let mut attempt = 0u32;
     let mut connected = ConnectedGuard::new(live);
+    let mut storms_seen = 0;
 
     loop {
+        if connected.on && shared.storm_hit(&ctx, &mut storms_seen) {
+            // A disconnect storm: drop the connection without a DISCONNECT packet, keep
+            // what was not acknowledged for the replay, reconnect after a jittered pause.
+            eventloop.clean();
+            stash.append(&mut eventloop.pending);
+            connected.set(false);
+            tokio::time::sleep(backoff(0)).await;
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 if let Some(tx) = first_connect.take() {
                     let _ = tx.send(Ok(()));
                 }
                 connected.set(true);
+                // Storms before this connection do not count for it.
+                storms_seen = ctx.storms.load(Ordering::Acquire);
                 attempt = 0;
                 if !stash.is_empty() {
                     debug!(device = %device_id, requests = stash.len(), "replaying after reconnect");
@@ -386,37 +497,10 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let now = Instant::now();
-                let us = u64::try_from(now.saturating_duration_since(ctx.t0).as_micros())
-                    .unwrap_or(u64::MAX);
-                shared.first_write_us.fetch_min(us, Ordering::AcqRel);
-                shared.last_write_us.fetch_max(us, Ordering::AcqRel);
-                if !qos1 {
-                    shared.sent.fetch_add(1, Ordering::AcqRel);
-                    LiveCounters::add(&live.sent, 1);
-                    LiveCounters::add(&live.acknowledged, 1);
-                    shared.progress.notify_one();
-                } else {
-                    match inflight.entry(pkid) {
-                        // A republish of a message already counted (a packet id is not
-                        // reused while its publish is unacknowledged).
-                        Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
-                        Entry::Vacant(slot) => {
-                            slot.insert(now);
-                            shared.sent.fetch_add(1, Ordering::AcqRel);
-                            LiveCounters::add(&live.sent, 1);
-                            shared.progress.notify_one();
-                        }
-                    }
-                }
+                shared.on_write(&ctx, &mut inflight, pkid);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(at) = inflight.remove(&ack.pkid) {
-                    ctx.latency.record(at.elapsed());
-                    shared.acked.fetch_add(1, Ordering::AcqRel);
-                    LiveCounters::add(&live.acknowledged, 1);
-                    shared.progress.notify_one();
-                }
+                shared.on_ack(&ctx, &mut inflight, ack.pkid, true);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
@@ -500,8 +584,7 @@ impl Drop for ConnectedGuard<'_> {
 
 /// The MQTT 5 client: the same driver over `rumqttc::v5` types.
 mod v5 {
-    use std::collections::hash_map::Entry;
-    use std::collections::{HashMap, VecDeque};
+    use std::collections::VecDeque;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
@@ -509,11 +592,10 @@ mod v5 {
     use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
     use rumqttc::{Outgoing, TlsConfiguration, Transport};
     use tokio::sync::oneshot;
-    use tokio::time::Instant;
     use tracing::debug;
 
     use super::{
-        CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, MAX_INFLIGHT,
+        CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, Inflight, MAX_INFLIGHT,
         REQUEST_CHANNEL_CAPACITY, backoff, network_options,
     };
     use crate::config::QoS;
@@ -570,19 +652,26 @@ mod v5 {
         mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
     ) {
         let live = &ctx.live;
-        let qos1 = ctx.qos == QoS::AtLeastOnce;
-        let mut inflight: HashMap<u16, Instant> = HashMap::new();
+        let mut inflight = Inflight::new();
         let mut stash: VecDeque<Request> = VecDeque::new();
         let mut attempt = 0u32;
         let mut connected = ConnectedGuard::new(live);
+        let mut storms_seen = 0;
 
         loop {
+            if connected.on && shared.storm_hit(&ctx, &mut storms_seen) {
+                eventloop.clean();
+                stash.append(&mut eventloop.pending);
+                connected.set(false);
+                tokio::time::sleep(backoff(0)).await;
+            }
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     if let Some(tx) = first_connect.take() {
                         let _ = tx.send(Ok(()));
                     }
                     connected.set(true);
+                    storms_seen = ctx.storms.load(Ordering::Acquire);
                     attempt = 0;
                     if !stash.is_empty() {
                         let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
@@ -591,42 +680,17 @@ mod v5 {
                     }
                 }
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let now = Instant::now();
-                    let us = u64::try_from(now.saturating_duration_since(ctx.t0).as_micros())
-                        .unwrap_or(u64::MAX);
-                    shared.first_write_us.fetch_min(us, Ordering::AcqRel);
-                    shared.last_write_us.fetch_max(us, Ordering::AcqRel);
-                    if !qos1 {
-                        shared.sent.fetch_add(1, Ordering::AcqRel);
-                        LiveCounters::add(&live.sent, 1);
-                        LiveCounters::add(&live.acknowledged, 1);
-                        shared.progress.notify_one();
-                    } else {
-                        match inflight.entry(pkid) {
-                            Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
-                            Entry::Vacant(slot) => {
-                                slot.insert(now);
-                                shared.sent.fetch_add(1, Ordering::AcqRel);
-                                LiveCounters::add(&live.sent, 1);
-                                shared.progress.notify_one();
-                            }
-                        }
-                    }
+                    shared.on_write(&ctx, &mut inflight, pkid);
                 }
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(at) = inflight.remove(&ack.pkid) {
-                        if matches!(
-                            ack.reason,
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                        ) {
-                            ctx.latency.record(at.elapsed());
-                            shared.acked.fetch_add(1, Ordering::AcqRel);
-                            LiveCounters::add(&live.acknowledged, 1);
-                        } else {
-                            debug!(device = %device_id, reason = ?ack.reason, "publish refused");
-                        }
-                        shared.progress.notify_one();
+                    let ok = matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    );
+                    if !ok {
+                        debug!(device = %device_id, reason = ?ack.reason, "publish refused");
                     }
+                    shared.on_ack(&ctx, &mut inflight, ack.pkid, ok);
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}

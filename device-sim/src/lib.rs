@@ -40,6 +40,8 @@
 //!   pacing, acknowledgement counting, reconnects and republishing.
 //! - [`summary`]: the run's [`SimSummary`], the per-device [`DeviceLedger`], live counters and the
 //!   latency histogram.
+//! - [`faults`]: device-side batches and reproducible fault injection
+//!   ([`faults::SendStream`]: what a device publishes, made from its readings).
 //! - [`tls`]: mutual-TLS client settings ([`tls::TlsConfig`]) on rustls + aws-lc-rs.
 //! - [`error`]: the [`SimError`] enum.
 //! - `src/main.rs`: the `device-sim` command line.
@@ -70,6 +72,7 @@
 pub mod config;
 mod device;
 pub mod error;
+pub mod faults;
 pub mod fleet;
 pub mod model;
 pub mod schedule;
@@ -78,6 +81,7 @@ pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -90,8 +94,9 @@ pub use error::SimError;
 pub use summary::{DeviceLedger, LiveCounters, SimSummary};
 
 use crate::device::{DeviceOutcome, FleetCtx, run_device, stopped};
+use crate::faults::{FaultCounts, SendStream};
 use crate::fleet::FleetLayout;
-use crate::schedule::{DeviceStream, FleetStream};
+use crate::schedule::{DeviceStream, FleetSendStream, FleetStream};
 use crate::summary::LatencyHistogram;
 use crate::tls::TlsSetup;
 
@@ -156,6 +161,27 @@ pub async fn run_with_counters(
         live: Arc::clone(&live),
         latency: Arc::clone(&latency),
         stop: stop_rx.clone(),
+        storms: AtomicU64::new(0),
+    });
+    // Disconnect storms at their seeded instants on the run's timeline.
+    // (Within the publishing span: the connection ramp plus the duration.)
+    let storm_times = cfg.faults.storm_times(
+        cfg.seed,
+        cfg.duration + Duration::from_secs_f64(devices as f64 / cfg.connect_rate),
+    );
+    let storms_planned = storm_times.len();
+    let storm_task = tokio::spawn({
+        let ctx = Arc::clone(&ctx);
+        async move {
+            for at in storm_times {
+                tokio::time::sleep_until(ctx.t0 + at).await;
+                ctx.storms.fetch_add(1, Ordering::AcqRel);
+                info!(
+                    storm = ctx.storms.load(Ordering::Acquire),
+                    "disconnect storm"
+                );
+            }
+        }
     });
     let monitor = tokio::spawn(warn_on_connection_errors(Arc::clone(&live)));
     info!(%broker, devices, rate = layout.nominal_rate(), qos = %cfg.qos, "starting fleet");
@@ -164,17 +190,22 @@ pub async fn run_with_counters(
     let mut ids = Vec::with_capacity(devices);
     let mut stop = stop_rx.clone();
     let stream_of = |index| {
-        DeviceStream::new(&cfg, &layout, start_ms, index).ok_or_else(|| SimError::InvalidConfig {
-            field: "device_type",
-            reason: format!("no device {index} in the fleet layout"),
-        })
+        DeviceStream::new(&cfg, &layout, start_ms, index)
+            .map(|d| SendStream::new(d, &cfg))
+            .ok_or_else(|| SimError::InvalidConfig {
+                field: "device_type",
+                reason: format!("no device {index} in the fleet layout"),
+            })
     };
 
     // Device 0 doubles as the connectivity probe: if it cannot connect at all, say so
     // now instead of retrying every device until the deadline.
     let first = stream_of(0)?;
-    let first_tls = tls_for(first.device_id())?;
-    ids.push((first.device_id().to_owned(), first.first_seq()));
+    let first_tls = tls_for(first.readings().device_id())?;
+    ids.push((
+        first.readings().device_id().to_owned(),
+        first.readings().first_seq(),
+    ));
     let (probe_tx, probe_rx) = oneshot::channel();
     handles.push(tokio::spawn(run_device(
         first,
@@ -203,9 +234,9 @@ pub async fn run_with_counters(
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
-            () = tokio::time::sleep_until(ctx.t0 + stream.connect_at()) => {}
+            () = tokio::time::sleep_until(ctx.t0 + stream.readings().connect_at()) => {}
         }
-        let device_tls = match tls_for(stream.device_id()) {
+        let device_tls = match tls_for(stream.readings().device_id()) {
             Ok(t) => t,
             Err(e) => {
                 // A device's certificate went bad after the check: stop the fleet.
@@ -218,7 +249,10 @@ pub async fn run_with_counters(
                 return Err(e);
             }
         };
-        ids.push((stream.device_id().to_owned(), stream.first_seq()));
+        ids.push((
+            stream.readings().device_id().to_owned(),
+            stream.readings().first_seq(),
+        ));
         handles.push(tokio::spawn(run_device(
             stream,
             device_tls,
@@ -245,15 +279,19 @@ pub async fn run_with_counters(
                     sent: 0,
                     confirmed: 0,
                     writes_us: None,
+                    faults: FaultCounts::default(),
                 });
             }
         }
     }
     forward.abort();
     monitor.abort();
+    storm_task.abort();
+    let storms = ctx.storms.load(Ordering::Acquire);
+    debug_assert!(storms as usize <= storms_planned);
     let elapsed = ctx.t0.elapsed();
 
-    Ok(summarize(
+    let mut summary = summarize(
         &cfg,
         &layout,
         start_ms,
@@ -263,7 +301,9 @@ pub async fn run_with_counters(
         &live,
         &latency,
         elapsed,
-    ))
+    );
+    summary.disconnect_storms = storms;
+    Ok(summary)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -281,7 +321,9 @@ fn summarize(
     let mut per_device = BTreeMap::new();
     let (mut scheduled, mut sent, mut acknowledged, mut failed, mut dropped) = (0, 0, 0, 0, 0);
     let (mut first_write, mut last_write) = (u64::MAX, 0);
+    let mut faults = FaultCounts::default();
     for o in &outcomes {
+        faults.add(&o.faults);
         scheduled += o.scheduled;
         sent += o.sent;
         acknowledged += o.confirmed;
@@ -302,6 +344,7 @@ fn summarize(
                 acknowledged: o.confirmed,
                 failed: o.failed(),
                 dropped: o.dropped,
+                faults: o.faults,
             },
         );
     }
@@ -317,6 +360,7 @@ fn summarize(
                     acknowledged: 0,
                     failed: 0,
                     dropped: 0,
+                    faults: FaultCounts::default(),
                 },
             );
         }
@@ -351,6 +395,9 @@ fn summarize(
         send_rate,
         publish_latency_p50_ms: latency.quantile_ms(0.50).filter(|_| qos1),
         publish_latency_p99_ms: latency.quantile_ms(0.99).filter(|_| qos1),
+        batch: cfg.batch,
+        faults,
+        disconnect_storms: 0,
         per_device,
     }
 }
@@ -376,23 +423,34 @@ async fn warn_on_connection_errors(live: Arc<LiveCounters>) {
     }
 }
 
-/// The deterministic payload stream of `cfg` in time order, as `(topic, payload)` pairs:
-/// exactly what [`run`] publishes, without a broker. `cfg.start_ms = None` uses the
-/// current time. An invalid `cfg` yields nothing (check with [`SimConfig::validate`] or
-/// use [`try_generate`] to get the reason).
+/// The deterministic publish stream of `cfg` in the order it falls due, as `(topic,
+/// payload)` pairs: exactly what [`run`] publishes (batches and injected faults
+/// included), without a broker. `cfg.start_ms = None` uses the current time. An invalid
+/// `cfg` yields nothing (check with [`SimConfig::validate`] or use [`try_publishes`] to
+/// get the reason).
 pub fn generate(cfg: &SimConfig) -> impl Iterator<Item = (String, Vec<u8>)> + use<> {
-    try_generate(cfg)
+    try_publishes(cfg)
         .ok()
         .into_iter()
         .flatten()
-        .map(|m| (m.topic, m.payload))
+        .map(|p| (p.topic, p.payload))
 }
 
-/// The payload stream of `cfg` with each message's device, `seq` and `ts`, or why `cfg`
-/// is invalid.
+/// The readings of `cfg` in event-time order, one per `seq`, with each message's device,
+/// `seq` and `ts` (before batching and faults), or why `cfg` is invalid.
 pub fn try_generate(cfg: &SimConfig) -> Result<FleetStream, SimError> {
     cfg.validate()?;
     Ok(FleetStream::new(cfg, cfg.start_ms.unwrap_or_else(now_ms)))
+}
+
+/// The publishes of `cfg` (batched, faults injected) in the order they fall due, or why
+/// `cfg` is invalid: what `--dump` writes.
+pub fn try_publishes(cfg: &SimConfig) -> Result<FleetSendStream, SimError> {
+    cfg.validate()?;
+    Ok(FleetSendStream::new(
+        cfg,
+        cfg.start_ms.unwrap_or_else(now_ms),
+    ))
 }
 
 /// The current time, epoch milliseconds.

@@ -186,6 +186,68 @@ struct Cli {
     #[arg(long, value_name = "MESSAGES", default_value_t = device_sim::config::DEFAULT_OFFLINE_BUFFER)]
     offline_buffer: u64,
 
+    /// Device-side batching: each publish is a JSON array of N consecutive messages (the ledger still counts messages). 1 = single objects.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
+
+    /// Probability (0-1) that a publish is sent twice.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_duplicate: f64,
+
+    /// Probability (0-1) that a publish is sent after the next one.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_out_of_order: f64,
+
+    /// Probability (0-1) that a message's ts is off by +/- --fault-clock-skew-by.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_clock_skew: f64,
+
+    /// How far a skewed clock is off.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Fault injection (seeded by --seed; counted in the summary)")]
+    fault_clock_skew_by: Duration,
+
+    /// Probability (0-1) that a payload is cut in half (invalid JSON; quarantined downstream).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_malformed: f64,
+
+    /// Probability (0-1) that a payload is padded past 128 KiB (rejected downstream; AWS IoT Core disconnects such a client).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_oversize: f64,
+
+    /// Disconnect storms per minute: at seeded instants every device drops its connection at once and reconnects.
+    #[arg(
+        long,
+        value_name = "PER_MINUTE",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_disconnect_storms: f64,
+
     /// Write the JSON payloads to FILE, one per line in time order, instead of publishing ("-" = stdout). No broker needed.
     #[arg(long, value_name = "FILE")]
     dump: Option<PathBuf>,
@@ -277,6 +339,33 @@ impl Cli {
         }
         if set("clean_session") {
             cfg.clean_session = self.clean_session;
+        }
+        if set("batch") {
+            cfg.batch = self.batch;
+        }
+        let f = &mut cfg.faults;
+        for (id, value, slot) in [
+            ("fault_duplicate", self.fault_duplicate, &mut f.duplicate),
+            (
+                "fault_out_of_order",
+                self.fault_out_of_order,
+                &mut f.out_of_order,
+            ),
+            ("fault_clock_skew", self.fault_clock_skew, &mut f.clock_skew),
+            ("fault_malformed", self.fault_malformed, &mut f.malformed),
+            ("fault_oversize", self.fault_oversize, &mut f.oversize),
+            (
+                "fault_disconnect_storms",
+                self.fault_disconnect_storms,
+                &mut f.disconnect_storms,
+            ),
+        ] {
+            if set(id) {
+                *slot = value;
+            }
+        }
+        if set("fault_clock_skew_by") {
+            f.clock_skew_by = self.fault_clock_skew_by;
         }
         if set("mqtt_version") {
             cfg.mqtt_version = self.mqtt_version;
@@ -417,15 +506,20 @@ struct DumpSummary<'a> {
     mode: &'static str,
     file: &'a str,
     devices: usize,
+    /// Payload lines written (publishes: a batch is one line; a duplicate is a line).
     messages: u64,
+    /// Readings (seqs) in them, duplicates not counted again.
+    readings: u64,
     bytes: u64,
     seed: u64,
     start_ms: i64,
+    batch: usize,
+    faults: device_sim::faults::FaultCounts,
 }
 
 fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
     let start_ms = cfg.start_ms.unwrap_or_default();
-    let stream = device_sim::try_generate(cfg)?;
+    let mut stream = device_sim::try_publishes(cfg)?;
     let devices = FleetLayout::new(cfg).devices();
     let to_stdout = path.as_os_str() == "-";
     let out: Box<dyn Write> = if to_stdout {
@@ -437,13 +531,14 @@ fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
         )
     };
     let mut out = BufWriter::new(out);
-    let (mut messages, mut bytes) = (0u64, 0u64);
+    let (mut messages, mut readings, mut bytes) = (0u64, 0u64, 0u64);
     let written = (|| -> io::Result<()> {
-        for m in stream {
-            out.write_all(&m.payload)?;
+        for p in stream.by_ref() {
+            out.write_all(&p.payload)?;
             out.write_all(b"\n")?;
             messages += 1;
-            bytes += m.payload.len() as u64 + 1;
+            readings += p.messages;
+            bytes += p.payload.len() as u64 + 1;
         }
         out.flush()
     })();
@@ -471,9 +566,12 @@ fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
             file: &shown,
             devices,
             messages,
+            readings,
             bytes,
             seed: cfg.seed,
             start_ms,
+            batch: cfg.batch,
+            faults: stream.counts(),
         })?;
         print_stdout_line(&line)?;
     }
@@ -575,6 +673,22 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
             humantime::format_duration(cfg.ack_timeout)
         )
     };
+    let f = &s.faults;
+    let faults = if *f == device_sim::faults::FaultCounts::default() && s.disconnect_storms == 0 {
+        String::new()
+    } else {
+        format!(
+            "  faults        duplicated {} reordered {} skewed {} malformed {} oversize {} \
+             disconnects {} (in {} storms)\n",
+            f.duplicated,
+            f.reordered,
+            f.skewed,
+            f.malformed,
+            f.oversize,
+            f.disconnects,
+            s.disconnect_storms
+        )
+    };
     format!(
         "device-sim: {devices} devices, {nominal} msg/s fleet-wide for {dur} (QoS {qos}, MQTT {version}) to {broker}, fleet {fleet:?}\n\
          \x20 scheduled     {scheduled}\n\
@@ -583,6 +697,7 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
          \x20 failed        {failed}  (dropped by offline buffers: {dropped})\n\
          \x20 republished   {repub}   connection errors {errors}\n\
          \x20 latency       {latency}\n\
+         {faults}\
          \x20 elapsed       {elapsed:.2} s; {started}/{devices} devices started\n\
          \x20 event time    from {start}; the same flags with --seed {seed} --start {start_ms} reproduce the payloads\n\
          device-sim: {verdict}\n",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use crate::config::{MqttVersion, QoS};
+use crate::faults::FaultCounts;
 
 /// Counters a caller can read while [`crate::run_with_counters`] runs (progress bars,
 /// the `iotpipe up` dashboard). Monotonic except `connected`.
@@ -102,6 +103,12 @@ pub struct SimSummary {
     pub publish_latency_p50_ms: Option<f64>,
     /// 99th percentile of the same, milliseconds.
     pub publish_latency_p99_ms: Option<f64>,
+    /// Messages per publish (device-side batch; 1 = single objects).
+    pub batch: usize,
+    /// Faults injected, fleet-wide (all 0 unless fault injection was asked for).
+    pub faults: FaultCounts,
+    /// Disconnect storms that happened (each dropped every connected device).
+    pub disconnect_storms: u64,
     /// The delivery ledger, by device id.
     pub per_device: BTreeMap<String, DeviceLedger>,
 }
@@ -122,6 +129,11 @@ pub struct DeviceLedger {
     pub failed: u64,
     /// Dropped by the offline buffer: missing from the range, never sent.
     pub dropped: u64,
+    /// Faults injected into this device's publishes (`duplicated`, `reordered`,
+    /// `skewed`, `malformed`, `oversize`, `disconnects`): malformed and oversize messages
+    /// were sent but are quarantined downstream; duplicated ones arrive twice.
+    #[serde(flatten)]
+    pub faults: FaultCounts,
 }
 
 fn secs_f64<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -268,6 +280,9 @@ mod tests {
             send_rate: 0.0,
             publish_latency_p50_ms: Some(1.5),
             publish_latency_p99_ms: None,
+            batch: 1,
+            faults: FaultCounts::default(),
+            disconnect_storms: 0,
             per_device: BTreeMap::new(),
         };
         let v = serde_json::to_value(&s).unwrap();

@@ -10,8 +10,9 @@
 //!   disconnects.
 //!
 //! # Sessions and republishing
-//! Devices connect with a clean session, so a simulation leaves no session state behind on
-//! the broker. rumqttc republishes unacknowledged QoS 1 messages after a reconnect only
+//! Devices connect with a clean session by default, so a simulation leaves no session
+//! state behind on the broker (`--clean-session false` keeps sessions; with MQTT 5 for
+//! the session expiry). rumqttc republishes unacknowledged QoS 1 messages after a reconnect only
 //! when the broker resumes the session (it discards them when `session_present` is
 //! false), so the driver keeps them itself: after a connection error it takes the
 //! event loop's pending requests (the unacknowledged publishes plus the requests still
@@ -117,6 +118,8 @@ struct DeviceShared {
     weights: std::sync::Mutex<VecDeque<u64>>,
     /// Connections this device dropped in disconnect storms.
     disconnects: AtomicU64,
+    /// First CONNACK, µs after `t0` (`u64::MAX` until connected).
+    connected_us: AtomicU64,
 }
 
 impl Default for DeviceShared {
@@ -129,6 +132,7 @@ impl Default for DeviceShared {
             progress: Notify::new(),
             weights: std::sync::Mutex::new(VecDeque::new()),
             disconnects: AtomicU64::new(0),
+            connected_us: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -188,6 +192,12 @@ impl DeviceShared {
         }
     }
 
+    /// Records the first CONNACK's time.
+    fn on_connack(&self, ctx: &FleetCtx) {
+        let us = u64::try_from(ctx.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.connected_us.fetch_min(us, Ordering::AcqRel);
+    }
+
     /// Whether a disconnect storm hit since `seen` (which it updates).
     fn storm_hit(&self, ctx: &FleetCtx, seen: &mut u64) -> bool {
         let now = ctx.storms.load(Ordering::Acquire);
@@ -218,6 +228,8 @@ pub(crate) struct DeviceOutcome {
     pub writes_us: Option<(u64, u64)>,
     /// Faults injected into this device's publishes.
     pub faults: FaultCounts,
+    /// When the device first connected, µs after `t0` (`None`: never).
+    pub connected_us: Option<u64>,
 }
 
 impl DeviceOutcome {
@@ -368,7 +380,9 @@ pub(crate) async fn run_device(
 
     let mut faults = stream.counts();
     faults.disconnects = shared.disconnects.load(Ordering::Acquire);
+    let connected_us = Some(shared.connected_us.load(Ordering::Acquire)).filter(|&t| t != u64::MAX);
     let outcome = DeviceOutcome {
+        connected_us,
         device_id,
         first_seq: readings.first_seq(),
         faults,
@@ -485,6 +499,7 @@ async fn drive(
                     let _ = tx.send(Ok(()));
                 }
                 connected.set(true);
+                shared.on_connack(&ctx);
                 // Storms before this connection do not count for it.
                 storms_seen = ctx.storms.load(Ordering::Acquire);
                 attempt = 0;
@@ -671,6 +686,7 @@ mod v5 {
                         let _ = tx.send(Ok(()));
                     }
                     connected.set(true);
+                    shared.on_connack(&ctx);
                     storms_seen = ctx.storms.load(Ordering::Acquire);
                     attempt = 0;
                     if !stash.is_empty() {

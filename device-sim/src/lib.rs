@@ -57,7 +57,8 @@
 //!   asked rate holds over the run.
 //! - **Event time** follows the same schedule from [`SimConfig::start_ms`], not the
 //!   wall clock at send time, so payloads do not depend on network timing.
-//! - **Delivery.** Devices connect with a clean session (nothing is left on the broker);
+//! - **Delivery.** Devices connect with a clean session by default (nothing is left on
+//!   the broker; [`SimConfig::clean_session`] asks for persistent ones);
 //!   QoS 1 is still at-least-once across reconnects, because the simulator itself replays
 //!   unacknowledged messages (DUP flag set) once it has reconnected with backoff and
 //!   jitter. QoS 0 is at-most-once. A device that cannot publish for long holds at most
@@ -280,6 +281,7 @@ pub async fn run_with_counters(
                     confirmed: 0,
                     writes_us: None,
                     faults: FaultCounts::default(),
+                    connected_us: None,
                 });
             }
         }
@@ -322,8 +324,14 @@ fn summarize(
     let (mut scheduled, mut sent, mut acknowledged, mut failed, mut dropped) = (0, 0, 0, 0, 0);
     let (mut first_write, mut last_write) = (u64::MAX, 0);
     let mut faults = FaultCounts::default();
+    let (mut first_conn, mut last_conn, mut devices_connected) = (u64::MAX, 0, 0usize);
     for o in &outcomes {
         faults.add(&o.faults);
+        if let Some(t) = o.connected_us {
+            devices_connected += 1;
+            first_conn = first_conn.min(t);
+            last_conn = last_conn.max(t);
+        }
         scheduled += o.scheduled;
         sent += o.sent;
         acknowledged += o.confirmed;
@@ -372,7 +380,18 @@ fn summarize(
         0.0
     };
     let qos1 = cfg.qos == QoS::AtLeastOnce;
+    let connect_span_s = (devices_connected > 0)
+        .then(|| (last_conn.saturating_sub(first_conn) as f64 / 1e3).round() / 1e3);
+    let connect_rate = match connect_span_s {
+        Some(span) if span > 0.0 && devices_connected > 1 => {
+            ((devices_connected - 1) as f64 / span * 10.0).round() / 10.0
+        }
+        _ => 0.0,
+    };
     SimSummary {
+        devices_connected,
+        connect_span_s,
+        connect_rate,
         broker,
         fleet: cfg.fleet.clone(),
         devices: layout.devices(),

@@ -34,6 +34,8 @@ What it publishes:
   --connect-rate per second, so a run takes about duration + devices/connect-rate.
   QoS 1 messages unacknowledged when a connection drops are republished after the
   reconnect (backoff with jitter); --offline-buffer bounds what a device holds back.
+  Large fleets: every device is a socket; device-sim raises its open-file limit to the
+  hard limit (`ulimit -Hn`) and says so when that is too low.
 
 Examples:
   # 10 devices, 1 message/s each, for 30 s, to a local broker (`iotpipe up`, or mosquitto):
@@ -59,6 +61,17 @@ Examples:
       --cert-dir certs --devices 10 --device-prefix sensor-
   # ... the same through port 443 (ALPN x-amzn-mqtt-ca is offered automatically):
   device-sim --broker mqtts://PREFIX-ats.iot.eu-west-1.amazonaws.com:443 --cert-dir certs
+
+  # MQTT 5 with persistent sessions (kept 1 h after each device disconnects):
+  device-sim --mqtt-version 5 --clean-session false --session-expiry 1h
+
+  # A reproducible reliability test: 1 % duplicates and reordering, 0.1 % broken payloads,
+  # a disconnect storm every 2 minutes; the summary counts every fault per device:
+  device-sim --devices 500 --duration 10m --fault-duplicate 0.01 --fault-out-of-order 0.01 \\
+      --fault-malformed 0.001 --fault-disconnect-storms 0.5 --summary-json
+
+  # Device-side batches of 20 readings per publish (JSON arrays ingest accepts):
+  device-sim --batch 20 --rate 10
 
   # Watch what arrives at the broker (package mosquitto-clients):
   mosquitto_sub -h 127.0.0.1 -p 1883 -t 'dt/+/+/telemetry' -v
@@ -428,6 +441,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.dump.is_none()
+        && let Err(msg) = raise_open_file_limit(FleetLayout::new(&cfg).devices())
+    {
+        eprintln!("device-sim: warning: {msg}");
+    }
     // A progress bar only for an interactive publishing run; logs are routed around it.
     let bar = if cli.quiet || cli.dump.is_some() {
         ProgressBar::hidden()
@@ -459,6 +477,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// File descriptors a run needs beyond one socket per device (runtime, stdio, TLS files).
+const SPARE_FDS: u64 = 256;
+
+/// Every device is a socket: raises the soft open-file limit (often 1024) to the hard
+/// limit when the fleet needs more, or says what to do when even that is too low.
+#[cfg(unix)]
+fn raise_open_file_limit(devices: usize) -> Result<(), String> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let need = devices as u64 + SPARE_FDS;
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= need {
+        return Ok(());
+    }
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let raised = rustix::process::Rlimit {
+        current: Some(hard.min(need.max(current))),
+        maximum: lim.maximum,
+    };
+    setrlimit(Resource::Nofile, raised)
+        .map_err(|e| format!("cannot raise the open-file limit from {current}: {e}"))?;
+    if hard < need {
+        return Err(format!(
+            "{devices} devices need about {need} open files but the hard limit is {hard}: \
+             raise it (`ulimit -Hn {need}` as root, or LimitNOFILE= in a systemd unit)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_devices: usize) -> Result<(), String> {
+    Ok(())
 }
 
 fn init_tracing(verbose: u8, bar: ProgressBar) {
@@ -698,7 +751,7 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
          \x20 republished   {repub}   connection errors {errors}\n\
          \x20 latency       {latency}\n\
          {faults}\
-         \x20 elapsed       {elapsed:.2} s; {started}/{devices} devices started\n\
+         \x20 elapsed       {elapsed:.2} s; {started}/{devices} devices started, {connected} connected ({conn_rate} connections/s)\n\
          \x20 event time    from {start}; the same flags with --seed {seed} --start {start_ms} reproduce the payloads\n\
          device-sim: {verdict}\n",
         devices = s.devices,
@@ -718,6 +771,8 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
         errors = s.connection_errors,
         elapsed = s.elapsed.as_secs_f64(),
         started = s.devices_started,
+        connected = s.devices_connected,
+        conn_rate = s.connect_rate,
         seed = s.seed,
         start_ms = s.start_ms,
     )

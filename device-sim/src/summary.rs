@@ -57,6 +57,13 @@ pub struct SimSummary {
     pub devices: usize,
     /// Devices that were started (fewer than `devices` when shut down during the ramp).
     pub devices_started: usize,
+    /// Devices that connected at least once.
+    pub devices_connected: usize,
+    /// Seconds from the first device's first CONNACK to the last one's (the connection
+    /// ramp as it happened; `None` if none connected).
+    pub connect_span_s: Option<f64>,
+    /// Connections per second achieved over `connect_span_s` (0 with one device).
+    pub connect_rate: f64,
     /// QoS of the publishes (0 or 1).
     pub qos: QoS,
     /// MQTT protocol version of the connections ("3.1.1" or "5").
@@ -262,6 +269,9 @@ mod tests {
             fleet: "f".into(),
             devices: 1,
             devices_started: 1,
+            devices_connected: 1,
+            connect_span_s: Some(0.0),
+            connect_rate: 0.0,
             qos: QoS::AtLeastOnce,
             mqtt_version: MqttVersion::V5,
             rate: Some(1.0),

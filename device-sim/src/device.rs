@@ -67,6 +67,13 @@ const CONNECT_TIMEOUT_S: u64 = 5;
 /// Largest MQTT packet a device sends or takes (rumqttc's default is 10 KiB): room for
 /// the largest batch and for oversize faults (128 KiB + 1 KiB).
 const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// Most connection attempts (TCP + TLS handshake + CONNECT/CONNACK) in progress at once,
+/// fleet-wide, on top of the `connect_rate` ramp. A broker that handshakes slower than
+/// the ramp asks (mutual TLS on a busy single-threaded mosquitto manages ~100/s) would
+/// otherwise pile up handshakes until clients time out and hang up mid-handshake, which
+/// wastes the broker's work and collapses the connection rate; with the cap, the ramp
+/// slows to what the broker sustains instead.
+pub(crate) const MAX_CONNECTING: usize = 64;
 /// Bound on the clean disconnect at the end of a device's run.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// First reconnect delay (before jitter).
@@ -98,6 +105,8 @@ pub(crate) struct FleetCtx {
     pub stop: watch::Receiver<bool>,
     /// Disconnect storms so far: a driver that sees it change drops its connection.
     pub storms: AtomicU64,
+    /// Connection attempts in progress, at most [`MAX_CONNECTING`]: see there.
+    pub connecting: tokio::sync::Semaphore,
 }
 
 /// Counters a device's driver updates and its publisher reads.
@@ -493,7 +502,15 @@ async fn drive(
             connected.set(false);
             tokio::time::sleep(backoff(0)).await;
         }
-        match eventloop.poll().await {
+        // While disconnected, `poll` connects first: take a connection slot for it.
+        let slot = if connected.on {
+            None
+        } else {
+            ctx.connecting.acquire().await.ok()
+        };
+        let polled = eventloop.poll().await;
+        drop(slot);
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 if let Some(tx) = first_connect.take() {
                     let _ = tx.send(Ok(()));
@@ -680,7 +697,14 @@ mod v5 {
                 connected.set(false);
                 tokio::time::sleep(backoff(0)).await;
             }
-            match eventloop.poll().await {
+            let slot = if connected.on {
+                None
+            } else {
+                ctx.connecting.acquire().await.ok()
+            };
+            let polled = eventloop.poll().await;
+            drop(slot);
+            match polled {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     if let Some(tx) = first_connect.take() {
                         let _ = tx.send(Ok(()));

@@ -163,6 +163,7 @@ pub async fn run_with_counters(
         latency: Arc::clone(&latency),
         stop: stop_rx.clone(),
         storms: AtomicU64::new(0),
+        connecting: tokio::sync::Semaphore::new(device::MAX_CONNECTING),
     });
     // Disconnect storms at their seeded instants on the run's timeline.
     // (Within the publishing span: the connection ramp plus the duration.)

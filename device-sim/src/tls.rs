@@ -21,7 +21,7 @@
 //! belongs to the certificate) is checked by [`TlsSetup::new`] and reported as
 //! [`SimError::Tls`] naming the file and what to do; what only the broker can decide
 //! (does it trust our certificate, do we trust its) comes back from the first connection
-//! and is explained by [`explain_handshake_error`].
+//! and is explained in the connection error (unknown issuer, refused client certificate).
 
 use std::io;
 use std::path::{Path, PathBuf};

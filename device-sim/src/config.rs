@@ -84,7 +84,9 @@ pub struct SimConfig {
     /// `seq` of each device's first message; later ones count up by 1. Default 0.
     pub first_seq: u64,
     /// New connections per second while the fleet comes up (device *i* connects
-    /// *i*/`connect_rate` s after the first). Default 500.
+    /// *i*/`connect_rate` s after the first). Default 500. At most 64 connection attempts
+    /// are in progress at once, so a broker that handshakes slower than this (mutual TLS
+    /// on a small broker) slows the ramp down instead of timing clients out.
     pub connect_rate: f64,
     /// How long a device waits for outstanding QoS 1 acknowledgements after its last
     /// publish (or after shutdown) before it gives up on them and disconnects. Default 5 s.

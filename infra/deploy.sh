@@ -407,9 +407,9 @@ Deployed. Next:
   1. Devices (things, certificates, policy):
        infra/provision-devices.sh --stack-name $STACK_NAME --count 10 --out ./certs
   2. Simulate the fleet against AWS IoT Core (mutual TLS on 8883):
-       device-sim --broker mqtts://$ENDPOINT:8883 --certs ./certs --ca ./certs/AmazonRootCA1.pem \\
-         --devices 10 --rate $RATE
-     (Basic Ingest, no messaging charge: publish to \$aws/rules/$RULE/dt/<fleet>/<device_id>/telemetry)
+       device-sim --broker mqtts://$ENDPOINT:8883 --cert-dir ./certs --devices 10 --rate $RATE
+     (the CA is ./certs/AmazonRootCA1.pem; Basic Ingest, no messaging charge: add
+      --basic-ingest $RULE to publish to \$aws/rules/$RULE/dt/<fleet>/<device_id>/telemetry)
   3. Watch data land:  aws s3 ls s3://$BUCKET/telemetry/ --recursive | tail
      Stream:           $STREAM_HINT
      Query (Athena):   SELECT * FROM "$GLUE_DB"."telemetry" WHERE dt = '<yyyy-MM-dd>' LIMIT 10

@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::SimError;
+use crate::faults::{Faults, MAX_BATCH};
 use crate::fleet::{DeviceType, FleetLayout};
+use crate::tls::TlsConfig;
 
 /// Default broker: a local mosquitto or the `iotpipe up` embedded broker.
 pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
@@ -27,8 +29,12 @@ pub const DEFAULT_CONNECT_RATE: f64 = 500.0;
 /// Default bound on waiting for QoS 1 acknowledgements once a device has published its
 /// last message (or the run was shut down).
 pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// MQTT keep-alive of every device connection. AWS IoT Core accepts 30–1200 s.
+/// Default MQTT keep-alive of every device connection. AWS IoT Core accepts 30–1200 s.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+/// Default MQTT 5 session expiry of a persistent session (AWS IoT Core's default).
+pub const DEFAULT_SESSION_EXPIRY: Duration = Duration::from_secs(3600);
+/// Longest keep-alive MQTT can express (a 16-bit number of seconds).
+pub const MAX_KEEP_ALIVE: Duration = Duration::from_secs(65_535);
 /// Highest per-device publish rate, in messages per second. Event times are epoch
 /// milliseconds, so a faster device would publish several messages with the same `ts`.
 pub const MAX_RATE: f64 = 1000.0;
@@ -78,7 +84,9 @@ pub struct SimConfig {
     /// `seq` of each device's first message; later ones count up by 1. Default 0.
     pub first_seq: u64,
     /// New connections per second while the fleet comes up (device *i* connects
-    /// *i*/`connect_rate` s after the first). Default 500.
+    /// *i*/`connect_rate` s after the first). Default 500. At most 64 connection attempts
+    /// are in progress at once, so a broker that handshakes slower than this (mutual TLS
+    /// on a small broker) slows the ramp down instead of timing clients out.
     pub connect_rate: f64,
     /// How long a device waits for outstanding QoS 1 acknowledgements after its last
     /// publish (or after shutdown) before it gives up on them and disconnects. Default 5 s.
@@ -95,6 +103,39 @@ pub struct SimConfig {
     /// messages per second, named `device_prefix` + number.
     #[serde(rename = "device_type")]
     pub device_types: Vec<DeviceType>,
+    /// TLS settings (CA, client certificates, ALPN) for an `mqtts://` broker; must be
+    /// empty for `mqtt://`. Default: no client certificate, the system trust store.
+    pub tls: TlsConfig,
+    /// MQTT keep-alive: the longest a connection stays silent before a PINGREQ; the
+    /// broker drops a client silent for 1.5 × this. 0 disables it. Default 30 s (AWS IoT
+    /// Core accepts 30–1200 s).
+    #[serde(with = "humantime_serde_compat")]
+    pub keep_alive: Duration,
+    /// Connect with a clean session (the default). `false` asks the broker to keep each
+    /// device's session (subscriptions, queued QoS 1 messages) after it disconnects; the
+    /// sessions then outlive the run on the broker, keyed by device id. Publishing is
+    /// at-least-once either way: the simulator republishes unacknowledged QoS 1 messages
+    /// itself after a reconnect.
+    pub clean_session: bool,
+    /// AWS IoT Basic Ingest: publish to `$aws/rules/RULE/dt/{fleet}/{device_id}/telemetry`,
+    /// which goes straight to the IoT rule `RULE` without the message broker (no
+    /// messaging charge, no subscribers see it). Default `None`: the plain topic.
+    pub basic_ingest: Option<String>,
+    /// MQTT protocol version: 3.1.1 (the default) or 5.
+    pub mqtt_version: MqttVersion,
+    /// MQTT 5 only: how long the broker keeps a persistent session (`clean_session =
+    /// false`) after the device disconnects. Default 1 h (AWS IoT Core's default; its
+    /// maximum is 7 days).
+    #[serde(with = "humantime_serde_compat")]
+    pub session_expiry: Duration,
+    /// Device-side batching: each publish carries this many consecutive messages as a
+    /// JSON array (the last one fewer); 1 (the default) publishes single objects. The
+    /// ledger still counts messages (seqs), not publishes. At most 1000; keep the
+    /// payload under 128 KiB for AWS IoT Core (a default sensor message is ~130 bytes).
+    pub batch: usize,
+    /// Reproducible fault injection (duplicates, reordering, clock skew, malformed and
+    /// oversize payloads, disconnect storms); all off by default. See [`crate::faults`].
+    pub faults: Faults,
 }
 
 impl Default for SimConfig {
@@ -114,6 +155,14 @@ impl Default for SimConfig {
             ack_timeout: DEFAULT_ACK_TIMEOUT,
             offline_buffer: DEFAULT_OFFLINE_BUFFER,
             device_types: Vec::new(),
+            tls: TlsConfig::default(),
+            keep_alive: KEEP_ALIVE,
+            clean_session: true,
+            basic_ingest: None,
+            mqtt_version: MqttVersion::V3_1_1,
+            session_expiry: DEFAULT_SESSION_EXPIRY,
+            batch: 1,
+            faults: Faults::default(),
         }
     }
 }
@@ -161,6 +210,33 @@ impl SimConfig {
                 ),
             ));
         }
+        if !(self.keep_alive.is_zero()
+            || (self.keep_alive >= Duration::from_secs(1) && self.keep_alive <= MAX_KEEP_ALIVE))
+        {
+            return Err(invalid(
+                "keep_alive",
+                format!(
+                    "{} is not 0 (off) or between 1 s and 65535 s (AWS IoT Core: 30-1200 s)",
+                    humantime::format_duration(self.keep_alive)
+                ),
+            ));
+        }
+        if let Some(rule) = &self.basic_ingest
+            && !valid_rule_name(rule)
+        {
+            return Err(invalid(
+                "basic_ingest",
+                format!("{rule:?} is not an AWS IoT rule name: 1-128 characters of [A-Za-z0-9_]"),
+            ));
+        }
+        if self.batch == 0 || self.batch > MAX_BATCH {
+            return Err(invalid(
+                "batch",
+                format!("{} is not between 1 and {MAX_BATCH} messages", self.batch),
+            ));
+        }
+        self.faults.validate()?;
+        self.tls.validate(&self.broker)?;
         // Device types, ids (they must be AWS IoT thing names) and seq ranges.
         FleetLayout::new(self).check(self)
     }
@@ -173,6 +249,11 @@ pub(crate) fn valid_topic_segment(s: &str) -> bool {
         && s.len() <= telemetry::validate::MAX_DEVICE_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
+/// AWS IoT rule names: `[A-Za-z0-9_]`, 1–128 characters.
+fn valid_rule_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// MQTT quality of service. AWS IoT Core supports 0 and 1 only, so QoS 2 is not offered.
@@ -252,13 +333,67 @@ impl<'de> Deserialize<'de> for QoS {
     }
 }
 
+/// The MQTT protocol version of the device connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4), the default: what every broker and AWS IoT Core speak.
+    #[default]
+    V3_1_1,
+    /// MQTT 5: reason codes on PUBACK (a refused publish counts as failed), session
+    /// expiry instead of clean session.
+    V5,
+}
+
+impl fmt::Display for MqttVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MqttVersion::V3_1_1 => "3.1.1",
+            MqttVersion::V5 => "5",
+        })
+    }
+}
+
+impl FromStr for MqttVersion {
+    type Err = SimError;
+
+    fn from_str(s: &str) -> Result<Self, SimError> {
+        match s.trim() {
+            "3.1.1" | "3" | "4" | "311" => Ok(MqttVersion::V3_1_1),
+            "5" | "5.0" => Ok(MqttVersion::V5),
+            other => Err(SimError::InvalidConfig {
+                field: "mqtt_version",
+                reason: format!("{other:?} is not 3.1.1 or 5"),
+            }),
+        }
+    }
+}
+
+impl Serialize for MqttVersion {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // "5" and 5 both work in a fleet file.
+        let v = serde_json::Value::deserialize(d)?;
+        let s = match &v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The transport of a [`BrokerUrl`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// Plain TCP (`mqtt://`, default port 1883).
     Mqtt,
-    /// TLS (`mqtts://`, default port 8883). Parsed, but not connectable yet.
+    /// TLS (`mqtts://`, default port 8883; 443 for AWS IoT Core with ALPN), see
+    /// [`crate::tls`].
     Mqtts,
 }
 

@@ -10,8 +10,9 @@
 //!   disconnects.
 //!
 //! # Sessions and republishing
-//! Devices connect with a clean session, so a simulation leaves no session state behind on
-//! the broker. rumqttc republishes unacknowledged QoS 1 messages after a reconnect only
+//! Devices connect with a clean session by default, so a simulation leaves no session
+//! state behind on the broker (`--clean-session false` keeps sessions; with MQTT 5 for
+//! the session expiry). rumqttc republishes unacknowledged QoS 1 messages after a reconnect only
 //! when the broker resumes the session (it discards them when `session_present` is
 //! false), so the driver keeps them itself: after a connection error it takes the
 //! event loop's pending requests (the unacknowledged publishes plus the requests still
@@ -43,15 +44,16 @@ use std::time::Duration;
 
 use rand::Rng;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet,
-    Request,
+    AsyncClient, Event, EventLoop, MqttOptions, NetworkOptions, Outgoing, Packet, Request,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{BrokerUrl, KEEP_ALIVE, QoS};
-use crate::schedule::DeviceStream;
+use crate::config::{BrokerUrl, MqttVersion, QoS};
+use crate::error::SimError;
+use crate::faults::{FaultCounts, SendStream};
 use crate::summary::{LatencyHistogram, LiveCounters};
 
 /// Capacity of the channel between a device's publisher and its event loop. Small on
@@ -62,6 +64,16 @@ const REQUEST_CHANNEL_CAPACITY: usize = 16;
 const MAX_INFLIGHT: u16 = 100;
 /// TCP connect + CONNACK timeout, seconds (rumqttc's unit).
 const CONNECT_TIMEOUT_S: u64 = 5;
+/// Largest MQTT packet a device sends or takes (rumqttc's default is 10 KiB): room for
+/// the largest batch and for oversize faults (128 KiB + 1 KiB).
+const MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// Most connection attempts (TCP + TLS handshake + CONNECT/CONNACK) in progress at once,
+/// fleet-wide, on top of the `connect_rate` ramp. A broker that handshakes slower than
+/// the ramp asks (mutual TLS on a busy single-threaded mosquitto manages ~100/s) would
+/// otherwise pile up handshakes until clients time out and hang up mid-handshake, which
+/// wastes the broker's work and collapses the connection rate; with the cap, the ramp
+/// slows to what the broker sustains instead.
+pub(crate) const MAX_CONNECTING: usize = 64;
 /// Bound on the clean disconnect at the end of a device's run.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// First reconnect delay (before jitter).
@@ -74,6 +86,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(crate) struct FleetCtx {
     pub broker: BrokerUrl,
     pub qos: QoS,
+    /// MQTT keep-alive of every connection.
+    pub keep_alive: Duration,
+    /// Clean (true) or persistent (false) sessions.
+    pub clean_session: bool,
+    /// MQTT 3.1.1 or 5.
+    pub mqtt_version: MqttVersion,
+    /// MQTT 5 session expiry of a persistent session.
+    pub session_expiry: Duration,
     /// The instant the run started: every schedule is anchored here.
     pub t0: Instant,
     pub ack_timeout: Duration,
@@ -83,6 +103,10 @@ pub(crate) struct FleetCtx {
     pub latency: Arc<LatencyHistogram>,
     /// Becomes true on shutdown.
     pub stop: watch::Receiver<bool>,
+    /// Disconnect storms so far: a driver that sees it change drops its connection.
+    pub storms: AtomicU64,
+    /// Connection attempts in progress, at most [`MAX_CONNECTING`]: see there.
+    pub connecting: tokio::sync::Semaphore,
 }
 
 /// Counters a device's driver updates and its publisher reads.
@@ -97,6 +121,14 @@ struct DeviceShared {
     last_write_us: AtomicU64,
     /// Woken by the driver after every write or PUBACK (the publisher's drain waits on it).
     progress: Notify,
+    /// Messages in each publish handed to the client, in hand-off order (the event loop
+    /// writes them in that order): the driver counts messages, not packets. A batch
+    /// weighs its size, an injected duplicate copy 0.
+    weights: std::sync::Mutex<VecDeque<u64>>,
+    /// Connections this device dropped in disconnect storms.
+    disconnects: AtomicU64,
+    /// First CONNACK, µs after `t0` (`u64::MAX` until connected).
+    connected_us: AtomicU64,
 }
 
 impl Default for DeviceShared {
@@ -107,7 +139,83 @@ impl Default for DeviceShared {
             first_write_us: AtomicU64::new(u64::MAX),
             last_write_us: AtomicU64::new(0),
             progress: Notify::new(),
+            weights: std::sync::Mutex::new(VecDeque::new()),
+            disconnects: AtomicU64::new(0),
+            connected_us: AtomicU64::new(u64::MAX),
         }
+    }
+}
+
+/// QoS 1 publishes written and not yet acknowledged: packet id -> (first write, messages).
+type Inflight = HashMap<u16, (Instant, u64)>;
+
+impl DeviceShared {
+    fn next_weight(&self) -> u64 {
+        self.weights
+            .lock()
+            .ok()
+            .and_then(|mut w| w.pop_front())
+            .unwrap_or(1)
+    }
+
+    /// A publish was written (`pkid` 0 for QoS 0): counts its messages once.
+    fn on_write(&self, ctx: &FleetCtx, inflight: &mut Inflight, pkid: u16) {
+        let live = &ctx.live;
+        let now = Instant::now();
+        let us =
+            u64::try_from(now.saturating_duration_since(ctx.t0).as_micros()).unwrap_or(u64::MAX);
+        self.first_write_us.fetch_min(us, Ordering::AcqRel);
+        self.last_write_us.fetch_max(us, Ordering::AcqRel);
+        if ctx.qos == QoS::AtMostOnce {
+            let w = self.next_weight();
+            self.sent.fetch_add(w, Ordering::AcqRel);
+            self.acked.fetch_add(w, Ordering::AcqRel);
+            LiveCounters::add(&live.sent, w);
+            LiveCounters::add(&live.acknowledged, w);
+            self.progress.notify_one();
+            return;
+        }
+        match inflight.entry(pkid) {
+            // A republish of a publish already counted (a packet id is not reused while
+            // its publish is unacknowledged).
+            Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
+            Entry::Vacant(slot) => {
+                let w = self.next_weight();
+                slot.insert((now, w));
+                self.sent.fetch_add(w, Ordering::AcqRel);
+                LiveCounters::add(&live.sent, w);
+                self.progress.notify_one();
+            }
+        }
+    }
+
+    /// A PUBACK arrived; `ok` is false for an MQTT 5 error reason code.
+    fn on_ack(&self, ctx: &FleetCtx, inflight: &mut Inflight, pkid: u16, ok: bool) {
+        if let Some((at, w)) = inflight.remove(&pkid) {
+            if ok {
+                ctx.latency.record(at.elapsed());
+                self.acked.fetch_add(w, Ordering::AcqRel);
+                LiveCounters::add(&ctx.live.acknowledged, w);
+            }
+            self.progress.notify_one();
+        }
+    }
+
+    /// Records the first CONNACK's time.
+    fn on_connack(&self, ctx: &FleetCtx) {
+        let us = u64::try_from(ctx.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.connected_us.fetch_min(us, Ordering::AcqRel);
+    }
+
+    /// Whether a disconnect storm hit since `seen` (which it updates).
+    fn storm_hit(&self, ctx: &FleetCtx, seen: &mut u64) -> bool {
+        let now = ctx.storms.load(Ordering::Acquire);
+        if now == *seen {
+            return false;
+        }
+        *seen = now;
+        self.disconnects.fetch_add(1, Ordering::AcqRel);
+        true
     }
 }
 
@@ -127,6 +235,10 @@ pub(crate) struct DeviceOutcome {
     pub confirmed: u64,
     /// First and last write, µs after `t0` (`None` if nothing was written).
     pub writes_us: Option<(u64, u64)>,
+    /// Faults injected into this device's publishes.
+    pub faults: FaultCounts,
+    /// When the device first connected, µs after `t0` (`None`: never).
+    pub connected_us: Option<u64>,
 }
 
 impl DeviceOutcome {
@@ -152,36 +264,45 @@ enum End {
 /// disconnect. `first_connect`, when given, receives the outcome of the first connection
 /// attempt (the run uses device 0 to fail fast on an unreachable broker).
 pub(crate) async fn run_device(
-    mut stream: DeviceStream,
+    mut stream: SendStream,
+    tls: Option<Arc<rustls::ClientConfig>>,
     ctx: Arc<FleetCtx>,
-    first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+    first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) -> DeviceOutcome {
-    let mut opts = MqttOptions::new(stream.device_id(), ctx.broker.host.clone(), ctx.broker.port);
-    opts.set_keep_alive(KEEP_ALIVE)
-        .set_clean_session(true)
-        .set_inflight(MAX_INFLIGHT);
-    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
-    let mut net = NetworkOptions::new();
-    // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(CONNECT_TIMEOUT_S);
-    eventloop.set_network_options(net);
-
     let shared = Arc::new(DeviceShared::default());
-    let mut driver = tokio::spawn(drive(
-        eventloop,
-        Arc::clone(&shared),
-        Arc::clone(&ctx),
-        stream.device_id().to_owned(),
-        first_connect,
-    ));
+    let device_id = stream.readings().device_id().to_owned();
+    let (client, mut driver) = match ctx.mqtt_version {
+        MqttVersion::V3_1_1 => {
+            let (client, eventloop) = client_v4(&device_id, tls, &ctx);
+            let driver = tokio::spawn(drive(
+                eventloop,
+                Arc::clone(&shared),
+                Arc::clone(&ctx),
+                device_id.clone(),
+                first_connect,
+            ));
+            (Client::V4(client), driver)
+        }
+        MqttVersion::V5 => {
+            let (client, eventloop) = v5::client(&device_id, tls, &ctx);
+            let driver = tokio::spawn(v5::drive(
+                eventloop,
+                Arc::clone(&shared),
+                Arc::clone(&ctx),
+                device_id.clone(),
+                first_connect,
+            ));
+            (Client::V5(client), driver)
+        }
+    };
 
-    let qos = ctx.qos.to_rumqttc();
+    let qos = ctx.qos;
     let t0 = ctx.t0;
-    let count = stream.total();
+    let readings = stream.readings().clone();
+    let count = readings.total();
     // Past this instant the device stops trying: its last message was due (at the latest,
     // with jitter) ack_timeout ago.
-    let give_up = t0 + stream.due(count.saturating_sub(1)) + stream.jitter() + ctx.ack_timeout;
+    let give_up = t0 + readings.due(count.saturating_sub(1)) + readings.jitter() + ctx.ack_timeout;
     let mut stop = ctx.stop.clone();
     let (mut handed_off, mut dropped) = (0u64, 0u64);
 
@@ -198,28 +319,41 @@ pub(crate) async fn run_device(
         }
         // The offline buffer: with `offline_buffer` later messages already due, the device
         // is that far behind (its connection was down); the oldest message goes.
-        let due_now = stream.due_by(Instant::now().saturating_duration_since(t0));
+        let due_now = readings.due_by(Instant::now().saturating_duration_since(t0));
         if due_now.saturating_sub(stream.taken()) >= ctx.offline_buffer {
-            dropped += 1;
+            dropped += msg.messages;
             continue;
         }
+        if let Ok(mut w) = shared.weights.lock() {
+            w.push_back(msg.messages);
+        }
         // Blocks while the channel is full (connection down): that is the backpressure.
-        tokio::select! {
+        let cancelled = tokio::select! {
             biased;
-            () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
-            () = tokio::time::sleep_until(give_up) => break End::GaveUp,
-            r = client.publish(msg.topic, qos, false, msg.payload) => match r {
-                Ok(()) => handed_off += 1,
-                Err(_) => break End::DriverGone,
+            () = stopped(&mut stop) => Some(End::Shutdown(Instant::now())),
+            () = tokio::time::sleep_until(give_up) => Some(End::GaveUp),
+            r = client.publish(msg.topic, qos, msg.payload) => match r {
+                Ok(()) => {
+                    handed_off += msg.messages;
+                    None
+                }
+                Err(_) => Some(End::DriverGone),
             },
+        };
+        if let Some(end) = cancelled {
+            // Not handed off: its weight must not count the next write.
+            if let Ok(mut w) = shared.weights.lock() {
+                w.pop_back();
+            }
+            break end;
         }
     };
     let now = Instant::now();
     // Messages are taken at or after their due time, so this covers those already taken.
-    let scheduled = (handed_off + dropped).max(stream.due_by(now.saturating_duration_since(t0)));
+    let scheduled = (handed_off + dropped).max(readings.due_by(now.saturating_duration_since(t0)));
     if dropped > 0 {
         LiveCounters::add(&ctx.live.dropped, dropped);
-        debug!(device = %stream.device_id(), dropped, "offline buffer overflowed");
+        debug!(device = %device_id, dropped, "offline buffer overflowed");
     }
 
     // Wait for the outstanding confirmations, bounded.
@@ -253,9 +387,14 @@ pub(crate) async fn run_device(
         driver.abort();
     }
 
+    let mut faults = stream.counts();
+    faults.disconnects = shared.disconnects.load(Ordering::Acquire);
+    let connected_us = Some(shared.connected_us.load(Ordering::Acquire)).filter(|&t| t != u64::MAX);
     let outcome = DeviceOutcome {
-        device_id: stream.device_id().to_owned(),
-        first_seq: stream.first_seq(),
+        connected_us,
+        device_id,
+        first_seq: readings.first_seq(),
+        faults,
         handed_off,
         dropped,
         scheduled,
@@ -273,6 +412,63 @@ pub(crate) async fn run_device(
     outcome
 }
 
+/// The MQTT 3.1.1 client of a device and its event loop.
+fn client_v4(
+    device_id: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    ctx: &FleetCtx,
+) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(device_id, ctx.broker.host.clone(), ctx.broker.port);
+    opts.set_keep_alive(ctx.keep_alive)
+        .set_clean_session(ctx.clean_session)
+        .set_inflight(MAX_INFLIGHT)
+        // rumqttc's default limit is 10 KiB: too small for batches and oversize faults.
+        .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some(tls) = tls {
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY);
+    eventloop.set_network_options(network_options());
+    (client, eventloop)
+}
+
+fn network_options() -> NetworkOptions {
+    let mut net = NetworkOptions::new();
+    // Small telemetry packets: don't let Nagle hold them back waiting for the last ACK.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(CONNECT_TIMEOUT_S);
+    net
+}
+
+/// A device's MQTT client handle, of either protocol version.
+enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+impl Client {
+    /// Queues a publish; fails only when the event loop is gone.
+    async fn publish(&self, topic: String, qos: QoS, payload: Vec<u8>) -> Result<(), ()> {
+        match self {
+            Client::V4(c) => c
+                .publish(topic, qos.to_rumqttc(), false, payload)
+                .await
+                .map_err(drop),
+            Client::V5(c) => c
+                .publish(topic, v5::qos(qos), false, payload)
+                .await
+                .map_err(drop),
+        }
+    }
+
+    async fn disconnect(&self) -> Result<(), ()> {
+        match self {
+            Client::V4(c) => c.disconnect().await.map_err(drop),
+            Client::V5(c) => c.disconnect().await.map_err(drop),
+        }
+    }
+}
+
 /// Completes when `stop` is (or becomes) true; never, if its sender is gone.
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     if stop.wait_for(|s| *s).await.is_err() {
@@ -287,24 +483,42 @@ async fn drive(
     shared: Arc<DeviceShared>,
     ctx: Arc<FleetCtx>,
     device_id: String,
-    mut first_connect: Option<oneshot::Sender<Result<(), ConnectionError>>>,
+    mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
 ) {
     let live = &ctx.live;
-    let qos1 = ctx.qos == QoS::AtLeastOnce;
-    // QoS 1 publishes written and not yet acknowledged: packet id -> first write.
-    let mut inflight: HashMap<u16, Instant> = HashMap::new();
+    let mut inflight = Inflight::new();
     // Requests of a lost connection, replayed once the next one is up.
     let mut stash: VecDeque<Request> = VecDeque::new();
     let mut attempt = 0u32;
     let mut connected = ConnectedGuard::new(live);
+    let mut storms_seen = 0;
 
     loop {
-        match eventloop.poll().await {
+        if connected.on && shared.storm_hit(&ctx, &mut storms_seen) {
+            // A disconnect storm: drop the connection without a DISCONNECT packet, keep
+            // what was not acknowledged for the replay, reconnect after a jittered pause.
+            eventloop.clean();
+            stash.append(&mut eventloop.pending);
+            connected.set(false);
+            tokio::time::sleep(backoff(0)).await;
+        }
+        // While disconnected, `poll` connects first: take a connection slot for it.
+        let slot = if connected.on {
+            None
+        } else {
+            ctx.connecting.acquire().await.ok()
+        };
+        let polled = eventloop.poll().await;
+        drop(slot);
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 if let Some(tx) = first_connect.take() {
                     let _ = tx.send(Ok(()));
                 }
                 connected.set(true);
+                shared.on_connack(&ctx);
+                // Storms before this connection do not count for it.
+                storms_seen = ctx.storms.load(Ordering::Acquire);
                 attempt = 0;
                 if !stash.is_empty() {
                     debug!(device = %device_id, requests = stash.len(), "replaying after reconnect");
@@ -315,44 +529,17 @@ async fn drive(
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let now = Instant::now();
-                let us = u64::try_from(now.saturating_duration_since(ctx.t0).as_micros())
-                    .unwrap_or(u64::MAX);
-                shared.first_write_us.fetch_min(us, Ordering::AcqRel);
-                shared.last_write_us.fetch_max(us, Ordering::AcqRel);
-                if !qos1 {
-                    shared.sent.fetch_add(1, Ordering::AcqRel);
-                    LiveCounters::add(&live.sent, 1);
-                    LiveCounters::add(&live.acknowledged, 1);
-                    shared.progress.notify_one();
-                } else {
-                    match inflight.entry(pkid) {
-                        // A republish of a message already counted (a packet id is not
-                        // reused while its publish is unacknowledged).
-                        Entry::Occupied(_) => LiveCounters::add(&live.republished, 1),
-                        Entry::Vacant(slot) => {
-                            slot.insert(now);
-                            shared.sent.fetch_add(1, Ordering::AcqRel);
-                            LiveCounters::add(&live.sent, 1);
-                            shared.progress.notify_one();
-                        }
-                    }
-                }
+                shared.on_write(&ctx, &mut inflight, pkid);
             }
             Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(at) = inflight.remove(&ack.pkid) {
-                    ctx.latency.record(at.elapsed());
-                    shared.acked.fetch_add(1, Ordering::AcqRel);
-                    LiveCounters::add(&live.acknowledged, 1);
-                    shared.progress.notify_one();
-                }
+                shared.on_ack(&ctx, &mut inflight, ack.pkid, true);
             }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(e) => {
                 if let Some(tx) = first_connect.take() {
                     // The run decides: it aborts when the first device cannot connect.
-                    let _ = tx.send(Err(e));
+                    let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
                     break;
                 }
                 LiveCounters::add(&live.connection_errors, 1);
@@ -424,6 +611,147 @@ impl<'a> ConnectedGuard<'a> {
 impl Drop for ConnectedGuard<'_> {
     fn drop(&mut self) {
         self.set(false);
+    }
+}
+
+/// The MQTT 5 client: the same driver over `rumqttc::v5` types.
+mod v5 {
+    use std::collections::VecDeque;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
+    use rumqttc::{Outgoing, TlsConfiguration, Transport};
+    use tokio::sync::oneshot;
+    use tracing::debug;
+
+    use super::{
+        CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, Inflight, MAX_INFLIGHT,
+        REQUEST_CHANNEL_CAPACITY, backoff, network_options,
+    };
+    use crate::config::QoS;
+    use crate::error::SimError;
+    use crate::summary::LiveCounters;
+
+    pub(super) fn qos(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
+        match q {
+            QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        }
+    }
+
+    /// The MQTT 5 client of a device and its event loop. A persistent session
+    /// (`clean_session = false`) is clean start off plus a session expiry interval.
+    pub(super) fn client(
+        device_id: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        ctx: &FleetCtx,
+    ) -> (AsyncClient, EventLoop) {
+        let mut opts = MqttOptions::new(device_id, ctx.broker.host.clone(), ctx.broker.port);
+        opts.set_keep_alive(ctx.keep_alive)
+            .set_clean_start(ctx.clean_session)
+            .set_outgoing_inflight_upper_limit(MAX_INFLIGHT)
+            .set_connection_timeout(CONNECT_TIMEOUT_S)
+            .set_network_options(network_options());
+        if !ctx.clean_session {
+            let secs = u32::try_from(ctx.session_expiry.as_secs()).unwrap_or(u32::MAX);
+            opts.set_session_expiry_interval(Some(secs));
+        }
+        if let Some(tls) = tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        }
+        AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY)
+    }
+
+    fn mark_dup(request: Request) -> Request {
+        match request {
+            Request::Publish(mut p) if p.pkid != 0 => {
+                p.dup = true;
+                Request::Publish(p)
+            }
+            other => other,
+        }
+    }
+
+    /// [`super::drive`] for MQTT 5. A PUBACK with an error reason code (quota exceeded,
+    /// not authorized, ...) is not an acknowledgement: that message counts as failed.
+    pub(super) async fn drive(
+        mut eventloop: EventLoop,
+        shared: Arc<DeviceShared>,
+        ctx: Arc<FleetCtx>,
+        device_id: String,
+        mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
+    ) {
+        let live = &ctx.live;
+        let mut inflight = Inflight::new();
+        let mut stash: VecDeque<Request> = VecDeque::new();
+        let mut attempt = 0u32;
+        let mut connected = ConnectedGuard::new(live);
+        let mut storms_seen = 0;
+
+        loop {
+            if connected.on && shared.storm_hit(&ctx, &mut storms_seen) {
+                eventloop.clean();
+                stash.append(&mut eventloop.pending);
+                connected.set(false);
+                tokio::time::sleep(backoff(0)).await;
+            }
+            let slot = if connected.on {
+                None
+            } else {
+                ctx.connecting.acquire().await.ok()
+            };
+            let polled = eventloop.poll().await;
+            drop(slot);
+            match polled {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Some(tx) = first_connect.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                    connected.set(true);
+                    shared.on_connack(&ctx);
+                    storms_seen = ctx.storms.load(Ordering::Acquire);
+                    attempt = 0;
+                    if !stash.is_empty() {
+                        let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
+                        replay.append(&mut eventloop.pending);
+                        eventloop.pending = replay;
+                    }
+                }
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    shared.on_write(&ctx, &mut inflight, pkid);
+                }
+                Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                    let ok = matches!(
+                        ack.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    );
+                    if !ok {
+                        debug!(device = %device_id, reason = ?ack.reason, "publish refused");
+                    }
+                    shared.on_ack(&ctx, &mut inflight, ack.pkid, ok);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(tx) = first_connect.take() {
+                        let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
+                        break;
+                    }
+                    LiveCounters::add(&live.connection_errors, 1);
+                    if connected.set(false) {
+                        debug!(device = %device_id, error = %e, "connection lost; reconnecting");
+                    } else {
+                        debug!(device = %device_id, error = %e, attempt, "connect failed; retrying");
+                    }
+                    stash.append(&mut eventloop.pending);
+                    let delay = backoff(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 }
 

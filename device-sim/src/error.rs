@@ -41,37 +41,64 @@ pub enum SimError {
         /// What to try.
         hint: &'static str,
     },
+    /// A TLS file or setting cannot be used (unreadable, not PEM, key and certificate do
+    /// not match, a device without a certificate in `--cert-dir`).
+    #[error("TLS: {what}: {reason} — {hint}")]
+    Tls {
+        /// The file or setting at fault.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// A feature this version does not implement yet.
     #[error("{0}")]
     Unsupported(String),
 }
 
 impl SimError {
-    /// Wraps the first device's connection error, with a hint chosen by its kind.
-    pub(crate) fn connect(broker: &str, err: &rumqttc::ConnectionError) -> Self {
+    /// Wraps the first device's connection error (an MQTT 3.1.1 or 5
+    /// `rumqttc` `ConnectionError`), with a hint chosen by its kind.
+    pub(crate) fn connect(broker: &str, err: &(dyn std::error::Error + 'static)) -> Self {
         use rumqttc::ConnectionError as E;
+        use rumqttc::v5::ConnectionError as E5;
         use std::io::ErrorKind;
-        let hint = match err {
-            E::Io(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                "is a broker running? try `iotpipe up`, or start mosquitto \
-                 (`mosquitto -p PORT`), then pass --broker mqtt://HOST:PORT"
-            }
-            E::Io(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::Other => {
+        if let Some((reason, hint)) = crate::tls::explain_handshake_error(err) {
+            return SimError::Connect {
+                broker: broker.to_owned(),
+                reason,
+                hint,
+            };
+        }
+        let io = match (err.downcast_ref::<E>(), err.downcast_ref::<E5>()) {
+            (Some(E::Io(e)), _) | (_, Some(E5::Io(e))) => Some(e.kind()),
+            _ => None,
+        };
+        let refused = "is a broker running? try `iotpipe up`, or start mosquitto \
+                       (`mosquitto -p PORT`), then pass --broker mqtt://HOST:PORT";
+        let rejected = "the broker rejected the MQTT CONNECT: check that it allows anonymous \
+                        clients (mosquitto: `allow_anonymous true`) and these client ids";
+        let hint = match (io, err.downcast_ref::<E>(), err.downcast_ref::<E5>()) {
+            (Some(ErrorKind::ConnectionRefused), _, _) => refused,
+            (Some(ErrorKind::NotFound | ErrorKind::Other), _, _) => {
                 "check the host name in --broker"
             }
-            E::NetworkTimeout | E::FlushTimeout => {
+            (_, Some(E::NetworkTimeout | E::FlushTimeout), _) | (_, _, Some(E5::Timeout(_))) => {
                 "the host did not answer within 5 s: check the address, the port and any \
                  firewall"
             }
-            E::ConnectionRefused(_) => {
-                "the broker rejected the MQTT CONNECT: check that it allows anonymous clients \
-                 (mosquitto: `allow_anonymous true`) and these client ids"
+            (_, Some(E::ConnectionRefused(_)), _) | (_, _, Some(E5::ConnectionRefused(_))) => {
+                rejected
+            }
+            (_, _, Some(_)) => {
+                "check that --broker points at an MQTT 5 broker (or drop --mqtt-version 5)"
             }
             _ => "check that --broker points at an MQTT 3.1.1 broker",
         };
-        let reason = match err {
-            E::Io(e) if e.kind() == ErrorKind::ConnectionRefused => "connection refused".into(),
-            other => other.to_string(),
+        let reason = match io {
+            Some(ErrorKind::ConnectionRefused) => "connection refused".into(),
+            _ => err.to_string(),
         };
         SimError::Connect {
             broker: broker.to_owned(),

@@ -40,6 +40,9 @@
 //!   pacing, acknowledgement counting, reconnects and republishing.
 //! - [`summary`]: the run's [`SimSummary`], the per-device [`DeviceLedger`], live counters and the
 //!   latency histogram.
+//! - [`faults`]: device-side batches and reproducible fault injection
+//!   ([`faults::SendStream`]: what a device publishes, made from its readings).
+//! - [`tls`]: mutual-TLS client settings ([`tls::TlsConfig`]) on rustls + aws-lc-rs.
 //! - [`error`]: the [`SimError`] enum.
 //! - `src/main.rs`: the `device-sim` command line.
 //!
@@ -54,7 +57,8 @@
 //!   asked rate holds over the run.
 //! - **Event time** follows the same schedule from [`SimConfig::start_ms`], not the
 //!   wall clock at send time, so payloads do not depend on network timing.
-//! - **Delivery.** Devices connect with a clean session (nothing is left on the broker);
+//! - **Delivery.** Devices connect with a clean session by default (nothing is left on
+//!   the broker; [`SimConfig::clean_session`] asks for persistent ones);
 //!   QoS 1 is still at-least-once across reconnects, because the simulator itself replays
 //!   unacknowledged messages (DUP flag set) once it has reconnected with backoff and
 //!   jitter. QoS 0 is at-most-once. A device that cannot publish for long holds at most
@@ -62,19 +66,23 @@
 //!   scheduled message ends up `acknowledged` or `failed` (which includes `dropped`).
 //! - **Fleets** of several device types come from TOML fleet files ([`SimConfig::load`];
 //!   `device-sim/fleet.example.toml`).
-//! - **TLS** (`mqtts://`, AWS IoT Core with X.509) is not implemented yet: [`run`] refuses
-//!   such a broker with [`SimError::Unsupported`].
+//! - **TLS** (`mqtts://`): mutual X.509 with one shared client certificate or one per
+//!   device from a directory, ALPN `x-amzn-mqtt-ca` for AWS IoT Core on port 443; see
+//!   [`tls`]. Files are checked before the first connection.
 
 pub mod config;
 mod device;
 pub mod error;
+pub mod faults;
 pub mod fleet;
 pub mod model;
 pub mod schedule;
 pub mod summary;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -82,14 +90,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use config::{BrokerUrl, QoS, Scheme, SimConfig};
+pub use config::{BrokerUrl, MqttVersion, QoS, Scheme, SimConfig};
 pub use error::SimError;
 pub use summary::{DeviceLedger, LiveCounters, SimSummary};
 
 use crate::device::{DeviceOutcome, FleetCtx, run_device, stopped};
+use crate::faults::{FaultCounts, SendStream};
 use crate::fleet::FleetLayout;
-use crate::schedule::{DeviceStream, FleetStream};
+use crate::schedule::{DeviceStream, FleetSendStream, FleetStream};
 use crate::summary::LatencyHistogram;
+use crate::tls::TlsSetup;
 
 /// Publishes the fleet's messages over MQTT until every device has published its share
 /// (⌈rate × duration⌉ messages) or `shutdown` becomes true; then waits (at most
@@ -110,16 +120,23 @@ pub async fn run_with_counters(
     live: Arc<LiveCounters>,
 ) -> Result<SimSummary, SimError> {
     cfg.validate()?;
-    if cfg.broker.scheme == Scheme::Mqtts {
-        return Err(SimError::Unsupported(format!(
-            "{}: TLS (mqtts://) is not supported yet; use a plain mqtt:// listener",
-            cfg.broker
-        )));
-    }
     let start_ms = cfg.start_ms.unwrap_or_else(now_ms);
     let broker = cfg.broker.to_string();
     let layout = FleetLayout::new(&cfg);
     let devices = layout.devices();
+    // TLS files are read and checked before anything connects.
+    let tls = match cfg.broker.scheme {
+        Scheme::Mqtts => {
+            let ids: Vec<String> = (0..devices).filter_map(|i| layout.device_id(i)).collect();
+            Some(TlsSetup::new(
+                &cfg.tls,
+                &cfg.broker,
+                ids.iter().map(String::as_str),
+            )?)
+        }
+        Scheme::Mqtt => None,
+    };
+    let tls_for = |device_id: &str| tls.as_ref().map(|t| t.client_config(device_id)).transpose();
 
     // The fleet's own stop signal: set by `shutdown`, or by the run when it aborts.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -135,12 +152,38 @@ pub async fn run_with_counters(
     let ctx = Arc::new(FleetCtx {
         broker: cfg.broker.clone(),
         qos: cfg.qos,
+        keep_alive: cfg.keep_alive,
+        clean_session: cfg.clean_session,
+        mqtt_version: cfg.mqtt_version,
+        session_expiry: cfg.session_expiry,
         t0: Instant::now(),
         ack_timeout: cfg.ack_timeout,
         offline_buffer: cfg.offline_buffer,
         live: Arc::clone(&live),
         latency: Arc::clone(&latency),
         stop: stop_rx.clone(),
+        storms: AtomicU64::new(0),
+        connecting: tokio::sync::Semaphore::new(device::MAX_CONNECTING),
+    });
+    // Disconnect storms at their seeded instants on the run's timeline.
+    // (Within the publishing span: the connection ramp plus the duration.)
+    let storm_times = cfg.faults.storm_times(
+        cfg.seed,
+        cfg.duration + Duration::from_secs_f64(devices as f64 / cfg.connect_rate),
+    );
+    let storms_planned = storm_times.len();
+    let storm_task = tokio::spawn({
+        let ctx = Arc::clone(&ctx);
+        async move {
+            for at in storm_times {
+                tokio::time::sleep_until(ctx.t0 + at).await;
+                ctx.storms.fetch_add(1, Ordering::AcqRel);
+                info!(
+                    storm = ctx.storms.load(Ordering::Acquire),
+                    "disconnect storm"
+                );
+            }
+        }
     });
     let monitor = tokio::spawn(warn_on_connection_errors(Arc::clone(&live)));
     info!(%broker, devices, rate = layout.nominal_rate(), qos = %cfg.qos, "starting fleet");
@@ -149,19 +192,26 @@ pub async fn run_with_counters(
     let mut ids = Vec::with_capacity(devices);
     let mut stop = stop_rx.clone();
     let stream_of = |index| {
-        DeviceStream::new(&cfg, &layout, start_ms, index).ok_or_else(|| SimError::InvalidConfig {
-            field: "device_type",
-            reason: format!("no device {index} in the fleet layout"),
-        })
+        DeviceStream::new(&cfg, &layout, start_ms, index)
+            .map(|d| SendStream::new(d, &cfg))
+            .ok_or_else(|| SimError::InvalidConfig {
+                field: "device_type",
+                reason: format!("no device {index} in the fleet layout"),
+            })
     };
 
     // Device 0 doubles as the connectivity probe: if it cannot connect at all, say so
     // now instead of retrying every device until the deadline.
     let first = stream_of(0)?;
-    ids.push((first.device_id().to_owned(), first.first_seq()));
+    let first_tls = tls_for(first.readings().device_id())?;
+    ids.push((
+        first.readings().device_id().to_owned(),
+        first.readings().first_seq(),
+    ));
     let (probe_tx, probe_rx) = oneshot::channel();
     handles.push(tokio::spawn(run_device(
         first,
+        first_tls,
         Arc::clone(&ctx),
         Some(probe_tx),
     )));
@@ -177,7 +227,7 @@ pub async fn run_with_counters(
         }
         forward.abort();
         monitor.abort();
-        return Err(SimError::connect(&broker, &e));
+        return Err(e);
     }
 
     // The connection ramp: device i is started at its slot, i / connect_rate s in.
@@ -186,10 +236,31 @@ pub async fn run_with_counters(
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
-            () = tokio::time::sleep_until(ctx.t0 + stream.connect_at()) => {}
+            () = tokio::time::sleep_until(ctx.t0 + stream.readings().connect_at()) => {}
         }
-        ids.push((stream.device_id().to_owned(), stream.first_seq()));
-        handles.push(tokio::spawn(run_device(stream, Arc::clone(&ctx), None)));
+        let device_tls = match tls_for(stream.readings().device_id()) {
+            Ok(t) => t,
+            Err(e) => {
+                // A device's certificate went bad after the check: stop the fleet.
+                let _ = stop_tx.send(true);
+                for h in &handles {
+                    h.abort();
+                }
+                forward.abort();
+                monitor.abort();
+                return Err(e);
+            }
+        };
+        ids.push((
+            stream.readings().device_id().to_owned(),
+            stream.readings().first_seq(),
+        ));
+        handles.push(tokio::spawn(run_device(
+            stream,
+            device_tls,
+            Arc::clone(&ctx),
+            None,
+        )));
         LiveCounters::add(&live.started, 1);
     }
     let devices_started = handles.len();
@@ -210,15 +281,20 @@ pub async fn run_with_counters(
                     sent: 0,
                     confirmed: 0,
                     writes_us: None,
+                    faults: FaultCounts::default(),
+                    connected_us: None,
                 });
             }
         }
     }
     forward.abort();
     monitor.abort();
+    storm_task.abort();
+    let storms = ctx.storms.load(Ordering::Acquire);
+    debug_assert!(storms as usize <= storms_planned);
     let elapsed = ctx.t0.elapsed();
 
-    Ok(summarize(
+    let mut summary = summarize(
         &cfg,
         &layout,
         start_ms,
@@ -228,7 +304,9 @@ pub async fn run_with_counters(
         &live,
         &latency,
         elapsed,
-    ))
+    );
+    summary.disconnect_storms = storms;
+    Ok(summary)
 }
 
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
@@ -246,7 +324,15 @@ fn summarize(
     let mut per_device = BTreeMap::new();
     let (mut scheduled, mut sent, mut acknowledged, mut failed, mut dropped) = (0, 0, 0, 0, 0);
     let (mut first_write, mut last_write) = (u64::MAX, 0);
+    let mut faults = FaultCounts::default();
+    let (mut first_conn, mut last_conn, mut devices_connected) = (u64::MAX, 0, 0usize);
     for o in &outcomes {
+        faults.add(&o.faults);
+        if let Some(t) = o.connected_us {
+            devices_connected += 1;
+            first_conn = first_conn.min(t);
+            last_conn = last_conn.max(t);
+        }
         scheduled += o.scheduled;
         sent += o.sent;
         acknowledged += o.confirmed;
@@ -267,6 +353,7 @@ fn summarize(
                 acknowledged: o.confirmed,
                 failed: o.failed(),
                 dropped: o.dropped,
+                faults: o.faults,
             },
         );
     }
@@ -282,6 +369,7 @@ fn summarize(
                     acknowledged: 0,
                     failed: 0,
                     dropped: 0,
+                    faults: FaultCounts::default(),
                 },
             );
         }
@@ -293,12 +381,24 @@ fn summarize(
         0.0
     };
     let qos1 = cfg.qos == QoS::AtLeastOnce;
+    let connect_span_s = (devices_connected > 0)
+        .then(|| (last_conn.saturating_sub(first_conn) as f64 / 1e3).round() / 1e3);
+    let connect_rate = match connect_span_s {
+        Some(span) if span > 0.0 && devices_connected > 1 => {
+            ((devices_connected - 1) as f64 / span * 10.0).round() / 10.0
+        }
+        _ => 0.0,
+    };
     SimSummary {
+        devices_connected,
+        connect_span_s,
+        connect_rate,
         broker,
         fleet: cfg.fleet.clone(),
         devices: layout.devices(),
         devices_started,
         qos: cfg.qos,
+        mqtt_version: cfg.mqtt_version,
         rate: cfg.device_types.is_empty().then_some(cfg.rate),
         nominal_rate: (layout.nominal_rate() * 1000.0).round() / 1000.0,
         messages_per_device: layout.max_messages_per_device(),
@@ -315,6 +415,9 @@ fn summarize(
         send_rate,
         publish_latency_p50_ms: latency.quantile_ms(0.50).filter(|_| qos1),
         publish_latency_p99_ms: latency.quantile_ms(0.99).filter(|_| qos1),
+        batch: cfg.batch,
+        faults,
+        disconnect_storms: 0,
         per_device,
     }
 }
@@ -340,23 +443,34 @@ async fn warn_on_connection_errors(live: Arc<LiveCounters>) {
     }
 }
 
-/// The deterministic payload stream of `cfg` in time order, as `(topic, payload)` pairs:
-/// exactly what [`run`] publishes, without a broker. `cfg.start_ms = None` uses the
-/// current time. An invalid `cfg` yields nothing (check with [`SimConfig::validate`] or
-/// use [`try_generate`] to get the reason).
+/// The deterministic publish stream of `cfg` in the order it falls due, as `(topic,
+/// payload)` pairs: exactly what [`run`] publishes (batches and injected faults
+/// included), without a broker. `cfg.start_ms = None` uses the current time. An invalid
+/// `cfg` yields nothing (check with [`SimConfig::validate`] or use [`try_publishes`] to
+/// get the reason).
 pub fn generate(cfg: &SimConfig) -> impl Iterator<Item = (String, Vec<u8>)> + use<> {
-    try_generate(cfg)
+    try_publishes(cfg)
         .ok()
         .into_iter()
         .flatten()
-        .map(|m| (m.topic, m.payload))
+        .map(|p| (p.topic, p.payload))
 }
 
-/// The payload stream of `cfg` with each message's device, `seq` and `ts`, or why `cfg`
-/// is invalid.
+/// The readings of `cfg` in event-time order, one per `seq`, with each message's device,
+/// `seq` and `ts` (before batching and faults), or why `cfg` is invalid.
 pub fn try_generate(cfg: &SimConfig) -> Result<FleetStream, SimError> {
     cfg.validate()?;
     Ok(FleetStream::new(cfg, cfg.start_ms.unwrap_or_else(now_ms)))
+}
+
+/// The publishes of `cfg` (batched, faults injected) in the order they fall due, or why
+/// `cfg` is invalid: what `--dump` writes.
+pub fn try_publishes(cfg: &SimConfig) -> Result<FleetSendStream, SimError> {
+    cfg.validate()?;
+    Ok(FleetSendStream::new(
+        cfg,
+        cfg.start_ms.unwrap_or_else(now_ms),
+    ))
 }
 
 /// The current time, epoch milliseconds.

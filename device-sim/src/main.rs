@@ -16,7 +16,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use device_sim::config::{DEFAULT_BROKER, DEFAULT_CONNECT_RATE};
 use device_sim::fleet::FleetLayout;
-use device_sim::{BrokerUrl, LiveCounters, QoS, SimConfig, SimSummary};
+use device_sim::{BrokerUrl, LiveCounters, MqttVersion, QoS, SimConfig, SimSummary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -34,6 +34,8 @@ What it publishes:
   --connect-rate per second, so a run takes about duration + devices/connect-rate.
   QoS 1 messages unacknowledged when a connection drops are republished after the
   reconnect (backoff with jitter); --offline-buffer bounds what a device holds back.
+  Large fleets: every device is a socket; device-sim raises its open-file limit to the
+  hard limit (`ulimit -Hn`) and says so when that is too low.
 
 Examples:
   # 10 devices, 1 message/s each, for 30 s, to a local broker (`iotpipe up`, or mosquitto):
@@ -50,6 +52,27 @@ Examples:
   # A fleet of several device types (env sensors, GPS trucks, presses) from a file:
   device-sim --fleet device-sim/fleet.example.toml --duration 1m
 
+  # Mutual TLS with one certificate for every device (e.g. a mosquitto with
+  # require_certificate true):
+  device-sim --broker mqtts://127.0.0.1:8883 --ca ca.pem --cert client.pem --key client.key
+
+  # AWS IoT Core, one certificate per device (infra/provision-devices.sh --out certs):
+  device-sim --broker mqtts://PREFIX-ats.iot.eu-west-1.amazonaws.com:8883 \\
+      --cert-dir certs --devices 10 --device-prefix sensor-
+  # ... the same through port 443 (ALPN x-amzn-mqtt-ca is offered automatically):
+  device-sim --broker mqtts://PREFIX-ats.iot.eu-west-1.amazonaws.com:443 --cert-dir certs
+
+  # MQTT 5 with persistent sessions (kept 1 h after each device disconnects):
+  device-sim --mqtt-version 5 --clean-session false --session-expiry 1h
+
+  # A reproducible reliability test: 1 % duplicates and reordering, 0.1 % broken payloads,
+  # a disconnect storm every 2 minutes; the summary counts every fault per device:
+  device-sim --devices 500 --duration 10m --fault-duplicate 0.01 --fault-out-of-order 0.01 \\
+      --fault-malformed 0.001 --fault-disconnect-storms 0.5 --summary-json
+
+  # Device-side batches of 20 readings per publish (JSON arrays ingest accepts):
+  device-sim --batch 20 --rate 10
+
   # Watch what arrives at the broker (package mosquitto-clients):
   mosquitto_sub -h 127.0.0.1 -p 1883 -t 'dt/+/+/telemetry' -v
 
@@ -64,9 +87,69 @@ Exit status: 0 when every message was confirmed (PUBACK for QoS 1, written for Q
 #[derive(Debug, Parser)]
 #[command(name = "device-sim", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// MQTT broker to publish to, as mqtt://HOST:PORT (port 1883 when omitted).
+    /// MQTT broker to publish to: mqtt://HOST:PORT (port 1883 when omitted) or, with TLS, mqtts://HOST:PORT (8883; AWS IoT Core: mqtts://PREFIX-ats.iot.REGION.amazonaws.com, port 8883 or 443).
     #[arg(long, value_name = "URL", default_value = DEFAULT_BROKER)]
     broker: BrokerUrl,
+
+    /// TLS: PEM file of the CA that signed the broker's certificate (AWS IoT Core: AmazonRootCA1.pem). Default: DIR/AmazonRootCA1.pem with --cert-dir if present, else the system trust store.
+    #[arg(long, value_name = "FILE", help_heading = "TLS (mqtts://)")]
+    ca: Option<PathBuf>,
+
+    /// TLS: PEM client certificate shared by every device (mutual TLS); needs --key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "TLS (mqtts://)",
+        requires = "key"
+    )]
+    cert: Option<PathBuf>,
+
+    /// TLS: PEM private key of --cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        help_heading = "TLS (mqtts://)",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
+
+    /// TLS: one certificate per device from DIR: DIR/DEVICE_ID/cert.pem + private.key (what infra/provision-devices.sh --out DIR writes) or DIR/DEVICE_ID.pem + DEVICE_ID.key.
+    #[arg(long, value_name = "DIR", help_heading = "TLS (mqtts://)", conflicts_with_all = ["cert", "key"])]
+    cert_dir: Option<PathBuf>,
+
+    /// TLS: ALPN protocol(s) to offer, comma-separated. Default: x-amzn-mqtt-ca for an AWS IoT host on port 443 (MQTT over 443), none otherwise.
+    #[arg(
+        long,
+        value_name = "PROTO",
+        help_heading = "TLS (mqtts://)",
+        value_delimiter = ','
+    )]
+    alpn: Vec<String>,
+
+    /// MQTT keep-alive (e.g. 30s, 5m; 0 = off): the broker drops a device silent for 1.5 x this. AWS IoT Core accepts 30s-20m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "MQTT")]
+    keep_alive: Duration,
+
+    /// true: every connection starts a clean session. false: the broker keeps each device's session after it disconnects (persistent session; it outlives the run).
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set, help_heading = "MQTT")]
+    clean_session: bool,
+
+    /// MQTT protocol version: 3.1.1 or 5.
+    #[arg(
+        long,
+        value_name = "3.1.1|5",
+        default_value = "3.1.1",
+        help_heading = "MQTT"
+    )]
+    mqtt_version: MqttVersion,
+
+    /// MQTT 5 with --clean-session false: how long the broker keeps a device's session after it disconnects (AWS IoT Core: default 1h, at most 7 days).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration, help_heading = "MQTT")]
+    session_expiry: Duration,
+
+    /// AWS IoT Basic Ingest: publish to $aws/rules/RULE/dt/FLEET/DEVICE_ID/telemetry, straight to the IoT rule RULE (no broker fan-out, no messaging charge).
+    #[arg(long, value_name = "RULE", help_heading = "MQTT")]
+    basic_ingest: Option<String>,
 
     /// Fleet name (the FLEET segment of the topic dt/FLEET/DEVICE_ID/telemetry), or a fleet file (*.toml) with device types, metric generators and defaults for these flags (see device-sim/fleet.example.toml).
     #[arg(long, value_name = "NAME|FILE.toml", default_value = device_sim::config::DEFAULT_FLEET)]
@@ -85,7 +168,7 @@ struct Cli {
     duration: Duration,
 
     /// MQTT quality of service: 0 (at most once) or 1 (at least once: the broker acknowledges every message).
-    #[arg(long, value_name = "0|1", default_value = "1")]
+    #[arg(long, value_name = "0|1", default_value = "1", help_heading = "MQTT")]
     qos: QoS,
 
     /// Seed of the generated readings: the same seed with the same --start gives byte-identical payloads.
@@ -115,6 +198,68 @@ struct Cli {
     /// Messages a device holds back while it cannot publish (broker down); beyond that the oldest are dropped and counted.
     #[arg(long, value_name = "MESSAGES", default_value_t = device_sim::config::DEFAULT_OFFLINE_BUFFER)]
     offline_buffer: u64,
+
+    /// Device-side batching: each publish is a JSON array of N consecutive messages (the ledger still counts messages). 1 = single objects.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    batch: usize,
+
+    /// Probability (0-1) that a publish is sent twice.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_duplicate: f64,
+
+    /// Probability (0-1) that a publish is sent after the next one.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_out_of_order: f64,
+
+    /// Probability (0-1) that a message's ts is off by +/- --fault-clock-skew-by.
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_clock_skew: f64,
+
+    /// How far a skewed clock is off.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Fault injection (seeded by --seed; counted in the summary)")]
+    fault_clock_skew_by: Duration,
+
+    /// Probability (0-1) that a payload is cut in half (invalid JSON; quarantined downstream).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_malformed: f64,
+
+    /// Probability (0-1) that a payload is padded past 128 KiB (rejected downstream; AWS IoT Core disconnects such a client).
+    #[arg(
+        long,
+        value_name = "P",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_oversize: f64,
+
+    /// Disconnect storms per minute: at seeded instants every device drops its connection at once and reconnects.
+    #[arg(
+        long,
+        value_name = "PER_MINUTE",
+        default_value_t = 0.0,
+        help_heading = "Fault injection (seeded by --seed; counted in the summary)"
+    )]
+    fault_disconnect_storms: f64,
 
     /// Write the JSON payloads to FILE, one per line in time order, instead of publishing ("-" = stdout). No broker needed.
     #[arg(long, value_name = "FILE")]
@@ -202,6 +347,65 @@ impl Cli {
         if set("offline_buffer") {
             cfg.offline_buffer = self.offline_buffer;
         }
+        if set("keep_alive") {
+            cfg.keep_alive = self.keep_alive;
+        }
+        if set("clean_session") {
+            cfg.clean_session = self.clean_session;
+        }
+        if set("batch") {
+            cfg.batch = self.batch;
+        }
+        let f = &mut cfg.faults;
+        for (id, value, slot) in [
+            ("fault_duplicate", self.fault_duplicate, &mut f.duplicate),
+            (
+                "fault_out_of_order",
+                self.fault_out_of_order,
+                &mut f.out_of_order,
+            ),
+            ("fault_clock_skew", self.fault_clock_skew, &mut f.clock_skew),
+            ("fault_malformed", self.fault_malformed, &mut f.malformed),
+            ("fault_oversize", self.fault_oversize, &mut f.oversize),
+            (
+                "fault_disconnect_storms",
+                self.fault_disconnect_storms,
+                &mut f.disconnect_storms,
+            ),
+        ] {
+            if set(id) {
+                *slot = value;
+            }
+        }
+        if set("fault_clock_skew_by") {
+            f.clock_skew_by = self.fault_clock_skew_by;
+        }
+        if set("mqtt_version") {
+            cfg.mqtt_version = self.mqtt_version;
+        }
+        if set("session_expiry") {
+            cfg.session_expiry = self.session_expiry;
+        }
+        if self.basic_ingest.is_some() {
+            cfg.basic_ingest.clone_from(&self.basic_ingest);
+        }
+        // TLS flags replace the fleet file's settings one by one.
+        if self.ca.is_some() {
+            cfg.tls.ca.clone_from(&self.ca);
+        }
+        if self.cert.is_some() {
+            cfg.tls.cert.clone_from(&self.cert);
+            cfg.tls.key.clone_from(&self.key);
+            cfg.tls.cert_dir = None;
+        }
+        if self.cert_dir.is_some() {
+            cfg.tls.cert_dir.clone_from(&self.cert_dir);
+            cfg.tls.cert = None;
+            cfg.tls.key = None;
+        }
+        if !self.alpn.is_empty() {
+            cfg.tls.alpn.clone_from(&self.alpn);
+        }
         // Pin the event-time origin now, so that the summary can say how to reproduce it.
         cfg.start_ms = Some(cfg.start_ms.unwrap_or_else(device_sim::now_ms));
         cfg.validate()?;
@@ -237,6 +441,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if cli.dump.is_none()
+        && let Err(msg) = raise_open_file_limit(FleetLayout::new(&cfg).devices())
+    {
+        eprintln!("device-sim: warning: {msg}");
+    }
     // A progress bar only for an interactive publishing run; logs are routed around it.
     let bar = if cli.quiet || cli.dump.is_some() {
         ProgressBar::hidden()
@@ -268,6 +477,41 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// File descriptors a run needs beyond one socket per device (runtime, stdio, TLS files).
+const SPARE_FDS: u64 = 256;
+
+/// Every device is a socket: raises the soft open-file limit (often 1024) to the hard
+/// limit when the fleet needs more, or says what to do when even that is too low.
+#[cfg(unix)]
+fn raise_open_file_limit(devices: usize) -> Result<(), String> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let need = devices as u64 + SPARE_FDS;
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(u64::MAX);
+    if current >= need {
+        return Ok(());
+    }
+    let hard = lim.maximum.unwrap_or(u64::MAX);
+    let raised = rustix::process::Rlimit {
+        current: Some(hard.min(need.max(current))),
+        maximum: lim.maximum,
+    };
+    setrlimit(Resource::Nofile, raised)
+        .map_err(|e| format!("cannot raise the open-file limit from {current}: {e}"))?;
+    if hard < need {
+        return Err(format!(
+            "{devices} devices need about {need} open files but the hard limit is {hard}: \
+             raise it (`ulimit -Hn {need}` as root, or LimitNOFILE= in a systemd unit)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit(_devices: usize) -> Result<(), String> {
+    Ok(())
 }
 
 fn init_tracing(verbose: u8, bar: ProgressBar) {
@@ -315,15 +559,20 @@ struct DumpSummary<'a> {
     mode: &'static str,
     file: &'a str,
     devices: usize,
+    /// Payload lines written (publishes: a batch is one line; a duplicate is a line).
     messages: u64,
+    /// Readings (seqs) in them, duplicates not counted again.
+    readings: u64,
     bytes: u64,
     seed: u64,
     start_ms: i64,
+    batch: usize,
+    faults: device_sim::faults::FaultCounts,
 }
 
 fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
     let start_ms = cfg.start_ms.unwrap_or_default();
-    let stream = device_sim::try_generate(cfg)?;
+    let mut stream = device_sim::try_publishes(cfg)?;
     let devices = FleetLayout::new(cfg).devices();
     let to_stdout = path.as_os_str() == "-";
     let out: Box<dyn Write> = if to_stdout {
@@ -335,13 +584,14 @@ fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
         )
     };
     let mut out = BufWriter::new(out);
-    let (mut messages, mut bytes) = (0u64, 0u64);
+    let (mut messages, mut readings, mut bytes) = (0u64, 0u64, 0u64);
     let written = (|| -> io::Result<()> {
-        for m in stream {
-            out.write_all(&m.payload)?;
+        for p in stream.by_ref() {
+            out.write_all(&p.payload)?;
             out.write_all(b"\n")?;
             messages += 1;
-            bytes += m.payload.len() as u64 + 1;
+            readings += p.messages;
+            bytes += p.payload.len() as u64 + 1;
         }
         out.flush()
     })();
@@ -369,9 +619,12 @@ fn dump(cli: &Cli, cfg: &SimConfig, path: &PathBuf) -> anyhow::Result<()> {
             file: &shown,
             devices,
             messages,
+            readings,
             bytes,
             seed: cfg.seed,
             start_ms,
+            batch: cfg.batch,
+            faults: stream.counts(),
         })?;
         print_stdout_line(&line)?;
     }
@@ -473,21 +726,39 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
             humantime::format_duration(cfg.ack_timeout)
         )
     };
+    let f = &s.faults;
+    let faults = if *f == device_sim::faults::FaultCounts::default() && s.disconnect_storms == 0 {
+        String::new()
+    } else {
+        format!(
+            "  faults        duplicated {} reordered {} skewed {} malformed {} oversize {} \
+             disconnects {} (in {} storms)\n",
+            f.duplicated,
+            f.reordered,
+            f.skewed,
+            f.malformed,
+            f.oversize,
+            f.disconnects,
+            s.disconnect_storms
+        )
+    };
     format!(
-        "device-sim: {devices} devices, {nominal} msg/s fleet-wide for {dur} (QoS {qos}) to {broker}, fleet {fleet:?}\n\
+        "device-sim: {devices} devices, {nominal} msg/s fleet-wide for {dur} (QoS {qos}, MQTT {version}) to {broker}, fleet {fleet:?}\n\
          \x20 scheduled     {scheduled}\n\
          \x20 sent          {sent}  ({send_rate} msg/s)\n\
          \x20 acknowledged  {acked}\n\
          \x20 failed        {failed}  (dropped by offline buffers: {dropped})\n\
          \x20 republished   {repub}   connection errors {errors}\n\
          \x20 latency       {latency}\n\
-         \x20 elapsed       {elapsed:.2} s; {started}/{devices} devices started\n\
+         {faults}\
+         \x20 elapsed       {elapsed:.2} s; {started}/{devices} devices started, {connected} connected ({conn_rate} connections/s)\n\
          \x20 event time    from {start}; the same flags with --seed {seed} --start {start_ms} reproduce the payloads\n\
          device-sim: {verdict}\n",
         devices = s.devices,
         nominal = s.nominal_rate,
         dur = humantime::format_duration(cfg.duration),
         qos = s.qos,
+        version = s.mqtt_version,
         broker = s.broker,
         fleet = s.fleet,
         scheduled = s.scheduled,
@@ -500,6 +771,8 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
         errors = s.connection_errors,
         elapsed = s.elapsed.as_secs_f64(),
         started = s.devices_started,
+        connected = s.devices_connected,
+        conn_rate = s.connect_rate,
         seed = s.seed,
         start_ms = s.start_ms,
     )

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::config::QoS;
+use crate::config::{MqttVersion, QoS};
+use crate::faults::FaultCounts;
 
 /// Counters a caller can read while [`crate::run_with_counters`] runs (progress bars,
 /// the `iotpipe up` dashboard). Monotonic except `connected`.
@@ -56,8 +57,17 @@ pub struct SimSummary {
     pub devices: usize,
     /// Devices that were started (fewer than `devices` when shut down during the ramp).
     pub devices_started: usize,
+    /// Devices that connected at least once.
+    pub devices_connected: usize,
+    /// Seconds from the first device's first CONNACK to the last one's (the connection
+    /// ramp as it happened; `None` if none connected).
+    pub connect_span_s: Option<f64>,
+    /// Connections per second achieved over `connect_span_s` (0 with one device).
+    pub connect_rate: f64,
     /// QoS of the publishes (0 or 1).
     pub qos: QoS,
+    /// MQTT protocol version of the connections ("3.1.1" or "5").
+    pub mqtt_version: MqttVersion,
     /// Asked rate per device, messages per second (`None` for a fleet of device types,
     /// whose intervals differ; see `nominal_rate`).
     pub rate: Option<f64>,
@@ -100,6 +110,12 @@ pub struct SimSummary {
     pub publish_latency_p50_ms: Option<f64>,
     /// 99th percentile of the same, milliseconds.
     pub publish_latency_p99_ms: Option<f64>,
+    /// Messages per publish (device-side batch; 1 = single objects).
+    pub batch: usize,
+    /// Faults injected, fleet-wide (all 0 unless fault injection was asked for).
+    pub faults: FaultCounts,
+    /// Disconnect storms that happened (each dropped every connected device).
+    pub disconnect_storms: u64,
     /// The delivery ledger, by device id.
     pub per_device: BTreeMap<String, DeviceLedger>,
 }
@@ -120,6 +136,11 @@ pub struct DeviceLedger {
     pub failed: u64,
     /// Dropped by the offline buffer: missing from the range, never sent.
     pub dropped: u64,
+    /// Faults injected into this device's publishes (`duplicated`, `reordered`,
+    /// `skewed`, `malformed`, `oversize`, `disconnects`): malformed and oversize messages
+    /// were sent but are quarantined downstream; duplicated ones arrive twice.
+    #[serde(flatten)]
+    pub faults: FaultCounts,
 }
 
 fn secs_f64<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -248,7 +269,11 @@ mod tests {
             fleet: "f".into(),
             devices: 1,
             devices_started: 1,
+            devices_connected: 1,
+            connect_span_s: Some(0.0),
+            connect_rate: 0.0,
             qos: QoS::AtLeastOnce,
+            mqtt_version: MqttVersion::V5,
             rate: Some(1.0),
             nominal_rate: 1.0,
             messages_per_device: 1,
@@ -265,11 +290,15 @@ mod tests {
             send_rate: 0.0,
             publish_latency_p50_ms: Some(1.5),
             publish_latency_p99_ms: None,
+            batch: 1,
+            faults: FaultCounts::default(),
+            disconnect_storms: 0,
             per_device: BTreeMap::new(),
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["elapsed_s"], 1.234);
         assert_eq!(v["qos"], 1);
+        assert_eq!(v["mqtt_version"], "5");
         assert!(v["publish_latency_p99_ms"].is_null());
     }
 }

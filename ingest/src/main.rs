@@ -39,7 +39,9 @@ async fn init() -> Result<Ingest<AnySink>, Error> {
     let config = Config::from_env()?;
     let sdk = ingest::aws::load_sdk_config().await;
     let sink = AnySink::from_config(&config, &sdk);
-    let store = telemetry::store::open_store(&config.bucket_url())?;
+    // The quarantine store is rarely used: its S3 client (and the root certificates its
+    // HTTPS client loads) is built at the first quarantined payload, not at every cold start.
+    let store = telemetry::store::open_store_lazy(&config.bucket_url())?;
     tracing::info!(
         sink = ?config.sink,
         stream = %config.stream_name,

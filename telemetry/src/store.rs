@@ -9,13 +9,17 @@
 //! is allowed without further settings, since it can only be a deliberate local server.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use object_store::ObjectStore;
+use futures::stream::{self, BoxStream, StreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 
 /// The URL scheme of an S3 location: `s3://bucket/prefix`.
 pub const S3_SCHEME: &str = "s3://";
@@ -183,9 +187,154 @@ where
     }
 }
 
+/// Opens `url` like [`open_store`], but builds an S3 client only at the first request.
+///
+/// The location is parsed at once (a bad URL is still refused here), the `AWS_*`
+/// variables are read at once, and a local directory is opened at once. What is deferred
+/// is building the S3 client, which is what costs at a Lambda cold start: its HTTPS client
+/// loads the system's root certificates (on Debian, every file of `/etc/ssl/certs`). A
+/// store that is rarely used — ingest's quarantine — should not pay that on every cold
+/// start. A client that cannot be built makes each request fail with the reason.
+pub fn open_store_lazy(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let aws_env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| k.starts_with("AWS_"));
+    open_store_lazy_with(url, aws_env)
+}
+
+/// [`open_store_lazy`] with the `AWS_*` variables given, as [`open_store_with`] takes them.
+pub fn open_store_lazy_with<I, K, V>(
+    url: &str,
+    aws_env: I,
+) -> Result<Arc<dyn ObjectStore>, StoreError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    match StoreLocation::parse(url)? {
+        StoreLocation::Local(_) => open_store_with(url, aws_env),
+        StoreLocation::S3 { .. } => Ok(Arc::new(LazyStore::new(url, aws_env))),
+    }
+}
+
+/// An S3 store built by [`open_store_with`] at its first use (see [`open_store_lazy`]).
+#[derive(Debug)]
+struct LazyStore {
+    url: String,
+    aws_env: Vec<(String, String)>,
+    inner: OnceLock<Result<Arc<dyn ObjectStore>, String>>,
+}
+
+impl LazyStore {
+    fn new<I, K, V>(url: &str, aws_env: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        Self {
+            url: url.to_owned(),
+            aws_env: aws_env
+                .into_iter()
+                .map(|(k, v)| (k.as_ref().to_owned(), v.into()))
+                .collect(),
+            inner: OnceLock::new(),
+        }
+    }
+
+    fn store(&self) -> object_store::Result<&Arc<dyn ObjectStore>> {
+        self.inner
+            .get_or_init(|| {
+                open_store_with(&self.url, self.aws_env.iter().cloned()).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|reason| object_store::Error::Generic {
+                store: "S3",
+                source: reason.clone().into(),
+            })
+    }
+}
+
+impl std::fmt::Display for LazyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LazyStore({})", self.url)
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for LazyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.store()?.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.store()?.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.store()?.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        match self.store() {
+            Ok(store) => store.delete_stream(locations),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match self.store() {
+            Ok(store) => store.list(prefix),
+            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.store()?.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.store()?.copy_opts(from, to, options).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lazy_s3_store_builds_its_client_at_first_use_only() {
+        let env = [("AWS_ENDPOINT_URL", "http://127.0.0.1:9")];
+        let lazy = LazyStore::new("s3://bucket/prefix", env);
+        assert!(lazy.inner.get().is_none(), "built at open");
+        assert!(lazy.store().is_ok());
+        assert!(lazy.inner.get().is_some(), "not built at first use");
+        // The location is still checked at open.
+        assert!(open_store_lazy_with("ftp://x", env).is_err());
+        assert!(open_store_lazy_with("s3://bucket/prefix", env).is_ok());
+    }
 
     #[test]
     fn s3_urls_split_into_bucket_and_a_slash_free_prefix() {

@@ -138,3 +138,20 @@ async fn listing_pages_past_a_thousand_keys_and_multipart_uploads_complete() {
     let back = store.get(&key).await.unwrap().bytes().await.unwrap();
     assert!(back == data, "the multipart object reads back whole");
 }
+
+#[tokio::test]
+async fn a_lazily_opened_store_writes_where_open_store_reads() {
+    let bucket = bucket();
+    let url = format!("s3://{bucket}/lazy");
+    let lazy = telemetry::store::open_store_lazy_with(&url, env()).unwrap();
+    let key = Path::from("quarantine/q.jsonl");
+    lazy.put(&key, PutPayload::from_static(b"{\"reason\":\"x\"}\n"))
+        .await
+        .unwrap();
+    let listed: Vec<_> = lazy.list(None).try_collect().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].location, key);
+    let eager = open_store_with(&url, env()).unwrap();
+    let body = eager.get(&key).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&body[..], b"{\"reason\":\"x\"}\n");
+}

@@ -186,6 +186,8 @@ pub async fn run_with_counters(
         }
     });
     let monitor = tokio::spawn(warn_on_connection_errors(Arc::clone(&live)));
+    // Ended with the run, however it returns (an early `?` included).
+    let background = AbortOnDrop([forward, monitor, storm_task]);
     info!(%broker, devices, rate = layout.nominal_rate(), qos = %cfg.qos, "starting fleet");
 
     let mut handles: Vec<JoinHandle<DeviceOutcome>> = Vec::with_capacity(devices);
@@ -221,18 +223,19 @@ pub async fn run_with_counters(
         () = stopped(&mut stop) => None,
     };
     if let Some(Err(e)) = probe {
-        let _ = stop_tx.send(true);
-        for h in &handles {
-            h.abort();
-        }
-        forward.abort();
-        monitor.abort();
+        abort_devices(&stop_tx, &handles);
         return Err(e);
     }
 
     // The connection ramp: device i is started at its slot, i / connect_rate s in.
     for index in 1..devices {
-        let stream = stream_of(index)?;
+        let stream = match stream_of(index) {
+            Ok(s) => s,
+            Err(e) => {
+                abort_devices(&stop_tx, &handles);
+                return Err(e);
+            }
+        };
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break,
@@ -242,12 +245,7 @@ pub async fn run_with_counters(
             Ok(t) => t,
             Err(e) => {
                 // A device's certificate went bad after the check: stop the fleet.
-                let _ = stop_tx.send(true);
-                for h in &handles {
-                    h.abort();
-                }
-                forward.abort();
-                monitor.abort();
+                abort_devices(&stop_tx, &handles);
                 return Err(e);
             }
         };
@@ -287,9 +285,7 @@ pub async fn run_with_counters(
             }
         }
     }
-    forward.abort();
-    monitor.abort();
-    storm_task.abort();
+    drop(background);
     let storms = ctx.storms.load(Ordering::Acquire);
     debug_assert!(storms as usize <= storms_planned);
     let elapsed = ctx.t0.elapsed();
@@ -476,4 +472,26 @@ pub fn try_publishes(cfg: &SimConfig) -> Result<FleetSendStream, SimError> {
 /// The current time, epoch milliseconds.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// Tasks aborted when this is dropped: a run's background tasks (shutdown forwarding,
+/// connection-error monitor, disconnect storms) end with the run on every return path.
+struct AbortOnDrop<const N: usize>([JoinHandle<()>; N]);
+
+impl<const N: usize> Drop for AbortOnDrop<N> {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Stops a fleet that cannot go on: the stop signal for devices mid-publish, and abort for
+/// every device task (a device waiting on a reconnect backoff would otherwise outlive the
+/// run).
+fn abort_devices(stop_tx: &watch::Sender<bool>, handles: &[JoinHandle<DeviceOutcome>]) {
+    let _ = stop_tx.send(true);
+    for h in handles {
+        h.abort();
+    }
 }

@@ -178,9 +178,28 @@ pub(crate) fn entry_outcomes<'a>(
 }
 
 /// How many outcomes are failures.
-pub(crate) fn failed_count(outcomes: &[EntryOutcome]) -> usize {
-    outcomes
+/// Logs (at debug) a batch call that left entries unacknowledged — failed, or missing
+/// from a short response — naming the operation and the service's own failed count.
+pub(crate) fn log_partial_failure(
+    operation: &str,
+    stream: &str,
+    sent: usize,
+    outcomes: &[EntryOutcome],
+    service_failed_count: Option<i32>,
+) {
+    let failed = outcomes
         .iter()
         .filter(|o| !matches!(o, EntryOutcome::Ok))
-        .count()
+        .count();
+    if failed > 0 || outcomes.len() != sent {
+        tracing::debug!(
+            operation,
+            stream,
+            sent,
+            results = outcomes.len(),
+            failed,
+            service_failed_count,
+            "batch call partly failed"
+        );
+    }
 }

@@ -133,17 +133,13 @@ fn outcomes(output: &PutRecordBatchOutput, sent: usize, stream: &str) -> Vec<Ent
             acknowledged: e.record_id().is_some(),
         });
     let results = crate::aws::entry_outcomes(entries, RETRIABLE_ENTRY_CODES, NO_RECORD_ID);
-    let failed = crate::aws::failed_count(&results);
-    if failed > 0 || results.len() != sent {
-        tracing::debug!(
-            stream,
-            sent,
-            results = results.len(),
-            failed,
-            failed_put_count = output.failed_put_count(),
-            "PutRecordBatch partly failed"
-        );
-    }
+    crate::aws::log_partial_failure(
+        "PutRecordBatch",
+        stream,
+        sent,
+        &results,
+        Some(output.failed_put_count()),
+    );
     results
 }
 

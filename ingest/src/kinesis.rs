@@ -162,17 +162,13 @@ fn outcomes(output: &PutRecordsOutput, sent: usize, stream: &str) -> Vec<EntryOu
         acknowledged: e.sequence_number().is_some(),
     });
     let results = crate::aws::entry_outcomes(entries, RETRIABLE_ENTRY_CODES, NO_SEQUENCE_NUMBER);
-    let failed = crate::aws::failed_count(&results);
-    if failed > 0 || results.len() != sent {
-        tracing::debug!(
-            stream,
-            sent,
-            results = results.len(),
-            failed,
-            failed_record_count = output.failed_record_count(),
-            "PutRecords partly failed"
-        );
-    }
+    crate::aws::log_partial_failure(
+        "PutRecords",
+        stream,
+        sent,
+        &results,
+        output.failed_record_count(),
+    );
     results
 }
 

@@ -115,7 +115,7 @@ pub fn is_retriable_code(code: &str) -> bool {
 /// on its merits (validation, a missing stream, access denied) and requests that could
 /// not even be built. An error kind this code does not know is retried: the deadline
 /// bounds that, and the entries are then quarantined rather than dropped.
-pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>) -> SinkError
+pub fn classify<E>(err: &SdkError<E, HttpResponse>) -> SinkError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {

@@ -34,7 +34,7 @@ pub const NO_SEQUENCE_NUMBER: &str = "NoSequenceNumber";
 
 /// Per shard, the highest sequence number `PutRecords` acknowledged: lets a reader of the
 /// same stream tell when it has read everything a run put (see
-/// [`crate::kinesis_source::KinesisSource::with_put_positions`]). Cheap to clone.
+/// `local::kinesis_reader::KinesisSource::with_put_positions`). Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct PutPositions(
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,

@@ -14,9 +14,9 @@
 //!   environment (`IOTPIPE_SINK`, `IOTPIPE_STREAM_NAME`, `IOTPIPE_BUCKET`,
 //!   `IOTPIPE_QUARANTINE_PREFIX`, `IOTPIPE_PACK`).
 //! - [`pack`]: record packing (several messages of one device per record).
-//! - [`local_stream`]: an in-process stream with Kinesis semantics for the local stack.
-//! - [`kinesis_source`]: a checkpointing Kinesis reader that feeds the local Firehose
-//!   emulation from a real (or AWS-compatible) stream.
+//!
+//! The local emulation of the stream and the Kinesis reader that feeds the emulated
+//! Firehose live in the `local` crate: this crate holds only what runs on Lambda.
 //!
 //! # Guarantees
 //! For every invocation `messages = accepted + quarantined`: a payload is either delivered
@@ -31,8 +31,6 @@ pub mod event;
 pub mod firehose;
 pub mod handler;
 pub mod kinesis;
-pub mod kinesis_source;
-pub mod local_stream;
 pub mod pack;
 pub mod sink;
 

@@ -4,12 +4,13 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod capture;
+
 use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::TryStreamExt;
-use ingest::local_stream::{LocalStream, merge_shards};
 use ingest::{Ingest, IngestConfig, IotRuleEvent};
 use object_store::memory::InMemory;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -22,20 +23,16 @@ fn fixture(name: &str) -> IotRuleEvent {
 }
 
 struct Rig {
-    ingest: Ingest<LocalStream>,
+    ingest: Ingest<capture::CaptureSink>,
     store: Arc<InMemory>,
-    out: tokio::sync::mpsc::Receiver<telemetry::stream::StreamEntry>,
+    out: tokio::sync::mpsc::UnboundedReceiver<telemetry::stream::StreamEntry>,
 }
 
 fn rig() -> Rig {
     let store = Arc::new(InMemory::new());
-    let (stream, readers) = LocalStream::new(2, 1000);
-    let ingest = Ingest::new(stream, store.clone(), IngestConfig::default());
-    Rig {
-        ingest,
-        store,
-        out: merge_shards(readers, 1000),
-    }
+    let (sink, out) = capture::capture();
+    let ingest = Ingest::new(sink, store.clone(), IngestConfig::default());
+    Rig { ingest, store, out }
 }
 
 async fn quarantined(store: &InMemory) -> Vec<QuarantineRecord> {

@@ -9,8 +9,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::types::{
     BufferingHints, DeliveryStreamType, ExtendedS3DestinationConfiguration,
@@ -21,6 +19,7 @@ use ingest::FirehoseSink;
 use ingest::sink::{FIREHOSE_MAX_RECORDS, RetryPolicy, SinkRecord, deliver};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
+use test_support::moto as common;
 
 #[tokio::test]
 async fn firehose_batches_land_in_s3_as_exactly_the_records_sent() {

@@ -5,11 +5,12 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod capture;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use ingest::local_stream::{LocalStream, merge_shards};
 use ingest::pack::Pack;
 use ingest::sink::{BatchLimits, EntryOutcome, SinkError};
 use ingest::{Ingest, IngestConfig, RawPayload, RecordSink, RetryPolicy, SinkRecord};
@@ -60,8 +61,8 @@ fn packing(bytes: usize) -> IngestConfig {
 async fn packed_records_carry_every_accepted_message_once_in_device_order() {
     // Anchor the event times mid-hour so that no batch spans two hours.
     let now = chrono::Utc::now().timestamp_millis() / 3_600_000 * 3_600_000 + 1_800_000;
-    let (stream, readers) = LocalStream::new(2, 1000);
-    let ingest = Ingest::new(stream, Arc::new(InMemory::new()), packing(2000));
+    let (sink, mut rx) = capture::capture();
+    let ingest = Ingest::new(sink, Arc::new(InMemory::new()), packing(2000));
     let report = ingest.ingest(&payloads(now)).await.unwrap();
     assert_eq!(
         (report.messages, report.accepted, report.quarantined),
@@ -70,7 +71,6 @@ async fn packed_records_carry_every_accepted_message_once_in_device_order() {
     assert_eq!(report.readings, 240);
     drop(ingest);
 
-    let mut rx = merge_shards(readers, 1000);
     let mut records = 0;
     let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     while let Some(e) = rx.recv().await {

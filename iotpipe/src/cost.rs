@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::meter::FnReport;
+use local::meter::{FnReport, Usage};
 
 /// The date the prices below were taken.
 pub const PRICES_AS_OF: &str = "2025-11-25";
@@ -46,36 +46,6 @@ pub const SCHEDULER_PER_MILLION: f64 = 1.00;
 const GB: f64 = 1024.0 * 1024.0 * 1024.0;
 /// Seconds in the AWS pricing month (730 hours).
 pub const MONTH_SECONDS: f64 = 730.0 * 3600.0;
-
-/// What a run used, in AWS's metering units.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Usage {
-    /// Wall-clock length of the run, seconds.
-    pub seconds: f64,
-    /// Devices connected during the run.
-    pub devices: u64,
-    /// MQTT messages, counted in 5 KB units.
-    pub iot_message_units: u64,
-    /// Messages that triggered the topic rule.
-    pub rule_triggers: u64,
-    /// Kinesis data in 1 KB units (records rounded up).
-    pub kinesis_kb_units: u64,
-    /// Bytes read back from Kinesis by Firehose.
-    pub kinesis_bytes_out: u64,
-    /// Firehose ingestion in 5 KB units (records rounded up).
-    pub firehose_5kb_units: u64,
-    /// Bytes Firehose handed to the transform (before conversion).
-    pub firehose_bytes: u64,
-    /// Objects delivered by Firehose (Parquet files and error objects).
-    pub firehose_objects: u64,
-    /// S3 PUTs of any kind (Parquet, quarantine, stats, checkpoints).
-    pub s3_puts: u64,
-    /// Scheduler invocations.
-    pub scheduler_invocations: u64,
-    /// The run used no Kinesis data stream (ingest put straight into Firehose): no
-    /// stream-hours are charged.
-    pub no_kinesis_stream: bool,
-}
 
 /// One priced line.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -3,20 +3,13 @@
 //! # Layout
 //! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `schema`).
 //! - [`ledger`]: `iotpipe ledger` and the ledger totals of `up`'s summary.
-//! - [`stack`]: the local stack — stream, Firehose emulator, scheduler — around the same
-//!   handler code the Lambdas run.
-//! - [`broker`]: the embedded MQTT broker (rumqttd) and broker URLs.
-//! - [`iot_rule`]: the emulated IoT topic rule that invokes ingest per message.
-//! - [`meter`]: Lambda-style metering (`REPORT Duration / Billed Duration / …`).
+//! - The local stack — broker, IoT rule, stream, Firehose, scheduler, metering — is the
+//!   `local` crate, around the same handler code the Lambdas run.
 //! - [`cost`]: what a run would have cost on AWS.
 //! - [`summary`]: the end-of-run summary, for people and as JSON.
 
-mod broker;
 mod cost;
-mod iot_rule;
 mod ledger;
-mod meter;
-mod stack;
 mod summary;
 
 use std::io::{BufRead, BufReader};
@@ -32,8 +25,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
-use crate::broker::BrokerUrl;
-use crate::stack::{Stack, StackConfig, StreamTarget, local_firehose};
+use local::broker::{self, BrokerUrl};
+use local::stack::{self, Stack, StackConfig, StreamTarget, local_firehose};
+use local::{iot_rule, meter, scheduler};
 
 /// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
 /// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
@@ -230,8 +224,8 @@ fn parse_time(s: &str) -> Result<i64, String> {
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         // rumqttd logs every client disconnect as an error: silence it unless tracing.
-        0 => "warn,iotpipe=info,rumqttd=off",
-        1 => "info,iotpipe=debug,lambda_report=debug,rumqttd=off",
+        0 => "warn,iotpipe=info,local=info,rumqttd=off",
+        1 => "info,iotpipe=debug,local=debug,lambda_report=debug,rumqttd=off",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -471,7 +465,7 @@ fn device_of(payload: &[u8]) -> Option<String> {
 async fn rollup(a: DataArg) -> anyhow::Result<()> {
     let store = stack::open_store(&a.data)?;
     let meter = meter::Meter::new();
-    let report = stack::scheduled_rollup(&store, &meter, &stack::Counters::default()).await?;
+    let report = scheduler::scheduled_rollup(&store, &meter, &stack::Counters::default()).await?;
     for f in meter.report() {
         eprintln!(
             "REPORT Function: {} Duration: {:.2} ms Billed Duration: {} ms Memory Size: {} MB Max Memory Used: {} MB",

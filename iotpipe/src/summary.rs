@@ -6,8 +6,8 @@ use std::io::Write;
 use serde::Serialize;
 
 use crate::cost::{Estimate, estimate};
-use crate::meter::FnReport;
-use crate::stack::{FirehoseSummary, KinesisSummary, StackReport};
+use local::meter::FnReport;
+use local::stack::{FirehoseSummary, KinesisSummary, StackReport};
 
 /// Where the messages came from.
 #[derive(Debug, Clone, Serialize)]
@@ -123,7 +123,7 @@ impl Summary {
             elapsed_s,
             messages_per_s,
             us_per_item,
-            peak_rss_mb: crate::meter::peak_rss_mb(),
+            peak_rss_mb: local::meter::peak_rss_mb(),
             ledger: None,
         }
     }

@@ -6,53 +6,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 use telemetry::store::open_store_with;
-
-fn moto() -> String {
-    match std::env::var("IOTPIPE_TEST_MOTO") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!(
-            "IOTPIPE_TEST_MOTO is not set: this test needs the moto server that the test \
-             set-up starts. Run `bash tests/run.sh`, or `source tests/setup/services.sh && \
-             services_up` and then cargo test in the same shell."
-        ),
-    }
-}
+use test_support::moto;
 
 fn env() -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", moto()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "iotpipe-test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "iotpipe-test-secret".into()),
-    ]
+    moto::s3_env()
 }
 
-/// A fresh bucket, made with a bare `PUT /bucket` (moto does not check signatures).
+/// A fresh bucket on moto.
 fn bucket() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let bucket = format!("store-{}-{nanos}", std::process::id());
-    let endpoint = moto();
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut conn = TcpStream::connect(addr).unwrap();
-    write!(
-        conn,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    conn.read_to_string(&mut response).unwrap();
-    assert!(response.contains(" 200 "), "creating {bucket}: {response}");
+    let bucket = moto::unique("store");
+    moto::create_bucket(&bucket);
     bucket
 }
 

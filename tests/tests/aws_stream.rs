@@ -11,7 +11,6 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::config::Credentials;
@@ -19,6 +18,7 @@ use futures::TryStreamExt;
 use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, root, run, stdout_json, total_count};
 use object_store::ObjectStoreExt;
 use serde_json::Value;
+use test_support::moto;
 
 const REGION: &str = "us-east-1";
 
@@ -38,38 +38,6 @@ async fn sdk(endpoint: &str) -> SdkConfig {
         .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
         .load()
         .await
-}
-
-/// A name no other test (or earlier run on the same moto) uses; S3-bucket safe.
-fn unique(prefix: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        nanos % 1_000_000_000_000
-    )
-}
-
-async fn create_bucket(endpoint: &str, bucket: &str) {
-    // moto does not check signatures: a bare PUT /bucket creates it.
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    s.write_all(
-        format!("PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.1 200"),
-        "creating bucket {bucket}: {reply}"
-    );
 }
 
 async fn create_kinesis_stream(sdk: &SdkConfig, name: &str, shards: i32) {
@@ -131,8 +99,8 @@ fn u(v: &Value) -> u64 {
 async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_replay_resumes() {
     let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let sdk = sdk(&endpoint).await;
-    let name = unique("iotpipe-kin");
-    create_bucket(&endpoint, &name).await;
+    let name = moto::unique("iotpipe-kin");
+    moto::create_bucket(&name);
     create_kinesis_stream(&sdk, &name, 2).await;
     let stream = format!("kinesis:{name}");
     let data = format!("s3://{name}/p");
@@ -218,8 +186,8 @@ async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_
 async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_next() {
     let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let sdk = sdk(&endpoint).await;
-    let name = unique("iotpipe-fh");
-    create_bucket(&endpoint, &name).await;
+    let name = moto::unique("iotpipe-fh");
+    moto::create_bucket(&name);
     aws_sdk_firehose::Client::new(&sdk)
         .create_delivery_stream()
         .delivery_stream_name(&name)

@@ -5,28 +5,10 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 
 use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, run, stdout_json, total_count};
-
-/// Creates a bucket on moto with a plain HTTP PUT (moto does not check signatures).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(
-        reply.starts_with("HTTP/1.1 200"),
-        "creating bucket {bucket}: {reply}"
-    );
-}
+use test_support::moto;
 
 fn with_aws(cmd: &mut Command, endpoint: &str) {
     cmd.env("AWS_ENDPOINT_URL", endpoint)
@@ -39,7 +21,7 @@ fn with_aws(cmd: &mut Command, endpoint: &str) {
 fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let bucket = format!("iotpipe-e2e-{}", std::process::id());
-    create_bucket(&endpoint, &bucket);
+    moto::create_bucket(&bucket);
     let data = format!("s3://{bucket}/run");
 
     let dir = tempfile::tempdir().unwrap();

@@ -578,13 +578,13 @@ fn check_document(line: usize, doc: &StreamRecord) -> Result<(), FailureReason> 
 }
 
 /// Length of standard, padded base64 of `n` bytes (what `Base64Data` serializes).
-pub(crate) fn base64_len(n: usize) -> usize {
+pub fn base64_len(n: usize) -> usize {
     n.div_ceil(3) * 4
 }
 
 /// Length of a value encoded as compact JSON, without building the string. These types
 /// always serialize; were one to fail, the count would fall short by the rest.
-pub(crate) fn json_len<T: Serialize>(value: &T) -> usize {
+pub fn json_len<T: Serialize>(value: &T) -> usize {
     let mut counter = ByteCounter(0);
     let _ = serde_json::to_writer(&mut counter, value);
     counter.0

@@ -1,5 +1,5 @@
-//! The Firehose data-transformation Lambda of iot-pipeline, and the local emulation of the
-//! Firehose delivery stream that calls it.
+//! The Firehose data-transformation Lambda of iot-pipeline. (The local emulation of the
+//! Firehose delivery stream that calls it is `local::firehose`.)
 //!
 //! Firehose (source: the Kinesis data stream) buffers stream records and invokes this
 //! function synchronously with a batch. Each record's data is a [`telemetry::StreamRecord`]
@@ -13,10 +13,6 @@
 //! - [`handler`]: the pure transformation ([`transform`]) and the Lambda entry point
 //!   ([`handle`]): parsing, checks, de-duplication within an invocation, the 6 MiB
 //!   response budget.
-//! - [`emulator`]: a local, in-process Firehose delivery stream (buffering hints, the
-//!   transform invocation with the real event and response types, the contract check,
-//!   record-format conversion to Parquet with dynamic partitions, the error prefix). The
-//!   `iotpipe` CLI runs it with this crate's handler.
 //! - `main.rs`: the Lambda binary: JSON logs, then `lambda_runtime::run(service_fn(handle))`.
 //!
 //! # Important notes
@@ -33,7 +29,6 @@
 //!   [`handler::MAX_RESPONSE_BYTES`]), so keep the processor buffer hint at 0.5 MB or
 //!   less when messages carry many metrics.
 
-pub mod emulator;
 pub mod handler;
 
 pub use handler::{

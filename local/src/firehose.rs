@@ -66,7 +66,9 @@ use telemetry::{Partition, Reading};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::handler::{PARTITION_KEY_DT, PARTITION_KEY_HOUR, TransformResult, base64_len, json_len};
+use transform::handler::{
+    PARTITION_KEY_DT, PARTITION_KEY_HOUR, TransformResult, base64_len, json_len,
+};
 
 /// Default processor buffer size: 0.5 MiB of record data, as infra/template.yaml sets
 /// (`BufferSizeInMBs: 0.5`) rather than Firehose's 1 MiB default: the transform answers
@@ -160,10 +162,10 @@ pub type Invoke = Arc<
         + Sync,
 >;
 
-/// An [`Invoke`] that calls this crate's [`crate::transform`] directly, unmetered.
+/// An [`Invoke`] that calls this crate's [`transform::transform`] directly, unmetered.
 pub fn local_invoke() -> Invoke {
     Arc::new(|event: KinesisFirehoseEvent| {
-        Box::pin(async move { Ok(crate::transform(&event)) })
+        Box::pin(async move { Ok(transform::transform(&event)) })
             as BoxFuture<'static, Result<KinesisFirehoseResponse, String>>
     })
 }

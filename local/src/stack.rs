@@ -12,7 +12,7 @@
 //!
 //! The stream can also be real ([`StreamTarget`]): with `kinesis:NAME` ingest puts into a
 //! Kinesis data stream (`KinesisSink`) and a checkpointing reader
-//! ([`ingest::kinesis_source`]) feeds the same Firehose emulator; at the end the reader
+//! ([`crate::kinesis_reader`]) feeds the same Firehose emulator; at the end the reader
 //! drains every shard to its tip, and its checkpoints (under `_checkpoint/kinesis/`) are
 //! written only for records whose Parquet is complete. With `firehose:NAME` ingest puts
 //! into a Firehose delivery stream (`FirehoseSink`) and nothing is emulated after it: on
@@ -23,11 +23,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::firehose::KinesisFirehoseEvent;
 use futures::FutureExt;
-use ingest::kinesis_source::{KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
-use ingest::local_stream::{LocalStream, merge_shards};
 use ingest::sink::{BatchLimits, EntryOutcome, SinkError, SinkRecord};
 use ingest::{
     AnySink, FirehoseSink, Ingest, IngestConfig, IngestReport, IotRuleEvent, KinesisSink,
@@ -38,10 +35,12 @@ use object_store::ObjectStore;
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use transform::emulator::{FirehoseConfig, FirehoseReport};
 
-use crate::cost::Usage;
-use crate::meter::{INGEST, Meter, ROLLUP, TRANSFORM};
+use crate::firehose::{self, FirehoseConfig, FirehoseReport};
+use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
+use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
+use crate::scheduler::{Scheduler, scheduled_rollup};
+use crate::stream::{LocalStream, merge_shards};
 
 /// Settings of the local stack.
 #[derive(Debug, Clone)]
@@ -217,11 +216,12 @@ pub struct Stack {
     pub ingested: Arc<std::sync::Mutex<IngestReport>>,
     ingest: Arc<Ingest<StackSink>>,
     /// The emulated Firehose (absent with a real Firehose delivery stream).
-    firehose: Option<JoinHandle<Result<FirehoseReport, transform::emulator::EmulatorError>>>,
+    firehose: Option<JoinHandle<Result<FirehoseReport, firehose::EmulatorError>>>,
     /// The Kinesis reader (only with `kinesis:NAME`).
     kinesis: Option<KinesisReader>,
     stream: StreamTarget,
-    scheduler: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The emulated EventBridge Scheduler (absent when rollups run only at the end).
+    scheduler: Option<Scheduler>,
     started: Instant,
 }
 
@@ -308,13 +308,13 @@ impl Stack {
                         .map_err(|e| e.to_string())
                 }
                 .boxed()
-            }) as transform::emulator::Invoke
+            }) as firehose::Invoke
         };
         let (sink, firehose, kinesis) = match &cfg.stream {
             StreamTarget::Local => {
                 let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
                 let source = merge_shards(readers, cfg.shard_capacity);
-                let firehose = tokio::spawn(transform::emulator::run(
+                let firehose = tokio::spawn(firehose::run(
                     cfg.firehose.clone(),
                     source,
                     store.clone(),
@@ -335,16 +335,16 @@ impl Stack {
                 reader.check_stream().await?;
                 let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
                 let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-                let firehose = tokio::spawn(transform::emulator::run_with_progress(
+                let firehose = tokio::spawn(firehose::run_with_progress(
                     cfg.firehose.clone(),
                     rx,
                     store.clone(),
                     invoke,
                     Some(progress_tx),
                 ));
-                let checkpointer = tokio::spawn(ingest::kinesis_source::checkpoint(
+                let checkpointer = tokio::spawn(kinesis_reader::checkpoint(
                     store.clone(),
-                    ingest::kinesis_source::CHECKPOINT_PREFIX.to_owned(),
+                    kinesis_reader::CHECKPOINT_PREFIX.to_owned(),
                     name.clone(),
                     progress_rx,
                 ));
@@ -397,26 +397,12 @@ impl Stack {
             started: Instant::now(),
         };
         if let Some(every) = cfg.rollup_every {
-            let (tx, mut rx) = watch::channel(false);
-            let (store, meter, counters) = (
+            stack.scheduler = Some(Scheduler::start(
+                every,
                 stack.store.clone(),
                 stack.meter.clone(),
                 stack.counters.clone(),
-            );
-            let task = tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone()).await {
-                                tracing::warn!(error = %e, "scheduled rollup failed; the next run retries");
-                            }
-                        }
-                        _ = rx.changed() => break,
-                    }
-                }
-            });
-            stack.scheduler = Some((tx, task));
+            ));
         }
         Ok(stack)
     }
@@ -524,9 +510,8 @@ impl Stack {
             StreamTarget::Firehose(_) => counters.firehose_put_bytes.load(Ordering::Relaxed),
             _ => counters.kinesis_bytes.load(Ordering::Relaxed),
         };
-        if let Some((tx, task)) = scheduler {
-            let _ = tx.send(true);
-            let _ = task.await;
+        if let Some(s) = scheduler {
+            s.stop().await;
         }
         let rollup = scheduled_rollup(&store, &meter, &counters).await?;
         let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
@@ -566,65 +551,6 @@ impl Stack {
             note,
         })
     }
-}
-
-/// The EventBridge Scheduler event a scheduled rule sends.
-pub fn scheduled_event() -> EventBridgeEvent<serde_json::Value> {
-    let now = chrono::Utc::now();
-    let json = serde_json::json!({
-        "version": "0",
-        "id": format!("local-{}", now.timestamp_millis()),
-        "detail-type": "Scheduled Event",
-        "source": "aws.scheduler",
-        "account": "000000000000",
-        "time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "region": "local",
-        "resources": ["arn:aws:scheduler:local:000000000000:schedule/default/iotpipe-rollup"],
-        "detail": {"job": "rollup"}
-    });
-    // The literal above always has every required field.
-    serde_json::from_value(json).unwrap_or_else(|_| unreachable!("scheduled event literal"))
-}
-
-/// [`scheduled_rollup`] as an owned, boxed future: the scheduler task needs a future the
-/// compiler can prove `Send` without higher-ranked lifetimes.
-fn rollup_task(
-    store: Arc<dyn ObjectStore>,
-    meter: Meter,
-    counters: Arc<Counters>,
-) -> futures::future::BoxFuture<'static, anyhow::Result<analytics::RollupReport>> {
-    async move { scheduled_rollup(&store, &meter, &counters).await }.boxed()
-}
-
-/// Invokes the rollup handler as the scheduler would, metered.
-pub async fn scheduled_rollup(
-    store: &Arc<dyn ObjectStore>,
-    meter: &Meter,
-    counters: &Counters,
-) -> anyhow::Result<analytics::RollupReport> {
-    counters
-        .scheduler_invocations
-        .fetch_add(1, Ordering::Relaxed);
-    let cfg = analytics::RollupConfig::default();
-    let event = LambdaEvent::new(scheduled_event(), Context::default());
-    let report = meter
-        .invoke(
-            &ROLLUP,
-            |r: &Result<_, _>| r.is_err(),
-            analytics::handler::handle(event, store.clone(), &cfg),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
-    counters.rollup_objects.fetch_add(
-        report.stats_files_written as u64 + u64::from(report.checkpoint_written),
-        Ordering::Relaxed,
-    );
-    tracing::debug!(
-        windows_updated = report.windows_updated,
-        new_files = report.new_files,
-        "rollup"
-    );
-    Ok(report)
 }
 
 /// A Firehose configuration for interactive local runs: small buffers so data lands

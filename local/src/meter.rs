@@ -171,6 +171,36 @@ fn proc_status_kb(field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// What a run used, in AWS's metering units.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Usage {
+    /// Wall-clock length of the run, seconds.
+    pub seconds: f64,
+    /// Devices connected during the run.
+    pub devices: u64,
+    /// MQTT messages, counted in 5 KB units.
+    pub iot_message_units: u64,
+    /// Messages that triggered the topic rule.
+    pub rule_triggers: u64,
+    /// Kinesis data in 1 KB units (records rounded up).
+    pub kinesis_kb_units: u64,
+    /// Bytes read back from Kinesis by Firehose.
+    pub kinesis_bytes_out: u64,
+    /// Firehose ingestion in 5 KB units (records rounded up).
+    pub firehose_5kb_units: u64,
+    /// Bytes Firehose handed to the transform (before conversion).
+    pub firehose_bytes: u64,
+    /// Objects delivered by Firehose (Parquet files and error objects).
+    pub firehose_objects: u64,
+    /// S3 PUTs of any kind (Parquet, quarantine, stats, checkpoints).
+    pub s3_puts: u64,
+    /// Scheduler invocations.
+    pub scheduler_invocations: u64,
+    /// The run used no Kinesis data stream (ingest put straight into Firehose): no
+    /// stream-hours are charged.
+    pub no_kinesis_stream: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,4 @@
-//! The Kinesis reader (`ingest::kinesis_source`) against a Kinesis API (moto server): ingest
+//! The Kinesis reader (`local::kinesis_reader`) against a Kinesis API (moto server): ingest
 //! puts through `KinesisSink`, the reader gets every accepted message back once and in
 //! per-device order, a second read resumes after the checkpoints, and a split shard is
 //! followed from the closed parent to its children.
@@ -7,19 +7,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use test_support::moto as common;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::types::StreamStatus;
-use ingest::kinesis_source::{
+use ingest::{Ingest, IngestConfig, KinesisSink, RawPayload};
+use local::kinesis_reader::{
     CHECKPOINT_PREFIX, KinesisSource, KinesisSourceConfig, SourceReport, checkpoint,
     read_checkpoint,
 };
-use ingest::{Ingest, IngestConfig, KinesisSink, RawPayload};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
 use telemetry::StreamRecord;

@@ -1,8 +1,5 @@
 //! Reaching the moto server that `tests/setup/services.sh` starts (`IOTPIPE_TEST_MOTO`).
 
-// Each test binary uses its own subset of these helpers.
-#![allow(dead_code)]
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -18,6 +15,9 @@ pub const ACCESS_KEY: &str = "iotpipe-test";
 pub const SECRET_KEY: &str = "iotpipe-test-secret";
 
 /// The moto endpoint. A test that needs moto fails without it: it never skips.
+///
+/// # Panics
+/// When `IOTPIPE_TEST_MOTO` is not set.
 pub fn moto() -> String {
     match std::env::var("IOTPIPE_TEST_MOTO") {
         Ok(url) if !url.is_empty() => url,
@@ -61,6 +61,9 @@ pub fn unique(prefix: &str) -> String {
 
 /// Creates an S3 bucket on moto with a bare `PUT /bucket` (moto does not check
 /// signatures), which spares the tests the S3 SDK crate and its build time.
+///
+/// # Panics
+/// When moto is not reachable or refuses the bucket.
 pub fn create_bucket(bucket: &str) {
     let endpoint = moto();
     let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');

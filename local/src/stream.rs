@@ -13,7 +13,7 @@ use md5::{Digest, Md5};
 use telemetry::stream::{StreamEntry, shard_id};
 use tokio::sync::mpsc;
 
-use crate::sink::{BatchLimits, EntryOutcome, RecordSink, SinkError, SinkRecord};
+use ingest::sink::{BatchLimits, EntryOutcome, RecordSink, SinkError, SinkRecord};
 
 /// Default number of shards.
 pub const DEFAULT_SHARDS: usize = 4;

@@ -15,7 +15,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{HashKeyRange, Record, SequenceNumberRange, Shard, ShardIteratorType};
 use aws_smithy_mocks::{RuleMode, mock, mock_client};
 use ingest::kinesis;
-use ingest::kinesis_source::{KinesisSource, KinesisSourceConfig};
+use local::kinesis_reader::{KinesisSource, KinesisSourceConfig};
 use object_store::memory::InMemory;
 use tokio::sync::{mpsc, watch};
 

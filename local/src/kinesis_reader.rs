@@ -20,7 +20,7 @@
 //! [`checkpoint`] stores, per shard, the sequence number up to which records have been
 //! **durably** handled downstream — the positions the Firehose emulator reports after the
 //! records' Parquet objects are complete
-//! (`transform::emulator::run_with_progress`) — as one small JSON object per shard under
+//! ([`crate::firehose::run_with_progress`]) — as one small JSON object per shard under
 //! `{prefix}/{stream}/{shard}` ([`CHECKPOINT_PREFIX`] by default). A record read but not
 //! yet durable when the process stops is read again next time: duplicates, which the
 //! rollup removes (it de-duplicates on `device_id`, `seq`, `metric`), never a loss.
@@ -54,8 +54,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::aws::classify;
-use crate::sink::SinkError;
+use ingest::aws::classify;
+use ingest::sink::SinkError;
 
 /// `GetRecords` calls per shard per second: Kinesis allows 5 (shared by every consumer of
 /// the shard that is not an enhanced fan-out consumer).
@@ -270,7 +270,7 @@ pub struct KinesisSource {
     /// Counters, for the report.
     stats: Arc<Stats>,
     /// What the run's producer put, per shard (drain condition).
-    put: Option<crate::kinesis::PutPositions>,
+    put: Option<ingest::kinesis::PutPositions>,
 }
 
 /// How a shard's reading ended.
@@ -284,7 +284,7 @@ enum ShardEnd {
 
 impl KinesisSource {
     /// A reader of `cfg.stream_name` over `client`, with checkpoints in `store`. Build the
-    /// client with [`crate::kinesis::configure`] (bounded attempts, no SDK retries).
+    /// client with [`ingest::kinesis::configure`] (bounded attempts, no SDK retries).
     pub fn new(client: Client, store: Arc<dyn ObjectStore>, cfg: KinesisSourceConfig) -> Self {
         Self {
             client,
@@ -296,8 +296,8 @@ impl KinesisSource {
     }
 
     /// Drains each shard, after the stop, at least to the highest sequence number the
-    /// producer's [`crate::KinesisSink`] noted in `positions` (see the module doc).
-    pub fn with_put_positions(mut self, positions: crate::kinesis::PutPositions) -> Self {
+    /// producer's [`ingest::KinesisSink`] noted in `positions` (see the module doc).
+    pub fn with_put_positions(mut self, positions: ingest::kinesis::PutPositions) -> Self {
         self.put = Some(positions);
         self
     }
@@ -308,7 +308,7 @@ impl KinesisSource {
         store: Arc<dyn ObjectStore>,
         cfg: KinesisSourceConfig,
     ) -> Self {
-        let client = Client::from_conf(crate::kinesis::configure(sdk.into()).build());
+        let client = Client::from_conf(ingest::kinesis::configure(sdk.into()).build());
         Self::new(client, store, cfg)
     }
 
@@ -549,7 +549,7 @@ impl KinesisSource {
                     let put = self.put.as_ref().and_then(|p| p.get(&shard_id));
                     let caught_up = match (&put, &last) {
                         (None, _) => true,
-                        (Some(put), Some(read)) => crate::kinesis::sequence_cmp(read, put).is_ge(),
+                        (Some(put), Some(read)) => ingest::kinesis::sequence_cmp(read, put).is_ge(),
                         (Some(_), None) => false,
                     };
                     if caught_up {
@@ -631,7 +631,7 @@ impl KinesisSource {
         SourceError::Kinesis {
             operation,
             stream: self.cfg.stream_name.clone(),
-            detail: crate::aws::brief(e),
+            detail: ingest::aws::brief(e),
             hint,
         }
     }

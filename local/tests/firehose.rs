@@ -11,6 +11,10 @@ use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseRe
 use bytes::Bytes;
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
+use local::firehose::{
+    ErrorRecord, FirehoseConfig, FirehoseReport, Invoke, MAX_INVOKE_PAYLOAD_BYTES, error_code,
+    local_invoke, run, run_with_progress,
+};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -20,10 +24,6 @@ use telemetry::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use telemetry::parquet_writer::ParquetWriterConfig;
 use telemetry::stream::{StreamEntry, shard_id};
 use tokio::sync::mpsc;
-use transform::emulator::{
-    ErrorRecord, FirehoseConfig, FirehoseReport, Invoke, MAX_INVOKE_PAYLOAD_BYTES, error_code,
-    local_invoke, run, run_with_progress,
-};
 
 /// 2025-11-25T13:45:00.123Z
 const T0: i64 = 1_764_078_300_123;

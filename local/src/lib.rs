@@ -1,0 +1,37 @@
+//! The local runtime of iot-pipeline: every AWS service the pipeline uses, emulated in one
+//! process around the *same handler code* the Lambdas run (`ingest`, `transform`,
+//! `analytics`). The Lambda crates hold what runs on Lambda; everything that stands in for
+//! AWS lives here.
+//!
+//! ```text
+//! broker (rumqttd) ─▶ iot_rule ─invoke─▶ ingest handler ─put─▶ stream (Kinesis semantics)
+//!     ─▶ firehose ─invoke─▶ transform handler ─▶ Parquet (telemetry/dt=/hour=/)
+//! scheduler (EventBridge) ─invoke─▶ rollup handler ─▶ stats/
+//! every invocation ─▶ meter (REPORT Duration / Billed Duration / Memory Size / Max Memory Used)
+//! ```
+//!
+//! # Layout
+//! One emulated service per module, and [`stack`] only wires them:
+//! - [`broker`]: the embedded MQTT broker (rumqttd) and broker URLs.
+//! - [`iot_rule`]: the topic rule: subscribes to the telemetry topics and invokes ingest
+//!   with the event IoT Core sends.
+//! - [`stream`]: an in-process stream with Kinesis semantics (MD5 → shard, per-shard order,
+//!   bounded channels as backpressure).
+//! - [`kinesis_reader`]: a checkpointing reader of a real Kinesis stream, feeding the
+//!   emulated Firehose when the stream is real (`--stream kinesis:NAME`).
+//! - [`firehose`]: the delivery stream: processor buffering, the transform invocation and
+//!   its contract check, record-format conversion to Parquet with dynamic partitions, the
+//!   error prefix.
+//! - [`scheduler`]: EventBridge Scheduler firing the rollup handler.
+//! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
+//!   metering units.
+//! - [`stack`]: the wiring, start-up and orderly shutdown.
+
+pub mod broker;
+pub mod firehose;
+pub mod iot_rule;
+pub mod kinesis_reader;
+pub mod meter;
+pub mod scheduler;
+pub mod stack;
+pub mod stream;

@@ -9,14 +9,14 @@ use object_store::local::LocalFileSystem;
 
 use crate::window::Window;
 
-/// Default key prefix of the telemetry Parquet files.
-pub const DEFAULT_TELEMETRY_PREFIX: &str = "telemetry";
-/// Default key prefix of the statistics.
-pub const DEFAULT_STATS_PREFIX: &str = "stats";
-/// Default location of the rollup checkpoint. Under `stats/` so that one bucket policy
-/// covers the rollup's writes; the `_` folder is skipped by Athena and Hive, and the query
-/// library only reads `stats/window=…/`.
-pub const DEFAULT_CHECKPOINT_PATH: &str = "stats/_checkpoint/rollup.json";
+/// Default key prefix of the telemetry Parquet files ([`telemetry::layout`]).
+pub const DEFAULT_TELEMETRY_PREFIX: &str = telemetry::layout::TELEMETRY_PREFIX;
+/// Default key prefix of the statistics ([`telemetry::layout`]).
+pub const DEFAULT_STATS_PREFIX: &str = telemetry::layout::STATS_PREFIX;
+/// Default location of the rollup checkpoint ([`telemetry::layout::ROLLUP_CHECKPOINT_PATH`]).
+/// Under `stats/` so that one bucket policy covers the rollup's writes; the `_` folder is
+/// skipped by Athena and Hive, and the query library only reads `stats/window=…/`.
+pub const DEFAULT_CHECKPOINT_PATH: &str = telemetry::layout::ROLLUP_CHECKPOINT_PATH;
 /// Default number of telemetry files fetched concurrently.
 pub const DEFAULT_READ_CONCURRENCY: usize = 8;
 /// The environment variable naming the local data directory (until S3 configuration
@@ -54,11 +54,7 @@ impl Default for RollupConfig {
 impl RollupConfig {
     /// The key of the stats file of `window` for the partition `dt=…/hour=…`.
     pub fn stats_path(&self, window: Window, partition: &telemetry::Partition) -> String {
-        format!(
-            "{}/{}/stats.parquet",
-            self.window_prefix(window),
-            partition.path()
-        )
+        telemetry::layout::stats_path(&self.stats_prefix, window.label(), partition)
     }
 
     /// The folder holding every stats file of `window`: `{stats_prefix}/window={label}`.
@@ -69,12 +65,7 @@ impl RollupConfig {
 
 /// `{stats_prefix}/window={label}`.
 pub(crate) fn window_prefix(stats_prefix: &str, window: Window) -> String {
-    let prefix = stats_prefix.trim_matches('/');
-    if prefix.is_empty() {
-        format!("window={window}")
-    } else {
-        format!("{prefix}/window={window}")
-    }
+    telemetry::layout::window_prefix(stats_prefix, window.label())
 }
 
 /// The store could not be configured.

@@ -101,19 +101,11 @@ fn partition_of(prefix: &str, location: &str) -> Option<(Partition, String)> {
     } else {
         location.strip_prefix(prefix)?.strip_prefix('/')?
     };
-    let (dt, rest) = rest.split_once('/')?;
-    let (hour, name) = rest.split_once('/')?;
-    let partition = Partition {
-        dt: dt.strip_prefix("dt=")?.to_string(),
-        hour: hour.strip_prefix("hour=")?.to_string(),
-    };
-    // A real date and hour in the canonical spelling: the partition must name the same
-    // folder when it is turned back into a path.
-    let canonical = partition.start_millis().map(Partition::of_millis)?;
+    let (partition, name) = Partition::parse_prefix(rest)?;
     let hidden = name
         .split('/')
         .any(|seg| seg.is_empty() || seg.starts_with('.') || seg.starts_with('_'));
-    (canonical == partition && !hidden).then(|| (partition, name.to_string()))
+    (!name.is_empty() && !hidden).then(|| (partition, name.to_string()))
 }
 
 /// Reads a whole Parquet object, projecting to `columns` (all columns when `None`).

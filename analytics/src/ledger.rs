@@ -66,7 +66,8 @@ use chrono::SecondsFormat;
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
-use telemetry::quarantine::{QUARANTINE_PREFIX, QuarantineRecord};
+use telemetry::layout::QUARANTINE_PREFIX;
+use telemetry::quarantine::QuarantineRecord;
 
 use crate::columns::{self, ColumnError, Strings};
 use crate::config::{DEFAULT_READ_CONCURRENCY, DEFAULT_TELEMETRY_PREFIX};
@@ -1042,7 +1043,7 @@ mod tests {
 
     fn rejected(device: &str, payload: &str, received_at: i64) -> QuarantineRecord {
         QuarantineRecord::other(
-            "wrong_type",
+            telemetry::QuarantineReason::WrongType,
             "test".into(),
             &telemetry::topic::telemetry_topic("f", device),
             received_at,

@@ -29,8 +29,6 @@ const STATS_PREFIX_VAR: &str = "IOTPIPE_STATS_PREFIX";
 /// Folder of the rollup checkpoint (default: the checkpoint stays at
 /// `stats/_checkpoint/rollup.json`).
 const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
-/// The checkpoint's name inside `IOTPIPE_STATE_PREFIX`.
-const CHECKPOINT_NAME: &str = "rollup.json";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -127,7 +125,7 @@ fn setup(
         cfg.stats_prefix = p;
     }
     if let Some(p) = prefix(&lookup, STATE_PREFIX_VAR)? {
-        cfg.checkpoint_path = format!("{p}/{CHECKPOINT_NAME}");
+        cfg.checkpoint_path = format!("{p}/{}", telemetry::layout::ROLLUP_CHECKPOINT_NAME);
     }
     Ok((store, cfg))
 }

@@ -153,15 +153,11 @@ pub async fn query_prefix(
 /// The time span `[start, end)` (epoch ms) a stats file can cover, from its `dt=` and
 /// `hour=` folders; `None` when the path does not say, and the file must be read.
 fn span_of(path: &str) -> Option<(i64, i64)> {
-    if let Some(p) = Partition::from_path(path) {
+    if let Some(p) = Partition::find_in(path) {
         return p.start_millis().map(|s| (s, s.saturating_add(3_600_000)));
     }
-    let dt = path.split('/').find_map(|seg| seg.strip_prefix("dt="))?;
-    let day = Partition {
-        dt: dt.to_string(),
-        hour: "00".into(),
-    };
-    day.start_millis()
+    Partition::find_day_in(path)?
+        .start_millis()
         .map(|s| (s, s.saturating_add(86_400_000)))
 }
 

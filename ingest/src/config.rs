@@ -17,7 +17,7 @@ pub const QUARANTINE_PREFIX_VAR: &str = "IOTPIPE_QUARANTINE_PREFIX";
 pub const PACK_VAR: &str = "IOTPIPE_PACK";
 
 /// Default of [`QUARANTINE_PREFIX_VAR`].
-pub const DEFAULT_QUARANTINE_PREFIX: &str = telemetry::quarantine::QUARANTINE_PREFIX;
+pub const DEFAULT_QUARANTINE_PREFIX: &str = telemetry::layout::QUARANTINE_PREFIX;
 
 /// Kinesis stream names: 1–128 characters of `[A-Za-z0-9_.-]`.
 pub const KINESIS_STREAM_NAME_MAX: usize = 128;

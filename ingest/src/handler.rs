@@ -11,15 +11,13 @@ use bytes::Bytes;
 use lambda_runtime::LambdaEvent;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use telemetry::quarantine::{self, QuarantineRecord, SINK_FAILED};
+use telemetry::QuarantineReason;
+use telemetry::quarantine::{self, QuarantineRecord};
 use telemetry::{Partition, StreamRecord, ValidationConfig, validate_payload};
 
 use crate::event::{IngestReport, IotRuleEvent, RawPayload};
-use crate::pack::{FIREHOSE_UNIT_BYTES, KINESIS_PUT_UNIT_BYTES, Message, Pack, pack};
-use crate::sink::{BatchLimits, RecordSink, RetryPolicy, SinkRecord, deliver};
-
-/// Reason code of an IoT rule event whose payload is not base64.
-pub const BAD_EVENT_ENCODING: &str = "bad_event_encoding";
+use crate::pack::{Message, Pack, pack};
+use crate::sink::{RecordSink, RetryPolicy, SinkRecord, deliver};
 
 /// Settings of the ingest function.
 #[derive(Debug, Clone)]
@@ -41,7 +39,7 @@ impl Default for IngestConfig {
         Self {
             validation: ValidationConfig::default(),
             retry: RetryPolicy::default(),
-            quarantine_prefix: quarantine::QUARANTINE_PREFIX.to_owned(),
+            quarantine_prefix: telemetry::layout::QUARANTINE_PREFIX.to_owned(),
             pack: Pack::Off,
         }
     }
@@ -104,7 +102,7 @@ impl<S: RecordSink> Ingest<S> {
             }
             Err(e) => {
                 let q = QuarantineRecord::other(
-                    BAD_EVENT_ENCODING,
+                    QuarantineReason::BadEventEncoding,
                     format!(
                         "the rule's payload field is not base64 ({e}); check the rule's SQL uses encode(*, 'base64')"
                     ),
@@ -151,14 +149,11 @@ impl<S: RecordSink> Ingest<S> {
         let accepted_messages = messages.len() as u64;
         report.readings = messages.iter().map(|m| m.tag.1).sum();
         let limits = self.sink.limits();
-        let unit = if limits == BatchLimits::FIREHOSE {
-            FIREHOSE_UNIT_BYTES
-        } else {
-            KINESIS_PUT_UNIT_BYTES
-        };
         let packed = pack(
             messages,
-            self.config.pack.target(unit, limits.max_record_bytes),
+            self.config
+                .pack
+                .target(limits.metering_unit_bytes, limits.max_record_bytes),
         );
         // Maps a record back to its messages, to quarantine them if the sink cannot take
         // it. Record data is unique (each message has its device id, seq and times).
@@ -184,7 +179,7 @@ impl<S: RecordSink> Ingest<S> {
                     .map(|p| (p.topic.as_str(), p.received_at))
                     .unwrap_or(("", 0));
                 quarantined.push(QuarantineRecord::other(
-                    SINK_FAILED,
+                    QuarantineReason::SinkFailed,
                     format!("the stream did not take the record: {}", u.reason),
                     topic,
                     received_at,

@@ -5,9 +5,9 @@
 //! The services meter records, not bytes: Firehose rounds every record up to 5 KB, Kinesis
 //! on-demand to 1 KB and provisioned Kinesis counts 25 KB PUT payload units; a shard takes
 //! at most 1,000 records a second. A telemetry message is a few hundred bytes, so one
-//! message per record pays for far more than it sends. Packed up to a unit
-//! ([`KINESIS_PUT_UNIT_BYTES`], [`FIREHOSE_UNIT_BYTES`]) the same messages use a fraction
-//! of the records and units.
+//! message per record pays for far more than it sends. Packed up to the sink's unit
+//! ([`crate::sink::BatchLimits::metering_unit_bytes`], from [`telemetry::metering`]) the
+//! same messages use a fraction of the records and units.
 //!
 //! # Rules
 //! - Only messages of the **same device and the same event hour** share a record: the
@@ -24,11 +24,6 @@
 use std::collections::HashMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
-
-/// Kinesis provisioned capacity counts PUT payload units of 25 KB per record.
-pub const KINESIS_PUT_UNIT_BYTES: usize = 25 * 1024;
-/// Firehose bills ingestion in 5 KB steps per record.
-pub const FIREHOSE_UNIT_BYTES: usize = 5 * 1024;
 
 /// Whether and how far ingest packs (`IOTPIPE_PACK`, `iotpipe --pack`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -52,6 +52,10 @@ pub struct BatchLimits {
     pub max_batch_bytes: usize,
     /// Bytes per record.
     pub max_record_bytes: usize,
+    /// The per-record unit the service bills, in bytes (a record is rounded up to whole
+    /// units): what record packing fills. Kinesis (provisioned PUT payload unit) 25 KB,
+    /// Firehose 5 KB; see [`telemetry::metering`].
+    pub metering_unit_bytes: usize,
 }
 
 impl BatchLimits {
@@ -60,12 +64,14 @@ impl BatchLimits {
         max_records: KINESIS_MAX_RECORDS,
         max_batch_bytes: KINESIS_MAX_BATCH_BYTES,
         max_record_bytes: KINESIS_MAX_RECORD_BYTES,
+        metering_unit_bytes: telemetry::metering::KINESIS_PUT_PAYLOAD_UNIT_BYTES,
     };
     /// Firehose PutRecordBatch.
     pub const FIREHOSE: BatchLimits = BatchLimits {
         max_records: FIREHOSE_MAX_RECORDS,
         max_batch_bytes: FIREHOSE_MAX_BATCH_BYTES,
         max_record_bytes: FIREHOSE_MAX_RECORD_BYTES,
+        metering_unit_bytes: telemetry::metering::FIREHOSE_INGEST_UNIT_BYTES,
     };
 }
 
@@ -325,6 +331,7 @@ mod tests {
             max_records: 3,
             max_batch_bytes: 100,
             max_record_bytes: 60,
+            metering_unit_bytes: 50,
         };
         let records: Vec<_> = (0..8)
             .map(|i| rec(i, if i == 5 { 70 } else { 30 }))

@@ -154,7 +154,7 @@ async fn every_hostile_payload_is_quarantined_with_its_reason_and_bytes() {
     expected.sort();
     assert_eq!(codes, expected);
     for r in &q {
-        let original = hostile.iter().find(|h| h.2 == r.reason_code);
+        let original = hostile.iter().find(|h| r.reason_code == h.2);
         if let Some((payload, _, _)) = original {
             assert_eq!(&r.raw(), payload, "{} kept its exact bytes", r.reason_code);
         }

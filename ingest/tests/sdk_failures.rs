@@ -25,7 +25,8 @@ use ingest::{Ingest, IngestConfig, RawPayload};
 use object_store::ObjectStore;
 use object_store::ObjectStoreExt;
 use object_store::memory::InMemory;
-use telemetry::quarantine::{QuarantineRecord, SINK_FAILED};
+use telemetry::QuarantineReason;
+use telemetry::quarantine::QuarantineRecord;
 
 /// What one scripted call answers, entry by entry: `None` stored, `Some(code)` failed.
 type EntryScript = Vec<Option<&'static str>>;
@@ -455,7 +456,7 @@ async fn the_ingest_quarantines_what_the_stream_refuses() {
     }
     assert_eq!(quarantined.len(), 4);
     for q in &quarantined {
-        assert_eq!(q.reason_code, SINK_FAILED);
+        assert_eq!(q.reason_code, QuarantineReason::SinkFailed);
         assert!(
             q.reason.contains("ResourceNotFoundException"),
             "{}",

@@ -7,6 +7,7 @@
 //! 1 KB units, Firehose bytes in 5 KB units, S3 PUTs — and this module prices them.
 
 use serde::Serialize;
+use telemetry::metering::{FIREHOSE_INGEST_UNIT_BYTES, KINESIS_ON_DEMAND_UNIT_BYTES};
 
 use local::meter::{FnReport, Usage};
 
@@ -126,7 +127,7 @@ pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
         "stream-hours",
         stream_hours * KINESIS_STREAM_HOUR,
     );
-    let kin_in_gb = u.kinesis_kb_units as f64 * 1024.0 / GB;
+    let kin_in_gb = u.kinesis_kb_units as f64 * KINESIS_ON_DEMAND_UNIT_BYTES as f64 / GB;
     let kin_out_gb = u.kinesis_bytes_out as f64 / GB;
     line(
         "Kinesis data in/out".into(),
@@ -134,7 +135,7 @@ pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
         "GB",
         kin_in_gb * KINESIS_INGEST_GB + kin_out_gb * KINESIS_RETRIEVAL_GB,
     );
-    let fh_gb = u.firehose_5kb_units as f64 * 5.0 * 1024.0 / GB;
+    let fh_gb = u.firehose_5kb_units as f64 * FIREHOSE_INGEST_UNIT_BYTES as f64 / GB;
     let fh_raw_gb = u.firehose_bytes as f64 / GB;
     line(
         "Firehose ingest + Parquet conversion".into(),

@@ -81,7 +81,7 @@ pub const DEFAULT_PROCESSOR_BUFFER_INTERVAL: Duration = Duration::from_secs(60);
 /// 60 s when record-format conversion is on). Local runs pass a few seconds.
 pub const DEFAULT_DESTINATION_INTERVAL: Duration = Duration::from_secs(900);
 /// Default key prefix of error records (Firehose's `processing-failed` output type).
-pub const DEFAULT_ERROR_PREFIX: &str = "errors/processing-failed";
+pub const DEFAULT_ERROR_PREFIX: &str = telemetry::layout::PROCESSING_FAILED_PREFIX;
 /// Default delivery stream name.
 pub const DEFAULT_DELIVERY_STREAM_NAME: &str = "iot-pipeline-telemetry";
 
@@ -806,14 +806,9 @@ fn check_contract(event: &KinesisFirehoseEvent, response: KinesisFirehoseRespons
 
 /// The partition named by `dt`/`hour` keys, if both are present and well-formed.
 fn partition_of(keys: &HashMap<String, String>) -> Option<Partition> {
-    let partition = Partition {
-        dt: keys.get(PARTITION_KEY_DT)?.clone(),
-        hour: keys.get(PARTITION_KEY_HOUR)?.clone(),
-    };
-    // Round-tripping through a timestamp rejects anything that is not a real date and hour
-    // (and so anything that could escape the partition folder).
-    let start = partition.start_millis()?;
-    (Partition::of_millis(start) == partition).then_some(partition)
+    // Rejects anything that is not a real date and hour (and so anything that could escape
+    // the partition folder).
+    Partition::new(keys.get(PARTITION_KEY_DT)?, keys.get(PARTITION_KEY_HOUR)?)
 }
 
 fn now_millis() -> i64 {

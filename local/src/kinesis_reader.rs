@@ -65,7 +65,7 @@ pub const SHARD_READ_BYTES_PER_SECOND: u64 = 2 * 1024 * 1024;
 /// Records per `GetRecords` call: the API's maximum (10,000; at most 10 MiB).
 pub const GET_RECORDS_LIMIT: i32 = 10_000;
 /// Where checkpoints live in the object store: `{prefix}/{stream}/{shard}`.
-pub const CHECKPOINT_PREFIX: &str = "_checkpoint/kinesis";
+pub const CHECKPOINT_PREFIX: &str = telemetry::layout::KINESIS_CHECKPOINT_PREFIX;
 /// Consecutive retriable failures of one call before the reader gives up (with the
 /// backoff below, about a minute and a half).
 pub const MAX_CONSECUTIVE_FAILURES: u32 = 20;

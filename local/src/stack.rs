@@ -33,6 +33,9 @@ use ingest::{
 use lambda_runtime::{Context, LambdaEvent};
 use object_store::ObjectStore;
 use serde::Serialize;
+use telemetry::metering::{
+    FIREHOSE_INGEST_UNIT_BYTES, IOT_MESSAGE_UNIT_BYTES, KINESIS_ON_DEMAND_UNIT_BYTES, units,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -153,9 +156,10 @@ impl RecordSink for StackSink {
                             counters
                                 .firehose_put_bytes
                                 .fetch_add(len, Ordering::Relaxed);
-                            counters
-                                .firehose_5kb_units
-                                .fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
+                            counters.firehose_5kb_units.fetch_add(
+                                units(r.data.len(), sink.limits().metering_unit_bytes),
+                                Ordering::Relaxed,
+                            );
                         }
                     }
                 }
@@ -292,12 +296,14 @@ impl Stack {
                     for r in &event.records {
                         let len = r.data.0.len() as u64;
                         counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
-                        counters
-                            .kinesis_kb_units
-                            .fetch_add(len.div_ceil(1024).max(1), Ordering::Relaxed);
-                        counters
-                            .firehose_5kb_units
-                            .fetch_add(len.div_ceil(5120).max(1), Ordering::Relaxed);
+                        counters.kinesis_kb_units.fetch_add(
+                            units(r.data.0.len(), KINESIS_ON_DEMAND_UNIT_BYTES),
+                            Ordering::Relaxed,
+                        );
+                        counters.firehose_5kb_units.fetch_add(
+                            units(r.data.0.len(), FIREHOSE_INGEST_UNIT_BYTES),
+                            Ordering::Relaxed,
+                        );
                     }
                     let ctx = Context::default();
                     meter
@@ -412,7 +418,7 @@ impl Stack {
     pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
         self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
         self.counters.iot_message_units.fetch_add(
-            (payload_len as u64).div_ceil(5120).max(1),
+            units(payload_len, IOT_MESSAGE_UNIT_BYTES),
             Ordering::Relaxed,
         );
         let result = self

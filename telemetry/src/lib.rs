@@ -8,6 +8,9 @@
 //! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.
 //! - [`schema`]: the Arrow schema of the Parquet files (the source of the Glue table).
 //! - [`stream`]: a record as a Kinesis stream holds it ([`stream::StreamEntry`]).
+//! - [`layout`]: the object layout — every key prefix (`telemetry/`, `stats/`,
+//!   `quarantine/`, `errors/processing-failed/`, `_checkpoint/`) defined once.
+//! - [`metering`]: the units AWS bills per record or message (Kinesis, Firehose, IoT).
 //! - [`partition`]: Hive partitions by event time (`dt=YYYY-MM-DD/hour=HH`).
 //! - [`parquet_writer`]: a rolling, partitioned Parquet writer over `object_store`.
 //! - [`store`]: opens the data location (a directory or `s3://bucket/prefix`) as an
@@ -16,7 +19,9 @@
 //! This crate does no network I/O of its own; it writes to whatever
 //! [`object_store::ObjectStore`] it is handed ([`store::open_store`] only builds one).
 
+pub mod layout;
 pub mod message;
+pub mod metering;
 pub mod parquet_writer;
 pub mod partition;
 pub mod quarantine;
@@ -28,6 +33,7 @@ pub mod validate;
 
 pub use message::{Reading, StreamRecord, Telemetry};
 pub use partition::Partition;
+pub use quarantine::QuarantineReason;
 pub use validate::{Rejected, Rejection, Validated, ValidationConfig, validate_payload};
 
 /// Re-exported so that every crate uses the same `object_store` version.

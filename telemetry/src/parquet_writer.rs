@@ -46,7 +46,7 @@ pub struct ParquetWriterConfig {
 impl Default for ParquetWriterConfig {
     fn default() -> Self {
         Self {
-            prefix: "telemetry".into(),
+            prefix: crate::layout::TELEMETRY_PREFIX.into(),
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             row_group_rows: DEFAULT_ROW_GROUP_ROWS,
             compression: Compression::ZSTD(ZstdLevel::default()),

@@ -3,6 +3,11 @@
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The partition key (and folder name) of the event date, `YYYY-MM-DD` (UTC).
+pub const DT_KEY: &str = "dt";
+/// The partition key (and folder name) of the event hour, `HH` (00–23, UTC).
+pub const HOUR_KEY: &str = "hour";
+
 /// The partition a reading belongs to, by its event time (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Partition {
@@ -25,24 +30,60 @@ impl Partition {
 
     /// The relative path `dt=YYYY-MM-DD/hour=HH`.
     pub fn path(&self) -> String {
-        format!("dt={}/hour={}", self.dt, self.hour)
+        format!("{DT_KEY}={}/{HOUR_KEY}={}", self.dt, self.hour)
     }
 
-    /// Parses a path containing `dt=…/hour=…` segments.
-    pub fn from_path(path: &str) -> Option<Self> {
-        let mut dt = None;
-        let mut hour = None;
-        for seg in path.split('/') {
-            if let Some(v) = seg.strip_prefix("dt=") {
-                dt = Some(v.to_string());
-            } else if let Some(v) = seg.strip_prefix("hour=") {
-                hour = Some(v.to_string());
-            }
+    /// The partition of a `dt` (`YYYY-MM-DD`) and an `hour` (`HH`) value, such as a
+    /// Firehose record's partition keys; `None` unless they name a real date and hour in
+    /// the canonical spelling (so the partition names the same folder when turned back
+    /// into a path, and nothing that could escape it).
+    pub fn new(dt: &str, hour: &str) -> Option<Self> {
+        let partition = Self {
+            dt: dt.to_string(),
+            hour: hour.to_string(),
+        };
+        let canonical = partition.start_millis().map(Self::of_millis)?;
+        (canonical == partition).then_some(partition)
+    }
+
+    /// Parses a partition path, `dt=YYYY-MM-DD/hour=HH`, exactly; `None` for anything
+    /// else (see [`Partition::new`]).
+    pub fn parse(path: &str) -> Option<Self> {
+        match Self::parse_prefix(path)? {
+            (partition, "") => Some(partition),
+            _ => None,
         }
-        Some(Self {
-            dt: dt?,
-            hour: hour?,
-        })
+    }
+
+    /// Parses a path that starts with a partition, `dt=YYYY-MM-DD/hour=HH[/rest]`, into the
+    /// partition and the rest (empty when there is none).
+    pub fn parse_prefix(path: &str) -> Option<(Self, &str)> {
+        let (dt, rest) = path.split_once('/')?;
+        let (hour, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let partition = Self::new(
+            dt.strip_prefix(DT_KEY)?.strip_prefix('=')?,
+            hour.strip_prefix(HOUR_KEY)?.strip_prefix('=')?,
+        )?;
+        Some((partition, rest))
+    }
+
+    /// Finds the partition in a longer key (`…/dt=…/hour=…/…`): the first `dt=` folder,
+    /// which must be followed by its `hour=` folder.
+    pub fn find_in(path: &str) -> Option<Self> {
+        let at = path
+            .split('/')
+            .position(|seg| seg.strip_prefix(DT_KEY).is_some_and(|v| v.starts_with('=')))?;
+        let rest: Vec<&str> = path.split('/').skip(at).take(2).collect();
+        Self::parse(&rest.join("/"))
+    }
+
+    /// The first hour (`00`) of the day named by the first `dt=` folder of a key, for keys
+    /// partitioned by day only (`…/dt=YYYY-MM-DD/…`).
+    pub fn find_day_in(path: &str) -> Option<Self> {
+        let dt = path
+            .split('/')
+            .find_map(|seg| seg.strip_prefix(DT_KEY)?.strip_prefix('='))?;
+        Self::new(dt, "00")
     }
 
     /// Start of the partition's hour, epoch milliseconds.
@@ -64,9 +105,42 @@ mod tests {
         let p = Partition::of_millis(1_764_078_300_123);
         assert_eq!(p.path(), "dt=2025-11-25/hour=13");
         assert_eq!(
-            Partition::from_path("telemetry/dt=2025-11-25/hour=13/x.parquet"),
+            Partition::find_in("telemetry/dt=2025-11-25/hour=13/x.parquet"),
             Some(p.clone())
         );
+        assert_eq!(Partition::parse("dt=2025-11-25/hour=13"), Some(p.clone()));
         assert_eq!(p.start_millis(), Some(1_764_075_600_000));
+    }
+
+    #[test]
+    fn only_a_real_date_and_hour_in_the_canonical_spelling_is_a_partition() {
+        for bad in [
+            "dt=2025-11-25/hour=24",
+            "dt=2025-13-01/hour=00",
+            "dt=2025-11-25/hour=1",
+            "dt=../../etc/hour=00",
+            "dt=2025-11-25",
+            "hour=13/dt=2025-11-25",
+            "dt=2025-11-25/hour=13/x",
+            "x/dt=2025-11-25/hour=13",
+        ] {
+            assert_eq!(Partition::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Partition::new("2025-11-25", "7"), None);
+        assert_eq!(Partition::find_in("a/dt=2025-11-25/x/hour=13"), None);
+    }
+
+    #[test]
+    fn a_prefixed_key_splits_into_its_partition_and_the_rest() {
+        let (p, rest) = Partition::parse_prefix("dt=2025-11-25/hour=13/a/b.parquet").unwrap();
+        assert_eq!(
+            (p.path().as_str(), rest),
+            ("dt=2025-11-25/hour=13", "a/b.parquet")
+        );
+        assert_eq!(
+            Partition::find_day_in("stats/window=1d/dt=2025-11-25/stats.parquet")
+                .and_then(|p| p.start_millis()),
+            Some(1_764_028_800_000)
+        );
     }
 }

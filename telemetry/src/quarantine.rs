@@ -8,20 +8,95 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{QUARANTINE_PREFIX, join};
 use crate::partition::Partition;
 use crate::validate::Rejected;
 
-/// Key prefix of quarantined payloads.
-pub const QUARANTINE_PREFIX: &str = "quarantine";
+/// Why a message was quarantined: the stable code of its class, serialised as the
+/// `reason_code` of a [`QuarantineRecord`] (`"invalid_utf8"`, `"sink_failed"`, …).
+///
+/// The validation classes mirror [`crate::Rejection`]; the others come from later stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuarantineReason {
+    /// Larger than the IoT Core message limit.
+    OversizePayload,
+    /// Not UTF-8.
+    InvalidUtf8,
+    /// Not parseable as JSON.
+    MalformedJson,
+    /// A field (or the payload itself) has the wrong JSON type.
+    WrongType,
+    /// A required field is absent.
+    MissingField,
+    /// The event time is outside the accepted window around the receive time.
+    TsOutOfRange,
+    /// The device id is not a valid AWS IoT thing name.
+    BadDeviceId,
+    /// The topic is not `dt/{fleet}/{device_id}/telemetry`.
+    BadTopic,
+    /// The payload's device id differs from the topic's.
+    TopicDeviceMismatch,
+    /// More metrics than allowed.
+    TooManyMetrics,
+    /// No metric at all.
+    NoMetrics,
+    /// A metric name outside `[a-z][a-z0-9_]{0,63}`.
+    BadMetricName,
+    /// A metric value that is not a finite number.
+    NonFiniteValue,
+    /// `seq` does not fit Parquet's int64.
+    SeqOutOfRange,
+    /// A device-side batch with no message in it.
+    EmptyBatch,
+    /// A valid message a sink could not deliver within its retry deadline.
+    SinkFailed,
+    /// The IoT rule's event carried a payload field that is not base64.
+    BadEventEncoding,
+}
 
-/// Reason code of a record a sink could not deliver within its retry deadline.
-pub const SINK_FAILED: &str = "sink_failed";
+impl QuarantineReason {
+    /// The code as it is written in quarantine records and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::OversizePayload => "oversize_payload",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::MalformedJson => "malformed_json",
+            Self::WrongType => "wrong_type",
+            Self::MissingField => "missing_field",
+            Self::TsOutOfRange => "ts_out_of_range",
+            Self::BadDeviceId => "bad_device_id",
+            Self::BadTopic => "bad_topic",
+            Self::TopicDeviceMismatch => "topic_device_mismatch",
+            Self::TooManyMetrics => "too_many_metrics",
+            Self::NoMetrics => "no_metrics",
+            Self::BadMetricName => "bad_metric_name",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::SeqOutOfRange => "seq_out_of_range",
+            Self::EmptyBatch => "empty_batch",
+            Self::SinkFailed => "sink_failed",
+            Self::BadEventEncoding => "bad_event_encoding",
+        }
+    }
+}
+
+impl std::fmt::Display for QuarantineReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for QuarantineReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// One quarantined message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineRecord {
-    /// Stable code of the rejection class (see [`crate::Rejection::code`]).
-    pub reason_code: String,
+    /// The reason class (see [`crate::Rejection::reason`]), as its stable code.
+    pub reason_code: QuarantineReason,
     /// Human-readable reason, saying what was wrong.
     pub reason: String,
     /// The MQTT topic the payload arrived on.
@@ -39,7 +114,7 @@ impl QuarantineRecord {
     /// A record of a validation rejection.
     pub fn from_rejected(r: &Rejected, topic: &str, received_at: i64) -> Self {
         Self {
-            reason_code: r.reason.code().to_string(),
+            reason_code: r.reason.reason(),
             reason: r.reason.to_string(),
             topic: topic.to_string(),
             received_at,
@@ -49,9 +124,15 @@ impl QuarantineRecord {
     }
 
     /// A record of something a later stage could not handle.
-    pub fn other(code: &str, reason: String, topic: &str, received_at: i64, raw: &[u8]) -> Self {
+    pub fn other(
+        code: QuarantineReason,
+        reason: String,
+        topic: &str,
+        received_at: i64,
+        raw: &[u8],
+    ) -> Self {
         Self {
-            reason_code: code.to_string(),
+            reason_code: code,
             reason,
             topic: topic.to_string(),
             received_at,
@@ -88,10 +169,7 @@ pub fn object_key(received_at: i64, writer: &str) -> String {
 /// the partitions at the store's root.
 pub fn object_key_under(prefix: &str, received_at: i64, writer: &str) -> String {
     let partition = Partition::of_millis(received_at).path();
-    match prefix.trim_matches('/') {
-        "" => format!("{partition}/{received_at}-{writer}.jsonl"),
-        p => format!("{p}/{partition}/{received_at}-{writer}.jsonl"),
-    }
+    join(prefix, &format!("{partition}/{received_at}-{writer}.jsonl"))
 }
 
 #[cfg(test)]
@@ -108,13 +186,44 @@ mod tests {
         };
         let q = QuarantineRecord::from_rejected(&rej, "dt/f/d/telemetry", 5);
         assert_eq!(q.raw(), vec![0xff, b'{']);
-        assert_eq!(q.reason_code, "invalid_utf8");
+        assert_eq!(q.reason_code, QuarantineReason::InvalidUtf8);
+        let json = serde_json::to_value(&q).unwrap();
+        assert_eq!(json["reason_code"], "invalid_utf8");
         let lines = to_json_lines(&[q.clone(), q]);
         assert_eq!(lines.iter().filter(|b| **b == b'\n').count(), 2);
         assert_eq!(
             object_key(0, "x"),
             "quarantine/dt=1970-01-01/hour=00/0-x.jsonl"
         );
+    }
+
+    #[test]
+    fn every_reason_is_written_and_read_back_as_its_code() {
+        use QuarantineReason::*;
+        for r in [
+            OversizePayload,
+            InvalidUtf8,
+            MalformedJson,
+            WrongType,
+            MissingField,
+            TsOutOfRange,
+            BadDeviceId,
+            BadTopic,
+            TopicDeviceMismatch,
+            TooManyMetrics,
+            NoMetrics,
+            BadMetricName,
+            NonFiniteValue,
+            SeqOutOfRange,
+            EmptyBatch,
+            SinkFailed,
+            BadEventEncoding,
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+            assert_eq!(serde_json::from_str::<QuarantineReason>(&json).unwrap(), r);
+        }
+        assert!(serde_json::from_str::<QuarantineReason>("\"no_such_code\"").is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::message::Telemetry;
+use crate::quarantine::QuarantineReason;
 use crate::topic::parse_topic;
 
 /// AWS IoT Core's maximum MQTT message size (128 KiB).
@@ -159,26 +160,31 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A stable machine-readable code for the class (used in quarantine records and
-    /// counters).
-    pub fn code(&self) -> &'static str {
+    /// The reason class, as quarantine records and counters name it.
+    pub fn reason(&self) -> QuarantineReason {
         match self {
-            Rejection::Oversize { .. } => "oversize_payload",
-            Rejection::InvalidUtf8 { .. } => "invalid_utf8",
-            Rejection::MalformedJson { .. } => "malformed_json",
-            Rejection::WrongType { .. } => "wrong_type",
-            Rejection::MissingField { .. } => "missing_field",
-            Rejection::TsOutOfRange { .. } => "ts_out_of_range",
-            Rejection::BadDeviceId { .. } => "bad_device_id",
-            Rejection::BadTopic { .. } => "bad_topic",
-            Rejection::TopicMismatch { .. } => "topic_device_mismatch",
-            Rejection::TooManyMetrics { .. } => "too_many_metrics",
-            Rejection::NoMetrics => "no_metrics",
-            Rejection::BadMetricName { .. } => "bad_metric_name",
-            Rejection::NonFiniteValue { .. } => "non_finite_value",
-            Rejection::SeqOutOfRange { .. } => "seq_out_of_range",
-            Rejection::EmptyBatch => "empty_batch",
+            Rejection::Oversize { .. } => QuarantineReason::OversizePayload,
+            Rejection::InvalidUtf8 { .. } => QuarantineReason::InvalidUtf8,
+            Rejection::MalformedJson { .. } => QuarantineReason::MalformedJson,
+            Rejection::WrongType { .. } => QuarantineReason::WrongType,
+            Rejection::MissingField { .. } => QuarantineReason::MissingField,
+            Rejection::TsOutOfRange { .. } => QuarantineReason::TsOutOfRange,
+            Rejection::BadDeviceId { .. } => QuarantineReason::BadDeviceId,
+            Rejection::BadTopic { .. } => QuarantineReason::BadTopic,
+            Rejection::TopicMismatch { .. } => QuarantineReason::TopicDeviceMismatch,
+            Rejection::TooManyMetrics { .. } => QuarantineReason::TooManyMetrics,
+            Rejection::NoMetrics => QuarantineReason::NoMetrics,
+            Rejection::BadMetricName { .. } => QuarantineReason::BadMetricName,
+            Rejection::NonFiniteValue { .. } => QuarantineReason::NonFiniteValue,
+            Rejection::SeqOutOfRange { .. } => QuarantineReason::SeqOutOfRange,
+            Rejection::EmptyBatch => QuarantineReason::EmptyBatch,
         }
+    }
+
+    /// A stable machine-readable code for the class (used in quarantine records and
+    /// counters): [`Rejection::reason`] spelled as on disk.
+    pub fn code(&self) -> &'static str {
+        self.reason().as_str()
     }
 }
 

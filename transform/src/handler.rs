@@ -55,9 +55,9 @@ use telemetry::{Partition, StreamRecord};
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 /// Name of the partition key holding the event date, `YYYY-MM-DD` (UTC).
-pub const PARTITION_KEY_DT: &str = "dt";
+pub const PARTITION_KEY_DT: &str = telemetry::partition::DT_KEY;
 /// Name of the partition key holding the event hour, `HH` (00–23, UTC).
-pub const PARTITION_KEY_HOUR: &str = "hour";
+pub const PARTITION_KEY_HOUR: &str = telemetry::partition::HOUR_KEY;
 
 /// Longest excerpt of an offending value quoted in a failure reason, in characters.
 const MAX_QUOTED_CHARS: usize = 200;

@@ -12,7 +12,7 @@ the Rust schema test, the deploy script's dry run) can read them without a YAML 
 Usage:
   tmpl.py resources TEMPLATE            print "LogicalId<TAB>Type" per resource
   tmpl.py glue-columns TABLE TEMPLATE   print "name type" per column of TABLE
-  tmpl.py check-glue TEMPLATE           check both tables against the data contract
+  tmpl.py check-glue TEMPLATE           check both tables' generated blocks are well formed
 """
 
 from __future__ import annotations
@@ -25,36 +25,12 @@ COLUMN_RE = re.compile(r"^\s*- \{ Name: ([A-Za-z0-9_]+), Type: ([a-z0-9_<>,:()]+
 RESOURCE_RE = re.compile(r"^  ([A-Za-z0-9]+):\s*$")
 TYPE_RE = re.compile(r"^    Type:\s*([A-Za-z0-9:]+)\s*$")
 
-# The data contract (DESIGN.md, "Parquet rows" and "Aggregates"). The Rust test compares the
-# template with `iotpipe schema --glue <table>`, generated from the Arrow schema; this copy
-# lets the infra checks catch a broken column block before any Rust is built.
-CONTRACT = {
-    "telemetry": [
-        ("device_id", "string"),
-        ("seq", "bigint"),
-        ("event_time", "timestamp"),
-        ("received_at", "timestamp"),
-        ("metric", "string"),
-        ("value", "double"),
-        ("fw", "string"),
-    ],
-    "stats_1m": [
-        ("device_id", "string"),
-        ("metric", "string"),
-        ("window_start", "timestamp"),
-        ("count", "bigint"),
-        ("min", "double"),
-        ("max", "double"),
-        ("sum", "double"),
-        ("mean", "double"),
-        ("stddev", "double"),
-        ("p50", "double"),
-        ("p95", "double"),
-        ("p99", "double"),
-        ("first_event", "timestamp"),
-        ("last_event", "timestamp"),
-    ],
-}
+# The tables whose Glue columns are generated. Their columns are defined once, in Rust
+# (the Arrow schemas); tests/tests/glue_schema.rs compares each block with
+# `iotpipe schema --glue <table>`. This script only checks that the blocks are there and
+# well formed, so a broken block is caught before any Rust is built.
+GENERATED_TABLES = ("telemetry", "stats_1m")
+GLUE_TYPES = {"string", "bigint", "int", "double", "boolean", "timestamp"}
 
 
 def read_lines(path: str) -> list[str]:
@@ -123,18 +99,21 @@ def check_glue(path: str) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     status = 0
-    for table, expected in CONTRACT.items():
+    for table in GENERATED_TABLES:
         got = tables.get(table)
         if got is None:
             print(f"error: no '# generated: iotpipe schema --glue {table};' block", file=sys.stderr)
             status = 1
-        elif got != expected:
-            print(f"error: {table} columns differ from the data contract", file=sys.stderr)
-            print(f"  template: {got}", file=sys.stderr)
-            print(f"  contract: {expected}", file=sys.stderr)
+            continue
+        odd = [(n, t) for n, t in got if t not in GLUE_TYPES]
+        if odd:
+            print(f"error: {table}: types the schema never generates: {odd}", file=sys.stderr)
             status = 1
         else:
-            print(f"{table}: {len(got)} columns match the data contract")
+            print(
+                f"{table}: {len(got)} well-formed columns "
+                "(their contents: tests/tests/glue_schema.rs against `iotpipe schema --glue`)"
+            )
     return status
 
 

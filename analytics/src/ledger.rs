@@ -72,7 +72,7 @@ use telemetry::quarantine::QuarantineRecord;
 use crate::columns::{self, ColumnError, Strings};
 use crate::config::{DEFAULT_READ_CONCURRENCY, DEFAULT_TELEMETRY_PREFIX};
 use crate::io::{self, ReadError};
-use crate::query::csv_text;
+use crate::render::{Column, Table};
 use crate::stats::{Interner, format_time};
 use crate::window::Window;
 
@@ -922,57 +922,40 @@ fn total_cells(l: &Ledger) -> [String; 9] {
     ]
 }
 
+/// The ledger as a [`Table`]: one row per device and window, a rule, the `TOTAL` row.
+/// Device, window and source align left, counts right.
+fn table(l: &Ledger) -> Table {
+    let mut t = Table::new(
+        COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i < 2 || i == 8 {
+                    Column::left(*c)
+                } else {
+                    Column::right(*c)
+                }
+            })
+            .collect(),
+    );
+    for r in &l.rows {
+        t.row(cells_of(r));
+    }
+    t.rule();
+    t.row(total_cells(l));
+    t
+}
+
 /// Renders the ledger as CSV (RFC 4180): a header, one line per device and window, then a
 /// `TOTAL` line (empty `window_start`). Window starts are RFC 3339 UTC.
 pub fn to_csv(l: &Ledger) -> String {
-    let mut out = COLUMNS.join(",");
-    out.push('\n');
-    for cells in l.rows.iter().map(cells_of).chain([total_cells(l)]) {
-        let fields: Vec<String> = cells.iter().map(|c| csv_text(c)).collect();
-        out.push_str(&fields.join(","));
-        out.push('\n');
-    }
-    out
+    table(l).to_csv()
 }
 
 /// Renders the ledger as an aligned table: a header, a rule, one line per device and
 /// window, a rule and the `TOTAL` line.
 pub fn to_table(l: &Ledger) -> String {
-    let rows: Vec<[String; 9]> = l.rows.iter().map(cells_of).collect();
-    let total = total_cells(l);
-    let mut widths: Vec<usize> = COLUMNS.iter().map(|c| c.chars().count()).collect();
-    for row in rows.iter().chain([&total]) {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |row: &[String]| {
-        let mut s = String::new();
-        for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            // Device, window and source align left, counts right.
-            if i < 2 || i == 8 {
-                s.push_str(&format!("{cell:<w$}"));
-            } else {
-                s.push_str(&format!("{cell:>w$}"));
-            }
-        }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    let mut out = line(&header);
-    out.push_str(&line(&rule));
-    for row in &rows {
-        out.push_str(&line(row));
-    }
-    out.push_str(&line(&rule));
-    out.push_str(&line(&total));
-    out
+    table(l).to_text()
 }
 
 /// Serde for an optional instant: RFC 3339 UTC, or `null`.

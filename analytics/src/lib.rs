@@ -17,12 +17,14 @@
 //! - [`stats`]: the aggregation itself: de-duplication, windows, the statistics
 //!   ([`WindowStats`]) and their definitions.
 //! - [`window`]: window lengths (`1m`, `1h`, `1d`) and their alignment.
-//! - [`schema`]: the Arrow schema of the stats files ([`schema::stats_schema`]).
+//! - [`schema`]: the stats columns, defined once ([`schema::STATS_COLUMNS`]), and the
+//!   Arrow schema of the stats files derived from them ([`schema::stats_schema`]).
 //! - [`checkpoint`]: the checkpoint's format, loading and saving.
 //! - [`io`]: listing telemetry objects, reading and writing Parquet in the store.
 //! - [`ledger`]: the delivery ledger: per device and window, sent, received, duplicated,
 //!   missing, late and rejected messages.
 //! - [`query`](mod@query): filtering stats by device, metric and time; CSV and table output.
+//! - [`render`]: the one table renderer (aligned text, CSV) of query, ledger and the CLI.
 //! - [`handler`]: the Lambda handler over the scheduled EventBridge event.
 //! - [`config`]: [`RollupConfig`] and the local store from `IOTPIPE_DATA`.
 //! - `src/main.rs`: the `rollup` binary (Lambda runtime wiring only).
@@ -45,6 +47,7 @@ pub mod handler;
 pub mod io;
 pub mod ledger;
 pub mod query;
+pub mod render;
 pub mod rollup;
 pub mod schema;
 pub mod stats;

@@ -1,5 +1,6 @@
 //! The query library: window statistics filtered by device, metric and time, read from
-//! the stats files of any object store, and rendered as CSV or a terminal table.
+//! the stats files of any object store, and rendered as CSV or a terminal table (with
+//! [`crate::render`], over the columns of [`STATS_COLUMNS`]).
 //!
 //! Stats files are found recursively under `stats/window={label}/`; folders named
 //! `dt=YYYY-MM-DD` (and `hour=HH` within them) whose time span cannot intersect the
@@ -14,7 +15,8 @@ use telemetry::Partition;
 
 use crate::config::{DEFAULT_STATS_PREFIX, window_prefix};
 use crate::io::{self, ReadError};
-use crate::schema::stats_from_batch;
+use crate::render::{Column, Table};
+use crate::schema::{STATS_COLUMNS, StatsType, StatsValue, stats_from_batch};
 use crate::stats::{WindowStats, format_time};
 use crate::window::Window;
 
@@ -161,16 +163,6 @@ fn span_of(path: &str) -> Option<(i64, i64)> {
         .map(|s| (s, s.saturating_add(86_400_000)))
 }
 
-/// Column names, in [`WindowStats`] field order (the header of CSV and tables): the stats
-/// schema's, so the headers cannot drift from the Parquet files.
-fn columns() -> Vec<String> {
-    crate::schema::stats_schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect()
-}
-
 fn time(ms: i64, format: SecondsFormat) -> String {
     format_time(ms, format).unwrap_or_else(|| ms.to_string())
 }
@@ -186,42 +178,21 @@ fn csv_float(x: f64) -> String {
     }
 }
 
-/// Quotes a CSV field when it contains a separator, a quote or a line break (RFC 4180).
-pub(crate) fn csv_text(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Renders rows as CSV (RFC 4180, `\n` line ends) with a header line. Times are RFC 3339
-/// UTC (event times with milliseconds); `stddev` is empty when null; floats keep full
-/// precision.
+/// Renders rows as CSV (RFC 4180, `\n` line ends) with a header line: the columns of
+/// [`STATS_COLUMNS`]. Times are RFC 3339 UTC (event times with milliseconds); `stddev` is
+/// empty when null; floats keep full precision.
 pub fn to_csv(rows: &[WindowStats]) -> String {
-    let mut out = columns().join(",");
-    out.push('\n');
+    let mut t = Table::new(STATS_COLUMNS.iter().map(|c| Column::left(c.name)).collect());
     for r in rows {
-        let fields = [
-            csv_text(&r.device_id),
-            csv_text(&r.metric),
-            time(r.window_start, SecondsFormat::AutoSi),
-            r.count.to_string(),
-            csv_float(r.min),
-            csv_float(r.max),
-            csv_float(r.sum),
-            csv_float(r.mean),
-            r.stddev.map(csv_float).unwrap_or_default(),
-            csv_float(r.p50),
-            csv_float(r.p95),
-            csv_float(r.p99),
-            time(r.first_event, SecondsFormat::Millis),
-            time(r.last_event, SecondsFormat::Millis),
-        ];
-        out.push_str(&fields.join(","));
-        out.push('\n');
+        t.row(STATS_COLUMNS.iter().map(|c| match ((c.get)(r), c.ty) {
+            (StatsValue::Text(s), _) => s.to_string(),
+            (StatsValue::Count(n), _) => n.to_string(),
+            (StatsValue::Float(x), _) => x.map(csv_float).unwrap_or_default(),
+            (StatsValue::Time(ms), StatsType::EventTime) => time(ms, SecondsFormat::Millis),
+            (StatsValue::Time(ms), _) => time(ms, SecondsFormat::AutoSi),
+        }));
     }
-    out
+    t.to_csv()
 }
 
 /// A float for a terminal: three decimals, scientific notation for very large or small
@@ -245,63 +216,31 @@ fn time_of_day(ms: i64) -> String {
     }
 }
 
-/// Renders rows as an aligned plain-text table for a terminal: a header, a rule, one line
-/// per row. Device, metric and window start are left-aligned, numbers right-aligned with
-/// three decimals; a null `stddev` prints as `-`; `first_event`/`last_event` show the UTC
-/// time of day. An empty slice gives the header and the rule only.
+/// Renders rows as an aligned plain-text table for a terminal: a header (the columns of
+/// [`STATS_COLUMNS`]), a rule, one line per row. Text and window starts are left-aligned,
+/// numbers right-aligned with three decimals; a null `stddev` prints as `-`;
+/// `first_event`/`last_event` show the UTC time of day. An empty slice gives the header
+/// and the rule only.
 pub fn to_table(rows: &[WindowStats]) -> String {
-    let cells: Vec<[String; 14]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.device_id.clone(),
-                r.metric.clone(),
-                time(r.window_start, SecondsFormat::AutoSi),
-                r.count.to_string(),
-                table_float(r.min),
-                table_float(r.max),
-                table_float(r.sum),
-                table_float(r.mean),
-                r.stddev.map(table_float).unwrap_or_else(|| "-".into()),
-                table_float(r.p50),
-                table_float(r.p95),
-                table_float(r.p99),
-                time_of_day(r.first_event),
-                time_of_day(r.last_event),
-            ]
-        })
-        .collect();
-    let header = columns();
-    let mut widths: Vec<usize> = header.iter().map(|c| c.chars().count()).collect();
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut t = Table::new(
+        STATS_COLUMNS
+            .iter()
+            .map(|c| match c.ty {
+                StatsType::Text | StatsType::WindowTime => Column::left(c.name),
+                StatsType::Count | StatsType::Float | StatsType::EventTime => Column::right(c.name),
+            })
+            .collect(),
+    );
+    for r in rows {
+        t.row(STATS_COLUMNS.iter().map(|c| match ((c.get)(r), c.ty) {
+            (StatsValue::Text(s), _) => s.to_string(),
+            (StatsValue::Count(n), _) => n.to_string(),
+            (StatsValue::Float(x), _) => x.map(table_float).unwrap_or_else(|| "-".into()),
+            (StatsValue::Time(ms), StatsType::EventTime) => time_of_day(ms),
+            (StatsValue::Time(ms), _) => time(ms, SecondsFormat::AutoSi),
+        }));
     }
-    // Text columns (device, metric, window start) align left, numbers right.
-    let line = |row: &[&str]| {
-        let mut s = String::new();
-        for (i, (cell, &w)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                s.push_str("  ");
-            }
-            if i < 3 {
-                s.push_str(&format!("{cell:<w$}"));
-            } else {
-                s.push_str(&format!("{cell:>w$}"));
-            }
-        }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let mut out = line(&header.iter().map(String::as_str).collect::<Vec<_>>());
-    let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    out.push_str(&line(&rule.iter().map(String::as_str).collect::<Vec<_>>()));
-    for row in &cells {
-        out.push_str(&line(&row.iter().map(String::as_str).collect::<Vec<_>>()));
-    }
-    out
+    t.to_text()
 }
 
 #[cfg(test)]
@@ -322,9 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_fields_are_quoted_only_when_needed_and_floats_round_trip() {
-        assert_eq!(csv_text("sensor-1"), "sensor-1");
-        assert_eq!(csv_text("a,\"b\""), "\"a,\"\"b\"\"\"");
+    fn csv_floats_round_trip() {
         for x in [21.53, 0.1 + 0.2, 1e300, -2.5e-9, 0.0] {
             assert_eq!(csv_float(x).parse::<f64>().unwrap(), x);
         }

@@ -13,34 +13,151 @@ use telemetry::schema::UTC;
 use crate::columns::{self, ColumnError, Strings};
 use crate::stats::WindowStats;
 
-fn ts_ms() -> DataType {
-    DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into()))
+/// The type of a stats column: its Arrow type (and so its Glue type, which
+/// `iotpipe schema --glue stats_1m` derives from the Arrow schema) and its text forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatsType {
+    /// A string (Arrow `Utf8`, Glue `string`).
+    Text,
+    /// A number of readings (Arrow `Int64`, Glue `bigint`).
+    Count,
+    /// A statistic of the values (Arrow `Float64`, Glue `double`).
+    Float,
+    /// A window's start (Arrow timestamp ms UTC, Glue `timestamp`); printed to the second.
+    WindowTime,
+    /// An event time (Arrow timestamp ms UTC, Glue `timestamp`); printed to the
+    /// millisecond.
+    EventTime,
 }
 
-static STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let f64_col = |name| Field::new(name, DataType::Float64, false);
-    Arc::new(Schema::new(vec![
-        Field::new("device_id", DataType::Utf8, false),
-        Field::new("metric", DataType::Utf8, false),
-        Field::new("window_start", ts_ms(), false),
-        Field::new("count", DataType::Int64, false),
-        f64_col("min"),
-        f64_col("max"),
-        f64_col("sum"),
-        f64_col("mean"),
+impl StatsType {
+    /// The Arrow type of the column in the stats files.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            StatsType::Text => DataType::Utf8,
+            StatsType::Count => DataType::Int64,
+            StatsType::Float => DataType::Float64,
+            StatsType::WindowTime | StatsType::EventTime => {
+                DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into()))
+            }
+        }
+    }
+}
+
+/// One cell of a stats row, read from a [`WindowStats`] by [`StatsColumn::get`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatsValue<'a> {
+    /// A [`StatsType::Text`] cell.
+    Text(&'a str),
+    /// A [`StatsType::Count`] cell.
+    Count(u64),
+    /// A [`StatsType::Float`] cell; `None` only in a nullable column.
+    Float(Option<f64>),
+    /// A [`StatsType::WindowTime`] or [`StatsType::EventTime`] cell, epoch milliseconds.
+    Time(i64),
+}
+
+/// A column of the stats files and of query output.
+#[derive(Debug, Clone, Copy)]
+pub struct StatsColumn {
+    /// Column name (Parquet, CSV header, table header, Glue column).
+    pub name: &'static str,
+    /// Its type.
+    pub ty: StatsType,
+    /// Whether the column may hold nulls.
+    pub nullable: bool,
+    /// What it holds, for people (`iotpipe schema --json stats_1m`).
+    pub doc: &'static str,
+    /// The cell of a row.
+    pub get: fn(&WindowStats) -> StatsValue<'_>,
+}
+
+/// The stats columns, in order: the one definition the Arrow schema ([`stats_schema`]),
+/// the record batches ([`stats_to_batch`]), CSV and table output
+/// ([`crate::query::to_csv`], [`crate::query::to_table`]), the Glue table
+/// (`iotpipe schema --glue stats_1m`, checked against `infra/template.yaml`) and the
+/// reference check (`tests/py/reference_stats.py`, given `iotpipe schema --json
+/// stats_1m`) follow. Names and order are those of [`WindowStats`]'s fields.
+pub const STATS_COLUMNS: [StatsColumn; 14] = {
+    use StatsType::{Count, EventTime, Float, Text, WindowTime};
+    use StatsValue as V;
+    const fn col(
+        name: &'static str,
+        ty: StatsType,
+        doc: &'static str,
+        get: fn(&WindowStats) -> StatsValue<'_>,
+    ) -> StatsColumn {
+        StatsColumn {
+            name,
+            ty,
+            nullable: false,
+            doc,
+            get,
+        }
+    }
+    [
+        col("device_id", Text, "the device (AWS IoT thing name)", |r| {
+            V::Text(&r.device_id)
+        }),
+        col("metric", Text, "the metric name", |r| V::Text(&r.metric)),
+        col(
+            "window_start",
+            WindowTime,
+            "start of the window (UTC, inclusive)",
+            |r| V::Time(r.window_start),
+        ),
+        col(
+            "count",
+            Count,
+            "distinct readings in the window (after de-duplication)",
+            |r| V::Count(r.count),
+        ),
+        col("min", Float, "smallest value", |r| V::Float(Some(r.min))),
+        col("max", Float, "largest value", |r| V::Float(Some(r.max))),
+        col("sum", Float, "sum of the values", |r| V::Float(Some(r.sum))),
+        col("mean", Float, "arithmetic mean (sum / count)", |r| {
+            V::Float(Some(r.mean))
+        }),
         // Null when the window holds a single reading (sample deviation is undefined).
-        Field::new("stddev", DataType::Float64, true),
-        f64_col("p50"),
-        f64_col("p95"),
-        f64_col("p99"),
-        Field::new("first_event", ts_ms(), false),
-        Field::new("last_event", ts_ms(), false),
-    ]))
+        StatsColumn {
+            nullable: true,
+            ..col(
+                "stddev",
+                Float,
+                "sample standard deviation; null when count is 1",
+                |r| V::Float(r.stddev),
+            )
+        },
+        col("p50", Float, "median (continuous quantile 0.5)", |r| {
+            V::Float(Some(r.p50))
+        }),
+        col("p95", Float, "continuous quantile 0.95", |r| {
+            V::Float(Some(r.p95))
+        }),
+        col("p99", Float, "continuous quantile 0.99", |r| {
+            V::Float(Some(r.p99))
+        }),
+        col("first_event", EventTime, "earliest event time (UTC)", |r| {
+            V::Time(r.first_event)
+        }),
+        col("last_event", EventTime, "latest event time (UTC)", |r| {
+            V::Time(r.last_event)
+        }),
+    ]
+};
+
+static STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(
+        STATS_COLUMNS
+            .iter()
+            .map(|c| Field::new(c.name, c.ty.arrow_type(), c.nullable))
+            .collect::<Vec<_>>(),
+    ))
 });
 
 /// The schema of a stats file (`stats/window=…/dt=…/hour=…/stats.parquet`): one row per
 /// (`device_id`, `metric`, `window_start`), timestamps in milliseconds UTC, only `stddev`
-/// nullable. Column names and order are those of [`WindowStats`]'s fields.
+/// nullable; the fields of [`STATS_COLUMNS`].
 pub fn stats_schema() -> SchemaRef {
     STATS_SCHEMA.clone()
 }
@@ -48,42 +165,60 @@ pub fn stats_schema() -> SchemaRef {
 /// Builds a record batch in [`stats_schema`] from rows.
 pub fn stats_to_batch(rows: &[WindowStats]) -> Result<RecordBatch, ArrowError> {
     let n = rows.len();
-    let strings = |f: fn(&WindowStats) -> &str| {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        rows.iter().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish()) as ArrayRef
-    };
-    let times = |f: fn(&WindowStats) -> i64| {
-        let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone(UTC);
-        rows.iter().for_each(|r| b.append_value(f(r)));
-        Arc::new(b.finish()) as ArrayRef
-    };
-    let floats = |f: fn(&WindowStats) -> Option<f64>| {
-        let mut b = Float64Builder::with_capacity(n);
-        rows.iter().for_each(|r| b.append_option(f(r)));
-        Arc::new(b.finish()) as ArrayRef
-    };
-    let mut count = Int64Builder::with_capacity(n);
-    for r in rows {
-        // A window never holds more than i64::MAX readings; saturate rather than wrap.
-        count.append_value(i64::try_from(r.count).unwrap_or(i64::MAX));
-    }
-    let columns: Vec<ArrayRef> = vec![
-        strings(|r| &r.device_id),
-        strings(|r| &r.metric),
-        times(|r| r.window_start),
-        Arc::new(count.finish()),
-        floats(|r| Some(r.min)),
-        floats(|r| Some(r.max)),
-        floats(|r| Some(r.sum)),
-        floats(|r| Some(r.mean)),
-        floats(|r| r.stddev),
-        floats(|r| Some(r.p50)),
-        floats(|r| Some(r.p95)),
-        floats(|r| Some(r.p99)),
-        times(|r| r.first_event),
-        times(|r| r.last_event),
-    ];
+    let columns: Vec<ArrayRef> = STATS_COLUMNS
+        .iter()
+        .map(|c| {
+            let cells = rows.iter().map(|r| (c.get)(r));
+            // A cell of another type than its column's is appended as null, which the
+            // batch then refuses (only `stddev` is nullable).
+            match c.ty {
+                StatsType::Text => {
+                    let mut b = StringBuilder::with_capacity(n, n * 16);
+                    for v in cells {
+                        match v {
+                            StatsValue::Text(s) => b.append_value(s),
+                            _ => b.append_null(),
+                        }
+                    }
+                    Arc::new(b.finish()) as ArrayRef
+                }
+                StatsType::Count => {
+                    let mut b = Int64Builder::with_capacity(n);
+                    for v in cells {
+                        match v {
+                            // A window never holds more than i64::MAX readings; saturate
+                            // rather than wrap.
+                            StatsValue::Count(c) => {
+                                b.append_value(i64::try_from(c).unwrap_or(i64::MAX))
+                            }
+                            _ => b.append_null(),
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+                StatsType::Float => {
+                    let mut b = Float64Builder::with_capacity(n);
+                    for v in cells {
+                        match v {
+                            StatsValue::Float(x) => b.append_option(x),
+                            _ => b.append_null(),
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+                StatsType::WindowTime | StatsType::EventTime => {
+                    let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone(UTC);
+                    for v in cells {
+                        match v {
+                            StatsValue::Time(t) => b.append_value(t),
+                            _ => b.append_null(),
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
+            }
+        })
+        .collect();
     RecordBatch::try_new(stats_schema(), columns)
 }
 
@@ -128,6 +263,8 @@ mod tests {
 
     #[test]
     fn the_schema_names_the_fields_of_window_stats_in_order() {
+        // Spelled out once more on purpose: a reordering of STATS_COLUMNS changes the
+        // files' layout and must be a deliberate change of this test too.
         let names: Vec<_> = stats_schema()
             .fields()
             .iter()
@@ -163,24 +300,25 @@ mod tests {
 
     #[test]
     fn rows_survive_a_round_trip_through_a_batch() {
+        // Every value distinct, so that two columns swapped cannot round-trip.
         let row = WindowStats {
             device_id: "sensor-1".into(),
             metric: "temperature".into(),
             window_start: 1_764_086_700_000,
-            count: 1,
-            min: 1.5,
-            max: 1.5,
-            sum: 1.5,
+            count: 3,
+            min: 1.0,
+            max: 2.0,
+            sum: 4.5,
             mean: 1.5,
             stddev: None,
-            p50: 1.5,
-            p95: 1.5,
-            p99: 1.5,
+            p50: 1.25,
+            p95: 1.75,
+            p99: 1.9,
             first_event: 1_764_086_701_250,
-            last_event: 1_764_086_701_250,
+            last_event: 1_764_086_702_500,
         };
         let two = WindowStats {
-            count: 2,
+            count: 4,
             stddev: Some(0.25),
             ..row.clone()
         };

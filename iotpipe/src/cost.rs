@@ -6,6 +6,7 @@
 //! 5 KB units, Lambda invocations and billed GB-seconds per function, Kinesis bytes in
 //! 1 KB units, Firehose bytes in 5 KB units, S3 PUTs — and this module prices them.
 
+use analytics::render::{Column, Table};
 use serde::Serialize;
 use telemetry::metering::{FIREHOSE_INGEST_UNIT_BYTES, KINESIS_ON_DEMAND_UNIT_BYTES};
 
@@ -185,27 +186,42 @@ pub fn estimate(u: &Usage, functions: &[FnReport]) -> Estimate {
 }
 
 impl Estimate {
-    /// A plain-text table for the terminal.
+    /// A plain-text table for the terminal: a title line, then per priced line the item,
+    /// quantity, unit and USD, then the run's total and the month at this rate.
     pub fn to_table(&self) -> String {
-        let mut out = format!(
-            "What this run would have cost on AWS (us-east-1 list prices of {}, no free tier):\n",
-            self.prices_as_of
-        );
+        let mut t = Table::new(vec![
+            Column::left("item"),
+            Column::right("quantity"),
+            Column::left("unit"),
+            Column::right("USD"),
+        ])
+        .indent("  ");
         for l in &self.lines {
-            out.push_str(&format!(
-                "  {:<42} {:>14.2} {:<12} ${:>12.6}\n",
-                l.item, l.quantity, l.unit, l.usd
-            ));
+            t.row([
+                l.item.clone(),
+                format!("{:.2}", l.quantity),
+                l.unit.to_string(),
+                format!("${:.6}", l.usd),
+            ]);
         }
-        out.push_str(&format!(
-            "  {:<42} {:>27} ${:>12.6}\n",
-            "total for this run", "", self.total_usd
-        ));
-        out.push_str(&format!(
-            "  {:<42} {:>27} ${:>12.2}\n",
-            "a 730-hour month at this rate", "", self.month_at_this_rate_usd
-        ));
-        out
+        t.rule();
+        t.row([
+            "total for this run".to_string(),
+            String::new(),
+            String::new(),
+            format!("${:.6}", self.total_usd),
+        ]);
+        t.row([
+            "a 730-hour month at this rate".to_string(),
+            String::new(),
+            String::new(),
+            format!("${:.2}", self.month_at_this_rate_usd),
+        ]);
+        format!(
+            "What this run would have cost on AWS (us-east-1 list prices of {}, no free tier):\n{}",
+            self.prices_as_of,
+            t.to_text()
+        )
     }
 }
 

@@ -70,7 +70,8 @@ enum Command {
     /// The delivery ledger: per device and window, messages sent, received, duplicated,
     /// missing, late and rejected (`--help` explains each column).
     Ledger(ledger::LedgerArgs),
-    /// Print the Glue table columns generated from the Arrow schemas.
+    /// Print a table's columns, generated from the Arrow schemas: as the AWS template's
+    /// Glue table lists them (`--glue`), or as JSON (`--json`).
     Schema(SchemaArgs),
 }
 
@@ -206,11 +207,19 @@ struct QueryArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
 struct SchemaArgs {
     /// Print Glue columns (name and type, one per line) for this table.
-    #[arg(long, value_name = "TABLE", value_parser = ["telemetry", "stats_1m"])]
-    glue: String,
+    #[arg(long, value_name = "TABLE", value_parser = SCHEMA_TABLES)]
+    glue: Option<String>,
+    /// Print this table's columns as a JSON array of {name, type (Glue), nullable, doc}
+    /// (what the reference checks under tests/py read).
+    #[arg(long, value_name = "TABLE", value_parser = SCHEMA_TABLES)]
+    json: Option<String>,
 }
+
+/// The tables `iotpipe schema` knows.
+const SCHEMA_TABLES: [&str; 2] = ["telemetry", "stats_1m"];
 
 fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(ms) = s.parse::<i64>() {
@@ -508,12 +517,33 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
 }
 
 fn schema(a: SchemaArgs) -> anyhow::Result<()> {
-    let schema = match a.glue.as_str() {
-        "telemetry" => telemetry::schema::telemetry_schema(),
-        _ => analytics::schema::stats_schema(),
+    let table = a.glue.as_deref().or(a.json.as_deref()).unwrap_or_default();
+    let (schema, docs): (_, &[_]) = match table {
+        "telemetry" => (telemetry::schema::telemetry_schema(), &[]),
+        _ => (
+            analytics::schema::stats_schema(),
+            &analytics::schema::STATS_COLUMNS,
+        ),
     };
-    for (name, ty) in telemetry::schema::glue_columns(&schema) {
-        summary::print_line(&format!("{name} {ty}"));
+    if a.json.is_none() {
+        for (name, ty) in telemetry::schema::glue_columns(&schema) {
+            summary::print_line(&format!("{name} {ty}"));
+        }
+        return Ok(());
     }
+    let columns: Vec<serde_json::Value> = telemetry::schema::glue_columns(&schema)
+        .into_iter()
+        .zip(schema.fields().iter())
+        .map(|((name, ty), field)| {
+            let doc = docs.iter().find(|c| c.name == name).map(|c| c.doc);
+            serde_json::json!({
+                "name": name,
+                "type": ty,
+                "nullable": field.is_nullable(),
+                "doc": doc,
+            })
+        })
+        .collect();
+    summary::print_line(&serde_json::to_string(&columns)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 
+use analytics::render::{Column, Table};
 use serde::Serialize;
 
 use crate::cost::{Estimate, estimate};
@@ -189,28 +190,28 @@ impl Summary {
             }
         }
         out.push_str("functions (Lambda REPORT figures; Max Memory Used is the shared process's peak RSS):\n");
-        out.push_str(&format!(
-            "  {:<10} {:>11} {:>15} {:>11} {:>13} {:>11} {:>10}\n",
-            "function",
-            "invocations",
-            "total Duration",
-            "p99",
-            "Billed Dur.",
-            "Memory Size",
-            "Max Used"
-        ));
+        let mut table = Table::new(vec![
+            Column::left("function"),
+            Column::right("invocations"),
+            Column::right("total Duration"),
+            Column::right("p99"),
+            Column::right("Billed Dur."),
+            Column::right("Memory Size"),
+            Column::right("Max Used"),
+        ])
+        .indent("  ");
         for f in &self.functions {
-            out.push_str(&format!(
-                "  {:<10} {:>11} {:>12.1} ms {:>8.2} ms {:>10} ms {:>8} MB {:>7} MB\n",
-                f.function,
-                f.invocations,
-                f.total_duration_ms,
-                f.p99_duration_ms,
-                f.billed_duration_ms,
-                f.memory_size_mb,
-                f.max_memory_used_mb
-            ));
+            table.row([
+                f.function.clone(),
+                f.invocations.to_string(),
+                format!("{:.1} ms", f.total_duration_ms),
+                format!("{:.2} ms", f.p99_duration_ms),
+                format!("{} ms", f.billed_duration_ms),
+                format!("{} MB", f.memory_size_mb),
+                format!("{} MB", f.max_memory_used_mb),
+            ]);
         }
+        out.push_str(&table.to_text());
         let per_item: Vec<String> = self
             .us_per_item
             .iter()

@@ -16,31 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// A function of the pipeline, as deployed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LambdaFn {
-    /// Function name.
-    pub name: &'static str,
-    /// Configured memory (MB): what Lambda bills GB-seconds on. Matches the template's
-    /// default.
-    pub memory_mb: u32,
-}
-
-/// The ingest function (template default 128 MB).
-pub const INGEST: LambdaFn = LambdaFn {
-    name: "ingest",
-    memory_mb: 128,
-};
-/// The Firehose transform function (template default 512 MB).
-pub const TRANSFORM: LambdaFn = LambdaFn {
-    name: "transform",
-    memory_mb: 512,
-};
-/// The scheduled rollup function (template default 1024 MB).
-pub const ROLLUP: LambdaFn = LambdaFn {
-    name: "rollup",
-    memory_mb: 1024,
-};
+/// The functions and their configured memory are defined once, in `telemetry`.
+pub use telemetry::metering::{INGEST, LambdaFn, ROLLUP, TRANSFORM};
 
 #[derive(Debug, Default)]
 struct FnStats {

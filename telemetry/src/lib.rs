@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`message`]: what a device publishes ([`Telemetry`]), the stream record
 //!   ([`StreamRecord`]) and the long-layout row ([`Reading`]).
+//! - [`metering`]: the Lambda functions and their configured memory ([`metering::FUNCTIONS`]).
 //! - [`topic`]: the MQTT topic convention `dt/{fleet}/{device_id}/telemetry`.
 //! - [`validate`]: validation against the contract, one typed [`Rejection`] per class.
 //! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.

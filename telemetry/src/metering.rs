@@ -1,8 +1,13 @@
-//! The metering units AWS bills per record or message: every byte-to-unit conversion of
-//! the pipeline (record packing, the local stack's counters, the cost estimate) uses these.
+//! What AWS meters, defined once: the units each service bills a record or message in,
+//! and the pipeline's Lambda functions with the memory each is configured with.
 //!
-//! The services round each record (or message) up to a whole unit, so a record of a few
-//! hundred bytes pays for a full unit; [`units`] is that rounding.
+//! - Units: every byte-to-unit conversion of the pipeline (record packing, the local
+//!   stack's counters, the cost estimate) uses these. The services round each record (or
+//!   message) up to a whole unit, so a record of a few hundred bytes pays for a full unit;
+//!   [`units`] is that rounding.
+//! - Functions: the one table the local metering bills GB-seconds on and the AWS
+//!   template's `…MemorySize` parameter defaults follow (`tests/tests/template_defaults.rs`
+//!   fails when `infra/template.yaml` or `infra/cost.py` drift from it).
 
 /// Kinesis Data Streams, provisioned mode: PUT payload units of 25 KB per record. Record
 /// packing fills this unit for a Kinesis sink.
@@ -23,6 +28,46 @@ pub const IOT_MESSAGE_UNIT_BYTES: usize = 5 * 1024;
 pub fn units(len: usize, unit_bytes: usize) -> u64 {
     len.div_ceil(unit_bytes.max(1)).max(1) as u64
 }
+
+/// A function of the pipeline, as deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LambdaFn {
+    /// Function name (the binary name, and the suffix of its log group).
+    pub name: &'static str,
+    /// Configured memory, MB: what Lambda bills GB-seconds on, and the default of the
+    /// template parameter [`LambdaFn::memory_parameter`].
+    pub memory_mb: u32,
+    /// The AWS template's parameter that sets this function's memory.
+    pub memory_parameter: &'static str,
+}
+
+/// The ingest function: validates raw payloads and puts stream records.
+pub const INGEST: LambdaFn = LambdaFn {
+    name: "ingest",
+    memory_mb: 128,
+    memory_parameter: "IngestMemorySize",
+};
+/// The Firehose transform function: turns stream records into long Parquet rows.
+pub const TRANSFORM: LambdaFn = LambdaFn {
+    name: "transform",
+    memory_mb: 512,
+    memory_parameter: "TransformMemorySize",
+};
+/// The scheduled rollup function: aggregates new telemetry into window statistics.
+pub const ROLLUP: LambdaFn = LambdaFn {
+    name: "rollup",
+    memory_mb: 1024,
+    memory_parameter: "RollupMemorySize",
+};
+/// The daily compact function: daily rollups and small-file compaction.
+pub const COMPACT: LambdaFn = LambdaFn {
+    name: "compact",
+    memory_mb: 2048,
+    memory_parameter: "CompactMemorySize",
+};
+
+/// Every function of the pipeline, in data-flow order.
+pub const FUNCTIONS: [LambdaFn; 4] = [INGEST, TRANSFORM, ROLLUP, COMPACT];
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,12 @@
 """Reference 1-minute statistics of raw device payloads, computed with DuckDB SQL
 (run with $IOTPIPE_TEST_PYTHON). The pipeline's aggregates are compared against this.
 
-    reference_stats.py RAW.jsonl
+    reference_stats.py RAW.jsonl COLUMNS.json
+
+COLUMNS.json is the pipeline's own list of stats columns (`iotpipe schema --json stats_1m`):
+the output has exactly those columns, in that order, so this check never keeps a copy of
+the list. Each column needs a SQL definition below (KEYS or AGGREGATES); a column without
+one is an error, not a silent gap.
 
 RAW.jsonl holds one MQTT payload per line: a message object
 
@@ -183,28 +188,55 @@ windowed AS (
            event_time - (((event_time % 60000) + 60000) % 60000) AS window_start
     FROM dedup
 )
-SELECT device_id, metric, window_start,
-       count(*)                    AS count,
-       min(value)                  AS min,
-       max(value)                  AS max,
-       sum(value)                  AS sum,
-       avg(value)                  AS mean,
-       stddev_samp(value)          AS stddev,
-       quantile_cont(value, 0.5)   AS p50,
-       quantile_cont(value, 0.95)  AS p95,
-       quantile_cont(value, 0.99)  AS p99,
-       min(event_time)             AS first_event,
-       max(event_time)             AS last_event
+SELECT {select}
 FROM windowed
 GROUP BY device_id, metric, window_start
 ORDER BY device_id, metric, window_start
 """
 
-INT_KEYS = ("window_start", "count", "first_event", "last_event")
-FLOAT_KEYS = ("min", "max", "sum", "mean", "stddev", "p50", "p95", "p99")
+# The grouping keys and the statistics, by column name: the reference definitions. Which of
+# them are output, and in which order, comes from COLUMNS.json.
+KEYS = ("device_id", "metric", "window_start")
+AGGREGATES = {
+    "count": "count(*)",
+    "min": "min(value)",
+    "max": "max(value)",
+    "sum": "sum(value)",
+    "mean": "avg(value)",
+    "stddev": "stddev_samp(value)",
+    "p50": "quantile_cont(value, 0.5)",
+    "p95": "quantile_cont(value, 0.95)",
+    "p99": "quantile_cont(value, 0.99)",
+    "first_event": "min(event_time)",
+    "last_event": "max(event_time)",
+}
 
 
-def compute(messages) -> list[dict]:
+def load_columns(path: str) -> list[dict]:
+    """Reads `iotpipe schema --json stats_1m`; fails on a column with no definition here."""
+    with open(path, encoding="utf-8") as f:
+        columns = json.load(f)
+    names = [c["name"] for c in columns]
+    unknown = [n for n in names if n not in KEYS and n not in AGGREGATES]
+    if unknown:
+        raise SystemExit(
+            f"reference_stats.py: no SQL definition for stats column(s) {unknown}: "
+            "add them to AGGREGATES"
+        )
+    missing = [n for n in KEYS if n not in names]
+    if missing:
+        raise SystemExit(f"reference_stats.py: grouping key(s) {missing} not in {path}")
+    return columns
+
+
+def select_list(columns: list[dict]) -> str:
+    return ",\n       ".join(
+        c["name"] if c["name"] in KEYS else f'{AGGREGATES[c["name"]]} AS "{c["name"]}"'
+        for c in columns
+    )
+
+
+def compute(messages, columns: list[dict]) -> list[dict]:
     table = pa.table(
         {
             "ord": pa.array(range(len(messages)), pa.int64()),
@@ -220,7 +252,7 @@ def compute(messages) -> list[dict]:
     try:
         con.execute("SET threads = 1")
         con.register("messages", table)
-        cur = con.execute(QUERY)
+        cur = con.execute(QUERY.format(select=select_list(columns)))
         cols = [d[0] for d in cur.description]
         rows = cur.fetchall()
     finally:
@@ -228,22 +260,24 @@ def compute(messages) -> list[dict]:
     out = []
     for r in rows:
         rec = dict(zip(cols, r))
-        for k in INT_KEYS:
-            rec[k] = int(rec[k])
-        for k in FLOAT_KEYS:
-            x = rec[k]
-            # JSON has no inf/nan (a sum can overflow): report null.
-            rec[k] = float(x) if x is not None and math.isfinite(x) else None
+        for c in columns:
+            k, x = c["name"], rec[c["name"]]
+            if c["type"] in ("bigint", "timestamp"):
+                rec[k] = int(x)
+            elif c["type"] == "double":
+                # JSON has no inf/nan (a sum can overflow): report null.
+                rec[k] = float(x) if x is not None and math.isfinite(x) else None
         out.append(rec)
     return out
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[1] in ("-h", "--help"):
+    if len(argv) != 3 or argv[1] in ("-h", "--help"):
         print(__doc__.strip(), file=sys.stderr)
         return 2
+    columns = load_columns(argv[2])
     messages, stats = load(argv[1])
-    result = compute(messages)
+    result = compute(messages, columns)
     json.dump(result, sys.stdout, allow_nan=False)
     sys.stdout.write("\n")
     print(

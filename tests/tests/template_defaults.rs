@@ -1,0 +1,71 @@
+//! The Lambda functions' memory sizes are defined once, in `telemetry::metering`: the AWS
+//! template's `…MemorySize` parameter defaults, the functions' `MemorySize`, and the
+//! deployment cost estimator (`infra/cost.py`) must all say the same.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use iotpipe_tests::root;
+use telemetry::metering::FUNCTIONS;
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap()
+}
+
+/// The `Default:` of the template parameter `name` (a top-level `Parameters` entry).
+fn parameter_default(template: &str, name: &str) -> Option<u32> {
+    let header = format!("  {name}:");
+    template
+        .lines()
+        .skip_while(|l| *l != header)
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn the_templates_memory_size_defaults_are_the_metered_ones() {
+    let template = read("infra/template.yaml");
+    for f in FUNCTIONS {
+        assert_eq!(
+            parameter_default(&template, f.memory_parameter),
+            Some(f.memory_mb),
+            "template parameter {} must default to {} MB, as telemetry::metering::{} says \
+             (change one, change both)",
+            f.memory_parameter,
+            f.memory_mb,
+            f.name.to_uppercase()
+        );
+        let reference = format!("MemorySize: !Ref {}", f.memory_parameter);
+        assert_eq!(
+            template.matches(&reference).count(),
+            1,
+            "exactly one function of the template takes `{reference}`"
+        );
+    }
+    // Every MemorySize parameter of the template is one of the table's.
+    let params: Vec<&str> = template
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.strip_suffix("MemorySize:"))
+        .filter(|p| !p.starts_with(' '))
+        .collect();
+    assert_eq!(params.len(), FUNCTIONS.len(), "{params:?}");
+}
+
+#[test]
+fn the_cost_estimators_memory_assumptions_are_the_metered_ones() {
+    let cost = read("infra/cost.py");
+    for f in FUNCTIONS {
+        let key = format!("\"{}_mb\":", f.name);
+        let value = cost
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("infra/cost.py has no {key} default"));
+        let mb: u32 = value.trim().trim_end_matches(',').trim().parse().unwrap();
+        assert_eq!(
+            mb, f.memory_mb,
+            "infra/cost.py {key} must follow the template"
+        );
+    }
+}

@@ -7,7 +7,8 @@ use std::time::Duration;
 use analytics::ledger::{self, LedgerConfig, LedgerTotals, SentLedger};
 use anyhow::Context as _;
 
-use crate::{DataArg, Format, parse_time, stack, summary};
+use crate::args::{DataArg, Format, parse_time};
+use crate::{stack, summary};
 
 /// The help after the flags: what each column means.
 const COLUMNS_HELP: &str = "\

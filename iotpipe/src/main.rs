@@ -2,15 +2,17 @@
 //!
 //! # Layout
 //! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `schema`).
+//! - [`args`]: the argument types several subcommands share (`--data`, `--format`, times).
 //! - [`ledger`]: `iotpipe ledger` and the ledger totals of `up`'s summary.
 //! - [`stack`]: the local stack — stream, Firehose emulator, scheduler — around the same
 //!   handler code the Lambdas run.
-//! - [`broker`]: the embedded MQTT broker (rumqttd) and broker URLs.
+//! - [`broker`]: the embedded MQTT broker (rumqttd).
 //! - [`iot_rule`]: the emulated IoT topic rule that invokes ingest per message.
 //! - [`meter`]: Lambda-style metering (`REPORT Duration / Billed Duration / …`).
 //! - [`cost`]: what a run would have cost on AWS.
 //! - [`summary`]: the end-of-run summary, for people and as JSON.
 
+mod args;
 mod broker;
 mod cost;
 mod iot_rule;
@@ -27,12 +29,13 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use device_sim::BrokerUrl;
 use indicatif::{ProgressBar, ProgressStyle};
 use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
-use crate::broker::BrokerUrl;
+use crate::args::{DataArg, Format, parse_time};
 use crate::stack::{Stack, StackConfig, StreamTarget, local_firehose};
 
 /// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
@@ -78,14 +81,6 @@ enum Command {
     Ledger(ledger::LedgerArgs),
     /// Print the Glue table columns generated from the Arrow schemas.
     Schema(SchemaArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct DataArg {
-    /// Where the data lives: a directory standing in for the S3 bucket, or
-    /// s3://bucket/prefix (AWS_REGION, credentials and AWS_ENDPOINT_URL from the environment).
-    #[arg(long, default_value = "./data", env = "IOTPIPE_DATA")]
-    data: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -179,13 +174,6 @@ struct ReplayArgs {
     summary_json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Json,
-    Csv,
-}
-
 #[derive(Debug, clap::Args)]
 struct QueryArgs {
     #[command(flatten)]
@@ -216,15 +204,6 @@ struct SchemaArgs {
     /// Print Glue columns (name and type, one per line) for this table.
     #[arg(long, value_name = "TABLE", value_parser = ["telemetry", "stats_1m"])]
     glue: String,
-}
-
-fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("{s:?} is neither RFC 3339 (2026-11-25T16:00:00Z) nor epoch ms: {e}"))
 }
 
 fn init_tracing(verbose: u8) {
@@ -293,6 +272,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         bail!("--devices and --rate must be positive");
     }
     let broker = match &a.broker {
+        Some(url) if url.scheme != device_sim::Scheme::Mqtt => bail!(
+            "--broker {url}: the emulated IoT rule connects over plain MQTT only; \
+             pass an mqtt://HOST:PORT broker (or none, for the embedded one)"
+        ),
         Some(url) => url.clone(),
         None => broker::start_embedded(a.broker_port)?,
     };
@@ -319,10 +302,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     });
     let sim_cfg = device_sim::SimConfig {
-        broker: broker
-            .to_string()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        broker: broker.clone(),
         fleet: a.fleet.clone(),
         devices: a.devices,
         rate: a.rate,

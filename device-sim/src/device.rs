@@ -51,10 +51,12 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{BrokerUrl, MqttVersion, QoS};
 use crate::error::SimError;
-use crate::faults::{FaultCounts, SendStream};
+use crate::faults::FaultCounts;
+use crate::mqtt::{BrokerUrl, MqttVersion, QoS};
+use crate::publish::SendStream;
 use crate::summary::{LatencyHistogram, LiveCounters};
+use crate::tls::explain_handshake_error;
 
 /// Capacity of the channel between a device's publisher and its event loop. Small on
 /// purpose: it is the backpressure that holds the publisher back while the connection is
@@ -539,7 +541,7 @@ async fn drive(
             Err(e) => {
                 if let Some(tx) = first_connect.take() {
                     // The run decides: it aborts when the first device cannot connect.
-                    let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
+                    let _ = tx.send(Err(connect_error(&ctx.broker.to_string(), &e)));
                     break;
                 }
                 LiveCounters::add(&live.connection_errors, 1);
@@ -628,10 +630,10 @@ mod v5 {
 
     use super::{
         CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, Inflight, MAX_INFLIGHT,
-        REQUEST_CHANNEL_CAPACITY, backoff, network_options,
+        REQUEST_CHANNEL_CAPACITY, backoff, connect_error, network_options,
     };
-    use crate::config::QoS;
     use crate::error::SimError;
+    use crate::mqtt::QoS;
     use crate::summary::LiveCounters;
 
     pub(super) fn qos(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
@@ -736,7 +738,7 @@ mod v5 {
                 Ok(_) => {}
                 Err(e) => {
                     if let Some(tx) = first_connect.take() {
-                        let _ = tx.send(Err(SimError::connect(&ctx.broker.to_string(), &e)));
+                        let _ = tx.send(Err(connect_error(&ctx.broker.to_string(), &e)));
                         break;
                     }
                     LiveCounters::add(&live.connection_errors, 1);
@@ -752,6 +754,51 @@ mod v5 {
                 }
             }
         }
+    }
+}
+
+/// Wraps the first device's connection error (an MQTT 3.1.1 or 5
+/// `rumqttc` `ConnectionError`), with a hint chosen by its kind.
+fn connect_error(broker: &str, err: &(dyn std::error::Error + 'static)) -> SimError {
+    use rumqttc::ConnectionError as E;
+    use rumqttc::v5::ConnectionError as E5;
+    use std::io::ErrorKind;
+    if let Some((reason, hint)) = explain_handshake_error(err) {
+        return SimError::Connect {
+            broker: broker.to_owned(),
+            reason,
+            hint,
+        };
+    }
+    let io = match (err.downcast_ref::<E>(), err.downcast_ref::<E5>()) {
+        (Some(E::Io(e)), _) | (_, Some(E5::Io(e))) => Some(e.kind()),
+        _ => None,
+    };
+    let refused = "is a broker running? try `iotpipe up`, or start mosquitto \
+                   (`mosquitto -p PORT`), then pass --broker mqtt://HOST:PORT";
+    let rejected = "the broker rejected the MQTT CONNECT: check that it allows anonymous \
+                    clients (mosquitto: `allow_anonymous true`) and these client ids";
+    let hint = match (io, err.downcast_ref::<E>(), err.downcast_ref::<E5>()) {
+        (Some(ErrorKind::ConnectionRefused), _, _) => refused,
+        (Some(ErrorKind::NotFound | ErrorKind::Other), _, _) => "check the host name in --broker",
+        (_, Some(E::NetworkTimeout | E::FlushTimeout), _) | (_, _, Some(E5::Timeout(_))) => {
+            "the host did not answer within 5 s: check the address, the port and any \
+             firewall"
+        }
+        (_, Some(E::ConnectionRefused(_)), _) | (_, _, Some(E5::ConnectionRefused(_))) => rejected,
+        (_, _, Some(_)) => {
+            "check that --broker points at an MQTT 5 broker (or drop --mqtt-version 5)"
+        }
+        _ => "check that --broker points at an MQTT 3.1.1 broker",
+    };
+    let reason = match io {
+        Some(ErrorKind::ConnectionRefused) => "connection refused".into(),
+        _ => err.to_string(),
+    };
+    SimError::Connect {
+        broker: broker.to_owned(),
+        reason,
+        hint,
     }
 }
 

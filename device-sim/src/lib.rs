@@ -28,22 +28,33 @@
 //! ```
 //!
 //! # Layout
-//! - [`config`]: the run's [`SimConfig`] (defaults, validation), [`BrokerUrl`], [`QoS`].
-//! - [`fleet`]: device types and fleet files (TOML), and the [`fleet::FleetLayout`] that
-//!   maps a device index to its type and id.
-//! - [`model`]: metric generators (constant, uniform, gaussian, daily cycle, random walk,
-//!   decay, pick-one, GPS track) with per-device parameters, one seeded random stream per
+//! Modules form a DAG: each imports only modules listed above it (checked by grepping
+//! `crate::` paths; no cycles).
+//! - [`error`]: the [`SimError`] enum. Imports nothing of the crate.
+//! - `durations` (private): humantime (de)serialisation of durations (`"30s"`).
+//! - [`mqtt`]: value types — [`BrokerUrl`] (also `iotpipe`'s `--broker`), [`Scheme`],
+//!   [`QoS`], [`MqttVersion`].
+//! - [`tls`]: mutual-TLS client settings ([`tls::TlsConfig`]) on rustls + aws-lc-rs.
+//! - [`faults`]: fault-injection settings and counts ([`faults::Faults`],
+//!   [`faults::FaultCounts`]) and the batch limit.
+//! - [`device_type`]: the value types of a fleet file — [`device_type::DeviceType`], its
+//!   metric specs and firmware — and the id / message-count arithmetic.
+//! - [`model`]: a device's metric generators at run time (constant, uniform, gaussian,
+//!   daily cycle, random walk, decay, pick-one, GPS track), one seeded random stream per
 //!   device.
-//! - [`schedule`]: device ids, the publish schedule and the payload stream
+//! - [`config`]: the run's [`SimConfig`] (defaults, validation, fleet files). Sits on the
+//!   value types above; the modules below take a `SimConfig`.
+//! - [`fleet`]: the [`fleet::FleetLayout`] that maps a device index to its type and id.
+//! - [`schedule`]: the publish schedule and the payload stream
 //!   ([`schedule::DeviceStream`], merged into time order by [`schedule::FleetStream`]).
+//! - [`publish`]: device-side batches with faults injected ([`publish::SendStream`]:
+//!   what a device publishes, made from its readings) and the fleet's publishes in time
+//!   order.
+//! - [`summary`]: the run's [`SimSummary`], the per-device [`DeviceLedger`], live
+//!   counters and the latency histogram.
 //! - `device` (private): one device = an MQTT event-loop task plus a publisher task;
 //!   pacing, acknowledgement counting, reconnects and republishing.
-//! - [`summary`]: the run's [`SimSummary`], the per-device [`DeviceLedger`], live counters and the
-//!   latency histogram.
-//! - [`faults`]: device-side batches and reproducible fault injection
-//!   ([`faults::SendStream`]: what a device publishes, made from its readings).
-//! - [`tls`]: mutual-TLS client settings ([`tls::TlsConfig`]) on rustls + aws-lc-rs.
-//! - [`error`]: the [`SimError`] enum.
+//! - this file: [`run`], [`generate`] and friends, on top of everything.
 //! - `src/main.rs`: the `device-sim` command line.
 //!
 //! # Notes
@@ -72,10 +83,14 @@
 
 pub mod config;
 mod device;
+pub mod device_type;
+mod durations;
 pub mod error;
 pub mod faults;
 pub mod fleet;
 pub mod model;
+pub mod mqtt;
+pub mod publish;
 pub mod schedule;
 pub mod summary;
 pub mod tls;
@@ -90,14 +105,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-pub use config::{BrokerUrl, MqttVersion, QoS, Scheme, SimConfig};
+pub use config::SimConfig;
 pub use error::SimError;
+pub use mqtt::{BrokerUrl, MqttVersion, QoS, Scheme};
 pub use summary::{DeviceLedger, LiveCounters, SimSummary};
 
 use crate::device::{DeviceOutcome, FleetCtx, run_device, stopped};
-use crate::faults::{FaultCounts, SendStream};
+use crate::faults::FaultCounts;
 use crate::fleet::FleetLayout;
-use crate::schedule::{DeviceStream, FleetSendStream, FleetStream};
+use crate::publish::{FleetSendStream, SendStream};
+use crate::schedule::{DeviceStream, FleetStream};
 use crate::summary::LatencyHistogram;
 use crate::tls::TlsSetup;
 

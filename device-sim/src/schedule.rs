@@ -22,13 +22,9 @@ use std::time::Duration;
 use telemetry::Telemetry;
 
 use crate::config::SimConfig;
+pub use crate::device_type::{device_id, interval, messages_per_device};
 use crate::fleet::FleetLayout;
 use crate::model::DeviceModel;
-
-/// The id of device `index` (0-based): the prefix and a 6-digit, 1-based number.
-pub fn device_id(prefix: &str, index: usize) -> String {
-    format!("{prefix}{:06}", index + 1)
-}
 
 /// The topic `device_id` publishes on: `dt/{fleet}/{device_id}/telemetry`, behind
 /// `$aws/rules/{rule}/` with [`SimConfig::basic_ingest`].
@@ -38,30 +34,6 @@ pub fn topic(cfg: &SimConfig, device_id: &str) -> String {
         Some(rule) => format!("$aws/rules/{rule}/{plain}"),
         None => plain,
     }
-}
-
-/// Messages each device publishes: ⌈`rate` × `duration`⌉, i.e. every message *k* with
-/// `k / rate < duration`. Exactly `rate × duration` when that is a whole number (up to
-/// floating-point noise, which is rounded away rather than turned into an extra message).
-pub fn messages_per_device(rate: f64, duration: Duration) -> u64 {
-    let x = rate * duration.as_secs_f64();
-    if !x.is_finite() || x <= 0.0 {
-        return 0;
-    }
-    let nearest = x.round();
-    let n = if (x - nearest).abs() <= 1e-9 * nearest.max(1.0) {
-        nearest
-    } else {
-        x.ceil()
-    };
-    // Float-to-int `as` saturates; validated rates and durations are far below u64::MAX.
-    n as u64
-}
-
-/// Time between two messages of a device at `rate` messages per second, rounded to the
-/// nanosecond.
-pub fn interval(rate: f64) -> Duration {
-    Duration::from_nanos((1e9 / rate).round() as u64)
 }
 
 /// One message of the stream.
@@ -361,66 +333,5 @@ mod tests {
     fn device_ids_are_1_based_and_zero_padded() {
         assert_eq!(device_id("sensor-", 0), "sensor-000001");
         assert_eq!(device_id("s", 41), "s000042");
-    }
-}
-
-/// The publishes of a whole fleet ([`crate::faults::SendStream`]: batched, faults
-/// injected) in the order they are due (ties by device index): what [`crate::run`]
-/// publishes and `--dump` writes.
-#[derive(Debug)]
-pub struct FleetSendStream {
-    streams: Vec<crate::faults::SendStream>,
-    heads: Vec<Option<crate::faults::Publish>>,
-    heap: BinaryHeap<Reverse<(Duration, usize)>>,
-}
-
-impl FleetSendStream {
-    /// The publishes of `cfg` with event-time origin `start_ms`. `cfg` is assumed valid.
-    pub fn new(cfg: &SimConfig, start_ms: i64) -> Self {
-        let layout = FleetLayout::new(cfg);
-        let mut streams: Vec<_> = (0..layout.devices())
-            .filter_map(|i| DeviceStream::new(cfg, &layout, start_ms, i))
-            .map(|d| crate::faults::SendStream::new(d, cfg))
-            .collect();
-        let mut heads = Vec::with_capacity(streams.len());
-        let mut heap = BinaryHeap::with_capacity(streams.len());
-        for (i, s) in streams.iter_mut().enumerate() {
-            let head = s.next();
-            if let Some(p) = &head {
-                heap.push(Reverse((p.due, i)));
-            }
-            heads.push(head);
-        }
-        Self {
-            streams,
-            heads,
-            heap,
-        }
-    }
-
-    /// Faults injected into the publishes returned so far (and the few generated ahead).
-    pub fn counts(&self) -> crate::faults::FaultCounts {
-        let mut total = crate::faults::FaultCounts::default();
-        for s in &self.streams {
-            total.add(&s.counts());
-        }
-        total
-    }
-}
-
-impl Iterator for FleetSendStream {
-    type Item = crate::faults::Publish;
-
-    fn next(&mut self) -> Option<crate::faults::Publish> {
-        let Reverse((_, i)) = self.heap.pop()?;
-        let p = self.heads.get_mut(i)?.take()?;
-        if let Some(stream) = self.streams.get_mut(i) {
-            let head = stream.next();
-            if let Some(h) = &head {
-                self.heap.push(Reverse((h.due, i)));
-            }
-            self.heads[i] = head;
-        }
-        Some(p)
     }
 }

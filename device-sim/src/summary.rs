@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use crate::config::{MqttVersion, QoS};
 use crate::faults::FaultCounts;
+use crate::mqtt::{MqttVersion, QoS};
 
 /// Counters a caller can read while [`crate::run_with_counters`] runs (progress bars,
 /// the `iotpipe up` dashboard). Monotonic except `connected`.

@@ -32,8 +32,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BrokerUrl, Scheme};
 use crate::error::SimError;
+use crate::mqtt::{BrokerUrl, Scheme};
 
 /// The ALPN protocol AWS IoT Core expects for MQTT with X.509 client certificates on
 /// port 443.

@@ -9,7 +9,8 @@ use anyhow::Context as _;
 
 use local::stack;
 
-use crate::{DataArg, Format, parse_time, summary};
+use crate::args::{DataArg, Format, parse_time};
+use crate::summary;
 
 /// The help after the flags: what each column means.
 const COLUMNS_HELP: &str = "\

@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `schema`).
+//! - [`args`]: the argument types several subcommands share (`--data`, `--format`, times).
 //! - [`ledger`]: `iotpipe ledger` and the ledger totals of `up`'s summary.
 //! - The local stack — broker, IoT rule, stream, Firehose, scheduler, metering — is the
 //!   `local` crate, around the same handler code the Lambdas run.
 //! - [`cost`]: what a run would have cost on AWS.
 //! - [`summary`]: the end-of-run summary, for people and as JSON.
 
+mod args;
 mod cost;
 mod ledger;
 mod summary;
@@ -20,14 +22,17 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use device_sim::BrokerUrl;
 use indicatif::{ProgressBar, ProgressStyle};
 use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
-use local::broker::{self, BrokerUrl};
+use local::broker;
 use local::stack::{self, Stack, StackConfig, StreamTarget, local_firehose};
 use local::{iot_rule, meter, scheduler};
+
+use crate::args::{DataArg, Format, parse_time};
 
 /// The iot-pipeline on your machine: an MQTT broker, simulated devices, the ingest,
 /// transform and rollup functions, and emulated IoT rule, Kinesis, Firehose, S3 and
@@ -73,14 +78,6 @@ enum Command {
     /// Print a table's columns, generated from the Arrow schemas: as the AWS template's
     /// Glue table lists them (`--glue`), or as JSON (`--json`).
     Schema(SchemaArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct DataArg {
-    /// Where the data lives: a directory standing in for the S3 bucket, or
-    /// s3://bucket/prefix (AWS_REGION, credentials and AWS_ENDPOINT_URL from the environment).
-    #[arg(long, default_value = "./data", env = "IOTPIPE_DATA")]
-    data: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -174,13 +171,6 @@ struct ReplayArgs {
     summary_json: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Format {
-    Table,
-    Json,
-    Csv,
-}
-
 #[derive(Debug, clap::Args)]
 struct QueryArgs {
     #[command(flatten)]
@@ -220,15 +210,6 @@ struct SchemaArgs {
 
 /// The tables `iotpipe schema` knows.
 const SCHEMA_TABLES: [&str; 2] = ["telemetry", "stats_1m"];
-
-fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(s)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| format!("{s:?} is neither RFC 3339 (2026-11-25T16:00:00Z) nor epoch ms: {e}"))
-}
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
@@ -296,6 +277,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         bail!("--devices and --rate must be positive");
     }
     let broker = match &a.broker {
+        Some(url) if url.scheme != device_sim::Scheme::Mqtt => bail!(
+            "--broker {url}: the emulated IoT rule connects over plain MQTT only; \
+             pass an mqtt://HOST:PORT broker (or none, for the embedded one)"
+        ),
         Some(url) => url.clone(),
         None => broker::start_embedded(a.broker_port)?,
     };
@@ -322,10 +307,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         }
     });
     let sim_cfg = device_sim::SimConfig {
-        broker: broker
-            .to_string()
-            .parse()
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        broker: broker.clone(),
         fleet: a.fleet.clone(),
         devices: a.devices,
         rate: a.rate,

@@ -1,55 +1,16 @@
-//! The embedded MQTT broker (rumqttd) and broker URLs.
+//! The embedded MQTT broker (rumqttd).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 
 use anyhow::{Context as _, bail};
+use device_sim::BrokerUrl;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
 /// oversize payload reaches ingest and is quarantined with its reason instead of vanishing
 /// at the broker.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
-
-/// A plain `mqtt://host:port` broker address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// Host name or IP.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-}
-
-impl std::fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
-    }
-}
-
-impl std::str::FromStr for BrokerUrl {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .with_context(|| format!("broker URL {s:?} must look like mqtt://host:port"))?;
-        let (host, port) = rest
-            .rsplit_once(':')
-            .with_context(|| format!("broker URL {s:?} has no port: use mqtt://host:1883"))?;
-        let port = port
-            .trim_end_matches('/')
-            .parse()
-            .with_context(|| format!("broker URL {s:?} has a bad port"))?;
-        if host.is_empty() {
-            bail!("broker URL {s:?} has no host");
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
 
 /// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads; it lives
 /// until the process exits. Returns the URL clients connect to.
@@ -106,10 +67,7 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
     // Wait until the listener accepts connections.
     for _ in 0..200 {
         if std::net::TcpStream::connect(listen).is_ok() {
-            return Ok(BrokerUrl {
-                host: "127.0.0.1".into(),
-                port,
-            });
+            return Ok(BrokerUrl::mqtt("127.0.0.1", port));
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -119,24 +77,4 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
     Ok(l.local_addr()?.port())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls_parse_and_explain_mistakes() {
-        let u: BrokerUrl = "mqtt://127.0.0.1:1883".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 1883));
-        assert_eq!(u.to_string(), "mqtt://127.0.0.1:1883");
-        assert!(
-            "127.0.0.1:1883"
-                .parse::<BrokerUrl>()
-                .unwrap_err()
-                .to_string()
-                .contains("mqtt://")
-        );
-        assert!("mqtt://host".parse::<BrokerUrl>().is_err());
-    }
 }

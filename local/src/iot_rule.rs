@@ -9,13 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use device_sim::BrokerUrl;
 use ingest::IotRuleEvent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use telemetry::topic::{TOPIC_FILTER, parse_topic};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::{BrokerUrl, MAX_PAYLOAD};
+use crate::broker::MAX_PAYLOAD;
 use crate::stack::Stack;
 
 /// Concurrent ingest invocations at most (a reserved-concurrency stand-in). While all are

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use test_support::moto as common;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::ShardIteratorType;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures::TryStreamExt;
@@ -62,33 +62,6 @@ fn invalid(now: i64) -> Vec<RawPayload> {
             "dt/fleet-a/sensor-000001/telemetry",
         ),
     ]
-}
-
-async fn create_stream(client: &Client, name: &str) {
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(SHARDS)
-        .send()
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        let summary = client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .unwrap();
-        if summary
-            .stream_description_summary()
-            .map(|s| s.stream_status())
-            == Some(&StreamStatus::Active)
-        {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("stream {name} did not become ACTIVE");
 }
 
 /// Every record of every shard, each shard in order: (shard, partition key, record).
@@ -155,7 +128,7 @@ async fn every_accepted_message_reaches_kinesis_once_and_in_per_device_order() {
     let sdk = common::sdk_config().await;
     let client = Client::new(&sdk);
     let stream = common::unique("ingest-moto");
-    create_stream(&client, &stream).await;
+    common::create_kinesis_stream(&sdk, &stream, SHARDS).await;
 
     let store = Arc::new(InMemory::new());
     let ingest = Ingest::new(

@@ -13,7 +13,6 @@ use std::time::Duration;
 use test_support::moto as common;
 
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::types::StreamStatus;
 use ingest::{Ingest, IngestConfig, KinesisSink, RawPayload};
 use local::kinesis_reader::{
     CHECKPOINT_PREFIX, KinesisSource, KinesisSourceConfig, SourceReport, checkpoint,
@@ -37,30 +36,6 @@ fn valid(device: u64, seq: u64, now: i64) -> RawPayload {
         topic: format!("dt/fleet-a/{id}/telemetry"),
         received_at: now,
     }
-}
-
-async fn create_stream(client: &Client, name: &str, shards: i32) {
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        let s = client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .unwrap();
-        if s.stream_description_summary().map(|s| s.stream_status()) == Some(&StreamStatus::Active)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("stream {name} did not become ACTIVE");
 }
 
 /// Puts `seqs` of every device through the ingest core and the Kinesis sink.
@@ -126,9 +101,8 @@ fn positions(entries: &[StreamEntry]) -> BTreeMap<String, String> {
 async fn every_record_is_read_once_in_device_order_and_a_second_read_resumes_after_the_checkpoints()
 {
     let sdk = common::sdk_config().await;
-    let client = Client::new(&sdk);
     let stream = common::unique("source-moto");
-    create_stream(&client, &stream, 3).await;
+    common::create_kinesis_stream(&sdk, &stream, 3).await;
     let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
 
     put(&sdk, &stream, 8, 0..30).await;
@@ -183,7 +157,7 @@ async fn a_split_shard_is_read_to_its_end_and_then_its_children() {
     let sdk = common::sdk_config().await;
     let client = Client::new(&sdk);
     let stream = common::unique("source-split");
-    create_stream(&client, &stream, 1).await;
+    common::create_kinesis_stream(&sdk, &stream, 1).await;
     put(&sdk, &stream, 5, 0..10).await;
     let parent = client
         .list_shards()

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_kinesis::config::Credentials;
+use aws_sdk_kinesis::types::StreamStatus;
 
 /// Region of every moto resource the tests make.
 pub const REGION: &str = "us-east-1";
@@ -79,4 +80,36 @@ pub fn create_bucket(bucket: &str) {
         response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
         "creating bucket {bucket} on moto: {response}"
     );
+}
+
+/// Creates a Kinesis data stream of `shards` shards on moto and waits until it is ACTIVE.
+///
+/// # Panics
+/// When moto refuses the stream or it does not become ACTIVE within about 10 s.
+pub async fn create_kinesis_stream(sdk: &SdkConfig, name: &str, shards: i32) {
+    let client = aws_sdk_kinesis::Client::new(sdk);
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let summary = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .unwrap();
+        if summary
+            .stream_description_summary()
+            .map(|s| s.stream_status())
+            == Some(&StreamStatus::Active)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("stream {name} did not become ACTIVE");
 }

@@ -119,3 +119,31 @@ pub fn query_json(data: &Path) -> Vec<Value> {
 pub fn total_count(rows: &[Value]) -> u64 {
     rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum()
 }
+
+/// Writes `lines` to `path`, one per line (a replay input).
+pub fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+}
+
+/// `iotpipe replay --summary-json` of `file` into `data`, with no scheduled rollup during
+/// the run (only the final one): the summary's JSON line.
+pub fn replay(file: &Path, data: &Path) -> Value {
+    let mut cmd = iotpipe(&["replay", "--summary-json", "--rollup-every", "1h", "--data"]);
+    cmd.arg(data).arg(file);
+    last_json_line(&run(&mut cmd))
+}
+
+/// `device-sim --dump path` of `devices` devices at 1 message/s for `duration`, seeded,
+/// event times from `start_ms`.
+pub fn dump(path: &Path, devices: u32, duration: &str, seed: u64, start_ms: i64) {
+    run(Command::new(bin("device-sim"))
+        .args(["--devices", &devices.to_string(), "--rate", "1"])
+        .args(["--duration", duration, "--seed", &seed.to_string()])
+        .args(["--start", &start_ms.to_string(), "--dump"])
+        .arg(path));
+}

@@ -12,44 +12,11 @@
 use std::path::Path;
 use std::process::Command;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_kinesis::config::Credentials;
 use futures::TryStreamExt;
 use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, root, run, stdout_json, total_count};
 use object_store::ObjectStoreExt;
 use serde_json::Value;
 use test_support::moto;
-
-const REGION: &str = "us-east-1";
-
-fn aws_env(endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
-        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
-        ("AWS_REGION", REGION.to_owned()),
-    ]
-}
-
-async fn sdk(endpoint: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new(REGION))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
-        .load()
-        .await
-}
-
-async fn create_kinesis_stream(sdk: &SdkConfig, name: &str, shards: i32) {
-    let client = aws_sdk_kinesis::Client::new(sdk);
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
-        .await
-        .unwrap();
-}
 
 /// `device-sim --dump` of `devices` devices for one minute of event time, seqs from
 /// `first_seq`, plus `bad` payloads that ingest must quarantine.
@@ -75,19 +42,19 @@ fn dump(path: &Path, devices: u32, first_seq: u64, seed: u64, bad: &[&str]) {
     std::fs::write(path, text).unwrap();
 }
 
-fn replay(file: &Path, stream: &str, data: &str, endpoint: &str) -> Value {
+fn replay(file: &Path, stream: &str, data: &str) -> Value {
     let mut cmd = iotpipe(&["replay", "--summary-json", "--flush-every", "2s"]);
     cmd.args(["--stream", stream, "--data", data]).arg(file);
-    cmd.envs(aws_env(endpoint));
+    cmd.envs(moto::s3_env());
     last_json_line(&run(&mut cmd))
 }
 
 /// The Parquet under s3://…/telemetry, read by pyarrow's S3 client and DuckDB.
-fn s3_parquet(data: &str, endpoint: &str) -> Value {
+fn s3_parquet(data: &str) -> Value {
     let out = run(Command::new(need_env("IOTPIPE_TEST_PYTHON"))
         .arg(root().join("tests/py/s3_parquet_check.py"))
         .arg(format!("{data}/telemetry"))
-        .envs(aws_env(endpoint)));
+        .envs(moto::s3_env()));
     stdout_json(&out)
 }
 
@@ -97,11 +64,10 @@ fn u(v: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_replay_resumes() {
-    let endpoint = need_env("IOTPIPE_TEST_MOTO");
-    let sdk = sdk(&endpoint).await;
+    let sdk = moto::sdk_config().await;
     let name = moto::unique("iotpipe-kin");
     moto::create_bucket(&name);
-    create_kinesis_stream(&sdk, &name, 2).await;
+    moto::create_kinesis_stream(&sdk, &name, 2).await;
     let stream = format!("kinesis:{name}");
     let data = format!("s3://{name}/p");
     let dir = tempfile::tempdir().unwrap();
@@ -115,7 +81,7 @@ async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_
         11,
         &["{not json", r#"{"device_id":"sensor-000001","seq":1}"#],
     );
-    let s = replay(&first, &stream, &data, &endpoint);
+    let s = replay(&first, &stream, &data);
     assert_eq!(s["stream"], stream.as_str());
     assert_eq!(u(&s["input"]), 5 * 60 + 2);
     assert_eq!(
@@ -150,21 +116,21 @@ async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_
     );
     assert_eq!(u(&s["rows"]), readings);
 
-    let parquet = s3_parquet(&data, &endpoint);
+    let parquet = s3_parquet(&data);
     assert_eq!(
         u(&parquet["distinct_readings"]),
         readings,
         "pyarrow/DuckDB on S3: distinct readings = accepted readings"
     );
     let mut query = iotpipe(&["query", "--format", "json", "--data", &data]);
-    query.envs(aws_env(&endpoint));
+    query.envs(moto::s3_env());
     let rows = stdout_json(&run(&mut query));
     assert_eq!(total_count(rows.as_array().unwrap()), readings);
 
     // Second run, new messages (seqs 60..120): only they are read, after the checkpoints.
     let second = dir.path().join("second.jsonl");
     dump(&second, 5, 60, 12, &[]);
-    let s2 = replay(&second, &stream, &data, &endpoint);
+    let s2 = replay(&second, &stream, &data);
     let k2 = &s2["kinesis"];
     assert_eq!(u(&k2["shards_resumed"]), 2, "both shards resume: {k2}");
     assert_eq!(
@@ -173,7 +139,7 @@ async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_
         "the first run's records are not read again"
     );
     let readings2 = u(&s2["readings"]);
-    let parquet = s3_parquet(&data, &endpoint);
+    let parquet = s3_parquet(&data);
     assert_eq!(u(&parquet["distinct_readings"]), readings + readings2);
     assert_eq!(
         u(&parquet["rows"]),
@@ -184,8 +150,7 @@ async fn replay_through_kinesis_lands_every_accepted_reading_in_s3_and_a_second_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_next() {
-    let endpoint = need_env("IOTPIPE_TEST_MOTO");
-    let sdk = sdk(&endpoint).await;
+    let sdk = moto::sdk_config().await;
     let name = moto::unique("iotpipe-fh");
     moto::create_bucket(&name);
     aws_sdk_firehose::Client::new(&sdk)
@@ -207,7 +172,7 @@ async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_
     let file = dir.path().join("raw.jsonl");
     dump(&file, 3, 0, 5, &["{not json"]);
     let data = format!("s3://{name}/p");
-    let s = replay(&file, &format!("firehose:{name}"), &data, &endpoint);
+    let s = replay(&file, &format!("firehose:{name}"), &data);
     assert_eq!(u(&s["accepted"]), 3 * 60);
     assert_eq!(u(&s["quarantined"]), 1);
     assert_eq!(
@@ -230,8 +195,7 @@ async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_
     );
 
     // moto stores each PutRecordBatch as one object of the raw records, concatenated.
-    let s3 =
-        telemetry::store::open_store_with(&format!("s3://{name}"), aws_env(&endpoint)).unwrap();
+    let s3 = telemetry::store::open_store_with(&format!("s3://{name}"), moto::s3_env()).unwrap();
     let objects: Vec<_> = s3
         .list(Some(&object_store::path::Path::from("raw")))
         .try_collect()
@@ -258,7 +222,6 @@ async fn replay_into_firehose_puts_every_accepted_message_and_says_what_happens_
 
 #[test]
 fn a_missing_stream_fails_the_run_at_its_start_saying_what_to_do() {
-    let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("raw.jsonl");
     std::fs::write(&file, "{}\n").unwrap();
@@ -272,7 +235,7 @@ fn a_missing_stream_fails_the_run_at_its_start_saying_what_to_do() {
         let mut cmd = iotpipe(&["replay", "--stream", stream, "--data"]);
         cmd.arg(dir.path().join("data"))
             .arg(&file)
-            .envs(aws_env(&endpoint));
+            .envs(moto::s3_env());
         let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{stream}: {stderr}");

@@ -8,10 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
-use iotpipe_tests::{bin, iotpipe, last_json_line, python_json, run, stdout_json};
+use iotpipe_tests::{bin, iotpipe, python_json, replay, run, stdout_json, write_lines};
 use serde_json::{Value, json};
 
 const DEVICES: usize = 4;
@@ -63,19 +62,6 @@ fn seeded_dump() -> BTreeMap<String, Vec<Line>> {
         assert_eq!(lines.len(), PER_DEVICE);
     }
     by_device
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-}
-
-fn replay(file: &Path, data: &Path) -> Value {
-    let mut cmd = iotpipe(&["replay", "--summary-json", "--rollup-every", "1h", "--data"]);
-    cmd.arg(data).arg(file);
-    last_json_line(&run(&mut cmd))
 }
 
 /// The ledger as JSON, and its stderr.

@@ -8,9 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-use iotpipe_tests::{bin, iotpipe, last_json_line, python_json, query_json, run, total_count};
+use iotpipe_tests::{dump, iotpipe, last_json_line, python_json, query_json, run, total_count};
 use serde_json::Value;
 
 /// A replay file of device-side batches: the dump's messages grouped per device, 20 to a
@@ -18,19 +17,7 @@ use serde_json::Value;
 fn batched_dump(dir: &Path) -> std::path::PathBuf {
     let raw = dir.join("raw.jsonl");
     let start = chrono::Utc::now().timestamp_millis() - 30 * 60 * 1000;
-    run(Command::new(bin("device-sim"))
-        .args([
-            "--devices",
-            "4",
-            "--rate",
-            "1",
-            "--duration",
-            "2m",
-            "--seed",
-            "9",
-        ])
-        .args(["--start", &start.to_string(), "--dump"])
-        .arg(&raw));
+    dump(&raw, 4, "2m", 9, start);
     let mut per_device: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for line in std::fs::read_to_string(&raw).unwrap().lines() {
         let v: Value = serde_json::from_str(line).unwrap();

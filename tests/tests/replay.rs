@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::Path;
 
 use iotpipe_tests::{
-    bin, iotpipe, last_json_line, python_json, query_json, run, stdout_json, total_count,
+    bin, iotpipe, last_json_line, python_json, query_json, replay, run, stdout_json, total_count,
+    write_lines,
 };
 use serde_json::Value;
 
@@ -40,19 +41,6 @@ fn seeded_lines(devices: usize, minutes: u64, seed: u64) -> Vec<String> {
         .collect();
     assert_eq!(lines.len() as u64, devices as u64 * minutes * 60);
     lines
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut f = std::fs::File::create(path).unwrap();
-    for l in lines {
-        writeln!(f, "{l}").unwrap();
-    }
-}
-
-fn replay(file: &Path, data: &Path) -> Value {
-    let mut cmd = iotpipe(&["replay", "--summary-json", "--rollup-every", "1h", "--data"]);
-    cmd.arg(data).arg(file);
-    last_json_line(&run(&mut cmd))
 }
 
 fn rollup(data: &Path) -> Value {

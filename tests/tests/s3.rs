@@ -5,21 +5,11 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
-
-use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, run, stdout_json, total_count};
+use iotpipe_tests::{dump, iotpipe, last_json_line, run, stdout_json, total_count};
 use test_support::moto;
-
-fn with_aws(cmd: &mut Command, endpoint: &str) {
-    cmd.env("AWS_ENDPOINT_URL", endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1");
-}
 
 #[test]
 fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
-    let endpoint = need_env("IOTPIPE_TEST_MOTO");
     let bucket = format!("iotpipe-e2e-{}", std::process::id());
     moto::create_bucket(&bucket);
     let data = format!("s3://{bucket}/run");
@@ -27,26 +17,11 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dir.path().join("raw.jsonl");
     let start = chrono::Utc::now().timestamp_millis() - 30 * 60 * 1000;
-    let dump = run(Command::new(bin("device-sim"))
-        .args([
-            "--devices",
-            "4",
-            "--rate",
-            "1",
-            "--duration",
-            "2m",
-            "--seed",
-            "3",
-            "--start",
-            &start.to_string(),
-            "--dump",
-        ])
-        .arg(&raw));
-    drop(dump);
+    dump(&raw, 4, "2m", 3, start);
 
     let mut replay = iotpipe(&["replay", "--summary-json", "--data", &data]);
     replay.arg(&raw);
-    with_aws(&mut replay, &endpoint);
+    replay.envs(moto::s3_env());
     let s = last_json_line(&run(&mut replay));
     assert_eq!(s["input"], 4 * 2 * 60);
     assert_eq!(s["quarantined"], 0);
@@ -54,7 +29,7 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     assert_eq!(s["rows"].as_u64().unwrap(), readings);
 
     let mut query = iotpipe(&["query", "--format", "json", "--data", &data]);
-    with_aws(&mut query, &endpoint);
+    query.envs(moto::s3_env());
     let rows = stdout_json(&run(&mut query));
     assert_eq!(total_count(rows.as_array().unwrap()), readings);
 
@@ -63,7 +38,7 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     let ledger = |extra: &[&str]| {
         let mut cmd = iotpipe(&["ledger", "--format", "json", "--data", &data]);
         cmd.args(extra);
-        with_aws(&mut cmd, &endpoint);
+        cmd.envs(moto::s3_env());
         stdout_json(&run(&mut cmd))["totals"].clone()
     };
     let t = ledger(&[]);
@@ -79,7 +54,7 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
     assert_eq!(ledger(&["--since", &later])["received"], 0);
 
     let mut rollup = iotpipe(&["rollup", "--data", &data]);
-    with_aws(&mut rollup, &endpoint);
+    rollup.envs(moto::s3_env());
     let again = last_json_line(&run(&mut rollup));
     assert_eq!(
         again["windows_updated"], 0,

@@ -287,7 +287,7 @@ pub(crate) async fn run_device(
         }
         MqttVersion::V5 => {
             let (client, eventloop) = v5::client(&device_id, tls, &ctx);
-            let driver = tokio::spawn(v5::drive(
+            let driver = tokio::spawn(drive(
                 eventloop,
                 Arc::clone(&shared),
                 Arc::clone(&ctx),
@@ -478,10 +478,79 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// What the driver does with one event of an MQTT event loop, whatever the protocol
+/// version.
+enum Step<E> {
+    /// The broker accepted the connection.
+    ConnAck,
+    /// A QoS 1 publish with this packet id was written to the socket.
+    Written(u16),
+    /// The broker answered the publish with this packet id; `ok` is false when MQTT 5's
+    /// reason code refused it.
+    Acked { pkid: u16, ok: bool },
+    /// The client sent DISCONNECT: the device is done.
+    Disconnected,
+    /// Anything else (pings, other packets).
+    Other,
+    /// The connection failed or was lost.
+    Failed(E),
+}
+
+/// The part of rumqttc's event loops (MQTT 3.1.1 and MQTT 5 are separate types) that the
+/// driver uses, so that one [`drive`] serves both protocol versions.
+trait DeviceLoop: Send {
+    /// A request queued for the broker.
+    type Request: Send;
+    /// A connection error.
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// Drops the connection without a DISCONNECT (a disconnect storm).
+    fn clean(&mut self);
+    /// The requests not yet acknowledged by the broker, replayed after a reconnect.
+    fn pending(&mut self) -> &mut VecDeque<Self::Request>;
+    /// Marks a replayed QoS 1 publish as a duplicate delivery.
+    fn mark_dup(request: Self::Request) -> Self::Request;
+    /// Polls the next event, connecting first while disconnected.
+    fn next_step(
+        &mut self,
+        device_id: &str,
+    ) -> impl std::future::Future<Output = Step<Self::Error>> + Send;
+}
+
+impl DeviceLoop for EventLoop {
+    type Request = Request;
+    type Error = rumqttc::ConnectionError;
+
+    fn clean(&mut self) {
+        EventLoop::clean(self);
+    }
+
+    fn pending(&mut self) -> &mut VecDeque<Request> {
+        &mut self.pending
+    }
+
+    fn mark_dup(request: Request) -> Request {
+        mark_dup(request)
+    }
+
+    async fn next_step(&mut self, _device_id: &str) -> Step<Self::Error> {
+        match self.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => Step::ConnAck,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Step::Written(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => Step::Acked {
+                pkid: ack.pkid,
+                ok: true,
+            },
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => Step::Disconnected,
+            Ok(_) => Step::Other,
+            Err(e) => Step::Failed(e),
+        }
+    }
+}
+
 /// Polls the event loop until the device disconnects; counts writes and PUBACKs;
 /// reconnects with backoff and jitter, republishing unacknowledged QoS 1 messages.
-async fn drive(
-    mut eventloop: EventLoop,
+async fn drive<L: DeviceLoop>(
+    mut eventloop: L,
     shared: Arc<DeviceShared>,
     ctx: Arc<FleetCtx>,
     device_id: String,
@@ -490,7 +559,7 @@ async fn drive(
     let live = &ctx.live;
     let mut inflight = Inflight::new();
     // Requests of a lost connection, replayed once the next one is up.
-    let mut stash: VecDeque<Request> = VecDeque::new();
+    let mut stash: VecDeque<L::Request> = VecDeque::new();
     let mut attempt = 0u32;
     let mut connected = ConnectedGuard::new(live);
     let mut storms_seen = 0;
@@ -500,7 +569,7 @@ async fn drive(
             // A disconnect storm: drop the connection without a DISCONNECT packet, keep
             // what was not acknowledged for the replay, reconnect after a jittered pause.
             eventloop.clean();
-            stash.append(&mut eventloop.pending);
+            stash.append(eventloop.pending());
             connected.set(false);
             tokio::time::sleep(backoff(0)).await;
         }
@@ -510,10 +579,10 @@ async fn drive(
         } else {
             ctx.connecting.acquire().await.ok()
         };
-        let polled = eventloop.poll().await;
+        let step = eventloop.next_step(&device_id).await;
         drop(slot);
-        match polled {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+        match step {
+            Step::ConnAck => {
                 if let Some(tx) = first_connect.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -525,20 +594,17 @@ async fn drive(
                 if !stash.is_empty() {
                     debug!(device = %device_id, requests = stash.len(), "replaying after reconnect");
                     // Ahead of anything queued in the channel since: the original order.
-                    let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
-                    replay.append(&mut eventloop.pending);
-                    eventloop.pending = replay;
+                    let mut replay: VecDeque<L::Request> =
+                        stash.drain(..).map(L::mark_dup).collect();
+                    replay.append(eventloop.pending());
+                    *eventloop.pending() = replay;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                shared.on_write(&ctx, &mut inflight, pkid);
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                shared.on_ack(&ctx, &mut inflight, ack.pkid, true);
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-            Ok(_) => {}
-            Err(e) => {
+            Step::Written(pkid) => shared.on_write(&ctx, &mut inflight, pkid),
+            Step::Acked { pkid, ok } => shared.on_ack(&ctx, &mut inflight, pkid, ok),
+            Step::Disconnected => break,
+            Step::Other => {}
+            Step::Failed(e) => {
                 if let Some(tx) = first_connect.take() {
                     // The run decides: it aborts when the first device cannot connect.
                     let _ = tx.send(Err(connect_error(&ctx.broker.to_string(), &e)));
@@ -552,7 +618,7 @@ async fn drive(
                 }
                 // rumqttc moved the unacknowledged publishes (and the queued requests) to
                 // `pending`, and would drop them on a clean-session CONNACK.
-                stash.append(&mut eventloop.pending);
+                stash.append(eventloop.pending());
                 let delay = backoff(attempt);
                 attempt = attempt.saturating_add(1);
                 tokio::time::sleep(delay).await;
@@ -616,25 +682,21 @@ impl Drop for ConnectedGuard<'_> {
     }
 }
 
-/// The MQTT 5 client: the same driver over `rumqttc::v5` types.
+/// The MQTT 5 client: the same driver ([`drive`]) over `rumqttc::v5` types.
 mod v5 {
     use std::collections::VecDeque;
     use std::sync::Arc;
-    use std::sync::atomic::Ordering;
 
     use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
     use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
     use rumqttc::{Outgoing, TlsConfiguration, Transport};
-    use tokio::sync::oneshot;
     use tracing::debug;
 
     use super::{
-        CONNECT_TIMEOUT_S, ConnectedGuard, DeviceShared, FleetCtx, Inflight, MAX_INFLIGHT,
-        REQUEST_CHANNEL_CAPACITY, backoff, connect_error, network_options,
+        CONNECT_TIMEOUT_S, DeviceLoop, FleetCtx, MAX_INFLIGHT, REQUEST_CHANNEL_CAPACITY, Step,
+        network_options,
     };
-    use crate::error::SimError;
     use crate::mqtt::QoS;
-    use crate::summary::LiveCounters;
 
     pub(super) fn qos(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
         match q {
@@ -666,64 +728,34 @@ mod v5 {
         AsyncClient::new(opts, REQUEST_CHANNEL_CAPACITY)
     }
 
-    fn mark_dup(request: Request) -> Request {
-        match request {
-            Request::Publish(mut p) if p.pkid != 0 => {
-                p.dup = true;
-                Request::Publish(p)
-            }
-            other => other,
+    impl DeviceLoop for EventLoop {
+        type Request = Request;
+        type Error = rumqttc::v5::ConnectionError;
+
+        fn clean(&mut self) {
+            EventLoop::clean(self);
         }
-    }
 
-    /// [`super::drive`] for MQTT 5. A PUBACK with an error reason code (quota exceeded,
-    /// not authorized, ...) is not an acknowledgement: that message counts as failed.
-    pub(super) async fn drive(
-        mut eventloop: EventLoop,
-        shared: Arc<DeviceShared>,
-        ctx: Arc<FleetCtx>,
-        device_id: String,
-        mut first_connect: Option<oneshot::Sender<Result<(), SimError>>>,
-    ) {
-        let live = &ctx.live;
-        let mut inflight = Inflight::new();
-        let mut stash: VecDeque<Request> = VecDeque::new();
-        let mut attempt = 0u32;
-        let mut connected = ConnectedGuard::new(live);
-        let mut storms_seen = 0;
+        fn pending(&mut self) -> &mut VecDeque<Request> {
+            &mut self.pending
+        }
 
-        loop {
-            if connected.on && shared.storm_hit(&ctx, &mut storms_seen) {
-                eventloop.clean();
-                stash.append(&mut eventloop.pending);
-                connected.set(false);
-                tokio::time::sleep(backoff(0)).await;
+        fn mark_dup(request: Request) -> Request {
+            match request {
+                Request::Publish(mut p) if p.pkid != 0 => {
+                    p.dup = true;
+                    Request::Publish(p)
+                }
+                other => other,
             }
-            let slot = if connected.on {
-                None
-            } else {
-                ctx.connecting.acquire().await.ok()
-            };
-            let polled = eventloop.poll().await;
-            drop(slot);
-            match polled {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    if let Some(tx) = first_connect.take() {
-                        let _ = tx.send(Ok(()));
-                    }
-                    connected.set(true);
-                    shared.on_connack(&ctx);
-                    storms_seen = ctx.storms.load(Ordering::Acquire);
-                    attempt = 0;
-                    if !stash.is_empty() {
-                        let mut replay: VecDeque<Request> = stash.drain(..).map(mark_dup).collect();
-                        replay.append(&mut eventloop.pending);
-                        eventloop.pending = replay;
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    shared.on_write(&ctx, &mut inflight, pkid);
-                }
+        }
+
+        /// A PUBACK with an error reason code (quota exceeded, not authorized, ...) is not
+        /// an acknowledgement: that message counts as failed.
+        async fn next_step(&mut self, device_id: &str) -> Step<Self::Error> {
+            match self.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Step::ConnAck,
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Step::Written(pkid),
                 Ok(Event::Incoming(Packet::PubAck(ack))) => {
                     let ok = matches!(
                         ack.reason,
@@ -732,26 +764,11 @@ mod v5 {
                     if !ok {
                         debug!(device = %device_id, reason = ?ack.reason, "publish refused");
                     }
-                    shared.on_ack(&ctx, &mut inflight, ack.pkid, ok);
+                    Step::Acked { pkid: ack.pkid, ok }
                 }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    if let Some(tx) = first_connect.take() {
-                        let _ = tx.send(Err(connect_error(&ctx.broker.to_string(), &e)));
-                        break;
-                    }
-                    LiveCounters::add(&live.connection_errors, 1);
-                    if connected.set(false) {
-                        debug!(device = %device_id, error = %e, "connection lost; reconnecting");
-                    } else {
-                        debug!(device = %device_id, error = %e, attempt, "connect failed; retrying");
-                    }
-                    stash.append(&mut eventloop.pending);
-                    let delay = backoff(attempt);
-                    attempt = attempt.saturating_add(1);
-                    tokio::time::sleep(delay).await;
-                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => Step::Disconnected,
+                Ok(_) => Step::Other,
+                Err(e) => Step::Failed(e),
             }
         }
     }

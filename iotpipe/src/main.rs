@@ -623,7 +623,11 @@ fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
             "Always-on alternative ({} + {} GB disk + the same S3 storage): {}/month at this rate; \
              one instance sustains about {} msg/s. The break-even rates are above, per topology; \
              a topology without one stays cheaper than the instance up to that capacity.\n",
-            prices.prices.always_on_instance.per.trim_start_matches("hour, "),
+            prices
+                .prices
+                .always_on_instance
+                .per
+                .trim_start_matches("hour, "),
             prices.assumptions.always_on_disk_gb,
             fleet_cost::money(instance),
             prices.assumptions.always_on_max_msg_per_s,

@@ -63,7 +63,11 @@ fn the_cost_estimator_reads_the_metered_memory_sizes_and_units() {
         .arg("--print-metering")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for f in FUNCTIONS {
         assert_eq!(
@@ -78,7 +82,10 @@ fn the_cost_estimator_reads_the_metered_memory_sizes_and_units() {
     for (name, bytes) in [
         ("IOT_MESSAGE_UNIT_BYTES", t::IOT_MESSAGE_UNIT_BYTES),
         ("FIREHOSE_INGEST_UNIT_BYTES", t::FIREHOSE_INGEST_UNIT_BYTES),
-        ("KINESIS_ON_DEMAND_UNIT_BYTES", t::KINESIS_ON_DEMAND_UNIT_BYTES),
+        (
+            "KINESIS_ON_DEMAND_UNIT_BYTES",
+            t::KINESIS_ON_DEMAND_UNIT_BYTES,
+        ),
     ] {
         assert_eq!(m[name].as_u64(), Some(bytes as u64), "{name}");
     }

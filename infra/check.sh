@@ -199,15 +199,24 @@ dry_run_idle() {
 run_check "deploy.sh --dry-run --devices 0 --kinesis-mode provisioned --arch x86_64" dry_run_idle
 
 dry_run_firehose_sink() {
-    # IngestSink=firehose: the plan skips the stream, the bill has no Kinesis or KMS line.
+    # IngestSink=firehose: the plan skips the stream (the bill prices topologies: see below).
     local out
     out="$(bash infra/deploy.sh --dry-run --ingest-sink firehose --devices 1000 --rate 0.2 2>&1)" || { printf '%s\n' "$out"; return 1; }
     printf '%s\n' "$out" | grep -Eq '^ *TOTAL' || { printf '%s\n' "$out"; return 1; }
     printf '%s\n' "$out" | grep -q 'IngestSink=firehose' || { echo "IngestSink=firehose not among the parameters"; return 1; }
     printf '%s\n' "$out" | grep -Eq 'TelemetryStream +AWS::Kinesis::Stream +\(skipped' || { echo "the stream is not marked skipped"; return 1; }
-    if printf '%s\n' "$out" | grep -Eq '^(Kinesis|KMS) '; then echo "the bill still has Kinesis/KMS lines"; return 1; fi
 }
-run_check "deploy.sh --dry-run --ingest-sink firehose (no Kinesis stream in the plan or the bill)" dry_run_firehose_sink
+run_check "deploy.sh --dry-run --ingest-sink firehose (no Kinesis stream in the plan)" dry_run_firehose_sink
+
+dry_run_topologies() {
+    # Three bills; the firehose topology has no Kinesis, KMS or ingest Lambda line.
+    local out firehose
+    out="$(bash infra/deploy.sh --dry-run --topology all --devices 1000 --rate 0.2 2>&1)" || { printf '%s\n' "$out"; return 1; }
+    [ "$(printf '%s\n' "$out" | grep -c '^ *TOTAL per month')" = 3 ] || { printf '%s\n' "$out"; echo "expected three TOTAL lines"; return 1; }
+    firehose="$(printf '%s\n' "$out" | sed -n '/^Topology firehose/,/^ *IDLE/p')"
+    if printf '%s\n' "$firehose" | grep -Eq '^ *(Kinesis|KMS|Lambda ingest)'; then echo "the firehose bill has Kinesis/KMS/ingest lines"; return 1; fi
+}
+run_check "deploy.sh --dry-run --topology all (three bills; firehose without Kinesis or ingest)" dry_run_topologies
 
 bad_args() {
     # Unknown options and bad values are refused with a usage message, not ignored.
@@ -215,6 +224,8 @@ bad_args() {
     if bash infra/deploy.sh --dry-run --bogus >/dev/null 2>&1; then echo "accepted --bogus"; return 1; fi
     if bash infra/deploy.sh --dry-run --rate -1 >/dev/null 2>&1; then echo "accepted --rate -1"; return 1; fi
     if bash infra/deploy.sh --dry-run --ingest-sink sqs >/dev/null 2>&1; then echo "accepted --ingest-sink sqs"; return 1; fi
+    if bash infra/deploy.sh --dry-run --topology sqs >/dev/null 2>&1; then echo "accepted --topology sqs"; return 1; fi
+    if bash infra/deploy.sh --dry-run --batch 1000 >/dev/null 2>&1; then echo "accepted a batch above 128 KiB"; return 1; fi
     if bash infra/deploy.sh --dry-run --param bad >/dev/null 2>&1; then echo "accepted --param bad"; return 1; fi
     return 0
 }

@@ -1,355 +1,289 @@
 #!/usr/bin/env python3
-"""Monthly AWS bill estimate for the iot-pipeline stack (stdlib only, no network).
+"""Monthly AWS bill of a fleet, per topology (stdlib only, no network).
 
 Called by `infra/deploy.sh --dry-run`; runnable alone:
 
-  python3 infra/cost.py --devices 1000 --rate 0.2
-  python3 infra/cost.py --help
+  python3 infra/cost.py --devices 1000 --rate 0.2 --topology all
+  python3 infra/cost.py --devices 1000 --rate 0.2 --batch 10 --format json
 
-Every price lives in PRICES below, with the date it was taken. Update that table (and
-PRICES_AS_OF) when AWS changes a price; nothing else in this file holds a price.
-No free tier is applied (a new account's Lambda/S3/CloudWatch free tier would lower the
-small lines). Data transfer is zero: MQTT ingress is free and everything stays in-region.
+It is the same model as `iotpipe cost` (iotpipe/src/fleet_cost.rs), line for line, and
+prints the same figures for the same fleet (iotpipe/tests/cost_cli.rs checks it). Both read:
+  * infra/prices.toml         - every price, with its source page and the date read, and
+                                the usage assumptions (ms per invocation, bytes per row, ...);
+  * telemetry/src/metering.rs - the metering units (5 KB IoT/Firehose, 1 KB Kinesis) and the
+                                functions' memory sizes (held to the template by a test).
+No free tier is applied. Data transfer is zero: MQTT ingress is free and everything stays
+in-region.
+
+Topologies: firehose (the template's default: Basic Ingest -> rule -> Firehose DirectPut ->
+transform validates and quarantines), kinesis (rule -> Kinesis -> ingest in event-source
+batches -> Firehose), per-message (one ingest invocation per message -> Kinesis -> Firehose).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import re
 import sys
+import tomllib
 
-# ------------------------------------------------------------------------------------------
-# us-east-1 list prices, USD. Taken from the public AWS pricing pages on PRICES_AS_OF.
-# ------------------------------------------------------------------------------------------
-PRICES_AS_OF = "2025-11-25"
-PRICES = {
-    # AWS IoT Core
-    "iot_connect_per_million_min": 0.08,  # connectivity, per million connection-minutes
-    "iot_msg_tiers": [  # messaging, per million messages (5 KB units), tiered per month
-        (1_000_000_000, 1.00),  # first 1 billion
-        (4_000_000_000, 0.80),  # next 4 billion
-        (math.inf, 0.70),  # over 5 billion
-    ],
-    "iot_rule_per_million": 0.15,  # rules triggered (5 KB units)
-    "iot_action_per_million": 0.15,  # actions executed (5 KB units)
-    # AWS Lambda
-    "lambda_req_per_million": 0.20,
-    "lambda_gb_s": {"arm64": 0.0000133334, "x86_64": 0.0000166667},
-    # Kinesis Data Streams
-    "kds_od_stream_hour": 0.04,  # on-demand, per stream-hour
-    "kds_od_ingest_gb": 0.08,  # on-demand, per GB written (each record rounded up to 1 KB)
-    "kds_od_retrieval_gb": 0.04,  # on-demand, per GB read (shared-throughput consumers)
-    "kds_shard_hour": 0.015,  # provisioned, per shard-hour
-    "kds_put_unit_per_million": 0.014,  # provisioned, per million 25 KB PUT payload units
-    # Amazon Data Firehose (Kinesis Data Streams as source)
-    "fh_ingest_gb": 0.029,  # first 500 TB/month, each record rounded up to 5 KB
-    "fh_format_conversion_gb": 0.018,  # JSON -> Parquet, per GB ingested
-    "fh_dp_gb": 0.020,  # dynamic partitioning, per GB processed
-    "fh_dp_per_1000_objects": 0.005,  # dynamic partitioning, per 1,000 S3 objects delivered
-    # Amazon S3 Standard
-    "s3_gb_month": 0.023,
-    "s3_put_per_1000": 0.005,
-    "s3_get_per_1000": 0.0004,
-    # Amazon CloudWatch
-    "cw_logs_ingest_gb": 0.50,
-    "cw_logs_store_gb_month": 0.03,
-    "cw_alarm_month": 0.10,  # standard-resolution metric alarm
-    # EventBridge Scheduler, SQS, KMS
-    "scheduler_per_million": 1.00,
-    "kms_per_10k_requests": 0.03,
-}
-
-HOURS_PER_MONTH = 730  # the AWS pricing convention
-SECONDS_PER_MONTH = HOURS_PER_MONTH * 3600
-MINUTES_PER_MONTH = HOURS_PER_MONTH * 60
-KB = 1024
-GB = 1024**3
-
-# ------------------------------------------------------------------------------------------
-# Assumptions that are not prices. Each is a flag, so a measured value can replace it.
-# ------------------------------------------------------------------------------------------
-DEFAULTS = {
-    "metrics": 3,  # readings per message (rows per message in telemetry)
-    "stream_overhead_bytes": 64,  # normalized record = payload + received_at etc.
-    "row_json_bytes": 130,  # transform output per reading (JSON row for the Parquet conversion)
-    "parquet_bytes_per_row": 16,  # Firehose Parquet (snappy), long layout
-    "stats_bytes_per_row": 48,  # stats_1m Parquet row
-    "ingest_ms": 20,  # billed duration per ingest invocation (validate + one PutRecords)
-    "ingest_mb": 128,
-    "ingest_log_bytes": 20,  # per invocation; platform lines off (SystemLogLevel WARN)
-    "transform_ms_per_mib": 150,  # per 1 MiB of Firehose batch
-    "transform_batch_mib": 0.5,  # BufferSizeInMBs of the Firehose processor in template.yaml
-    "transform_mb": 512,
-    "rollup_base_ms": 500,  # per run, plus rollup_us_per_row for the rows it reads
-    "rollup_us_per_row": 2.0,
-    "rollup_mb": 1024,
-    "compact_base_ms": 5000,  # per daily run, plus compact_us_per_row
-    "compact_us_per_row": 1.0,
-    "compact_mb": 2048,
-    "job_log_bytes": 1500,  # per transform/rollup/compact invocation (START/END/REPORT + a few lines)
-    "log_days_stored": 14,  # LogRetentionDays
-    "firehose_flushes_per_hour": 4,  # 900 s buffer interval, one live dt/hour partition
-    "kms_callers": 4,  # producers + consumers each asking KMS for a data key every 5 minutes
-    "esm_batch": 100,  # records per ingest invocation in the Kinesis event-source-mapping variant
-}
+INFRA = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(INFRA)
+PRICES_TOML = os.path.join(INFRA, "prices.toml")
+METERING_RS = os.path.join(ROOT, "telemetry", "src", "metering.rs")
+TOPOLOGIES = ("firehose", "kinesis", "per-message")  # the default first
+IOT_MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT Core message limit
+KIB, MIB, GIB = 1024.0, 1024.0**2, 1024.0**3
 
 
-def iot_messaging_cost(units: float) -> float:
-    cost, left = 0.0, units
-    for size, price in PRICES["iot_msg_tiers"]:
-        take = min(left, size)
-        cost += take / 1e6 * price
-        left -= take
+def load_prices(path: str = PRICES_TOML) -> dict:
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def load_metering(path: str = METERING_RS) -> dict:
+    """The unit constants and each function's memory_mb, read from telemetry's Rust source
+    (where they are defined once)."""
+    with open(path, encoding="utf-8") as f:
+        src = f.read()
+    out: dict = {}
+    for name, expr in re.findall(r"pub const ([A-Z_]+_BYTES): usize = ([0-9 *]+);", src):
+        out[name] = math.prod(int(x) for x in expr.split("*"))
+    for name, mb in re.findall(r'name: "([a-z]+)",\s*memory_mb: (\d+),', src):
+        out[name + "_mb"] = int(mb)
+    need = ["IOT_MESSAGE_UNIT_BYTES", "FIREHOSE_INGEST_UNIT_BYTES", "KINESIS_ON_DEMAND_UNIT_BYTES",
+            "ingest_mb", "transform_mb", "rollup_mb", "compact_mb"]
+    missing = [k for k in need if k not in out]
+    if missing:
+        sys.exit(f"cost.py: {path} no longer defines {missing} in the form this script reads; "
+                 "update load_metering()")
+    return out
+
+
+def count_alarms(template: str) -> int:
+    with open(template, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip() == "Type: AWS::CloudWatch::Alarm")
+
+
+def units(nbytes: float, unit: int) -> float:
+    return float(max(1, math.ceil(max(0.0, nbytes) / unit)))
+
+
+def tiered(tiers: list, quantity: float) -> float:
+    usd, left = 0.0, quantity
+    for size, per_million in tiers:
         if left <= 0:
             break
-    return cost
+        take = min(left, size)
+        usd += take / 1e6 * per_million
+        left -= take
+    return usd
 
 
-def units_5kb(nbytes: float) -> int:
-    return max(1, math.ceil(nbytes / (5 * KB)))
+def publish_bytes(a: argparse.Namespace) -> int:
+    return a.payload_bytes if a.batch <= 1 else a.batch * a.payload_bytes + a.batch + 1
 
 
-class Estimate:
-    def __init__(self, a: argparse.Namespace, alarms: int):
-        self.a = a
-        self.alarms = alarms
-        self.rows: list[tuple[str, str, str, float]] = []  # service, item, usage, usd
+def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology: str) -> list[dict]:
+    """Mirrors fleet_cost::bill_lines: same lines, same order, same arithmetic."""
+    pr, asm = pt["prices"], pt["assumptions"]
+    lines: list[dict] = []
 
-    def add(self, service: str, item: str, usage: str, usd: float) -> None:
-        self.rows.append((service, item, usage, usd))
+    def add(component: str, usage: str, usd: float) -> None:
+        lines.append({"component": component, "usage": usage, "usd": usd})
 
-    @property
-    def total(self) -> float:
-        return sum(r[3] for r in self.rows)
+    def lam(invocations: float, ms: float, fn: str) -> tuple[float, float]:
+        gb_s = invocations * math.ceil(ms) / 1000.0 * met[fn + "_mb"] / 1024.0
+        return (invocations / 1e6 * pr["lambda_requests"]["usd"],
+                gb_s * pr["lambda_gb_second_" + a.arch]["usd"])
 
-    def lambda_cost(self, invocations: float, ms: float, mb: int) -> tuple[float, float]:
-        gb_s = invocations * math.ceil(ms) / 1000 * mb / 1024
-        req = invocations / 1e6 * PRICES["lambda_req_per_million"]
-        return req, gb_s * PRICES["lambda_gb_s"][self.a.arch]
+    hours = asm["hours_per_month"]
+    minutes, seconds = hours * 60.0, hours * 3600.0
+    devices, k = float(a.devices), float(a.batch)
+    msgs = devices * a.rate * seconds
+    publishes = msgs / k
+    pub_bytes = float(publish_bytes(a))
+    rows = msgs * a.metrics
+    rec_bytes = a.payload_bytes + asm["stream_overhead_bytes"]
+    iot_units = publishes * units(pub_bytes, met["IOT_MESSAGE_UNIT_BYTES"])
 
-    def compute(self) -> "Estimate":
-        a, p = self.a, PRICES
-        msgs = a.devices * a.rate * SECONDS_PER_MONTH  # messages per month
-        msg_units = msgs * units_5kb(a.payload_bytes)
-        rows = msgs * a.metrics
-        rec_bytes = a.payload_bytes + a.stream_overhead_bytes
-        stream_gb = msgs * rec_bytes / GB
+    add("IoT Core connectivity", f"{a.devices} devices x {minutes:.0f} min",
+        devices * minutes / 1e6 * pr["iot_connectivity"]["usd"])
+    if topology == "per-message":
+        add("IoT Core messaging", f"{iot_units / 1e6:.1f} M x 5 KB units",
+            tiered(pr["iot_messaging"]["tiers"], iot_units))
+    else:
+        add("IoT Core messaging", f"{publishes / 1e6:.1f} M publishes to Basic Ingest: not charged", 0.0)
+    add("IoT Core rules triggered", f"{iot_units / 1e6:.1f} M x 5 KB units",
+        iot_units / 1e6 * pr["iot_rule_triggered"]["usd"])
+    action = {"firehose": "Firehose", "kinesis": "Kinesis", "per-message": "Lambda"}[topology]
+    add(f"IoT Core actions executed ({action})", f"{iot_units / 1e6:.1f} M x 5 KB units",
+        iot_units / 1e6 * pr["iot_action_executed"]["usd"])
 
-        # --- IoT Core
-        self.add("IoT Core", "connectivity", f"{a.devices:,} devices x {MINUTES_PER_MONTH:,} min",
-                 a.devices * MINUTES_PER_MONTH / 1e6 * p["iot_connect_per_million_min"])
-        if a.basic_ingest:
-            self.add("IoT Core", "messaging (Basic Ingest: none)", f"{msgs / 1e6:,.1f} M msgs", 0.0)
-        else:
-            self.add("IoT Core", "messaging", f"{msg_units / 1e6:,.1f} M x 5 KB units",
-                     iot_messaging_cost(msg_units))
-        self.add("IoT Core", "rules triggered", f"{msg_units / 1e6:,.1f} M",
-                 msg_units / 1e6 * p["iot_rule_per_million"])
-        self.add("IoT Core", "actions executed (Lambda)", f"{msg_units / 1e6:,.1f} M",
-                 msg_units / 1e6 * p["iot_action_per_million"])
+    def ingest_ms(messages: float) -> float:
+        return asm["ingest_ms"] + max(0.0, messages - 1.0) * asm["ingest_us_per_message"] / 1000.0
 
-        # --- Lambda: ingest (one async invocation per MQTT message)
-        req, dur = self.lambda_cost(msgs, a.ingest_ms, a.ingest_mb)
-        self.add("Lambda", "ingest requests", f"{msgs / 1e6:,.1f} M", req)
-        self.add("Lambda", f"ingest compute ({a.arch})",
-                 f"{a.ingest_ms:g} ms x {a.ingest_mb} MB", dur)
+    if topology == "firehose":
+        ingest_inv, ms = 0.0, 0.0
+    elif topology == "kinesis":
+        ingest_inv, ms = publishes / asm["esm_batch"], ingest_ms(asm["esm_batch"] * k)
+    else:
+        ingest_inv, ms = publishes, ingest_ms(k)
+    if topology != "firehose":
+        req, comp = lam(ingest_inv, ms, "ingest")
+        how = f" (batches of {asm['esm_batch']:.0f})" if topology == "kinesis" else ""
+        add("Lambda ingest requests", f"{ingest_inv / 1e6:.2f} M invocations{how}", req)
+        add(f"Lambda ingest compute ({a.arch})", f"{math.ceil(ms):.0f} ms billed x {met['ingest_mb']} MB", comp)
 
-        # --- Lambda: transform (Firehose processor, transform_batch_mib / 60 s batches)
-        fh_in_bytes = msgs * rec_bytes
-        if msgs > 0:
-            batches = max(fh_in_bytes / (a.transform_batch_mib * 1024 * KB), MINUTES_PER_MONTH)
-            batch_mib = fh_in_bytes / (1024 * KB) / batches
-        else:
-            batches, batch_mib = 0.0, 0.0
-        req, dur = self.lambda_cost(batches, max(1.0, a.transform_ms_per_mib * batch_mib), a.transform_mb)
-        self.add("Lambda", "transform (Firehose processor)",
-                 f"{batches / 1e3:,.1f} k batches", req + dur)
+    if topology == "kinesis":
+        kin_records, kin_bytes = publishes, pub_bytes
+    elif topology == "per-message":
+        kin_records, kin_bytes = msgs, rec_bytes
+    else:
+        kin_records, kin_bytes = 0.0, 0.0
+    if topology != "firehose":
+        add("Kinesis on-demand stream-hours", f"{hours:.0f} h", hours * pr["kinesis_on_demand_stream_hour"]["usd"])
+        in_gb = kin_records * units(kin_bytes, met["KINESIS_ON_DEMAND_UNIT_BYTES"]) * KIB / GIB
+        add("Kinesis data in (1 KB records)", f"{in_gb:.1f} GB", in_gb * pr["kinesis_on_demand_ingest"]["usd"])
+        out_gb = kin_records * kin_bytes / GIB
+        add("Kinesis data out", f"{out_gb:.1f} GB", out_gb * pr["kinesis_on_demand_retrieval"]["usd"])
 
-        # --- Lambda: rollup every 5 minutes, compact daily
-        runs = HOURS_PER_MONTH * 12
-        rollup_ms = a.rollup_base_ms + rows / runs * a.rollup_us_per_row / 1000
-        req, dur = self.lambda_cost(runs, rollup_ms, a.rollup_mb)
-        self.add("Lambda", "rollup (every 5 min)", f"{runs:,} runs x {rollup_ms / 1000:,.1f} s", req + dur)
-        days = HOURS_PER_MONTH / 24
-        compact_ms = a.compact_base_ms + rows / days * a.compact_us_per_row / 1000
-        req, dur = self.lambda_cost(days, compact_ms, a.compact_mb)
-        self.add("Lambda", "compact (daily)", f"{days:,.0f} runs x {compact_ms / 1000:,.0f} s", req + dur)
+    if topology == "firehose":
+        fh_records, fh_bytes = publishes, pub_bytes
+    elif topology == "kinesis":
+        fh_records, fh_bytes = publishes, k * rec_bytes
+    else:
+        fh_records, fh_bytes = msgs, rec_bytes
+    fh_unit = met["FIREHOSE_INGEST_UNIT_BYTES"]
+    fh_gb = fh_records * units(fh_bytes, fh_unit) * fh_unit / GIB
+    add("Firehose ingestion (5 KB records)", f"{fh_records / 1e6:.1f} M records, {fh_gb:.1f} GB",
+        fh_gb * pr["firehose_ingest"]["usd"])
+    add("Firehose format conversion (Parquet)", f"{fh_gb:.1f} GB", fh_gb * pr["firehose_format_conversion"]["usd"])
+    dp_gb = rows * asm["row_json_bytes"] / GIB
+    add("Firehose dynamic partitioning (GB)", f"{dp_gb:.1f} GB", dp_gb * pr["firehose_partitioning"]["usd"])
+    parquet_gb = rows * asm["parquet_bytes_per_row"] / GIB
+    objects = max(hours * asm["firehose_flushes_per_hour"], parquet_gb * 1024.0 / 128.0) if msgs > 0 else 0.0
+    add("Firehose dynamic partitioning (objects)", f"{objects:.0f} objects",
+        objects / 1000.0 * pr["firehose_partitioning_objects"]["usd"])
 
-        # --- Kinesis Data Streams (none with --ingest-sink firehose: ingest PutRecordBatch
-        # goes straight to a DirectPut Firehose stream)
-        if a.ingest_sink == "firehose":
-            pass
-        elif a.kinesis_mode == "on-demand":
-            self.add("Kinesis", "on-demand stream-hours", f"{HOURS_PER_MONTH} h",
-                     HOURS_PER_MONTH * p["kds_od_stream_hour"])
-            in_gb = msgs * math.ceil(rec_bytes / KB) * KB / GB
-            self.add("Kinesis", "on-demand data in (1 KB records)", f"{in_gb:,.1f} GB",
-                     in_gb * p["kds_od_ingest_gb"])
-            self.add("Kinesis", "on-demand data out (Firehose)", f"{stream_gb:,.1f} GB",
-                     stream_gb * p["kds_od_retrieval_gb"])
-        else:
-            self.add("Kinesis", "provisioned shard-hours", f"{a.shards} x {HOURS_PER_MONTH} h",
-                     a.shards * HOURS_PER_MONTH * p["kds_shard_hour"])
-            put_units = msgs * max(1, math.ceil(rec_bytes / (25 * KB)))
-            self.add("Kinesis", "PUT payload units (25 KB)", f"{put_units / 1e6:,.1f} M",
-                     put_units / 1e6 * p["kds_put_unit_per_million"])
+    fh_in_bytes = fh_records * fh_bytes
+    if msgs > 0:
+        batches = max(fh_in_bytes / (asm["transform_batch_mib"] * MIB), minutes)
+        batch_mib = fh_in_bytes / MIB / batches
+    else:
+        batches, batch_mib = 0.0, 0.0
+    req, comp = lam(batches, max(asm["transform_ms_per_mib"] * batch_mib, 1.0), "transform")
+    add("Lambda transform (Firehose processor)", f"{batches / 1e3:.1f} k batches", req + comp)
+    runs = hours * 12.0
+    rollup_ms = asm["rollup_base_ms"] + rows / runs * asm["rollup_us_per_row"] / 1000.0
+    req, comp = lam(runs, rollup_ms, "rollup")
+    add("Lambda rollup (every 5 min)", f"{runs:.0f} runs x {rollup_ms / 1000.0:.1f} s", req + comp)
+    days = hours / 24.0
+    compact_ms = asm["compact_base_ms"] + rows / days * asm["compact_us_per_row"] / 1000.0
+    req, comp = lam(days, compact_ms, "compact")
+    add("Lambda compact (daily)", f"{days:.0f} runs x {compact_ms / 1000.0:.0f} s", req + comp)
 
-        # --- Firehose
-        fh_gb = msgs * units_5kb(rec_bytes) * 5 * KB / GB
-        self.add("Firehose", "ingestion (5 KB records)", f"{fh_gb:,.1f} GB", fh_gb * p["fh_ingest_gb"])
-        self.add("Firehose", "format conversion (Parquet)", f"{fh_gb:,.1f} GB",
-                 fh_gb * p["fh_format_conversion_gb"])
-        dp_gb = rows * a.row_json_bytes / GB
-        self.add("Firehose", "dynamic partitioning (GB)", f"{dp_gb:,.1f} GB", dp_gb * p["fh_dp_gb"])
-        parquet_gb = rows * a.parquet_bytes_per_row / GB
-        objects = 0.0
-        if msgs > 0:
-            objects = max(HOURS_PER_MONTH * a.firehose_flushes_per_hour, parquet_gb * 1024 / 128)
-        self.add("Firehose", "dynamic partitioning (objects)", f"{objects:,.0f} objects",
-                 objects / 1000 * p["fh_dp_per_1000_objects"])
+    puts = objects + runs * 2.0 + days * 10.0
+    gets = runs * 3.0 + objects
+    add("S3 requests (PUT/GET)", f"{puts / 1e3:.1f} k PUT, {gets / 1e3:.1f} k GET",
+        puts / 1000.0 * pr["s3_put"]["usd"] + gets / 1000.0 * pr["s3_get"]["usd"])
+    stats_rows = devices * a.metrics * minutes if msgs > 0 else 0.0
+    stored_gb = parquet_gb + stats_rows * asm["stats_bytes_per_row"] / GIB
+    add("S3 storage added per month", f"{stored_gb:.1f} GB (accumulates)", stored_gb * pr["s3_storage"]["usd"])
 
-        # --- S3
-        stats_rows = a.devices * a.metrics * MINUTES_PER_MONTH if msgs > 0 else 0
-        stats_gb = stats_rows * a.stats_bytes_per_row / GB
-        puts = objects + runs * 2 + days * 10  # Firehose objects, rollup stats + checkpoint, compaction
-        gets = runs * 3 + days * (objects / days if days else 0)
-        self.add("S3", "requests (PUT/GET)", f"{puts / 1e3:,.1f} k PUT, {gets / 1e3:,.1f} k GET",
-                 puts / 1000 * p["s3_put_per_1000"] + gets / 1000 * p["s3_get_per_1000"])
-        self.add("S3", "storage added per month", f"{parquet_gb + stats_gb:,.1f} GB (grows monthly)",
-                 (parquet_gb + stats_gb) * p["s3_gb_month"])
-
-        # --- CloudWatch
-        log_gb = (msgs * a.ingest_log_bytes + (batches + runs + days) * a.job_log_bytes) / GB
-        stored = log_gb * min(1.0, a.log_days_stored / 30)
-        self.add("CloudWatch", "Logs ingestion + storage", f"{log_gb:,.2f} GB",
-                 log_gb * p["cw_logs_ingest_gb"] + stored * p["cw_logs_store_gb_month"])
-        self.add("CloudWatch", "alarms", f"{self.alarms} alarms", self.alarms * p["cw_alarm_month"])
-
-        # --- Scheduler, KMS
-        sched = runs + days
-        self.add("Scheduler", "schedule invocations", f"{sched:,.0f}", sched / 1e6 * p["scheduler_per_million"])
-        if a.ingest_sink == "kinesis":
-            kms = a.kms_callers * 12 * HOURS_PER_MONTH
-            self.add("KMS", "stream SSE requests (aws/kinesis)", f"{kms / 1e3:,.1f} k",
-                     kms / 1e4 * p["kms_per_10k_requests"])
-        return self
+    log_gb = (ingest_inv * asm["ingest_log_bytes"] + (batches + runs + days) * asm["job_log_bytes"]) / GIB
+    kept_gb = log_gb * min(asm["log_days_stored"] / 30.0, 1.0)
+    add("CloudWatch Logs ingestion + storage", f"{log_gb:.2f} GB",
+        log_gb * pr["cloudwatch_logs_ingest"]["usd"] + kept_gb * pr["cloudwatch_logs_storage"]["usd"])
+    add("CloudWatch alarms", f"{alarms} alarms", alarms * pr["cloudwatch_alarm"]["usd"])
+    schedules = runs + days
+    add("EventBridge Scheduler", f"{schedules:.0f} invocations", schedules / 1e6 * pr["scheduler"]["usd"])
+    if topology != "firehose":
+        kms = asm["kms_callers"] * 12.0 * hours
+        add("KMS (stream encryption)", f"{kms / 1e3:.1f} k requests", kms / 1e4 * pr["kms_requests"]["usd"])
+    return lines
 
 
-def money(x: float) -> str:
-    return f"${x:,.2f}"
+def bill(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology: str) -> dict:
+    lines = bill_lines(pt, met, alarms, a, topology)
+    idle = bill_lines(pt, met, alarms, argparse.Namespace(**{**vars(a), "devices": 0}), topology)
+    return {"topology": topology, "default": topology == TOPOLOGIES[0],
+            "monthly_usd": sum(x["usd"] for x in lines), "idle_usd": sum(x["usd"] for x in idle),
+            "lines": lines}
 
 
-def render(est: Estimate, idle: Estimate, a: argparse.Namespace, out=sys.stdout) -> None:
-    msgs = a.devices * a.rate * SECONDS_PER_MONTH
+def money(usd: float) -> str:
+    return f"${usd:,.2f}"
+
+
+def read_on(pt: dict) -> str:
+    return min(p["read_on"] for p in pt["prices"].values())
+
+
+def render(bills: list[dict], pt: dict, a: argparse.Namespace, out=sys.stdout) -> None:
     w = out.write
-    w(f"Estimated monthly bill, us-east-1 list prices as of {PRICES_AS_OF} (no free tier)\n")
-    w(f"Fleet: {a.devices:,} devices x {a.rate:g} msg/s = {a.devices * a.rate:,.1f} msg/s, "
-      f"{msgs / 1e6:,.1f} M messages/month of {a.payload_bytes} B with {a.metrics} readings each\n")
-    sink = (f"ingest -> Kinesis {a.kinesis_mode}"
-            + (f" ({a.shards} shard{'s' if a.shards != 1 else ''})" if a.kinesis_mode == "provisioned" else "")
-            if a.ingest_sink == "kinesis" else "ingest -> Firehose DirectPut (no Kinesis stream)")
-    w(f"Lambda {a.arch}; {sink}"
-      + f"; devices publish to {'Basic Ingest ($aws/rules/...)' if a.basic_ingest else 'dt/<fleet>/<device>/telemetry'}\n\n")
-    c1 = max(len(f"{r[0]} {r[1]}") for r in est.rows) + 2
-    c2 = max(len(r[2]) for r in est.rows) + 2
-    w(f"{'component':<{c1}}{'usage':<{c2}}{'USD/month':>12}\n")
-    w(f"{'-' * (c1 + c2 + 12)}\n")
-    for service, item, usage, usd in est.rows:
-        w(f"{service + ' ' + item:<{c1}}{usage:<{c2}}{money(usd):>12}\n")
-    w(f"{'-' * (c1 + c2 + 12)}\n")
-    w(f"{'TOTAL per month':<{c1 + c2}}{money(est.total):>12}\n")
-    w(f"{'IDLE per month (0 devices, stack deployed)':<{c1 + c2}}{money(idle.total):>12}\n")
-    idle_top = sorted((r for r in idle.rows if r[3] >= 0.005), key=lambda r: -r[3])
-    w("  idle = " + " + ".join(f"{r[0]} {r[1]} {money(r[3])}" for r in idle_top) + "\n")
-
-    # Levers that DESIGN.md asks the estimator to show.
-    if msgs > 0:
-        w("\nAlternatives (same fleet):\n")
-    if msgs > 0 and not a.basic_ingest:
-        saved = sum(r[3] for r in est.rows if r[0] == "IoT Core" and r[1] == "messaging")
-        w(f"  devices publish to Basic Ingest ($aws/rules/<rule>/dt/...): no messaging charge, "
-          f"-{money(saved)}\n")
-    ingest_req = sum(r[3] for r in est.rows if r[1] == "ingest requests")
-    ingest_dur = sum(r[3] for r in est.rows if r[1].startswith("ingest compute"))
-    if msgs > 0:
-        b = a.esm_batch
-        esm_lambda = ingest_req / b + ingest_dur * (a.ingest_ms + b * 0.5) / (a.ingest_ms * b)
-        raw_stream = (HOURS_PER_MONTH * PRICES["kds_od_stream_hour"]
-                      + msgs * math.ceil((a.payload_bytes + 200) / KB) * KB / GB * PRICES["kds_od_ingest_gb"]
-                      + msgs * (a.payload_bytes + 200) / GB * PRICES["kds_od_retrieval_gb"])
-        delta = (esm_lambda + raw_stream) - (ingest_req + ingest_dur)
-        w(f"  IoT rule -> raw Kinesis stream -> ingest in batches of {b} (event-source mapping): "
-          f"ingest Lambda {money(ingest_req + ingest_dur)} -> {money(esm_lambda)}, plus a raw on-demand "
-          f"stream {money(raw_stream)}: net {'+' if delta >= 0 else '-'}{money(abs(delta))}\n")
-    if msgs > 0 and a.ingest_sink == "kinesis":
-        saved = sum(r[3] for r in est.rows if r[0] in ("Kinesis", "KMS"))
-        w(f"  --ingest-sink firehose (PutRecordBatch to a DirectPut Firehose stream, no Kinesis stream; "
-          f"no per-device order or replay): -{money(saved)}\n")
-    if msgs > 0 and a.kinesis_mode == "on-demand" and a.ingest_sink == "kinesis":
-        w(f"  --kinesis-mode provisioned ({a.shards} shard{'s' if a.shards != 1 else ''}): "
-          f"stream {money(HOURS_PER_MONTH * PRICES['kds_shard_hour'] * a.shards)}/month idle instead of "
-          f"{money(HOURS_PER_MONTH * PRICES['kds_od_stream_hour'])}\n")
-
-    w("\nAssumptions (flags of infra/cost.py): ")
-    w(f"ingest {a.ingest_ms:g} ms billed at {a.ingest_mb} MB per message; "
-      f"transform {a.transform_ms_per_mib:g} ms per MiB in {a.transform_batch_mib:g} MiB batches at {a.transform_mb} MB; "
-      f"rollup {a.rollup_base_ms:g} ms + {a.rollup_us_per_row:g} us/row at {a.rollup_mb} MB; "
-      f"stream record = payload + {a.stream_overhead_bytes} B; "
-      f"{a.row_json_bytes} B JSON and {a.parquet_bytes_per_row} B Parquet per reading; "
-      f"ingest logs {a.ingest_log_bytes} B/invocation (platform REPORT lines off); "
-      f"S3 storage is the data added in one month (it accumulates: month N stores N x that); "
-      f"Athena queries, data transfer out and the free tier are not included. "
-      f"Firehose bills each record as a multiple of 5 KB, Kinesis on-demand as a multiple of 1 KB.\n")
+    msgs = a.devices * a.rate * pt["assumptions"]["hours_per_month"] * 3600.0
+    w(f"Estimated monthly bill, {pt['region']} list prices read on {read_on(pt)} (infra/prices.toml), no free tier\n")
+    w(f"Fleet: {a.devices} devices x {a.rate:g} msg/s, {msgs / 1e6:.1f} M messages/month of {a.payload_bytes} B "
+      f"with {a.metrics} readings, {a.batch} per publish ({publish_bytes(a)} B)\n")
+    for b in bills:
+        rows = [(x["component"], x["usage"], money(x["usd"])) for x in b["lines"]]
+        c1 = max(len("IDLE per month (stack deployed, no device)"), *(len(r[0]) for r in rows))
+        c2 = max(len(r[1]) for r in rows)
+        c3 = max(len("USD/month"), *(len(r[2]) for r in rows), len(money(b["monthly_usd"])))
+        w(f"\nTopology {b['topology']}{' (the template' + chr(39) + 's default)' if b['default'] else ''}:\n")
+        w(f"  {'component':<{c1}}  {'usage':<{c2}}  {'USD/month':>{c3}}\n")
+        rule = f"  {'-' * c1}  {'-' * c2}  {'-' * c3}\n"
+        w(rule)
+        for r in rows:
+            w(f"  {r[0]:<{c1}}  {r[1]:<{c2}}  {r[2]:>{c3}}\n")
+        w(rule)
+        w(f"  {'TOTAL per month':<{c1}}  {'':<{c2}}  {money(b['monthly_usd']):>{c3}}\n")
+        w(f"  {'IDLE per month (stack deployed, no device)':<{c1}}  {'':<{c2}}  {money(b['idle_usd']):>{c3}}\n")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--devices", type=int, default=1000)
+    ap.add_argument("--devices", type=int, default=1000, help="devices, each connected all month")
     ap.add_argument("--rate", type=float, default=0.2, help="messages per second per device")
-    ap.add_argument("--payload-bytes", type=int, default=200)
+    ap.add_argument("--payload-bytes", type=int, default=200, help="bytes of one message")
+    ap.add_argument("--batch", type=int, default=1, help="messages per publish (device-side JSON array)")
+    ap.add_argument("--metrics", type=int, default=3, help="readings per message")
+    ap.add_argument("--topology", choices=[*TOPOLOGIES, "all"], default=TOPOLOGIES[0],
+                    help="topology to price (default: the template's default, firehose)")
     ap.add_argument("--arch", choices=["arm64", "x86_64"], default="arm64")
-    ap.add_argument("--ingest-sink", choices=["kinesis", "firehose"], default="kinesis",
-                    help="IngestSink of the template: Kinesis stream, or DirectPut Firehose (no stream)")
-    ap.add_argument("--kinesis-mode", choices=["on-demand", "provisioned"], default="on-demand")
-    ap.add_argument("--shards", type=int, default=0, help="provisioned shards (0 = sized from the rate)")
-    ap.add_argument("--basic-ingest", action="store_true", help="devices publish to $aws/rules/<rule>/...")
-    ap.add_argument("--template", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "template.yaml"),
+    ap.add_argument("--format", choices=["table", "json"], default="table")
+    ap.add_argument("--template", default=os.path.join(INFRA, "template.yaml"),
                     help="template whose AWS::CloudWatch::Alarm resources are counted")
-    for k, v in DEFAULTS.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help=f"assumption (default {v})")
+    ap.add_argument("--prices", default=PRICES_TOML, help="price table (default: infra/prices.toml)")
+    ap.add_argument("--print-metering", action="store_true",
+                    help="print the units and memory sizes read from telemetry/src/metering.rs as JSON")
     a = ap.parse_args(argv)
-    if a.devices < 0 or a.rate < 0 or a.payload_bytes <= 0 or a.metrics <= 0:
-        ap.error("--devices and --rate must be >= 0, --payload-bytes and --metrics > 0")
-    if a.payload_bytes > 128 * KB:
-        ap.error("--payload-bytes above the 128 KiB IoT Core message limit")
-    if a.shards <= 0:
-        rec_bytes = a.payload_bytes + a.stream_overhead_bytes
-        per_s = a.devices * a.rate
-        a.shards = max(1, math.ceil(per_s / 1000), math.ceil(per_s * rec_bytes / (1024 * KB)))
+    if a.devices < 0 or not (a.rate >= 0) or a.payload_bytes <= 0 or a.metrics <= 0 or a.batch <= 0:
+        ap.error("--devices and --rate must be >= 0; --payload-bytes, --batch and --metrics > 0")
+    if publish_bytes(a) > IOT_MAX_PAYLOAD_BYTES:
+        ap.error(f"a publish of {a.batch} x {a.payload_bytes} B is {publish_bytes(a)} B, above the 128 KiB "
+                 f"IoT Core limit: use a --batch of at most {max(1, (IOT_MAX_PAYLOAD_BYTES - 1) // (a.payload_bytes + 1))}")
     return a
-
-
-def count_alarms(template: str) -> int:
-    try:
-        sys.dont_write_bytecode = True  # no infra/__pycache__ in the work tree
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import tmpl  # noqa: PLC0415
-
-        return sum(1 for _, t in tmpl.resources(tmpl.read_lines(template)) if t == "AWS::CloudWatch::Alarm")
-    except OSError:
-        return 14
 
 
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
+    met = load_metering()
+    if a.print_metering:
+        print(json.dumps(met, sort_keys=True))
+        return 0
+    pt = load_prices(a.prices)
     alarms = count_alarms(a.template)
-    if a.ingest_sink == "firehose":
-        alarms -= 1  # StreamIteratorAgeAlarm has Condition: UseKinesisSink
-    est = Estimate(a, alarms).compute()
-    idle_args = argparse.Namespace(**{**vars(a), "devices": 0, "shards": 1 if a.kinesis_mode == "provisioned" else a.shards})
-    idle = Estimate(idle_args, alarms).compute()
-    render(est, idle, a)
+    shown = TOPOLOGIES if a.topology == "all" else (a.topology,)
+    bills = [bill(pt, met, alarms, a, t) for t in shown]
+    if a.format == "json":
+        print(json.dumps(bills, indent=2))
+    else:
+        render(bills, pt, a)
     return 0
 
 

@@ -49,8 +49,13 @@ Options:
   --shards N              shards when provisioned (default: sized from --devices x --rate)
   --devices N             fleet size, for the bill and the shard sizing (default: 1000)
   --rate R                messages per second per device (default: 0.2 = one per 5 s)
-  --payload-bytes B       bytes per MQTT message (default: 200)
-  --basic-ingest          price devices publishing to the Basic Ingest topic
+  --payload-bytes B       bytes per message (default: 200)
+  --batch K               messages per publish (device-side JSON array batches; default: 1)
+  --metrics M             readings per message (default: 3)
+  --topology T            the bill's topology: firehose, kinesis, per-message or all
+                          (default: the template's Topology default when it has that
+                          parameter, else per-message, the design it deploys); the same
+                          figures as `iotpipe cost` for the same options
   --alarm-email ADDR      subscribe ADDR to the alarm SNS topic
   --artifact-bucket NAME  S3 bucket for packaged code (default: iotpipe-artifacts-ACCOUNT-REGION,
                           created if missing)
@@ -67,7 +72,7 @@ Options:
                           they are, and stop before creating or updating the stack
   -h, --help              this help
 
-Other estimator assumptions: python3 infra/cost.py --help
+The bill: python3 infra/cost.py --help; prices and assumptions in infra/prices.toml
 EOF
 }
 
@@ -89,7 +94,9 @@ SHARDS=0
 DEVICES=1000
 RATE=0.2
 PAYLOAD_BYTES=200
-BASIC_INGEST=0
+BATCH=1
+METRICS=3
+TOPOLOGY=""
 ALARM_EMAIL=""
 ARTIFACT_BUCKET=""
 SKIP_BUILD=0
@@ -111,7 +118,9 @@ while [ "$#" -gt 0 ]; do
     --devices) need_value "$@"; DEVICES="$2"; shift ;;
     --rate) need_value "$@"; RATE="$2"; shift ;;
     --payload-bytes) need_value "$@"; PAYLOAD_BYTES="$2"; shift ;;
-    --basic-ingest) BASIC_INGEST=1 ;;
+    --batch) need_value "$@"; BATCH="$2"; shift ;;
+    --metrics) need_value "$@"; METRICS="$2"; shift ;;
+    --topology) need_value "$@"; TOPOLOGY="$2"; shift ;;
     --alarm-email) need_value "$@"; ALARM_EMAIL="$2"; shift ;;
     --artifact-bucket) need_value "$@"; ARTIFACT_BUCKET="$2"; shift ;;
     --skip-build) SKIP_BUILD=1 ;;
@@ -132,6 +141,23 @@ case "$INGEST_SINK" in kinesis | firehose) ;; *) die "--ingest-sink must be kine
 is_uint "$DEVICES" || die "--devices must be a whole number >= 0, not '$DEVICES'"
 is_number "$RATE" || die "--rate must be a number >= 0 (messages/s per device), not '$RATE'"
 if ! is_uint "$PAYLOAD_BYTES" || [ "$PAYLOAD_BYTES" -eq 0 ]; then die "--payload-bytes must be a whole number > 0"; fi
+if ! is_uint "$BATCH" || [ "$BATCH" -eq 0 ]; then die "--batch must be a whole number > 0"; fi
+if ! is_uint "$METRICS" || [ "$METRICS" -eq 0 ]; then die "--metrics must be a whole number > 0"; fi
+# The template's Topology parameter, when it has one (its default is what a deploy builds).
+TEMPLATE_HAS_TOPOLOGY=0
+if grep -q '^  Topology:$' "$TEMPLATE" 2>/dev/null; then TEMPLATE_HAS_TOPOLOGY=1; fi
+if [ -z "$TOPOLOGY" ]; then
+    if [ "$TEMPLATE_HAS_TOPOLOGY" = 1 ]; then
+        TOPOLOGY="$(sed -n '/^  Topology:$/,/^  [A-Za-z]/s/^    Default: *//p' "$TEMPLATE" | head -1)"
+    else
+        TOPOLOGY="per-message"
+    fi
+fi
+case "$TOPOLOGY" in firehose | kinesis | per-message | all) ;; *) die "--topology must be firehose, kinesis, per-message or all, not '$TOPOLOGY'" ;; esac
+if [ "$DRY_RUN" = 0 ] && [ "$TEMPLATE_HAS_TOPOLOGY" = 0 ] && [ "$TOPOLOGY" != per-message ]; then
+    die "--topology $TOPOLOGY: ${TEMPLATE#"$ROOT"/} deploys the per-message topology only (no Topology parameter yet); price the others with --dry-run"
+fi
+[ "$TOPOLOGY" = all ] && [ "$DRY_RUN" = 0 ] && die "--topology all is for --dry-run (one stack has one topology)"
 is_uint "$SHARDS" || die "--shards must be a whole number"
 [[ "$STACK_NAME" =~ ^[A-Za-z][A-Za-z0-9-]{0,127}$ ]] || die "--stack-name must match [A-Za-z][A-Za-z0-9-]*"
 [ -f "$TEMPLATE" ] || die "--template $TEMPLATE: no such file"
@@ -154,9 +180,8 @@ GLUE_DB="$(printf '%s' "$STACK_NAME" | tr '[:upper:]' '[:lower:]' | tr -c 'a-z0-
 CFN_KINESIS_MODE="ON_DEMAND"
 [ "$KINESIS_MODE" = provisioned ] && CFN_KINESIS_MODE="PROVISIONED"
 
-cost_args=(--devices "$DEVICES" --rate "$RATE" --payload-bytes "$PAYLOAD_BYTES" --arch "$ARCH"
-    --kinesis-mode "$KINESIS_MODE" --shards "$SHARDS" --ingest-sink "$INGEST_SINK" --template "$TEMPLATE")
-[ "$BASIC_INGEST" = 1 ] && cost_args+=(--basic-ingest)
+cost_args=(--devices "$DEVICES" --rate "$RATE" --payload-bytes "$PAYLOAD_BYTES" --batch "$BATCH"
+    --metrics "$METRICS" --arch "$ARCH" --topology "$TOPOLOGY" --template "$TEMPLATE")
 
 # The shard count the estimate sizes from the fleet, unless given.
 if [ "$SHARDS" = 0 ]; then
@@ -178,6 +203,7 @@ PARAMS=(
     "KinesisShardCount=$SHARDS"
 )
 [ -n "$ALARM_EMAIL" ] && PARAMS+=("AlarmEmail=$ALARM_EMAIL")
+if [ "$TEMPLATE_HAS_TOPOLOGY" = 1 ] && [ "$TOPOLOGY" != all ]; then PARAMS+=("Topology=$TOPOLOGY"); fi
 PARAMS+=("${EXTRA_PARAMS[@]}")
 
 build_flag="--arm64"
@@ -232,6 +258,11 @@ if [ "$DRY_RUN" = 1 ]; then
     done < <(python3 "$INFRA_DIR/tmpl.py" resources "$TEMPLATE")
     echo "  ($n resources in the template)"
     echo
+    if [ "$INGEST_SINK" != kinesis ] || [ "$KINESIS_MODE" != on-demand ]; then
+        echo "Note: the bill prices the topologies with an on-demand Kinesis stream where they have one;"
+        echo "      --ingest-sink $INGEST_SINK / --kinesis-mode $KINESIS_MODE are not priced separately."
+        echo
+    fi
     python3 "$INFRA_DIR/cost.py" "${cost_args[@]}"
     exit 0
 fi

@@ -7,11 +7,15 @@
 //! - The local stack — broker, IoT rule, stream, Firehose, scheduler, metering — is the
 //!   `local` crate, around the same handler code the Lambdas run.
 //! - [`cost`]: what a run would have cost on AWS.
+//! - [`fleet_cost`]: `iotpipe cost`, the monthly bill of a fleet per topology.
+//! - [`prices`]: the one price table (`infra/prices.toml`) both bills read.
 //! - [`summary`]: the end-of-run summary, for people and as JSON.
 
 mod args;
 mod cost;
+mod fleet_cost;
 mod ledger;
+mod prices;
 mod summary;
 
 use std::io::{BufRead, BufReader};
@@ -78,6 +82,65 @@ enum Command {
     /// Print a table's columns, generated from the Arrow schemas: as the AWS template's
     /// Glue table lists them (`--glue`), or as JSON (`--json`).
     Schema(SchemaArgs),
+    /// The monthly AWS bill of a fleet, line by line per topology, its idle bill, and the
+    /// cheapest topology that meets your needs (`--help` explains the topologies).
+    Cost(CostArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Topologies (the AWS template's Topology parameter):
+  firehose     the default: devices publish to Basic Ingest ($aws/rules/<rule>/dt/...,
+               no messaging charge), the rule's Firehose action carries the raw payload,
+               the transform Lambda validates and quarantines; no ingest Lambda, no Kinesis.
+  kinesis      rule -> Kinesis (raw) -> ingest in batches (event-source mapping) -> Firehose;
+               choose it for replay, per-device order or several consumers (--need-stream).
+  per-message  one ingest invocation per MQTT message -> Kinesis -> Firehose: the baseline.
+
+Prices come from infra/prices.toml (each with its source page and the date read); the
+usage assumptions (ms per invocation, bytes per row) sit in the same file.
+infra/deploy.sh --dry-run prints the same figures for the same fleet.
+
+Examples:
+  iotpipe cost --devices 1000 --rate 0.2 --topology all
+  iotpipe cost --devices 1000 --rate 0.2 --batch 10 --format json
+  iotpipe cost --devices 200 --rate 1 --compare always-on")]
+struct CostArgs {
+    /// Devices, each connected all month.
+    #[arg(long, default_value_t = 1000)]
+    devices: u64,
+    /// Messages per second per device (a batch of K messages counts K).
+    #[arg(long, default_value_t = 0.2)]
+    rate: f64,
+    /// Bytes of one message (one JSON object; the reference message is 200 B).
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: u64,
+    /// Messages per publish: devices send a JSON array of this many (device-side batching;
+    /// a publish must stay within the 128 KiB IoT Core limit).
+    #[arg(long, default_value_t = 1)]
+    batch: u64,
+    /// Readings per message (rows per message in Parquet).
+    #[arg(long, default_value_t = 3)]
+    metrics: u64,
+    /// Which topology to price: one of them, or `all` side by side (default: the template's
+    /// default, firehose).
+    #[arg(long, default_value = "firehose", value_parser = ["firehose", "kinesis", "per-message", "all"])]
+    topology: String,
+    /// You need a Kinesis stream (replay, per-device order, several consumers): the
+    /// recommendation only considers topologies that keep one.
+    #[arg(long)]
+    need_stream: bool,
+    /// Lambda architecture (the template's Architecture).
+    #[arg(long, value_enum, default_value_t = fleet_cost::Arch::Arm64)]
+    arch: fleet_cost::Arch,
+    /// Also print the message rate at which an always-on instance (prices in
+    /// infra/prices.toml) becomes cheaper than each priced topology.
+    #[arg(long, value_parser = ["always-on"])]
+    compare: Option<String>,
+    /// Output: `table` for people, `json` for scripts (an array, one object per topology:
+    /// topology, monthly_usd, idle_usd, lines [{component, usage, usd}], break_even_rate).
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -237,6 +300,7 @@ async fn main() -> std::process::ExitCode {
         Command::Query(a) => query(a).await,
         Command::Ledger(a) => ledger::run(a).await,
         Command::Schema(a) => schema(a),
+        Command::Cost(a) => cost_cmd(a),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -369,7 +433,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         &report,
         meter.report(),
         &a.data.data,
-    );
+    )?;
     // With a real Firehose delivery stream nothing is written under --data by this run, so a
     // ledger would call every message missing: leave it out (the summary explains the stream).
     if !matches!(a.tuning.stream, StreamTarget::Firehose(_)) {
@@ -436,7 +500,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         &report,
         meter.report(),
         &a.data.data,
-    );
+    )?;
     s.print(a.summary_json)
 }
 
@@ -494,6 +558,81 @@ async fn query(a: QueryArgs) -> anyhow::Result<()> {
             analytics::query::to_table(&rows)
         }
     };
+    summary::print_line(out.trim_end());
+    Ok(())
+}
+
+fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
+    use fleet_cost::{Fleet, Topology};
+    let prices = prices::embedded().map_err(anyhow::Error::msg)?;
+    let fleet = Fleet {
+        devices: a.devices,
+        rate: a.rate,
+        payload_bytes: a.payload_bytes,
+        batch: a.batch,
+        metrics: a.metrics,
+        arch: a.arch,
+    };
+    fleet.check().map_err(anyhow::Error::msg)?;
+    let alarms = fleet_cost::template_alarms();
+    let all: Vec<fleet_cost::Bill> = Topology::ALL
+        .iter()
+        .map(|t| {
+            let mut b = fleet_cost::bill(prices, alarms, &fleet, *t);
+            if a.compare.is_some() {
+                b.break_even_rate = fleet_cost::break_even_rate(prices, alarms, &fleet, *t);
+            }
+            b
+        })
+        .collect();
+    let shown: Vec<fleet_cost::Bill> = all
+        .iter()
+        .filter(|b| a.topology == "all" || b.topology.name() == a.topology)
+        .cloned()
+        .collect();
+    if a.format == "json" {
+        summary::print_line(&serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
+    let mut out = fleet_cost::render(&shown, &fleet, prices);
+    if let Some(best) = fleet_cost::cheapest(&all, a.need_stream) {
+        let naive = all
+            .iter()
+            .find(|b| b.topology == Topology::PerMessage)
+            .map_or(0.0, |b| b.monthly_usd);
+        out.push_str(&format!(
+            "\nCheapest{}: {} at {}/month ({:.1}x less than per-message at {}).\n",
+            if a.need_stream {
+                " with a Kinesis stream (--need-stream)"
+            } else {
+                ""
+            },
+            best.topology.name(),
+            fleet_cost::money(best.monthly_usd),
+            if best.monthly_usd > 0.0 {
+                naive / best.monthly_usd
+            } else {
+                0.0
+            },
+            fleet_cost::money(naive),
+        ));
+    }
+    if a.compare.is_some() {
+        let instance = fleet_cost::always_on_usd(prices, alarms, &fleet);
+        out.push_str(&format!(
+            "Always-on alternative ({} + {} GB disk + the same S3 storage): {}/month at this rate; \
+             one instance sustains about {} msg/s. The break-even rates are above, per topology; \
+             a topology without one stays cheaper than the instance up to that capacity.\n",
+            prices
+                .prices
+                .always_on_instance
+                .per
+                .trim_start_matches("hour, "),
+            prices.assumptions.always_on_disk_gb,
+            fleet_cost::money(instance),
+            prices.assumptions.always_on_max_msg_per_s,
+        ));
+    }
     summary::print_line(out.trim_end());
     Ok(())
 }

@@ -7,6 +7,7 @@ use analytics::render::{Column, Table};
 use serde::Serialize;
 
 use crate::cost::{Estimate, estimate};
+use crate::prices;
 use local::meter::FnReport;
 use local::stack::{FirehoseSummary, KinesisSummary, StackReport};
 
@@ -81,8 +82,17 @@ pub struct Summary {
 
 impl Summary {
     /// Assembles the summary of a run.
-    pub fn new(source: Source, r: &StackReport, functions: Vec<FnReport>, data: &str) -> Self {
-        let cost = estimate(&r.usage, &functions);
+    pub fn new(
+        source: Source,
+        r: &StackReport,
+        functions: Vec<FnReport>,
+        data: &str,
+    ) -> anyhow::Result<Self> {
+        let cost = estimate(
+            prices::embedded().map_err(anyhow::Error::msg)?,
+            &r.usage,
+            &functions,
+        );
         let elapsed_s = r.usage.seconds;
         let messages_per_s = if elapsed_s > 0.0 {
             r.ingest.messages as f64 / elapsed_s
@@ -106,7 +116,7 @@ impl Summary {
                 (f.function.clone(), us)
             })
             .collect();
-        Self {
+        Ok(Self {
             source,
             input: r.ingest.messages,
             accepted: r.ingest.accepted,
@@ -126,7 +136,7 @@ impl Summary {
             us_per_item,
             peak_rss_mb: local::meter::peak_rss_mb(),
             ledger: None,
-        }
+        })
     }
 
     /// Prints the human summary, then (with `json`) the JSON object as the last line.

@@ -1,6 +1,7 @@
 //! The Lambda functions' memory sizes are defined once, in `telemetry::metering`: the AWS
 //! template's `…MemorySize` parameter defaults, the functions' `MemorySize`, and the
-//! deployment cost estimator (`infra/cost.py`) must all say the same.
+//! deployment cost estimator (`infra/cost.py`, which reads them from telemetry's source) must
+//! all say the same.
 
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -54,18 +55,38 @@ fn the_templates_memory_size_defaults_are_the_metered_ones() {
 }
 
 #[test]
-fn the_cost_estimators_memory_assumptions_are_the_metered_ones() {
-    let cost = read("infra/cost.py");
+fn the_cost_estimator_reads_the_metered_memory_sizes_and_units() {
+    // infra/cost.py reads them from telemetry/src/metering.rs rather than keeping a copy;
+    // this holds its reader to the Rust constants.
+    let out = std::process::Command::new("python3")
+        .arg(root().join("infra/cost.py"))
+        .arg("--print-metering")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for f in FUNCTIONS {
-        let key = format!("\"{}_mb\":", f.name);
-        let value = cost
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(key.as_str()))
-            .unwrap_or_else(|| panic!("infra/cost.py has no {key} default"));
-        let mb: u32 = value.trim().trim_end_matches(',').trim().parse().unwrap();
         assert_eq!(
-            mb, f.memory_mb,
-            "infra/cost.py {key} must follow the template"
+            m[format!("{}_mb", f.name)].as_u64(),
+            Some(u64::from(f.memory_mb)),
+            "infra/cost.py reads {} MB for {}",
+            m[format!("{}_mb", f.name)],
+            f.name
         );
+    }
+    use telemetry::metering as t;
+    for (name, bytes) in [
+        ("IOT_MESSAGE_UNIT_BYTES", t::IOT_MESSAGE_UNIT_BYTES),
+        ("FIREHOSE_INGEST_UNIT_BYTES", t::FIREHOSE_INGEST_UNIT_BYTES),
+        (
+            "KINESIS_ON_DEMAND_UNIT_BYTES",
+            t::KINESIS_ON_DEMAND_UNIT_BYTES,
+        ),
+    ] {
+        assert_eq!(m[name].as_u64(), Some(bytes as u64), "{name}");
     }
 }

@@ -1,0 +1,438 @@
+//! The adapter: everything the dashboard reads from the data location, through today's
+//! public APIs — [`analytics::query`], [`analytics::ledger`], [`telemetry::quarantine`]
+//! records, the telemetry Parquet's time columns and the run records under
+//! [`RUNS_PREFIX`].
+//!
+//! This is the only module that names those APIs, so that a change elsewhere (object
+//! prefixes moving to a `telemetry` layout module, a typed quarantine reason, the 1h/1d
+//! windows and the fleet view of `analytics::query`) is absorbed here. Two stand-ins live
+//! here until those land:
+//! - [`fleet_of`] derives the fleet view from per-device rows: counts, sums, means, min and
+//!   max are exact; p50/p95/p99 are the count-weighted means of the devices' quantiles,
+//!   an approximation the pages label as such.
+//! - only the windows `analytics::query` produces can be asked for (`1m` today); the
+//!   window is a parameter throughout ([`Options::window`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use analytics::ledger::{self, Ledger, LedgerConfig};
+use analytics::{Query, Window, WindowStats};
+use arrow_array::{Array, RecordBatch, TimestampMillisecondArray};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use telemetry::quarantine::{QUARANTINE_PREFIX, QuarantineRecord};
+
+/// Key prefix of the run records `iotpipe up` and `iotpipe replay` write when they end
+/// (`_runs/<finished_at_ms>.json`): the run's Lambda figures and cost estimate, which
+/// exist nowhere else. The leading `_` keeps them out of Hive/Athena listings.
+pub const RUNS_PREFIX: &str = "_runs";
+
+/// Key prefix of the telemetry Parquet (the rollup's default input).
+const TELEMETRY_PREFIX: &str = analytics::config::DEFAULT_TELEMETRY_PREFIX;
+
+/// Objects fetched at once.
+const READ_CONCURRENCY: usize = 8;
+
+/// What to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The window of the statistics and the ledger. Default `1m`.
+    pub window: Window,
+    /// Only windows starting at or after this instant (epoch ms). `None`: all.
+    pub from_ms: Option<i64>,
+    /// Only windows starting before this instant (epoch ms). `None`: all.
+    pub to_ms: Option<i64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            window: Window::M1,
+            from_ms: None,
+            to_ms: None,
+        }
+    }
+}
+
+/// The data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The statistics could not be queried.
+    #[error("querying the statistics: {0}")]
+    Query(#[from] analytics::QueryError),
+    /// The delivery ledger could not be computed.
+    #[error("computing the delivery ledger: {0}")]
+    Ledger(#[from] ledger::LedgerError),
+    /// Listing or reading an object failed.
+    #[error("reading {path}: {message} — check that --data points at a pipeline data location")]
+    Read {
+        /// The object or prefix.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The Lambda figures of one function over a run (the fields of `local::meter::FnReport`
+/// the dashboard shows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunFunction {
+    /// Function name.
+    pub function: String,
+    /// Configured memory, MB.
+    pub memory_size_mb: u32,
+    /// Invocations.
+    pub invocations: u64,
+    /// Invocations that failed.
+    #[serde(default)]
+    pub errors: u64,
+    /// Sum of durations, ms.
+    pub total_duration_ms: f64,
+    /// 99th percentile duration, ms.
+    pub p99_duration_ms: f64,
+    /// Peak memory used, MB.
+    pub max_memory_used_mb: u64,
+}
+
+/// One priced line of a run's cost estimate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostItem {
+    /// Service and item.
+    pub item: String,
+    /// USD for the run.
+    pub usd: f64,
+}
+
+/// A run's cost estimate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunCost {
+    /// Priced lines.
+    pub lines: Vec<CostItem>,
+    /// Total USD for the run.
+    pub total_usd: f64,
+    /// The run's rate scaled to a 730-hour month, USD.
+    pub month_at_this_rate_usd: f64,
+    /// Date of the price table.
+    #[serde(default)]
+    pub prices_as_of: String,
+}
+
+/// What a run of `iotpipe up`/`replay` recorded (a subset of its `--summary-json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// When the run ended, epoch ms.
+    pub finished_at_ms: i64,
+    /// Wall-clock length, seconds.
+    pub elapsed_s: f64,
+    /// Messages into ingest.
+    pub input: u64,
+    /// Messages accepted.
+    pub accepted: u64,
+    /// Messages quarantined.
+    pub quarantined: u64,
+    /// Per-function figures.
+    pub functions: Vec<RunFunction>,
+    /// The cost estimate.
+    pub cost: RunCost,
+}
+
+/// Stores a run record under [`RUNS_PREFIX`], named by its end time. `record` is the JSON
+/// object of the run's summary; it must hold the fields of [`RunRecord`].
+pub async fn save_run(
+    store: &Arc<dyn ObjectStore>,
+    finished_at_ms: i64,
+    record: &serde_json::Value,
+) -> Result<String, SourceError> {
+    let key = format!("{RUNS_PREFIX}/{finished_at_ms}.json");
+    let bytes = serde_json::to_vec(record).map_err(|e| SourceError::Read {
+        path: key.clone(),
+        message: e.to_string(),
+    })?;
+    store
+        .put(&Path::from(key.as_str()), PutPayload::from(bytes))
+        .await
+        .map_err(|e| SourceError::Read {
+            path: key.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(key)
+}
+
+/// Transit times of one reading, ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Transit {
+    /// Event time, epoch ms.
+    pub event_time: i64,
+    /// Received − event time, ms.
+    pub to_received_ms: i64,
+    /// Its Parquet object's last-modified time − event time, ms.
+    pub to_parquet_ms: i64,
+}
+
+/// Everything the pages are drawn from, read once.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The window of [`Snapshot::stats`] and the ledger.
+    pub window: Window,
+    /// Per (device, metric, window) statistics, as `iotpipe query` returns them.
+    pub stats: Vec<WindowStats>,
+    /// The delivery ledger (`iotpipe ledger` without `--sent`); `None` when there is no
+    /// telemetry nor quarantine at all.
+    pub ledger: Option<Ledger>,
+    /// Every quarantine record.
+    pub quarantine: Vec<QuarantineRecord>,
+    /// Per telemetry row, its transit times.
+    pub transits: Vec<Transit>,
+    /// Run records, oldest first.
+    pub runs: Vec<RunRecord>,
+    /// Run records that could not be parsed (object keys).
+    pub unreadable_runs: Vec<String>,
+}
+
+impl Snapshot {
+    /// True when there is nothing at all to show.
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty()
+            && self.quarantine.is_empty()
+            && self.transits.is_empty()
+            && self.runs.is_empty()
+    }
+}
+
+/// Reads everything the dashboard shows from `store`.
+pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapshot, SourceError> {
+    let q = Query {
+        window: opts.window,
+        from_ms: opts.from_ms,
+        to_ms: opts.to_ms,
+        ..Query::default()
+    };
+    let stats = analytics::query(store.clone(), &q).await?;
+    let ledger = ledger::compute(
+        store.clone(),
+        &LedgerConfig {
+            window: opts.window,
+            ..LedgerConfig::default()
+        },
+        None,
+    )
+    .await?;
+    let quarantine = read_quarantine(&store).await?;
+    let transits = read_transits(&store).await?;
+    let (runs, unreadable_runs) = read_runs(&store).await?;
+    let has_ledger = !ledger.rows.is_empty() || ledger.quarantine_records > 0;
+    Ok(Snapshot {
+        window: opts.window,
+        stats,
+        ledger: has_ledger.then_some(ledger),
+        quarantine,
+        transits,
+        runs,
+        unreadable_runs,
+    })
+}
+
+/// One device's or the fleet's statistics of a metric in a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetPoint {
+    /// Window start, epoch ms.
+    pub window_start: i64,
+    /// Devices reporting.
+    pub devices: u64,
+    /// Readings (exact).
+    pub count: u64,
+    /// Sum of the values (exact).
+    pub sum: f64,
+    /// Mean (exact: sum / count).
+    pub mean: f64,
+    /// Smallest value (exact).
+    pub min: f64,
+    /// Largest value (exact).
+    pub max: f64,
+    /// ≈ median: count-weighted mean of the devices' p50.
+    pub p50: f64,
+    /// ≈ p95: count-weighted mean of the devices' p95.
+    pub p95: f64,
+    /// ≈ p99: count-weighted mean of the devices' p99.
+    pub p99: f64,
+}
+
+/// The fleet view per metric and window, from per-device rows (see the module doc for
+/// what is exact). Sorted by metric, then window.
+pub fn fleet_of(stats: &[WindowStats]) -> BTreeMap<String, Vec<FleetPoint>> {
+    let mut acc: BTreeMap<(String, i64), FleetPoint> = BTreeMap::new();
+    for s in stats {
+        let w = s.count as f64;
+        let p = acc
+            .entry((s.metric.clone(), s.window_start))
+            .or_insert(FleetPoint {
+                window_start: s.window_start,
+                devices: 0,
+                count: 0,
+                sum: 0.0,
+                mean: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+                p50: 0.0,
+                p95: 0.0,
+                p99: 0.0,
+            });
+        p.devices += 1;
+        p.count += s.count;
+        p.sum += s.sum;
+        p.min = p.min.min(s.min);
+        p.max = p.max.max(s.max);
+        p.p50 += s.p50 * w;
+        p.p95 += s.p95 * w;
+        p.p99 += s.p99 * w;
+    }
+    let mut out: BTreeMap<String, Vec<FleetPoint>> = BTreeMap::new();
+    for ((metric, _), mut p) in acc {
+        let n = p.count as f64;
+        if n > 0.0 {
+            p.mean = p.sum / n;
+            p.p50 /= n;
+            p.p95 /= n;
+            p.p99 /= n;
+        }
+        out.entry(metric).or_default().push(p);
+    }
+    out
+}
+
+async fn read_all(
+    store: &Arc<dyn ObjectStore>,
+    metas: Vec<ObjectMeta>,
+) -> Result<Vec<(ObjectMeta, bytes::Bytes)>, SourceError> {
+    futures::stream::iter(metas)
+        .map(|meta| {
+            let store = store.clone();
+            async move {
+                let got = match store.get(&meta.location).await {
+                    Ok(g) => g.bytes().await,
+                    Err(e) => Err(e),
+                };
+                got.map(|b| (meta.clone(), b))
+                    .map_err(|e| SourceError::Read {
+                        path: meta.location.to_string(),
+                        message: e.to_string(),
+                    })
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+async fn list(store: &Arc<dyn ObjectStore>, prefix: &str) -> Result<Vec<ObjectMeta>, SourceError> {
+    analytics::io::list_objects(store, prefix)
+        .await
+        .map_err(|e| SourceError::Read {
+            path: format!("{prefix}/"),
+            message: e.to_string(),
+        })
+}
+
+async fn read_quarantine(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Vec<QuarantineRecord>, SourceError> {
+    let metas: Vec<_> = list(store, QUARANTINE_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(".jsonl"))
+        .collect();
+    let mut out = Vec::new();
+    for (_, bytes) in read_all(store, metas).await? {
+        out.extend(
+            bytes
+                .split(|b| *b == b'\n')
+                .filter_map(|line| serde_json::from_slice::<QuarantineRecord>(line).ok()),
+        );
+    }
+    out.sort_by_key(|r| r.received_at);
+    Ok(out)
+}
+
+async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, SourceError> {
+    let files = analytics::io::list_telemetry(store, TELEMETRY_PREFIX)
+        .await
+        .map_err(|e| SourceError::Read {
+            path: format!("{TELEMETRY_PREFIX}/"),
+            message: e.to_string(),
+        })?;
+    let per_file: Vec<Vec<Transit>> = futures::stream::iter(files)
+        .map(|f| {
+            let store = store.clone();
+            async move {
+                let batches = analytics::io::read_parquet(
+                    &store,
+                    &f.meta,
+                    Some(&["event_time", "received_at"]),
+                )
+                .await
+                .map_err(|e| SourceError::Read {
+                    path: f.meta.location.to_string(),
+                    message: e.to_string(),
+                })?;
+                let written = f.meta.last_modified.timestamp_millis();
+                let mut out = Vec::new();
+                for b in &batches {
+                    transits_of(b, written, &mut out).map_err(|message| SourceError::Read {
+                        path: f.meta.location.to_string(),
+                        message,
+                    })?;
+                }
+                Ok::<_, SourceError>(out)
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut out: Vec<Transit> = per_file.into_iter().flatten().collect();
+    out.sort_by_key(|t| t.event_time);
+    Ok(out)
+}
+
+fn transits_of(b: &RecordBatch, written_ms: i64, out: &mut Vec<Transit>) -> Result<(), String> {
+    let col = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .ok_or_else(|| format!("column {name} is missing or not a millisecond timestamp"))
+    };
+    let (event, received) = (col("event_time")?, col("received_at")?);
+    for i in 0..b.num_rows() {
+        if event.is_null(i) || received.is_null(i) {
+            continue;
+        }
+        let e = event.value(i);
+        out.push(Transit {
+            event_time: e,
+            to_received_ms: received.value(i) - e,
+            to_parquet_ms: written_ms - e,
+        });
+    }
+    Ok(())
+}
+
+async fn read_runs(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(Vec<RunRecord>, Vec<String>), SourceError> {
+    let metas: Vec<_> = list(store, RUNS_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(".json"))
+        .collect();
+    let (mut runs, mut bad) = (Vec::new(), Vec::new());
+    for (meta, bytes) in read_all(store, metas).await? {
+        match serde_json::from_slice::<RunRecord>(&bytes) {
+            Ok(r) => runs.push(r),
+            Err(_) => bad.push(meta.location.to_string()),
+        }
+    }
+    runs.sort_by_key(|r| r.finished_at_ms);
+    bad.sort();
+    Ok((runs, bad))
+}

@@ -15,9 +15,10 @@ prints the same figures for the same fleet (iotpipe/tests/cost_cli.rs checks it)
 No free tier is applied. Data transfer is zero: MQTT ingress is free and everything stays
 in-region.
 
-Topologies: firehose (the template's default: Basic Ingest -> rule -> Firehose DirectPut ->
+Topologies: firehose (the default of DESIGN.md: Basic Ingest -> rule -> Firehose DirectPut ->
 transform validates and quarantines), kinesis (rule -> Kinesis -> ingest in event-source
-batches -> Firehose), per-message (one ingest invocation per message -> Kinesis -> Firehose).
+batches -> Firehose), per-message (one ingest invocation per message -> Kinesis -> Firehose;
+what infra/template.yaml deploys until it has a Topology parameter).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def render(bills: list[dict], pt: dict, a: argparse.Namespace, out=sys.stdout) -
         c1 = max(len("IDLE per month (stack deployed, no device)"), *(len(r[0]) for r in rows))
         c2 = max(len(r[1]) for r in rows)
         c3 = max(len("USD/month"), *(len(r[2]) for r in rows), len(money(b["monthly_usd"])))
-        w(f"\nTopology {b['topology']}{' (the template' + chr(39) + 's default)' if b['default'] else ''}:\n")
+        w(f"\nTopology {b['topology']}{' (the default; template.yaml deploys per-message until its Topology parameter lands)' if b['default'] else ''}:\n")
         w(f"  {'component':<{c1}}  {'usage':<{c2}}  {'USD/month':>{c3}}\n")
         rule = f"  {'-' * c1}  {'-' * c2}  {'-' * c3}\n"
         w(rule)
@@ -253,7 +254,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=1, help="messages per publish (device-side JSON array)")
     ap.add_argument("--metrics", type=int, default=3, help="readings per message")
     ap.add_argument("--topology", choices=[*TOPOLOGIES, "all"], default=TOPOLOGIES[0],
-                    help="topology to price (default: the template's default, firehose)")
+                    help="topology to price (default: firehose, the default topology)")
     ap.add_argument("--arch", choices=["arm64", "x86_64"], default="arm64")
     ap.add_argument("--format", choices=["table", "json"], default="table")
     ap.add_argument("--template", default=os.path.join(INFRA, "template.yaml"),

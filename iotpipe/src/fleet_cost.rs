@@ -49,7 +49,8 @@ pub fn alarms_in(template: &str) -> u32 {
         .count() as u32
 }
 
-/// How the pipeline is deployed on AWS (the template's `Topology` parameter).
+/// How the pipeline is deployed on AWS (DESIGN.md; the template's `Topology` parameter once
+/// it has one — today `infra/template.yaml` deploys `per-message`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
@@ -170,7 +171,8 @@ pub struct Line {
 pub struct Bill {
     /// The topology.
     pub topology: Topology,
-    /// Whether it is the template's default.
+    /// Whether it is the default topology (DESIGN.md: the cheapest correct one).
+    /// `infra/template.yaml` has no `Topology` parameter yet and deploys `per-message`.
     pub default: bool,
     /// USD per month for the fleet.
     pub monthly_usd: f64,
@@ -592,7 +594,7 @@ pub fn render(bills: &[Bill], fleet: &Fleet, prices: &Prices) -> String {
             "\nTopology {}{}:\n{}",
             b.topology.name(),
             if b.default {
-                " (the template's default)"
+                " (the default; template.yaml deploys per-message until its Topology parameter lands)"
             } else {
                 ""
             },

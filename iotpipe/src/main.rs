@@ -89,7 +89,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Topologies (the AWS template's Topology parameter):
+Topologies (DESIGN.md; infra/template.yaml deploys per-message until it has a Topology
+parameter):
   firehose     the default: devices publish to Basic Ingest ($aws/rules/<rule>/dt/...,
                no messaging charge), the rule's Firehose action carries the raw payload,
                the transform Lambda validates and quarantines; no ingest Lambda, no Kinesis.
@@ -122,8 +123,8 @@ struct CostArgs {
     /// Readings per message (rows per message in Parquet).
     #[arg(long, default_value_t = 3)]
     metrics: u64,
-    /// Which topology to price: one of them, or `all` side by side (default: the template's
-    /// default, firehose).
+    /// Which topology to price: one of them, or `all` side by side (default: firehose, the
+    /// default topology).
     #[arg(long, default_value = "firehose", value_parser = ["firehose", "kinesis", "per-message", "all"])]
     topology: String,
     /// You need a Kinesis stream (replay, per-device order, several consumers): the

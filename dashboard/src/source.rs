@@ -23,7 +23,8 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use telemetry::quarantine::{QUARANTINE_PREFIX, QuarantineRecord};
+use telemetry::layout::QUARANTINE_PREFIX;
+use telemetry::quarantine::QuarantineRecord;
 
 /// Key prefix of the run records `iotpipe up` and `iotpipe replay` write when they end
 /// (`_runs/<finished_at_ms>.json`): the run's Lambda figures and cost estimate, which

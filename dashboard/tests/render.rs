@@ -83,7 +83,9 @@ async fn fixture(store: &Arc<dyn ObjectStore>) {
         .unwrap();
     }
     let bad = |code: &str, topic: &str, at: i64, raw: &[u8]| {
-        QuarantineRecord::other(code, format!("{code} in the fixture"), topic, at, raw)
+        let reason: telemetry::quarantine::QuarantineReason =
+            serde_json::from_value(serde_json::Value::from(code)).unwrap();
+        QuarantineRecord::other(reason, format!("{code} in the fixture"), topic, at, raw)
     };
     let q = [
         bad(

@@ -89,13 +89,13 @@ async fn fixture(store: &Arc<dyn ObjectStore>) {
     };
     let q = [
         bad(
-            "invalid_json",
+            "malformed_json",
             "dt/f/sensor-b/telemetry",
             H16 + 30_000,
             br#"{"device_id":"sensor-b","seq":5"#,
         ),
         bad(
-            "ts_out_of_window",
+            "ts_out_of_range",
             "dt/f/sensor-b/telemetry",
             H16 + 95_000,
             br#"{"device_id":"sensor-b","seq":12,"ts":1,"metrics":{"t":1}}"#,
@@ -371,9 +371,9 @@ async fn devices_health_latency_and_bill_pages_show_the_fixtures_facts() {
     assert_eq!(
         reasons,
         [
-            ["invalid_json", "1"],
             ["invalid_utf8", "1"],
-            ["ts_out_of_window", "1"]
+            ["malformed_json", "1"],
+            ["ts_out_of_range", "1"]
         ]
     );
     let functions = table(health, "functions");

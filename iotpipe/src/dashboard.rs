@@ -39,8 +39,8 @@ Examples:
 pub(crate) struct DashboardArgs {
     #[command(flatten)]
     data: DataArg,
-    /// Directory the site is written to (created when missing). With --serve, the site is
-    /// served from memory and also written here only when --out is given.
+    /// Directory the site is written to (created when missing; default ./site). With
+    /// --serve, the site is served from memory and written here only when --out is given.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Window of the statistics and the ledger: 1m (1h and 1d once the rollup makes them).

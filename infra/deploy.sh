@@ -16,7 +16,7 @@ set -euo pipefail
 INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$INFRA_DIR/.." && pwd)"
 TEMPLATE="$INFRA_DIR/template.yaml"
-BINARIES=(ingest transform rollup)
+BINARIES=(ingest transform rollup report)
 # The template names each function's code ../target/lambda/<bin>/bootstrap.zip (relative to
 # infra/); the deploy points that prefix at the artifacts directory.
 CODE_PREFIX="../target/lambda/"
@@ -28,7 +28,8 @@ Usage: infra/deploy.sh [options]
 Deploys infra/template.yaml (IoT rule, Lambdas, Kinesis, Firehose, S3, Glue, alarms).
 Real mode: checks aws/cargo-lambda/credentials, runs
   cargo lambda build --release --arm64 --output-format zip --lambda-dir target/lambda \
-      -p ingest -p transform -p analytics --bin ingest --bin transform --bin rollup
+      -p ingest -p transform -p analytics -p dashboard --bin ingest --bin transform --bin rollup \
+      --bin report
 then `aws cloudformation package` (uploads the zips to the artifact bucket), uploads the
 packaged template, and runs `aws cloudformation create-stack` the first time or
 `update-stack` afterwards (same command every time; "no changes" is not an error), waits,
@@ -63,7 +64,7 @@ Options:
                           (repeatable; see the Parameters of infra/template.yaml)
   --skip-build            reuse target/lambda/<bin>/bootstrap.zip from an earlier build
   --artifacts DIR         deploy prebuilt zips DIR/<bin>/bootstrap.zip (bin: ingest, transform,
-                          rollup) instead of building; the smoke test passes tiny dummy zips
+                          rollup, report) instead of building; the smoke test passes tiny dummy zips
   --template FILE         deploy FILE instead of infra/template.yaml (the smoke test passes a
                           plain-CloudFormation rendering for moto); function code must be
                           named ../target/lambda/<bin>/bootstrap.zip as in the real template
@@ -211,7 +212,7 @@ build_flag="--arm64"
 # -p: the Lambda crates are not the workspace's default members (iotpipe, device-sim), and
 # `--bin` alone only looks there.
 BUILD_CMD=(cargo lambda build --release "$build_flag" --output-format zip --lambda-dir "$ARTIFACTS_DIR"
-    -p ingest -p transform -p analytics)
+    -p ingest -p transform -p analytics -p dashboard)
 for b in "${BINARIES[@]}"; do BUILD_CMD+=(--bin "$b"); done
 
 # ---------------------------------------------------------------------------- dry run

@@ -187,6 +187,7 @@ pub fn time_chart(
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let mut c = ChartBuilder::on(&root)
             .margin(14)
+            .margin_right(44)
             .x_label_area_size(48)
             .y_label_area_size(78)
             .build_cartesian_2d(x0..x1, padded(y0, y1, from_zero))
@@ -256,6 +257,7 @@ pub fn bar_chart(title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<Ch
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let mut c = ChartBuilder::on(&root)
             .margin(14)
+            .margin_right(44)
             .x_label_area_size(48)
             .y_label_area_size(78)
             .build_cartesian_2d((0..n).into_segmented(), padded(0.0, hi, true))

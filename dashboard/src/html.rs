@@ -102,7 +102,7 @@ pub fn table(id: &str, caption: &str, header: &[&str], rows: &[Vec<Cell>]) -> St
 /// A chart in a `<figure>` stating what it drew, with its title, HTML legend and a note.
 pub fn figure(id: &str, title: &str, chart: &Chart, note: &str) -> String {
     let mut s = format!(
-        "<figure class=\"chart\" id=\"{}\" data-lines=\"{}\" data-line-points=\"{}\" data-bands=\"{}\" data-bars=\"{}\"><figcaption>{}</figcaption>{}",
+        "<figure class=\"chart\" id=\"{}\" data-lines=\"{}\" data-line-points=\"{}\" data-bands=\"{}\" data-bars=\"{}\"><figcaption>{}</figcaption><div class=\"plot\">{}</div>",
         esc(id),
         chart.lines,
         chart.line_points,
@@ -167,7 +167,8 @@ th{background:#eef1f4;text-align:left}td.n{text-align:right;font-variant-numeric
 details{margin-bottom:1rem}summary{cursor:pointer;color:#14324a}\
 .empty{background:#fff;border:1px dashed #9aa5b1;border-radius:6px;padding:1rem 1.2rem}\
 footer{color:#56606b;font-size:.85rem;padding:1rem;text-align:center}\
-@media (max-width:600px){main{padding:.5rem}body{font-size:15px}.card .v{font-size:1.2rem}}";
+@media (max-width:600px){main{padding:.5rem}body{font-size:15px}.card .v{font-size:1.2rem}\
+.plot{overflow-x:auto}.plot svg{min-width:620px}}";
 
 /// The pages of the navigation: (file, label).
 pub const NAV: [(&str, &str); 5] = [

@@ -13,6 +13,8 @@
 //!   bill) and the [`Site`] they make.
 //! - [`chart`]: time series and bar charts, drawn with `plotters`' SVG backend.
 //! - [`html`]: escaping, the page shell, tables with exact values, figures.
+//! - [`report`]: the scheduled `report` Lambda's handler (`src/main.rs` wires it), which
+//!   writes the site under `dashboard/` in the bucket.
 //!
 //! # Pages
 //! `index.html` (fleet), `devices.html`, `device/<id>.html`, `latency.html`,
@@ -23,6 +25,7 @@
 pub mod chart;
 pub mod html;
 pub mod pages;
+pub mod report;
 pub mod source;
 
 use std::path::Path;

@@ -698,16 +698,20 @@ fn health(s: &Snapshot) -> Result<String, ChartError> {
             &c,
             "Accepted: distinct messages in the telemetry, by event time; quarantined: by receive time.",
         ));
-        let rows: Vec<Vec<Cell>> = reasons
-            .iter()
-            .map(|(code, m)| vec![Cell::Text((*code).into()), Cell::Int(m.values().sum())])
-            .collect();
-        b.push_str(&table(
-            "reasons",
-            "quarantined messages by reason",
-            &["reason code", "messages"],
-            &rows,
-        ));
+        if reasons.is_empty() {
+            b.push_str("<p>No message was quarantined.</p>");
+        } else {
+            let rows: Vec<Vec<Cell>> = reasons
+                .iter()
+                .map(|(code, m)| vec![Cell::Text((*code).into()), Cell::Int(m.values().sum())])
+                .collect();
+            b.push_str(&table(
+                "reasons",
+                "quarantined messages by reason",
+                &["reason code", "messages"],
+                &rows,
+            ));
+        }
     }
 
     b.push_str("<h2>Functions</h2>");

@@ -1,5 +1,5 @@
 //! The adapter: everything the dashboard reads from the data location, through today's
-//! public APIs — [`analytics::query`], [`analytics::ledger`], [`telemetry::quarantine`]
+//! public APIs — [`analytics::query`](mod@analytics::query), [`analytics::ledger`], [`telemetry::quarantine`]
 //! records, the telemetry Parquet's time columns and the run records under
 //! [`RUNS_PREFIX`].
 //!

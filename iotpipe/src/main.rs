@@ -1,8 +1,11 @@
 //! `iotpipe`: the whole IoT telemetry pipeline on one machine, in one process.
 //!
 //! # Layout
-//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `schema`).
+//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `cost`,
+//!   `dashboard`, `schema`).
 //! - [`args`]: the argument types several subcommands share (`--data`, `--format`, times).
+//! - [`dashboard`]: `iotpipe dashboard` (the static site, or served live) and the run
+//!   records it reads.
 //! - [`ledger`]: `iotpipe ledger` and the ledger totals of `up`'s summary.
 //! - The local stack — broker, IoT rule, stream, Firehose, scheduler, metering — is the
 //!   `local` crate, around the same handler code the Lambdas run.
@@ -13,6 +16,7 @@
 
 mod args;
 mod cost;
+mod dashboard;
 mod fleet_cost;
 mod ledger;
 mod prices;
@@ -79,6 +83,9 @@ enum Command {
     /// The delivery ledger: per device and window, messages sent, received, duplicated,
     /// missing, late and rejected (`--help` explains each column).
     Ledger(ledger::LedgerArgs),
+    /// The dashboard: a static site (HTML + SVG) of the fleet, the devices, latency, the
+    /// pipeline's health and the bill, written to a directory or served on 127.0.0.1.
+    Dashboard(dashboard::DashboardArgs),
     /// Print a table's columns, generated from the Arrow schemas: as the AWS template's
     /// Glue table lists them (`--glue`), or as JSON (`--json`).
     Schema(SchemaArgs),
@@ -177,6 +184,13 @@ struct UpArgs {
     /// Print the summary as one JSON object on the last line of stdout.
     #[arg(long)]
     summary_json: bool,
+    /// Serve the dashboard of --data on 127.0.0.1 while the run lasts (its URL is printed
+    /// at the start; pages re-render every 5 s). `iotpipe dashboard` renders it afterwards.
+    #[arg(long)]
+    dashboard: bool,
+    /// Port of --dashboard (0 picks a free one).
+    #[arg(long, default_value_t = 8080, requires = "dashboard")]
+    dashboard_port: u16,
 }
 
 #[derive(Debug, clap::Args)]
@@ -300,6 +314,7 @@ async fn main() -> std::process::ExitCode {
         Command::Rollup(a) => rollup(a).await,
         Command::Query(a) => query(a).await,
         Command::Ledger(a) => ledger::run(a).await,
+        Command::Dashboard(a) => dashboard::run(a).await,
         Command::Schema(a) => schema(a),
         Command::Cost(a) => cost_cmd(a),
     };
@@ -359,6 +374,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     );
     eprintln!("data:   {}", a.data.data);
     eprintln!("stream: {}", a.tuning.stream);
+    if a.dashboard {
+        dashboard::serve_during_run(&a.data.data, a.dashboard_port).await?;
+    }
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
@@ -445,6 +463,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             )
             .ok();
     }
+    dashboard::record_run(&a.data.data, &s).await;
     s.print(a.summary_json)
 }
 
@@ -502,6 +521,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         meter.report(),
         &a.data.data,
     )?;
+    dashboard::record_run(&a.data.data, &s).await;
     s.print(a.summary_json)
 }
 

@@ -67,6 +67,8 @@ pub struct Summary {
     pub cost: Estimate,
     /// The data directory.
     pub data: String,
+    /// When the run ended (the summary was made), epoch ms.
+    pub finished_at_ms: i64,
     /// Wall-clock length of the run, seconds.
     pub elapsed_s: f64,
     /// Messages ingested per second of wall clock.
@@ -131,6 +133,7 @@ impl Summary {
             functions,
             cost,
             data: data.to_string(),
+            finished_at_ms: chrono::Utc::now().timestamp_millis(),
             elapsed_s,
             messages_per_s,
             us_per_item,

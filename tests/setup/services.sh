@@ -19,6 +19,7 @@
 #   IOTPIPE_TEST_CARGO_LAMBDA  the cargo-lambda executable (`$IOTPIPE_TEST_CARGO_LAMBDA lambda
 #                        watch ...`), for tests/lambda/invoke.py
 #   IOTPIPE_TEST_AWS     the pinned AWS CLI (`aws`), for infra/smoke-moto.sh
+#   IOTPIPE_TEST_CHROMIUM  Debian's chromium, for the dashboard's headless browser test
 #
 # Idempotent: a second services_up reuses brokers and moto while they are still running
 # (checked by PID, command line and port); installs, the venvs and the certificates are
@@ -478,6 +479,29 @@ _svc_awscli() {
     export IOTPIPE_TEST_AWS="$bin"
 }
 
+# --- chromium (the dashboard's browser test) ---------------------------------------------
+# Debian's package: no browser download at run time. The lists are refreshed only when it
+# is missing.
+_svc_chromium() {
+    local bin
+    bin="$(command -v chromium || true)"
+    if [ -z "$bin" ]; then
+        if [ "$(id -u)" != 0 ]; then
+            _svc_err "chromium missing and not root: apt-get install chromium"
+            return 1
+        fi
+        _svc_log "apt-get install chromium"
+        DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=300 update \
+            >/dev/null || { _svc_err "apt-get update failed"; return 1; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            -o DPkg::Lock::Timeout=300 chromium fonts-dejavu-core >/dev/null \
+            || { _svc_err "apt-get install chromium failed"; return 1; }
+        bin="$(command -v chromium || true)"
+        [ -n "$bin" ] || { _svc_err "chromium not on PATH after install"; return 1; }
+    fi
+    export IOTPIPE_TEST_CHROMIUM="$bin"
+}
+
 # --- public -------------------------------------------------------------------------------
 services_up() {
     local t0=$SECONDS
@@ -488,11 +512,13 @@ services_up() {
     _svc_moto_venv || return 1
     _svc_cargo_lambda || return 1
     _svc_awscli || return 1
+    _svc_chromium || return 1
     _svc_certs || return 1
     _svc_mosquitto || return 1
     _svc_moto || return 1
     _svc_env_set IOTPIPE_TEST_CARGO_LAMBDA "$IOTPIPE_TEST_CARGO_LAMBDA"
     _svc_env_set IOTPIPE_TEST_AWS "$IOTPIPE_TEST_AWS"
+    _svc_env_set IOTPIPE_TEST_CHROMIUM "$IOTPIPE_TEST_CHROMIUM"
     _svc_log "up in $((SECONDS - t0))s"
     _svc_log "IOTPIPE_TEST_PYTHON=$IOTPIPE_TEST_PYTHON"
     _svc_log "IOTPIPE_TEST_CERTS=$IOTPIPE_TEST_CERTS"
@@ -502,6 +528,7 @@ services_up() {
     _svc_log "IOTPIPE_TEST_MOTO=$IOTPIPE_TEST_MOTO"
     _svc_log "IOTPIPE_TEST_CARGO_LAMBDA=$IOTPIPE_TEST_CARGO_LAMBDA"
     _svc_log "IOTPIPE_TEST_AWS=$IOTPIPE_TEST_AWS"
+    _svc_log "IOTPIPE_TEST_CHROMIUM=$IOTPIPE_TEST_CHROMIUM"
 }
 
 # services_down [PID...] — stops the services recorded in .test-env/pids (only those, and

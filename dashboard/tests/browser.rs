@@ -1,0 +1,146 @@
+//! A real browser: Debian's chromium (`IOTPIPE_TEST_CHROMIUM`, installed by
+//! `tests/setup/services.sh`) opens every generated page headless, from `file://`.
+//! The test fails on any console message (a blocked request is one: the pages' CSP
+//! forbids every fetch) or network error, checks in the DOM the browser built that each
+//! chart shows the series and points its figure states, and takes screenshots at
+//! 1280×800 and at a phone's 390×844. The screenshots are kept as test artefacts in
+//! `target/dashboard-screenshots/` (git-ignored).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{figures, fixture, site_of};
+
+fn chromium() -> String {
+    match std::env::var("IOTPIPE_TEST_CHROMIUM") {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "IOTPIPE_TEST_CHROMIUM is not set: run the suite with `bash tests/run.sh` (its \
+             set-up installs Debian's chromium and exports it)"
+        ),
+    }
+}
+
+/// Runs headless chromium on `url` with `extra` flags; returns (stdout, stderr).
+fn headless(url: &str, profile: &Path, extra: &[String]) -> (String, String) {
+    let out = Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium failed on {url}: {out:?}");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Lines of chromium's log that mean the page misbehaved: console messages (errors,
+/// CSP violations) and failed loads.
+fn page_problems(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.contains("CONSOLE")
+                || l.contains("Refused to")
+                || l.contains("net::ERR_")
+                || l.contains("Failed to load")
+        })
+        .collect()
+}
+
+fn artefacts() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn chromium_shows_every_page_without_errors_and_every_chart_with_its_points() {
+    let data = tempfile::tempdir().unwrap();
+    let store = telemetry::store::open_store(data.path().to_str().unwrap()).unwrap();
+    fixture(&store).await;
+    let site = site_of(store).await;
+    let out = tempfile::tempdir().unwrap();
+    dashboard::write_dir(&site, out.path()).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+
+    let mut charts = 0;
+    for (rel, html) in &site.pages {
+        let url = format!("file://{}", out.path().join(rel).display());
+        let (dom, log) = headless(&url, profile.path(), &["--dump-dom".into()]);
+        assert!(
+            page_problems(&log).is_empty(),
+            "{rel}: {:?}",
+            page_problems(&log)
+        );
+        assert!(
+            dom.contains("<main>"),
+            "{rel}: the browser built no page: {dom:.300}"
+        );
+        // What the browser shows is what was written, chart by chart.
+        let shown = figures(&dom);
+        assert_eq!(
+            shown.len(),
+            figures(html).len(),
+            "{rel}: every chart is in the DOM"
+        );
+        for (id, stated, drawn) in &shown {
+            assert_eq!(stated, drawn, "{rel}: chart {id} shows what it states");
+            assert!(
+                drawn.iter().any(|n| *n > 0),
+                "{rel}: chart {id} is not empty"
+            );
+        }
+        charts += shown.len();
+    }
+    // Fleet: 2 metrics + throughput; device pages: 2 each for 3 devices; latency 1;
+    // health 4 (reasons over time, invocations, durations, memory); bill 1.
+    assert_eq!(charts, 3 + 6 + 1 + 4 + 1);
+
+    let shots = artefacts();
+    for (name, size) in [
+        ("index-1280x800.png", "1280,800"),
+        ("index-phone-390x844.png", "390,844"),
+    ] {
+        let path = shots.join(name);
+        let _ = std::fs::remove_file(&path);
+        let url = format!("file://{}", out.path().join("index.html").display());
+        let (_, log) = headless(
+            &url,
+            profile.path(),
+            &[
+                format!("--screenshot={}", path.display()),
+                format!("--window-size={size}"),
+            ],
+        );
+        assert!(page_problems(&log).is_empty(), "{:?}", page_problems(&log));
+        let png = std::fs::read(&path).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{name}: {} bytes",
+            png.len()
+        );
+    }
+}

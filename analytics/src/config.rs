@@ -3,6 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
@@ -13,10 +14,22 @@ use crate::window::Window;
 pub const DEFAULT_TELEMETRY_PREFIX: &str = telemetry::layout::TELEMETRY_PREFIX;
 /// Default key prefix of the statistics ([`telemetry::layout`]).
 pub const DEFAULT_STATS_PREFIX: &str = telemetry::layout::STATS_PREFIX;
-/// Default location of the rollup checkpoint ([`telemetry::layout::ROLLUP_CHECKPOINT_PATH`]).
-/// Under `stats/` so that one bucket policy covers the rollup's writes; the `_` folder is
-/// skipped by Athena and Hive, and the query library only reads `stats/window=…/`.
-pub const DEFAULT_CHECKPOINT_PATH: &str = telemetry::layout::ROLLUP_CHECKPOINT_PATH;
+/// Default folder of the rollup's per-unit state and leases. Under `stats/` so that one
+/// bucket policy covers the rollup's writes; the `_` folder is skipped by Athena and Hive,
+/// and the query library only reads `stats/window=…/`.
+pub const DEFAULT_STATE_PREFIX: &str = "stats/_state";
+/// Default folder of the new-object markers ([`crate::pending`]).
+pub const DEFAULT_PENDING_PREFIX: &str = "stats/_pending";
+/// Default number of device-hash buckets per hour (units of work per hour partition).
+/// Measured: a unit holds about 300 bytes per reading of its bucket at its peak (rows,
+/// windows, the stats file), so 16 buckets keep a 10,000-device hour (4 M readings) near
+/// 80 MB per unit. See BENCHMARKS.md for the ceiling per Lambda memory size.
+pub const DEFAULT_BUCKETS: u32 = 16;
+/// Default number of units aggregated at once in one process.
+pub const DEFAULT_WORKERS: usize = 1;
+/// Default time to live of a unit's lease: Lambda's longest timeout (15 minutes), so a
+/// worker function can never outlive its lease.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(900);
 /// Default number of telemetry files fetched concurrently.
 pub const DEFAULT_READ_CONCURRENCY: usize = 8;
 /// The environment variable naming the local data directory (until S3 configuration
@@ -30,10 +43,27 @@ pub struct RollupConfig {
     /// under `{telemetry_prefix}/dt=YYYY-MM-DD/hour=HH/`. Default `telemetry`.
     pub telemetry_prefix: String,
     /// Key prefix of the output, without a trailing slash. Stats files go to
-    /// `{stats_prefix}/window=1m/dt=YYYY-MM-DD/hour=HH/stats.parquet`. Default `stats`.
+    /// `{stats_prefix}/window=1m/dt=YYYY-MM-DD/hour=HH/part-BBBB-of-NNNN.parquet`, one per
+    /// unit (see [`crate::units`]). Default `stats`.
     pub stats_prefix: String,
-    /// Key of the checkpoint object. Default `stats/_checkpoint/rollup.json`.
-    pub checkpoint_path: String,
+    /// Folder of the per-unit state objects and leases (see [`crate::units`]). Default
+    /// `stats/_state`.
+    pub state_prefix: String,
+    /// Folder of the new-object markers (see [`crate::pending`]). Default `stats/_pending`.
+    pub pending_prefix: String,
+    /// Device-hash buckets per hour partition: the units of work (at least 1). A unit's
+    /// memory is about 1/`buckets` of the hour's. Fixed per deployment: the stats files
+    /// are named after it. Default 16.
+    pub buckets: u32,
+    /// Units aggregated at once by one process (`iotpipe rollup --workers N`); memory
+    /// grows with it. Default 1.
+    pub workers: usize,
+    /// How long a unit's lease lasts; a crashed worker's unit is taken again after it.
+    /// Default 15 minutes.
+    pub lease_ttl: Duration,
+    /// List every telemetry object instead of only the pending markers (heals markers lost
+    /// to a crash). The first run of a store always does. Default false.
+    pub full_scan: bool,
     /// How many telemetry files are fetched and decoded at once (at least 1). Latency to
     /// S3 dominates small-file reads, so a few in flight keep the CPU busy; each holds its
     /// decoded batches in memory until it is aggregated. Default 8.
@@ -45,7 +75,12 @@ impl Default for RollupConfig {
         Self {
             telemetry_prefix: DEFAULT_TELEMETRY_PREFIX.into(),
             stats_prefix: DEFAULT_STATS_PREFIX.into(),
-            checkpoint_path: DEFAULT_CHECKPOINT_PATH.into(),
+            state_prefix: DEFAULT_STATE_PREFIX.into(),
+            pending_prefix: DEFAULT_PENDING_PREFIX.into(),
+            buckets: DEFAULT_BUCKETS,
+            workers: DEFAULT_WORKERS,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            full_scan: false,
             read_concurrency: DEFAULT_READ_CONCURRENCY,
         }
     }
@@ -138,15 +173,5 @@ mod tests {
     fn an_existing_directory_becomes_a_store() {
         let dir = tempfile::tempdir().unwrap();
         assert!(local_store(Some(dir.path().into())).is_ok());
-    }
-
-    #[test]
-    fn stats_paths_follow_the_documented_layout() {
-        let cfg = RollupConfig::default();
-        let p = telemetry::Partition::of_millis(1_764_086_700_000);
-        assert_eq!(
-            cfg.stats_path(Window::M1, &p),
-            "stats/window=1m/dt=2025-11-25/hour=16/stats.parquet"
-        );
     }
 }

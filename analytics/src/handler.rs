@@ -39,7 +39,7 @@ pub enum HandlerError {
 /// Handles one scheduled invocation: checks that the event is a scheduled event, then
 /// runs one incremental rollup over `store`, stopping between hour partitions before the
 /// invocation's deadline (a backlog is finished by the next invocations). The event
-/// carries no input beyond that: the store and the checkpoint say what to do.
+/// carries no input beyond that: the store, the markers and the units' state say what to do.
 ///
 /// Files that could not be read do not fail the invocation; they are listed in the
 /// report's `skipped_files` (and logged as warnings) and retried by the next run.

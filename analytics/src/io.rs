@@ -6,13 +6,13 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{BooleanArray, RecordBatch};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryFutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
@@ -21,7 +21,7 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use telemetry::Partition;
 
-use crate::columns::ColumnError;
+use crate::columns::{ColumnError, Strings};
 
 /// Rows per decoded record batch: large enough to amortise per-batch work, small enough
 /// that a batch of the five projected telemetry columns stays well under a megabyte.
@@ -94,6 +94,39 @@ pub async fn list_telemetry(
         .collect())
 }
 
+/// Lists the telemetry objects of one hour `partition` under `prefix`: one listing of
+/// the hour's folder, whatever else the store holds.
+pub async fn list_partition(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    partition: &Partition,
+) -> Result<Vec<TelemetryFile>, object_store::Error> {
+    let prefix = prefix.trim_matches('/');
+    let folder = if prefix.is_empty() {
+        partition.path()
+    } else {
+        format!("{prefix}/{}", partition.path())
+    };
+    let listed: Vec<ObjectMeta> = store.list(Some(&Path::from(folder))).try_collect().await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|meta| {
+            let (p, name) = partition_of(prefix, meta.location.as_ref())?;
+            (p == *partition).then_some(TelemetryFile {
+                meta,
+                partition: p,
+                name,
+            })
+        })
+        .collect())
+}
+
+/// The partition and name of a telemetry object key `{prefix}/dt=…/hour=…/{name}`;
+/// `None` for keys that are not telemetry objects (see [`list_telemetry`]).
+pub fn telemetry_object(prefix: &str, location: &str) -> Option<(Partition, String)> {
+    partition_of(prefix.trim_matches('/'), location)
+}
+
 /// Splits `{prefix}/dt=…/hour=…/{name}` into the partition and the name.
 fn partition_of(prefix: &str, location: &str) -> Option<(Partition, String)> {
     let rest = if prefix.is_empty() {
@@ -141,6 +174,68 @@ pub async fn read_parquet(
         .with_batch_size(BATCH_ROWS)
         .build()?;
     Ok(stream.try_collect().await?)
+}
+
+/// Reads the telemetry rows of one device-hash bucket of a Parquet object, projecting to
+/// `columns` (which must include `device_id`).
+///
+/// The bucket is a row filter evaluated while decoding: the `device_id` column is decoded
+/// first (once per distinct value for a dictionary column, which Firehose and the local
+/// writer produce), and the other columns only for the rows of the bucket, so memory holds
+/// the bucket's rows rather than the file's.
+pub async fn read_bucket(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    columns: &[&'static str],
+    bucket: u32,
+    buckets: u32,
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let reader = StoreReader {
+        store: store.clone(),
+        path: meta.location.clone(),
+        size: meta.size,
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let schema = builder.schema();
+    for name in columns.iter().chain(&["device_id"]) {
+        if schema.field_with_name(name).is_err() {
+            return Err(ColumnError::Missing(name).into());
+        }
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    let mut stream_builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
+    if buckets > 1 {
+        let device_only = ProjectionMask::columns(stream_builder.parquet_schema(), ["device_id"]);
+        let predicate = ArrowPredicateFn::new(device_only, move |batch: RecordBatch| {
+            in_bucket(&batch, bucket, buckets)
+        });
+        stream_builder = stream_builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+    }
+    let stream = stream_builder.build()?;
+    Ok(stream.try_collect().await?)
+}
+
+/// Which rows of `batch` (its first column is `device_id`) belong to `bucket`.
+fn in_bucket(
+    batch: &RecordBatch,
+    bucket: u32,
+    buckets: u32,
+) -> Result<BooleanArray, arrow_schema::ArrowError> {
+    let to_arrow = |e: ColumnError| arrow_schema::ArrowError::ExternalError(Box::new(e));
+    let col = crate::columns::required(batch, "device_id").map_err(to_arrow)?;
+    let ids = Strings::new("device_id", col).map_err(to_arrow)?;
+    let ours = |id: &str| crate::units::bucket_of(id, buckets) == bucket;
+    Ok(match &ids {
+        Strings::Dict { keys, values } => {
+            let distinct: Vec<bool> = (0..values.len()).map(|i| ours(values.value(i))).collect();
+            keys.iter()
+                .map(|&k| Some(distinct.get(k).copied().unwrap_or(false)))
+                .collect()
+        }
+        plain => (0..plain.len())
+            .map(|i| Some(ours(plain.value(i))))
+            .collect(),
+    })
 }
 
 /// A Parquet reader over one object of known size, fetching byte ranges on demand.

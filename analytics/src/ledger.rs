@@ -1,16 +1,17 @@
 //! The delivery ledger: per device and event-time window, how many messages the devices
 //! sent and what became of them — received, duplicated, missing, late, rejected.
 //!
-//! A message is identified by (`device_id`, `seq`): devices number their messages
-//! `first_seq, first_seq + 1, …` (device-sim records the range in its summary). The
+//! A message is identified by (`device_id`, `seq`, event time): devices number their
+//! messages `first_seq, first_seq + 1, …` (device-sim records the range in its summary),
+//! and a re-delivery repeats the whole message, event time included, while a device that
+//! reboots restarts its `seq` with new event times — a new message, not a duplicate. The
 //! telemetry Parquet is long-format (one row per reading), so one message is several rows
-//! sharing (`device_id`, `seq`); the ledger counts **messages**, never rows.
+//! sharing (`device_id`, `seq`, `event_time`); the ledger counts **messages**, never rows.
 //!
 //! # Definitions
 //! Each message is placed in the window of its event time (`[start, start + length)`,
 //! aligned to UTC like the rollup's, see [`Window`]). When a message was delivered more
-//! than once, its *first delivery* (the smallest `received_at`; on a tie, the smaller
-//! event time) stands for it.
+//! than once, its *first delivery* (the smallest `received_at`) stands for it.
 //! - **received**: distinct messages in the telemetry Parquet.
 //! - **duplicated**: extra deliveries of a message beyond the first. Every delivery of a
 //!   message carries each of its metrics once, so a message's deliveries are counted as
@@ -217,7 +218,7 @@ pub struct LedgerRow {
     /// Messages of the sent range placed in this window: received + rejected with a
     /// readable seq + missing.
     pub sent: u64,
-    /// Distinct messages (`device_id`, `seq`) in the telemetry.
+    /// Distinct messages (`device_id`, `seq`, event time) in the telemetry.
     pub received: u64,
     /// Deliveries beyond the first of those messages.
     pub duplicated: u64,
@@ -489,7 +490,8 @@ pub struct LedgerBuilder {
     device: Option<String>,
     devices: Interner,
     metrics: Interner,
-    messages: HashMap<(u32, i64), Message>,
+    /// (device, seq, event time) → the message's first delivery.
+    messages: HashMap<(u32, i64, i64), Message>,
     quarantined: Vec<Quarantined>,
     rows: u64,
     quarantine_unreadable: u64,
@@ -533,7 +535,7 @@ impl LedgerBuilder {
                 continue;
             }
             self.rows += 1;
-            match self.messages.entry((d, seq)) {
+            match self.messages.entry((d, seq, et)) {
                 Entry::Vacant(v) => {
                     v.insert(Message {
                         event_time: et,
@@ -547,10 +549,8 @@ impl LedgerBuilder {
                     if m == msg.metric {
                         msg.deliveries += 1;
                     }
-                    if (r, et) < (msg.received_at, msg.event_time) {
-                        msg.received_at = r;
-                        msg.event_time = et;
-                    }
+                    // The event time is part of the key: only the receive time differs.
+                    msg.received_at = msg.received_at.min(r);
                 }
             }
         }
@@ -618,7 +618,7 @@ impl LedgerBuilder {
                 .unwrap_or_else(|| unreachable!("resized above"))
         }
 
-        for (&(d, seq), msg) in &self.messages {
+        for (&(d, seq, _), msg) in &self.messages {
             let start = window.start_of(msg.event_time);
             let c = cells.entry((d, Some(start))).or_default();
             c.received += 1;
@@ -642,7 +642,7 @@ impl LedgerBuilder {
         let with_telemetry: HashSet<&str> = self
             .messages
             .keys()
-            .map(|&(d, _)| d)
+            .map(|&(d, _, _)| d)
             .collect::<HashSet<u32>>()
             .into_iter()
             .map(|d| self.devices.name(d))
@@ -1055,14 +1055,40 @@ mod tests {
 
     #[test]
     fn the_first_delivery_stands_for_a_message_whatever_the_reading_order() {
-        // A redelivery read first, received later and with another event time (a device
-        // that reused a seq): the earlier delivery decides window and lateness.
-        let mut rows = delivery("d", 7, T0 + 10 * MIN, T0 + 20 * MIN);
+        // A late redelivery read first: the earlier delivery decides lateness.
+        let mut rows = delivery("d", 7, T0, T0 + 20 * MIN);
         rows.extend(delivery("d", 7, T0, T0 + 1000));
         let l = ledger_of(&rows, Window::M1, None);
         assert_eq!(l.rows.len(), 1);
         assert_eq!(l.rows[0].window_start, Some(T0));
-        assert_eq!((l.rows[0].duplicated, l.rows[0].late), (1, 0));
+        assert_eq!(
+            (l.rows[0].received, l.rows[0].duplicated, l.rows[0].late),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn a_device_that_restarted_its_seq_sent_new_messages_not_duplicates() {
+        // seq 0..3, a reboot, seq 0..3 again ten minutes later, and one true re-delivery.
+        let mut rows = Vec::new();
+        for seq in 0..3 {
+            rows.extend(delivery("d", seq, T0 + seq * 1000, T0 + seq * 1000 + 5));
+            rows.extend(delivery(
+                "d",
+                seq,
+                T0 + 10 * MIN + seq,
+                T0 + 10 * MIN + seq + 5,
+            ));
+        }
+        rows.extend(delivery("d", 1, T0 + 1000, T0 + 1000 + 50));
+        let l = ledger_of(&rows, Window::M1, None);
+        assert_eq!((l.totals.received, l.totals.duplicated), (6, 1));
+        let windows: Vec<(Option<i64>, u64)> = l
+            .rows
+            .iter()
+            .map(|r| (r.window_start, r.received))
+            .collect();
+        assert_eq!(windows, vec![(Some(T0), 3), (Some(T0 + 10 * MIN), 3)]);
     }
 
     #[test]

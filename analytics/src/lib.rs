@@ -2,25 +2,29 @@
 //! queries them.
 //!
 //! The `rollup` Lambda (EventBridge schedule, every few minutes) reads the telemetry
-//! Parquet files, de-duplicates readings on (`device_id`, `seq`, `metric`) — Kinesis and
-//! Firehose deliver at least once — and writes per-(device, metric, minute) statistics:
-//! `count, min, max, sum, mean, stddev, p50, p95, p99, first_event, last_event`. It is
-//! incremental: a checkpoint in the store records which telemetry objects are aggregated,
-//! and a run only recomputes the windows that new objects touch. `iotpipe query` (and
-//! anyone else) reads the results through [`query::query`]. Everything goes through an
+//! Parquet files, de-duplicates readings on (`device_id`, `seq`, event time, `metric`) —
+//! Kinesis and Firehose deliver at least once, and a device that reboots restarts `seq` —
+//! and writes per-(device, metric, minute) statistics:
+//! `count, min, max, sum, mean, stddev, p50, p95, p99, first_event, last_event`. Work is
+//! split into units (an hour's device-hash bucket) that a planner finds from new-object
+//! markers and workers aggregate one at a time under a lease, so memory is bounded by the
+//! unit and the cost of a run by the new data's hours. `iotpipe query` (and anyone else)
+//! reads the results through [`query::query`]. Everything goes through an
 //! [`object_store::ObjectStore`], so the same code runs against S3, the local data
 //! directory and the in-memory store of the tests.
 //!
 //! # Layout
-//! - [`rollup`]: the incremental run ([`run_rollup`], [`run_rollup_until`] with a
-//!   deadline), its report and errors.
+//! - [`rollup`]: a run ([`run_rollup`], [`run_rollup_until`] with a deadline): the
+//!   planner, then the workers; its report and errors.
+//! - [`planner`]: which units need work, from the [`pending`] markers.
+//! - [`worker`]: one unit under its [`lease`], with its [`state`].
+//! - [`units`]: the unit of work, the device-hash bucket and the unit's paths.
 //! - [`stats`]: the aggregation itself: de-duplication, windows, the statistics
 //!   ([`WindowStats`]) and their definitions.
 //! - [`window`]: window lengths (`1m`, `1h`, `1d`) and their alignment.
 //! - [`schema`]: the stats columns, defined once ([`schema::STATS_COLUMNS`]), and the
 //!   Arrow schema of the stats files derived from them ([`schema::stats_schema`]).
-//! - [`checkpoint`]: the checkpoint's format, loading and saving.
-//! - [`io`]: listing telemetry objects, reading and writing Parquet in the store.
+//! - [`io`]: listing telemetry objects, reading (whole or one bucket) and writing Parquet.
 //! - [`ledger`]: the delivery ledger: per device and window, sent, received, duplicated,
 //!   missing, late and rejected messages.
 //! - [`query`](mod@query): filtering stats by device, metric and time; CSV and table output.
@@ -31,27 +35,34 @@
 //!
 //! # Storage layout
 //! ```text
-//! telemetry/dt=YYYY-MM-DD/hour=HH/*              input, one row per reading
-//! stats/window=1m/dt=YYYY-MM-DD/hour=HH/stats.parquet   output, one file per hour
-//! stats/_checkpoint/rollup.json                  which inputs are aggregated
+//! telemetry/dt=YYYY-MM-DD/hour=HH/*                               input, one row per reading
+//! stats/window=1m/dt=YYYY-MM-DD/hour=HH/part-BBBB-of-NNNN.parquet   output, one file per unit
+//! stats/_state/window=1m/dt=…/hour=…/part-BBBB-of-NNNN.json         what each unit aggregated
+//! stats/_state/_lease/…                                            one writer per unit
+//! stats/_pending/telemetry/dt=…/hour=…/NAME                         new objects to roll up
 //! ```
-//! Stats files and the checkpoint are each replaced with a single put, so readers never
-//! see a partial object, and the checkpoint is written last, so a crash costs
+//! Stats files and states are each replaced with a single put, so readers never see a
+//! partial object, and a unit's state is written after its stats file, so a crash costs
 //! recomputation, never data.
 
 mod columns;
 
-pub mod checkpoint;
 pub mod config;
 pub mod handler;
 pub mod io;
+pub mod lease;
 pub mod ledger;
+pub mod pending;
+pub mod planner;
 pub mod query;
 pub mod render;
 pub mod rollup;
 pub mod schema;
+pub mod state;
 pub mod stats;
+pub mod units;
 pub mod window;
+pub mod worker;
 
 pub use columns::ColumnError;
 pub use config::RollupConfig;

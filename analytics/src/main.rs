@@ -5,7 +5,7 @@
 //! `infra/template.yaml`; region, credentials and an optional `AWS_ENDPOINT_URL` come from
 //! the standard AWS variables), or for local runs the directory named by `IOTPIPE_DATA`.
 //! `IOTPIPE_TELEMETRY_PREFIX`, `IOTPIPE_STATS_PREFIX` and `IOTPIPE_STATE_PREFIX` (the
-//! checkpoint's folder) override the default layout. A missing, contradictory or unusable
+//! units' state and leases) override the default layout. A missing, contradictory or unusable
 //! setting fails the cold start, naming the variable, not an invocation.
 
 use std::sync::Arc;
@@ -26,8 +26,7 @@ const BUCKET_VAR: &str = "IOTPIPE_BUCKET";
 const TELEMETRY_PREFIX_VAR: &str = "IOTPIPE_TELEMETRY_PREFIX";
 /// Key prefix of the statistics (default `stats`).
 const STATS_PREFIX_VAR: &str = "IOTPIPE_STATS_PREFIX";
-/// Folder of the rollup checkpoint (default: the checkpoint stays at
-/// `stats/_checkpoint/rollup.json`).
+/// Folder of the rollup's per-unit state and leases (default `stats/_state`).
 const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
 
 #[tokio::main]
@@ -125,7 +124,7 @@ fn setup(
         cfg.stats_prefix = p;
     }
     if let Some(p) = prefix(&lookup, STATE_PREFIX_VAR)? {
-        cfg.checkpoint_path = format!("{p}/{}", telemetry::layout::ROLLUP_CHECKPOINT_NAME);
+        cfg.state_prefix = p;
     }
     Ok((store, cfg))
 }
@@ -176,7 +175,7 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.telemetry_prefix, "telemetry");
         assert_eq!(cfg.stats_prefix, "stats");
-        assert_eq!(cfg.checkpoint_path, "state/rollup.json");
+        assert_eq!(cfg.state_prefix, "state");
     }
 
     #[test]

@@ -1,123 +1,100 @@
-//! The incremental rollup: telemetry Parquet → per-minute statistics, one stats file per
-//! hour partition.
+//! The rollup run: telemetry Parquet → per-minute statistics, one stats file per unit
+//! (an hour partition's device-hash bucket, see [`crate::units`]).
 //!
 //! # Algorithm
-//! 1. Load the [`checkpoint`](mod@crate::checkpoint) (the telemetry objects already
-//!    aggregated) and list `telemetry/dt=…/hour=…/`. Objects not in the checkpoint are
-//!    *new*. No new object: nothing is written at all.
-//! 2. For each hour partition with a new object, read **every** object of the partition
-//!    (de-duplication needs all of them), in arrival order (last-modified time, then key),
-//!    so that "the first reading seen" is the one that arrived first, and stays so in
-//!    later runs.
-//! 3. Recompute only the windows the new objects touch, replace those rows of the hour's
-//!    existing stats file (the others are kept as they are), and write the file with one
-//!    put — only if some row actually changed, so a redelivered duplicate file costs no
-//!    write. If the existing stats file is missing or unreadable, every window of the hour
-//!    is recomputed instead, which heals it.
-//! 4. Write the checkpoint, once every stats file is written.
+//! 1. The [planner](crate::planner) finds the units whose state is behind their hour's
+//!    objects — from the new-object markers, not by listing history.
+//! 2. Up to [`RollupConfig::workers`] units are aggregated at once by the
+//!    [worker](crate::worker), each under its lease: one writer per unit, whatever else
+//!    runs (another `iotpipe rollup`, a scheduled Lambda, queue-driven worker functions).
+//! 3. A partition whose units are all done has its markers deleted (and the single stats
+//!    file of the layout before units, if any, removed); an object that could not be
+//!    read keeps a marker, so later runs retry it. After a full scan that reached every
+//!    unit, the `_initialized` object is written, so later runs trust the markers.
 //!
-//! # Failures
-//! - A *new* object that cannot be read (corrupt, not Parquet, wrong columns, or a store
-//!   error) is listed in [`RollupReport::skipped_files`] with the reason and left out of
-//!   the checkpoint, so every later run tries it again; the rest of its partition is
-//!   aggregated without it. If it is readable later (a transient error), its windows are
-//!   updated then.
-//! - An *already aggregated* object that cannot be re-read defers its whole partition:
-//!   recomputing windows without its readings would lose them. Objects are immutable, so
-//!   such a failure is transient; the partition's new objects are reported as deferred and
-//!   stay out of the checkpoint until a run succeeds.
-//! - A failure to list, to read the checkpoint, or to write a stats file or the checkpoint
-//!   aborts the run with an error. Stats files already written are correct, and the
-//!   unchanged checkpoint makes the next run recompute them: repeated work, no loss.
-//!
-//! # Scope of de-duplication
-//! Duplicates come from at-least-once delivery and carry the same event time, so they
-//! always land in the same hour partition; de-duplication is therefore done per hour
-//! partition, which bounds memory by the busiest hour touched rather than by the whole
-//! history. Readings whose event time lies outside the hour of their folder (a writer
-//! bug) cannot be attributed to the right stats file; they are counted in
-//! [`RollupReport::rows_outside_partition`], logged and left out.
+//! Memory is bounded by the unit, not by the fleet: about `workers` × (readings of one
+//! bucket of one hour) × ~300 bytes at the peak (see BENCHMARKS.md).
 //!
 //! # Time limit
-//! A Lambda invocation has a deadline, and a backlog (the first run over months of data,
-//! or after an outage) may not fit in one. [`run_rollup_until`] stops *between* hour
-//! partitions when the time left is less than twice the slowest partition so far plus a
-//! reserve for the checkpoint, writes the checkpoint for what it finished, and reports the
-//! rest in [`RollupReport::partitions_remaining`]; the next run continues, oldest
-//! partitions first. At least one partition is always completed, so every run makes
-//! progress. Without this, a run that never finishes would never write its checkpoint and
-//! would redo the same work forever.
+//! A Lambda invocation has a deadline, and a backlog may not fit in one.
+//! [`run_rollup_until`] starts no new unit when the time left is less than twice the
+//! slowest unit so far plus a reserve, and reports the rest in
+//! [`RollupReport::units_remaining`]; the next run continues, oldest partitions first. At
+//! least one unit is always attempted, so every run makes progress.
 //!
-//! # Concurrency
-//! Two overlapping runs can interleave their writes so that one's stats file overwrites
-//! the other's newer one while the newer checkpoint survives. Run the rollup with a
-//! concurrency of one (Lambda reserved concurrency 1, a flexible time window of zero on
-//! the schedule).
+//! # Concurrency and crashes
+//! Overlapping runs are safe: a unit held by another worker is reported busy
+//! ([`RollupReport::units_busy`]) and its partition's markers are kept, so a later run
+//! checks it again. A run killed at any point leaves every unit either at its old state
+//! (recomputed by the next run, with the same result) or done; a killed worker's lease
+//! expires after [`RollupConfig::lease_ttl`].
 
-use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use telemetry::Partition;
 use tracing::{info, warn};
 
-use crate::checkpoint::{self, Checkpoint, Loaded};
 use crate::config::RollupConfig;
-use crate::io::{self, ReadError, TelemetryFile};
-use crate::schema::{stats_from_batch, stats_to_batch};
-use crate::stats::{Aggregator, INPUT_COLUMNS, WindowKey, WindowStats};
+use crate::io;
+use crate::lease::LeaseError;
+use crate::pending;
+use crate::planner::{self, INITIALIZED, Plan};
+use crate::units::Unit;
 use crate::window::Window;
+use crate::worker::{self, UnitOutcome, UnitReport};
 
-/// The window the rollup produces. The computation takes the window as a parameter; only
-/// one minute is produced today (hours and days will be derived by the compact function).
+/// The window the rollup produces (`1m`). Longer windows are derived from it.
 pub const ROLLUP_WINDOW: Window = Window::M1;
 
 /// Length of an hour partition in milliseconds.
-const HOUR_MS: i64 = 3_600_000;
+pub(crate) const HOUR_MS: i64 = 3_600_000;
 
-/// Time kept before the deadline for writing the checkpoint (one small put) and
-/// returning.
-const CHECKPOINT_RESERVE: Duration = Duration::from_secs(5);
+/// Time kept before the deadline for finishing the run and returning.
+const DEADLINE_RESERVE: Duration = Duration::from_secs(5);
 
 /// What one rollup run did. Serialised as the Lambda's response and logged.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RollupReport {
-    /// Telemetry objects listed (all of them, processed before or not).
+    /// Whether every telemetry object was listed (the first run of a store, or
+    /// `--full-scan`) rather than only the new-object markers.
+    pub full_scan: bool,
+    /// Telemetry objects listed in the partitions looked at.
     pub files_scanned: usize,
-    /// Listed objects not in the checkpoint, including those that then failed to read or
-    /// were left for the next run.
+    /// Objects new to some unit (the largest count over a partition's units, summed over
+    /// partitions).
     pub new_files: usize,
-    /// Telemetry rows decoded, over every object read (old objects of touched partitions
-    /// are re-read, so this exceeds the rows of the new objects).
+    /// Telemetry rows decoded, over every unit (each unit reads its bucket of every object
+    /// of its hour).
     pub rows_read: u64,
-    /// Rows dropped as repeats of an earlier (`device_id`, `seq`, `metric`).
+    /// Rows dropped as repeats of an earlier (`device_id`, `seq`, event time, `metric`).
     pub duplicates_dropped: u64,
     /// Rows left out because their event time is outside their folder's hour.
     pub rows_outside_partition: u64,
-    /// Hour partitions whose windows were recomputed.
+    /// Hour partitions with at least one unit that needed work.
     pub partitions_touched: usize,
-    /// Hour partitions with new objects left for the next run because the deadline was
-    /// near (see the module documentation); 0 when the run caught up.
-    pub partitions_remaining: usize,
-    /// Windows recomputed (touched by new objects).
-    pub windows_recomputed: usize,
+    /// Units that needed work.
+    pub units_planned: usize,
+    /// Units aggregated (or found up to date) by this run.
+    pub units_done: usize,
+    /// Units left because another worker held their lease.
+    pub units_busy: usize,
+    /// Units deferred because an aggregated object could not be re-read.
+    pub units_deferred: usize,
+    /// Units left for the next run because the deadline was near.
+    pub units_remaining: usize,
     /// Windows whose stored row was added, changed or removed. 0 when the new objects only
     /// repeated known readings.
     pub windows_updated: usize,
-    /// Stats files written (one per hour partition with an updated window).
+    /// Stats files written (or removed when their bucket became empty).
     pub stats_files_written: usize,
-    /// Whether the checkpoint was written (only when an object was newly aggregated or the
-    /// old checkpoint was unusable).
-    pub checkpoint_written: bool,
-    /// Why the stored checkpoint was not used, when it was not (every window is then
-    /// recomputed).
-    pub checkpoint_reset: Option<String>,
+    /// Unit state objects written.
+    pub state_objects_written: usize,
     /// Objects whose readings did not make it into the stats in this run, with the reason;
-    /// the new ones among them stay out of the checkpoint and are retried by the next run.
+    /// they stay out of the units' state and are retried by the next run.
     pub skipped_files: Vec<SkippedFile>,
 }
 
@@ -130,11 +107,11 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
-/// A rollup run that could not complete. Nothing after the failing step was written; see
-/// the module documentation for why a partial run is safe.
+/// A rollup run that could not complete. Units already done are correct; the others are
+/// recomputed by the next run.
 #[derive(Debug, thiserror::Error)]
 pub enum RollupError {
-    /// Listing the telemetry objects failed.
+    /// Listing telemetry objects or markers failed.
     #[error("listing {prefix}/: {source}")]
     List {
         /// The listed prefix.
@@ -143,10 +120,10 @@ pub enum RollupError {
         #[source]
         source: object_store::Error,
     },
-    /// Reading the checkpoint failed (other than it being absent or unparseable).
-    #[error("reading checkpoint {path}: {source}")]
-    ReadCheckpoint {
-        /// Checkpoint key.
+    /// Reading a unit's state failed (other than it being absent or unparseable).
+    #[error("reading state {path}: {source}")]
+    ReadState {
+        /// State key.
         path: String,
         /// The store's error.
         #[source]
@@ -170,19 +147,40 @@ pub enum RollupError {
         #[source]
         source: io::WriteError,
     },
-    /// Writing the checkpoint failed.
-    #[error("writing checkpoint {path}: {source}")]
-    WriteCheckpoint {
-        /// Checkpoint key.
+    /// Writing a unit's state, a marker or the `_initialized` object failed.
+    #[error("writing {path}: {source}")]
+    WriteState {
+        /// The key.
         path: String,
         /// The store's error.
         #[source]
         source: object_store::Error,
     },
+    /// Taking, keeping or releasing a unit's lease failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl RollupReport {
+    /// Adds one unit's report.
+    pub fn add_unit(&mut self, u: UnitReport) {
+        match u.outcome {
+            UnitOutcome::Done | UnitOutcome::UpToDate => self.units_done += 1,
+            UnitOutcome::Busy => self.units_busy += 1,
+            UnitOutcome::Deferred => self.units_deferred += 1,
+        }
+        self.rows_read += u.rows_read;
+        self.duplicates_dropped += u.duplicates_dropped;
+        self.rows_outside_partition += u.rows_outside_partition;
+        self.windows_updated += u.windows_updated;
+        self.stats_files_written += usize::from(u.stats_written);
+        self.state_objects_written += usize::from(u.state_written);
+        self.skipped_files.extend(u.skipped_files);
+    }
 }
 
 /// Runs one incremental rollup over the telemetry in `store`, however long it takes: see
-/// the [module documentation](self) for the algorithm and the failure handling.
+/// the [module documentation](self).
 pub async fn run_rollup(
     store: Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
@@ -190,118 +188,199 @@ pub async fn run_rollup(
     run_rollup_until(store, cfg, None).await
 }
 
-/// [`run_rollup`] that stops between hour partitions as `deadline` (wall-clock time, like
-/// a Lambda invocation's) approaches, leaving the rest to the next run. `None` means no
-/// limit.
+/// [`run_rollup`] that starts no new unit as `deadline` (wall-clock time, like a Lambda
+/// invocation's) approaches, leaving the rest to the next run. `None` means no limit.
 pub async fn run_rollup_until(
     store: Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
     deadline: Option<SystemTime>,
 ) -> Result<RollupReport, RollupError> {
-    let mut report = RollupReport::default();
-    let prefix = cfg.telemetry_prefix.trim_matches('/');
-
-    let loaded = checkpoint::load(&store, &cfg.checkpoint_path, prefix)
-        .await
-        .map_err(|source| RollupError::ReadCheckpoint {
-            path: cfg.checkpoint_path.clone(),
-            source,
-        })?;
-    let previous = match loaded {
-        Loaded::Valid(cp) => cp,
-        Loaded::Missing => Checkpoint::new(prefix),
-        Loaded::Unusable { reason } => {
-            warn!(%reason, "checkpoint not used; recomputing every window");
-            report.checkpoint_reset = Some(reason);
-            Checkpoint::new(prefix)
-        }
+    let plan = planner::plan(&store, cfg).await?;
+    let mut report = RollupReport {
+        full_scan: plan.full_scan,
+        files_scanned: plan.files_scanned,
+        units_planned: plan.units().count(),
+        partitions_touched: plan
+            .partitions
+            .iter()
+            .filter(|p| !p.units.is_empty())
+            .count(),
+        ..RollupReport::default()
     };
+    let owner = format!("rollup-{}-{}", std::process::id(), now_nanos());
+    let units: Vec<Unit> = plan.units().cloned().collect();
+    let results = run_units(&store, cfg, &units, &owner, deadline).await;
 
-    let files = io::list_telemetry(&store, prefix)
-        .await
-        .map_err(|source| RollupError::List {
-            prefix: prefix.to_string(),
-            source,
-        })?;
-    report.files_scanned = files.len();
-
-    let mut partitions: BTreeMap<Partition, Vec<Input>> = BTreeMap::new();
-    for file in files {
-        let new = !previous.contains(&file.partition, &file.name);
-        partitions
-            .entry(file.partition.clone())
-            .or_default()
-            .push(Input { file, new });
+    let mut incomplete: std::collections::BTreeSet<telemetry::Partition> = Default::default();
+    let mut new_per_partition: std::collections::BTreeMap<telemetry::Partition, usize> =
+        Default::default();
+    let mut first_error = None;
+    for (unit, result) in units.iter().zip(results) {
+        match result {
+            Some(Ok(u)) => {
+                if !matches!(u.outcome, UnitOutcome::Done | UnitOutcome::UpToDate)
+                    || !u.skipped_files.is_empty()
+                {
+                    incomplete.insert(unit.partition.clone());
+                }
+                let n = new_per_partition.entry(unit.partition.clone()).or_default();
+                *n = (*n).max(u.new_files);
+                report.add_unit(u);
+            }
+            Some(Err(e)) => {
+                incomplete.insert(unit.partition.clone());
+                warn!(%unit, error = %e, "unit failed; retried by the next run");
+                first_error.get_or_insert(e);
+            }
+            None => {
+                incomplete.insert(unit.partition.clone());
+                report.units_remaining += 1;
+            }
+        }
     }
-
-    // The next checkpoint: what is still listed and was processed before (objects that
-    // disappeared, for example after compaction, drop out), plus what this run processes.
-    let mut next = Checkpoint::new(prefix);
-    let mut newly_processed = 0;
-    let mut slowest = Duration::ZERO;
-    let mut completed = 0;
-    for (partition, mut inputs) in partitions {
-        for input in inputs.iter().filter(|i| !i.new) {
-            next.insert(&partition, &input.file.name);
-        }
-        let new_files = inputs.iter().filter(|i| i.new).count();
-        if new_files == 0 {
-            continue;
-        }
-        report.new_files += new_files;
-        if completed > 0 && !time_for_another(deadline, slowest) {
-            report.partitions_remaining += 1;
-            continue;
-        }
-        let started = Instant::now();
-        // Arrival order, so that de-duplication keeps the reading that arrived first.
-        inputs.sort_by(|a, b| {
-            (a.file.meta.last_modified, &a.file.meta.location)
-                .cmp(&(b.file.meta.last_modified, &b.file.meta.location))
-        });
-        let done = roll_partition(&store, cfg, &partition, &inputs, &mut report).await?;
-        for file in done {
-            next.insert(&partition, &file.name);
-            newly_processed += 1;
-        }
-        slowest = slowest.max(started.elapsed());
-        completed += 1;
+    report.new_files = new_per_partition.values().sum();
+    if let Some(e) = first_error {
+        return Err(e);
     }
-    if report.partitions_remaining > 0 {
-        warn!(
-            partitions_remaining = report.partitions_remaining,
-            "deadline near: remaining partitions are left for the next run"
-        );
-    }
-
-    if newly_processed > 0 || report.checkpoint_reset.is_some() {
-        checkpoint::save(&store, &cfg.checkpoint_path, &next)
+    finish_partitions(&store, cfg, &plan, &incomplete).await?;
+    // A skipped object keeps (or, found by a full scan, gets) its marker, so that later
+    // runs retry it without scanning everything again.
+    let skipped: std::collections::BTreeSet<&str> = report
+        .skipped_files
+        .iter()
+        .map(|s| s.path.as_str())
+        .collect();
+    for path in skipped {
+        pending::ensure(&store, &cfg.pending_prefix, path)
             .await
-            .map_err(|source| RollupError::WriteCheckpoint {
-                path: cfg.checkpoint_path.clone(),
+            .map_err(|source| RollupError::WriteState {
+                path: path.to_string(),
                 source,
             })?;
-        report.checkpoint_written = true;
     }
-
+    if plan.full_scan && report.units_remaining == 0 {
+        let path = format!("{}/{INITIALIZED}", cfg.state_prefix);
+        store
+            .put(&Path::from(path.as_str()), PutPayload::from_static(b""))
+            .await
+            .map_err(|source| RollupError::WriteState { path, source })?;
+    }
+    if report.units_remaining > 0 {
+        warn!(
+            units_remaining = report.units_remaining,
+            "deadline near: remaining units are left for the next run"
+        );
+    }
     info!(
-        files_scanned = report.files_scanned,
-        new_files = report.new_files,
-        rows_read = report.rows_read,
-        duplicates_dropped = report.duplicates_dropped,
-        partitions_touched = report.partitions_touched,
-        partitions_remaining = report.partitions_remaining,
-        windows_updated = report.windows_updated,
-        stats_files_written = report.stats_files_written,
-        checkpoint_written = report.checkpoint_written,
-        skipped_files = report.skipped_files.len(),
+        units = report.units_planned,
+        done = report.units_done,
+        busy = report.units_busy,
         "rollup finished"
     );
     Ok(report)
 }
 
-/// Whether another partition fits before `deadline`: the slowest partition so far, twice
-/// (partitions differ in size), plus the checkpoint reserve.
+/// Runs `units` with up to `cfg.workers` at once; `None` for a unit not started because
+/// of the deadline.
+async fn run_units(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    units: &[Unit],
+    owner: &str,
+    deadline: Option<SystemTime>,
+) -> Vec<Option<Result<UnitReport, RollupError>>> {
+    let slowest = std::sync::Mutex::new(Duration::ZERO);
+    let started_any = std::sync::atomic::AtomicBool::new(false);
+    let mut pending = Vec::with_capacity(units.len());
+    for unit in units {
+        let slowest = &slowest;
+        let started_any = &started_any;
+        pending.push(async move {
+            let so_far = slowest.lock().map(|s| *s).unwrap_or_default();
+            if started_any.swap(true, std::sync::atomic::Ordering::SeqCst)
+                && !time_for_another(deadline, so_far)
+            {
+                return None;
+            }
+            let started = Instant::now();
+            let result = worker::run_unit(store, cfg, unit, owner).await;
+            if let Ok(mut s) = slowest.lock() {
+                *s = (*s).max(started.elapsed());
+            }
+            Some(result)
+        });
+    }
+    // `buffered` keeps the units' order in the results.
+    futures::stream::iter(pending)
+        .buffered(cfg.workers.max(1))
+        .collect()
+        .await
+}
+
+/// For every partition whose units are all done: deletes its markers, and the stats
+/// files of its hour that no unit of the current layout wrote (the single
+/// `stats.parquet` of the layout before units, or parts of another bucket count), which
+/// would otherwise be counted twice.
+async fn finish_partitions(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    plan: &Plan,
+    incomplete: &std::collections::BTreeSet<telemetry::Partition>,
+) -> Result<(), RollupError> {
+    let delete = |path: Path| async move {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(source) => Err(RollupError::WriteState {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    };
+    let current = format!("-of-{:04}.parquet", cfg.buckets.max(1));
+    for p in plan
+        .partitions
+        .iter()
+        .filter(|p| !incomplete.contains(&p.partition))
+    {
+        for marker in &p.markers {
+            delete(marker.clone()).await?;
+        }
+        if p.units.is_empty() {
+            continue;
+        }
+        let folder = format!(
+            "{}/{}",
+            cfg.window_prefix(ROLLUP_WINDOW),
+            p.partition.path()
+        );
+        let listed =
+            io::list_objects(store, &folder)
+                .await
+                .map_err(|source| RollupError::List {
+                    prefix: folder.clone(),
+                    source,
+                })?;
+        for meta in listed {
+            let name = meta.location.filename().unwrap_or_default();
+            let ours = name.starts_with("part-") && name.ends_with(&current);
+            if !ours && !name.starts_with(['_', '.']) {
+                warn!(path = %meta.location, "removing a stats file of another layout");
+                delete(meta.location).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Whether another unit fits before `deadline`: twice the slowest so far, plus the
+/// reserve.
 fn time_for_another(deadline: Option<SystemTime>, slowest: Duration) -> bool {
     let Some(deadline) = deadline else {
         return true;
@@ -309,189 +388,5 @@ fn time_for_another(deadline: Option<SystemTime>, slowest: Duration) -> bool {
     let left = deadline
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO);
-    left > slowest.saturating_mul(2).saturating_add(CHECKPOINT_RESERVE)
-}
-
-/// A listed telemetry object and whether the checkpoint lacks it.
-struct Input {
-    file: TelemetryFile,
-    new: bool,
-}
-
-/// Recomputes the windows of one hour partition touched by its new objects and writes the
-/// partition's stats file if a row changed. Returns the new objects now aggregated (to be
-/// added to the checkpoint).
-async fn roll_partition<'a>(
-    store: &Arc<dyn ObjectStore>,
-    cfg: &RollupConfig,
-    partition: &Partition,
-    inputs: &'a [Input],
-    report: &mut RollupReport,
-) -> Result<Vec<&'a TelemetryFile>, RollupError> {
-    // Listing only yields canonical partitions, which always have a start.
-    let Some(start) = partition.start_millis() else {
-        return Ok(Vec::new());
-    };
-    let mut agg = Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS);
-    let mut aggregated = Vec::new();
-    let mut failed: HashSet<&str> = HashSet::new();
-    let mut blocked: Option<(String, ReadError)> = None;
-
-    // Futures built in a loop rather than by a closure over `inputs`: a closure returning a
-    // borrowing future is higher-ranked, and rustc then cannot prove the caller's future
-    // `Send` (needed to run the rollup on a spawned task).
-    let mut pending = Vec::with_capacity(inputs.len());
-    for input in inputs {
-        pending.push(async move {
-            let read = io::read_parquet(store, &input.file.meta, Some(&INPUT_COLUMNS)).await;
-            (input, read)
-        });
-    }
-    let mut reads = futures::stream::iter(pending).buffered(cfg.read_concurrency.max(1));
-    while let Some((input, read)) = reads.next().await {
-        let path = input.file.meta.location.as_ref();
-        let added = read.and_then(|batches| Ok(agg.add_file(&batches, input.new)?));
-        match added {
-            Ok(()) if input.new => aggregated.push(&input.file),
-            Ok(()) => {}
-            Err(e) if input.new => {
-                warn!(path, error = %e, "skipping unreadable telemetry file; retried next run");
-                report.skipped_files.push(SkippedFile {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                });
-                failed.insert(path);
-            }
-            Err(e) => {
-                blocked = Some((path.to_string(), e));
-                break;
-            }
-        }
-    }
-    drop(reads);
-    report.rows_read += agg.rows;
-    report.duplicates_dropped += agg.duplicates;
-    report.rows_outside_partition += agg.outside;
-    if agg.outside > 0 {
-        warn!(
-            partition = %partition.path(),
-            rows = agg.outside,
-            "rows whose event time is outside their hour folder were left out"
-        );
-    }
-
-    if let Some((path, error)) = blocked {
-        warn!(
-            partition = %partition.path(),
-            %path,
-            %error,
-            "an aggregated file could not be re-read; partition deferred to the next run"
-        );
-        report.skipped_files.push(SkippedFile {
-            path: path.clone(),
-            reason: format!(
-                "already aggregated but could not be re-read ({error}); partition {} deferred",
-                partition.path()
-            ),
-        });
-        for input in inputs.iter().filter(|i| i.new) {
-            let p = input.file.meta.location.as_ref();
-            if !failed.contains(p) {
-                report.skipped_files.push(SkippedFile {
-                    path: p.to_string(),
-                    reason: format!("deferred: {path} in the same partition could not be re-read"),
-                });
-            }
-        }
-        return Ok(Vec::new());
-    }
-    if aggregated.is_empty() {
-        // Every new object failed: there is nothing new to recompute.
-        return Ok(Vec::new());
-    }
-    report.partitions_touched += 1;
-
-    let stats_path = cfg.stats_path(ROLLUP_WINDOW, partition);
-    let existing = read_existing(store, &stats_path).await;
-    // Without the existing rows, the untouched windows would be lost: recompute them all.
-    let touched = agg.touched();
-    let computed = agg.finish(existing.is_some());
-    report.windows_recomputed += computed.len();
-
-    let had_existing = existing.is_some();
-    let mut rows: BTreeMap<WindowKey, WindowStats> = existing
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| (s.key(), s))
-        .collect();
-    let mut updated = 0;
-    if had_existing {
-        // A touched window may have lost every reading to de-duplication.
-        let recomputed: HashSet<WindowKey> = computed.iter().map(WindowStats::key).collect();
-        for key in touched.iter().filter(|k| !recomputed.contains(*k)) {
-            if rows.remove(key).is_some() {
-                updated += 1;
-            }
-        }
-    }
-    for stats in computed {
-        let key = stats.key();
-        if rows.get(&key) != Some(&stats) {
-            rows.insert(key, stats);
-            updated += 1;
-        }
-    }
-    report.windows_updated += updated;
-
-    if updated > 0 {
-        let rows: Vec<WindowStats> = rows.into_values().collect();
-        let batch = stats_to_batch(&rows).map_err(|source| RollupError::Encode {
-            path: stats_path.clone(),
-            source,
-        })?;
-        io::write_parquet(store, &stats_path, &batch)
-            .await
-            .map_err(|source| RollupError::WriteStats {
-                path: stats_path.clone(),
-                source,
-            })?;
-        report.stats_files_written += 1;
-    }
-    info!(
-        partition = %partition.path(),
-        new_files = aggregated.len(),
-        windows_updated = updated,
-        written = updated > 0,
-        "partition rolled up"
-    );
-    Ok(aggregated)
-}
-
-/// The rows of the existing stats file; `None` when it is missing or unreadable (logged),
-/// in which case the caller recomputes the whole hour.
-async fn read_existing(store: &Arc<dyn ObjectStore>, path: &str) -> Option<Vec<WindowStats>> {
-    let meta = match store.head(&Path::from(path)).await {
-        Ok(meta) => meta,
-        Err(object_store::Error::NotFound { .. }) => return None,
-        Err(error) => {
-            warn!(path, %error, "existing stats unreadable; recomputing the whole hour");
-            return None;
-        }
-    };
-    let rows = match io::read_parquet(store, &meta, None).await {
-        Ok(batches) => batches
-            .iter()
-            .map(stats_from_batch)
-            .collect::<Result<Vec<_>, _>>()
-            .map(|parts| parts.concat())
-            .map_err(ReadError::from),
-        Err(e) => Err(e),
-    };
-    match rows {
-        Ok(rows) => Some(rows),
-        Err(error) => {
-            warn!(path, %error, "existing stats unreadable; recomputing the whole hour");
-            None
-        }
-    }
+    left > slowest * 2 + DEADLINE_RESERVE
 }

@@ -43,7 +43,7 @@ async fn rolled_up() -> Arc<dyn ObjectStore> {
     let report = run_rollup(store.clone(), &RollupConfig::default())
         .await
         .unwrap();
-    assert_eq!(report.stats_files_written, 2);
+    assert_eq!(report.windows_updated, 6);
     store
 }
 

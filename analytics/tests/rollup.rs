@@ -1,4 +1,5 @@
-//! The incremental rollup against an in-memory object store.
+//! The incremental rollup against an in-memory object store (and the local file system,
+//! for the tests of concurrent and killed runs).
 
 // Helpers outside `#[test]` functions (tests/common) panic on purpose too.
 #![allow(clippy::unwrap_used)]
@@ -46,8 +47,10 @@ async fn aggregates_of_a_small_example_match_hand_computed_values() {
     assert_eq!(report.rows_read, 10);
     assert_eq!(report.partitions_touched, 1);
     assert_eq!(report.windows_updated, 4);
-    assert_eq!(report.stats_files_written, 1);
-    assert!(report.checkpoint_written);
+    assert!(
+        report.full_scan,
+        "the first run of a store lists everything"
+    );
     assert!(report.skipped_files.is_empty());
 
     let rows = read_stats(&store, H16).await;
@@ -82,11 +85,23 @@ async fn aggregates_of_a_small_example_match_hand_computed_values() {
     let flat = row(&rows, "sensor-b", "temperature", w05);
     assert_eq!((flat.count, flat.stddev), (2, Some(0.0)));
 
-    // The file is sorted by (device, metric, window).
-    let keys: Vec<_> = rows.iter().map(|r| r.key()).collect();
-    let mut sorted = keys.clone();
-    sorted.sort();
-    assert_eq!(keys, sorted);
+    // Each unit's file is sorted by (device, metric, window).
+    let files = hour_files(&snapshot(&store).await, H16);
+    assert_eq!(files.len(), report.stats_files_written);
+    for path in files.keys() {
+        let meta = store.head(&Path::from(path.as_str())).await.unwrap();
+        let batches = analytics::io::read_parquet(&store, &meta, None)
+            .await
+            .unwrap();
+        let keys: Vec<_> = batches
+            .iter()
+            .flat_map(|b| analytics::schema::stats_from_batch(b).unwrap())
+            .map(|r| r.key())
+            .collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
 }
 
 #[tokio::test]
@@ -146,10 +161,8 @@ async fn a_second_run_over_unchanged_data_writes_nothing() {
     );
     assert_eq!(
         second,
-        RollupReport {
-            files_scanned: 2,
-            ..RollupReport::default()
-        }
+        RollupReport::default(),
+        "no marker left: nothing is listed"
     );
 }
 
@@ -190,18 +203,21 @@ async fn late_data_in_an_old_hour_updates_only_the_windows_it_touches() {
     let report = rollup(&store).await;
     assert_eq!(report.new_files, 1);
     assert_eq!(report.partitions_touched, 1);
-    assert_eq!(report.windows_recomputed, 2);
+    assert!(!report.full_scan);
+    assert_eq!(report.files_scanned, 2, "only the late hour is listed");
     assert_eq!(report.windows_updated, 2);
-    assert_eq!(report.stats_files_written, 1);
-    assert!(report.checkpoint_written);
+    assert_eq!(
+        report.stats_files_written, 1,
+        "only sensor-a's unit changed"
+    );
 
     let after = snapshot(&store).await;
     assert_eq!(
-        after[&stats_path(H16)],
-        before[&stats_path(H16)],
+        hour_files(&after, H16),
+        hour_files(&before, H16),
         "the stats of an hour without new data were rewritten"
     );
-    assert_ne!(after[&stats_path(H15)], before[&stats_path(H15)]);
+    assert_ne!(hour_files(&after, H15), hour_files(&before, H15));
 
     let rows = read_stats(&store, H15).await;
     assert_eq!(rows.len(), 4);
@@ -228,7 +244,7 @@ async fn a_file_that_only_repeats_known_readings_rewrites_no_stats() {
     ];
     put_file(&store, "a.parquet", &readings).await;
     rollup(&store).await;
-    let stats_before = snapshot(&store).await[&stats_path(H16)].clone();
+    let stats_before = hour_files(&snapshot(&store).await, H16);
 
     put_file(&store, "a-redelivered.parquet", &readings).await;
     let report = rollup(&store).await;
@@ -236,8 +252,11 @@ async fn a_file_that_only_repeats_known_readings_rewrites_no_stats() {
     assert_eq!(report.duplicates_dropped, 2);
     assert_eq!(report.windows_updated, 0);
     assert_eq!(report.stats_files_written, 0);
-    assert!(report.checkpoint_written, "the new file must be remembered");
-    assert_eq!(snapshot(&store).await[&stats_path(H16)], stats_before);
+    assert!(
+        report.state_objects_written > 0,
+        "the new file must be remembered"
+    );
+    assert_eq!(hour_files(&snapshot(&store).await, H16), stats_before);
     assert_eq!(rollup(&store).await.new_files, 0);
 }
 
@@ -255,8 +274,9 @@ async fn a_corrupt_file_is_reported_and_retried_by_later_runs() {
 
     let first = rollup(&store).await;
     assert_eq!(first.new_files, 2);
-    assert_eq!(first.skipped_files.len(), 1);
-    assert_eq!(first.skipped_files[0].path, bad);
+    // Reported by every unit of the hour: each reads its bucket of every object.
+    assert_eq!(first.skipped_files.len(), first.units_planned);
+    assert!(first.skipped_files.iter().all(|s| s.path == bad));
     assert!(
         first.skipped_files[0].reason.starts_with("Parquet:"),
         "{}",
@@ -266,16 +286,17 @@ async fn a_corrupt_file_is_reported_and_retried_by_later_runs() {
         first.stats_files_written, 1,
         "the good file is aggregated anyway"
     );
-    let cp = checkpoint_json(&store).await;
-    let names = &cp["partitions"]["dt=2026-11-25/hour=16"];
-    assert_eq!(names, &serde_json::json!(["good.parquet"]));
+    assert_eq!(
+        unit_state(&store, H16, "d").await["objects"],
+        serde_json::json!(["good.parquet"])
+    );
 
-    // Still unreadable: reported again, nothing written.
+    // Still unreadable: reported again (its marker is kept), nothing written.
     let before = snapshot(&store).await;
     let second = rollup(&store).await;
     assert_eq!(second.new_files, 1);
-    assert_eq!(second.skipped_files.len(), 1);
-    assert!(!second.checkpoint_written);
+    assert_eq!(second.skipped_files.len(), second.units_planned);
+    assert_eq!(second.state_objects_written, 0);
     assert_eq!(snapshot(&store).await, before);
 
     // Readable now (the failure was transient): its readings are aggregated.
@@ -285,7 +306,7 @@ async fn a_corrupt_file_is_reported_and_retried_by_later_runs() {
     assert_eq!(third.windows_updated, 1);
     assert_eq!(row(&read_stats(&store, H16).await, "d", "t", H16).count, 2);
     assert_eq!(
-        checkpoint_json(&store).await["partitions"]["dt=2026-11-25/hour=16"],
+        unit_state(&store, H16, "d").await["objects"],
         serde_json::json!(["bad.parquet", "good.parquet"])
     );
 }
@@ -322,7 +343,7 @@ async fn a_file_with_the_wrong_columns_is_skipped_like_a_corrupt_one() {
         .await
         .unwrap();
     let report = rollup(&store).await;
-    assert_eq!(report.skipped_files.len(), 1);
+    assert_eq!(report.skipped_files.len(), report.units_planned);
     assert_eq!(report.skipped_files[0].path, wrong);
     assert!(
         report.skipped_files[0]
@@ -339,25 +360,24 @@ async fn an_aggregated_file_that_cannot_be_reread_defers_its_partition() {
     let readings = [reading("d", 1, H16 + 1, "t", 1.0)];
     let a = put_file(&store, "a.parquet", &readings).await;
     rollup(&store).await;
-    let stats_before = snapshot(&store).await[&stats_path(H16)].clone();
+    let stats_before = hour_files(&snapshot(&store).await, H16);
 
     // `a` becomes unreadable (an outage, simulated by replacing it) while `b` arrives.
     put_raw(&store, &a, b"garbage").await;
-    let b = put_file(&store, "b.parquet", &[reading("d", 2, H16 + 2, "t", 2.0)]).await;
+    put_file(&store, "b.parquet", &[reading("d", 2, H16 + 2, "t", 2.0)]).await;
     let report = rollup(&store).await;
-    let skipped: Vec<_> = report
+    let d_unit = report
         .skipped_files
         .iter()
-        .map(|s| s.path.as_str())
-        .collect();
-    assert_eq!(skipped, [a.as_str(), b.as_str()]);
-    assert!(report.skipped_files[1].reason.starts_with("deferred"));
+        .find(|s| s.path == a)
+        .expect("a is reported");
+    assert!(d_unit.reason.contains("deferred"), "{}", d_unit.reason);
+    assert!(report.units_deferred >= 1);
     assert_eq!(
         report.stats_files_written, 0,
         "windows must not lose a's readings"
     );
-    assert!(!report.checkpoint_written);
-    assert_eq!(snapshot(&store).await[&stats_path(H16)], stats_before);
+    assert_eq!(hour_files(&snapshot(&store).await, H16), stats_before);
 
     // `a` is readable again: `b` is aggregated on top of it.
     put_file(&store, "a.parquet", &readings).await;
@@ -368,42 +388,58 @@ async fn an_aggregated_file_that_cannot_be_reread_defers_its_partition() {
 }
 
 #[tokio::test]
-async fn a_crash_before_the_checkpoint_only_repeats_work() {
+async fn a_crash_before_the_state_only_repeats_work() {
     let store = store();
     put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
     rollup(&store).await;
     let stats_before = read_stats(&store, H16).await;
 
-    // As if the run had died after writing stats but before the checkpoint.
+    // As if the run had died after writing the stats but before the unit's state (and so
+    // before the marker was deleted).
+    let cfg = RollupConfig::default();
+    let unit = analytics::units::Unit {
+        partition: telemetry::Partition::of_millis(H16),
+        bucket: analytics::units::bucket_of("d", cfg.buckets),
+        buckets: cfg.buckets,
+    };
     store
-        .delete(&Path::from("stats/_checkpoint/rollup.json"))
+        .delete(&Path::from(unit.state_path(&cfg)))
         .await
         .unwrap();
+    analytics::pending::mark(
+        &store,
+        &cfg.pending_prefix,
+        "telemetry/dt=2026-11-25/hour=16/a.parquet",
+    )
+    .await
+    .unwrap();
     let report = rollup(&store).await;
     assert_eq!(report.new_files, 1);
-    assert_eq!(report.windows_recomputed, 1);
+    assert_eq!(report.units_planned, 1);
     assert_eq!(report.windows_updated, 0);
     assert_eq!(report.stats_files_written, 0);
-    assert!(report.checkpoint_written);
+    assert_eq!(report.state_objects_written, 1);
     assert_eq!(read_stats(&store, H16).await, stats_before);
 }
 
 #[tokio::test]
-async fn an_unparseable_checkpoint_is_reported_and_everything_is_recomputed() {
+async fn an_unparseable_state_is_treated_as_empty_and_the_unit_recomputed() {
     let store = store();
     put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
-    put_raw(&store, "stats/_checkpoint/rollup.json", b"{\"version\":").await;
-    let report = rollup(&store).await;
-    assert!(
-        report
-            .checkpoint_reset
-            .as_deref()
-            .is_some_and(|r| r.contains("not a valid checkpoint")),
-        "{report:?}"
-    );
-    assert_eq!(report.stats_files_written, 1);
-    assert!(report.checkpoint_written);
-    assert_eq!(rollup(&store).await.new_files, 0);
+    rollup(&store).await;
+    let cfg = RollupConfig {
+        full_scan: true,
+        ..RollupConfig::default()
+    };
+    let unit = analytics::units::Unit {
+        partition: telemetry::Partition::of_millis(H16),
+        bucket: analytics::units::bucket_of("d", cfg.buckets),
+        buckets: cfg.buckets,
+    };
+    put_raw(&store, &unit.state_path(&cfg), b"{\"version\":").await;
+    let report = run_rollup(store.clone(), &cfg).await.unwrap();
+    assert_eq!((report.units_planned, report.state_objects_written), (1, 1));
+    assert_eq!(rollup(&store).await.units_planned, 0);
 }
 
 #[tokio::test]
@@ -411,7 +447,9 @@ async fn a_missing_stats_file_is_rebuilt_from_every_file_of_its_hour() {
     let store = store();
     put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
     rollup(&store).await;
-    store.delete(&Path::from(stats_path(H16))).await.unwrap();
+    for path in hour_files(&snapshot(&store).await, H16).keys() {
+        store.delete(&Path::from(path.as_str())).await.unwrap();
+    }
 
     put_file(
         &store,
@@ -420,36 +458,62 @@ async fn a_missing_stats_file_is_rebuilt_from_every_file_of_its_hour() {
     )
     .await;
     let report = rollup(&store).await;
-    assert_eq!(report.windows_recomputed, 2);
+    assert_eq!(report.windows_updated, 2);
     let rows = read_stats(&store, H16).await;
     assert_eq!(rows.len(), 2, "the window of the old file is back");
 }
 
 #[tokio::test]
-async fn the_checkpoint_lists_processed_files_grouped_by_hour_partition() {
+async fn a_units_state_lists_the_objects_of_its_hour_only() {
     let store = store();
     put_file(&store, "a.parquet", &[reading("d", 1, H15 + 1, "t", 1.0)]).await;
     put_file(&store, "b.parquet", &[reading("d", 2, H16 + 1, "t", 1.0)]).await;
     put_file(&store, "c.parquet", &[reading("d", 3, H16 + 2, "t", 1.0)]).await;
     rollup(&store).await;
     assert_eq!(
-        checkpoint_json(&store).await,
-        serde_json::json!({
-            "version": 1,
-            "telemetry_prefix": "telemetry",
-            "partitions": {
-                "dt=2026-11-25/hour=15": ["a.parquet"],
-                "dt=2026-11-25/hour=16": ["b.parquet", "c.parquet"],
-            }
-        })
+        unit_state(&store, H15, "d").await,
+        serde_json::json!({"version": 2, "objects": ["a.parquet"]})
     );
+    assert_eq!(
+        unit_state(&store, H16, "d").await,
+        serde_json::json!({"version": 2, "objects": ["b.parquet", "c.parquet"]})
+    );
+}
+
+#[tokio::test]
+async fn an_object_without_a_marker_is_found_by_a_full_scan() {
+    let store = store();
+    put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
+    rollup(&store).await;
+    // Written without its marker (a producer that crashed in between).
+    let b = put_file(&store, "b.parquet", &[reading("d", 2, H16 + 2, "t", 2.0)]).await;
+    store
+        .delete(&Path::from(format!("stats/_pending/{b}")))
+        .await
+        .unwrap();
+    assert_eq!(rollup(&store).await.units_planned, 0);
+    let cfg = RollupConfig {
+        full_scan: true,
+        ..RollupConfig::default()
+    };
+    let report = run_rollup(store.clone(), &cfg).await.unwrap();
+    assert_eq!((report.full_scan, report.new_files), (true, 1));
+    assert_eq!(row(&read_stats(&store, H16).await, "d", "t", H16).count, 2);
 }
 
 #[tokio::test]
 async fn an_empty_store_is_a_run_with_nothing_to_do() {
     let store = store();
-    assert_eq!(rollup(&store).await, RollupReport::default());
-    assert!(snapshot(&store).await.is_empty());
+    let report = rollup(&store).await;
+    assert_eq!(
+        report,
+        RollupReport {
+            full_scan: true,
+            ..RollupReport::default()
+        }
+    );
+    let written: Vec<String> = snapshot(&store).await.into_keys().collect();
+    assert_eq!(written, ["stats/_state/_initialized"]);
 }
 
 #[tokio::test]
@@ -463,9 +527,14 @@ async fn the_rollup_runs_the_same_on_a_local_data_directory() {
         (report.duplicates_dropped, report.stats_files_written),
         (1, 1)
     );
+    let cfg = RollupConfig::default();
+    let part = analytics::units::bucket_of("d", cfg.buckets);
     assert!(
         dir.path()
-            .join("stats/window=1m/dt=2026-11-25/hour=16/stats.parquet")
+            .join(format!(
+                "stats/window=1m/dt=2026-11-25/hour=16/part-{part:04}-of-{:04}.parquet",
+                cfg.buckets
+            ))
             .is_file()
     );
     assert_eq!(row(&read_stats(&store, H16).await, "d", "t", H16).count, 1);
@@ -476,28 +545,178 @@ async fn the_rollup_runs_the_same_on_a_local_data_directory() {
 }
 
 #[tokio::test]
-async fn a_run_out_of_time_stops_between_partitions_and_the_next_run_continues() {
+async fn a_run_out_of_time_stops_between_units_and_the_next_run_continues() {
     let store = store();
     put_file(&store, "a.parquet", &[reading("d", 1, H15 + 1, "t", 1.0)]).await;
     put_file(&store, "b.parquet", &[reading("d", 2, H16 + 1, "t", 2.0)]).await;
 
-    // A deadline already past: one partition (the oldest) is still completed.
-    let cfg = RollupConfig::default();
+    // A deadline already past: one unit (of the oldest partition) is still completed.
+    let cfg = RollupConfig {
+        buckets: 1,
+        ..RollupConfig::default()
+    };
     let first =
         analytics::run_rollup_until(store.clone(), &cfg, Some(std::time::SystemTime::now()))
             .await
             .unwrap();
-    assert_eq!((first.new_files, first.partitions_touched), (2, 1));
-    assert_eq!(first.partitions_remaining, 1);
-    assert!(first.checkpoint_written);
-    let cp = checkpoint_json(&store).await;
-    assert_eq!(
-        cp["partitions"],
-        serde_json::json!({"dt=2026-11-25/hour=15": ["a.parquet"]})
-    );
+    assert_eq!((first.units_planned, first.units_done), (2, 1));
+    assert_eq!(first.units_remaining, 1);
+    assert_eq!(read_stats(&store, H15).await.len(), 1);
+    assert!(read_stats(&store, H16).await.is_empty());
 
-    let second = rollup(&store).await;
-    assert_eq!((second.new_files, second.partitions_touched), (1, 1));
-    assert_eq!(second.partitions_remaining, 0);
+    let second = rollup_with(&store, &cfg).await;
+    assert_eq!((second.units_planned, second.units_done), (1, 1));
+    assert_eq!(second.units_remaining, 0);
     assert_eq!(read_stats(&store, H16).await.len(), 1);
+}
+
+/// A seeded hour of `devices` devices × 20 messages × 2 metrics in `files` objects, with
+/// redeliveries, on a local data directory.
+async fn fleet_hour(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    devices: usize,
+    files: usize,
+) {
+    let mut per_file: Vec<Vec<telemetry::Reading>> = vec![Vec::new(); files];
+    for d in 0..devices {
+        let device = format!("sensor-{d:04}");
+        for seq in 0..20i64 {
+            let t = H16 + seq * 3 * MINUTE + d as i64;
+            for metric in ["temperature", "humidity"] {
+                let r = reading(&device, seq, t, metric, (d as f64) + seq as f64 * 0.5);
+                per_file[(d + seq as usize) % files].push(r.clone());
+                if (d + seq as usize).is_multiple_of(7) {
+                    per_file[(d * 3 + seq as usize) % files].push(r);
+                }
+            }
+        }
+    }
+    for (i, readings) in per_file.iter().enumerate() {
+        put_file(store, &format!("part-{i:03}.parquet"), readings).await;
+    }
+}
+
+fn local(dir: &tempfile::TempDir) -> std::sync::Arc<dyn object_store::ObjectStore> {
+    analytics::config::local_store(Some(dir.path().into())).unwrap()
+}
+
+async fn query_all(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+) -> Vec<analytics::WindowStats> {
+    analytics::query(store.clone(), &analytics::Query::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rollups_at_once_leave_the_stats_of_a_single_run() {
+    let single = tempfile::tempdir().unwrap();
+    let reference = local(&single);
+    fleet_hour(&reference, 200, 12).await;
+    rollup(&reference).await;
+    let expected = query_all(&reference).await;
+    assert_eq!(expected.len(), 200 * 2 * 20);
+
+    for workers in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local(&dir);
+        fleet_hour(&store, 200, 12).await;
+        let cfg = RollupConfig {
+            workers,
+            ..RollupConfig::default()
+        };
+        let (a, b) = tokio::join!(
+            run_rollup(store.clone(), &cfg),
+            run_rollup(store.clone(), &cfg)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for r in [&a, &b] {
+            assert_eq!(r.units_planned, r.units_done + r.units_busy, "{r:?}");
+        }
+        assert!(a.units_done.max(b.units_done) > 0);
+        assert_eq!(query_all(&store).await, expected, "workers = {workers}");
+        // Whatever the interleaving, nothing is left to do.
+        assert_eq!(rollup(&store).await.units_planned, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollup_killed_mid_run_then_rerun_yields_the_same_stats() {
+    let single = tempfile::tempdir().unwrap();
+    let reference = local(&single);
+    fleet_hour(&reference, 100, 6).await;
+    rollup(&reference).await;
+    let expected = query_all(&reference).await;
+
+    let ttl = std::time::Duration::from_millis(500);
+    let cfg = RollupConfig {
+        lease_ttl: ttl,
+        workers: 2,
+        ..RollupConfig::default()
+    };
+    // Kill points: the run is dropped (as a killed process stops) after this many polls.
+    for polls in [1usize, 5, 20, 60, 200] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = local(&dir);
+        fleet_hour(&store, 100, 6).await;
+        let mut run = Box::pin(run_rollup(store.clone(), &cfg));
+        let mut finished = false;
+        for _ in 0..polls {
+            if futures::poll!(run.as_mut()).is_ready() {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(run);
+        // Leases of the killed run expire; then a rerun completes the work.
+        tokio::time::sleep(ttl).await;
+        let rerun = rollup_with(&store, &cfg).await;
+        assert_eq!(rerun.units_busy, 0, "polls = {polls}");
+        assert_eq!(
+            query_all(&store).await,
+            expected,
+            "polls = {polls}, finished = {finished}"
+        );
+        assert_eq!(rollup_with(&store, &cfg).await.units_planned, 0);
+    }
+}
+
+async fn rollup_with(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    cfg: &RollupConfig,
+) -> RollupReport {
+    run_rollup(store.clone(), cfg).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_change_of_bucket_count_replaces_the_hours_stats_files() {
+    let store = store();
+    put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
+    put_file(&store, "b.parquet", &[reading("e", 1, H16 + 2, "t", 2.0)]).await;
+    // The layout before units: one stats file per hour.
+    put_raw(
+        &store,
+        &format!("{}stats.parquet", stats_folder(H16)),
+        b"old",
+    )
+    .await;
+    rollup(&store).await;
+    let before = read_stats(&store, H16).await;
+    assert_eq!(before.len(), 2);
+
+    let cfg = RollupConfig {
+        buckets: 3,
+        ..RollupConfig::default()
+    };
+    put_file(&store, "c.parquet", &[reading("d", 2, H16 + 3, "t", 3.0)]).await;
+    rollup_with(&store, &cfg).await;
+    let files = hour_files(&snapshot(&store).await, H16);
+    assert!(
+        files.keys().all(|k| k.ends_with("-of-0003.parquet")),
+        "{files:?}"
+    );
+    let after = read_stats(&store, H16).await;
+    assert_eq!(after.len(), 2);
+    assert_eq!(row(&after, "d", "t", H16).count, 2);
 }

@@ -77,7 +77,7 @@ enum Command {
     /// without MQTT.
     Replay(ReplayArgs),
     /// Run the scheduled aggregation now (incremental: only new data is processed).
-    Rollup(DataArg),
+    Rollup(RollupArgs),
     /// Read the aggregates: per device, metric and window.
     Query(QueryArgs),
     /// The delivery ledger: per device and window, messages sent, received, duplicated,
@@ -149,6 +149,30 @@ struct CostArgs {
     /// topology, monthly_usd, idle_usd, lines [{component, usage, usd}], break_even_rate).
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
     format: String,
+}
+
+/// `iotpipe rollup`: the planner and its workers, in this process.
+#[derive(Debug, clap::Args)]
+struct RollupArgs {
+    #[command(flatten)]
+    data: DataArg,
+    /// Units (one device-hash bucket of one hour) aggregated at once. Each holds about
+    /// 300 bytes per reading of its unit at its peak, so memory grows with this; time
+    /// shrinks with it up to the number of cores.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: u16,
+    /// Device-hash buckets per hour: more buckets, less memory per unit. Keep it the same
+    /// from run to run: a change rewrites every hour that has new data.
+    #[arg(long, default_value_t = analytics::config::DEFAULT_BUCKETS, env = "IOTPIPE_ROLLUP_BUCKETS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    buckets: u32,
+    /// List every telemetry object instead of only the new-object markers: finds objects
+    /// whose marker was lost (a crash between writing an object and its marker).
+    #[arg(long)]
+    full_scan: bool,
+    /// How long a unit's lease lasts: the unit of a killed rollup is taken again after
+    /// this. Longer than the slowest unit (e.g. 30s, 15m).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
 }
 
 #[derive(Debug, clap::Args)]
@@ -538,10 +562,18 @@ fn device_of(payload: &[u8]) -> Option<String> {
     (!id.is_empty() && !id.contains(['/', '+', '#'])).then(|| id.to_string())
 }
 
-async fn rollup(a: DataArg) -> anyhow::Result<()> {
-    let store = stack::open_store(&a.data)?;
+async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
+    let store = stack::open_store(&a.data.data)?;
     let meter = meter::Meter::new();
-    let report = scheduler::scheduled_rollup(&store, &meter, &stack::Counters::default()).await?;
+    let cfg = analytics::RollupConfig {
+        workers: usize::from(a.workers),
+        buckets: a.buckets,
+        full_scan: a.full_scan,
+        lease_ttl: a.lease_ttl,
+        ..analytics::RollupConfig::default()
+    };
+    let report =
+        scheduler::scheduled_rollup_with(&store, &meter, &stack::Counters::default(), &cfg).await?;
     for f in meter.report() {
         eprintln!(
             "REPORT Function: {} Duration: {:.2} ms Billed Duration: {} ms Memory Size: {} MB Max Memory Used: {} MB",

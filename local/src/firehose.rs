@@ -242,6 +242,16 @@ pub enum EmulatorError {
         #[source]
         source: object_store::Error,
     },
+    /// The new-object marker of a completed Parquet object could not be written (the
+    /// rollup finds new objects by their markers, as it would by S3 event notifications).
+    #[error("writing the new-object marker of {path}: {source}")]
+    Marker {
+        /// The Parquet object's key.
+        path: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 /// Per source shard (`shardId-…`), the sequence number of the last record handled
@@ -647,7 +657,7 @@ impl DeliveryStream {
             let batch = readings_to_batch(&readings)?;
             let done = self.writer.write(&partition, &batch).await?;
             counts.rows += readings.len() as u64;
-            self.completed(done);
+            self.completed(done).await?;
         }
         if !errors.is_empty() {
             self.write_errors(&errors, now).await?;
@@ -701,7 +711,7 @@ impl DeliveryStream {
         if self.writer.pending_rows() > 0 {
             let done = self.writer.flush().await?;
             tracing::debug!(why, files = done.len(), "destination buffer flushed");
-            self.completed(done);
+            self.completed(done).await?;
         }
         self.publish_durable();
         Ok(())
@@ -720,11 +730,24 @@ impl DeliveryStream {
         self.published = self.handled.clone();
     }
 
-    fn completed(&mut self, files: Vec<WrittenFile>) {
+    /// Records completed objects and leaves each its new-object marker for the rollup
+    /// (what S3 event notifications do on AWS).
+    async fn completed(&mut self, files: Vec<WrittenFile>) -> Result<(), EmulatorError> {
         for f in files {
             tracing::info!(path = %f.path, rows = f.rows, bytes = f.bytes, "parquet file written");
+            analytics::pending::mark(
+                &self.store,
+                analytics::config::DEFAULT_PENDING_PREFIX,
+                &f.path,
+            )
+            .await
+            .map_err(|source| EmulatorError::Marker {
+                path: f.path.clone(),
+                source,
+            })?;
             self.report.files.push(f);
         }
+        Ok(())
     }
 }
 

@@ -84,27 +84,36 @@ fn rollup_task(
     async move { scheduled_rollup(&store, &meter, &counters).await }.boxed()
 }
 
-/// Invokes the rollup handler as the scheduler would, metered.
+/// Invokes the rollup handler as the scheduler would, metered, with the default settings.
 pub async fn scheduled_rollup(
     store: &Arc<dyn ObjectStore>,
     meter: &Meter,
     counters: &Counters,
 ) -> anyhow::Result<analytics::RollupReport> {
+    scheduled_rollup_with(store, meter, counters, &analytics::RollupConfig::default()).await
+}
+
+/// [`scheduled_rollup`] with the rollup settings `cfg` (`iotpipe rollup --workers N`).
+pub async fn scheduled_rollup_with(
+    store: &Arc<dyn ObjectStore>,
+    meter: &Meter,
+    counters: &Counters,
+    cfg: &analytics::RollupConfig,
+) -> anyhow::Result<analytics::RollupReport> {
     counters
         .scheduler_invocations
         .fetch_add(1, Ordering::Relaxed);
-    let cfg = analytics::RollupConfig::default();
     let event = LambdaEvent::new(scheduled_event(), Context::default());
     let report = meter
         .invoke(
             &ROLLUP,
             |r: &Result<_, _>| r.is_err(),
-            analytics::handler::handle(event, store.clone(), &cfg),
+            analytics::handler::handle(event, store.clone(), cfg),
         )
         .await
         .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
     counters.rollup_objects.fetch_add(
-        report.stats_files_written as u64 + u64::from(report.checkpoint_written),
+        (report.stats_files_written + report.state_objects_written) as u64,
         Ordering::Relaxed,
     );
     tracing::debug!(

@@ -27,7 +27,7 @@ which a file does not carry):
     not null and not a string. Unknown fields are ignored.
 
 Everything after validation is SQL: the accepted messages are exploded to long rows
-(device_id, seq, event_time = ts, metric, value), de-duplicated on (device_id, seq, metric)
+(device_id, seq, event_time = ts, metric, value), de-duplicated on (device_id, seq, event_time, metric)
 keeping the first in file order, and aggregated per (device_id, metric, window_start =
 event_time floored to the minute): count, min, max, sum, mean (avg), stddev (stddev_samp,
 null when count = 1), p50/p95/p99 (quantile_cont, linear interpolation), first_event,
@@ -180,7 +180,7 @@ long AS (
 ),
 dedup AS (
     SELECT * FROM long
-    QUALIFY row_number() OVER (PARTITION BY device_id, seq, metric ORDER BY ord) = 1
+    QUALIFY row_number() OVER (PARTITION BY device_id, seq, event_time, metric ORDER BY ord) = 1
 ),
 windowed AS (
     SELECT *,

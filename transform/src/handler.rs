@@ -18,11 +18,13 @@
 //!   response size limit (below). The response echoes the original data of a record that
 //!   failed on its content, so its raw bytes reach the error prefix whichever copy Firehose
 //!   keeps.
-//! - `Dropped`: a record whose every `(device_id, seq)` already appeared earlier in the same
-//!   invocation (a duplicate document inside a packed record is left out of its output).
-//!   Dropping early only saves bytes and Parquet rows: duplicates across invocations still
-//!   happen (Kinesis and Firehose deliver at least once), and the analytics de-duplicate on
-//!   `(device_id, seq, metric)` regardless.
+//! - `Dropped`: a record whose every `(device_id, seq, ts)` already appeared earlier in the
+//!   same invocation (a duplicate document inside a packed record is left out of its
+//!   output). `ts` is part of the key because a device that reboots restarts its `seq`: a
+//!   re-delivery repeats the whole message, event time included, a restarted device does
+//!   not. Dropping early only saves bytes and Parquet rows: duplicates across invocations
+//!   still happen (Kinesis and Firehose deliver at least once), and the analytics
+//!   de-duplicate on `(device_id, seq, event_time, metric)` regardless.
 //! - Response size: Lambda rejects a synchronous response over 6 MiB
 //!   ([`MAX_RESPONSE_BYTES`]), which would fail the whole invocation. The long layout is
 //!   several times larger than its input, so the handler budgets the encoded response: from
@@ -273,7 +275,7 @@ pub fn transform(event: &KinesisFirehoseEvent) -> KinesisFirehoseResponse {
 pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseResponse, Summary) {
     let n = event.records.len();
     // Keys already answered Ok in this invocation: the de-duplication scope.
-    let mut seen: HashSet<(String, u64)> = HashSet::with_capacity(n);
+    let mut seen: HashSet<(String, u64, i64)> = HashSet::with_capacity(n);
     let mut planned: Vec<Planned> = Vec::with_capacity(n);
     for record in &event.records {
         let outcome = judge(&record.data, &mut seen);
@@ -473,7 +475,7 @@ fn partition_keys(p: &Partition) -> HashMap<String, String> {
 
 /// Decides one record. `seen` holds the keys of earlier records of the invocation and
 /// receives this record's keys when it is answered Ok.
-fn judge(data: &[u8], seen: &mut HashSet<(String, u64)>) -> Outcome {
+fn judge(data: &[u8], seen: &mut HashSet<(String, u64, i64)>) -> Outcome {
     let (docs, partition) = match parse_documents(data) {
         Ok(parsed) => parsed,
         Err(reason) => return Outcome::Failed(reason),
@@ -481,7 +483,7 @@ fn judge(data: &[u8], seen: &mut HashSet<(String, u64)>) -> Outcome {
     // `insert` is false for a key seen earlier in the invocation or in this record.
     let fresh: Vec<&StreamRecord> = docs
         .iter()
-        .filter(|d| seen.insert((d.device_id.clone(), d.seq)))
+        .filter(|d| seen.insert((d.device_id.clone(), d.seq, d.ts)))
         .collect();
     if fresh.is_empty() {
         return Outcome::Dropped;

@@ -203,6 +203,33 @@ fn a_record_whose_every_key_was_seen_earlier_in_the_invocation_is_dropped() {
 }
 
 #[test]
+fn a_device_that_restarted_its_seq_is_not_a_duplicate_but_a_redelivery_is() {
+    // Records 0 and 1: one message, its re-delivery (same seq and ts). Record 2: the same
+    // device after a reboot, seq restarted at 0 with a later event time.
+    let mut event = big_event(3, 2);
+    let mut records: Vec<StreamRecord> = event
+        .records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.data).unwrap())
+        .collect();
+    records[1] = records[0].clone();
+    records[2].seq = records[0].seq;
+    for (record, data) in records.iter().zip(event.records.iter_mut()) {
+        *data.data = record.to_json();
+    }
+    let response = transform(&event);
+    use TransformResult::{Dropped, Ok};
+    assert_eq!(results(&response), vec![Ok, Dropped, Ok]);
+    let rebooted = readings(&response.records[2].data);
+    assert_eq!(rebooted.len(), 2);
+    assert!(
+        rebooted
+            .iter()
+            .all(|r| r.seq as u64 == records[0].seq && r.event_time == records[2].ts)
+    );
+}
+
+#[test]
 fn a_packed_record_keeps_only_the_documents_not_seen_before() {
     let event = fixture("firehose-duplicates.json");
     let response = transform(&event);

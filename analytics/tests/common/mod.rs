@@ -54,6 +54,10 @@ pub async fn put_file(store: &Arc<dyn ObjectStore>, name: &str, readings: &[Read
     )
     .await
     .unwrap();
+    // As the Firehose emulation does: the rollup finds new objects by their markers.
+    analytics::pending::mark(store, analytics::config::DEFAULT_PENDING_PREFIX, &path)
+        .await
+        .unwrap();
     path
 }
 
@@ -80,24 +84,41 @@ pub async fn snapshot(store: &Arc<dyn ObjectStore>) -> BTreeMap<String, (Option<
         .collect()
 }
 
-/// The stats file of the hour starting at `hour_ms`.
-pub fn stats_path(hour_ms: i64) -> String {
-    format!(
-        "stats/window=1m/{}/stats.parquet",
-        Partition::of_millis(hour_ms).path()
-    )
+/// The folder of the 1m stats files of the hour starting at `hour_ms`.
+pub fn stats_folder(hour_ms: i64) -> String {
+    format!("stats/window=1m/{}/", Partition::of_millis(hour_ms).path())
 }
 
-/// The rows of the stats file of the hour starting at `hour_ms`.
+/// The entries of `snapshot` under the stats folder of the hour starting at `hour_ms`.
+pub fn hour_files(
+    snapshot: &BTreeMap<String, (Option<String>, i64)>,
+    hour_ms: i64,
+) -> BTreeMap<String, (Option<String>, i64)> {
+    let folder = stats_folder(hour_ms);
+    snapshot
+        .iter()
+        .filter(|(k, _)| k.starts_with(&folder))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The rows of every stats file of the hour starting at `hour_ms`, sorted by key.
 pub async fn read_stats(store: &Arc<dyn ObjectStore>, hour_ms: i64) -> Vec<WindowStats> {
-    let meta = store.head(&Path::from(stats_path(hour_ms))).await.unwrap();
-    let batches = analytics::io::read_parquet(store, &meta, None)
+    let folder = stats_folder(hour_ms);
+    let listed: Vec<_> = store
+        .list(Some(&Path::from(folder.as_str())))
+        .try_collect()
         .await
         .unwrap();
-    batches
-        .iter()
-        .flat_map(|b| stats_from_batch(b).unwrap())
-        .collect()
+    let mut rows = Vec::new();
+    for meta in listed {
+        let batches = analytics::io::read_parquet(store, &meta, None)
+            .await
+            .unwrap();
+        rows.extend(batches.iter().flat_map(|b| stats_from_batch(b).unwrap()));
+    }
+    rows.sort_by_key(|r| r.key());
+    rows
 }
 
 /// The one row of `rows` for (`device`, `metric`, `window_start`).
@@ -112,16 +133,23 @@ pub fn row<'a>(
         .unwrap_or_else(|| panic!("no row for {device} {metric} {window_start} in {rows:#?}"))
 }
 
-/// The checkpoint as JSON.
-pub async fn checkpoint_json(store: &Arc<dyn ObjectStore>) -> serde_json::Value {
-    let bytes = store
-        .get(&Path::from("stats/_checkpoint/rollup.json"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
+/// The state of the unit of `device`'s bucket in the hour starting at `hour_ms`, as JSON
+/// (`null` when absent).
+pub async fn unit_state(
+    store: &Arc<dyn ObjectStore>,
+    hour_ms: i64,
+    device: &str,
+) -> serde_json::Value {
+    let cfg = analytics::RollupConfig::default();
+    let unit = analytics::units::Unit {
+        partition: Partition::of_millis(hour_ms),
+        bucket: analytics::units::bucket_of(device, cfg.buckets),
+        buckets: cfg.buckets,
+    };
+    match store.get(&Path::from(unit.state_path(&cfg))).await {
+        Ok(got) => serde_json::from_slice(&got.bytes().await.unwrap()).unwrap(),
+        Err(_) => serde_json::Value::Null,
+    }
 }
 
 pub fn assert_close(actual: f64, expected: f64) {

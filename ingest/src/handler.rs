@@ -17,7 +17,7 @@ use telemetry::{Partition, StreamRecord, ValidationConfig, validate_payload};
 
 use crate::event::{IngestReport, IotRuleEvent, RawPayload};
 use crate::pack::{Message, Pack, pack};
-use crate::sink::{RecordSink, RetryPolicy, SinkRecord, deliver};
+use crate::sink::{Fault, RecordSink, RetryPolicy, SinkRecord, deliver};
 
 /// Settings of the ingest function.
 #[derive(Debug, Clone)]
@@ -45,10 +45,29 @@ impl Default for IngestConfig {
     }
 }
 
-/// Errors that fail an invocation (so that Lambda retries it or sends it to the DLQ):
-/// only a quarantine that cannot be written, since then a payload would be lost.
+/// Errors that fail an invocation (so that Lambda retries it, then hands the event to its
+/// on-failure destination or DLQ): a sink that refuses records for reasons that are not the
+/// payloads' fault, and a quarantine that cannot be written, since then a payload would
+/// be lost.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// The stream refused records for a reason of its own (permissions, a missing stream,
+    /// a disabled KMS key, retries exhausted). Nothing was quarantined: the whole event is
+    /// to be retried.
+    #[error(
+        "the stream refused {refused} of {records} record(s) for a reason that is not the \
+         payloads' fault: {reason}. The invocation fails so that Lambda retries the event \
+         (then its on-failure destination keeps it); check that the stream exists, that the \
+         function's role may put to it and that its KMS key is enabled, then replay"
+    )]
+    Sink {
+        /// Records refused.
+        refused: usize,
+        /// Records of the invocation.
+        records: usize,
+        /// The first refusal's error.
+        reason: String,
+    },
     /// The quarantine object could not be written.
     #[error("writing quarantine object {key}: {source}")]
     Quarantine {
@@ -122,8 +141,9 @@ impl<S: RecordSink> Ingest<S> {
 
     /// Ingests a batch of raw payloads: validates each, delivers the accepted messages as
     /// stream records (partition key = device id; packed when [`IngestConfig::pack`] is on),
-    /// and quarantines the rest. A record the sink does not take is quarantined message by
-    /// message, so the counts stay in messages: `messages = accepted + quarantined`.
+    /// and quarantines the rest. A record over the sink's record limit is quarantined message
+    /// by message, so the counts stay in messages: `messages = accepted + quarantined`. A
+    /// record the sink refuses for its own reasons fails the call ([`IngestError::Sink`]).
     pub async fn ingest(&self, payloads: &[RawPayload]) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         let mut quarantined = Vec::new();
@@ -132,9 +152,22 @@ impl<S: RecordSink> Ingest<S> {
         for (i, p) in payloads.iter().enumerate() {
             let v = validate_payload(&p.payload, &p.topic, p.received_at, &self.config.validation);
             report.messages += v.messages() as u64;
-            for r in &v.rejected {
-                tracing::info!(code = r.reason.code(), reason = %r.reason, topic = %p.topic, "payload quarantined");
-                quarantined.push(QuarantineRecord::from_rejected(r, &p.topic, p.received_at));
+            if let Some(first) = v.rejected.first() {
+                // One record (and log line) per payload, whatever its shape: a hostile batch
+                // does not fan out into one entry per element.
+                tracing::info!(
+                    code = first.reason.code(),
+                    reason = %first.reason,
+                    rejected = v.rejected.len(),
+                    topic = %p.topic,
+                    "payload quarantined"
+                );
+                quarantined.push(QuarantineRecord::from_payload(
+                    &p.payload,
+                    &v.rejected,
+                    &p.topic,
+                    p.received_at,
+                ));
             }
             for msg in v.accepted {
                 let rec = StreamRecord::new(msg, p.received_at);
@@ -166,8 +199,24 @@ impl<S: RecordSink> Ingest<S> {
             });
             parts.insert(p.data, p.parts);
         }
+        let record_count = records.len();
         let delivery = deliver(&self.sink, records, &self.config.retry).await;
         report.put_calls = delivery.calls;
+        let refused: Vec<_> = delivery
+            .undelivered
+            .iter()
+            .filter(|u| u.fault == Fault::Sink)
+            .collect();
+        if let Some(first) = refused.first() {
+            // Not the payloads' fault: quarantining them would hide an outage behind a
+            // success (no retry, no DLQ, no alarm). The rejections are not written either:
+            // the retried event writes them once.
+            return Err(IngestError::Sink {
+                refused: refused.len(),
+                records: record_count,
+                reason: first.reason.clone(),
+            });
+        }
         let mut undelivered_messages = 0u64;
         for u in &delivery.undelivered {
             for m in parts.get(&u.record.data).into_iter().flatten() {
@@ -189,7 +238,7 @@ impl<S: RecordSink> Ingest<S> {
         }
         report.sink_failed = undelivered_messages;
         report.accepted = accepted_messages - undelivered_messages;
-        report.quarantined = quarantined.len() as u64;
+        report.quarantined = quarantined.iter().map(|q| q.messages() as u64).sum();
         if let Some(first) = payloads.first() {
             self.write_quarantine(first.received_at, &quarantined)
                 .await?;

@@ -5,7 +5,9 @@
 //! entry's outcome. [`deliver`] does the rest, as Vector's Kinesis sink does: it sizes
 //! batches by encoded length, retries **only the failed entries** with capped exponential
 //! backoff and full jitter until a deadline, and hands back whatever still failed so that
-//! the caller quarantines it. Nothing is dropped.
+//! the caller decides: a record over the sink's per-record limit ([`Fault::Record`]) is
+//! quarantined, a record the sink refused for its own reasons ([`Fault::Sink`]) fails the
+//! invocation. Nothing is dropped.
 
 use std::future::Future;
 use std::time::Duration;
@@ -157,6 +159,21 @@ pub struct Undelivered {
     pub record: SinkRecord,
     /// The last error seen for it.
     pub reason: String,
+    /// Whose fault it is: the record's own (quarantine it) or the sink's (fail the
+    /// invocation, so that Lambda's retries and on-failure destination take over).
+    pub fault: Fault,
+}
+
+/// Why a record could not be delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The record itself: it is over the sink's per-record limit, and no call can ever
+    /// store it.
+    Record,
+    /// The sink: access denied, a missing stream, a disabled KMS key, throttling or
+    /// timeouts that outlasted the retries. Nothing is wrong with the record; trying
+    /// again later (Lambda's retry, a replay) stores it.
+    Sink,
 }
 
 /// What [`deliver`] did.
@@ -221,7 +238,11 @@ pub async fn deliver<S: RecordSink>(
             r.encoded_len(),
             limits.max_record_bytes
         );
-        report.undelivered.push(Undelivered { record: r, reason });
+        report.undelivered.push(Undelivered {
+            record: r,
+            reason,
+            fault: Fault::Record,
+        });
     }
     for batch in batches {
         deliver_batch(sink, batch, policy, started, &mut report).await;
@@ -260,6 +281,7 @@ async fn deliver_batch<S: RecordSink>(
                         }) => report.undelivered.push(Undelivered {
                             record: rec,
                             reason: format!("{code}: {message}"),
+                            fault: Fault::Sink,
                         }),
                         None => {
                             retry.push((rec, "no result for this entry in the response".into()))
@@ -276,6 +298,7 @@ async fn deliver_batch<S: RecordSink>(
                     .extend(pending.drain(..).map(|record| Undelivered {
                         record,
                         reason: e.clone(),
+                        fault: Fault::Sink,
                     }));
                 return;
             }
@@ -297,6 +320,7 @@ async fn deliver_batch<S: RecordSink>(
                 .extend(retry.into_iter().map(|(record, reason)| Undelivered {
                     record,
                     reason: format!("still failing after {attempt} attempt(s): {reason}"),
+                    fault: Fault::Sink,
                 }));
             return;
         }

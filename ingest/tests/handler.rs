@@ -89,8 +89,51 @@ async fn a_device_side_batch_is_split_and_its_bad_element_quarantined() {
     let q = quarantined(&rig.store).await;
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].reason_code, "wrong_type");
-    assert_eq!(q[0].index, Some(1));
+    // The payload is kept whole, once; the rejected element is named by its position.
+    assert_eq!(q[0].index, None);
+    assert_eq!(q[0].rejections.len(), 1);
+    assert_eq!(q[0].rejections[0].index, 1);
+    assert_eq!(q[0].rejections[0].reason_code, "wrong_type");
     assert!(String::from_utf8(q[0].raw()).unwrap().contains("\"hot\""));
+}
+
+#[tokio::test]
+async fn a_hostile_batch_is_one_quarantine_record_whatever_its_shape() {
+    let rig = rig();
+    let base = fixture("iot-rule-event.json");
+    let good = String::from_utf8(STANDARD.decode(&base.payload).unwrap()).unwrap();
+    // 120 KB of [1,1,1,…] (within the payload limit): over the element cap, one message.
+    let ones = format!("[{}1]", "1,".repeat(60_000));
+    // Within the cap, most elements bad: still one record, each element counted.
+    let mixed = format!("[{good},{}2]", "2,".repeat(900));
+    let mut reports = Vec::new();
+    for payload in [&ones, &mixed] {
+        let mut event = base.clone();
+        event.payload = STANDARD.encode(payload);
+        reports.push(rig.ingest.handle_event(&event).await.unwrap());
+    }
+    assert_eq!(
+        (reports[0].messages, reports[0].quarantined),
+        (1, 1),
+        "{:?}",
+        reports[0]
+    );
+    assert_eq!(
+        (
+            reports[1].messages,
+            reports[1].accepted,
+            reports[1].quarantined
+        ),
+        (902, 1, 901)
+    );
+    let mut q = quarantined(&rig.store).await;
+    q.sort_by_key(|r| r.rejections.len());
+    assert_eq!(q.len(), 2, "one record per payload");
+    assert_eq!(q[0].reason_code, "batch_too_large");
+    assert_eq!(q[0].raw(), ones.as_bytes());
+    assert_eq!(q[1].rejections.len(), 901);
+    assert_eq!(q[1].messages(), 901);
+    assert_eq!(q[1].raw(), mixed.as_bytes());
 }
 
 #[tokio::test]

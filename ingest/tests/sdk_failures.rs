@@ -414,17 +414,10 @@ async fn a_call_that_never_answers_times_out_and_is_retried_until_handed_back() 
     assert!(started.elapsed() <= 3 * ingest::aws::ATTEMPT_TIMEOUT + 2 * policy.max_delay);
 }
 
-#[tokio::test(start_paused = true)]
-async fn the_ingest_quarantines_what_the_stream_refuses() {
-    let rule = mock!(aws_sdk_kinesis::Client::put_records)
-        .sequence()
-        .http_status(400, error_body("ResourceNotFoundException"))
-        .repeatedly()
-        .build();
-    let store = Arc::new(InMemory::new());
-    let ingest = Ingest::new(kinesis_sink(&rule), store.clone(), IngestConfig::default());
+/// Four valid messages of one device and one payload the contract rejects.
+fn payloads_with_one_rejection() -> Vec<RawPayload> {
     let now = chrono::Utc::now().timestamp_millis();
-    let payloads: Vec<RawPayload> = (0..4)
+    let mut payloads: Vec<RawPayload> = (0..4)
         .map(|seq| RawPayload {
             payload: format!(
                 r#"{{"device_id":"sensor-000001","seq":{seq},"ts":{now},"metrics":{{"temperature":21.5}}}}"#
@@ -434,18 +427,15 @@ async fn the_ingest_quarantines_what_the_stream_refuses() {
             received_at: now,
         })
         .collect();
+    payloads.push(RawPayload {
+        payload: b"not json".to_vec(),
+        topic: "dt/fleet/sensor-000001/telemetry".into(),
+        received_at: now,
+    });
+    payloads
+}
 
-    let report = ingest.ingest(&payloads).await.unwrap();
-
-    assert_eq!(
-        (
-            report.messages,
-            report.accepted,
-            report.quarantined,
-            report.sink_failed
-        ),
-        (4, 0, 4, 4)
-    );
+async fn quarantine_lines(store: &InMemory) -> Vec<QuarantineRecord> {
     let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut quarantined: Vec<QuarantineRecord> = Vec::new();
     for o in objects {
@@ -454,14 +444,103 @@ async fn the_ingest_quarantines_what_the_stream_refuses() {
             quarantined.push(serde_json::from_slice(line).unwrap());
         }
     }
-    assert_eq!(quarantined.len(), 4);
-    for q in &quarantined {
-        assert_eq!(q.reason_code, QuarantineReason::SinkFailed);
-        assert!(
-            q.reason.contains("ResourceNotFoundException"),
-            "{}",
-            q.reason
-        );
-        assert_eq!(q.topic, "dt/fleet/sensor-000001/telemetry");
+    quarantined
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_refuses_for_its_own_reasons_fails_the_invocation_and_quarantines_nothing() {
+    // Whole-call refusals: a missing stream, a revoked permission, a disabled key.
+    for code in [
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "KMSDisabledException",
+    ] {
+        let rule = mock!(aws_sdk_kinesis::Client::put_records)
+            .sequence()
+            .http_status(400, error_body(code))
+            .repeatedly()
+            .build();
+        let store = Arc::new(InMemory::new());
+        let ingest = Ingest::new(kinesis_sink(&rule), store.clone(), IngestConfig::default());
+
+        let err = ingest
+            .ingest(&payloads_with_one_rejection())
+            .await
+            .expect_err("a sink outage must fail the invocation");
+
+        let text = err.to_string();
+        assert!(text.contains(code), "{text}");
+        assert!(text.contains("refused 1 of 1 record"), "{text}");
+        // Nothing quarantined: neither the refused messages (not their fault) nor the
+        // rejection (the retried event writes it once).
+        assert!(quarantine_lines(&store).await.is_empty(), "{code}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_entry_kms_errors_and_exhausted_retries_fail_the_invocation_too() {
+    // A KMS error on one entry of an otherwise successful call.
+    let rule = mock!(aws_sdk_kinesis::Client::put_records)
+        .sequence()
+        .output(|| kinesis_output(&vec![Some("KMSAccessDeniedException")]))
+        .repeatedly()
+        .build();
+    let store = Arc::new(InMemory::new());
+    let ingest = Ingest::new(kinesis_sink(&rule), store.clone(), IngestConfig::default());
+    let err = ingest
+        .ingest(&payloads_with_one_rejection()[..1])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("KMSAccessDeniedException"),
+        "{err}"
+    );
+    assert!(quarantine_lines(&store).await.is_empty());
+
+    // Throttling that outlasts the retry policy.
+    let rule = mock!(aws_sdk_kinesis::Client::put_records)
+        .sequence()
+        .http_status(400, error_body("ProvisionedThroughputExceededException"))
+        .repeatedly()
+        .build();
+    let config = IngestConfig {
+        retry: RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        },
+        ..IngestConfig::default()
+    };
+    let ingest = Ingest::new(kinesis_sink(&rule), store.clone(), config);
+    let err = ingest
+        .ingest(&payloads_with_one_rejection())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after 3 attempt(s)"), "{err}");
+    assert!(quarantine_lines(&store).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn payload_rejections_keep_their_path_when_the_stream_takes_the_rest() {
+    let rule = mock!(aws_sdk_kinesis::Client::put_records)
+        .sequence()
+        .output(|| kinesis_output(&vec![None; 4]))
+        .repeatedly()
+        .build();
+    let store = Arc::new(InMemory::new());
+    let ingest = Ingest::new(kinesis_sink(&rule), store.clone(), IngestConfig::default());
+
+    let report = ingest.ingest(&payloads_with_one_rejection()).await.unwrap();
+
+    assert_eq!(
+        (
+            report.messages,
+            report.accepted,
+            report.quarantined,
+            report.sink_failed
+        ),
+        (5, 4, 1, 0)
+    );
+    let q = quarantine_lines(&store).await;
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].reason_code, QuarantineReason::MalformedJson);
 }

@@ -162,11 +162,23 @@ impl PartitionedWriter {
 
     /// Closes every open file and returns what was completed.
     pub async fn flush(&mut self) -> Result<Vec<WrittenFile>, WriteError> {
+        // Every file is closed even after one fails, so that no multipart upload is left
+        // open; the first error is returned.
         let mut done = Vec::new();
+        let mut first_error = None;
         for (_, file) in std::mem::take(&mut self.open) {
-            done.push(close(file).await?);
+            match close(file).await {
+                Ok(f) => done.push(f),
+                Err(e) => {
+                    tracing::error!(error = %e, "closing a Parquet file failed");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(done)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// Number of rows buffered or written to files that are not yet complete.

@@ -1,8 +1,10 @@
-//! How a rejected payload is kept: one JSON line per rejected message, with the reason and
-//! the raw bytes, under `quarantine/dt=YYYY-MM-DD/hour=HH/` (by receive time).
+//! How a rejected payload is kept: one JSON line per rejected payload (a device-side batch
+//! once, with its rejected elements listed), with the reason and the raw bytes, under
+//! `quarantine/dt=YYYY-MM-DD/hour=HH/` (by receive time).
 //!
 //! Nothing that enters the pipeline is dropped silently: a payload that fails validation,
-//! and a record that a sink still cannot deliver after its retries, both end up here.
+//! and a record over a sink's record limit, both end up here (a sink outage fails the
+//! ingest invocation instead: see `ingest::IngestError::Sink`).
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -49,6 +51,10 @@ pub enum QuarantineReason {
     SeqOutOfRange,
     /// A device-side batch with no message in it.
     EmptyBatch,
+    /// A device-side batch with more elements than the contract allows.
+    BatchTooLarge,
+    /// `fw` too long or with characters outside printable ASCII.
+    BadFw,
     /// A valid message a sink could not deliver within its retry deadline.
     SinkFailed,
     /// The IoT rule's event carried a payload field that is not base64.
@@ -74,6 +80,8 @@ impl QuarantineReason {
             Self::NonFiniteValue => "non_finite_value",
             Self::SeqOutOfRange => "seq_out_of_range",
             Self::EmptyBatch => "empty_batch",
+            Self::BatchTooLarge => "batch_too_large",
+            Self::BadFw => "bad_fw",
             Self::SinkFailed => "sink_failed",
             Self::BadEventEncoding => "bad_event_encoding",
         }
@@ -106,8 +114,24 @@ pub struct QuarantineRecord {
     /// Position in a device-side batch, if the payload was a JSON array.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
-    /// The raw bytes, base64: exactly what arrived (or the failing array element).
+    /// The raw bytes, base64: exactly what arrived, whole (a device-side batch is kept
+    /// once, whatever number of its elements were rejected).
     pub payload_b64: String,
+    /// For a device-side batch of which some elements were rejected: each one's position
+    /// and reason (the others were accepted). Empty when the payload was rejected whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejections: Vec<ElementRejection>,
+}
+
+/// One rejected element of a device-side batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ElementRejection {
+    /// Its position in the JSON array.
+    pub index: usize,
+    /// The reason class.
+    pub reason_code: QuarantineReason,
+    /// Human-readable reason.
+    pub reason: String,
 }
 
 impl QuarantineRecord {
@@ -120,7 +144,46 @@ impl QuarantineRecord {
             received_at,
             index: r.index,
             payload_b64: STANDARD.encode(&r.raw),
+            rejections: Vec::new(),
         }
+    }
+
+    /// The one record of a payload whose validation rejected `rejected` (non-empty): the
+    /// payload's raw bytes, once, with every rejected element's position and reason.
+    pub fn from_payload(raw: &[u8], rejected: &[Rejected], topic: &str, received_at: i64) -> Self {
+        match rejected {
+            [one] if one.index.is_none() => Self::from_rejected(one, topic, received_at),
+            _ => {
+                let first = rejected.first();
+                let rejections: Vec<ElementRejection> = rejected
+                    .iter()
+                    .map(|r| ElementRejection {
+                        index: r.index.unwrap_or(0),
+                        reason_code: r.reason.reason(),
+                        reason: r.reason.to_string(),
+                    })
+                    .collect();
+                Self {
+                    reason_code: first.map_or(QuarantineReason::EmptyBatch, |r| r.reason.reason()),
+                    reason: format!(
+                        "{} element(s) of the batch rejected (see rejections); the first, [{}]: {}",
+                        rejected.len(),
+                        first.and_then(|r| r.index).unwrap_or(0),
+                        first.map(|r| r.reason.to_string()).unwrap_or_default()
+                    ),
+                    topic: topic.to_string(),
+                    received_at,
+                    index: None,
+                    payload_b64: STANDARD.encode(raw),
+                    rejections,
+                }
+            }
+        }
+    }
+
+    /// How many messages the record stands for: each rejected element of a batch, or 1.
+    pub fn messages(&self) -> usize {
+        self.rejections.len().max(1)
     }
 
     /// A record of something a later stage could not handle.
@@ -138,6 +201,7 @@ impl QuarantineRecord {
             received_at,
             index: None,
             payload_b64: STANDARD.encode(raw),
+            rejections: Vec::new(),
         }
     }
 
@@ -216,6 +280,8 @@ mod tests {
             NonFiniteValue,
             SeqOutOfRange,
             EmptyBatch,
+            BatchTooLarge,
+            BadFw,
             SinkFailed,
             BadEventEncoding,
         ] {

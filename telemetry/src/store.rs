@@ -219,7 +219,8 @@ where
 }
 
 /// An S3 store built by [`open_store_with`] at its first use (see [`open_store_lazy`]).
-#[derive(Debug)]
+/// Its `Debug` names the variables it holds, never their values: `aws_env` carries the
+/// secret access key and session token.
 struct LazyStore {
     url: String,
     aws_env: Vec<(String, String)>,
@@ -253,6 +254,17 @@ impl LazyStore {
                 store: "S3",
                 source: reason.clone().into(),
             })
+    }
+}
+
+impl std::fmt::Debug for LazyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.aws_env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("LazyStore")
+            .field("url", &self.url)
+            .field("aws_env", &names)
+            .field("built", &self.inner.get().is_some())
+            .finish()
     }
 }
 
@@ -334,6 +346,21 @@ mod tests {
         // The location is still checked at open.
         assert!(open_store_lazy_with("ftp://x", env).is_err());
         assert!(open_store_lazy_with("s3://bucket/prefix", env).is_ok());
+    }
+
+    #[test]
+    fn a_lazy_stores_debug_names_its_variables_but_never_their_values() {
+        let env = [
+            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEKEYID0001"),
+            ("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret-value"),
+            ("AWS_SESSION_TOKEN", "session-token-value"),
+        ];
+        let lazy = LazyStore::new("s3://bucket/prefix", env);
+        let shown = format!("{lazy:?} {lazy:#?}");
+        for (name, value) in env {
+            assert!(shown.contains(name), "{shown}");
+            assert!(!shown.contains(value), "{shown}");
+        }
     }
 
     #[test]

@@ -23,6 +23,18 @@ pub const MAX_METRICS: usize = 64;
 pub const MAX_DEVICE_ID_LEN: usize = 128;
 /// Maximum length of a metric name.
 pub const MAX_METRIC_NAME_LEN: usize = 64;
+/// Maximum length of `fw`, in characters (printable ASCII, no `"` or `\`).
+///
+/// Every reading of a message repeats `fw` in the long layout, so its length multiplies
+/// the transform's output; the bound keeps the worst case a Firehose processor buffer can
+/// hold within Lambda's 6 MiB response (`transform::handler::RESPONSE_BYTES_PER_DATA_BYTE`).
+/// 16 characters hold a semantic version with a pre-release tag (`12.4.10-rc.3+b7`).
+pub const MAX_FW_LEN: usize = 16;
+/// Maximum number of messages in one device-side batch (a JSON array payload).
+///
+/// A 128 KiB array of tiny elements would otherwise cost one validation, one log line and
+/// one rejection per element; 1,000 ordinary messages (~130 bytes each) fill the payload.
+pub const MAX_BATCH_MESSAGES: usize = 1000;
 /// Default accepted event-time lag behind the receive time: 7 days.
 pub const DEFAULT_MAX_PAST_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Default accepted event-time lead over the receive time (clock skew): 5 minutes.
@@ -157,6 +169,23 @@ pub enum Rejection {
     /// A device-side batch with no message in it.
     #[error("payload is an empty JSON array")]
     EmptyBatch,
+    /// A device-side batch with more messages than [`MAX_BATCH_MESSAGES`].
+    #[error("the batch holds {count} elements, over the limit of {max}: send several batches")]
+    BatchTooLarge {
+        /// How many elements the array has.
+        count: usize,
+        /// The limit ([`MAX_BATCH_MESSAGES`]).
+        max: usize,
+    },
+    /// `fw` is longer than [`MAX_FW_LEN`] or holds characters outside printable ASCII
+    /// (or `"` / `\`).
+    #[error("fw {fw:?} must be 1-{max} printable ASCII characters without '\"' or '\\'")]
+    BadFw {
+        /// The offending value (at most 200 characters of it).
+        fw: String,
+        /// The limit ([`MAX_FW_LEN`]).
+        max: usize,
+    },
 }
 
 impl Rejection {
@@ -178,6 +207,8 @@ impl Rejection {
             Rejection::NonFiniteValue { .. } => QuarantineReason::NonFiniteValue,
             Rejection::SeqOutOfRange { .. } => QuarantineReason::SeqOutOfRange,
             Rejection::EmptyBatch => QuarantineReason::EmptyBatch,
+            Rejection::BatchTooLarge { .. } => QuarantineReason::BatchTooLarge,
+            Rejection::BadFw { .. } => QuarantineReason::BadFw,
         }
     }
 
@@ -278,6 +309,15 @@ pub fn validate_payload(
         Value::Array(items) => {
             if items.is_empty() {
                 return Validated::reject_whole(raw, Rejection::EmptyBatch);
+            }
+            if items.len() > MAX_BATCH_MESSAGES {
+                return Validated::reject_whole(
+                    raw,
+                    Rejection::BatchTooLarge {
+                        count: items.len(),
+                        max: MAX_BATCH_MESSAGES,
+                    },
+                );
             }
             let mut out = Validated::default();
             for (i, item) in items.iter().enumerate() {
@@ -388,7 +428,13 @@ fn check_message(
 
     let fw = match obj.get("fw") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::String(s)) if valid_fw(s) => Some(s.clone()),
+        Some(Value::String(s)) => {
+            return Err(Rejection::BadFw {
+                fw: truncate(s),
+                max: MAX_FW_LEN,
+            });
+        }
         Some(v) => return Err(wrong("fw", "a string", v)),
     };
 
@@ -447,6 +493,16 @@ pub fn valid_device_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b':' | b'-'))
+}
+
+/// True when `fw` is 1–[`MAX_FW_LEN`] printable ASCII characters other than `"` and `\`,
+/// so that its JSON encoding is exactly its bytes plus the quotes.
+pub fn valid_fw(fw: &str) -> bool {
+    !fw.is_empty()
+        && fw.len() <= MAX_FW_LEN
+        && fw
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
 }
 
 /// True when `name` matches `[a-z][a-z0-9_]{0,63}`.
@@ -606,6 +662,41 @@ mod tests {
         assert_eq!(v.rejected[0].index, Some(1));
         assert_eq!(v.rejected[0].reason.code(), "missing_field");
         assert_eq!(v.messages(), 3);
+    }
+
+    #[test]
+    fn a_firmware_string_past_its_bound_or_outside_printable_ascii_is_rejected() {
+        let with_fw = |fw: &str| good().replace("\"1.4.2\"", &serde_json::to_string(fw).unwrap());
+        assert_eq!(check(&with_fw("12.4.10-rc.3+b7x")).accepted.len(), 1);
+        for fw in [
+            "x".repeat(MAX_FW_LEN + 1),
+            "3000".repeat(750),
+            String::new(),
+        ] {
+            assert_eq!(
+                reason(&with_fw(&fw)).code(),
+                "bad_fw",
+                "fw of {} chars",
+                fw.len()
+            );
+        }
+        for fw in ["1\"2", "1\\2", "1\n2", "v\u{e9}"] {
+            assert_eq!(reason(&with_fw(fw)).code(), "bad_fw", "{fw:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_over_the_element_cap_is_one_rejected_message() {
+        let elems = vec!["1"; MAX_BATCH_MESSAGES + 1].join(",");
+        let v = check(&format!("[{elems}]"));
+        assert_eq!(v.messages(), 1);
+        assert_eq!(v.rejected[0].reason.code(), "batch_too_large");
+        assert_eq!(v.rejected[0].index, None);
+        let at_cap = vec![good(); MAX_BATCH_MESSAGES].join(",");
+        assert_eq!(
+            check(&format!("[{at_cap}]")).accepted.len(),
+            MAX_BATCH_MESSAGES
+        );
     }
 
     #[test]

@@ -26,12 +26,16 @@
 //!   still happen (Kinesis and Firehose deliver at least once), and the analytics
 //!   de-duplicate on `(device_id, seq, event_time, metric)` regardless.
 //! - Response size: Lambda rejects a synchronous response over 6 MiB
-//!   ([`MAX_RESPONSE_BYTES`]), which would fail the whole invocation. The long layout is
-//!   several times larger than its input, so the handler budgets the encoded response: from
-//!   the first record that no longer fits, every record is answered `ProcessingFailed` with
-//!   empty data and the reason [`FailureReason::ResponseSizeLimit`]. Firehose then writes
-//!   those records, with their original data, under its error prefix, from which they can
-//!   be replayed.
+//!   ([`MAX_RESPONSE_BYTES`]), which would fail the whole invocation. Each record is
+//!   entitled to a share of the response in proportion to its data
+//!   ([`RESPONSE_TENTHS_PER_DATA_BYTE`], derived from the contract's worst case); a record
+//!   whose answer exceeds its share is answered `ProcessingFailed`
+//!   ([`FailureReason::OverResponseShare`], its data echoed), on its own: one record's size
+//!   never changes another record's result. Any event of at most
+//!   [`MAX_PROCESSOR_BUFFER_BYTES`] of data therefore fits; the processor buffer (template
+//!   and local emulator) follows from that bound. Only an event larger than it can still
+//!   overflow: then the largest answers are cut to `ProcessingFailed` with empty data
+//!   ([`FailureReason::ResponseSizeLimit`]) and an error is logged.
 //!
 //! The event's `data` fields are base64, decoded by `aws_lambda_events` while the event is
 //! deserialized: an event whose base64 is invalid cannot be typed at all and fails the
@@ -55,6 +59,35 @@ use telemetry::{Partition, StreamRecord};
 /// Lambda's payload limit for a synchronous invocation's response: 6 MiB. A larger response
 /// fails the invocation, so the handler keeps its encoded response within it.
 pub const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// The share of the response one byte of record data is entitled to, in tenths of a byte:
+/// 29.9 bytes of encoded answer (long rows, base64, the record's envelope and comma) per
+/// byte of record data.
+///
+/// Derived from the contract's bounds (`telemetry::validate`): the largest amplification a
+/// valid message reaches is 64 metrics of the shortest distinct names and values with a
+/// 128-character device id, a 19-digit `seq` and a 16-character `fw`, all repeated on each
+/// of its 64 rows (about 29.5, with a 128-character `recordId`; the test
+/// `the_contracts_worst_message_fits_its_share_of_the_response` builds it). An answer over
+/// its share is answered `ProcessingFailed` on its own ([`FailureReason::OverResponseShare`]),
+/// so one record's size never changes another record's result.
+pub const RESPONSE_TENTHS_PER_DATA_BYTE: usize = 299;
+
+/// The encoded size of an empty response, `{"records":[]}`.
+pub const RESPONSE_ENVELOPE_BYTES: usize = 14;
+
+/// The largest processor buffer, in bytes of record data per invocation, for which every
+/// event the contract allows fits the 6 MiB response: (6 MiB − 14) / 29.9 = 210,416 bytes.
+/// Firehose's processor `BufferSizeInMBs` (infra/template.yaml: 0.2, AWS's minimum) and the
+/// local emulator's default buffer follow from it.
+pub const MAX_PROCESSOR_BUFFER_BYTES: usize =
+    (MAX_RESPONSE_BYTES - RESPONSE_ENVELOPE_BYTES) * 10 / RESPONSE_TENTHS_PER_DATA_BYTE;
+
+/// True when an answer of `answer_bytes` (plus its separating comma) stays within the share
+/// of the response that `data_bytes` of record data are entitled to.
+pub const fn within_share(answer_bytes: usize, data_bytes: usize) -> bool {
+    (answer_bytes + 1) * 10 <= data_bytes * RESPONSE_TENTHS_PER_DATA_BYTE
+}
 
 /// Name of the partition key holding the event date, `YYYY-MM-DD` (UTC).
 pub const PARTITION_KEY_DT: &str = telemetry::partition::DT_KEY;
@@ -182,11 +215,27 @@ pub enum FailureReason {
         /// The encoder's message.
         detail: String,
     },
-    /// The record lies beyond the response size limit: answering it would push the
-    /// response over Lambda's 6 MiB synchronous payload limit.
+    /// The record's answer is larger than the share of the response its data is entitled
+    /// to ([`RESPONSE_TENTHS_PER_DATA_BYTE`]): no message the contract allows does that, so
+    /// the record reached the stream without ingest's validation (or packed records of
+    /// such messages). Failed on its own, so that the other records keep their room.
+    #[error(
+        "the record's answer takes {answer_bytes} bytes for {data_bytes} bytes of data, over \
+         the 29.9 bytes per data byte any message of the contract needs; validate it with \
+         ingest (fw, metric names and metrics per message are bounded) and replay it"
+    )]
+    OverResponseShare {
+        /// Encoded size of the `Ok` answer it would have had.
+        answer_bytes: usize,
+        /// Size of the record's data.
+        data_bytes: usize,
+    },
+    /// The event holds more data than [`MAX_PROCESSOR_BUFFER_BYTES`] and its answers would
+    /// push the response over Lambda's 6 MiB synchronous payload limit: the largest
+    /// answers are cut.
     #[error(
         "response size limit: the encoded response would exceed {limit} bytes \
-         (Lambda's synchronous payload limit)"
+         (Lambda's synchronous payload limit); lower the processor's BufferSizeInMBs"
     )]
     ResponseSizeLimit {
         /// The limit in bytes ([`MAX_RESPONSE_BYTES`]).
@@ -207,6 +256,7 @@ impl FailureReason {
             FailureReason::SeqOutOfRange { .. } => "seq_out_of_range",
             FailureReason::SpansPartitions { .. } => "spans_partitions",
             FailureReason::Encode { .. } => "encode",
+            FailureReason::OverResponseShare { .. } => "over_response_share",
             FailureReason::ResponseSizeLimit { .. } => "response_size_limit",
         }
     }
@@ -286,45 +336,47 @@ pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseR
         ));
     }
 
-    // The response budget. Every record needs at least its minimal failure answer, so a
-    // record is kept as planned only if, after it, the minimal answers of all the records
-    // still to come fit as well. Once one does not fit, the rest of the event is cut.
+    // The response budget. Each record is entitled to a share of the response in
+    // proportion to its data ([`RESPONSE_TENTHS_PER_DATA_BYTE`]); an answer over its share
+    // was already failed on its own in `Planned::new`, whatever the other records hold. An
+    // event of at most [`MAX_PROCESSOR_BUFFER_BYTES`] of data then always fits. A larger
+    // event (a processor buffer configured past that bound) can still overflow: then the
+    // largest answers are cut first, and the error log says to lower the buffer.
     let envelope = json_len(&KinesisFirehoseResponse::default());
-    let mut reserve = vec![0usize; n + 1];
-    for i in (0..n).rev() {
-        // +1: the comma separating array elements (one more than needed: conservative).
-        reserve[i] = reserve[i + 1] + planned[i].min_len + 1;
-    }
-    if envelope + reserve[0] > MAX_RESPONSE_BYTES {
-        // Only reachable with tens of thousands of records in one event: Firehose's
-        // processor buffer (at most 3 MiB) makes that impossible in practice.
+    let mut used =
+        envelope + n.saturating_sub(1) + planned.iter().map(|p| p.full_len).sum::<usize>();
+    if used > MAX_RESPONSE_BYTES {
+        let data_bytes: usize = event.records.iter().map(|r| r.data.0.len()).sum();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&i| {
+            (
+                std::cmp::Reverse(planned[i].full_len.saturating_sub(planned[i].min_len)),
+                std::cmp::Reverse(i),
+            )
+        });
+        let mut cut = 0usize;
+        for i in order {
+            if used <= MAX_RESPONSE_BYTES {
+                break;
+            }
+            let p = &mut planned[i];
+            if p.full_len > p.min_len {
+                used -= p.full_len - p.min_len;
+                p.cut_for_size();
+                cut += 1;
+            }
+        }
         tracing::error!(
             records = n,
-            min_response_bytes = envelope + reserve[0],
+            records_cut = cut,
+            data_bytes,
+            max_processor_buffer_bytes = MAX_PROCESSOR_BUFFER_BYTES,
             limit = MAX_RESPONSE_BYTES,
-            "even an all-failed response exceeds the Lambda payload limit"
+            response_bytes = used,
+            "the event holds more data than the processor buffer the contract allows: the \
+             largest answers were cut to ProcessingFailed; set the processor's BufferSizeInMBs \
+             to at most MAX_PROCESSOR_BUFFER_BYTES"
         );
-    }
-    let mut used = envelope;
-    let mut cut = n;
-    for (i, p) in planned.iter().enumerate() {
-        if used + p.full_len + 1 + reserve[i + 1] <= MAX_RESPONSE_BYTES {
-            used += p.full_len + 1;
-        } else {
-            cut = i;
-            break;
-        }
-    }
-    if cut < n {
-        tracing::warn!(
-            records_cut = n - cut,
-            first_cut_record_id = planned[cut].record.record_id.as_deref().unwrap_or(""),
-            limit = MAX_RESPONSE_BYTES,
-            "records past the response size limit answered ProcessingFailed"
-        );
-        for p in &mut planned[cut..] {
-            p.cut_for_size();
-        }
     }
 
     let mut summary = Summary {
@@ -442,7 +494,19 @@ impl Planned {
         record.metadata.partition_keys = partition_keys;
         // Measured with empty data plus the base64 length, so that the data is encoded
         // once (by the runtime), not twice.
-        let full_len = json_len(&record) + base64_len(data.len());
+        let mut full_len = json_len(&record) + base64_len(data.len());
+        let mut verdict = verdict;
+        let mut data = data;
+        if matches!(verdict, Verdict::Ok { .. }) && !within_share(full_len, input.len()) {
+            verdict = Verdict::Failed(FailureReason::OverResponseShare {
+                answer_bytes: full_len,
+                data_bytes: input.len(),
+            });
+            record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
+            record.metadata = KinesisFirehoseResponseRecordMetadata::default();
+            data = input.to_vec();
+            full_len = json_len(&record) + base64_len(data.len());
+        }
         record.data.0 = data;
         Self {
             record,

@@ -22,12 +22,11 @@
 //!   answered `Dropped`. This only saves bytes: Kinesis and Firehose deliver at least once
 //!   across invocations, so the analytics de-duplicate on `(device_id, seq, metric)` anyway.
 //! - The long layout is larger than its input: about 3x the record data for four
-//!   metrics, 7x for 64 (every reading repeats the device, seq and times). A 1 MiB
-//!   processor buffer of four-metric records makes a response of about 5 MB, close to
-//!   Lambda's 6 MiB payload limit; with more metrics per message it goes over. Records past
-//!   the limit are answered `ProcessingFailed` rather than failing the invocation (see
-//!   [`handler::MAX_RESPONSE_BYTES`]), so keep the processor buffer hint at 0.5 MB or
-//!   less when messages carry many metrics.
+//!   metrics, up to ~30x (base64 included) for the contract's worst message (64
+//!   one-letter metrics, a 128-character device id, repeated on every row). The processor
+//!   buffer is therefore at most [`handler::MAX_PROCESSOR_BUFFER_BYTES`] (0.2 MiB), and a
+//!   record over its share of the response fails alone (see
+//!   [`handler::RESPONSE_TENTHS_PER_DATA_BYTE`]).
 
 pub mod handler;
 

@@ -443,3 +443,131 @@ fn fixtures_are_real_shaped_kinesis_source_events() {
         assert!(ids.values().all(|n| *n == 1), "{name}: record ids repeat");
     }
 }
+
+/// A typed event of the given record data, with `recordId`s of `id_len` characters.
+fn event_of(data: &[Vec<u8>], id_len: usize) -> KinesisFirehoseEvent {
+    let records: Vec<Value> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            json!({
+                "recordId": format!("{i:0id_len$}"),
+                "approximateArrivalTimestamp": 1_764_078_301_000_i64,
+                "data": STANDARD.encode(d),
+                "kinesisRecordMetadata": {
+                    "shardId": "shardId-000000000000",
+                    "partitionKey": "p",
+                    "approximateArrivalTimestamp": 1_764_078_301_000_i64,
+                    "sequenceNumber": format!("{i:056}"),
+                    "subsequenceNumber": 0
+                }
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({"invocationId": "x", "records": records})).unwrap()
+}
+
+/// The message of the contract whose rows amplify most: 64 metrics of the shortest
+/// distinct names and values, the longest device id and `fw`, a 19-digit seq.
+fn worst_message(seq: u64) -> StreamRecord {
+    let letters = b'a'..=b'z';
+    let mut names: Vec<String> = letters.clone().map(|c| (c as char).to_string()).collect();
+    for a in letters {
+        for b in (b'a'..=b'z').chain(b'0'..=b'9').chain([b'_']) {
+            names.push(format!("{}{}", a as char, b as char));
+        }
+    }
+    names.truncate(telemetry::validate::MAX_METRICS);
+    StreamRecord {
+        device_id: "d".repeat(telemetry::validate::MAX_DEVICE_ID_LEN),
+        seq,
+        ts: 1_764_078_300_123,
+        metrics: names.into_iter().map(|n| (n, 0.0)).collect(),
+        fw: Some("v".repeat(telemetry::validate::MAX_FW_LEN)),
+        received_at: 1_764_078_300_123,
+    }
+}
+
+#[test]
+fn the_contracts_worst_message_fits_its_share_of_the_response() {
+    let msg = worst_message(i64::MAX as u64);
+    // It is a message the contract accepts.
+    let mut payload = serde_json::to_value(&msg).unwrap();
+    payload.as_object_mut().unwrap().remove("received_at");
+    let topic = format!("dt/fleet/{}/telemetry", msg.device_id);
+    let v = telemetry::validate_payload(
+        payload.to_string().as_bytes(),
+        &topic,
+        msg.received_at,
+        &Default::default(),
+    );
+    assert_eq!(v.accepted.len(), 1, "{:?}", v.rejected);
+
+    let data = msg.to_json();
+    let event = event_of(&[data.clone()], 128);
+    let (response, summary) = transform_with_summary(&event);
+    assert_eq!(summary.ok, 1, "{:?}", summary.failures);
+    let answer = serde_json::to_vec(&response.records[0]).unwrap().len();
+    assert!(
+        transform::handler::within_share(answer, data.len()),
+        "{answer} bytes of answer for {} bytes of data",
+        data.len()
+    );
+    // The bound is tight: the worst message needs more than 29 bytes per data byte.
+    assert!((answer + 1) > 29 * data.len(), "{answer} / {}", data.len());
+}
+
+#[test]
+fn a_full_processor_buffer_of_the_worst_messages_fits_the_response_limit() {
+    let mut data = Vec::new();
+    let mut bytes = 0;
+    let mut seq = i64::MAX as u64;
+    while bytes < transform::handler::MAX_PROCESSOR_BUFFER_BYTES {
+        let d = worst_message(seq).to_json();
+        bytes += d.len();
+        seq -= 1;
+        data.push(d);
+    }
+    // Like Firehose's buffer: up to the hint, the last record crossing it.
+    let event = event_of(&data, 128);
+    let (response, summary) = transform_with_summary(&event);
+    assert_eq!(summary.ok, data.len(), "{:?}", summary.failures_by_code());
+    let encoded = serde_json::to_vec(&response).unwrap().len();
+    assert!(encoded <= MAX_RESPONSE_BYTES, "{encoded} bytes");
+    assert!(
+        encoded > MAX_RESPONSE_BYTES * 9 / 10,
+        "the bound is not loose: {encoded}"
+    );
+    assert_accounting(&summary, &response);
+}
+
+#[test]
+fn one_enormous_record_among_500_normal_ones_fails_alone() {
+    // Valid before fw was bounded: 64 metrics and a 100 KB fw, 8.5 MB of answer by itself.
+    let mut enormous = worst_message(7);
+    enormous.device_id = "sensor-big".into();
+    enormous.fw = Some("1".repeat(100_000));
+    let normal = big_event(500, 4);
+    for position in [0, 250, 500] {
+        let mut data: Vec<Vec<u8>> = normal.records.iter().map(|r| r.data.0.clone()).collect();
+        data.insert(position, enormous.to_json());
+        let event = event_of(&data, 56);
+        let (response, summary) = transform_with_summary(&event);
+        assert_answers_every_record_in_order(&event, &response);
+        let res = results(&response);
+        for (i, r) in res.iter().enumerate() {
+            let expected = if i == position {
+                TransformResult::ProcessingFailed
+            } else {
+                TransformResult::Ok
+            };
+            assert_eq!(*r, expected, "record {i} (the enormous one is {position})");
+        }
+        assert_eq!(summary.failures.len(), 1);
+        assert_eq!(summary.failures[0].reason.code(), "over_response_share");
+        // Its raw bytes go to the error prefix.
+        assert_eq!(response.records[position].data.0, enormous.to_json());
+        assert!(serde_json::to_vec(&response).unwrap().len() <= MAX_RESPONSE_BYTES);
+        assert_accounting(&summary, &response);
+    }
+}

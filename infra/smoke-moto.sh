@@ -209,8 +209,8 @@ check "example device-sim command printed" has "$out1" "device-sim --broker mqtt
 ARTIFACT_BUCKET=iotpipe-artifacts-123456789012-us-east-1
 keys="$(awsm s3api list-objects-v2 --bucket "$ARTIFACT_BUCKET" --prefix "$STACK/" --query 'Contents[].Key' --output text 2>/dev/null | tr '\t' '\n')"
 n_code="$(grep -cv '/template-' <<<"$keys")"
-check "package uploaded the 3 zips and the template to s3://$ARTIFACT_BUCKET/$STACK/ (code: $n_code)" \
-    bash -c '[ "$1" -eq 3 ] && grep -q "/template-.*\.yaml$" <<<"$2"' _ "$n_code" "$keys"
+check "package uploaded the 4 zips (ingest, transform, rollup + compact, report) and the template to s3://$ARTIFACT_BUCKET/$STACK/ (code: $n_code)" \
+    bash -c '[ "$1" -eq 4 ] && grep -q "/template-.*\.yaml$" <<<"$2"' _ "$n_code" "$keys"
 params="$(param Architecture) $(param KinesisStreamMode) $(param KinesisShardCount) $(param TopicRuleName) $(param GlueDatabaseName)"
 check "deploy.sh passed its parameters ($params)" \
     test "$params" = "arm64 ON_DEMAND 1 ${STACK//-/_}_telemetry ${STACK//-/_}"

@@ -2,10 +2,10 @@
 //! (an hour partition's device-hash bucket, see [`crate::units`]).
 //!
 //! # Algorithm
-//! 1. The [planner](crate::planner) finds the units whose state is behind their hour's
+//! 1. The planner ([`crate::planner`]) finds the units whose state is behind their hour's
 //!    objects — from the new-object markers, not by listing history.
 //! 2. Up to [`RollupConfig::workers`] units are aggregated at once by the
-//!    [worker](crate::worker), each under its lease: one writer per unit, whatever else
+//!    worker ([`crate::worker`]), each under its lease: one writer per unit, whatever else
 //!    runs (another `iotpipe rollup`, a scheduled Lambda, queue-driven worker functions).
 //! 3. A partition whose units are all done has its markers deleted (and the single stats
 //!    file of the layout before units, if any, removed); an object that could not be

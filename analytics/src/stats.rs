@@ -228,7 +228,7 @@ struct Compact {
     value: f64,
 }
 
-/// Memory the aggregation holds per reading fed in (the [`Compact`] row), used to size
+/// Memory the aggregation holds per reading fed in (the compact row), used to size
 /// units of work.
 pub const BYTES_PER_READING: usize = std::mem::size_of::<Compact>();
 

@@ -1,9 +1,9 @@
 //! The worker: aggregates one [`Unit`] — one device-hash bucket of one hour — under its
 //! lease.
 //!
-//! 1. Take the unit's [lease](crate::lease); if another worker holds it, the unit is
+//! 1. Take the unit's lease ([`crate::lease`]); if another worker holds it, the unit is
 //!    [`UnitOutcome::Busy`] and left alone.
-//! 2. List the hour's telemetry objects and load the unit's [state](crate::state). If the
+//! 2. List the hour's telemetry objects and load the unit's state ([`crate::state`]). If the
 //!    state names exactly the listed objects, the unit is up to date.
 //! 3. Read every object of the hour (de-duplication needs all of them), in arrival order
 //!    (last-modified time, then key), so that "the first reading seen" is the one that

@@ -57,7 +57,7 @@ pub struct Firmware {
 impl DeviceType {
     /// The default environmental sensor: temperature (°C, daily cycle + noise), relative
     /// humidity (%, bounded random walk) and battery (V, slow decay); a fleet mid
-    /// firmware roll-out. Used when a [`SimConfig`] has no device types.
+    /// firmware roll-out. Used when a [`SimConfig`](crate::config::SimConfig) has no device types.
     pub fn default_sensor(count: usize, id_prefix: &str, rate: f64) -> Self {
         let range = |min, max| Param::Range { min, max };
         let metrics = [

@@ -504,7 +504,7 @@ fn the_contracts_worst_message_fits_its_share_of_the_response() {
     assert_eq!(v.accepted.len(), 1, "{:?}", v.rejected);
 
     let data = msg.to_json();
-    let event = event_of(&[data.clone()], 128);
+    let event = event_of(std::slice::from_ref(&data), 128);
     let (response, summary) = transform_with_summary(&event);
     assert_eq!(summary.ok, 1, "{:?}", summary.failures);
     let answer = serde_json::to_vec(&response.records[0]).unwrap().len();

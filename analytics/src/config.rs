@@ -17,9 +17,9 @@ pub const DEFAULT_STATS_PREFIX: &str = telemetry::layout::STATS_PREFIX;
 /// Default folder of the rollup's per-unit state and leases. Under `stats/` so that one
 /// bucket policy covers the rollup's writes; the `_` folder is skipped by Athena and Hive,
 /// and the query library only reads `stats/window=…/`.
-pub const DEFAULT_STATE_PREFIX: &str = "stats/_state";
+pub const DEFAULT_STATE_PREFIX: &str = telemetry::layout::ROLLUP_STATE_PREFIX;
 /// Default folder of the new-object markers ([`crate::pending`]).
-pub const DEFAULT_PENDING_PREFIX: &str = "stats/_pending";
+pub const DEFAULT_PENDING_PREFIX: &str = telemetry::layout::ROLLUP_PENDING_PREFIX;
 /// Default number of device-hash buckets per hour (units of work per hour partition).
 /// Measured: a unit holds about 300 bytes per reading of its bucket at its peak (rows,
 /// windows, the stats file), so 16 buckets keep a 10,000-device hour (4 M readings) near

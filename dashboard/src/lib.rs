@@ -37,7 +37,7 @@ pub use pages::{Site, device_file, render};
 pub use source::{Options, RUNS_PREFIX, Snapshot, load, save_run};
 
 /// Key prefix of the site when it is written into the store (see [`publish`]).
-pub const SITE_PREFIX: &str = "dashboard";
+pub const SITE_PREFIX: &str = telemetry::layout::DASHBOARD_PREFIX;
 
 /// The dashboard could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,7 @@ use telemetry::quarantine::QuarantineRecord;
 /// Key prefix of the run records `iotpipe up` and `iotpipe replay` write when they end
 /// (`_runs/<finished_at_ms>.json`): the run's Lambda figures and cost estimate, which
 /// exist nowhere else. The leading `_` keeps them out of Hive/Athena listings.
-pub const RUNS_PREFIX: &str = "_runs";
+pub use telemetry::layout::RUNS_PREFIX;
 
 /// Key prefix of the telemetry Parquet (the rollup's default input).
 const TELEMETRY_PREFIX: &str = analytics::config::DEFAULT_TELEMETRY_PREFIX;

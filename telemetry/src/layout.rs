@@ -31,59 +31,6 @@ macro_rules! checkpoint_segment {
         "_checkpoint"
     };
 }
-macro_rules! rollup_checkpoint_name {
-    () => {
-        "rollup.json"
-    };
-}
-
-/// Key prefix of the telemetry Parquet files (`telemetry/dt=…/hour=…/`).
-pub const TELEMETRY_PREFIX: &str = telemetry_segment!();
-
-/// Key prefix of the statistics (`stats/window=…/dt=…/hour=…/stats.parquet`).
-pub const STATS_PREFIX: &str = stats_segment!();
-
-/// Key prefix of quarantined payloads (`quarantine/dt=…/hour=…/`, by receive time).
-pub const QUARANTINE_PREFIX: &str = "quarantine";
-
-/// Firehose's error output prefix: records the processor answered `ProcessingFailed` (or
-/// that could not be converted), as the template configures it.
-pub const PROCESSING_FAILED_PREFIX: &str = "errors/processing-failed";
-
-/// The folder name of checkpoints. Starts with `_` so that query engines skip it.
-pub const CHECKPOINT_DIR: &str = checkpoint_segment!();
-
-/// Key of the rollup checkpoint. Under `stats/` so that one bucket policy covers the
-/// rollup's writes; the query library only reads `stats/window=…/`.
-pub const ROLLUP_CHECKPOINT_PATH: &str = concat!(
-    stats_segment!(),
-    "/",
-    checkpoint_segment!(),
-    "/",
-    rollup_checkpoint_name!()
-);
-
-/// The rollup checkpoint's object name, inside whichever folder holds it (a deployed
-/// rollup may move it with `IOTPIPE_STATE_PREFIX`).
-pub const ROLLUP_CHECKPOINT_NAME: &str = rollup_checkpoint_name!();
-
-/// Key prefix of the Kinesis read-back checkpoints (`_checkpoint/kinesis/<stream>/<shard>`).
-pub const KINESIS_CHECKPOINT_PREFIX: &str = concat!(checkpoint_segment!(), "/kinesis");
-
-/// The key segment naming a stats file's window: `window={label}`.
-pub const WINDOW_KEY: &str = "window";
-
-/// The file name of a stats file within its partition folder.
-pub const STATS_FILE_NAME: &str = "stats.parquet";
-
-/// `{prefix}/{rest}`, ignoring slashes around `prefix`; `rest` alone when the prefix is
-/// empty (the store's root).
-pub fn join(prefix: &str, rest: &str) -> String {
-    match prefix.trim_matches('/') {
-        "" => rest.to_string(),
-        p => format!("{p}/{rest}"),
-    }
-}
 
 /// The folder holding every stats file of the window labelled `window` (`1m`, `1h`, `1d`):
 /// `{stats_prefix}/window={window}`.
@@ -108,7 +55,8 @@ mod tests {
 
     #[test]
     fn the_composite_keys_are_built_from_the_single_segments() {
-        assert_eq!(ROLLUP_CHECKPOINT_PATH, "stats/_checkpoint/rollup.json");
+        assert_eq!(ROLLUP_STATE_PREFIX, "stats/_state");
+        assert_eq!(ROLLUP_PENDING_PREFIX, "stats/_pending");
         assert_eq!(KINESIS_CHECKPOINT_PREFIX, "_checkpoint/kinesis");
         assert_eq!(TELEMETRY_PREFIX, "telemetry");
     }

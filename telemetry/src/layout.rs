@@ -32,6 +32,54 @@ macro_rules! checkpoint_segment {
     };
 }
 
+/// Key prefix of the telemetry Parquet files (`telemetry/dt=…/hour=…/`).
+pub const TELEMETRY_PREFIX: &str = telemetry_segment!();
+
+/// Key prefix of the statistics (`stats/window=…/dt=…/hour=…/stats.parquet`).
+pub const STATS_PREFIX: &str = stats_segment!();
+
+/// Key prefix of quarantined payloads (`quarantine/dt=…/hour=…/`, by receive time).
+pub const QUARANTINE_PREFIX: &str = "quarantine";
+
+/// Firehose's error output prefix: records the processor answered `ProcessingFailed` (or
+/// that could not be converted), as the template configures it.
+pub const PROCESSING_FAILED_PREFIX: &str = "errors/processing-failed";
+
+/// The folder name of checkpoints. Starts with `_` so that query engines skip it.
+pub const CHECKPOINT_DIR: &str = checkpoint_segment!();
+
+/// Folder of the rollup's per-unit state and leases. Under `stats/` so that one bucket
+/// policy covers the rollup's writes; the `_` folder is skipped by Athena and Hive, and the
+/// query library only reads `stats/window=…/`.
+pub const ROLLUP_STATE_PREFIX: &str = concat!(stats_segment!(), "/_state");
+
+/// Folder of the new-object markers the local Firehose leaves for the rollup's planner.
+pub const ROLLUP_PENDING_PREFIX: &str = concat!(stats_segment!(), "/_pending");
+
+/// Folder of the run records `iotpipe up`/`replay` write for the dashboard.
+pub const RUNS_PREFIX: &str = "_runs";
+
+/// Folder of the dashboard's pages in the bucket.
+pub const DASHBOARD_PREFIX: &str = "dashboard";
+
+/// Key prefix of the Kinesis read-back checkpoints (`_checkpoint/kinesis/<stream>/<shard>`).
+pub const KINESIS_CHECKPOINT_PREFIX: &str = concat!(checkpoint_segment!(), "/kinesis");
+
+/// The key segment naming a stats file's window: `window={label}`.
+pub const WINDOW_KEY: &str = "window";
+
+/// The file name of a stats file within its partition folder.
+pub const STATS_FILE_NAME: &str = "stats.parquet";
+
+/// `{prefix}/{rest}`, ignoring slashes around `prefix`; `rest` alone when the prefix is
+/// empty (the store's root).
+pub fn join(prefix: &str, rest: &str) -> String {
+    match prefix.trim_matches('/') {
+        "" => rest.to_string(),
+        p => format!("{p}/{rest}"),
+    }
+}
+
 /// The folder holding every stats file of the window labelled `window` (`1m`, `1h`, `1d`):
 /// `{stats_prefix}/window={window}`.
 pub fn window_prefix(stats_prefix: &str, window: &str) -> String {

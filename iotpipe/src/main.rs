@@ -54,6 +54,8 @@ use crate::args::{DataArg, Format, parse_time};
 Examples:
   iotpipe up                                   # 10 devices, 1 msg/s each, for 30 s
   iotpipe up --devices 50 --rate 5 --duration 10s --data ./data
+  iotpipe up --devices 0                       # your own devices publish; Ctrl-C ends
+  iotpipe up --devices 0 --tls-cert server.pem --tls-key server.key --tls-client-ca ca.pem
   iotpipe query --window 1m --format table     # what the rollup computed
   device-sim --devices 5 --dump raw.jsonl --duration 60s && iotpipe replay raw.jsonl
 
@@ -179,21 +181,37 @@ struct RollupArgs {
 struct UpArgs {
     #[command(flatten)]
     data: DataArg,
-    /// Number of simulated devices, each its own MQTT client.
+    /// Number of simulated devices, each its own MQTT client. 0: no simulator — the
+    /// pipeline waits for your own devices and tools (mosquitto_pub, paho, …) until Ctrl-C.
     #[arg(long, default_value_t = 10)]
     devices: usize,
-    /// Messages per second per device.
+    /// Messages per second per simulated device.
     #[arg(long, default_value_t = 1.0)]
     rate: f64,
-    /// How long the fleet publishes (e.g. 30s, 2m); Ctrl-C stops earlier.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    /// How long to run: with simulated devices, how long they publish (default 30s); with
+    /// --devices 0, until Ctrl-C unless given. Ctrl-C always stops earlier, flushes
+    /// everything and prints the summary.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
     /// Use this broker (mqtt://host:port) instead of starting the embedded one.
     #[arg(long)]
     broker: Option<BrokerUrl>,
-    /// Port of the embedded broker on 127.0.0.1 (0 picks a free one).
+    /// Port of the embedded broker's plain MQTT listener on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     broker_port: u16,
+    /// Also listen for MQTT over TLS: the broker's certificate chain (PEM). Needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: accept only clients presenting a certificate signed by this CA (PEM), as
+    /// AWS IoT Core does. Without it, TLS clients need no certificate.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Port of the TLS listener on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0, requires = "tls_cert")]
+    tls_port: u16,
     /// MQTT QoS of the devices' publishes (0 or 1).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
@@ -376,9 +394,18 @@ fn spinner() -> ProgressBar {
     pb
 }
 
+/// Default `--duration` of a run with simulated devices.
+const DEFAULT_FLEET_DURATION: Duration = Duration::from_secs(30);
+
 async fn up(a: UpArgs) -> anyhow::Result<()> {
-    if a.devices == 0 || a.rate <= 0.0 {
-        bail!("--devices and --rate must be positive");
+    if a.devices > 0 && a.rate <= 0.0 {
+        bail!("--rate must be positive (or pass --devices 0 to run without simulated devices)");
+    }
+    if a.broker.is_some() && a.tls_cert.is_some() {
+        bail!(
+            "--tls-cert configures the embedded broker's TLS listener; with --broker, \
+             configure TLS on that broker instead"
+        );
     }
     let broker = match &a.broker {
         Some(url) if url.scheme != device_sim::Scheme::Mqtt => bail!(
@@ -388,18 +415,45 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => broker::start_embedded(a.broker_port)?,
     };
-    eprintln!(
-        "broker: {broker}{}",
-        if a.broker.is_none() {
-            " (embedded rumqttd)"
+    let tls_broker = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => Some(broker::start_tls_listener(
+            &broker,
+            &broker::TlsListenerConfig {
+                port: a.tls_port,
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: a.tls_client_ca.clone(),
+            },
+        )?),
+        _ => None,
+    };
+    let kind = if a.broker.is_some() {
+        ""
+    } else {
+        " (embedded rumqttd)"
+    };
+    eprintln!("broker: {broker}{kind}");
+    if let Some(tls) = &tls_broker {
+        let auth = if a.tls_client_ca.is_some() {
+            "mutual TLS: clients present a certificate signed by --tls-client-ca"
         } else {
-            ""
-        }
-    );
+            "TLS, no client certificate needed"
+        };
+        eprintln!("broker: {tls} ({auth})");
+    }
     eprintln!("data:   {}", a.data.data);
     eprintln!("stream: {}", a.tuning.stream);
     if a.dashboard {
         dashboard::serve_during_run(&a.data.data, a.dashboard_port).await?;
+    }
+    if a.devices == 0 {
+        eprintln!(
+            "no simulated devices: publish JSON payloads to dt/{{fleet}}/{{device_id}}/telemetry, e.g.\n  \
+             mosquitto_pub -h {} -p {} -q 1 -t dt/{}/sensor-1/telemetry \\\n    \
+             -m '{{\"device_id\":\"sensor-1\",\"seq\":1,\"ts\":'$(date +%s%3N)',\"metrics\":{{\"temperature\":21.5}}}}'\n\
+             Ctrl-C stops, flushes everything to Parquet, runs a final rollup and prints the summary.",
+            broker.host, broker.port, a.fleet
+        );
     }
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
@@ -409,54 +463,79 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nCtrl-C: stopping the fleet, then flushing everything…");
+            eprintln!(
+                "\nCtrl-C: stopping, then flushing everything… (Ctrl-C again: quit at once, unflushed)"
+            );
             let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("second Ctrl-C: quitting without flushing");
+                std::process::exit(130);
+            }
         }
     });
-    let sim_cfg = device_sim::SimConfig {
-        broker: broker.clone(),
-        fleet: a.fleet.clone(),
-        devices: a.devices,
-        rate: a.rate,
-        duration: a.duration,
-        qos: if a.qos == 0 {
-            device_sim::QoS::AtMostOnce
-        } else {
-            device_sim::QoS::AtLeastOnce
-        },
-        seed: a.seed,
-        ..device_sim::SimConfig::default()
-    };
     let pb = spinner();
     let progress = {
         let (pb, stack, received) = (pb.clone(), stack.clone(), rule.received.clone());
         tokio::spawn(async move {
+            let mut last = (tokio::time::Instant::now(), 0u64);
             loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 let i = stack.ingested();
+                let r = received.load(std::sync::atomic::Ordering::Relaxed);
+                let now = tokio::time::Instant::now();
+                let rate = (r - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+                last = (now, r);
+                let rollups = stack
+                    .counters
+                    .scheduler_invocations
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 pb.set_message(format!(
-                    "received {} · accepted {} · quarantined {}",
-                    received.load(std::sync::atomic::Ordering::Relaxed),
-                    i.accepted,
-                    i.quarantined
+                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}",
+                    i.accepted, i.quarantined
                 ));
-                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };
-    let sim = device_sim::run(sim_cfg, stop_rx)
-        .await
-        .context("the device simulator failed")?;
+    let sim = if a.devices == 0 {
+        wait_for_stop(stop_rx, a.duration).await;
+        None
+    } else {
+        let sim_cfg = device_sim::SimConfig {
+            broker: broker.clone(),
+            fleet: a.fleet.clone(),
+            devices: a.devices,
+            rate: a.rate,
+            duration: a.duration.unwrap_or(DEFAULT_FLEET_DURATION),
+            qos: if a.qos == 0 {
+                device_sim::QoS::AtMostOnce
+            } else {
+                device_sim::QoS::AtLeastOnce
+            },
+            seed: a.seed,
+            ..device_sim::SimConfig::default()
+        };
+        Some(
+            device_sim::run(sim_cfg, stop_rx)
+                .await
+                .context("the device simulator failed")?,
+        )
+    };
 
     // Let the rule catch up with what the broker acknowledged, then stop it.
-    let expect = sim.sent;
-    let wait_until = tokio::time::Instant::now() + Duration::from_secs(15);
-    while rule.received.load(std::sync::atomic::Ordering::Relaxed) < expect
-        && tokio::time::Instant::now() < wait_until
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    match &sim {
+        Some(sim) => {
+            let wait_until = tokio::time::Instant::now() + Duration::from_secs(15);
+            while rule.received.load(std::sync::atomic::Ordering::Relaxed) < sim.sent
+                && tokio::time::Instant::now() < wait_until
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        // Real devices: take what the broker is still forwarding until it goes quiet.
+        None => wait_quiet(&rule.received).await,
     }
     let received = rule.received.load(std::sync::atomic::Ordering::Relaxed);
-    rule.stop().await?;
+    let devices_seen = rule.stop().await?;
     pb.set_message("flushing the stream, Firehose and a final rollup…");
     progress.abort();
     let _ = progress.await;
@@ -464,23 +543,34 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         anyhow::anyhow!("internal: the stack is still in use after the rule stopped")
     })?;
     let meter = stack.meter.clone();
-    let report = stack.finish(a.devices as u64).await?;
+    let devices = match &sim {
+        Some(_) => a.devices as u64,
+        None => devices_seen,
+    };
+    let report = stack.finish(devices).await?;
     pb.finish_and_clear();
-    let mut s = summary::Summary::new(
-        summary::Source::Mqtt {
+    let source = match &sim {
+        Some(sim) => summary::Source::Mqtt {
             broker: broker.to_string(),
             sent: sim.sent,
             acknowledged: sim.acknowledged,
             received,
         },
-        &report,
-        meter.report(),
-        &a.data.data,
-    )?;
+        None => summary::Source::Devices {
+            broker: broker.to_string(),
+            tls_broker: tls_broker.as_ref().map(ToString::to_string),
+            received,
+        },
+    };
+    let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;
     // With a real Firehose delivery stream nothing is written under --data by this run, so a
     // ledger would call every message missing: leave it out (the summary explains the stream).
-    if !matches!(a.tuning.stream, StreamTarget::Firehose(_)) {
-        s.ledger = ledger::run_totals(&a.data.data, run_started_ms, &sim)
+    // Without the simulator nobody knows what the devices sent: `iotpipe ledger` still
+    // reports duplicates and gaps in the seqs received.
+    if let Some(sim) = &sim
+        && !matches!(a.tuning.stream, StreamTarget::Firehose(_))
+    {
+        s.ledger = ledger::run_totals(&a.data.data, run_started_ms, sim)
             .await
             .inspect_err(
                 |e| tracing::warn!(error = %e, "the delivery ledger could not be computed"),
@@ -489,6 +579,35 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     dashboard::record_run(&a.data.data, &s).await;
     s.print(a.summary_json)
+}
+
+/// Waits for Ctrl-C, or for `duration` when given.
+async fn wait_for_stop(mut stop: watch::Receiver<bool>, duration: Option<Duration>) {
+    let until = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => {}
+        () = until => {}
+    }
+}
+
+/// Waits until no message arrived for 300 ms (at most 5 s): what devices published just
+/// before the stop is still taken in.
+async fn wait_quiet(received: &std::sync::atomic::AtomicU64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut last = received.load(std::sync::atomic::Ordering::Relaxed);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = received.load(std::sync::atomic::Ordering::Relaxed);
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 async fn replay(a: ReplayArgs) -> anyhow::Result<()> {

@@ -26,6 +26,15 @@ pub enum Source {
         /// Messages the IoT rule received from the broker.
         received: u64,
     },
+    /// Devices of the user's own (`iotpipe up --devices 0`) over MQTT.
+    Devices {
+        /// The plain MQTT URL.
+        broker: String,
+        /// The TLS URL, when the TLS listener ran.
+        tls_broker: Option<String>,
+        /// Messages the IoT rule received from the broker.
+        received: u64,
+    },
     /// A replay file.
     Replay {
         /// The file.
@@ -153,6 +162,19 @@ impl Summary {
                 received,
             } => {
                 out.push_str(&format!("MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}\n"));
+            }
+            Source::Devices {
+                broker,
+                tls_broker,
+                received,
+            } => {
+                let tls = tls_broker
+                    .as_ref()
+                    .map(|t| format!(", {t}"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "MQTT ({broker}{tls}): received by the rule {received} from your devices\n"
+                ));
             }
             Source::Replay { file, lines } => {
                 out.push_str(&format!("replayed {lines} payload line(s) from {file}\n"))

@@ -1,11 +1,23 @@
-//! The embedded MQTT broker (rumqttd).
+//! The embedded MQTT broker (rumqttd), with an optional TLS listener in front of it.
+//!
+//! rumqttd serves plain MQTT on `127.0.0.1`. The TLS listener ([`start_tls_listener`])
+//! terminates TLS — mutual TLS when a client CA is given, as AWS IoT Core requires — with
+//! the workspace's rustls (aws-lc-rs) and forwards each connection's MQTT bytes to the
+//! plain listener. (rumqttd's own TLS feature would build a second rustls on ring.)
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use device_sim::BrokerUrl;
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
 /// oversize payload reaches ingest and is quarantined with its reason instead of vanishing
@@ -72,6 +84,147 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     bail!("the embedded broker did not start listening on {listen} within 2 s")
+}
+
+/// The embedded broker's TLS listener (`iotpipe up --tls-cert …`).
+#[derive(Debug, Clone)]
+pub struct TlsListenerConfig {
+    /// Port on 127.0.0.1 (`0` picks a free one).
+    pub port: u16,
+    /// PEM file of the broker's certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// PEM file of the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM file of the CA that signs device certificates: when given, every client must
+    /// present a certificate it signed (mutual TLS, as AWS IoT Core requires).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts a TLS listener on `127.0.0.1:cfg.port` that forwards every connection, once its
+/// handshake (and client certificate, with a client CA) is accepted, to the plain MQTT
+/// listener at `plain`. Runs on the current tokio runtime until the process exits; returns
+/// the `mqtts://` URL clients connect to.
+pub fn start_tls_listener(plain: &BrokerUrl, cfg: &TlsListenerConfig) -> anyhow::Result<BrokerUrl> {
+    let server = server_config(cfg)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let std_listener = TcpListener::bind(("127.0.0.1", cfg.port)).with_context(|| {
+        format!(
+            "port {} on 127.0.0.1 is taken: pass --tls-port 0 to pick a free one",
+            cfg.port
+        )
+    })?;
+    let port = std_listener.local_addr()?.port();
+    std_listener
+        .set_nonblocking(true)
+        .context("configuring the TLS listener")?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .context("the TLS listener needs a tokio runtime")?;
+    let upstream = (plain.host.clone(), plain.port);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Err(e) = forward(acceptor, tcp, &upstream).await {
+                    tracing::info!(%peer, error = %e, "TLS client refused or disconnected");
+                }
+            });
+        }
+    });
+    Ok(BrokerUrl {
+        scheme: device_sim::Scheme::Mqtts,
+        host: "127.0.0.1".into(),
+        port,
+    })
+}
+
+/// One TLS connection: handshake, then MQTT bytes both ways to the plain listener.
+async fn forward(
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    upstream: &(String, u16),
+) -> anyhow::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake failed")?;
+    let mut plain = tokio::net::TcpStream::connect((upstream.0.as_str(), upstream.1))
+        .await
+        .context("connecting to the embedded broker")?;
+    let _ = plain.set_nodelay(true);
+    tokio::io::copy_bidirectional(&mut tls, &mut plain).await?;
+    Ok(())
+}
+
+/// The rustls server configuration of the TLS listener.
+fn server_config(cfg: &TlsListenerConfig) -> anyhow::Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let certs = read_certs(&cfg.cert, "--tls-cert")?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| {
+        anyhow::anyhow!(
+            "--tls-key {}: no private key read ({e}): pass the PEM key of the broker certificate",
+            cfg.key.display()
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("the TLS provider (aws-lc-rs) is unusable")?;
+    let builder = match &cfg.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in read_certs(ca, "--tls-client-ca")? {
+                roots.add(c).with_context(|| {
+                    format!(
+                        "--tls-client-ca {}: not a usable CA certificate",
+                        ca.display()
+                    )
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .with_context(|| format!("--tls-client-ca {}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    builder.with_single_cert(certs, key).with_context(|| {
+        format!(
+            "--tls-cert {} / --tls-key {}: pass a certificate and the key it was made with",
+            cfg.cert.display(),
+            cfg.key.display()
+        )
+    })
+}
+
+/// Every certificate of a PEM file (at least one).
+fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{flag} {}: cannot read PEM certificates: {e}",
+                path.display()
+            )
+        })?;
+    if certs.is_empty() {
+        bail!(
+            "{flag} {}: no CERTIFICATE block in the file",
+            path.display()
+        );
+    }
+    Ok(certs)
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -28,7 +28,8 @@ pub struct IotRule {
     /// Messages received from the broker.
     pub received: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<anyhow::Result<()>>,
+    /// The rule's loop; ends with the number of distinct devices seen in the topics.
+    task: JoinHandle<anyhow::Result<u64>>,
 }
 
 impl IotRule {
@@ -63,6 +64,8 @@ impl IotRule {
         let counter = received.clone();
         let task = tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(MAX_CONCURRENCY));
+            // Distinct device ids in the topics: the fleet size of the run's cost.
+            let mut devices = std::collections::HashSet::new();
             loop {
                 let ev = tokio::select! {
                     ev = eventloop.poll() => ev,
@@ -72,10 +75,16 @@ impl IotRule {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let received_at = chrono::Utc::now().timestamp_millis();
+                        let device_from_topic =
+                            parse_topic(&p.topic).map(|t| t.device_id.to_string());
+                        if let Some(d) = &device_from_topic
+                            && !devices.contains(d)
+                        {
+                            devices.insert(d.clone());
+                        }
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
-                            device_from_topic: parse_topic(&p.topic)
-                                .map(|t| t.device_id.to_string()),
+                            device_from_topic,
                             topic: p.topic,
                             received_at,
                         };
@@ -100,7 +109,7 @@ impl IotRule {
             // Wait for every in-flight invocation.
             let _all = permits.acquire_many(MAX_CONCURRENCY as u32).await?;
             let _ = client.disconnect().await;
-            Ok(())
+            Ok(devices.len() as u64)
         });
         Ok(Self {
             received,
@@ -109,8 +118,9 @@ impl IotRule {
         })
     }
 
-    /// Stops reading and waits for the in-flight invocations to finish.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    /// Stops reading and waits for the in-flight invocations to finish; returns the number
+    /// of distinct devices whose topics the rule saw.
+    pub async fn stop(self) -> anyhow::Result<u64> {
         let _ = self.stop.send(true);
         self.task.await.context("the IoT rule task panicked")?
     }

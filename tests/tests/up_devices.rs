@@ -1,0 +1,287 @@
+//! `iotpipe up --devices 0`: a local pipeline for real devices. `mosquitto_pub` plays the
+//! devices, on the plain listener and on the mutual-TLS one; Ctrl-C (SIGINT) ends the run
+//! with a flush and a summary, and what was published is in `iotpipe query` and in
+//! `quarantine/` with its reason.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use iotpipe_tests::{iotpipe, need_env, query_json, total_count};
+use serde_json::Value;
+
+/// A running `iotpipe up`, its stderr lines arriving on a channel.
+struct Up {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    /// Everything read from stderr so far (for failure messages).
+    seen: Vec<String>,
+}
+
+impl Up {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = iotpipe(&[
+            "up",
+            "--devices",
+            "0",
+            "--flush-every",
+            "1s",
+            "--rollup-every",
+            "1s",
+            "--summary-json",
+            "--data",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("iotpipe up starts");
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The URLs printed on the `broker:` lines, waiting until `n` of them are printed.
+    fn broker_urls(&mut self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let urls: Vec<String> = self
+                .seen
+                .iter()
+                .filter_map(|l| l.strip_prefix("broker: "))
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .collect();
+            if urls.len() >= n {
+                return urls;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "iotpipe up printed no {n} broker URL(s) within 30 s; stderr:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGINT (what Ctrl-C sends) and returns the summary JSON once it exits.
+    fn interrupt(mut self) -> Value {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        assert!(status.success(), "kill -INT {pid} failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exit = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "iotpipe up did not exit within 60 s of SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        self.seen.extend(self.stderr.try_iter());
+        assert!(
+            exit.success(),
+            "iotpipe up exited with {exit} after SIGINT\n--- stdout\n{stdout}\n--- stderr\n{}",
+            self.seen.join("\n")
+        );
+        let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
+        serde_json::from_str(last.unwrap_or_default())
+            .unwrap_or_else(|e| panic!("no summary JSON on stdout ({e}):\n{stdout}"))
+    }
+}
+
+/// `host` and `port` of an `mqtt://` / `mqtts://` URL.
+fn host_port(url: &str) -> (String, String) {
+    let rest = url.split_once("://").unwrap().1;
+    let (h, p) = rest.rsplit_once(':').unwrap();
+    (h.to_owned(), p.trim_end_matches('/').to_owned())
+}
+
+/// `mosquitto_pub -q 1` of one payload; returns whether the broker accepted it.
+fn publish(url: &str, topic: &str, payload: &str, tls: &[&str]) -> bool {
+    let (host, port) = host_port(url);
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h", &host, "-p", &port, "-q", "1", "-t", topic, "-m", payload,
+        ])
+        .args(tls)
+        .output()
+        .expect("mosquitto_pub is installed (tests/setup/services.sh installs it)");
+    out.status.success()
+}
+
+fn reading(device: &str, seq: u64, ts: i64) -> String {
+    format!(
+        r#"{{"device_id":"{device}","seq":{seq},"ts":{ts},"metrics":{{"temperature":21.5,"humidity":40.25}},"fw":"1.0.0"}}"#
+    )
+}
+
+/// Every quarantine record (one JSON object per line) under `data/quarantine/`.
+fn quarantine_records(data: &Path) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data.join("quarantine")];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.map_while(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let text = std::fs::read_to_string(&p).unwrap();
+                out.extend(
+                    text.lines()
+                        .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_until_ctrl_c() {
+    let certs = need_env("IOTPIPE_TEST_CERTS");
+    let cert = |f: &str| format!("{certs}/{f}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            &cert("server.pem"),
+            "--tls-key",
+            &cert("server.key"),
+            "--tls-client-ca",
+            &cert("ca.pem"),
+        ],
+    );
+    let urls = up.broker_urls(2);
+    let plain = urls.iter().find(|u| u.starts_with("mqtt://")).unwrap();
+    let tls = urls.iter().find(|u| u.starts_with("mqtts://")).unwrap();
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let a = "dt/fleet/sensor-a/telemetry";
+    assert!(publish(plain, a, &reading("sensor-a", 1, now), &[]));
+    assert!(publish(plain, a, &reading("sensor-a", 2, now + 1000), &[]));
+    let malformed = r#"{"device_id":"sensor-a","seq":3,"ts":"#;
+    assert!(publish(plain, a, malformed, &[]));
+    let ca = cert("ca.pem");
+    let (client_cert, client_key) = (cert("client.pem"), cert("client.key"));
+    let mtls = [
+        "--cafile",
+        &ca,
+        "--cert",
+        &client_cert,
+        "--key",
+        &client_key,
+    ];
+    assert!(
+        publish(
+            tls,
+            "dt/fleet/sensor-b/telemetry",
+            &reading("sensor-b", 1, now),
+            &mtls
+        ),
+        "a client with a certificate of the CA publishes over mutual TLS"
+    );
+    assert!(
+        !publish(
+            tls,
+            "dt/fleet/sensor-c/telemetry",
+            &reading("sensor-c", 1, now),
+            &["--cafile", &ca]
+        ),
+        "a TLS client without a certificate is refused"
+    );
+
+    let s = up.interrupt();
+    assert_eq!(s["source"], "devices", "{s}");
+    assert_eq!(s["broker"].as_str(), Some(plain.as_str()));
+    assert_eq!(s["tls_broker"].as_str(), Some(tls.as_str()));
+    assert_eq!(
+        s["received"], 4,
+        "three plain + one mutual-TLS message: {s}"
+    );
+    assert_eq!(s["accepted"], 3, "{s}");
+    assert_eq!(s["quarantined"], 1, "{s}");
+    assert_eq!(s["rows"], 6, "three messages of two readings: {s}");
+    assert_eq!(s["firehose"]["files"].as_u64().map(|f| f > 0), Some(true));
+
+    // The valid readings are in the aggregates.
+    let stats = query_json(dir.path());
+    assert_eq!(total_count(&stats), 6, "{stats:?}");
+    let mut devices: Vec<&str> = stats
+        .iter()
+        .map(|r| r["device_id"].as_str().unwrap())
+        .collect();
+    devices.sort_unstable();
+    devices.dedup();
+    assert_eq!(devices, ["sensor-a", "sensor-b"]);
+
+    // The malformed one is in quarantine/ with its reason and its bytes.
+    let q = quarantine_records(dir.path());
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0]["reason_code"], "malformed_json", "{q:?}");
+    assert_eq!(q[0]["topic"], a);
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(q[0]["payload_b64"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(raw, malformed.as_bytes());
+}
+
+#[test]
+fn up_without_simulated_devices_ends_after_an_explicit_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = iotpipe(&[
+        "up",
+        "--devices",
+        "0",
+        "--duration",
+        "2s",
+        "--summary-json",
+        "--data",
+    ])
+    .arg(dir.path())
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let s = iotpipe_tests::last_json_line(&out);
+    assert_eq!(s["received"], 0, "{s}");
+    assert_eq!(s["rows"], 0, "{s}");
+}

@@ -22,17 +22,143 @@ pub use telemetry::metering::{INGEST, LambdaFn, ROLLUP, TRANSFORM};
 #[derive(Debug, Default)]
 struct FnStats {
     memory_mb: u32,
-    durations_us: Vec<u64>,
+    durations: Durations,
     billed_ms: u64,
     max_memory_mb: u64,
     errors: u64,
 }
 
+/// How often, at most, the process's peak RSS is read from `/proc` (an open, a read and a
+/// close of a file the kernel formats: ~10 µs, once per invocation cost more than the
+/// ingest handler itself). Between readings an invocation reports the last reading; the
+/// run's figure is read again at [`Meter::report`], so the maximum is never missed.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(20);
+
 /// Collects invocation figures per function (cheap to clone).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Meter {
     stats: Arc<Mutex<BTreeMap<&'static str, FnStats>>>,
     next_request: Arc<AtomicU64>,
+    rss: Arc<RssSampler>,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Self {
+            stats: Arc::default(),
+            next_request: Arc::default(),
+            rss: Arc::new(RssSampler::new()),
+        }
+    }
+}
+
+/// The process's peak RSS, read at most every [`RSS_SAMPLE_EVERY`].
+#[derive(Debug)]
+struct RssSampler {
+    origin: Instant,
+    /// Microseconds after `origin` of the last reading (`u64::MAX`: never read).
+    read_at_us: AtomicU64,
+    peak_mb: AtomicU64,
+}
+
+impl RssSampler {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            read_at_us: AtomicU64::new(u64::MAX),
+            peak_mb: AtomicU64::new(0),
+        }
+    }
+
+    /// The peak RSS in MB: read anew when the last reading is older than the interval (or
+    /// when `fresh`), else the last reading.
+    fn peak_mb(&self, fresh: bool) -> u64 {
+        let now = u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        let last = self.read_at_us.load(Ordering::Relaxed);
+        let every = u64::try_from(RSS_SAMPLE_EVERY.as_micros()).unwrap_or(u64::MAX);
+        let stale = last == u64::MAX || now.saturating_sub(last) >= every;
+        // One reader per interval: the others keep the last figure.
+        if (fresh || stale)
+            && self
+                .read_at_us
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.peak_mb.fetch_max(peak_rss_mb(), Ordering::Relaxed);
+        }
+        self.peak_mb.load(Ordering::Relaxed)
+    }
+}
+
+/// Invocation durations as a log-linear histogram (HDR-style: exact below 128 µs, then 64
+/// buckets per power of two, so a percentile is off by at most 1/64 ≈ 1.6 %): its memory is
+/// fixed, whatever the number of invocations, where a list of durations grew by 8 bytes per
+/// invocation (1.4 GB for an hour at 50,000 msg/s).
+#[derive(Debug, Clone)]
+struct Durations {
+    counts: Vec<u64>,
+    n: u64,
+    sum_us: u64,
+}
+
+/// Below this many microseconds every value has its own bucket.
+const EXACT_US: u64 = 128;
+/// Buckets per power of two above [`EXACT_US`].
+const SUB_BUCKETS: u64 = 64;
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; Self::bucket(u64::MAX) + 1],
+            n: 0,
+            sum_us: 0,
+        }
+    }
+}
+
+impl Durations {
+    fn bucket(us: u64) -> usize {
+        if us < EXACT_US {
+            return us as usize;
+        }
+        let exp = u64::from(63 - us.leading_zeros()); // ≥ 7
+        let sub = (us >> (exp - 6)) & (SUB_BUCKETS - 1);
+        (EXACT_US + (exp - 7) * SUB_BUCKETS + sub) as usize
+    }
+
+    /// The largest value of bucket `i` (a percentile never reads low).
+    fn upper(i: usize) -> u64 {
+        let i = i as u64;
+        if i < EXACT_US {
+            return i;
+        }
+        let exp = (i - EXACT_US) / SUB_BUCKETS + 7;
+        let sub = (i - EXACT_US) % SUB_BUCKETS;
+        let width = 1u64 << (exp - 6);
+        ((1u64 << exp) + sub * width).saturating_add(width - 1)
+    }
+
+    fn record(&mut self, us: u64) {
+        self.counts[Self::bucket(us)] += 1;
+        self.n += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    /// The `q` quantile (0–1), rounded up to its bucket's upper bound.
+    fn quantile(&self, q: f64) -> u64 {
+        if self.n == 0 {
+            return 0;
+        }
+        let rank = ((self.n as f64 * q).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Self::upper(i);
+            }
+        }
+        0
+    }
 }
 
 /// The figures of one function over a run.
@@ -48,7 +174,7 @@ pub struct FnReport {
     pub errors: u64,
     /// Sum of durations, ms.
     pub total_duration_ms: f64,
-    /// 99th percentile duration, ms.
+    /// 99th percentile duration, ms (from a histogram: at most 1.6 % high).
     pub p99_duration_ms: f64,
     /// Sum of billed durations (each rounded up to 1 ms), ms.
     pub billed_duration_ms: u64,
@@ -83,7 +209,7 @@ impl Meter {
     fn record(&self, f: &LambdaFn, elapsed: Duration, failed: bool) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let billed_ms = us.div_ceil(1000).max(1);
-        let mem_mb = peak_rss_mb();
+        let mem_mb = self.rss.peak_mb(false);
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             target: "lambda_report",
@@ -98,7 +224,7 @@ impl Meter {
         if let Ok(mut stats) = self.stats.lock() {
             let s = stats.entry(f.name).or_default();
             s.memory_mb = f.memory_mb;
-            s.durations_us.push(us);
+            s.durations.record(us);
             s.billed_ms += billed_ms;
             s.max_memory_mb = s.max_memory_mb.max(mem_mb);
             s.errors += u64::from(failed);
@@ -107,27 +233,25 @@ impl Meter {
 
     /// Figures per function, by name.
     pub fn report(&self) -> Vec<FnReport> {
+        let peak = self.rss.peak_mb(true);
         let Ok(stats) = self.stats.lock() else {
             return Vec::new();
         };
         stats
             .iter()
             .map(|(name, s)| {
-                let mut d = s.durations_us.clone();
-                d.sort_unstable();
-                let p99 = d
-                    .get(((d.len() as f64 * 0.99).ceil() as usize).saturating_sub(1))
-                    .copied()
-                    .unwrap_or(0);
+                let d = &s.durations;
                 FnReport {
                     function: (*name).to_string(),
                     memory_size_mb: s.memory_mb,
-                    invocations: d.len() as u64,
+                    invocations: d.n,
                     errors: s.errors,
-                    total_duration_ms: d.iter().sum::<u64>() as f64 / 1000.0,
-                    p99_duration_ms: p99 as f64 / 1000.0,
+                    total_duration_ms: d.sum_us as f64 / 1000.0,
+                    p99_duration_ms: d.quantile(0.99) as f64 / 1000.0,
                     billed_duration_ms: s.billed_ms,
-                    max_memory_used_mb: s.max_memory_mb,
+                    // The process's peak is read once more now: a peak between two
+                    // samples is not missed (an upper bound, as before).
+                    max_memory_used_mb: s.max_memory_mb.max(peak),
                     gb_seconds: s.billed_ms as f64 / 1000.0 * f64::from(s.memory_mb) / 1024.0,
                 }
             })
@@ -201,5 +325,29 @@ mod tests {
         );
         assert!((r.gb_seconds - 4.0 / 1000.0 * 128.0 / 1024.0).abs() < 1e-12);
         assert!(r.max_memory_used_mb > 0);
+    }
+
+    #[test]
+    fn the_duration_histogram_reads_percentiles_within_its_bound() {
+        let mut d = Durations::default();
+        // 1..=100,000 µs: the exact p99 is 99,000 µs and p50 50,000 µs.
+        for us in 1..=100_000u64 {
+            d.record(us);
+        }
+        assert_eq!(d.n, 100_000);
+        assert_eq!(d.sum_us, 100_000 * 100_001 / 2);
+        for (q, exact) in [(0.99, 99_000.0), (0.5, 50_000.0), (0.001, 100.0)] {
+            let got = d.quantile(q) as f64;
+            assert!(
+                got >= exact && got <= exact * (1.0 + 1.0 / 64.0),
+                "q{q}: {got} vs exact {exact}"
+            );
+        }
+        // Every value lands in a bucket whose upper bound is at or above it.
+        for us in [0, 1, 127, 128, 129, 1_000, 65_535, 1 << 40, u64::MAX] {
+            let i = Durations::bucket(us);
+            assert!(Durations::upper(i) >= us, "{us} in bucket {i}");
+            assert!(i == 0 || Durations::upper(i - 1) < us, "{us} in bucket {i}");
+        }
     }
 }

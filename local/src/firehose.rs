@@ -300,6 +300,7 @@ pub async fn run_with_progress(
     let processor_timer = tokio::time::sleep(processor_interval);
     tokio::pin!(processor_timer);
     let mut armed_for: Option<Instant> = None;
+    let mut batch = Vec::with_capacity(INPUT_BATCH);
 
     loop {
         if stream.buffer_started != armed_for {
@@ -317,10 +318,19 @@ pub async fn run_with_progress(
             _ = destination_tick.tick() => {
                 stream.close_files("destination interval").await?;
             }
-            entry = input.recv() => match entry {
-                Some(entry) => stream.accept(entry).await?,
-                None => break,
-            },
+            // A batch at a time (cancel-safe), then a short pause when the input had less:
+            // waking this task for every record cost more than buffering the record.
+            n = input.recv_many(&mut batch, INPUT_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+                for entry in batch.drain(..) {
+                    stream.accept(entry).await?;
+                }
+                if n < INPUT_BATCH {
+                    tokio::time::sleep(crate::stream::POLL_INTERVAL).await;
+                }
+            }
         }
     }
     stream.invoke_buffer(Cut::EndOfInput).await?;
@@ -341,6 +351,9 @@ pub async fn run_with_progress(
     );
     Ok(stream.report)
 }
+
+/// Records the emulator takes from its input at once.
+const INPUT_BATCH: usize = 1024;
 
 /// Why a buffer was handed to the function.
 #[derive(Debug, Clone, Copy)]

@@ -121,16 +121,39 @@ impl RecordSink for LocalStream {
     }
 }
 
+/// Records a reader takes from its shard at once (Kinesis `GetRecords` returns up to
+/// 10,000).
+pub const GET_RECORDS_LIMIT: usize = 10_000;
+
+/// How long a reader waits before polling a shard again after it found fewer records
+/// than a full batch. Firehose polls a Kinesis source about once a second; this is far
+/// shorter, so that it adds no visible latency, yet it lets a shard fill up between polls
+/// instead of waking the reader (another thread) for every record a producer puts: that
+/// wake-up cost about as much as the ingest handler itself.
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Merges every shard into one channel, as a Firehose delivery stream reading a Kinesis
-/// source does. Per-shard order is kept; the output is bounded by `capacity`.
+/// source does: each shard is polled in batches ([`GET_RECORDS_LIMIT`], then a pause of
+/// [`POLL_INTERVAL`] when the shard had less). Per-shard order is kept; the output is
+/// bounded by `capacity`.
 pub fn merge_shards(readers: Vec<ShardReader>, capacity: usize) -> mpsc::Receiver<StreamEntry> {
     let (tx, rx) = mpsc::channel(capacity.max(1));
     for mut reader in readers {
         let tx = tx.clone();
         tokio::spawn(async move {
-            while let Some(entry) = reader.rx.recv().await {
-                if tx.send(entry).await.is_err() {
-                    break;
+            let mut batch = Vec::with_capacity(GET_RECORDS_LIMIT.min(capacity.max(1)));
+            loop {
+                let n = reader.rx.recv_many(&mut batch, GET_RECORDS_LIMIT).await;
+                if n == 0 {
+                    break; // every producer is gone and the shard is empty
+                }
+                for entry in batch.drain(..) {
+                    if tx.send(entry).await.is_err() {
+                        return;
+                    }
+                }
+                if n < GET_RECORDS_LIMIT {
+                    tokio::time::sleep(POLL_INTERVAL).await;
                 }
             }
         });

@@ -670,15 +670,26 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
 
 /// The device a replayed payload claims to come from (its topic is derived from it).
 fn device_of(payload: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    let obj = match &v {
-        serde_json::Value::Array(items) => items.first()?,
-        other => other,
+    /// Only the device id of a payload, borrowed: every other field is skipped unparsed
+    /// (a full `serde_json::Value` of each line cost more than the ingest handler).
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow, default)]
+        device_id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
+    let head = if *first == b'[' {
+        serde_json::from_slice::<Vec<Head>>(payload)
+            .ok()?
+            .into_iter()
+            .next()?
+    } else {
+        serde_json::from_slice::<Head>(payload).ok()?
     };
-    let id = obj.get("device_id")?.as_str()?;
+    let id = head.device_id?;
     // A device id that would break the topic shape is attributed to "unknown": validation
     // then rejects the payload with the mismatch as its reason.
-    (!id.is_empty() && !id.contains(['/', '+', '#'])).then(|| id.to_string())
+    (!id.is_empty() && !id.contains(['/', '+', '#'])).then(|| id.into_owned())
 }
 
 async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
@@ -839,4 +850,29 @@ fn schema(a: SchemaArgs) -> anyhow::Result<()> {
         .collect();
     summary::print_line(&serde_json::to_string(&columns)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::device_of;
+
+    #[test]
+    fn device_of_reads_only_the_device_id_of_an_object_or_a_batch() {
+        let one = br#"{"seq":1,"metrics":{"t":{"a":[1,2]}},"device_id":"sensor-1","fw":"x"}"#;
+        assert_eq!(device_of(one).as_deref(), Some("sensor-1"));
+        let batch = br#" [{"device_id":"d-2","seq":1},{"device_id":"d-3"}]"#;
+        assert_eq!(device_of(batch).as_deref(), Some("d-2"));
+        let escaped = br#"{"device_id":"d\u002d4"}"#;
+        assert_eq!(device_of(escaped).as_deref(), Some("d-4"));
+        for bad in [
+            &br#"{"device_id":"a/b"}"#[..],
+            br#"{"seq":1}"#,
+            br#"[1,1,1]"#,
+            br#"[]"#,
+            b"not json",
+            br#"{"device_id":7}"#,
+        ] {
+            assert_eq!(device_of(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
 }

@@ -29,8 +29,16 @@ TYPE_RE = re.compile(r"^    Type:\s*([A-Za-z0-9:]+)\s*$")
 # (the Arrow schemas); tests/tests/glue_schema.rs compares each block with
 # `iotpipe schema --glue <table>`. This script only checks that the blocks are there and
 # well formed, so a broken block is caught before any Rust is built.
-GENERATED_TABLES = ("telemetry", "stats_1m")
-GLUE_TYPES = {"string", "bigint", "int", "double", "boolean", "timestamp"}
+GENERATED_TABLES = (
+    "telemetry",
+    "stats_1m",
+    "stats_1h",
+    "stats_1d",
+    "stats_fleet_1m",
+    "stats_fleet_1h",
+    "stats_fleet_1d",
+)
+GLUE_TYPES = {"string", "bigint", "int", "double", "boolean", "timestamp", "binary"}
 
 
 def read_lines(path: str) -> list[str]:

@@ -176,6 +176,16 @@ pub(crate) fn float64<'a>(
         .ok_or_else(|| type_error(name, col, "Float64"))
 }
 
+/// A required `Binary` column.
+pub(crate) fn binary<'a>(
+    batch: &'a RecordBatch,
+    name: &'static str,
+) -> Result<&'a arrow_array::BinaryArray, ColumnError> {
+    let col = required(batch, name)?;
+    col.as_binary_opt::<i32>()
+        .ok_or_else(|| type_error(name, col, "Binary"))
+}
+
 /// A required timestamp column of any unit, as epoch milliseconds (floored).
 pub(crate) fn timestamps_ms(
     batch: &RecordBatch,

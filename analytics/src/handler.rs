@@ -1,4 +1,5 @@
-//! The rollup Lambda's handler: a scheduled EventBridge event in, a [`RollupReport`] out.
+//! The scheduled Lambdas' handlers: a scheduled EventBridge event in, a [`RollupReport`]
+//! ([`handle`], the rollup) or a [`CompactReport`] ([`handle_compact`]) out.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -8,6 +9,7 @@ use lambda_runtime::LambdaEvent;
 use object_store::ObjectStore;
 use tracing::info;
 
+use crate::compact::{CompactConfig, CompactReport, compact};
 use crate::config::RollupConfig;
 use crate::rollup::{RollupReport, run_rollup_until};
 
@@ -36,6 +38,36 @@ pub enum HandlerError {
     },
 }
 
+/// The compact function's handler: checks that the event is a scheduled event, then
+/// compacts every closed hour's small telemetry files ([`crate::compact::compact`]),
+/// stopping between hours before the invocation's deadline.
+pub async fn handle_compact(
+    event: LambdaEvent<EventBridgeEvent<serde_json::Value>>,
+    store: Arc<dyn ObjectStore>,
+    cfg: &CompactConfig,
+) -> Result<CompactReport, lambda_runtime::Error> {
+    let (payload, context) = event.into_parts();
+    check_scheduled(&payload)?;
+    info!(request_id = %context.request_id, source = %payload.source, "compact invoked");
+    let deadline =
+        (context.deadline > 0).then(|| UNIX_EPOCH + Duration::from_millis(context.deadline));
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    Ok(compact(&store, cfg, now_ms, deadline).await?)
+}
+
+/// Refuses an event that is not a scheduled event.
+fn check_scheduled(payload: &EventBridgeEvent<serde_json::Value>) -> Result<(), HandlerError> {
+    if payload.detail_type != SCHEDULED_DETAIL_TYPE
+        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
+    {
+        return Err(HandlerError::NotScheduled {
+            detail_type: payload.detail_type.clone(),
+            event_source: payload.source.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Handles one scheduled invocation: checks that the event is a scheduled event, then
 /// runs one incremental rollup over `store`, stopping between hour partitions before the
 /// invocation's deadline (a backlog is finished by the next invocations). The event
@@ -49,15 +81,7 @@ pub async fn handle(
     cfg: &RollupConfig,
 ) -> Result<RollupReport, lambda_runtime::Error> {
     let (payload, context) = event.into_parts();
-    if payload.detail_type != SCHEDULED_DETAIL_TYPE
-        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
-    {
-        return Err(HandlerError::NotScheduled {
-            detail_type: payload.detail_type,
-            event_source: payload.source,
-        }
-        .into());
-    }
+    check_scheduled(&payload)?;
     info!(
         request_id = %context.request_id,
         source = %payload.source,

@@ -311,6 +311,14 @@ pub async fn write_parquet(
     path: &str,
     batch: &RecordBatch,
 ) -> Result<(), WriteError> {
+    let buf = encode_parquet(batch)?;
+    store.put(&Path::from(path), PutPayload::from(buf)).await?;
+    Ok(())
+}
+
+/// `batch` as the bytes of a zstd-compressed Parquet file, as [`write_parquet`] writes
+/// it: the same rows always give the same bytes.
+pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .build();
@@ -318,8 +326,7 @@ pub async fn write_parquet(
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     writer.write(batch)?;
     writer.close()?;
-    store.put(&Path::from(path), PutPayload::from(buf)).await?;
-    Ok(())
+    Ok(buf)
 }
 
 #[cfg(test)]

@@ -22,6 +22,11 @@
 //! - [`stats`]: the aggregation itself: de-duplication, windows, the statistics
 //!   ([`WindowStats`]) and their definitions.
 //! - [`window`]: window lengths (`1m`, `1h`, `1d`) and their alignment.
+//! - [`coarse`]: the 1h and 1d windows and the fleet view, merged from the 1m rows
+//!   ([`derive_coarse`], called at the end of every rollup for the hours it recomputed).
+//! - [`sketch`]: the mergeable quantile sketch (DDSketch, 1 % relative accuracy) behind
+//!   the quantiles of merged windows.
+//! - [`compact`]: rewriting a closed hour's small telemetry files into large sorted ones.
 //! - [`schema`]: the stats columns, defined once ([`schema::STATS_COLUMNS`]), and the
 //!   Arrow schema of the stats files derived from them ([`schema::stats_schema`]).
 //! - [`io`]: listing telemetry objects, reading (whole or one bucket) and writing Parquet.
@@ -36,7 +41,11 @@
 //! # Storage layout
 //! ```text
 //! telemetry/dt=YYYY-MM-DD/hour=HH/*                               input, one row per reading
+//! telemetry/dt=…/hour=…/_compaction.json                          what compaction replaced
 //! stats/window=1m/dt=YYYY-MM-DD/hour=HH/part-BBBB-of-NNNN.parquet   output, one file per unit
+//! stats/window=1h/dt=YYYY-MM-DD/hour=HH/stats.parquet               derived ([`coarse`])
+//! stats/window=1d/dt=YYYY-MM-DD/stats.parquet                       derived ([`coarse`])
+//! stats/fleet/window=1m|1h|1d/…                                   fleet-wide (device `*`)
 //! stats/_state/window=1m/dt=…/hour=…/part-BBBB-of-NNNN.json         what each unit aggregated
 //! stats/_state/_lease/…                                            one writer per unit
 //! stats/_pending/telemetry/dt=…/hour=…/NAME                         new objects to roll up
@@ -47,6 +56,8 @@
 
 mod columns;
 
+pub mod coarse;
+pub mod compact;
 pub mod config;
 pub mod handler;
 pub mod io;
@@ -58,15 +69,17 @@ pub mod query;
 pub mod render;
 pub mod rollup;
 pub mod schema;
+pub mod sketch;
 pub mod state;
 pub mod stats;
 pub mod units;
 pub mod window;
 pub mod worker;
 
+pub use coarse::{CoarseReport, derive_coarse};
 pub use columns::ColumnError;
 pub use config::RollupConfig;
-pub use query::{Query, QueryError, query, to_csv, to_table};
+pub use query::{Group, Query, QueryError, query, to_csv, to_table};
 pub use rollup::{RollupError, RollupReport, SkippedFile, run_rollup, run_rollup_until};
 pub use stats::WindowStats;
 pub use window::Window;

@@ -1,18 +1,24 @@
-//! The `rollup` Lambda: wires tracing, the store and the runtime to
-//! [`analytics::handler::handle`].
+//! The `rollup` Lambda binary, deployed twice: as the rollup (`IOTPIPE_JOB=rollup` or
+//! unset: [`analytics::handler::handle`]) and as the compact function
+//! (`IOTPIPE_JOB=compact`: [`analytics::handler::handle_compact`]). It wires tracing, the
+//! store and the runtime.
 //!
 //! The store is the S3 bucket named by `IOTPIPE_BUCKET` (as deployed by
 //! `infra/template.yaml`; region, credentials and an optional `AWS_ENDPOINT_URL` come from
 //! the standard AWS variables), or for local runs the directory named by `IOTPIPE_DATA`.
 //! `IOTPIPE_TELEMETRY_PREFIX`, `IOTPIPE_STATS_PREFIX` and `IOTPIPE_STATE_PREFIX` (the
-//! units' state and leases) override the default layout. A missing, contradictory or unusable
+//! units' state and leases) override the default layout. The compact job also reads
+//! `IOTPIPE_COMPACT_TARGET_MIB` (size of a compacted file, default 128, at least 1) and
+//! sizes its memory budget to a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`. A missing,
+//! contradictory or unusable
 //! setting fails the cold start, naming the variable, not an invocation.
 
 use std::sync::Arc;
 
 use analytics::RollupConfig;
+use analytics::compact::CompactConfig;
 use analytics::config::{DATA_DIR_ENV, local_store};
-use analytics::handler::handle;
+use analytics::handler::{handle, handle_compact};
 use lambda_runtime::{Error, run, service_fn};
 use object_store::ObjectStore;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +32,10 @@ const BUCKET_VAR: &str = "IOTPIPE_BUCKET";
 const TELEMETRY_PREFIX_VAR: &str = "IOTPIPE_TELEMETRY_PREFIX";
 /// Key prefix of the statistics (default `stats`).
 const STATS_PREFIX_VAR: &str = "IOTPIPE_STATS_PREFIX";
+/// Target size of a compacted telemetry file, MiB (compact job).
+const COMPACT_TARGET_VAR: &str = "IOTPIPE_COMPACT_TARGET_MIB";
+/// The function's memory, MB, as the Lambda runtime sets it.
+const MEMORY_VAR: &str = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE";
 /// Folder of the rollup's per-unit state and leases (default `stats/_state`).
 const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
 
@@ -41,14 +51,34 @@ async fn main() -> Result<(), Error> {
     // Non-UTF-8 values are read lossily: validation then names them invalid, instead of
     // calling them missing.
     let env = |var: &str| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned());
-    let (store, cfg) = setup(env).map_err(|e| {
+    let (store, cfg, job) = setup(env).map_err(|e| {
         // The log line is what CloudWatch shows for a failed init; the returned message
         // (Display, not Debug) is what a local run prints.
         tracing::error!(error = %e, "cold start failed");
         e.to_string()
     })?;
-    let cfg = &cfg;
-    run(service_fn(|event| handle(event, store.clone(), cfg))).await
+    match job {
+        Job::Rollup => {
+            let cfg = &cfg;
+            run(service_fn(|event| handle(event, store.clone(), cfg))).await
+        }
+        Job::Compact(compact) => {
+            let compact = &compact;
+            run(service_fn(|event| {
+                handle_compact(event, store.clone(), compact)
+            }))
+            .await
+        }
+    }
+}
+
+/// The job this deployment runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Job {
+    /// The incremental rollup (and its 1h/1d derivation).
+    Rollup,
+    /// Compaction of closed hours.
+    Compact(CompactConfig),
 }
 
 /// A setting that stops the cold start.
@@ -82,18 +112,20 @@ enum SetupError {
 /// so that tests need not change the process environment).
 fn setup(
     lookup: impl Fn(&str) -> Option<String>,
-) -> Result<(Arc<dyn ObjectStore>, RollupConfig), SetupError> {
+) -> Result<(Arc<dyn ObjectStore>, RollupConfig, Job), SetupError> {
     let get = |var| lookup(var).filter(|v| !v.is_empty());
 
-    // Only the rollup is built; a `compact` deployment fails visibly instead of quietly
-    // running the rollup on its schedule.
-    if let Some(job) = get(JOB_VAR).filter(|j| j != "rollup") {
-        return Err(SetupError::Invalid {
-            var: JOB_VAR,
-            value: job,
-            expected: "`rollup` (or unset); this binary does not implement other jobs yet",
-        });
-    }
+    let compacting = match get(JOB_VAR).as_deref() {
+        None | Some("rollup") => false,
+        Some("compact") => true,
+        Some(job) => {
+            return Err(SetupError::Invalid {
+                var: JOB_VAR,
+                value: job.to_string(),
+                expected: "`rollup` (or unset) or `compact`",
+            });
+        }
+    };
 
     let store = match (get(BUCKET_VAR), get(DATA_DIR_ENV)) {
         (Some(bucket), None) => {
@@ -126,7 +158,29 @@ fn setup(
     if let Some(p) = prefix(&lookup, STATE_PREFIX_VAR)? {
         cfg.state_prefix = p;
     }
-    Ok((store, cfg))
+    if !compacting {
+        return Ok((store, cfg, Job::Rollup));
+    }
+    let mut compact = CompactConfig {
+        telemetry_prefix: cfg.telemetry_prefix.clone(),
+        ..CompactConfig::default()
+    };
+    if let Some(v) = get(COMPACT_TARGET_VAR) {
+        let mib = v.parse::<usize>().ok().filter(|m| *m >= 1);
+        compact.target_file_bytes =
+            mib.map(|m| m.saturating_mul(1024 * 1024))
+                .ok_or(SetupError::Invalid {
+                    var: COMPACT_TARGET_VAR,
+                    value: v,
+                    expected: "a whole number of MiB, at least 1 (default 128)",
+                })?;
+    }
+    if let Some(mb) = get(MEMORY_VAR).and_then(|v| v.parse::<usize>().ok()) {
+        // A quarter of the function's memory for decoded rows: the rest holds the
+        // encoder's buffers, the sort and the runtime.
+        compact.memory_budget_bytes = mb.saturating_mul(1024 * 1024) / 4;
+    }
+    Ok((store, cfg, Job::Compact(compact)))
 }
 
 /// A key prefix variable without its surrounding slashes; `None` when unset.
@@ -159,7 +213,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         setup(|k| env.get(k).cloned())
-            .map(|(_, cfg)| cfg)
+            .map(|(_, cfg, _)| cfg)
             .map_err(|e| e.to_string())
     }
 
@@ -176,6 +230,27 @@ mod tests {
         assert_eq!(cfg.telemetry_prefix, "telemetry");
         assert_eq!(cfg.stats_prefix, "stats");
         assert_eq!(cfg.state_prefix, "state");
+    }
+
+    #[test]
+    fn the_compact_deployment_runs_the_compact_job_with_its_settings() {
+        let env: HashMap<String, String> = [
+            ("IOTPIPE_JOB", "compact"),
+            ("IOTPIPE_BUCKET", "iotpipe-data-123"),
+            ("IOTPIPE_TELEMETRY_PREFIX", "telemetry/"),
+            ("IOTPIPE_COMPACT_TARGET_MIB", "64"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (_, _, job) = setup(|k| env.get(k).cloned()).unwrap();
+        let Job::Compact(c) = job else {
+            panic!("expected the compact job, got {job:?}");
+        };
+        assert_eq!(c.target_file_bytes, 64 << 20);
+        assert_eq!(c.memory_budget_bytes, 512 << 20);
+        assert_eq!(c.telemetry_prefix, "telemetry");
     }
 
     #[test]
@@ -199,12 +274,16 @@ mod tests {
     #[test]
     fn bad_values_fail_naming_their_variable() {
         for (var, value) in [
-            ("IOTPIPE_JOB", "compact"),
+            ("IOTPIPE_JOB", "reindex"),
+            ("IOTPIPE_COMPACT_TARGET_MIB", "0"),
             ("IOTPIPE_BUCKET", "s3://bucket"),
             ("IOTPIPE_STATS_PREFIX", "/"),
             ("IOTPIPE_STATE_PREFIX", "a//b"),
         ] {
-            let mut vars = vec![("IOTPIPE_BUCKET", "iotpipe-data-123")];
+            let mut vars = vec![
+                ("IOTPIPE_BUCKET", "iotpipe-data-123"),
+                ("IOTPIPE_JOB", "compact"),
+            ];
             vars.retain(|(k, _)| *k != var);
             vars.push((var, value));
             let err = setup_with(&vars).unwrap_err();

@@ -1,8 +1,9 @@
 //! The query library: window statistics filtered by device, metric and time, read from
 //! the stats files of any object store, and rendered as CSV or a terminal table (with
-//! [`crate::render`], over the columns of [`STATS_COLUMNS`]).
+//! [`crate::render`], over the columns of [`output_columns`]).
 //!
-//! Stats files are found recursively under `stats/window={label}/`; folders named
+//! Stats files are found recursively under `stats/window={label}/` (per device) or
+//! `stats/fleet/window={label}/` (fleet-wide); folders named
 //! `dt=YYYY-MM-DD` (and `hour=HH` within them) whose time span cannot intersect the
 //! requested range are skipped by their path, before anything is read.
 
@@ -12,11 +13,12 @@ use chrono::SecondsFormat;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStore;
 use telemetry::Partition;
+use telemetry::layout::fleet_prefix;
 
 use crate::config::{DEFAULT_STATS_PREFIX, window_prefix};
 use crate::io::{self, ReadError};
 use crate::render::{Column, Table};
-use crate::schema::{STATS_COLUMNS, StatsType, StatsValue, stats_from_batch};
+use crate::schema::{StatsType, StatsValue, output_columns, stats_from_batch};
 use crate::stats::{WindowStats, format_time};
 use crate::window::Window;
 
@@ -30,26 +32,63 @@ pub struct Query {
     pub device: Option<String>,
     /// Only this metric (exact match).
     pub metric: Option<String>,
-    /// The window length. Only [`Window::M1`] is produced today; the others fail with
-    /// [`QueryError::WindowNotProduced`]. Default `1m`.
+    /// The window length (`1m`, `1h`, `1d`). Default `1m`.
     pub window: Window,
+    /// Per device, or fleet-wide (one row per metric and window, device `*`). Default
+    /// per device.
+    pub group: Group,
     /// Windows starting at or after this instant, epoch milliseconds (inclusive).
     pub from_ms: Option<i64>,
     /// Windows starting before this instant, epoch milliseconds (exclusive).
     pub to_ms: Option<i64>,
 }
 
+/// How rows are grouped: per device, or all devices of a metric together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// One row per (device, metric, window). The default.
+    #[default]
+    Device,
+    /// One row per (metric, window) over every device, `device_id` =
+    /// [`telemetry::layout::FLEET_DEVICE_ID`]; read from `stats/fleet/`.
+    Fleet,
+}
+
+impl Group {
+    /// The label used on the command line: `device` or `fleet`.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Group::Device => "device",
+            Group::Fleet => "fleet",
+        }
+    }
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// A grouping that is not `device` or `fleet`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown grouping {0:?}: expected device or fleet")]
+pub struct ParseGroupError(pub String);
+
+impl std::str::FromStr for Group {
+    type Err = ParseGroupError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Group::Device, Group::Fleet]
+            .into_iter()
+            .find(|g| g.label() == s.trim())
+            .ok_or_else(|| ParseGroupError(s.to_string()))
+    }
+}
+
 /// A query that could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    /// The requested window length has no statistics yet.
-    #[error(
-        "{window} statistics are not produced yet: only 1m windows exist — query with window 1m"
-    )]
-    WindowNotProduced {
-        /// The requested window.
-        window: Window,
-    },
     /// `from` is not before `to`, so no window can match.
     #[error("empty time range: from ({from_ms} ms) must be before to ({to_ms} ms)")]
     EmptyRange {
@@ -91,9 +130,6 @@ pub async fn query_prefix(
     stats_prefix: &str,
     q: &Query,
 ) -> Result<Vec<WindowStats>, QueryError> {
-    if q.window != Window::M1 {
-        return Err(QueryError::WindowNotProduced { window: q.window });
-    }
     let from = q.from_ms.unwrap_or(i64::MIN);
     let to = q.to_ms.unwrap_or(i64::MAX);
     if let (Some(from_ms), Some(to_ms)) = (q.from_ms, q.to_ms)
@@ -102,7 +138,10 @@ pub async fn query_prefix(
         return Err(QueryError::EmptyRange { from_ms, to_ms });
     }
 
-    let prefix = window_prefix(stats_prefix, q.window);
+    let prefix = match q.group {
+        Group::Device => window_prefix(stats_prefix, q.window),
+        Group::Fleet => window_prefix(&fleet_prefix(stats_prefix), q.window),
+    };
     let objects = io::list_objects(&store, &prefix)
         .await
         .map_err(|source| QueryError::List {
@@ -179,17 +218,18 @@ fn csv_float(x: f64) -> String {
 }
 
 /// Renders rows as CSV (RFC 4180, `\n` line ends) with a header line: the columns of
-/// [`STATS_COLUMNS`]. Times are RFC 3339 UTC (event times with milliseconds); `stddev` is
+/// [`output_columns`]. Times are RFC 3339 UTC (event times with milliseconds); `stddev` is
 /// empty when null; floats keep full precision.
 pub fn to_csv(rows: &[WindowStats]) -> String {
-    let mut t = Table::new(STATS_COLUMNS.iter().map(|c| Column::left(c.name)).collect());
+    let mut t = Table::new(output_columns().map(|c| Column::left(c.name)).collect());
     for r in rows {
-        t.row(STATS_COLUMNS.iter().map(|c| match ((c.get)(r), c.ty) {
+        t.row(output_columns().map(|c| match ((c.get)(r), c.ty) {
             (StatsValue::Text(s), _) => s.to_string(),
             (StatsValue::Count(n), _) => n.to_string(),
             (StatsValue::Float(x), _) => x.map(csv_float).unwrap_or_default(),
             (StatsValue::Time(ms), StatsType::EventTime) => time(ms, SecondsFormat::Millis),
             (StatsValue::Time(ms), _) => time(ms, SecondsFormat::AutoSi),
+            (StatsValue::Bytes(b), _) => format!("{} bytes", b.len()),
         }));
     }
     t.to_csv()
@@ -217,27 +257,29 @@ fn time_of_day(ms: i64) -> String {
 }
 
 /// Renders rows as an aligned plain-text table for a terminal: a header (the columns of
-/// [`STATS_COLUMNS`]), a rule, one line per row. Text and window starts are left-aligned,
+/// [`output_columns`]), a rule, one line per row. Text and window starts are left-aligned,
 /// numbers right-aligned with three decimals; a null `stddev` prints as `-`;
 /// `first_event`/`last_event` show the UTC time of day. An empty slice gives the header
 /// and the rule only.
 pub fn to_table(rows: &[WindowStats]) -> String {
     let mut t = Table::new(
-        STATS_COLUMNS
-            .iter()
+        output_columns()
             .map(|c| match c.ty {
                 StatsType::Text | StatsType::WindowTime => Column::left(c.name),
-                StatsType::Count | StatsType::Float | StatsType::EventTime => Column::right(c.name),
+                StatsType::Count | StatsType::Float | StatsType::EventTime | StatsType::Bytes => {
+                    Column::right(c.name)
+                }
             })
             .collect(),
     );
     for r in rows {
-        t.row(STATS_COLUMNS.iter().map(|c| match ((c.get)(r), c.ty) {
+        t.row(output_columns().map(|c| match ((c.get)(r), c.ty) {
             (StatsValue::Text(s), _) => s.to_string(),
             (StatsValue::Count(n), _) => n.to_string(),
             (StatsValue::Float(x), _) => x.map(table_float).unwrap_or_else(|| "-".into()),
             (StatsValue::Time(ms), StatsType::EventTime) => time_of_day(ms),
             (StatsValue::Time(ms), _) => time(ms, SecondsFormat::AutoSi),
+            (StatsValue::Bytes(b), _) => format!("{} bytes", b.len()),
         }));
     }
     t.to_text()

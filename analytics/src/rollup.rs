@@ -7,9 +7,10 @@
 //! 2. Up to [`RollupConfig::workers`] units are aggregated at once by the
 //!    worker ([`crate::worker`]), each under its lease: one writer per unit, whatever else
 //!    runs (another `iotpipe rollup`, a scheduled Lambda, queue-driven worker functions).
-//! 3. A partition whose units are all done has its markers deleted (and the single stats
-//!    file of the layout before units, if any, removed); an object that could not be
-//!    read keeps a marker, so later runs retry it. After a full scan that reached every
+//! 3. A partition whose units are all done has its 1h/1d and fleet windows derived from
+//!    its units' 1m files ([`crate::coarse`]), then its markers deleted (and the single
+//!    stats file of the layout before units, if any, removed first); an object that could
+//!    not be read keeps a marker, so later runs retry it. After a full scan that reached every
 //!    unit, the `_initialized` object is written, so later runs trust the markers.
 //!
 //! Memory is bounded by the unit, not by the fleet: about `workers` × (readings of one
@@ -38,11 +39,12 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::coarse::{CoarseError, CoarseReport, derive_coarse};
 use crate::config::RollupConfig;
 use crate::io;
 use crate::lease::LeaseError;
 use crate::pending;
-use crate::planner::{self, INITIALIZED, Plan};
+use crate::planner::{self, INITIALIZED, PartitionPlan, Plan};
 use crate::units::Unit;
 use crate::window::Window;
 use crate::worker::{self, UnitOutcome, UnitReport};
@@ -96,6 +98,9 @@ pub struct RollupReport {
     /// Objects whose readings did not make it into the stats in this run, with the reason;
     /// they stay out of the units' state and are retried by the next run.
     pub skipped_files: Vec<SkippedFile>,
+    /// The 1h/1d and fleet windows derived from the hours this run recomputed
+    /// ([`crate::coarse::derive_coarse`]).
+    pub coarse: CoarseReport,
 }
 
 /// A telemetry object the run could not use.
@@ -147,6 +152,10 @@ pub enum RollupError {
         #[source]
         source: io::WriteError,
     },
+    /// Deriving the 1h/1d or fleet windows failed (before the partition's markers are
+    /// deleted, so the next run derives them again).
+    #[error("deriving 1h/1d windows: {0}")]
+    Coarse(#[from] CoarseError),
     /// Writing a unit's state, a marker or the `_initialized` object failed.
     #[error("writing {path}: {source}")]
     WriteState {
@@ -242,7 +251,7 @@ pub async fn run_rollup_until(
     if let Some(e) = first_error {
         return Err(e);
     }
-    finish_partitions(&store, cfg, &plan, &incomplete).await?;
+    report.coarse = finish_partitions(&store, cfg, &plan, &incomplete).await?;
     // A skipped object keeps (or, found by a full scan, gets) its marker, so that later
     // runs retry it without scanning everything again.
     let skipped: std::collections::BTreeSet<&str> = report
@@ -317,16 +326,23 @@ async fn run_units(
         .await
 }
 
-/// For every partition whose units are all done: deletes its markers, and the stats
-/// files of its hour that no unit of the current layout wrote (the single
-/// `stats.parquet` of the layout before units, or parts of another bucket count), which
-/// would otherwise be counted twice.
+/// For every partition whose units are all done: removes the stats files of its hour that
+/// no unit of the current layout wrote (the single `stats.parquet` of the layout before
+/// units, or parts of another bucket count), which would otherwise be counted twice;
+/// derives its 1h/1d and fleet windows from its units' 1m files ([`derive_coarse`]); then
+/// deletes its markers.
+///
+/// The derivation runs once per run for each hour whose units are *all* done, after the
+/// last of them (not after each unit): an hour with a busy or failed unit keeps its
+/// markers, so the run that completes it (or the next one) derives it. It is idempotent
+/// — an unchanged hour rewrites no file — and comes before the markers' deletion, so a
+/// crash in between is repaired by the next run.
 async fn finish_partitions(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
     plan: &Plan,
     incomplete: &std::collections::BTreeSet<telemetry::Partition>,
-) -> Result<(), RollupError> {
+) -> Result<CoarseReport, RollupError> {
     let delete = |path: Path| async move {
         match store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -337,14 +353,18 @@ async fn finish_partitions(
         }
     };
     let current = format!("-of-{:04}.parquet", cfg.buckets.max(1));
-    for p in plan
+    let complete: Vec<&PartitionPlan> = plan
         .partitions
         .iter()
         .filter(|p| !incomplete.contains(&p.partition))
-    {
-        for marker in &p.markers {
-            delete(marker.clone()).await?;
+        .collect();
+    let mut hours = Vec::new();
+    for p in &complete {
+        if p.units.is_empty() && p.markers.is_empty() {
+            // Found by a full scan and already up to date: nothing new to derive.
+            continue;
         }
+        hours.push(p.partition.clone());
         if p.units.is_empty() {
             continue;
         }
@@ -369,7 +389,13 @@ async fn finish_partitions(
             }
         }
     }
-    Ok(())
+    let coarse = derive_coarse(store, &hours, cfg).await?;
+    for p in &complete {
+        for marker in &p.markers {
+            delete(marker.clone()).await?;
+        }
+    }
+    Ok(coarse)
 }
 
 fn now_nanos() -> u128 {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, LazyLock};
 
 use arrow_array::builder::{
-    Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    BinaryBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -28,6 +28,8 @@ pub enum StatsType {
     /// An event time (Arrow timestamp ms UTC, Glue `timestamp`); printed to the
     /// millisecond.
     EventTime,
+    /// Opaque bytes (Arrow `Binary`, Glue `binary`): a serialised sketch.
+    Bytes,
 }
 
 impl StatsType {
@@ -40,6 +42,7 @@ impl StatsType {
             StatsType::WindowTime | StatsType::EventTime => {
                 DataType::Timestamp(TimeUnit::Millisecond, Some(UTC.into()))
             }
+            StatsType::Bytes => DataType::Binary,
         }
     }
 }
@@ -55,6 +58,8 @@ pub enum StatsValue<'a> {
     Float(Option<f64>),
     /// A [`StatsType::WindowTime`] or [`StatsType::EventTime`] cell, epoch milliseconds.
     Time(i64),
+    /// A [`StatsType::Bytes`] cell.
+    Bytes(&'a [u8]),
 }
 
 /// A column of the stats files and of query output.
@@ -68,6 +73,10 @@ pub struct StatsColumn {
     pub nullable: bool,
     /// What it holds, for people (`iotpipe schema --json stats_1m`).
     pub doc: &'static str,
+    /// Merge state (`m2`, `sketch`): stored in the files and the Glue tables so that
+    /// coarser windows can be derived, but not a statistic — left out of query output
+    /// ([`output_columns`]).
+    pub internal: bool,
     /// The cell of a row.
     pub get: fn(&WindowStats) -> StatsValue<'_>,
 }
@@ -78,8 +87,8 @@ pub struct StatsColumn {
 /// (`iotpipe schema --glue stats_1m`, checked against `infra/template.yaml`) and the
 /// reference check (`tests/py/reference_stats.py`, given `iotpipe schema --json
 /// stats_1m`) follow. Names and order are those of [`WindowStats`]'s fields.
-pub const STATS_COLUMNS: [StatsColumn; 14] = {
-    use StatsType::{Count, EventTime, Float, Text, WindowTime};
+pub const STATS_COLUMNS: [StatsColumn; 16] = {
+    use StatsType::{Bytes, Count, EventTime, Float, Text, WindowTime};
     use StatsValue as V;
     const fn col(
         name: &'static str,
@@ -92,6 +101,7 @@ pub const STATS_COLUMNS: [StatsColumn; 14] = {
             ty,
             nullable: false,
             doc,
+            internal: false,
             get,
         }
     }
@@ -143,8 +153,32 @@ pub const STATS_COLUMNS: [StatsColumn; 14] = {
         col("last_event", EventTime, "latest event time (UTC)", |r| {
             V::Time(r.last_event)
         }),
+        StatsColumn {
+            internal: true,
+            ..col(
+                "m2",
+                Float,
+                "sum of squared deviations from the mean (merges stddev across windows)",
+                |r| V::Float(Some(r.m2)),
+            )
+        },
+        StatsColumn {
+            internal: true,
+            ..col(
+                "sketch",
+                Bytes,
+                "DDSketch of the values, relative accuracy 1% (merges quantiles)",
+                |r| V::Bytes(&r.sketch),
+            )
+        },
     ]
 };
+
+/// The columns of query output (CSV, table, JSON): [`STATS_COLUMNS`] without the merge
+/// state.
+pub fn output_columns() -> impl Iterator<Item = &'static StatsColumn> {
+    STATS_COLUMNS.iter().filter(|c| !c.internal)
+}
 
 static STATS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(
@@ -216,6 +250,16 @@ pub fn stats_to_batch(rows: &[WindowStats]) -> Result<RecordBatch, ArrowError> {
                     }
                     Arc::new(b.finish())
                 }
+                StatsType::Bytes => {
+                    let mut b = BinaryBuilder::with_capacity(n, n * 8);
+                    for v in cells {
+                        match v {
+                            StatsValue::Bytes(x) => b.append_value(x),
+                            _ => b.append_null(),
+                        }
+                    }
+                    Arc::new(b.finish())
+                }
             }
         })
         .collect();
@@ -235,6 +279,8 @@ pub fn stats_from_batch(batch: &RecordBatch) -> Result<Vec<WindowStats>, ColumnE
     let (p50, p95, p99) = (f("p50")?, f("p95")?, f("p99")?);
     let first_event = columns::timestamps_ms(batch, "first_event")?;
     let last_event = columns::timestamps_ms(batch, "last_event")?;
+    let m2 = f("m2")?;
+    let sketch = columns::binary(batch, "sketch")?;
     let rows = (0..batch.num_rows())
         .map(|i| WindowStats {
             device_id: device.value(i).to_string(),
@@ -252,6 +298,8 @@ pub fn stats_from_batch(batch: &RecordBatch) -> Result<Vec<WindowStats>, ColumnE
             p99: p99.value(i),
             first_event: first_event.get(i).copied().unwrap_or_default(),
             last_event: last_event.get(i).copied().unwrap_or_default(),
+            m2: m2.value(i),
+            sketch: sketch.value(i).to_vec(),
         })
         .collect();
     Ok(rows)
@@ -286,7 +334,9 @@ mod tests {
                 "p95",
                 "p99",
                 "first_event",
-                "last_event"
+                "last_event",
+                "m2",
+                "sketch"
             ]
         );
         let nullable: Vec<_> = stats_schema()
@@ -316,10 +366,13 @@ mod tests {
             p99: 1.9,
             first_event: 1_764_086_701_250,
             last_event: 1_764_086_702_500,
+            m2: 0.0,
+            sketch: vec![1, 0, 1, 2, 1, 0],
         };
         let two = WindowStats {
             count: 4,
             stddev: Some(0.25),
+            m2: 0.1875,
             ..row.clone()
         };
         let batch = stats_to_batch(&[row.clone(), two.clone()]).unwrap();

@@ -9,7 +9,9 @@
 //! - `p50`/`p95`/`p99` interpolate linearly between the closest ranks (`quantile_cont`):
 //!   with the values sorted ascending, `h = (n − 1)·q`, result
 //!   `x[⌊h⌋] + (h − ⌊h⌋)·(x[⌈h⌉] − x[⌊h⌋])`;
-//! - `first_event`/`last_event` are the smallest and largest event times.
+//! - `first_event`/`last_event` are the smallest and largest event times;
+//! - `m2` (`Σ(x − mean)²`) and `sketch` (a DDSketch of the values) are kept so that
+//!   coarser windows merge exactly ([`crate::coarse`]); 1m quantiles stay exact.
 //!
 //! `sum`, `mean` and `stddev` are computed over the values in ascending order, so a
 //! window's statistics are bit-for-bit the same whatever order its files were read in:
@@ -22,6 +24,7 @@ use chrono::{DateTime, SecondsFormat};
 use serde::{Deserialize, Serialize};
 
 use crate::columns::{self, ColumnError, Strings};
+use crate::sketch::Sketch;
 use crate::window::Window;
 
 /// The statistics of one metric of one device over one window: a row of the stats files
@@ -64,6 +67,16 @@ pub struct WindowStats {
     /// Latest event time in the window, epoch milliseconds.
     #[serde(with = "rfc3339_millis")]
     pub last_event: i64,
+    /// Sum of squared deviations from the mean, `Σ(x − mean)²` (0 for one reading): what
+    /// lets windows merge their `stddev` exactly (Chan et al.'s parallel formula, see
+    /// [`crate::coarse`]). Kept in the files, left out of query output (and JSON).
+    #[serde(skip)]
+    pub m2: f64,
+    /// The values' DDSketch ([`crate::sketch::Sketch::to_bytes`]), from which coarser
+    /// windows merge their quantiles. Kept in the files, left out of query output (and
+    /// JSON).
+    #[serde(skip)]
+    pub sketch: Vec<u8>,
 }
 
 /// Identifies a window's row: (`device_id`, `metric`, `window_start` in epoch ms). Its
@@ -403,10 +416,12 @@ fn window_stats(
     let max = *values.last()?;
     let sum: f64 = values.iter().sum();
     let mean = sum / n as f64;
-    let stddev = (n > 1).then(|| {
-        let squares: f64 = values.iter().map(|x| (x - mean) * (x - mean)).sum();
-        (squares / (n - 1) as f64).sqrt()
-    });
+    let m2: f64 = values.iter().map(|x| (x - mean) * (x - mean)).sum();
+    let stddev = (n > 1).then(|| (m2 / (n - 1) as f64).sqrt());
+    let mut sketch = Sketch::new();
+    for &x in values.iter() {
+        sketch.add(x);
+    }
     Some(WindowStats {
         device_id: device_id.to_string(),
         metric: metric.to_string(),
@@ -422,6 +437,8 @@ fn window_stats(
         p99: quantile_cont(values, 0.99)?,
         first_event,
         last_event,
+        m2,
+        sketch: sketch.to_bytes(),
     })
 }
 

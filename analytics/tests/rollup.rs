@@ -336,6 +336,8 @@ async fn a_file_with_the_wrong_columns_is_skipped_like_a_corrupt_one() {
         p99: 1.0,
         first_event: H16,
         last_event: H16,
+        m2: 0.0,
+        sketch: Vec::new(),
     };
     let stats = analytics::schema::stats_to_batch(&[row]).unwrap();
     let wrong = "telemetry/dt=2026-11-25/hour=16/stats.parquet";

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! telemetry/dt=YYYY-MM-DD/hour=HH/…                    Parquet readings (by event time)
-//! stats/window=1m|1h|1d/dt=YYYY-MM-DD/hour=HH/stats.parquet   aggregates
+//! stats/window=1m|1h/dt=YYYY-MM-DD/hour=HH/*.parquet   per-device aggregates
+//! stats/window=1d/dt=YYYY-MM-DD/stats.parquet           per-device daily aggregates
+//! stats/fleet/window=…/…                              the same, fleet-wide (device `*`)
 //! stats/_checkpoint/rollup.json                        which inputs the rollup has aggregated
 //! quarantine/dt=YYYY-MM-DD/hour=HH/…jsonl              rejected payloads (by receive time)
 //! errors/processing-failed/…                           Firehose's error output prefix
@@ -71,6 +73,30 @@ pub const WINDOW_KEY: &str = "window";
 /// The file name of a stats file within its partition folder.
 pub const STATS_FILE_NAME: &str = "stats.parquet";
 
+/// The folder, under the stats prefix, of the fleet-wide statistics
+/// (`stats/fleet/window=…/…`): the same columns and file layout as the per-device ones,
+/// with [`FLEET_DEVICE_ID`] as the device.
+pub const FLEET_SEGMENT: &str = "fleet";
+
+/// The `device_id` of a fleet-wide row (all devices of a metric): `*`, which no AWS IoT
+/// thing name can be.
+pub const FLEET_DEVICE_ID: &str = "*";
+
+/// `{stats_prefix}/fleet`: where the fleet-wide statistics live.
+pub fn fleet_prefix(stats_prefix: &str) -> String {
+    join(stats_prefix, FLEET_SEGMENT)
+}
+
+/// The key of a day's stats file (windows of a day or longer, partitioned by date only):
+/// `{stats_prefix}/window={window}/dt=YYYY-MM-DD/stats.parquet`.
+pub fn stats_day_path(stats_prefix: &str, window: &str, dt: &str) -> String {
+    format!(
+        "{}/{}={dt}/{STATS_FILE_NAME}",
+        window_prefix(stats_prefix, window),
+        crate::partition::DT_KEY
+    )
+}
+
 /// `{prefix}/{rest}`, ignoring slashes around `prefix`; `rest` alone when the prefix is
 /// empty (the store's root).
 pub fn join(prefix: &str, rest: &str) -> String {
@@ -119,5 +145,9 @@ mod tests {
             );
         }
         assert_eq!(window_prefix("", "1h"), "window=1h");
+        assert_eq!(
+            stats_day_path(&fleet_prefix("stats/"), "1d", "2026-11-25"),
+            "stats/fleet/window=1d/dt=2026-11-25/stats.parquet"
+        );
     }
 }

@@ -85,6 +85,7 @@ pub fn glue_type(dt: &DataType) -> Option<&'static str> {
         DataType::Int32 => "int",
         DataType::Float64 => "double",
         DataType::Boolean => "boolean",
+        DataType::Binary | DataType::LargeBinary => "binary",
         DataType::Timestamp(_, _) => "timestamp",
         _ => return None,
     })

@@ -215,7 +215,8 @@ AGGREGATES = {
 def load_columns(path: str) -> list[dict]:
     """Reads `iotpipe schema --json stats_1m`; fails on a column with no definition here."""
     with open(path, encoding="utf-8") as f:
-        columns = json.load(f)
+        # Internal columns (m2, sketch) are merge state, not query output.
+        columns = [c for c in json.load(f) if not c.get("internal")]
     names = [c["name"] for c in columns]
     unknown = [n for n in names if n not in KEYS and n not in AGGREGATES]
     if unknown:

@@ -275,7 +275,7 @@ pub async fn derive_coarse(
     }
 
     for dt in days {
-        for (prefix, device) in [(cfg.stats_prefix.clone(), None), (fleet.clone(), Some(()))] {
+        for (prefix, is_fleet) in [(cfg.stats_prefix.clone(), false), (fleet.clone(), true)] {
             let folder = format!(
                 "{}/{}={dt}/",
                 window_prefix(&prefix, Window::H1),
@@ -284,7 +284,7 @@ pub async fn derive_coarse(
             let mut per_day = Groups::default();
             for meta in visible_files(store, &folder).await? {
                 for row in read_rows(store, &meta, &mut report).await? {
-                    let id = if device.is_some() {
+                    let id = if is_fleet {
                         FLEET_DEVICE_ID
                     } else {
                         row.device_id.as_str()

@@ -113,7 +113,8 @@ pub async fn scheduled_rollup_with(
         .await
         .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
     counters.rollup_objects.fetch_add(
-        (report.stats_files_written + report.state_objects_written) as u64,
+        (report.stats_files_written + report.state_objects_written + report.coarse.files_written)
+            as u64,
         Ordering::Relaxed,
     );
     tracing::debug!(

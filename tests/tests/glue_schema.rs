@@ -56,8 +56,18 @@ fn the_templates_telemetry_table_matches_the_arrow_schema() {
 }
 
 #[test]
-fn the_templates_stats_table_matches_the_arrow_schema() {
+fn the_templates_stats_tables_match_the_arrow_schema() {
     let want = generated("stats_1m");
-    assert_eq!(want.len(), 14);
-    assert_eq!(template_columns("stats_1m"), want);
+    assert_eq!(want.len(), 16);
+    for table in [
+        "stats_1m",
+        "stats_1h",
+        "stats_1d",
+        "stats_fleet_1m",
+        "stats_fleet_1h",
+        "stats_fleet_1d",
+    ] {
+        assert_eq!(generated(table), want, "{table}");
+        assert_eq!(template_columns(table), want, "{table}");
+    }
 }

@@ -57,6 +57,8 @@ use crate::stats::Interner;
 /// Default target size of a compacted file: 128 MiB (Athena's and Spark's sweet spot;
 /// the issue asks for at least 64 MiB).
 pub const DEFAULT_TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
+// The issue's floor for the default: at least 64 MiB.
+const _: () = assert!(DEFAULT_TARGET_FILE_BYTES >= 64 * 1024 * 1024);
 /// Default delay after an hour's end before it counts as closed: Firehose buffers up to
 /// 900 s and devices may deliver late, so two hours.
 pub const DEFAULT_CLOSED_AFTER: Duration = Duration::from_secs(2 * 3600);
@@ -597,8 +599,8 @@ mod tests {
             let t = columns::timestamps_ms(b, "event_time").unwrap();
             fws += b.column_by_name("fw").unwrap().len()
                 - b.column_by_name("fw").unwrap().null_count();
-            for i in 0..b.num_rows() {
-                keys.push((dev.value(i).to_string(), met.value(i).to_string(), t[i]));
+            for (i, &ti) in t.iter().enumerate() {
+                keys.push((dev.value(i).to_string(), met.value(i).to_string(), ti));
             }
         }
         let mut sorted = keys.clone();
@@ -663,7 +665,6 @@ mod tests {
             DEFAULT_TARGET_FILE_BYTES,
             "change one, change both"
         );
-        assert!(DEFAULT_TARGET_FILE_BYTES >= 64 << 20);
     }
 
     #[tokio::test]

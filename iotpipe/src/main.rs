@@ -299,8 +299,9 @@ struct ReplayArgs {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Exact and approximate columns:
-  count, min, max, sum, mean, stddev, first_event, last_event are exact at every window and
-  grouping, and add up across resolutions: the 1h counts are the sums of their 1m counts,
+  count, min, max, first_event, last_event are exact at every window and grouping; sum,
+  mean and stddev are exact up to floating-point rounding (stddev merges exactly from each
+  row's sum of squared deviations). They add up across resolutions: the 1h counts are the sums of their 1m counts,
   the 1d counts the sums of their 1h counts, and the fleet's the sums over devices.
   p50, p95, p99 of per-device 1m windows are exact (interpolated like DuckDB's
   quantile_cont). For 1h, 1d and every fleet row they come from a mergeable sketch

@@ -2,7 +2,7 @@
 //! flush, every few minutes) rewritten into large ones, rows sorted by (`device_id`,
 //! `metric`, `event_time`) so that scans of one device or metric read few row groups.
 //!
-//! # The mechanism: write, record, then delete
+//! # The mechanism: write, record, hand over, then delete
 //! For one hour folder `telemetry/dt=…/hour=…/`:
 //! 1. read every file in arrival order (last-modified, then key), drop exact repeats of a
 //!    reading — same (`device_id`, `seq`, `event_time`, `metric`), keeping the first that
@@ -11,7 +11,12 @@
 //!    (multipart upload / rename), so no reader sees a partial one;
 //! 2. write the manifest `_compaction.json` in the folder (inputs replaced, outputs
 //!    written, counts). `_` names are skipped by the rollup, Athena, Hive and Spark;
-//! 3. delete the inputs.
+//! 3. take the [lease](crate::lease) of every rollup unit of the hour that has a state
+//!    (`stats/_state/window=1m/dt=…/hour=…/part-*.json`), so that no worker aggregates it
+//!    meanwhile;
+//! 4. delete the inputs;
+//! 5. in each leased unit's state that names every input, replace the inputs by the
+//!    outputs ([hand-over](#what-the-rollup-sees)), then release the leases.
 //!
 //! At every instant each reading is in at least one visible file (before step 3 in both
 //! the inputs and the outputs), and every reader of this pipeline already counts distinct
@@ -21,12 +26,17 @@
 //! leaves inputs and outputs side by side; the next run compacts them together again.
 //!
 //! # What the rollup sees
-//! The outputs are new object names, so the next rollup re-reads the hour; it finds the
-//! same distinct readings (and, for each, the same value), recomputes every window to the
-//! same bits (sums run over sorted values), and writes no stats — `windows_updated` 0 and
-//! no derived file rewritten. The cost is one re-read of each compacted hour, once.
-//! `_compaction.json` names the files that replaced which, for a rollup whose
-//! per-partition state wants to skip even that re-read.
+//! A unit's stats are a function of the distinct readings of the objects its state
+//! names, and the outputs hold exactly the distinct readings of the inputs (the first
+//! that arrived of each). So a state naming the inputs, with the inputs swapped for the
+//! outputs, describes the same stats: after the hand-over the planner finds every unit
+//! of the hour up to date, and the next rollup neither re-reads the hour nor treats the
+//! compacted data as new. A unit that could not be handed over — its lease was busy, or
+//! its state did not name every input (not rolled up yet, or an input skipped as
+//! unreadable) — is left to the rollup: compaction leaves a pending marker for each
+//! output, the planner sees the state differ from the listing, and the unit is
+//! recomputed from the outputs to the same rows (sums run over sorted values), so no
+//! stats file changes. Either way no 1m row, and hence no derived 1h/1d row, changes.
 //!
 //! # Memory
 //! An hour is processed in `passes` over its files, each keeping only the devices whose
@@ -34,9 +44,7 @@
 //! of decoded rows are held at once whatever the fleet's size. Each pass writes its own
 //! sorted files.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,8 +59,13 @@ use telemetry::schema::{readings_to_batch, telemetry_schema};
 use tracing::info;
 
 use crate::columns::{self, ColumnError, Strings};
+use crate::config::RollupConfig;
 use crate::io::{self, ReadError, TelemetryFile};
+use crate::lease::{self, LeaseError};
+use crate::pending;
+use crate::state;
 use crate::stats::Interner;
+use crate::units::{Unit, bucket_of};
 
 /// Default target size of a compacted file: 128 MiB (Athena's and Spark's sweet spot;
 /// the issue asks for at least 64 MiB).
@@ -82,8 +95,10 @@ pub const MANIFEST_NAME: &str = "_compaction.json";
 /// What to compact and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompactConfig {
-    /// Key prefix of the telemetry files. Default `telemetry`.
-    pub telemetry_prefix: String,
+    /// The rollup's layout: the telemetry prefix, and the unit states, leases and markers
+    /// that compaction hands over (see the module's "What the rollup sees"). Default
+    /// [`RollupConfig::default`].
+    pub rollup: RollupConfig,
     /// Size at which an output file is closed and the next one started, bytes. Default
     /// 128 MiB.
     pub target_file_bytes: usize,
@@ -99,7 +114,7 @@ pub struct CompactConfig {
 impl Default for CompactConfig {
     fn default() -> Self {
         Self {
-            telemetry_prefix: telemetry::layout::TELEMETRY_PREFIX.into(),
+            rollup: RollupConfig::default(),
             target_file_bytes: DEFAULT_TARGET_FILE_BYTES,
             closed_after: DEFAULT_CLOSED_AFTER,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
@@ -131,6 +146,12 @@ pub struct CompactReport {
     pub rows_written: u64,
     /// Exact repeats dropped.
     pub duplicates_dropped: u64,
+    /// Rollup unit states whose inputs were replaced by the outputs (those units stay up
+    /// to date without re-reading the hour).
+    pub unit_states_handed_over: usize,
+    /// Rollup units left to recompute the hour from the outputs (lease busy, or state not
+    /// naming every input); a pending marker per output makes the next rollup do it.
+    pub units_left_to_rollup: usize,
 }
 
 /// A compaction that could not complete. Inputs are deleted only after their hour's
@@ -161,6 +182,9 @@ pub enum CompactError {
     /// Encoding rows failed.
     #[error("encoding rows: {0}")]
     Encode(#[from] arrow_schema::ArrowError),
+    /// Taking or releasing a rollup unit's lease failed.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
     /// Writing the manifest or deleting an input failed.
     #[error("{action} {path}: {source}")]
     Store {
@@ -187,7 +211,7 @@ pub struct Manifest {
     pub rows_written: u64,
 }
 
-/// Compacts every closed hour of the look-back window under `cfg.telemetry_prefix` that
+/// Compacts every closed hour of the look-back window under the telemetry prefix that
 /// has at least two files below the target size, oldest first. `now_ms` is the current time, epoch milliseconds.
 /// With a `deadline` (a Lambda invocation's), it stops between hours when the time left
 /// is less than twice the slowest hour so far plus 10 s, and reports the rest in
@@ -198,7 +222,7 @@ pub async fn compact(
     now_ms: i64,
     deadline: Option<SystemTime>,
 ) -> Result<CompactReport, CompactError> {
-    let prefix = cfg.telemetry_prefix.trim_matches('/');
+    let prefix = cfg.rollup.telemetry_prefix.trim_matches('/');
     // Only the hours of the look-back window are listed, one folder each: the cost of a
     // run does not grow with the age of the deployment.
     let lookback_ms = i64::try_from(cfg.lookback.as_millis()).unwrap_or(i64::MAX);
@@ -301,14 +325,8 @@ struct Pass {
     duplicates: u64,
 }
 
-fn bucket_of(device: &str, passes: u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    device.hash(&mut h);
-    h.finish() % passes
-}
-
 impl Pass {
-    fn add(&mut self, batch: &RecordBatch, pass: u64, passes: u64) -> Result<(), ColumnError> {
+    fn add(&mut self, batch: &RecordBatch, pass: u32, passes: u32) -> Result<(), ColumnError> {
         let device = Strings::new("device_id", columns::required(batch, "device_id")?)?;
         let metric = Strings::new("metric", columns::required(batch, "metric")?)?;
         let seq = columns::int64(batch, "seq")?;
@@ -385,7 +403,9 @@ async fn compact_hour(
 ) -> Result<(), CompactError> {
     let bytes: u64 = inputs.iter().map(|f| f.meta.size).sum();
     let decoded = (bytes as usize).saturating_mul(DECODED_PER_PARQUET_BYTE);
-    let passes = decoded.div_ceil(cfg.memory_budget_bytes.max(1)).max(1) as u64;
+    let passes = u32::try_from(decoded.div_ceil(cfg.memory_budget_bytes.max(1)))
+        .unwrap_or(u32::MAX)
+        .max(1);
     let mut written: Vec<WrittenFile> = Vec::new();
     let (mut rows_read, mut rows_written) = (0, 0);
     for pass in 0..passes {
@@ -435,7 +455,7 @@ async fn compact_hour(
         written.extend(writer.flush().await?);
     }
     // Each pass read every row once; count them once.
-    rows_read /= passes;
+    rows_read /= u64::from(passes);
 
     let folder = format!("{prefix}/{}/", hour.path());
     let relative = |p: &str| p.strip_prefix(&folder).unwrap_or(p).to_string();
@@ -455,18 +475,32 @@ async fn compact_hour(
             path: manifest_path.clone(),
             source,
         })?;
-    for input in inputs {
-        match store.delete(&input.meta.location).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(source) => {
-                return Err(CompactError::Store {
-                    action: "deleting",
-                    path: input.meta.location.to_string(),
+    let leases = lease_units(store, &cfg.rollup, hour).await?;
+    let deleted = delete_inputs(store, inputs).await;
+    let handed = match deleted {
+        Ok(()) => hand_over(store, &cfg.rollup, &leases, &manifest).await,
+        Err(e) => Err(e),
+    };
+    let left = leases.busy + leases.held.len() - handed.as_ref().map_or(0, |h| *h);
+    for (_, lease) in leases.held {
+        lease.release().await.map_err(CompactError::Lease)?;
+    }
+    let handed = handed?;
+    if left > 0 || handed == 0 {
+        // Some unit (or, with no state yet, every unit) recomputes the hour: make sure the
+        // planner looks at it.
+        for output in &written {
+            pending::ensure(store, &cfg.rollup.pending_prefix, &output.path)
+                .await
+                .map_err(|source| CompactError::Store {
+                    action: "marking",
+                    path: output.path.clone(),
                     source,
-                });
-            }
+                })?;
         }
     }
+    report.unit_states_handed_over += handed;
+    report.units_left_to_rollup += left;
     report.files_before += inputs.len();
     report.bytes_before += bytes;
     report.files_after += written.len();
@@ -481,6 +515,110 @@ async fn compact_hour(
         "hour compacted"
     );
     Ok(())
+}
+
+/// The rollup units of an hour that compaction holds while it swaps the files.
+struct HourLeases {
+    /// Units with a state whose lease compaction holds.
+    held: Vec<(Unit, lease::Lease)>,
+    /// Units with a state whose lease another worker holds.
+    busy: usize,
+}
+
+/// Takes the lease of every unit of `hour` that has a state.
+async fn lease_units(
+    store: &Arc<dyn ObjectStore>,
+    rollup: &RollupConfig,
+    hour: &Partition,
+) -> Result<HourLeases, CompactError> {
+    let folder = Unit::state_folder(hour, rollup);
+    let listed = io::list_objects(store, &folder)
+        .await
+        .map_err(|source| CompactError::List {
+            prefix: folder.clone(),
+            source,
+        })?;
+    let owner = format!("compact-{}", std::process::id());
+    let mut leases = HourLeases {
+        held: Vec::new(),
+        busy: 0,
+    };
+    for meta in listed {
+        let Some(unit) = meta
+            .location
+            .filename()
+            .and_then(|name| Unit::from_part_name(hour, name))
+        else {
+            continue;
+        };
+        match lease::acquire(store, &unit.lease_prefix(rollup), &owner, rollup.lease_ttl).await {
+            Ok(Some(lease)) => leases.held.push((unit, lease)),
+            Ok(None) => leases.busy += 1,
+            Err(e) => {
+                for (_, held) in leases.held {
+                    // The first error is the one to report; the rest expire on their own.
+                    let _ = held.release().await;
+                }
+                return Err(CompactError::Lease(e));
+            }
+        }
+    }
+    Ok(leases)
+}
+
+/// Deletes the compacted inputs (already gone counts as deleted).
+async fn delete_inputs(
+    store: &Arc<dyn ObjectStore>,
+    inputs: &[TelemetryFile],
+) -> Result<(), CompactError> {
+    for input in inputs {
+        match store.delete(&input.meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(source) => {
+                return Err(CompactError::Store {
+                    action: "deleting",
+                    path: input.meta.location.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In the state of each held unit that names every replaced file, replaces them by the
+/// outputs; returns how many states were handed over.
+async fn hand_over(
+    store: &Arc<dyn ObjectStore>,
+    rollup: &RollupConfig,
+    leases: &HourLeases,
+    manifest: &Manifest,
+) -> Result<usize, CompactError> {
+    let mut handed = 0;
+    for (unit, lease) in &leases.held {
+        let path = unit.state_path(rollup);
+        let store_err = |action, source| CompactError::Store {
+            action,
+            path: path.clone(),
+            source,
+        };
+        let mut st = state::load(store, &path)
+            .await
+            .map_err(|e| store_err("reading", e))?;
+        if !manifest.replaced.iter().all(|r| st.objects.contains(r)) {
+            continue;
+        }
+        for r in &manifest.replaced {
+            st.objects.remove(r);
+        }
+        st.objects.extend(manifest.outputs.iter().cloned());
+        lease.check().map_err(CompactError::Lease)?;
+        state::save(store, &path, &st)
+            .await
+            .map_err(|e| store_err("writing", e))?;
+        handed += 1;
+    }
+    Ok(handed)
 }
 
 #[cfg(test)]
@@ -518,7 +656,8 @@ mod tests {
     async fn stats_snapshot(store: &Arc<dyn ObjectStore>) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for meta in io::list_objects(store, "stats").await.unwrap() {
-            if meta.location.as_ref().contains("_checkpoint") {
+            // Stats files only: unit states change hands, markers come and go.
+            if meta.location.parts().any(|p| p.as_ref().starts_with('_')) {
                 continue;
             }
             let bytes = store
@@ -683,19 +822,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_rollup_after_compaction_changes_no_stats() {
+    async fn a_rollup_after_compaction_finds_every_unit_up_to_date_and_changes_no_stats() {
         let store = seeded().await;
         let rollup_cfg = RollupConfig::default();
         let first = run_rollup(store.clone(), &rollup_cfg).await.unwrap();
-        assert_eq!(first.stats_files_written, 1);
+        assert!(first.stats_files_written > 1, "{first:?}");
+        assert!(first.coarse.files_written > 0, "{first:?}");
         let before = stats_snapshot(&store).await;
-        compact(&store, &CompactConfig::default(), H + 10 * 3_600_000, None)
+        let report = compact(&store, &CompactConfig::default(), H + 10 * 3_600_000, None)
             .await
             .unwrap();
+        assert_eq!(
+            (report.unit_states_handed_over, report.units_left_to_rollup),
+            (rollup_cfg.buckets as usize, 0),
+            "{report:?}"
+        );
         let after = run_rollup(store.clone(), &rollup_cfg).await.unwrap();
+        assert_eq!(
+            after.units_planned, 0,
+            "compacted data is not new: {after:?}"
+        );
+        // A full scan lists the hour and compares every unit's state with it.
+        let full = RollupConfig {
+            full_scan: true,
+            ..RollupConfig::default()
+        };
+        let scanned = run_rollup(store.clone(), &full).await.unwrap();
+        assert_eq!(scanned.units_planned, 0, "{scanned:?}");
+        assert_eq!(stats_snapshot(&store).await, before);
+    }
+
+    #[tokio::test]
+    async fn a_unit_busy_during_compaction_is_recomputed_by_the_rollup_to_the_same_stats() {
+        let store = seeded().await;
+        let rollup_cfg = RollupConfig::default();
+        run_rollup(store.clone(), &rollup_cfg).await.unwrap();
+        let before = stats_snapshot(&store).await;
+        let partition = Partition::of_millis(H);
+        let busy_unit = Unit {
+            partition: partition.clone(),
+            bucket: 3,
+            buckets: rollup_cfg.buckets,
+        };
+        let held = lease::acquire(
+            &store,
+            &busy_unit.lease_prefix(&rollup_cfg),
+            "another-worker",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let report = compact(&store, &CompactConfig::default(), H + 10 * 3_600_000, None)
+            .await
+            .unwrap();
+        assert_eq!(report.units_left_to_rollup, 1, "{report:?}");
+        assert_eq!(
+            report.unit_states_handed_over,
+            rollup_cfg.buckets as usize - 1
+        );
+        held.release().await.unwrap();
+        let after = run_rollup(store.clone(), &rollup_cfg).await.unwrap();
+        assert_eq!(after.units_planned, 1, "{after:?}");
+        assert_eq!(after.units_done, 1);
         assert_eq!(after.windows_updated, 0, "{after:?}");
         assert_eq!(after.stats_files_written, 0);
         assert_eq!(after.coarse.files_written, 0);
         assert_eq!(stats_snapshot(&store).await, before);
+        let again = run_rollup(store.clone(), &rollup_cfg).await.unwrap();
+        assert_eq!(again.units_planned, 0, "{again:?}");
     }
 }

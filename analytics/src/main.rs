@@ -162,7 +162,7 @@ fn setup(
         return Ok((store, cfg, Job::Rollup));
     }
     let mut compact = CompactConfig {
-        telemetry_prefix: cfg.telemetry_prefix.clone(),
+        rollup: cfg.clone(),
         ..CompactConfig::default()
     };
     if let Some(v) = get(COMPACT_TARGET_VAR) {
@@ -250,7 +250,7 @@ mod tests {
         };
         assert_eq!(c.target_file_bytes, 64 << 20);
         assert_eq!(c.memory_budget_bytes, 512 << 20);
-        assert_eq!(c.telemetry_prefix, "telemetry");
+        assert_eq!(c.rollup.telemetry_prefix, "telemetry");
     }
 
     #[test]

@@ -67,6 +67,28 @@ impl Unit {
         })
     }
 
+    /// The unit named `part-BBBB-of-NNNN` (with or without an extension) in `partition`'s
+    /// folders; `None` for any other name.
+    pub fn from_part_name(partition: &Partition, name: &str) -> Option<Unit> {
+        let stem = name.split('.').next()?;
+        let (bucket, buckets) = stem.strip_prefix("part-")?.split_once("-of-")?;
+        let (bucket, buckets) = (bucket.parse().ok()?, buckets.parse().ok()?);
+        (bucket < buckets).then(|| Unit {
+            partition: partition.clone(),
+            bucket,
+            buckets,
+        })
+    }
+
+    /// The folder of the state objects of every unit of `partition`.
+    pub fn state_folder(partition: &Partition, cfg: &RollupConfig) -> String {
+        format!(
+            "{}/window={ROLLUP_WINDOW}/{}",
+            cfg.state_prefix,
+            partition.path()
+        )
+    }
+
     /// `part-BBBB-of-NNNN`: the unit's name inside its hour folders.
     pub fn part_name(&self) -> String {
         format!("part-{:04}-of-{:04}", self.bucket, self.buckets)
@@ -85,9 +107,8 @@ impl Unit {
     /// The key of the unit's state object (what it has aggregated).
     pub fn state_path(&self, cfg: &RollupConfig) -> String {
         format!(
-            "{}/window={ROLLUP_WINDOW}/{}/{}.json",
-            cfg.state_prefix,
-            self.partition.path(),
+            "{}/{}.json",
+            Self::state_folder(&self.partition, cfg),
             self.part_name()
         )
     }
@@ -140,6 +161,21 @@ mod tests {
             unit.state_path(&cfg),
             "stats/_state/window=1m/dt=2025-11-25/hour=16/part-0003-of-0008.json"
         );
+        assert_eq!(
+            Unit::from_part_name(&unit.partition, "part-0003-of-0008.json"),
+            Some(unit.clone())
+        );
+        for other in [
+            "stats.parquet",
+            "part-0008-of-0008.json",
+            "part-x-of-0008.json",
+        ] {
+            assert_eq!(
+                Unit::from_part_name(&unit.partition, other),
+                None,
+                "{other}"
+            );
+        }
         assert_eq!(
             unit.lease_prefix(&cfg),
             "stats/_state/_lease/window=1m/dt=2025-11-25/hour=16/part-0003-of-0008"

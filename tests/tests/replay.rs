@@ -20,11 +20,6 @@ use serde_json::Value;
 /// 40 minutes ago (inside the accepted event-time window).
 fn seeded_lines(devices: usize, minutes: u64, seed: u64) -> Vec<String> {
     let start = chrono::Utc::now().timestamp_millis() - 40 * 60 * 1000;
-    seeded_lines_from(devices, minutes, seed, start)
-}
-
-/// [`seeded_lines`] with event times from `start` (epoch ms).
-fn seeded_lines_from(devices: usize, minutes: u64, seed: u64, start: i64) -> Vec<String> {
     let out = run(std::process::Command::new(bin("device-sim")).args([
         "--devices",
         &devices.to_string(),
@@ -142,96 +137,6 @@ fn a_seeded_replay_with_duplicates_and_late_messages_matches_duckdb() {
     assert_eq!(parquet["distinct_readings"].as_u64().unwrap(), distinct);
     assert_eq!(total_count(&query_json(&data)), distinct);
     assert_matches_reference(&data, &raw);
-}
-
-/// `iotpipe query --format json` with a window and a grouping.
-fn query_rows(data: &Path, window: &str, group: &str) -> Vec<Value> {
-    let mut cmd = iotpipe(&[
-        "query",
-        "--format",
-        "json",
-        "--window",
-        window,
-        "--group-by",
-        group,
-    ]);
-    let out = run(cmd.arg("--data").arg(data));
-    stdout_json(&out).as_array().unwrap().clone()
-}
-
-/// Every window and grouping, for comparing whole states.
-fn all_queries(data: &Path) -> Vec<Vec<Value>> {
-    let mut out = Vec::new();
-    for window in ["1m", "1h", "1d"] {
-        for group in ["device", "fleet"] {
-            out.push(query_rows(data, window, group));
-        }
-    }
-    out
-}
-
-#[test]
-fn coarser_windows_add_up_and_compaction_keeps_every_reading_and_every_statistic() {
-    let dir = tempfile::tempdir().unwrap();
-    // Three hours ago, so that `compact --closed-after 0s` sees a closed hour.
-    let start = chrono::Utc::now().timestamp_millis() - 3 * 3_600_000;
-    let mut lines = seeded_lines_from(5, 3, 11, start);
-    let dups: Vec<String> = lines.iter().step_by(5).cloned().collect();
-    lines.extend(dups);
-    let data = dir.path().join("data");
-    // Three replays: at least three small telemetry files per hour, as Firehose leaves.
-    for (i, chunk) in lines.chunks(lines.len().div_ceil(3)).enumerate() {
-        let raw = dir.path().join(format!("raw-{i}.jsonl"));
-        write_lines(&raw, chunk);
-        replay(&raw, &data);
-    }
-    let distinct = 5 * 3 * 60 * 3;
-    for window in ["1m", "1h", "1d"] {
-        for group in ["device", "fleet"] {
-            let rows = query_rows(&data, window, group);
-            assert_eq!(total_count(&rows), distinct, "{window} {group}");
-            let fleet_rows = rows.iter().filter(|r| r["device_id"] == "*").count();
-            assert_eq!(
-                fleet_rows == rows.len(),
-                group == "fleet",
-                "{window} {group}"
-            );
-        }
-    }
-    let before = python_json("parquet_check.py", &[&data.join("telemetry")]);
-    let before_files = before["files"].as_u64().unwrap();
-    assert!(before_files >= 3, "{before}");
-    let stats_before = all_queries(&data);
-
-    let out = run(iotpipe(&[
-        "compact",
-        "--closed-after",
-        "0s",
-        "--target-mib",
-        "64",
-        "--data",
-    ])
-    .arg(&data));
-    let report = last_json_line(&out);
-    assert!(report["hours_compacted"].as_u64().unwrap() >= 1, "{report}");
-
-    let after = python_json("parquet_check.py", &[&data.join("telemetry")]);
-    assert!(
-        after["files"].as_u64().unwrap() < before_files,
-        "{before} {after}"
-    );
-    assert_eq!(after["distinct_readings"], before["distinct_readings"]);
-    assert_eq!(after["distinct_readings"].as_u64().unwrap(), distinct);
-    assert_eq!(
-        after["rows"].as_u64().unwrap(),
-        distinct,
-        "exact repeats are dropped"
-    );
-
-    let r = rollup(&data);
-    assert_eq!(r["windows_updated"], 0, "{r}");
-    assert_eq!(r["stats_files_written"], 0, "{r}");
-    assert_eq!(all_queries(&data), stats_before);
 }
 
 #[test]

@@ -2,8 +2,9 @@
 //! peak RSS: the benchmark's measurement without the rest of the CLI.
 //!
 //! ```text
-//! cargo run --release -p analytics --example rollup_dir -- DATA [BUCKETS] [WORKERS]
+//! cargo run --release -p analytics --example rollup_dir -- DATA [BUCKETS] [WORKERS] [no-coarse]
 //! ```
+//! `no-coarse` leaves out the 1h/1d and fleet derivation (`RollupConfig::derive_coarse`).
 
 use std::time::Instant;
 
@@ -12,13 +13,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let data = args
         .next()
-        .ok_or("usage: rollup_dir DATA [BUCKETS] [WORKERS]")?;
+        .ok_or("usage: rollup_dir DATA [BUCKETS] [WORKERS] [no-coarse]")?;
     let mut cfg = analytics::RollupConfig::default();
     if let Some(b) = args.next() {
         cfg.buckets = b.parse()?;
     }
     if let Some(w) = args.next() {
         cfg.workers = w.parse()?;
+    }
+    if let Some(flag) = args.next() {
+        if flag != "no-coarse" {
+            return Err(format!("unknown argument {flag:?}: expected no-coarse").into());
+        }
+        cfg.derive_coarse = false;
     }
     let store = analytics::config::local_store(Some(data.into()))?;
     let started = Instant::now();
@@ -31,8 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .find(|l| l.starts_with("VmHWM"))
         .unwrap_or("VmHWM: ?");
     eprintln!(
-        "buckets {} workers {}: {secs:.2} s, {peak}",
-        cfg.buckets, cfg.workers
+        "buckets {} workers {} coarse {}: {secs:.2} s, {peak}",
+        cfg.buckets, cfg.workers, cfg.derive_coarse
     );
     eprintln!("{}", serde_json::to_string(&report)?);
     Ok(())

@@ -68,6 +68,12 @@ pub struct RollupConfig {
     /// S3 dominates small-file reads, so a few in flight keep the CPU busy; each holds its
     /// decoded batches in memory until it is aggregated. Default 8.
     pub read_concurrency: usize,
+    /// Derive the 1h/1d and fleet windows of the hours whose units this run completed
+    /// ([`crate::coarse`]). Off, those windows are left as they were (stale until their
+    /// hour changes again and a run with it on completes it): for measuring the
+    /// derivation's cost, and for callers that derive themselves
+    /// ([`crate::coarse::derive_coarse`]). Default true.
+    pub derive_coarse: bool,
 }
 
 impl Default for RollupConfig {
@@ -82,6 +88,7 @@ impl Default for RollupConfig {
             lease_ttl: DEFAULT_LEASE_TTL,
             full_scan: false,
             read_concurrency: DEFAULT_READ_CONCURRENCY,
+            derive_coarse: true,
         }
     }
 }

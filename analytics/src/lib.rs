@@ -23,7 +23,7 @@
 //!   ([`WindowStats`]) and their definitions.
 //! - [`window`]: window lengths (`1m`, `1h`, `1d`) and their alignment.
 //! - [`coarse`]: the 1h and 1d windows and the fleet view, merged from the 1m rows
-//!   ([`derive_coarse`], called at the end of every rollup for the hours it recomputed).
+//!   ([`derive_coarse`], called by a rollup for each hour whose units are all done).
 //! - [`sketch`]: the mergeable quantile sketch (DDSketch, 1 % relative accuracy) behind
 //!   the quantiles of merged windows.
 //! - [`compact`]: rewriting a closed hour's small telemetry files into large sorted ones.

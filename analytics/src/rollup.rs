@@ -389,7 +389,11 @@ async fn finish_partitions(
             }
         }
     }
-    let coarse = derive_coarse(store, &hours, cfg).await?;
+    let coarse = if cfg.derive_coarse {
+        derive_coarse(store, &hours, cfg).await?
+    } else {
+        CoarseReport::default()
+    };
     for p in &complete {
         for marker in &p.markers {
             delete(marker.clone()).await?;

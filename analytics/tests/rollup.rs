@@ -722,3 +722,50 @@ async fn a_change_of_bucket_count_replaces_the_hours_stats_files() {
     assert_eq!(after.len(), 2);
     assert_eq!(row(&after, "d", "t", H16).count, 2);
 }
+
+#[tokio::test]
+async fn the_coarser_windows_follow_the_units_and_can_be_left_out() {
+    let store = store();
+    put_file(&store, "a.parquet", &[reading("d", 1, H16 + 1, "t", 1.0)]).await;
+    let off = RollupConfig {
+        derive_coarse: false,
+        ..RollupConfig::default()
+    };
+    let first = run_rollup(store.clone(), &off).await.unwrap();
+    assert_eq!(first.stats_files_written, 1);
+    assert_eq!(first.coarse, analytics::CoarseReport::default());
+    let coarse_files = |store: std::sync::Arc<dyn object_store::ObjectStore>| async move {
+        let mut n = 0;
+        for prefix in ["stats/window=1h", "stats/window=1d", "stats/fleet"] {
+            n += analytics::io::list_objects(&store, prefix)
+                .await
+                .unwrap()
+                .len();
+        }
+        n
+    };
+    assert_eq!(coarse_files(store.clone()).await, 0);
+
+    // New data in the hour: every unit done, the hour (and its day) derived.
+    put_file(&store, "b.parquet", &[reading("e", 1, H16 + 2, "t", 3.0)]).await;
+    let second = rollup(&store).await;
+    assert_eq!(
+        (second.coarse.hours, second.coarse.days),
+        (1, 1),
+        "{second:?}"
+    );
+    // 1h and 1d per device, fleet 1m, 1h and 1d.
+    assert_eq!(coarse_files(store.clone()).await, 5);
+    let hourly = analytics::query(
+        store.clone(),
+        &analytics::Query {
+            window: analytics::Window::H1,
+            group: analytics::Group::Fleet,
+            ..analytics::Query::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(hourly.len(), 1);
+    assert_eq!((hourly[0].count, hourly[0].sum), (2, 4.0));
+}

@@ -11,7 +11,7 @@
 //!    (multipart upload / rename), so no reader sees a partial one;
 //! 2. write the manifest `_compaction.json` in the folder (inputs replaced, outputs
 //!    written, counts). `_` names are skipped by the rollup, Athena, Hive and Spark;
-//! 3. take the [lease](crate::lease) of every rollup unit of the hour that has a state
+//! 3. take the lease ([`crate::lease`]) of every rollup unit of the hour that has a state
 //!    (`stats/_state/window=1m/dt=…/hour=…/part-*.json`), so that no worker aggregates it
 //!    meanwhile;
 //! 4. delete the inputs;

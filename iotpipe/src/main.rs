@@ -347,8 +347,9 @@ struct QueryArgs {
 An hour is compacted when it ended at least --closed-after ago and holds two or more files
 below the target size. The new files are written first, then _compaction.json (which files
 replaced which), then the old files are deleted: every reading stays readable throughout,
-exact repeats of a reading are dropped, and the next rollup finds the same statistics
-(it re-reads the hour once and writes nothing).
+and exact repeats of a reading are dropped. The rollup's record of each hour's files is
+moved to the new files (under each unit's lease), so the next rollup finds nothing new; a
+unit busy at that moment re-reads the hour once and finds the same statistics.
 
 Example:
   iotpipe compact --data ./data --target-mib 128 --closed-after 2h")]

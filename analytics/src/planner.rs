@@ -123,16 +123,7 @@ pub async fn plan(store: &Arc<dyn ObjectStore>, cfg: &RollupConfig) -> Result<Pl
                 .collect(),
         };
         files_scanned += names.len();
-        let mut units = Vec::new();
-        for unit in Unit::all_of(&partition, cfg.buckets) {
-            let path = unit.state_path(cfg);
-            let st = state::load(store, &path)
-                .await
-                .map_err(|source| RollupError::ReadState { path, source })?;
-            if st.objects != names {
-                units.push(unit);
-            }
-        }
+        let units = units_behind(store, cfg, &partition, &names).await?;
         partitions.push(PartitionPlan {
             partition,
             units,
@@ -144,4 +135,46 @@ pub async fn plan(store: &Arc<dyn ObjectStore>, cfg: &RollupConfig) -> Result<Pl
         files_scanned,
         partitions,
     })
+}
+
+/// The units of `partition` whose state does not name exactly `names` (the hour's objects).
+async fn units_behind(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    partition: &Partition,
+    names: &BTreeSet<String>,
+) -> Result<Vec<Unit>, RollupError> {
+    let mut units = Vec::new();
+    for unit in Unit::all_of(partition, cfg.buckets) {
+        let path = unit.state_path(cfg);
+        let st = state::load(store, &path)
+            .await
+            .map_err(|source| RollupError::ReadState { path, source })?;
+        if &st.objects != names {
+            units.push(unit);
+        }
+    }
+    Ok(units)
+}
+
+/// Whether every unit of `partition` has aggregated exactly the hour's objects as listed
+/// now.
+pub async fn hour_up_to_date(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    partition: &Partition,
+) -> Result<bool, RollupError> {
+    let prefix = cfg.telemetry_prefix.trim_matches('/');
+    let names: BTreeSet<String> = io::list_partition(store, prefix, partition)
+        .await
+        .map_err(|source| RollupError::List {
+            prefix: format!("{prefix}/{}", partition.path()),
+            source,
+        })?
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    Ok(units_behind(store, cfg, partition, &names)
+        .await?
+        .is_empty())
 }

@@ -25,8 +25,10 @@
 //!
 //! # Concurrency and crashes
 //! Overlapping runs are safe: a unit held by another worker is reported busy
-//! ([`RollupReport::units_busy`]) and its partition's markers are kept, so a later run
-//! checks it again. A run killed at any point leaves every unit either at its old state
+//! ([`RollupReport::units_busy`]). After its own units, the run re-reads the states of
+//! that partition's units: if all are up to date (the other worker finished), it completes
+//! the partition (derives its coarser windows, deletes its markers); otherwise the markers
+//! are kept, and the other run, checking after its own writes, sees this run's states. A run killed at any point leaves every unit either at its old state
 //! (recomputed by the next run, with the same result) or done; a killed worker's lease
 //! expires after [`RollupConfig::lease_ttl`].
 
@@ -221,13 +223,17 @@ pub async fn run_rollup_until(
     let results = run_units(&store, cfg, &units, &owner, deadline).await;
 
     let mut incomplete: std::collections::BTreeSet<telemetry::Partition> = Default::default();
+    // Partitions whose only unfinished units were held by another worker.
+    let mut busy: std::collections::BTreeSet<telemetry::Partition> = Default::default();
     let mut new_per_partition: std::collections::BTreeMap<telemetry::Partition, usize> =
         Default::default();
     let mut first_error = None;
     for (unit, result) in units.iter().zip(results) {
         match result {
             Some(Ok(u)) => {
-                if !matches!(u.outcome, UnitOutcome::Done | UnitOutcome::UpToDate)
+                if u.outcome == UnitOutcome::Busy && u.skipped_files.is_empty() {
+                    busy.insert(unit.partition.clone());
+                } else if !matches!(u.outcome, UnitOutcome::Done | UnitOutcome::UpToDate)
                     || !u.skipped_files.is_empty()
                 {
                     incomplete.insert(unit.partition.clone());
@@ -250,6 +256,17 @@ pub async fn run_rollup_until(
     report.new_files = new_per_partition.values().sum();
     if let Some(e) = first_error {
         return Err(e);
+    }
+    // Another worker held some unit: if every unit of the hour is up to date now (that
+    // worker finished), this run completes the hour. Of two runs sharing an hour, the one
+    // that checks last sees the other's states (each checks after writing its own), so
+    // the hour is never left underived.
+    for partition in busy {
+        if incomplete.contains(&partition)
+            || !planner::hour_up_to_date(&store, cfg, &partition).await?
+        {
+            incomplete.insert(partition);
+        }
     }
     report.coarse = finish_partitions(&store, cfg, &plan, &incomplete).await?;
     // A skipped object keeps (or, found by a full scan, gets) its marker, so that later

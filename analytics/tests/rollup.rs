@@ -602,12 +602,22 @@ fn local(dir: &tempfile::TempDir) -> std::sync::Arc<dyn object_store::ObjectStor
     analytics::config::local_store(Some(dir.path().into())).unwrap()
 }
 
+/// Every window (1m, 1h, 1d), per device and fleet-wide, with the merge state.
 async fn query_all(
     store: &std::sync::Arc<dyn object_store::ObjectStore>,
 ) -> Vec<analytics::WindowStats> {
-    analytics::query(store.clone(), &analytics::Query::default())
-        .await
-        .unwrap()
+    let mut out = Vec::new();
+    for window in analytics::Window::ALL {
+        for group in [analytics::Group::Device, analytics::Group::Fleet] {
+            let q = analytics::Query {
+                window,
+                group,
+                ..analytics::Query::default()
+            };
+            out.extend(analytics::query(store.clone(), &q).await.unwrap());
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -617,7 +627,8 @@ async fn two_rollups_at_once_leave_the_stats_of_a_single_run() {
     fleet_hour(&reference, 200, 12).await;
     rollup(&reference).await;
     let expected = query_all(&reference).await;
-    assert_eq!(expected.len(), 200 * 2 * 20);
+    // 1m, 1h and 1d per device; fleet 1m (20 minutes with readings), 1h and 1d.
+    assert_eq!(expected.len(), 200 * 2 * (20 + 1 + 1) + 2 * (20 + 1 + 1));
 
     for workers in [1, 3] {
         let dir = tempfile::tempdir().unwrap();

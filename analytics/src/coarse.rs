@@ -24,8 +24,12 @@
 //!
 //! # Memory
 //! One accumulator per (device, metric) of the hour (or day) being derived, plus one
-//! decoded stats file at a time: for 10,000 devices × 3 metrics about 30,000 accumulators
-//! (a few hundred bytes each with their sketch), independent of the readings' count.
+//! stats file at a time (a unit's 1m file: its Arrow batches, turned into rows one batch
+//! at a time): for 10,000 devices × 4 metrics about 40,000 accumulators (a few hundred
+//! bytes each with their sketch), independent of the readings' count. Measured on a
+//! 10,000-device hour (BENCHMARKS.md), the derivation adds at most ~7 MB to the rollup's
+//! peak; the accumulators grow with the fleet's devices, so at 100,000+ devices per hour
+//! per-bucket 1h/1d files (one per unit file) would be the next step.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -64,10 +68,16 @@ impl Merge {
     /// Adds a finer row. Fails when its sketch is not readable.
     pub fn add(&mut self, row: &WindowStats) -> Result<(), SketchError> {
         let sketch = Sketch::from_bytes(&row.sketch)?;
+        self.add_decoded(row, &sketch);
+        Ok(())
+    }
+
+    /// Adds a finer row whose sketch is already decoded (`sketch`, from `row.sketch`).
+    pub fn add_decoded(&mut self, row: &WindowStats, sketch: &Sketch) {
         if row.count == 0 {
-            return Ok(());
+            return;
         }
-        self.sketch.merge(&sketch);
+        self.sketch.merge(sketch);
         if self.count == 0 {
             self.count = row.count;
             self.sum = row.sum;
@@ -77,7 +87,7 @@ impl Merge {
             self.m2 = row.m2;
             self.first = row.first_event;
             self.last = row.last_event;
-            return Ok(());
+            return;
         }
         let (na, nb) = (self.count as f64, row.count as f64);
         let n = na + nb;
@@ -90,7 +100,6 @@ impl Merge {
         self.max = self.max.max(row.max);
         self.first = self.first.min(row.first_event);
         self.last = self.last.max(row.last_event);
-        Ok(())
     }
 
     /// The merged row; `None` when nothing was added.
@@ -127,14 +136,27 @@ struct Groups(BTreeMap<(String, String, i64), Merge>);
 
 impl Groups {
     fn add(&mut self, device: &str, row: &WindowStats, window: Window) -> Result<(), SketchError> {
+        let sketch = Sketch::from_bytes(&row.sketch)?;
+        self.add_decoded(device, row, &sketch, window);
+        Ok(())
+    }
+
+    fn add_decoded(&mut self, device: &str, row: &WindowStats, sketch: &Sketch, window: Window) {
+        let start = window.start_of(row.window_start);
+        // Rows come sorted by (device, metric, start) within a file: look the key up
+        // without allocating it when it exists.
+        if let Some((key, merge)) = self.0.iter_mut().next_back()
+            && key.0 == device
+            && key.1 == row.metric
+            && key.2 == start
+        {
+            merge.add_decoded(row, sketch);
+            return;
+        }
         self.0
-            .entry((
-                device.to_string(),
-                row.metric.clone(),
-                window.start_of(row.window_start),
-            ))
+            .entry((device.to_string(), row.metric.clone(), start))
             .or_default()
-            .add(row)
+            .add_decoded(row, sketch);
     }
 
     fn finish(self) -> Vec<WindowStats> {
@@ -230,17 +252,16 @@ pub async fn derive_coarse(
         let mut per_device = Groups::default();
         let mut fleet_1m = Groups::default();
         for meta in visible_files(store, &folder).await? {
-            for row in read_rows(store, &meta, &mut report).await? {
-                let sketch_err = |source| CoarseError::Sketch {
-                    path: meta.location.to_string(),
-                    source,
-                };
-                per_device
-                    .add(&row.device_id, &row, Window::H1)
-                    .map_err(sketch_err)?;
-                fleet_1m
-                    .add(FLEET_DEVICE_ID, &row, Window::M1)
-                    .map_err(sketch_err)?;
+            for batch in read_batches(store, &meta, &mut report).await? {
+                for row in rows_of(&meta, &batch)? {
+                    let sketch =
+                        Sketch::from_bytes(&row.sketch).map_err(|source| CoarseError::Sketch {
+                            path: meta.location.to_string(),
+                            source,
+                        })?;
+                    per_device.add_decoded(&row.device_id, &row, &sketch, Window::H1);
+                    fleet_1m.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
+                }
             }
         }
         let fleet_1m = fleet_1m.finish();
@@ -283,18 +304,20 @@ pub async fn derive_coarse(
             );
             let mut per_day = Groups::default();
             for meta in visible_files(store, &folder).await? {
-                for row in read_rows(store, &meta, &mut report).await? {
-                    let id = if is_fleet {
-                        FLEET_DEVICE_ID
-                    } else {
-                        row.device_id.as_str()
-                    };
-                    per_day
-                        .add(id, &row, Window::D1)
-                        .map_err(|source| CoarseError::Sketch {
-                            path: meta.location.to_string(),
-                            source,
+                for batch in read_batches(store, &meta, &mut report).await? {
+                    for row in rows_of(&meta, &batch)? {
+                        let id = if is_fleet {
+                            FLEET_DEVICE_ID
+                        } else {
+                            row.device_id.as_str()
+                        };
+                        per_day.add(id, &row, Window::D1).map_err(|source| {
+                            CoarseError::Sketch {
+                                path: meta.location.to_string(),
+                                source,
+                            }
                         })?;
+                    }
                 }
             }
             let path = stats_day_path(&prefix, Window::D1.label(), &dt);
@@ -341,24 +364,34 @@ async fn visible_files(
     Ok(files)
 }
 
-/// The rows of one stats file.
-async fn read_rows(
+/// The record batches of one stats file, decoded to rows one batch at a time by the
+/// caller ([`rows_of`]): Arrow's columns are far more compact than the rows, so a file's
+/// peak is one batch of rows.
+async fn read_batches(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
     report: &mut CoarseReport,
-) -> Result<Vec<WindowStats>, CoarseError> {
-    let read = |source| CoarseError::Read {
-        path: meta.location.to_string(),
-        source,
-    };
-    let batches = io::read_parquet(store, meta, None).await.map_err(read)?;
-    let mut rows = Vec::new();
-    for batch in &batches {
-        rows.extend(stats_from_batch(batch).map_err(|e| read(e.into()))?);
-    }
+) -> Result<Vec<arrow_array::RecordBatch>, CoarseError> {
+    let batches = io::read_parquet(store, meta, None)
+        .await
+        .map_err(|source| CoarseError::Read {
+            path: meta.location.to_string(),
+            source,
+        })?;
     report.files_read += 1;
-    report.rows_read += rows.len() as u64;
-    Ok(rows)
+    report.rows_read += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+    Ok(batches)
+}
+
+/// The rows of one batch of the stats file `meta`.
+fn rows_of(
+    meta: &ObjectMeta,
+    batch: &arrow_array::RecordBatch,
+) -> Result<Vec<WindowStats>, CoarseError> {
+    stats_from_batch(batch).map_err(|e| CoarseError::Read {
+        path: meta.location.to_string(),
+        source: e.into(),
+    })
 }
 
 /// Writes `rows` to `path` with one put, or removes `path` when there are none (the finer

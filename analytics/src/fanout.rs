@@ -351,7 +351,8 @@ impl UnitQueue for SqsUnitQueue {
 /// `batchItemFailures`, so SQS redelivers only those after the visibility timeout (and
 /// moves them to the dead-letter queue after `maxReceiveCount`). Records not started
 /// before `deadline` are reported too. Objects a unit could not read get a pending marker,
-/// so a later plan retries them.
+/// so a later plan retries them. A unit of another bucket count than `cfg.buckets` (planned
+/// before a redeployment) is dropped: the current planner plans its hour again.
 pub async fn handle_units(
     event: SqsEvent,
     store: &Arc<dyn ObjectStore>,
@@ -381,6 +382,13 @@ pub async fn handle_units(
                     continue;
                 }
             };
+        if message.unit.buckets != cfg.buckets.max(1) {
+            // Planned under another bucket count (a redeployment while messages were in
+            // flight): the current layout's planner plans the hour again, and stats of the
+            // old layout would only be removed. Done, not retried.
+            warn!(unit = %message.unit, buckets = cfg.buckets, "unit of another bucket count; dropped");
+            continue;
+        }
         let started = Instant::now();
         let result = worker::run_unit(store, cfg, &message.unit, owner).await;
         slowest = slowest.max(started.elapsed());
@@ -503,6 +511,48 @@ mod tests {
         queue.fail_times.lock().unwrap().insert("0".into(), 1);
         assert!(enqueue(&queue, &units(2), FAST).await.is_err());
         assert_eq!(queue.calls.lock().unwrap().len(), 1);
+    }
+
+    fn record(id: &str, body: String) -> aws_lambda_events::event::sqs::SqsMessage {
+        let mut r = aws_lambda_events::event::sqs::SqsMessage::default();
+        r.message_id = Some(id.into());
+        r.body = Some(body);
+        r
+    }
+
+    #[tokio::test]
+    async fn a_unit_of_another_bucket_count_is_dropped_and_junk_is_reported() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let cfg = RollupConfig::default();
+        // An object in the unit's hour: a worker that ran the unit would leave a state, or a
+        // marker of the unreadable object, under stats/.
+        let hour = units(4)[1].partition.path();
+        object_store::ObjectStoreExt::put(
+            &store,
+            &object_store::path::Path::from(format!("telemetry/{hour}/x.parquet")),
+            object_store::PutPayload::from_static(b"not parquet"),
+        )
+        .await
+        .unwrap();
+        let old_layout = serde_json::to_string(&UnitMessage {
+            unit: units(4)[1].clone(),
+        })
+        .unwrap();
+        let mut event = SqsEvent::default();
+        event.records = vec![record("old", old_layout), record("junk", "{}".into())];
+        let response = handle_units(event, &store, &cfg, "test", None).await;
+        let failed: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        assert_eq!(failed, ["junk"]);
+        let stats = object_store::path::Path::from("stats");
+        let written: Vec<_> =
+            futures::TryStreamExt::try_collect::<Vec<_>>(store.list(Some(&stats)))
+                .await
+                .unwrap();
+        assert!(written.is_empty(), "{written:?}");
     }
 
     #[test]

@@ -372,3 +372,56 @@ async fn the_s3_notification_fixture_marks_its_decoded_key() {
         "telemetry/dt=2026-11-25/hour=16/iotpipe-telemetry-1-2026-11-25-16-05-00-abc.parquet"
     );
 }
+
+#[tokio::test]
+async fn the_planner_function_marks_notified_objects_and_rolls_a_small_plan_up_itself() {
+    use analytics::dispatch::{PlannerDeps, planner};
+    use lambda_runtime::{Context, LambdaEvent};
+    // Written as Firehose does on AWS: no marker; the notification brings it.
+    let store = common::store();
+    let scratch = common::store();
+    let key = put_file(
+        &scratch,
+        "fh-1.parquet",
+        &[reading("d-1", 1, H16 + 1, "t", 1.0)],
+    )
+    .await;
+    let bytes = scratch
+        .get(&object_store::path::Path::from(key.as_str()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    store
+        .put(&object_store::path::Path::from(key.as_str()), bytes.into())
+        .await
+        .unwrap();
+    // Not the first run: only markers are trusted, so without the notification nothing
+    // would be rolled up.
+    let cfg = RollupConfig::default();
+    common::put_raw(&store, &format!("{}/_initialized", cfg.state_prefix), b"").await;
+    let notification = include_str!("fixtures/s3-object-created-eventbridge.json")
+        .replace("telemetry/dt=2026-11-25/hour=16/firehose-2.parquet", &key);
+    let mut event = SqsEvent::default();
+    let mut record = SqsMessage::default();
+    record.message_id = Some("m-1".into());
+    record.body = Some(notification);
+    event.records.push(record);
+    let deps = PlannerDeps::<SqsUnitQueue> {
+        store: store.clone(),
+        cfg,
+        queue: None,
+        min_units: 8,
+    };
+    let response = planner(
+        LambdaEvent::new(serde_json::to_value(&event).unwrap(), Context::default()),
+        &deps,
+    )
+    .await
+    .unwrap();
+    assert_eq!(response["batchItemFailures"], serde_json::json!([]));
+    let stats = read_stats(&store, H16).await;
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].device_id.as_str(), stats[0].count), ("d-1", 1));
+}

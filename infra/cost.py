@@ -195,7 +195,7 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
 
     fh_in_bytes = fh_records * fh_bytes
     if msgs > 0:
-        batches = max(fh_in_bytes / (asm["transform_batch_mib"] * MIB), minutes)
+        batches = max(fh_in_bytes / (asm["transform_batch_mib"] * MIB), seconds / max(asm["processor_buffer_s"], 1.0))
         batch_mib = fh_in_bytes / MIB / batches
     else:
         batches, batch_mib = 0.0, 0.0

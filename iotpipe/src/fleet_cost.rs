@@ -415,7 +415,9 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
     // --- Lambda transform (the Firehose processor), rollup every 5 minutes, compact daily.
     let fh_in_bytes = fh_records * fh_bytes;
     let (batches, batch_mib) = if msgs > 0.0 {
-        let n = (fh_in_bytes / (a.transform_batch_mib * MIB)).max(minutes);
+        // At least one batch per processor buffer interval (ProcessorBufferIntervalSeconds).
+        let n = (fh_in_bytes / (a.transform_batch_mib * MIB))
+            .max(seconds / a.processor_buffer_s.max(1.0));
         (n, fh_in_bytes / MIB / n)
     } else {
         (0.0, 0.0)
@@ -832,7 +834,7 @@ mod tests {
         let pairs = bill(p, 15, &fleet(1000, 0.2, 2), Topology::Firehose);
         assert!(pairs.monthly_usd * 5.0 <= naive.monthly_usd, "{pairs:?}");
         // Batches of 10: 1/20 of the baseline with a 480 s freshness (5-minute Firehose
-        // buffers); the 120 s default adds ~$15.5 of rollup runs and S3 requests (a run per
+        // buffers); the 120 s default adds ~$17 of rollup runs and S3 requests (a run per
         // object, each unit re-reading its hour so far), which leaves it near 1/18
         // (BENCHMARKS.md).
         let batched = bill(

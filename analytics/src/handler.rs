@@ -49,15 +49,7 @@ pub async fn handle(
     cfg: &RollupConfig,
 ) -> Result<RollupReport, lambda_runtime::Error> {
     let (payload, context) = event.into_parts();
-    if payload.detail_type != SCHEDULED_DETAIL_TYPE
-        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
-    {
-        return Err(HandlerError::NotScheduled {
-            detail_type: payload.detail_type,
-            event_source: payload.source,
-        }
-        .into());
-    }
+    check_scheduled(&payload)?;
     info!(
         request_id = %context.request_id,
         source = %payload.source,
@@ -68,4 +60,17 @@ pub async fn handle(
     let deadline =
         (context.deadline > 0).then(|| UNIX_EPOCH + Duration::from_millis(context.deadline));
     Ok(run_rollup_until(store, cfg, deadline).await?)
+}
+
+/// Refuses an event that is not a scheduled event ([`HandlerError::NotScheduled`]).
+pub fn check_scheduled(payload: &EventBridgeEvent<serde_json::Value>) -> Result<(), HandlerError> {
+    if payload.detail_type != SCHEDULED_DETAIL_TYPE
+        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
+    {
+        return Err(HandlerError::NotScheduled {
+            detail_type: payload.detail_type.clone(),
+            event_source: payload.source.clone(),
+        });
+    }
+    Ok(())
 }

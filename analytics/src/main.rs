@@ -7,12 +7,19 @@
 //! `IOTPIPE_TELEMETRY_PREFIX`, `IOTPIPE_STATS_PREFIX` and `IOTPIPE_STATE_PREFIX` (the
 //! units' state and leases) override the default layout. A missing, contradictory or unusable
 //! setting fails the cold start, naming the variable, not an invocation.
+//!
+//! `IOTPIPE_JOB` picks the function: `rollup` (the planner: scheduled events and S3
+//! new-object notifications from a queue, see [`analytics::dispatch`]) or `rollup-worker`
+//! (units from the units queue). The planner fans a plan of more than
+//! `IOTPIPE_FANOUT_MIN_UNITS` units (default 8) out to the queue named by
+//! `IOTPIPE_UNITS_QUEUE_URL`; without that variable it rolls every plan up itself.
 
 use std::sync::Arc;
 
 use analytics::RollupConfig;
 use analytics::config::{DATA_DIR_ENV, local_store};
-use analytics::handler::handle;
+use analytics::dispatch::{self, PlannerDeps};
+use analytics::fanout::{DEFAULT_FANOUT_MIN_UNITS, SqsUnitQueue};
 use lambda_runtime::{Error, run, service_fn};
 use object_store::ObjectStore;
 use tracing_subscriber::EnvFilter;
@@ -28,6 +35,14 @@ const TELEMETRY_PREFIX_VAR: &str = "IOTPIPE_TELEMETRY_PREFIX";
 const STATS_PREFIX_VAR: &str = "IOTPIPE_STATS_PREFIX";
 /// Folder of the rollup's per-unit state and leases (default `stats/_state`).
 const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
+/// URL of the units queue the planner fans large plans out to (unset: no fan-out).
+const UNITS_QUEUE_VAR: &str = "IOTPIPE_UNITS_QUEUE_URL";
+/// Plans of more units than this are fanned out (default [`DEFAULT_FANOUT_MIN_UNITS`]).
+const FANOUT_MIN_UNITS_VAR: &str = "IOTPIPE_FANOUT_MIN_UNITS";
+/// The planner job (the default).
+const JOB_ROLLUP: &str = "rollup";
+/// The worker job, behind the units queue's event-source mapping.
+const JOB_WORKER: &str = "rollup-worker";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -41,14 +56,79 @@ async fn main() -> Result<(), Error> {
     // Non-UTF-8 values are read lossily: validation then names them invalid, instead of
     // calling them missing.
     let env = |var: &str| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned());
-    let (store, cfg) = setup(env).map_err(|e| {
-        // The log line is what CloudWatch shows for a failed init; the returned message
-        // (Display, not Debug) is what a local run prints.
-        tracing::error!(error = %e, "cold start failed");
-        e.to_string()
-    })?;
-    let cfg = &cfg;
-    run(service_fn(|event| handle(event, store.clone(), cfg))).await
+    let (store, cfg) = setup(env).map_err(cold_start_failed)?;
+    let extra = setup_fanout(env).map_err(cold_start_failed)?;
+    if extra.job == JOB_WORKER {
+        let (store, cfg) = (&store, &cfg);
+        return run(service_fn(|event| dispatch::worker(event, store, cfg))).await;
+    }
+    let queue = match extra.queue_url {
+        Some(queue_url) => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            Some(SqsUnitQueue {
+                client: aws_sdk_sqs::Client::new(&sdk),
+                queue_url,
+            })
+        }
+        None => None,
+    };
+    let deps = &PlannerDeps {
+        store,
+        cfg,
+        queue,
+        min_units: extra.min_units,
+    };
+    run(service_fn(|event| dispatch::planner(event, deps))).await
+}
+
+/// Logs a setting that stops the cold start and turns it into the returned error.
+fn cold_start_failed(e: SetupError) -> String {
+    // The log line is what CloudWatch shows for a failed init; the returned message
+    // (Display, not Debug) is what a local run prints.
+    tracing::error!(error = %e, "cold start failed");
+    e.to_string()
+}
+
+/// The job and its fan-out settings.
+#[derive(Debug, PartialEq, Eq)]
+struct FanoutSetup {
+    /// `rollup` or `rollup-worker`.
+    job: String,
+    /// The units queue, if the planner fans out.
+    queue_url: Option<String>,
+    /// Plans of more units than this are fanned out.
+    min_units: usize,
+}
+
+/// The job, the units queue and the fan-out threshold, from `lookup`.
+fn setup_fanout(lookup: impl Fn(&str) -> Option<String>) -> Result<FanoutSetup, SetupError> {
+    let get = |var| lookup(var).filter(|v| !v.is_empty());
+    let min_units = match get(FANOUT_MIN_UNITS_VAR) {
+        None => DEFAULT_FANOUT_MIN_UNITS,
+        Some(v) => v.parse().map_err(|_| SetupError::Invalid {
+            var: FANOUT_MIN_UNITS_VAR,
+            value: v,
+            expected: "a number of units (0 fans every plan out)",
+        })?,
+    };
+    let queue_url = get(UNITS_QUEUE_VAR);
+    if let Some(url) = queue_url
+        .as_ref()
+        .filter(|u| !u.starts_with("https://") && !u.starts_with("http://"))
+    {
+        return Err(SetupError::Invalid {
+            var: UNITS_QUEUE_VAR,
+            value: url.clone(),
+            expected: "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)",
+        });
+    }
+    Ok(FanoutSetup {
+        job: get(JOB_VAR).unwrap_or_else(|| JOB_ROLLUP.into()),
+        queue_url,
+        min_units,
+    })
 }
 
 /// A setting that stops the cold start.
@@ -87,11 +167,12 @@ fn setup(
 
     // Only the rollup is built; a `compact` deployment fails visibly instead of quietly
     // running the rollup on its schedule.
-    if let Some(job) = get(JOB_VAR).filter(|j| j != "rollup") {
+    if let Some(job) = get(JOB_VAR).filter(|j| j != JOB_ROLLUP && j != JOB_WORKER) {
         return Err(SetupError::Invalid {
             var: JOB_VAR,
             value: job,
-            expected: "`rollup` (or unset); this binary does not implement other jobs yet",
+            expected: "`rollup` (or unset) or `rollup-worker`; this binary does not \
+                       implement other jobs yet",
         });
     }
 
@@ -194,6 +275,35 @@ mod tests {
         );
         let err = setup_with(&[("IOTPIPE_BUCKET", "b-1"), ("IOTPIPE_DATA", "/tmp")]).unwrap_err();
         assert!(err.contains("both are set"), "{err}");
+    }
+
+    #[test]
+    fn the_worker_job_and_the_fanout_settings_are_read() {
+        let env: HashMap<&str, &str> = [
+            ("IOTPIPE_JOB", "rollup-worker"),
+            (
+                "IOTPIPE_UNITS_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/units",
+            ),
+            ("IOTPIPE_FANOUT_MIN_UNITS", "0"),
+        ]
+        .into();
+        let setup = setup_fanout(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(setup.job, "rollup-worker");
+        assert_eq!(setup.min_units, 0);
+        assert!(setup_with(&[("IOTPIPE_JOB", "rollup-worker"), ("IOTPIPE_BUCKET", "b-1")]).is_ok());
+        let defaults = setup_fanout(|_| None).unwrap();
+        assert_eq!(
+            (defaults.job.as_str(), defaults.queue_url),
+            ("rollup", None)
+        );
+        for (var, value) in [
+            ("IOTPIPE_FANOUT_MIN_UNITS", "many"),
+            ("IOTPIPE_UNITS_QUEUE_URL", "units"),
+        ] {
+            let err = setup_fanout(|k| (k == var).then(|| value.to_string())).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+        }
     }
 
     #[test]

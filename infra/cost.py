@@ -35,6 +35,7 @@ INFRA = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(INFRA)
 PRICES_TOML = os.path.join(INFRA, "prices.toml")
 METERING_RS = os.path.join(ROOT, "telemetry", "src", "metering.rs")
+ROLLUP_CONFIG_RS = os.path.join(ROOT, "analytics", "src", "config.rs")
 TOPOLOGIES = ("firehose", "kinesis", "per-message")  # the default first
 IOT_MAX_PAYLOAD_BYTES = 128 * 1024  # AWS IoT Core message limit
 KIB, MIB, GIB = 1024.0, 1024.0**2, 1024.0**3
@@ -55,7 +56,13 @@ def load_metering(path: str = METERING_RS) -> dict:
         out[name] = math.prod(int(x) for x in expr.split("*"))
     for name, mb in re.findall(r'name: "([a-z]+)",\s*memory_mb: (\d+),', src):
         out[name + "_mb"] = int(mb)
-    need = ["IOT_MESSAGE_UNIT_BYTES", "FIREHOSE_INGEST_UNIT_BYTES", "KINESIS_ON_DEMAND_UNIT_BYTES",
+    # The rollup's units per hour (analytics::config::DEFAULT_BUCKETS): every unit reads
+    # every object of its hour.
+    with open(ROLLUP_CONFIG_RS, encoding="utf-8") as f:
+        m = re.search(r"pub const DEFAULT_BUCKETS: u32 = (\d+);", f.read())
+    if m:
+        out["rollup_buckets"] = int(m.group(1))
+    need = ["rollup_buckets", "IOT_MESSAGE_UNIT_BYTES", "FIREHOSE_INGEST_UNIT_BYTES", "KINESIS_ON_DEMAND_UNIT_BYTES",
             "ingest_mb", "transform_mb", "rollup_mb", "compact_mb"]
     missing = [k for k in need if k not in out]
     if missing:
@@ -86,6 +93,17 @@ def tiered(tiers: list, quantity: float) -> float:
 
 def publish_bytes(a: argparse.Namespace) -> int:
     return a.payload_bytes if a.batch <= 1 else a.batch * a.payload_bytes + a.batch + 1
+
+
+def buffer_interval(asm: dict, freshness_s: float) -> float:
+    """Mirrors fleet_cost::buffer_interval: the Firehose S3 buffer interval that delivers
+    readings to the 1m stats within freshness_s (p99); ValueError when none can."""
+    fixed = asm["processor_buffer_s"] + asm["freshness_overhead_s"]
+    shortest = fixed + asm["partitioning_delay_factor"] * asm["firehose_buffer_min_s"]
+    if not (math.isfinite(freshness_s) and freshness_s >= shortest):
+        raise ValueError(f"--freshness {freshness_s:g} is below the shortest the design allows, {shortest:g} s: "
+                         f"ask for at least {shortest:g}")
+    return min((freshness_s - fixed) / asm["partitioning_delay_factor"], asm["firehose_buffer_max_s"])
 
 
 def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology: str) -> list[dict]:
@@ -166,42 +184,55 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
     dp_gb = rows * asm["row_json_bytes"] / GIB
     add("Firehose dynamic partitioning (GB)", f"{dp_gb:.1f} GB", dp_gb * pr["firehose_partitioning"]["usd"])
     parquet_gb = rows * asm["parquet_bytes_per_row"] / GIB
-    objects = max(hours * asm["firehose_flushes_per_hour"], parquet_gb * 1024.0 / 128.0) if msgs > 0 else 0.0
+    try:
+        buffer_s = buffer_interval(asm, a.freshness)
+    except ValueError:
+        buffer_s = asm["firehose_buffer_min_s"]
+    filled = 1.0 - math.exp(-(publishes / seconds) * buffer_s)
+    objects = max(hours * 3600.0 / buffer_s * filled, parquet_gb * 1024.0 / 128.0) if msgs > 0 else 0.0
     add("Firehose dynamic partitioning (objects)", f"{objects:.0f} objects",
         objects / 1000.0 * pr["firehose_partitioning_objects"]["usd"])
 
     fh_in_bytes = fh_records * fh_bytes
     if msgs > 0:
-        batches = max(fh_in_bytes / (asm["transform_batch_mib"] * MIB), minutes)
+        batches = max(fh_in_bytes / (asm["transform_batch_mib"] * MIB), seconds / max(asm["processor_buffer_s"], 1.0))
         batch_mib = fh_in_bytes / MIB / batches
     else:
         batches, batch_mib = 0.0, 0.0
     req, comp = lam(batches, max(asm["transform_ms_per_mib"] * batch_mib, 1.0), "transform")
     add("Lambda transform (Firehose processor)", f"{batches / 1e3:.1f} k batches", req + comp)
+    buckets = float(met["rollup_buckets"])
+    event_runs = objects
+    event_ms = asm["rollup_base_ms"] + rows / hours / 2.0 * asm["rollup_us_per_row"] / 1000.0
+    req, comp = lam(event_runs, event_ms, "rollup")
+    add("Lambda rollup (on new objects)", f"{event_runs:.0f} runs x {event_ms / 1000.0:.1f} s (buffer {buffer_s:.0f} s)",
+        req + comp)
     runs = hours * 12.0
-    rollup_ms = asm["rollup_base_ms"] + rows / runs * asm["rollup_us_per_row"] / 1000.0
-    req, comp = lam(runs, rollup_ms, "rollup")
-    add("Lambda rollup (every 5 min)", f"{runs:.0f} runs x {rollup_ms / 1000.0:.1f} s", req + comp)
+    req, comp = lam(runs, asm["rollup_base_ms"], "rollup")
+    add("Lambda rollup (every 5 min, backstop)", f"{runs:.0f} runs x {asm['rollup_base_ms'] / 1000.0:.1f} s", req + comp)
     days = hours / 24.0
     compact_ms = asm["compact_base_ms"] + rows / days * asm["compact_us_per_row"] / 1000.0
     req, comp = lam(days, compact_ms, "compact")
     add("Lambda compact (daily)", f"{days:.0f} runs x {compact_ms / 1000.0:.0f} s", req + comp)
 
-    puts = objects + runs * 2.0 + days * 10.0
-    gets = runs * 3.0 + objects
+    objects_per_hour = objects / hours
+    puts = objects * 2.0 + event_runs * 2.0 * buckets + runs + days * 10.0
+    gets = event_runs * buckets * max(objects_per_hour / 2.0, 1.0) + runs + objects
     add("S3 requests (PUT/GET)", f"{puts / 1e3:.1f} k PUT, {gets / 1e3:.1f} k GET",
         puts / 1000.0 * pr["s3_put"]["usd"] + gets / 1000.0 * pr["s3_get"]["usd"])
     stats_rows = devices * a.metrics * minutes if msgs > 0 else 0.0
     stored_gb = parquet_gb + stats_rows * asm["stats_bytes_per_row"] / GIB
     add("S3 storage added per month", f"{stored_gb:.1f} GB (accumulates)", stored_gb * pr["s3_storage"]["usd"])
 
-    log_gb = (ingest_inv * asm["ingest_log_bytes"] + (batches + runs + days) * asm["job_log_bytes"]) / GIB
+    log_gb = (ingest_inv * asm["ingest_log_bytes"] + (batches + event_runs + runs + days) * asm["job_log_bytes"]) / GIB
     kept_gb = log_gb * min(asm["log_days_stored"] / 30.0, 1.0)
     add("CloudWatch Logs ingestion + storage", f"{log_gb:.2f} GB",
         log_gb * pr["cloudwatch_logs_ingest"]["usd"] + kept_gb * pr["cloudwatch_logs_storage"]["usd"])
     add("CloudWatch alarms", f"{alarms} alarms", alarms * pr["cloudwatch_alarm"]["usd"])
     schedules = runs + days
     add("EventBridge Scheduler", f"{schedules:.0f} invocations", schedules / 1e6 * pr["scheduler"]["usd"])
+    sqs = objects * asm["sqs_requests_per_object"]
+    add("SQS (new-object queue)", f"{sqs / 1e3:.1f} k requests", sqs / 1e6 * pr["sqs_requests"]["usd"])
     if topology != "firehose":
         kms = asm["kms_callers"] * 12.0 * hours
         add("KMS (stream encryption)", f"{kms / 1e3:.1f} k requests", kms / 1e4 * pr["kms_requests"]["usd"])
@@ -230,6 +261,8 @@ def render(bills: list[dict], pt: dict, a: argparse.Namespace, out=sys.stdout) -
     w(f"Estimated monthly bill, {pt['region']} list prices read on {read_on(pt)} (infra/prices.toml), no free tier\n")
     w(f"Fleet: {a.devices} devices x {a.rate:g} msg/s, {msgs / 1e6:.1f} M messages/month of {a.payload_bytes} B "
       f"with {a.metrics} readings, {a.batch} per publish ({publish_bytes(a)} B)\n")
+    w(f"Freshness: {a.freshness:g} s p99 to the 1m stats (FirehoseBufferIntervalSeconds "
+      f"{buffer_interval(pt['assumptions'], a.freshness):.0f})\n")
     for b in bills:
         rows = [(x["component"], x["usage"], money(x["usd"])) for x in b["lines"]]
         c1 = max(len("IDLE per month (stack deployed, no device)"), *(len(r[0]) for r in rows))
@@ -256,6 +289,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--topology", choices=[*TOPOLOGIES, "all"], default=TOPOLOGIES[0],
                     help="topology to price (default: firehose, the default topology)")
     ap.add_argument("--arch", choices=["arm64", "x86_64"], default="arm64")
+    ap.add_argument("--freshness", type=float, default=None,
+                    help="target seconds (p99) from arrival to the 1m stats; sets Firehose's buffer interval "
+                         "(default: freshness_s of infra/prices.toml, the template's 120)")
     ap.add_argument("--format", choices=["table", "json"], default="table")
     ap.add_argument("--template", default=os.path.join(INFRA, "template.yaml"),
                     help="template whose AWS::CloudWatch::Alarm resources are counted")
@@ -278,6 +314,13 @@ def main(argv: list[str]) -> int:
         print(json.dumps(met, sort_keys=True))
         return 0
     pt = load_prices(a.prices)
+    if a.freshness is None:
+        a.freshness = float(pt["assumptions"]["freshness_s"])
+    try:
+        buffer_interval(pt["assumptions"], a.freshness)
+    except ValueError as e:
+        print(f"cost.py: {e}", file=sys.stderr)
+        return 2
     alarms = count_alarms(a.template)
     shown = TOPOLOGIES if a.topology == "all" else (a.topology,)
     bills = [bill(pt, met, alarms, a, t) for t in shown]

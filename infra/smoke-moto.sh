@@ -129,7 +129,7 @@ for t in AWS::S3::Bucket AWS::Kinesis::Stream AWS::Lambda::Function AWS::IAM::Ro
     AWS::Logs::LogGroup AWS::SNS::Topic AWS::Lambda::Permission; do
     grep -qx "$t" <<<"$kept" || bad "the moto template lost $t (moto's supported types changed?)"
 done
-ok "moto template keeps S3, Kinesis, Lambda (5 functions), IAM, SQS, Logs, SNS: $(tr '\n' ' ' <<<"$kept")"
+ok "moto template keeps S3, Kinesis, Lambda (6 functions), IAM, SQS, Logs, SNS: $(tr '\n' ' ' <<<"$kept")"
 
 # ------------------------------------------------------------------ dummy artifacts
 # Tiny zips instead of release builds (minutes); distinct content so each gets its own key.
@@ -154,7 +154,7 @@ packaged="$(sed -n 's/^packaged template: //p' <<<"$out0")"
 if [ "$rc" -eq 0 ] && [ -s "$packaged" ]; then
     ok "deploy.sh --package-only exited 0 and wrote $packaged"
     n_uri="$(grep -c "^ *CodeUri: s3://iotpipe-artifacts-123456789012-us-east-1/$STACK-sam/" "$packaged")"
-    check "all 5 functions' CodeUri point at the uploaded zips ($n_uri)" test "$n_uri" -eq 5
+    check "all 6 functions' CodeUri point at the uploaded zips ($n_uri)" test "$n_uri" -eq 6
     check "no local code path is left, and the SAM transform stays" \
         bash -c '! grep -q "target/lambda" "$1" && grep -q "^Transform: AWS::Serverless-2016-10-31" "$1"' _ "$packaged"
     check "the stack was not created" fails awsm cloudformation describe-stacks --stack-name "$STACK-sam"

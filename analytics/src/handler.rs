@@ -55,19 +55,6 @@ pub async fn handle_compact(
     Ok(compact(&store, cfg, now_ms, deadline).await?)
 }
 
-/// Refuses an event that is not a scheduled event.
-fn check_scheduled(payload: &EventBridgeEvent<serde_json::Value>) -> Result<(), HandlerError> {
-    if payload.detail_type != SCHEDULED_DETAIL_TYPE
-        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
-    {
-        return Err(HandlerError::NotScheduled {
-            detail_type: payload.detail_type.clone(),
-            event_source: payload.source.clone(),
-        });
-    }
-    Ok(())
-}
-
 /// Handles one scheduled invocation: checks that the event is a scheduled event, then
 /// runs one incremental rollup over `store`, stopping between hour partitions before the
 /// invocation's deadline (a backlog is finished by the next invocations). The event
@@ -92,4 +79,17 @@ pub async fn handle(
     let deadline =
         (context.deadline > 0).then(|| UNIX_EPOCH + Duration::from_millis(context.deadline));
     Ok(run_rollup_until(store, cfg, deadline).await?)
+}
+
+/// Refuses an event that is not a scheduled event ([`HandlerError::NotScheduled`]).
+pub fn check_scheduled(payload: &EventBridgeEvent<serde_json::Value>) -> Result<(), HandlerError> {
+    if payload.detail_type != SCHEDULED_DETAIL_TYPE
+        || !SCHEDULE_SOURCES.contains(&payload.source.as_str())
+    {
+        return Err(HandlerError::NotScheduled {
+            detail_type: payload.detail_type.clone(),
+            event_source: payload.source.clone(),
+        });
+    }
+    Ok(())
 }

@@ -35,6 +35,9 @@
 //! - [`query`](mod@query): filtering stats by device, metric and time; CSV and table output.
 //! - [`render`]: the one table renderer (aligned text, CSV) of query, ledger and the CLI.
 //! - [`handler`]: the Lambda handler over the scheduled EventBridge event.
+//! - [`dispatch`]: the AWS functions' events (planner, worker) to the code above.
+//! - [`fanout`]: on AWS, the planner's units queue (SQS) and the worker invocation.
+//! - [`notify`]: on AWS, S3 `ObjectCreated` notifications (from a queue) → pending markers.
 //! - [`config`]: [`RollupConfig`] and the local store from `IOTPIPE_DATA`.
 //! - `src/main.rs`: the `rollup` binary (Lambda runtime wiring only).
 //!
@@ -59,10 +62,13 @@ mod columns;
 pub mod coarse;
 pub mod compact;
 pub mod config;
+pub mod dispatch;
+pub mod fanout;
 pub mod handler;
 pub mod io;
 pub mod lease;
 pub mod ledger;
+pub mod notify;
 pub mod pending;
 pub mod planner;
 pub mod query;

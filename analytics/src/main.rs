@@ -1,7 +1,7 @@
-//! The `rollup` Lambda binary, deployed twice: as the rollup (`IOTPIPE_JOB=rollup` or
-//! unset: [`analytics::handler::handle`]) and as the compact function
-//! (`IOTPIPE_JOB=compact`: [`analytics::handler::handle_compact`]). It wires tracing, the
-//! store and the runtime.
+//! The `rollup` Lambda binary, deployed three times: as the rollup planner
+//! (`IOTPIPE_JOB=rollup` or unset), its units' worker (`IOTPIPE_JOB=rollup-worker`) and the
+//! compact function (`IOTPIPE_JOB=compact`: [`analytics::handler::handle_compact`]). It
+//! wires tracing, the store and the runtime.
 //!
 //! The store is the S3 bucket named by `IOTPIPE_BUCKET` (as deployed by
 //! `infra/template.yaml`; region, credentials and an optional `AWS_ENDPOINT_URL` come from
@@ -12,13 +12,21 @@
 //! sizes its memory budget to a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`. A missing,
 //! contradictory or unusable
 //! setting fails the cold start, naming the variable, not an invocation.
+//!
+//! `IOTPIPE_JOB` picks the function: `rollup` (the planner: scheduled events and S3
+//! new-object notifications from a queue, see [`analytics::dispatch`]), `rollup-worker`
+//! (units from the units queue) or `compact`. The planner fans a plan of more than
+//! `IOTPIPE_FANOUT_MIN_UNITS` units (default 8) out to the queue named by
+//! `IOTPIPE_UNITS_QUEUE_URL`; without that variable it rolls every plan up itself.
 
 use std::sync::Arc;
 
 use analytics::RollupConfig;
 use analytics::compact::CompactConfig;
 use analytics::config::{DATA_DIR_ENV, local_store};
-use analytics::handler::{handle, handle_compact};
+use analytics::dispatch::{self, PlannerDeps};
+use analytics::fanout::{DEFAULT_FANOUT_MIN_UNITS, SqsUnitQueue};
+use analytics::handler::handle_compact;
 use lambda_runtime::{Error, run, service_fn};
 use object_store::ObjectStore;
 use tracing_subscriber::EnvFilter;
@@ -38,6 +46,16 @@ const COMPACT_TARGET_VAR: &str = "IOTPIPE_COMPACT_TARGET_MIB";
 const MEMORY_VAR: &str = "AWS_LAMBDA_FUNCTION_MEMORY_SIZE";
 /// Folder of the rollup's per-unit state and leases (default `stats/_state`).
 const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
+/// URL of the units queue the planner fans large plans out to (unset: no fan-out).
+const UNITS_QUEUE_VAR: &str = "IOTPIPE_UNITS_QUEUE_URL";
+/// Plans of more units than this are fanned out (default [`DEFAULT_FANOUT_MIN_UNITS`]).
+const FANOUT_MIN_UNITS_VAR: &str = "IOTPIPE_FANOUT_MIN_UNITS";
+/// The planner job (the default).
+const JOB_ROLLUP: &str = "rollup";
+/// The worker job, behind the units queue's event-source mapping.
+const JOB_WORKER: &str = "rollup-worker";
+/// The compaction job (the `compact` function).
+const JOB_COMPACT: &str = "compact";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -51,31 +69,93 @@ async fn main() -> Result<(), Error> {
     // Non-UTF-8 values are read lossily: validation then names them invalid, instead of
     // calling them missing.
     let env = |var: &str| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned());
-    let (store, cfg, job) = setup(env).map_err(|e| {
-        // The log line is what CloudWatch shows for a failed init; the returned message
-        // (Display, not Debug) is what a local run prints.
-        tracing::error!(error = %e, "cold start failed");
-        e.to_string()
-    })?;
-    match job {
-        Job::Rollup => {
-            let cfg = &cfg;
-            run(service_fn(|event| handle(event, store.clone(), cfg))).await
-        }
-        Job::Compact(compact) => {
-            let compact = &compact;
-            run(service_fn(|event| {
-                handle_compact(event, store.clone(), compact)
-            }))
-            .await
-        }
+    let (store, cfg, job) = setup(env).map_err(cold_start_failed)?;
+    if let Job::Compact(compact) = job {
+        let (store, compact) = (&store, &compact);
+        return run(service_fn(|event| {
+            handle_compact(event, store.clone(), compact)
+        }))
+        .await;
     }
+    let extra = setup_fanout(env).map_err(cold_start_failed)?;
+    if extra.job == JOB_WORKER {
+        let (store, cfg) = (&store, &cfg);
+        return run(service_fn(|event| dispatch::worker(event, store, cfg))).await;
+    }
+    let queue = match extra.queue_url {
+        Some(queue_url) => {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .load()
+                .await;
+            Some(SqsUnitQueue {
+                client: aws_sdk_sqs::Client::new(&sdk),
+                queue_url,
+            })
+        }
+        None => None,
+    };
+    let deps = &PlannerDeps {
+        store,
+        cfg,
+        queue,
+        min_units: extra.min_units,
+    };
+    run(service_fn(|event| dispatch::planner(event, deps))).await
+}
+
+/// Logs a setting that stops the cold start and turns it into the returned error.
+fn cold_start_failed(e: SetupError) -> String {
+    // The log line is what CloudWatch shows for a failed init; the returned message
+    // (Display, not Debug) is what a local run prints.
+    tracing::error!(error = %e, "cold start failed");
+    e.to_string()
+}
+
+/// The job and its fan-out settings.
+#[derive(Debug, PartialEq, Eq)]
+struct FanoutSetup {
+    /// `rollup` or `rollup-worker`.
+    job: String,
+    /// The units queue, if the planner fans out.
+    queue_url: Option<String>,
+    /// Plans of more units than this are fanned out.
+    min_units: usize,
+}
+
+/// The job, the units queue and the fan-out threshold, from `lookup`.
+fn setup_fanout(lookup: impl Fn(&str) -> Option<String>) -> Result<FanoutSetup, SetupError> {
+    let get = |var| lookup(var).filter(|v| !v.is_empty());
+    let min_units = match get(FANOUT_MIN_UNITS_VAR) {
+        None => DEFAULT_FANOUT_MIN_UNITS,
+        Some(v) => v.parse().map_err(|_| SetupError::Invalid {
+            var: FANOUT_MIN_UNITS_VAR,
+            value: v,
+            expected: "a number of units (0 fans every plan out)",
+        })?,
+    };
+    let queue_url = get(UNITS_QUEUE_VAR);
+    if let Some(url) = queue_url
+        .as_ref()
+        .filter(|u| !u.starts_with("https://") && !u.starts_with("http://"))
+    {
+        return Err(SetupError::Invalid {
+            var: UNITS_QUEUE_VAR,
+            value: url.clone(),
+            expected: "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)",
+        });
+    }
+    Ok(FanoutSetup {
+        job: get(JOB_VAR).unwrap_or_else(|| JOB_ROLLUP.into()),
+        queue_url,
+        min_units,
+    })
 }
 
 /// The job this deployment runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Job {
-    /// The incremental rollup (and its 1h/1d derivation).
+    /// The rollup: the planner or, with `IOTPIPE_JOB=rollup-worker`, the units' worker
+    /// ([`setup_fanout`]).
     Rollup,
     /// Compaction of closed hours.
     Compact(CompactConfig),
@@ -116,13 +196,13 @@ fn setup(
     let get = |var| lookup(var).filter(|v| !v.is_empty());
 
     let compacting = match get(JOB_VAR).as_deref() {
-        None | Some("rollup") => false,
-        Some("compact") => true,
+        None | Some(JOB_ROLLUP | JOB_WORKER) => false,
+        Some(JOB_COMPACT) => true,
         Some(job) => {
             return Err(SetupError::Invalid {
                 var: JOB_VAR,
                 value: job.to_string(),
-                expected: "`rollup` (or unset) or `compact`",
+                expected: "`rollup` (or unset), `rollup-worker` or `compact`",
             });
         }
     };
@@ -269,6 +349,35 @@ mod tests {
         );
         let err = setup_with(&[("IOTPIPE_BUCKET", "b-1"), ("IOTPIPE_DATA", "/tmp")]).unwrap_err();
         assert!(err.contains("both are set"), "{err}");
+    }
+
+    #[test]
+    fn the_worker_job_and_the_fanout_settings_are_read() {
+        let env: HashMap<&str, &str> = [
+            ("IOTPIPE_JOB", "rollup-worker"),
+            (
+                "IOTPIPE_UNITS_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/1/units",
+            ),
+            ("IOTPIPE_FANOUT_MIN_UNITS", "0"),
+        ]
+        .into();
+        let setup = setup_fanout(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert_eq!(setup.job, "rollup-worker");
+        assert_eq!(setup.min_units, 0);
+        assert!(setup_with(&[("IOTPIPE_JOB", "rollup-worker"), ("IOTPIPE_BUCKET", "b-1")]).is_ok());
+        let defaults = setup_fanout(|_| None).unwrap();
+        assert_eq!(
+            (defaults.job.as_str(), defaults.queue_url),
+            ("rollup", None)
+        );
+        for (var, value) in [
+            ("IOTPIPE_FANOUT_MIN_UNITS", "many"),
+            ("IOTPIPE_UNITS_QUEUE_URL", "units"),
+        ] {
+            let err = setup_fanout(|k| (k == var).then(|| value.to_string())).unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! The cost is the new data's partitions, not the history. The planner never writes stats:
 //! it hands units to workers ([`crate::worker::run_unit`]), in-process
 //! ([`crate::rollup::run_rollup`], `iotpipe rollup --workers N`) or as queue messages
-//! ([`crate::handler`]).
+//! ([`crate::fanout`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -207,6 +207,17 @@ pub async fn run_rollup_until(
     deadline: Option<SystemTime>,
 ) -> Result<RollupReport, RollupError> {
     let plan = planner::plan(&store, cfg).await?;
+    run_plan(store, cfg, plan, deadline).await
+}
+
+/// Runs the units of `plan` in this process (the second half of [`run_rollup_until`]):
+/// the planner Lambda calls it for a plan too small to fan out ([`crate::fanout`]).
+pub async fn run_plan(
+    store: Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    plan: Plan,
+    deadline: Option<SystemTime>,
+) -> Result<RollupReport, RollupError> {
     let mut report = RollupReport {
         full_scan: plan.full_scan,
         files_scanned: plan.files_scanned,
@@ -354,7 +365,7 @@ async fn run_units(
 /// markers, so the run that completes it (or the next one) derives it. It is idempotent
 /// — an unchanged hour rewrites no file — and comes before the markers' deletion, so a
 /// crash in between is repaired by the next run.
-async fn finish_partitions(
+pub(crate) async fn finish_partitions(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
     plan: &Plan,
@@ -428,7 +439,7 @@ fn now_nanos() -> u128 {
 
 /// Whether another unit fits before `deadline`: twice the slowest so far, plus the
 /// reserve.
-fn time_for_another(deadline: Option<SystemTime>, slowest: Duration) -> bool {
+pub(crate) fn time_for_another(deadline: Option<SystemTime>, slowest: Duration) -> bool {
     let Some(deadline) = deadline else {
         return true;
     };

@@ -152,6 +152,13 @@ struct CostArgs {
     /// infra/prices.toml) becomes cheaper than each priced topology.
     #[arg(long, value_parser = ["always-on"])]
     compare: Option<String>,
+    /// Target seconds (p99) from a reading's arrival to the 1-minute stats; sets Firehose's
+    /// buffer interval (the template's FirehoseBufferIntervalSeconds, 60-900 s), hence the
+    /// objects written and the rollups they trigger. The default (the template's) is 120;
+    /// the shortest the design allows is 120 (Firehose's 60 s minimum buffer with dynamic
+    /// partitioning).
+    #[arg(long)]
+    freshness: Option<f64>,
     /// Output: `table` for people, `json` for scripts (an array, one object per topology:
     /// topology, monthly_usd, idle_usd, lines [{component, usage, usd}], break_even_rate).
     #[arg(long, default_value = "table", value_parser = ["table", "json"])]
@@ -823,8 +830,11 @@ fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
         batch: a.batch,
         metrics: a.metrics,
         arch: a.arch,
+        freshness_s: a.freshness.unwrap_or(prices.assumptions.freshness_s),
     };
     fleet.check().map_err(anyhow::Error::msg)?;
+    fleet_cost::buffer_interval(&prices.assumptions, fleet.freshness_s)
+        .map_err(anyhow::Error::msg)?;
     let alarms = fleet_cost::template_alarms();
     let all: Vec<fleet_cost::Bill> = Topology::ALL
         .iter()

@@ -39,8 +39,9 @@ fn cost_py(args: &[&str]) -> String {
 }
 
 /// The fleets both estimators price: the reference fleet, device batches, a payload above
-/// one 5 KB unit, an idle stack, x86_64.
-const FLEETS: [&[&str]; 5] = [
+/// one 5 KB unit, an idle stack, x86_64, a longer freshness.
+const FLEETS: [&[&str]; 6] = [
+    &["--devices", "1000", "--rate", "0.2", "--freshness", "600"],
     &["--devices", "1000", "--rate", "0.2"],
     &["--devices", "1000", "--rate", "0.2", "--batch", "10"],
     &[
@@ -204,5 +205,30 @@ fn a_batch_above_the_iot_limit_is_refused_with_what_to_do() {
     assert!(
         err.contains("128 KiB") && err.contains("at most 652"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_freshness_below_what_firehose_allows_is_refused_by_both_with_the_shortest() {
+    for out in [
+        Command::new(env!("CARGO_BIN_EXE_iotpipe"))
+            .args(["cost", "--freshness", "60"])
+            .output()
+            .unwrap(),
+        Command::new("python3")
+            .current_dir(root())
+            .args(["infra/cost.py", "--freshness", "60"])
+            .output()
+            .unwrap(),
+    ] {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("at least 120"), "{err}");
+    }
+    // The default is the template's: 120 s, a 60 s Firehose buffer.
+    let text = iotpipe(&[]);
+    assert!(
+        text.contains("Freshness: 120 s p99 to the 1m stats (FirehoseBufferIntervalSeconds 60)"),
+        "{text}"
     );
 }

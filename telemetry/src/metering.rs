@@ -59,6 +59,13 @@ pub const ROLLUP: LambdaFn = LambdaFn {
     memory_mb: 1024,
     memory_parameter: "RollupMemorySize",
 };
+/// The rollup's queue-driven worker (the `rollup` binary with `IOTPIPE_JOB=rollup-worker`,
+/// log group suffix `worker`): one unit per units-queue message.
+pub const WORKER: LambdaFn = LambdaFn {
+    name: "worker",
+    memory_mb: 1024,
+    memory_parameter: "RollupWorkerMemorySize",
+};
 /// The daily compact function: daily rollups and small-file compaction.
 pub const COMPACT: LambdaFn = LambdaFn {
     name: "compact",
@@ -67,7 +74,7 @@ pub const COMPACT: LambdaFn = LambdaFn {
 };
 
 /// Every function of the pipeline, in data-flow order.
-pub const FUNCTIONS: [LambdaFn; 4] = [INGEST, TRANSFORM, ROLLUP, COMPACT];
+pub const FUNCTIONS: [LambdaFn; 5] = [INGEST, TRANSFORM, ROLLUP, WORKER, COMPACT];
 
 #[cfg(test)]
 mod tests {

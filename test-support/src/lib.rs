@@ -3,7 +3,7 @@
 //! # Layout
 //! - [`moto`]: the moto server that `tests/setup/services.sh` starts (`IOTPIPE_TEST_MOTO`):
 //!   its endpoint, an SDK configuration and the `AWS_*` variables pointing at it, bucket
-//!   creation, unique resource names.
+//!   creation, unique resource names, SQS queues and S3 → SQS notifications.
 //! - [`free_port`]: a loopback port nothing listens on.
 //!
 //! A test that needs a server fails when it is missing, saying how to start it: it never

@@ -113,3 +113,64 @@ pub async fn create_kinesis_stream(sdk: &SdkConfig, name: &str, shards: i32) {
     }
     panic!("stream {name} did not become ACTIVE");
 }
+
+/// Creates an SQS queue on moto and returns its URL and ARN.
+///
+/// # Panics
+/// When moto refuses the queue.
+pub async fn create_sqs_queue(sdk: &SdkConfig, name: &str) -> (String, String) {
+    let client = aws_sdk_sqs::Client::new(sdk);
+    let url = client
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let attrs = client
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attrs
+        .attributes
+        .and_then(|a| {
+            a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                .cloned()
+        })
+        .unwrap();
+    (url, arn)
+}
+
+/// Sends S3 `ObjectCreated` notifications of `bucket`'s keys under `prefix` to the SQS
+/// queue `queue_arn` (a bare `PUT /bucket?notification`, as [`create_bucket`] does).
+///
+/// # Panics
+/// When moto is not reachable or refuses the configuration.
+pub fn notify_queue(bucket: &str, queue_arn: &str, prefix: &str) {
+    let body = format!(
+        "<NotificationConfiguration><QueueConfiguration><Id>new-objects</Id>\
+         <Queue>{queue_arn}</Queue><Event>s3:ObjectCreated:*</Event>\
+         <Filter><S3Key><FilterRule><Name>prefix</Name><Value>{prefix}</Value></FilterRule>\
+         </S3Key></Filter></QueueConfiguration></NotificationConfiguration>"
+    );
+    let endpoint = moto();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = TcpStream::connect(addr).unwrap();
+    write!(
+        conn,
+        "PUT /{bucket}?notification HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    conn.read_to_string(&mut response).unwrap();
+    assert!(
+        response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200"),
+        "configuring the notifications of {bucket} on moto: {response}"
+    );
+}

@@ -9,7 +9,9 @@ Lambda Runtime API emulator), invoked with the repository's fixture events throu
 
 Checks: the transform answers every recordId once with Ok/Dropped/ProcessingFailed; ingest
 (Kinesis and Firehose sinks, S3 quarantine) reports what it did and the records are in the
-stream / the bucket; rollup runs on the bucket and refuses a non-scheduled event; a bad
+stream / the bucket; rollup runs on the bucket and refuses a non-scheduled event, marks the
+objects of an SQS batch of S3 Object Created events pending; the rollup-worker job answers
+an SQS batch of units with the failed ones only; a bad
 configuration fails the cold start naming the variable. Prints each function's peak RSS
 (what Lambda reports as Max Memory Used). Needs IOTPIPE_TEST_MOTO and
 IOTPIPE_TEST_CARGO_LAMBDA: fails without them, never skips. Every process it starts, it
@@ -218,6 +220,38 @@ def main() -> int:
         assert rc != 0 and "Scheduled Event" in out, f"({rc}) {out}"
         stop("rollup", fn)
 
+    def sqs_event(bodies: list) -> dict:
+        return {"Records": [{"messageId": f"m-{i}", "receiptHandle": f"r-{i}", "body": b,
+                             "attributes": {}, "messageAttributes": {}, "md5OfBody": "",
+                             "eventSource": "aws:sqs", "awsRegion": REGION,
+                             "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:q"}
+                            for i, b in enumerate(bodies)]}
+
+    def rollup_marks_new_objects_from_an_sqs_batch_of_s3_events():
+        key = "telemetry/dt=2026-11-25/hour=16/firehose-1.parquet"
+        s3.put_object(Bucket=bucket, Key=key, Body=b"not parquet")  # a unit skips it
+        event = json.loads(fixture("analytics", "s3-object-created-eventbridge.json").read_text())
+        event["detail"]["bucket"]["name"], event["detail"]["object"]["key"] = bucket, key
+        fn = emu.function("rollup", {
+            "IOTPIPE_JOB": "rollup", "IOTPIPE_BUCKET": bucket,
+            "IOTPIPE_TELEMETRY_PREFIX": "telemetry/", "IOTPIPE_STATS_PREFIX": "stats/",
+            "IOTPIPE_STATE_PREFIX": "state/"})
+        resp = ok_json(*emu.invoke("rollup", sqs_event([json.dumps(event), "junk"])))
+        assert resp["batchItemFailures"] == [{"itemIdentifier": "m-1"}], resp
+        # The unreadable object keeps its marker, so later runs retry it.
+        s3.head_object(Bucket=bucket, Key=f"stats/_pending/{key}")
+        stop("rollup", fn)
+
+    def rollup_worker_reports_only_the_failed_units():
+        fn = emu.function("rollup", {
+            "IOTPIPE_JOB": "rollup-worker", "IOTPIPE_BUCKET": bucket,
+            "IOTPIPE_TELEMETRY_PREFIX": "telemetry/", "IOTPIPE_STATS_PREFIX": "stats/",
+            "IOTPIPE_STATE_PREFIX": "state/"}, log="rollup-worker")
+        unit = {"unit": {"partition": {"dt": "2026-11-25", "hour": "17"}, "bucket": 0, "buckets": 16}}
+        resp = ok_json(*emu.invoke("rollup", sqs_event([json.dumps(unit), "{\"not\":\"a unit\"}"])))
+        assert resp["batchItemFailures"] == [{"itemIdentifier": "m-1"}], resp
+        stop("rollup-worker", fn)
+
     def a_bad_configuration_fails_the_cold_start_naming_the_variable():
         for env, var in [({}, "IOTPIPE_SINK"),
                          ({"IOTPIPE_SINK": "kinesis", "IOTPIPE_STREAM_NAME": stream}, "IOTPIPE_BUCKET")]:
@@ -233,6 +267,8 @@ def main() -> int:
 
     checks = [transform_answers_every_record_once, ingest_puts_to_kinesis_and_quarantines_to_s3,
               ingest_puts_to_firehose, rollup_runs_on_the_bucket_and_refuses_other_events,
+              rollup_marks_new_objects_from_an_sqs_batch_of_s3_events,
+              rollup_worker_reports_only_the_failed_units,
               a_bad_configuration_fails_the_cold_start_naming_the_variable]
     passed = failed = 0
     for check in checks:

@@ -176,6 +176,21 @@ async fn a_fanned_out_plan_drained_by_workers_equals_the_in_process_rollup() {
         .await
         .unwrap();
     assert!(markers.is_empty(), "{markers:?}");
+    // That plan also derived the hours' 1h/1d and fleet windows, as the in-process rollup
+    // did, before deleting the markers.
+    for window in analytics::Window::ALL {
+        for group in [analytics::Group::Device, analytics::Group::Fleet] {
+            let q = analytics::Query {
+                window,
+                group,
+                ..analytics::Query::default()
+            };
+            let fanned_out = analytics::query(store.clone(), &q).await.unwrap();
+            assert!(!fanned_out.is_empty(), "{window:?} {group}");
+            let in_process = analytics::query(reference.clone(), &q).await.unwrap();
+            assert_eq!(fanned_out, in_process, "{window:?} {group}");
+        }
+    }
     let last = run_fanout(store.clone(), &cfg, Some(&queue), 2, None)
         .await
         .unwrap();

@@ -1,8 +1,9 @@
 //! `iotpipe`: the whole IoT telemetry pipeline on one machine, in one process.
 //!
 //! # Layout
-//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `ledger`, `cost`,
-//!   `dashboard`, `schema`).
+//! - `main.rs`: the command line (`up`, `replay`, `requeue`, `rollup`, `query`, `ledger`,
+//!   `cost`, `dashboard`, `schema`).
+//! - [`requeue`]: `iotpipe requeue`, quarantined payloads back through ingest.
 //! - [`args`]: the argument types several subcommands share (`--data`, `--format`, times).
 //! - [`dashboard`]: `iotpipe dashboard` (the static site, or served live) and the run
 //!   records it reads.
@@ -20,6 +21,7 @@ mod dashboard;
 mod fleet_cost;
 mod ledger;
 mod prices;
+mod requeue;
 mod summary;
 
 use std::io::{BufRead, BufReader};
@@ -78,6 +80,9 @@ enum Command {
     /// Feed payloads from a file (one JSON payload per line) through the same pipeline,
     /// without MQTT.
     Replay(ReplayArgs),
+    /// Feed quarantined payloads back through ingest with their original receive time
+    /// (after a contract bug or a sink outage is fixed); a second requeue changes no stats.
+    Requeue(requeue::RequeueArgs),
     /// Run the scheduled aggregation now (incremental: only new data is processed).
     Rollup(RollupArgs),
     /// Read the aggregates: per device, metric and window.
@@ -236,7 +241,7 @@ struct UpArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct Tuning {
+pub(crate) struct Tuning {
     /// Where ingest puts the records it accepts:
     ///   local          the in-process stream with Kinesis semantics (no AWS account);
     ///   kinesis:NAME   a Kinesis data stream (PutRecords); this run reads it back
@@ -353,6 +358,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(a) => up(a).await,
         Command::Replay(a) => replay(a).await,
+        Command::Requeue(a) => requeue::run(a).await,
         Command::Rollup(a) => rollup(a).await,
         Command::Query(a) => query(a).await,
         Command::Ledger(a) => ledger::run(a).await,
@@ -369,7 +375,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
+pub(crate) fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
     StackConfig {
         data: data.data.clone(),
         shards: t.shards,

@@ -1,6 +1,10 @@
 //! The emulated IoT topic rule: subscribes to `dt/+/+/telemetry` and invokes the ingest
 //! handler with the event AWS IoT Core would send for
 //! `SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at`.
+//!
+//! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it, and the rule
+//! subscribes again after every reconnect (its session is clean, so a restarted broker
+//! has forgotten the subscription).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +48,9 @@ impl IotRule {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
         opts.set_clean_session(true);
+        // A QoS 1 message is acknowledged only after ingest ran on it, so the broker's
+        // in-flight window paces the devices instead of the rule buffering what it acked.
+        opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         client.subscribe(TOPIC_FILTER, QoS::AtLeastOnce).await?;
         // Drive the connection until the SUBACK arrives.
@@ -85,19 +92,33 @@ impl IotRule {
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
                             device_from_topic,
-                            topic: p.topic,
+                            topic: p.topic.clone(),
                             received_at,
                         };
                         let permit = permits.clone().acquire_owned().await?;
                         let stack = stack.clone();
+                        let client = client.clone();
                         let len = p.payload.len();
                         tokio::spawn(async move {
                             stack.on_message(event, len).await;
+                            // Acknowledged once ingest has streamed or quarantined it (a
+                            // failed ingest fails the run: `Stack::finish`).
+                            if let Err(e) = client.ack(&p).await {
+                                tracing::warn!(error = %e, "could not acknowledge a message");
+                            }
                             // Release the stack before the permit: once every permit is
                             // back, the caller may take sole ownership of the stack.
                             drop(stack);
                             drop(permit);
                         });
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // A reconnect (the first CONNACK was read before this loop): a clean
+                        // session forgot the subscription, so subscribe again.
+                        tracing::info!("rule reconnected to the broker; subscribing again");
+                        if let Err(e) = client.try_subscribe(TOPIC_FILTER, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {

@@ -196,6 +196,11 @@ pub struct Counters {
     pub rollup_objects: AtomicU64,
     /// Bytes put into a Firehose delivery stream directly (`--stream firehose:NAME`).
     pub firehose_put_bytes: AtomicU64,
+    /// Ingest invocations that failed (a sink outage, an unwritable quarantine): their
+    /// payloads were neither streamed nor quarantined, so the run fails at its end.
+    pub ingest_failures: AtomicU64,
+    /// The first of those failures' errors.
+    pub first_ingest_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
@@ -442,8 +447,18 @@ impl Stack {
                 report
             }
             Err(e) => {
-                // Lambda would retry the event; locally the error is loud and counted.
+                // Lambda would retry the event; locally the error is loud, counted, and
+                // fails the run at its end (`finish`).
                 tracing::error!(error = %e, topic = %event.topic, "ingest invocation failed");
+                if self
+                    .counters
+                    .ingest_failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    == 0
+                    && let Ok(mut first) = self.counters.first_ingest_failure.lock()
+                {
+                    *first = Some(e.to_string());
+                }
                 IngestReport::default()
             }
         }
@@ -520,6 +535,21 @@ impl Stack {
             s.stop().await;
         }
         let rollup = scheduled_rollup(&store, &meter, &counters).await?;
+        let failures = counters.ingest_failures.load(Ordering::Relaxed);
+        if failures > 0 {
+            let first = counters
+                .first_ingest_failure
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{failures} ingest invocation(s) failed: their payloads were neither streamed \
+                 nor quarantined (on AWS, Lambda retries such an event, then hands it to the \
+                 on-failure destination). First error: {first}. What was accepted before is \
+                 in Parquet; fix the cause and run again (the rollup de-duplicates)."
+            );
+        }
         let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
         let usage = Usage {
             seconds: started.elapsed().as_secs_f64(),

@@ -135,6 +135,7 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
         &report,
         meter.report(),
         &a.data.data,
-    );
+    )?;
+    crate::dashboard::record_run(&a.data.data, &s).await;
     s.print(a.summary_json)
 }

@@ -1,11 +1,15 @@
 //! `iotpipe requeue`: feeds quarantined payloads back through ingest, for the day a
 //! contract bug or a sink outage is fixed.
 //!
-//! Each quarantine record's raw bytes go through the same stack as `replay`, on the topic
+//! It reads the quarantine (`quarantine/`: payloads ingest rejected) and the local
+//! dead-letter queue (`errors/ingest-failed/`: payloads of ingest invocations that failed,
+//! e.g. because the stream was gone; reason `sink_failed`).
+//!
+//! Each record's raw bytes go through the same stack as `replay`, on the topic
 //! they arrived on and with their **original receive time** (so the event-time window is
 //! judged as it was then). Requeuing is idempotent for the data: a payload accepted twice
-//! lands twice in Parquet, and the rollup de-duplicates on (`device_id`, `seq`, `metric`),
-//! so a second requeue changes no statistic. What is still rejected is quarantined again
+//! lands twice in Parquet, and the rollup de-duplicates on (`device_id`, `seq`, event time,
+//! `metric`), so a second requeue changes no statistic. What is still rejected is quarantined again
 //! (a new record with the same reason); filter with `--reason` to requeue one class.
 
 use std::sync::Arc;
@@ -30,6 +34,8 @@ Examples:
   iotpipe requeue --data ./data                           # every quarantined payload
   iotpipe requeue --data ./data --reason ts_out_of_range  # one reason class
   iotpipe requeue --from 2026-11-25T16:00:00Z --to 2026-11-25T17:00:00Z
+  # after a sink outage (the run failed and kept its payloads under errors/ingest-failed/):
+  iotpipe requeue --data s3://bucket/p --stream kinesis:NAME --reason sink_failed
 
 Reason codes are those of the records' reason_code field (e.g. malformed_json,
 ts_out_of_range, bad_fw, sink_failed). Running it twice is harmless: the rollup
@@ -63,12 +69,19 @@ async fn select(
     store: &Arc<dyn object_store::ObjectStore>,
     a: &RequeueArgs,
 ) -> anyhow::Result<Vec<QuarantineRecord>> {
-    let prefix = object_store::path::Path::from(telemetry::layout::QUARANTINE_PREFIX);
-    let mut objects: Vec<_> = store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .context("listing the quarantine")?;
+    let mut objects = Vec::new();
+    for prefix in [
+        telemetry::layout::QUARANTINE_PREFIX,
+        telemetry::layout::INGEST_FAILED_PREFIX,
+    ] {
+        let prefix = object_store::path::Path::from(prefix);
+        let listed: Vec<_> = store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {prefix}/"))?;
+        objects.extend(listed);
+    }
     // Listed once, before anything is requeued: records this run writes are not read back.
     objects.sort_by(|x, y| x.location.cmp(&y.location));
     let mut out = Vec::new();

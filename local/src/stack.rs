@@ -31,7 +31,7 @@ use ingest::{
     RecordSink,
 };
 use lambda_runtime::{Context, LambdaEvent};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use telemetry::metering::{
     FIREHOSE_INGEST_UNIT_BYTES, IOT_MESSAGE_UNIT_BYTES, KINESIS_ON_DEMAND_UNIT_BYTES, units,
@@ -201,6 +201,10 @@ pub struct Counters {
     pub ingest_failures: AtomicU64,
     /// The first of those failures' errors.
     pub first_ingest_failure: std::sync::Mutex<Option<String>>,
+    /// Failed invocations' payloads kept under `errors/ingest-failed/` (the local DLQ).
+    pub dead_letters: AtomicU64,
+    /// Failed invocations whose payload could not be kept either.
+    pub dead_letters_lost: AtomicU64,
 }
 
 /// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
@@ -343,7 +347,7 @@ impl Stack {
                     KinesisSourceConfig::new(name),
                 )
                 .with_put_positions(put.clone());
-                reader.check_stream().await?;
+                let created = reader.check_stream().await?;
                 let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
                 let (progress_tx, progress_rx) = mpsc::unbounded_channel();
                 let firehose = tokio::spawn(firehose::run_with_progress(
@@ -357,6 +361,7 @@ impl Stack {
                     store.clone(),
                     kinesis_reader::CHECKPOINT_PREFIX.to_owned(),
                     name.clone(),
+                    created,
                     progress_rx,
                 ));
                 let (stop, stop_rx) = watch::channel(false);
@@ -450,6 +455,7 @@ impl Stack {
                 // Lambda would retry the event; locally the error is loud, counted, and
                 // fails the run at its end (`finish`).
                 tracing::error!(error = %e, topic = %event.topic, "ingest invocation failed");
+                self.dead_letter(&event, &e.to_string()).await;
                 if self
                     .counters
                     .ingest_failures
@@ -461,6 +467,43 @@ impl Stack {
                 }
                 IngestReport::default()
             }
+        }
+    }
+
+    /// The local dead-letter queue: keeps a failed invocation's payload under
+    /// [`telemetry::layout::INGEST_FAILED_PREFIX`] (what the ingest function's DLQ holds on
+    /// AWS), so that `iotpipe requeue` can bring it home once the cause is fixed.
+    async fn dead_letter(&self, event: &IotRuleEvent, error: &str) {
+        use base64::Engine as _;
+        // The rule's payload is base64 of the raw bytes; keep the field itself if it is not.
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&event.payload)
+            .unwrap_or_else(|_| event.payload.as_bytes().to_vec());
+        let rec = telemetry::quarantine::QuarantineRecord::other(
+            telemetry::QuarantineReason::SinkFailed,
+            format!("the ingest invocation failed: {error}"),
+            &event.topic,
+            event.received_at,
+            &raw,
+        );
+        let n = self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        let key = telemetry::quarantine::object_key_under(
+            telemetry::layout::INGEST_FAILED_PREFIX,
+            event.received_at,
+            &format!("{}-{n}", std::process::id()),
+        );
+        let body = telemetry::quarantine::to_json_lines(std::slice::from_ref(&rec));
+        if let Err(e) = self
+            .store
+            .put(&object_store::path::Path::from(key.as_str()), body.into())
+            .await
+        {
+            // The run fails anyway (`finish`); say that this payload is not kept either.
+            tracing::error!(error = %e, key, topic = %event.topic,
+                "could not keep a failed invocation's payload for requeue");
+            self.counters
+                .dead_letters_lost
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -515,10 +558,16 @@ impl Stack {
                 .await
                 .context("the Kinesis checkpointer panicked")?
                 .context("writing Kinesis checkpoints failed")?;
-            let read = read.context(
-                "reading the Kinesis stream failed (what was read before is in Parquet and \
-                 checkpointed: a new run resumes after the checkpoints)",
-            )?;
+            let read = read
+                .context(
+                    "reading the Kinesis stream failed (what was read before is in Parquet and \
+                     checkpointed: a new run resumes after the checkpoints)",
+                )
+                // Failed ingest invocations are the first thing to fix: say so first.
+                .map_err(|e| match ingest_failures(&counters) {
+                    Some(f) => f.context(format!("{e:#}")),
+                    None => e,
+                })?;
             kinesis = Some(KinesisSummary {
                 read,
                 checkpoints_written,
@@ -535,20 +584,8 @@ impl Stack {
             s.stop().await;
         }
         let rollup = scheduled_rollup(&store, &meter, &counters).await?;
-        let failures = counters.ingest_failures.load(Ordering::Relaxed);
-        if failures > 0 {
-            let first = counters
-                .first_ingest_failure
-                .lock()
-                .ok()
-                .and_then(|f| f.clone())
-                .unwrap_or_default();
-            anyhow::bail!(
-                "{failures} ingest invocation(s) failed: their payloads were neither streamed \
-                 nor quarantined (on AWS, Lambda retries such an event, then hands it to the \
-                 on-failure destination). First error: {first}. What was accepted before is \
-                 in Parquet; fix the cause and run again (the rollup de-duplicates)."
-            );
+        if let Some(e) = ingest_failures(&counters) {
+            return Err(e);
         }
         let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
         let usage = Usage {
@@ -587,6 +624,32 @@ impl Stack {
             note,
         })
     }
+}
+
+/// The error that fails a run whose ingest invocations failed, if any did: how many, the
+/// first cause, and where their payloads are kept for `iotpipe requeue`.
+fn ingest_failures(counters: &Counters) -> Option<anyhow::Error> {
+    let failures = counters.ingest_failures.load(Ordering::Relaxed);
+    if failures == 0 {
+        return None;
+    }
+    let first = counters
+        .first_ingest_failure
+        .lock()
+        .ok()
+        .and_then(|f| f.clone())
+        .unwrap_or_default();
+    let kept = counters.dead_letters.load(Ordering::Relaxed)
+        - counters.dead_letters_lost.load(Ordering::Relaxed);
+    Some(anyhow::anyhow!(
+        "{failures} ingest invocation(s) failed: their payloads were neither streamed nor \
+         quarantined (on AWS, Lambda retries such an event, then its dead-letter queue keeps \
+         it). First error: {first}. {kept} of their payloads are kept under {}/ (reason \
+         sink_failed); what was accepted before is in Parquet. Fix the cause, then run \
+         `iotpipe requeue --data <the same --data> --reason sink_failed` with the same \
+         --stream: the rollup de-duplicates, so requeuing twice is harmless.",
+        telemetry::layout::INGEST_FAILED_PREFIX
+    ))
 }
 
 /// A Firehose configuration for interactive local runs: small buffers so data lands

@@ -115,6 +115,31 @@ pub fn query_json(data: &Path) -> Vec<Value> {
     }
 }
 
+/// The 1-minute statistics of a data directory, keyed by (device, metric, window start):
+/// count, min, max and sum (to 6 decimals) — what "the stats are the same" compares.
+pub fn stats_by_window(
+    data: &Path,
+) -> std::collections::BTreeMap<String, (u64, String, String, String)> {
+    query_json(data)
+        .into_iter()
+        .map(|r| {
+            let key = format!("{} {} {}", r["device_id"], r["metric"], r["window_start"]);
+            let val = (
+                r["count"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no count in {r}")),
+                r["min"].to_string(),
+                r["max"].to_string(),
+                format!(
+                    "{:.6}",
+                    r["sum"].as_f64().unwrap_or_else(|| panic!("no sum in {r}"))
+                ),
+            );
+            (key, val)
+        })
+        .collect()
+}
+
 /// Sum of `count` over aggregate rows.
 pub fn total_count(rows: &[Value]) -> u64 {
     rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum()

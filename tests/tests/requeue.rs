@@ -4,13 +4,12 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use iotpipe_tests::{bin, iotpipe, last_json_line, query_json, run};
+use iotpipe_tests::{bin, iotpipe, last_json_line, run, stats_by_window};
 use serde_json::{Value, json};
 
 fn seeded_lines(devices: usize, minutes: u64) -> Vec<String> {
@@ -60,23 +59,6 @@ fn requeue(data: &Path, extra: &[&str]) -> Value {
     last_json_line(&run(&mut cmd))
 }
 
-/// The statistics, keyed by (device, metric, window start): count, min, max and sum.
-fn stats(data: &Path) -> BTreeMap<String, (u64, String, String, String)> {
-    query_json(data)
-        .into_iter()
-        .map(|r| {
-            let key = format!("{} {} {}", r["device_id"], r["metric"], r["window_start"]);
-            let val = (
-                r["count"].as_u64().unwrap(),
-                r["min"].to_string(),
-                r["max"].to_string(),
-                format!("{:.6}", r["sum"].as_f64().unwrap()),
-            );
-            (key, val)
-        })
-        .collect()
-}
-
 /// Writes `lines` as quarantine records of a sink outage, received when they were sent.
 fn quarantine_as_sink_failed(data: &Path, lines: &[String]) {
     let dir = data.join("quarantine/dt=2026-01-01/hour=00");
@@ -104,13 +86,13 @@ fn requeue_brings_every_quarantined_payload_home_and_a_second_one_changes_nothin
     // The reference: everything delivered the first time.
     let clean = dir.path().join("clean");
     replay(&lines, &clean);
-    let want = stats(&clean);
+    let want = stats_by_window(&clean);
 
     // Half delivered, the other half quarantined by an outage.
     let data = dir.path().join("data");
     replay(delivered, &data);
     quarantine_as_sink_failed(&data, lost);
-    assert_ne!(stats(&data), want, "the outage left a gap");
+    assert_ne!(stats_by_window(&data), want, "the outage left a gap");
 
     // A filter that matches nothing requeues nothing.
     let none = requeue(&data, &["--reason", "malformed_json"]);
@@ -124,7 +106,7 @@ fn requeue_brings_every_quarantined_payload_home_and_a_second_one_changes_nothin
         "{first}"
     );
     assert_eq!(
-        stats(&data),
+        stats_by_window(&data),
         want,
         "the statistics are as if nothing happened"
     );
@@ -135,5 +117,9 @@ fn requeue_brings_every_quarantined_payload_home_and_a_second_one_changes_nothin
         Some(lost.len() as u64),
         "{second}"
     );
-    assert_eq!(stats(&data), want, "a second requeue changes no statistic");
+    assert_eq!(
+        stats_by_window(&data),
+        want,
+        "a second requeue changes no statistic"
+    );
 }

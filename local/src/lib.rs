@@ -26,8 +26,10 @@
 //! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
 //!   metering units.
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
+//! - [`crash`]: `IOTPIPE_CRASH_AFTER_WRITES`, the kill-and-rerun tests' crash switch.
 
 pub mod broker;
+pub mod crash;
 pub mod firehose;
 pub mod iot_rule;
 pub mod kinesis_reader;

@@ -291,7 +291,7 @@ impl Stack {
     /// loads the AWS configuration the standard way (`AWS_REGION`, credentials,
     /// `AWS_ENDPOINT_URL`) and checks that the stream exists.
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
-        let store = open_store(&cfg.data)?;
+        let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
 

@@ -115,6 +115,9 @@ pub fn query_json(data: &Path) -> Vec<Value> {
     }
 }
 
+/// Statistics keyed by (device, metric, window start): count, min, max and sum.
+pub type WindowStats = std::collections::BTreeMap<String, (u64, String, String, String)>;
+
 /// The 1-minute statistics of a data directory, keyed by (device, metric, window start):
 /// count, min, max and sum (to 6 decimals) — what "the stats are the same" compares.
 pub fn stats_by_window(

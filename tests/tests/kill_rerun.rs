@@ -1,0 +1,219 @@
+//! Kill and rerun: `iotpipe replay` is killed at seeded random points — with `SIGKILL` after
+//! a seeded random delay, and by `IOTPIPE_CRASH_AFTER_WRITES=N` right after its N-th
+//! durable write (a Parquet file, a quarantine object, a rollup state, lease or stats
+//! object) — then run again on the same input and data directory. After the rerun, every
+//! accepted message is in Parquet exactly once after de-duplication (pyarrow + DuckDB, and
+//! the delivery ledger: nothing missing), and the statistics equal a clean run's.
+//!
+//! The seed is fixed (`SEED`), so a failure names a kill point that reproduces.
+//! Needs `IOTPIPE_TEST_PYTHON`; fails without it.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use iotpipe_tests::{WindowStats, dump, iotpipe, python_json, run, stats_by_window, stdout_json};
+use serde_json::{Value, json};
+
+/// The seed of the kill points.
+const SEED: u64 = 0x10_4b11;
+/// Kill points per way of killing (two ways: ≥ 20 in the suite).
+const KILLS: usize = 12;
+
+/// xorshift64*: a small seeded generator, so that kill points reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// The input: 5 devices × 3 minutes of seeded messages, and payloads ingest quarantines.
+struct Input {
+    file: PathBuf,
+    /// device-sim's per-device ledger, for `iotpipe ledger --sent`.
+    sent: PathBuf,
+    /// Valid messages (accepted by ingest).
+    messages: u64,
+    /// Their readings.
+    readings: u64,
+}
+
+fn input(dir: &Path) -> Input {
+    let file = dir.join("input.jsonl");
+    dump(
+        &file,
+        5,
+        "3m",
+        SEED,
+        chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000,
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let mut per_device: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let (mut messages, mut readings) = (0, 0);
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        let e = per_device
+            .entry(v["device_id"].as_str().unwrap().to_string())
+            .or_insert((seq, seq, 0));
+        e.0 = e.0.min(seq);
+        e.1 = e.1.max(seq);
+        e.2 += 1;
+        messages += 1;
+        readings += v["metrics"].as_object().unwrap().len() as u64;
+    }
+    // Quarantined, not attributable to a device: a kill must not turn them into losses.
+    text.push_str("{not json\n[1,2,3]\n");
+    std::fs::write(&file, text).unwrap();
+    let per_device: serde_json::Map<String, Value> = per_device
+        .into_iter()
+        .map(|(id, (first, last, n))| {
+            let d = json!({"first_seq": first, "last_seq": last, "sent": n,
+                           "acknowledged": n, "failed": 0, "dropped": 0});
+            (id, d)
+        })
+        .collect();
+    let sent = dir.join("sent.json");
+    let summary = json!({"sent": messages, "per_device": per_device});
+    std::fs::write(&sent, summary.to_string()).unwrap();
+    Input {
+        file,
+        sent,
+        messages,
+        readings,
+    }
+}
+
+/// `iotpipe replay` of the input into `data`, with Parquet files closed and rollups run
+/// every few hundred milliseconds, so that a run has durable steps all along.
+fn replay_cmd(input: &Input, data: &Path) -> Command {
+    let mut cmd = iotpipe(&["replay", "--summary-json"]);
+    cmd.args(["--flush-every", "100ms", "--rollup-every", "150ms"])
+        .args(["--shards", "2", "--data"])
+        .arg(data)
+        .arg(&input.file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+/// Objects under `dir` (each was written at least once by the run).
+fn objects(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        n += if p.is_dir() { objects(&p) } else { 1 };
+    }
+    n
+}
+
+/// The clean run: its statistics (what a rerun must reproduce) and how long it took (ms).
+fn clean_run(data: &Path, input: &Input) -> (WindowStats, u64) {
+    let started = Instant::now();
+    let status = replay_cmd(input, data).status().unwrap();
+    let took = started.elapsed().as_millis() as u64;
+    assert!(status.success(), "the clean run failed: {status}");
+    let stats = stats_by_window(data);
+    assert!(!stats.is_empty());
+    (stats, took)
+}
+
+/// Reruns the replay after a kill and checks the outcome against the clean run.
+fn rerun_and_check(point: &str, input: &Input, data: &Path, want: &WindowStats) {
+    let status = replay_cmd(input, data).status().unwrap();
+    assert!(status.success(), "{point}: the rerun failed: {status}");
+    assert_eq!(
+        &stats_by_window(data),
+        want,
+        "{point}: the statistics after the rerun differ from a clean run's"
+    );
+    let parquet = python_json("parquet_check.py", &[&data.join("telemetry")]);
+    assert_eq!(
+        parquet["distinct_readings"].as_u64(),
+        Some(input.readings),
+        "{point}: every accepted reading in Parquet once after dedup: {parquet}"
+    );
+    let out = run(iotpipe(&["ledger", "--format", "json", "--data"])
+        .arg(data)
+        .arg("--sent")
+        .arg(&input.sent));
+    let totals = stdout_json(&out)["totals"].clone();
+    assert_eq!(
+        totals["received"].as_u64(),
+        Some(input.messages),
+        "{point}: {totals}"
+    );
+    assert_eq!(totals["missing"].as_u64(), Some(0), "{point}: {totals}");
+    assert_eq!(
+        totals["sent"].as_u64(),
+        Some(input.messages),
+        "{point}: {totals}"
+    );
+}
+
+#[test]
+fn replay_killed_at_seeded_random_times_and_rerun_stores_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input(dir.path());
+    let (want, clean_ms) = clean_run(&dir.path().join("clean"), &input);
+    let mut rng = Rng(SEED);
+    let mut kills = 0;
+    let mut attempts = 0;
+    while kills < KILLS {
+        attempts += 1;
+        assert!(
+            attempts <= 3 * KILLS,
+            "only {kills} of {attempts} runs were still running at their kill time"
+        );
+        let delay = rng.between(20, clean_ms.max(40));
+        let data = dir.path().join(format!("killed-{attempts}"));
+        let mut child = replay_cmd(&input, &data).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        if child.try_wait().unwrap().is_some() {
+            continue; // finished first: not a kill point
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        rerun_and_check(&format!("SIGKILL after {delay} ms"), &input, &data, &want);
+    }
+}
+
+#[test]
+fn replay_crashed_right_after_seeded_durable_writes_and_rerun_stores_every_message_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input(dir.path());
+    let (want, _) = clean_run(&dir.path().join("clean"), &input);
+    // Every object of a clean run was written at least once: a crash point ≤ this count
+    // always falls inside the run.
+    let writes = objects(&dir.path().join("clean"));
+    assert!(writes >= 5, "a clean run writes {writes} objects");
+    let mut rng = Rng(SEED ^ 0xc4a5);
+    for i in 0..KILLS {
+        let n = rng.between(1, writes);
+        let data = dir.path().join(format!("crashed-{i}"));
+        let status = replay_cmd(&input, &data)
+            .env("IOTPIPE_CRASH_AFTER_WRITES", n.to_string())
+            .status()
+            .unwrap();
+        assert!(
+            status.code().is_none(),
+            "crash after write {n}: the run was to abort, it ended with {status}"
+        );
+        rerun_and_check(&format!("crash after write {n}"), &input, &data, &want);
+    }
+}

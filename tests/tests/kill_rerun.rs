@@ -5,8 +5,11 @@
 //! accepted message is in Parquet exactly once after de-duplication (pyarrow + DuckDB, and
 //! the delivery ledger: nothing missing), and the statistics equal a clean run's.
 //!
+//! The same with `--stream kinesis:NAME` on moto: the rerun reads on from the killed
+//! run's checkpoints and re-puts every message (duplicates the rollup removes).
+//!
 //! The seed is fixed (`SEED`), so a failure names a kill point that reproduces.
-//! Needs `IOTPIPE_TEST_PYTHON`; fails without it.
+//! Needs `IOTPIPE_TEST_PYTHON` and `IOTPIPE_TEST_MOTO`; fails without them.
 
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -18,11 +21,14 @@ use std::time::{Duration, Instant};
 
 use iotpipe_tests::{WindowStats, dump, iotpipe, python_json, run, stats_by_window, stdout_json};
 use serde_json::{Value, json};
+use test_support::moto;
 
 /// The seed of the kill points.
 const SEED: u64 = 0x10_4b11;
-/// Kill points per way of killing (two ways: ≥ 20 in the suite).
+/// Kill points per way of killing with the local stream (two ways: ≥ 20 in the suite).
 const KILLS: usize = 12;
+/// Kill points through a Kinesis stream on moto (slower: each has its own stream).
+const KINESIS_KILLS: usize = 6;
 
 /// xorshift64*: a small seeded generator, so that kill points reproduce.
 struct Rng(u64);
@@ -41,7 +47,8 @@ impl Rng {
     }
 }
 
-/// The input: 5 devices × 3 minutes of seeded messages, and payloads ingest quarantines.
+/// The input: `devices` devices' seeded messages for `duration` (one a second), and
+/// payloads ingest quarantines.
 struct Input {
     file: PathBuf,
     /// device-sim's per-device ledger, for `iotpipe ledger --sent`.
@@ -52,12 +59,12 @@ struct Input {
     readings: u64,
 }
 
-fn input(dir: &Path) -> Input {
+fn input(dir: &Path, devices: u32, duration: &str) -> Input {
     let file = dir.join("input.jsonl");
     dump(
         &file,
-        5,
-        "3m",
+        devices,
+        duration,
         SEED,
         chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000,
     );
@@ -101,7 +108,13 @@ fn input(dir: &Path) -> Input {
 /// `iotpipe replay` of the input into `data`, with Parquet files closed and rollups run
 /// every few hundred milliseconds, so that a run has durable steps all along.
 fn replay_cmd(input: &Input, data: &Path) -> Command {
-    let mut cmd = iotpipe(&["replay", "--summary-json"]);
+    replay_on(input, data, "local")
+}
+
+/// [`replay_cmd`] with ingest putting into `stream` (`local` or `kinesis:NAME` on moto).
+fn replay_on(input: &Input, data: &Path, stream: &str) -> Command {
+    let mut cmd = iotpipe(&["replay", "--summary-json", "--stream", stream]);
+    cmd.envs(moto::s3_env());
     cmd.args(["--flush-every", "100ms", "--rollup-every", "150ms"])
         .args(["--shards", "2", "--data"])
         .arg(data)
@@ -134,7 +147,12 @@ fn clean_run(data: &Path, input: &Input) -> (WindowStats, u64) {
 
 /// Reruns the replay after a kill and checks the outcome against the clean run.
 fn rerun_and_check(point: &str, input: &Input, data: &Path, want: &WindowStats) {
-    let status = replay_cmd(input, data).status().unwrap();
+    rerun_on_and_check(point, input, data, "local", want);
+}
+
+/// [`rerun_and_check`] through `stream`.
+fn rerun_on_and_check(point: &str, input: &Input, data: &Path, stream: &str, want: &WindowStats) {
+    let status = replay_on(input, data, stream).status().unwrap();
     assert!(status.success(), "{point}: the rerun failed: {status}");
     assert_eq!(
         &stats_by_window(data),
@@ -168,7 +186,7 @@ fn rerun_and_check(point: &str, input: &Input, data: &Path, want: &WindowStats) 
 #[test]
 fn replay_killed_at_seeded_random_times_and_rerun_stores_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path());
+    let input = input(dir.path(), 5, "3m");
     let (want, clean_ms) = clean_run(&dir.path().join("clean"), &input);
     let mut rng = Rng(SEED);
     let mut kills = 0;
@@ -196,7 +214,7 @@ fn replay_killed_at_seeded_random_times_and_rerun_stores_every_message_once() {
 #[test]
 fn replay_crashed_right_after_seeded_durable_writes_and_rerun_stores_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path());
+    let input = input(dir.path(), 5, "3m");
     let (want, _) = clean_run(&dir.path().join("clean"), &input);
     // Every object of a clean run was written at least once: a crash point ≤ this count
     // always falls inside the run.
@@ -215,5 +233,63 @@ fn replay_crashed_right_after_seeded_durable_writes_and_rerun_stores_every_messa
             "crash after write {n}: the run was to abort, it ended with {status}"
         );
         rerun_and_check(&format!("crash after write {n}"), &input, &data, &want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_through_kinesis_killed_at_seeded_random_times_and_rerun_stores_every_message_once()
+{
+    let sdk = moto::sdk_config().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Small: each message is one PutRecords call to moto.
+    let input = input(dir.path(), 3, "1m");
+    let (want, _) = clean_run(&dir.path().join("clean"), &input);
+    // How long a run through moto takes, on a stream of its own.
+    let name = moto::unique("iotpipe-kill");
+    moto::create_kinesis_stream(&sdk, &name, 2).await;
+    let started = Instant::now();
+    let clean = dir.path().join("clean-kinesis");
+    let status = replay_on(&input, &clean, &format!("kinesis:{name}"))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "the clean run through Kinesis failed: {status}"
+    );
+    assert_eq!(
+        stats_by_window(&clean),
+        want,
+        "Kinesis and the local stream agree"
+    );
+    let clean_ms = started.elapsed().as_millis() as u64;
+
+    let mut rng = Rng(SEED ^ 0x4b1);
+    let (mut kills, mut attempts) = (0, 0);
+    while kills < KINESIS_KILLS {
+        attempts += 1;
+        assert!(
+            attempts <= 3 * KINESIS_KILLS,
+            "only {kills} of {attempts} runs were still running at their kill time"
+        );
+        let name = moto::unique("iotpipe-kill");
+        moto::create_kinesis_stream(&sdk, &name, 2).await;
+        let stream = format!("kinesis:{name}");
+        let delay = rng.between(20, clean_ms.max(40));
+        let data = dir.path().join(format!("kinesis-killed-{attempts}"));
+        let mut child = replay_on(&input, &data, &stream).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        if child.try_wait().unwrap().is_some() {
+            continue; // finished first: not a kill point
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        rerun_on_and_check(
+            &format!("kinesis: SIGKILL after {delay} ms"),
+            &input,
+            &data,
+            &stream,
+            &want,
+        );
     }
 }

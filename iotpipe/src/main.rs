@@ -276,6 +276,17 @@ pub(crate) struct Tuning {
     /// How often the emulated scheduler runs the rollup (a final one always runs).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     rollup_every: Duration,
+    /// Seeded AWS-side faults in the emulated services, to see the retry paths work:
+    /// KEY=PROBABILITY pairs, e.g. throttle=0.05,partial=0.01,timeout=0.001,processor-error=0.01
+    /// (throttle: a stream put call fails whole; partial: one entry fails; timeout: a call
+    /// stores, then times out, so the retry duplicates; processor-error: a transform
+    /// invocation fails) and seed=N. With --stream local only; the summary counts them.
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    inject: Option<local::faults::FaultPlan>,
+}
+
+fn parse_faults(s: &str) -> Result<local::faults::FaultPlan, String> {
+    s.parse()
 }
 
 #[derive(Debug, clap::Args)]
@@ -387,6 +398,7 @@ pub(crate) fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
             ..Default::default()
         },
         stream: t.stream.clone(),
+        faults: t.inject,
     }
 }
 

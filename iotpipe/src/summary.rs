@@ -66,6 +66,8 @@ pub struct Summary {
     pub kinesis: Option<KinesisSummary>,
     /// What happens after the stream when this run does not do it (`firehose:NAME`).
     pub note: Option<String>,
+    /// The faults injected into the emulated services (`--inject`), if any.
+    pub faults: Option<local::faults::FaultCounts>,
     /// Firehose accounting.
     pub firehose: FirehoseSummary,
     /// The final rollup.
@@ -137,6 +139,7 @@ impl Summary {
             stream: r.stream.clone(),
             kinesis: r.kinesis.clone(),
             note: r.note.clone(),
+            faults: r.faults,
             firehose: r.firehose.clone(),
             rollup: r.rollup.clone(),
             functions,

@@ -62,6 +62,8 @@ pub struct StackConfig {
     pub ingest: IngestConfig,
     /// Which stream ingest writes into.
     pub stream: StreamTarget,
+    /// Seeded faults of the emulated services (`--inject`), if any.
+    pub faults: Option<crate::faults::FaultPlan>,
 }
 
 /// The stream ingest writes into (`--stream`).
@@ -125,8 +127,8 @@ pub const FIREHOSE_NOTE: &str = "records were put into the Firehose delivery str
 
 /// The record sink ingest writes through: the local stream or an AWS one.
 pub enum StackSink {
-    /// The in-process stream.
-    Local(LocalStream),
+    /// The in-process stream, and the faults injected into its put calls.
+    Local(LocalStream, Option<Arc<crate::faults::Injector>>),
     /// Kinesis or Firehose; `counters` meter what Firehose direct put ingests.
     Aws {
         /// The SDK sink.
@@ -139,14 +141,15 @@ pub enum StackSink {
 impl RecordSink for StackSink {
     fn limits(&self) -> BatchLimits {
         match self {
-            Self::Local(s) => s.limits(),
+            Self::Local(s, _) => s.limits(),
             Self::Aws { sink, .. } => sink.limits(),
         }
     }
 
     async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
         match self {
-            Self::Local(s) => s.put_batch(batch).await,
+            Self::Local(s, None) => s.put_batch(batch).await,
+            Self::Local(s, Some(faults)) => faulty_put(s, faults, batch).await,
             Self::Aws { sink, counters } => {
                 let outcomes = sink.put_batch(batch).await?;
                 if matches!(sink, AnySink::Firehose(_)) {
@@ -165,6 +168,56 @@ impl RecordSink for StackSink {
                 }
                 Ok(outcomes)
             }
+        }
+    }
+}
+
+/// A put into the local stream with the injected faults (see [`crate::faults`]).
+async fn faulty_put(
+    stream: &LocalStream,
+    faults: &crate::faults::Injector,
+    batch: &[SinkRecord],
+) -> Result<Vec<EntryOutcome>, SinkError> {
+    use crate::faults::PutFault;
+    match faults.put(batch.len()) {
+        PutFault::Throttle => Err(SinkError::Retriable(
+            "ProvisionedThroughputExceededException: Rate exceeded for stream (injected)".into(),
+        )),
+        PutFault::Timeout => {
+            // Stored, but the answer is lost: the caller retries, the stream holds both.
+            stream.put_batch(batch).await?;
+            Err(SinkError::Retriable(
+                "timeout: no response within the client's timeout (injected; the records \
+                 may have been stored)"
+                    .into(),
+            ))
+        }
+        PutFault::Entries(failed) => {
+            let kept: Vec<SinkRecord> = batch
+                .iter()
+                .zip(&failed)
+                .filter(|(_, f)| !**f)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let mut stored = stream.put_batch(&kept).await?.into_iter();
+            Ok(failed
+                .iter()
+                .map(|f| {
+                    if *f {
+                        EntryOutcome::Failed {
+                            code: "ProvisionedThroughputExceededException".into(),
+                            message: "Rate exceeded for shard (injected)".into(),
+                            retriable: true,
+                        }
+                    } else {
+                        stored.next().unwrap_or(EntryOutcome::Failed {
+                            code: "StreamClosed".into(),
+                            message: "the local stream gave fewer answers than entries".into(),
+                            retriable: false,
+                        })
+                    }
+                })
+                .collect())
         }
     }
 }
@@ -236,6 +289,8 @@ pub struct Stack {
     /// The emulated EventBridge Scheduler (absent when rollups run only at the end).
     scheduler: Option<Scheduler>,
     started: Instant,
+    /// The injected faults (`--inject`), counted for the report.
+    faults: Option<Arc<crate::faults::Injector>>,
 }
 
 /// What the stack did, at the end of a run.
@@ -255,6 +310,8 @@ pub struct StackReport {
     pub kinesis: Option<KinesisSummary>,
     /// What happened after the stream, when this run could not do it itself.
     pub note: Option<String>,
+    /// The faults injected into the emulated services (`--inject`), if any.
+    pub faults: Option<crate::faults::FaultCounts>,
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -295,13 +352,23 @@ impl Stack {
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
 
+        let faults = cfg
+            .faults
+            .map(|plan| Arc::new(crate::faults::Injector::new(plan)));
         let invoke = {
             let meter = meter.clone();
             let counters = counters.clone();
+            let faults = faults.clone();
             Arc::new(move |event: KinesisFirehoseEvent| {
                 let meter = meter.clone();
                 let counters = counters.clone();
+                let faults = faults.clone();
                 async move {
+                    if faults.as_ref().is_some_and(|f| f.processor_error()) {
+                        return Err(
+                            "Lambda.ServiceException: the function failed (injected)".to_string()
+                        );
+                    }
                     for r in &event.records {
                         let len = r.data.0.len() as u64;
                         counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
@@ -335,7 +402,11 @@ impl Stack {
                     store.clone(),
                     invoke,
                 ));
-                (StackSink::Local(stream), Some(firehose), None)
+                (
+                    StackSink::Local(stream, faults.clone()),
+                    Some(firehose),
+                    None,
+                )
             }
             StreamTarget::Kinesis(name) => {
                 let sdk = ingest::aws::load_sdk_config().await;
@@ -411,6 +482,7 @@ impl Stack {
             stream: cfg.stream.clone(),
             scheduler: None,
             started: Instant::now(),
+            faults,
         };
         if let Some(every) = cfg.rollup_every {
             stack.scheduler = Some(Scheduler::start(
@@ -527,6 +599,7 @@ impl Stack {
             stream,
             scheduler,
             started,
+            faults,
         } = self;
         // Dropping the last producer handle closes every local shard: the emulator drains
         // them. A Kinesis reader is told that the producers are done instead: it reads
@@ -622,6 +695,7 @@ impl Stack {
             stream: stream.to_string(),
             kinesis,
             note,
+            faults: faults.map(|f| f.counts()),
         })
     }
 }

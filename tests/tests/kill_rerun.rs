@@ -14,13 +14,13 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use iotpipe_tests::{WindowStats, dump, iotpipe, python_json, run, stats_by_window, stdout_json};
-use serde_json::{Value, json};
+use iotpipe_tests::{
+    SeededInput, WindowStats, check_stored_once, iotpipe, seeded_input, stats_by_window,
+};
 use test_support::moto;
 
 /// The seed of the kill points.
@@ -47,72 +47,14 @@ impl Rng {
     }
 }
 
-/// The input: `devices` devices' seeded messages for `duration` (one a second), and
-/// payloads ingest quarantines.
-struct Input {
-    file: PathBuf,
-    /// device-sim's per-device ledger, for `iotpipe ledger --sent`.
-    sent: PathBuf,
-    /// Valid messages (accepted by ingest).
-    messages: u64,
-    /// Their readings.
-    readings: u64,
-}
-
-fn input(dir: &Path, devices: u32, duration: &str) -> Input {
-    let file = dir.join("input.jsonl");
-    dump(
-        &file,
-        devices,
-        duration,
-        SEED,
-        chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000,
-    );
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    let mut per_device: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
-    let (mut messages, mut readings) = (0, 0);
-    for l in text.lines() {
-        let v: Value = serde_json::from_str(l).unwrap();
-        let seq = v["seq"].as_u64().unwrap();
-        let e = per_device
-            .entry(v["device_id"].as_str().unwrap().to_string())
-            .or_insert((seq, seq, 0));
-        e.0 = e.0.min(seq);
-        e.1 = e.1.max(seq);
-        e.2 += 1;
-        messages += 1;
-        readings += v["metrics"].as_object().unwrap().len() as u64;
-    }
-    // Quarantined, not attributable to a device: a kill must not turn them into losses.
-    text.push_str("{not json\n[1,2,3]\n");
-    std::fs::write(&file, text).unwrap();
-    let per_device: serde_json::Map<String, Value> = per_device
-        .into_iter()
-        .map(|(id, (first, last, n))| {
-            let d = json!({"first_seq": first, "last_seq": last, "sent": n,
-                           "acknowledged": n, "failed": 0, "dropped": 0});
-            (id, d)
-        })
-        .collect();
-    let sent = dir.join("sent.json");
-    let summary = json!({"sent": messages, "per_device": per_device});
-    std::fs::write(&sent, summary.to_string()).unwrap();
-    Input {
-        file,
-        sent,
-        messages,
-        readings,
-    }
-}
-
 /// `iotpipe replay` of the input into `data`, with Parquet files closed and rollups run
 /// every few hundred milliseconds, so that a run has durable steps all along.
-fn replay_cmd(input: &Input, data: &Path) -> Command {
+fn replay_cmd(input: &SeededInput, data: &Path) -> Command {
     replay_on(input, data, "local")
 }
 
 /// [`replay_cmd`] with ingest putting into `stream` (`local` or `kinesis:NAME` on moto).
-fn replay_on(input: &Input, data: &Path, stream: &str) -> Command {
+fn replay_on(input: &SeededInput, data: &Path, stream: &str) -> Command {
     let mut cmd = iotpipe(&["replay", "--summary-json", "--stream", stream]);
     cmd.envs(moto::s3_env());
     cmd.args(["--flush-every", "100ms", "--rollup-every", "150ms"])
@@ -135,7 +77,7 @@ fn objects(dir: &Path) -> u64 {
 }
 
 /// The clean run: its statistics (what a rerun must reproduce) and how long it took (ms).
-fn clean_run(data: &Path, input: &Input) -> (WindowStats, u64) {
+fn clean_run(data: &Path, input: &SeededInput) -> (WindowStats, u64) {
     let started = Instant::now();
     let status = replay_cmd(input, data).status().unwrap();
     let took = started.elapsed().as_millis() as u64;
@@ -146,47 +88,27 @@ fn clean_run(data: &Path, input: &Input) -> (WindowStats, u64) {
 }
 
 /// Reruns the replay after a kill and checks the outcome against the clean run.
-fn rerun_and_check(point: &str, input: &Input, data: &Path, want: &WindowStats) {
+fn rerun_and_check(point: &str, input: &SeededInput, data: &Path, want: &WindowStats) {
     rerun_on_and_check(point, input, data, "local", want);
 }
 
 /// [`rerun_and_check`] through `stream`.
-fn rerun_on_and_check(point: &str, input: &Input, data: &Path, stream: &str, want: &WindowStats) {
+fn rerun_on_and_check(
+    point: &str,
+    input: &SeededInput,
+    data: &Path,
+    stream: &str,
+    want: &WindowStats,
+) {
     let status = replay_on(input, data, stream).status().unwrap();
     assert!(status.success(), "{point}: the rerun failed: {status}");
-    assert_eq!(
-        &stats_by_window(data),
-        want,
-        "{point}: the statistics after the rerun differ from a clean run's"
-    );
-    let parquet = python_json("parquet_check.py", &[&data.join("telemetry")]);
-    assert_eq!(
-        parquet["distinct_readings"].as_u64(),
-        Some(input.readings),
-        "{point}: every accepted reading in Parquet once after dedup: {parquet}"
-    );
-    let out = run(iotpipe(&["ledger", "--format", "json", "--data"])
-        .arg(data)
-        .arg("--sent")
-        .arg(&input.sent));
-    let totals = stdout_json(&out)["totals"].clone();
-    assert_eq!(
-        totals["received"].as_u64(),
-        Some(input.messages),
-        "{point}: {totals}"
-    );
-    assert_eq!(totals["missing"].as_u64(), Some(0), "{point}: {totals}");
-    assert_eq!(
-        totals["sent"].as_u64(),
-        Some(input.messages),
-        "{point}: {totals}"
-    );
+    check_stored_once(point, input, data, want);
 }
 
 #[test]
 fn replay_killed_at_seeded_random_times_and_rerun_stores_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path(), 5, "3m");
+    let input = seeded_input(dir.path(), 5, "3m", SEED);
     let (want, clean_ms) = clean_run(&dir.path().join("clean"), &input);
     let mut rng = Rng(SEED);
     let mut kills = 0;
@@ -214,7 +136,7 @@ fn replay_killed_at_seeded_random_times_and_rerun_stores_every_message_once() {
 #[test]
 fn replay_crashed_right_after_seeded_durable_writes_and_rerun_stores_every_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let input = input(dir.path(), 5, "3m");
+    let input = seeded_input(dir.path(), 5, "3m", SEED);
     let (want, _) = clean_run(&dir.path().join("clean"), &input);
     // Every object of a clean run was written at least once: a crash point ≤ this count
     // always falls inside the run.
@@ -242,7 +164,7 @@ async fn replay_through_kinesis_killed_at_seeded_random_times_and_rerun_stores_e
     let sdk = moto::sdk_config().await;
     let dir = tempfile::tempdir().unwrap();
     // Small: each message is one PutRecords call to moto.
-    let input = input(dir.path(), 3, "1m");
+    let input = seeded_input(dir.path(), 3, "1m", SEED);
     let (want, _) = clean_run(&dir.path().join("clean"), &input);
     // How long a run through moto takes, on a stream of its own.
     let name = moto::unique("iotpipe-kill");

@@ -280,7 +280,8 @@ pub(crate) struct Tuning {
     /// KEY=PROBABILITY pairs, e.g. throttle=0.05,partial=0.01,timeout=0.001,processor-error=0.01
     /// (throttle: a stream put call fails whole; partial: one entry fails; timeout: a call
     /// stores, then times out, so the retry duplicates; processor-error: a transform
-    /// invocation fails) and seed=N. With --stream local only; the summary counts them.
+    /// invocation fails) and seed=N. Put faults apply to --stream local, transform errors
+    /// wherever Firehose is emulated (local, kinesis:); the summary counts them.
     #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
     inject: Option<local::faults::FaultPlan>,
 }

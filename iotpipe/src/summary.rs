@@ -188,6 +188,13 @@ impl Summary {
             self.input, self.accepted, self.quarantined, self.readings
         ));
         out.push_str(&format!("stream: {}\n", self.stream));
+        if let Some(f) = &self.faults {
+            out.push_str(&format!(
+                "injected faults: {} throttled put call(s), {} failed entries, {} timed-out \
+                 put(s) (stored, then retried: duplicates), {} failed transform invocation(s)\n",
+                f.throttled_calls, f.failed_entries, f.timeouts, f.processor_errors
+            ));
+        }
         if let Some(k) = &self.kinesis {
             out.push_str(&format!(
                 "kinesis read: {} record(s) from {} shard(s) ({} resumed after a checkpoint, {} closed and followed to children); {} GetRecords call(s), {} throttled, {} expired iterator(s); {} checkpoint(s) written\n",

@@ -543,11 +543,26 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // Let the rule catch up with what the broker acknowledged, then stop it.
     match &sim {
         Some(sim) => {
-            let wait_until = tokio::time::Instant::now() + Duration::from_secs(15);
-            while rule.received.load(std::sync::atomic::Ordering::Relaxed) < sim.sent
-                && tokio::time::Instant::now() < wait_until
-            {
+            // As long as the rule makes progress: under overload the broker still holds
+            // what it acknowledged, and stopping at a fixed deadline would drop it (a clean
+            // session forgets it). Only a rule that stalls for RULE_STALL_TIMEOUT stops short.
+            let mut last = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+            let mut stalled_since = tokio::time::Instant::now();
+            while last < sim.sent && stalled_since.elapsed() < RULE_STALL_TIMEOUT {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+                if now > last {
+                    last = now;
+                    stalled_since = tokio::time::Instant::now();
+                }
+            }
+            if last < sim.acknowledged {
+                tracing::error!(
+                    received = last,
+                    acknowledged = sim.acknowledged,
+                    "the rule stopped receiving before every message the broker acknowledged \
+                     arrived: the ledger counts the rest as missing"
+                );
             }
         }
         // Real devices: take what the broker is still forwarding until it goes quiet.
@@ -613,6 +628,10 @@ async fn wait_for_stop(mut stop: watch::Receiver<bool>, duration: Option<Duratio
         () = until => {}
     }
 }
+
+/// How long the rule may receive nothing, after the simulated devices stopped and before
+/// it has every message they sent, until `up` stops waiting for the rest.
+const RULE_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Waits until no message arrived for 300 ms (at most 5 s): what devices published just
 /// before the stop is still taken in.

@@ -281,6 +281,9 @@ pub struct KinesisSource {
     stats: Arc<Stats>,
     /// What the run's producer put, per shard (drain condition).
     put: Option<ingest::kinesis::PutPositions>,
+    /// The stream's creation time, once [`KinesisSource::check_stream`] has described it:
+    /// checkpoints of another incarnation of the stream are ignored.
+    created: Arc<std::sync::OnceLock<Option<i64>>>,
 }
 
 /// How a shard's reading ended.
@@ -302,6 +305,7 @@ impl KinesisSource {
             cfg,
             stats: Arc::default(),
             put: None,
+            created: Arc::default(),
         }
     }
 
@@ -333,10 +337,12 @@ impl KinesisSource {
             .send()
             .await
             .map_err(|e| self.error("DescribeStreamSummary", &e))?;
-        Ok(summary
+        let created = summary
             .stream_description_summary()
             .map(|d| d.stream_creation_timestamp().to_millis())
-            .and_then(Result::ok))
+            .and_then(Result::ok);
+        let _ = self.created.set(created);
+        Ok(created)
     }
 
     /// What has been read so far.
@@ -366,7 +372,9 @@ impl KinesisSource {
         let mut finished: HashSet<String> = HashSet::new();
         let mut running: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<Result<(String, ShardEnd), SourceError>> = JoinSet::new();
-        let created = self.check_stream().await?;
+        // Known once `check_stream` ran (the stack calls it before `run`); unknown, every
+        // checkpoint is trusted.
+        let created = self.created.get().copied().flatten();
         loop {
             let shards = self.list_shards().await?;
             let listed: HashSet<&str> = shards.iter().map(Shard::shard_id).collect();

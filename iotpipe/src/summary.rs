@@ -221,6 +221,14 @@ impl Summary {
                 "rollup: {} window(s) updated from {} new file(s)\n",
                 r.windows_updated, r.new_files
             ));
+            if r.units_busy > 0 {
+                out.push_str(&format!(
+                    "rollup: {} unit(s) leased by another rollup (a concurrent `iotpipe rollup`, \
+                     or a process on another machine): their statistics are not up to date \
+                     yet; run `iotpipe rollup --data {}` once it is done\n",
+                    r.units_busy, self.data
+                ));
+            }
         }
         if let Some(l) = &self.ledger {
             out.push_str(&format!(

@@ -16,7 +16,8 @@
 //! less than [`SAFETY_MARGIN`] of its lease is left, so a writer whose lease a newer
 //! worker may take has already stopped (clocks of Lambda hosts agree to far better than
 //! the margin). A crashed worker's lease simply expires: its unit is taken again after
-//! the lease's time to live.
+//! the lease's time to live — or at once when the lease names a process of this machine
+//! that has ended (a killed `iotpipe`; see `Holder`).
 //!
 //! `PutMode::Update` (S3 `If-Match`) would let the state object itself serve as the lock,
 //! but `object_store`'s local file system does not support it; a create-only lease works
@@ -41,6 +42,48 @@ struct LeaseBody {
     owner: String,
     /// When it expires, epoch milliseconds.
     expires_at_ms: i64,
+    /// The holding process, when the platform can name it (Linux): a lease whose holder
+    /// is known dead is free before it expires. Absent in leases of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    holder: Option<Holder>,
+}
+
+/// A process, named so that another process can tell for sure that it has ended: same
+/// kernel boot and PID namespace, and no such PID. Lambda sandboxes (each its own microVM)
+/// and containers never match one another, so there the lease's time to live decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Holder {
+    /// `/proc/sys/kernel/random/boot_id`.
+    boot_id: String,
+    /// The target of `/proc/self/ns/pid`.
+    pid_ns: String,
+    /// The process id.
+    pid: u32,
+}
+
+impl Holder {
+    /// This process, or `None` where `/proc` does not say.
+    fn this_process() -> Option<Self> {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        Some(Self {
+            boot_id: boot_id.trim().to_string(),
+            pid_ns: pid_ns.to_string_lossy().into_owned(),
+            pid: std::process::id(),
+        })
+    }
+
+    /// Whether this holder has certainly ended: it ran on this boot, in this PID
+    /// namespace, and its PID is gone (a killed `iotpipe` whose lease would otherwise
+    /// block its unit for the whole time to live). A reused PID counts as alive.
+    fn is_dead(&self) -> bool {
+        Self::this_process().is_some_and(|me| {
+            me.boot_id == self.boot_id
+                && me.pid_ns == self.pid_ns
+                && me.pid != self.pid
+                && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        })
+    }
 }
 
 /// A held lease; release it with [`Lease::release`].
@@ -119,11 +162,15 @@ pub async fn acquire(
             };
             // An unreadable lease is treated as expired by its modification time rule:
             // it cannot say when it ends, and blocking the unit forever is worse.
-            let expires = serde_json::from_slice::<LeaseBody>(&body)
-                .map(|b| b.expires_at_ms)
-                .unwrap_or(0);
-            if expires > millis(now) {
+            let (expires, holder) = serde_json::from_slice::<LeaseBody>(&body)
+                .map(|b| (b.expires_at_ms, b.holder))
+                .unwrap_or((0, None));
+            let holder_dead = holder.as_ref().is_some_and(Holder::is_dead);
+            if expires > millis(now) && !holder_dead {
                 return Ok(None);
+            }
+            if holder_dead {
+                tracing::info!(lease = %path, "taking over the lease of a process that ended");
             }
             g + 1
         }
@@ -132,6 +179,7 @@ pub async fn acquire(
     let body = LeaseBody {
         owner: owner.to_string(),
         expires_at_ms: millis(expires),
+        holder: Holder::this_process(),
     };
     let path = Path::from(format!("{prefix}/gen-{next:010}"));
     let json = serde_json::to_vec(&body).unwrap_or_default();
@@ -212,6 +260,41 @@ mod tests {
             next.path
         );
         assert!(acquire(&store, "l/u", "e", ttl).await.unwrap().is_none());
+    }
+
+    /// Writes an unexpired lease held by process `pid` of this machine.
+    async fn lease_of(store: &Arc<dyn ObjectStore>, pid: u32) {
+        let mut holder = Holder::this_process().expect("Linux /proc");
+        holder.pid = pid;
+        let body = LeaseBody {
+            owner: format!("pid {pid}"),
+            expires_at_ms: millis(SystemTime::now() + Duration::from_secs(900)),
+            holder: Some(holder),
+        };
+        let path = Path::from("l/u/gen-0000000001");
+        store
+            .put(&path, serde_json::to_vec(&body).unwrap().into())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_unexpired_lease_of_a_process_that_ended_is_taken_over_and_a_live_ones_is_not() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        lease_of(&store, child.id()).await;
+        let ttl = Duration::from_secs(60);
+        assert!(
+            acquire(&store, "l/u", "b", ttl).await.unwrap().is_none(),
+            "its holder is alive"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let taken = acquire(&store, "l/u", "b", ttl).await.unwrap().unwrap();
+        assert!(taken.path.as_ref().ends_with("gen-0000000002"));
     }
 
     #[tokio::test]

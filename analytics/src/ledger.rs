@@ -562,7 +562,24 @@ impl LedgerBuilder {
         if self.since_ms.is_some_and(|s| rec.received_at < s) {
             return;
         }
-        let payload: Option<serde_json::Value> = serde_json::from_slice(&rec.raw()).ok();
+        let whole: Option<serde_json::Value> = serde_json::from_slice(&rec.raw()).ok();
+        if !rec.rejections.is_empty() {
+            // A batch kept once: each rejected element counts, read from its position.
+            for r in &rec.rejections {
+                let element = whole.as_ref().and_then(|w| w.get(r.index)).cloned();
+                self.add_quarantined_message(rec, element);
+            }
+            return;
+        }
+        self.add_quarantined_message(rec, whole);
+    }
+
+    /// Adds one quarantined message: `payload` is its JSON, when it parses.
+    fn add_quarantined_message(
+        &mut self,
+        rec: &QuarantineRecord,
+        payload: Option<serde_json::Value>,
+    ) {
         let field = |name: &str| payload.as_ref().and_then(|p| p.get(name));
         let payload_device = field("device_id")
             .and_then(serde_json::Value::as_str)

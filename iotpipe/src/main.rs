@@ -1,8 +1,9 @@
 //! `iotpipe`: the whole IoT telemetry pipeline on one machine, in one process.
 //!
 //! # Layout
-//! - `main.rs`: the command line (`up`, `replay`, `rollup`, `query`, `compact`, `ledger`,
-//!   `cost`, `dashboard`, `schema`).
+//! - `main.rs`: the command line (`up`, `replay`, `requeue`, `rollup`, `query`, `compact`,
+//!   `ledger`, `cost`, `dashboard`, `schema`).
+//! - [`requeue`]: `iotpipe requeue`, quarantined payloads back through ingest.
 //! - [`args`]: the argument types several subcommands share (`--data`, `--format`, times).
 //! - [`dashboard`]: `iotpipe dashboard` (the static site, or served live) and the run
 //!   records it reads.
@@ -20,6 +21,7 @@ mod dashboard;
 mod fleet_cost;
 mod ledger;
 mod prices;
+mod requeue;
 mod summary;
 
 use std::io::{BufRead, BufReader};
@@ -80,6 +82,9 @@ enum Command {
     /// Feed payloads from a file (one JSON payload per line) through the same pipeline,
     /// without MQTT.
     Replay(ReplayArgs),
+    /// Feed quarantined payloads back through ingest with their original receive time
+    /// (after a contract bug or a sink outage is fixed); a second requeue changes no stats.
+    Requeue(requeue::RequeueArgs),
     /// Run the scheduled aggregation now (incremental: only new data is processed).
     Rollup(RollupArgs),
     /// Read the aggregates: per device (or fleet-wide), metric and window (1m, 1h, 1d).
@@ -248,7 +253,7 @@ struct UpArgs {
 }
 
 #[derive(Debug, clap::Args)]
-struct Tuning {
+pub(crate) struct Tuning {
     /// Where ingest puts the records it accepts:
     ///   local          the in-process stream with Kinesis semantics (no AWS account);
     ///   kinesis:NAME   a Kinesis data stream (PutRecords); this run reads it back
@@ -283,6 +288,18 @@ struct Tuning {
     /// How often the emulated scheduler runs the rollup (a final one always runs).
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     rollup_every: Duration,
+    /// Seeded AWS-side faults in the emulated services, to see the retry paths work:
+    /// KEY=PROBABILITY pairs, e.g. throttle=0.05,partial=0.01,timeout=0.001,processor-error=0.01
+    /// (throttle: a stream put call fails whole; partial: one entry fails; timeout: a call
+    /// stores, then times out, so the retry duplicates; processor-error: a transform
+    /// invocation fails) and seed=N. Put faults apply to --stream local, transform errors
+    /// wherever Firehose is emulated (local, kinesis:); the summary counts them.
+    #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
+    inject: Option<local::faults::FaultPlan>,
+}
+
+fn parse_faults(s: &str) -> Result<local::faults::FaultPlan, String> {
+    s.parse()
 }
 
 #[derive(Debug, clap::Args)]
@@ -425,6 +442,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Up(a) => up(a).await,
         Command::Replay(a) => replay(a).await,
+        Command::Requeue(a) => requeue::run(a).await,
         Command::Rollup(a) => rollup(a).await,
         Command::Query(a) => query(a).await,
         Command::Compact(a) => compact(a).await,
@@ -442,7 +460,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
+pub(crate) fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
     StackConfig {
         data: data.data.clone(),
         shards: t.shards,
@@ -454,6 +472,7 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
             ..Default::default()
         },
         stream: t.stream.clone(),
+        faults: t.inject,
     }
 }
 
@@ -597,11 +616,26 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // Let the rule catch up with what the broker acknowledged, then stop it.
     match &sim {
         Some(sim) => {
-            let wait_until = tokio::time::Instant::now() + Duration::from_secs(15);
-            while rule.received.load(std::sync::atomic::Ordering::Relaxed) < sim.sent
-                && tokio::time::Instant::now() < wait_until
-            {
+            // As long as the rule makes progress: under overload the broker still holds
+            // what it acknowledged, and stopping at a fixed deadline would drop it (a clean
+            // session forgets it). Only a rule that stalls for RULE_STALL_TIMEOUT stops short.
+            let mut last = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+            let mut stalled_since = tokio::time::Instant::now();
+            while last < sim.sent && stalled_since.elapsed() < RULE_STALL_TIMEOUT {
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                let now = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+                if now > last {
+                    last = now;
+                    stalled_since = tokio::time::Instant::now();
+                }
+            }
+            if last < sim.acknowledged {
+                tracing::error!(
+                    received = last,
+                    acknowledged = sim.acknowledged,
+                    "the rule stopped receiving before every message the broker acknowledged \
+                     arrived: the ledger counts the rest as missing"
+                );
             }
         }
         // Real devices: take what the broker is still forwarding until it goes quiet.
@@ -667,6 +701,10 @@ async fn wait_for_stop(mut stop: watch::Receiver<bool>, duration: Option<Duratio
         () = until => {}
     }
 }
+
+/// How long the rule may receive nothing, after the simulated devices stopped and before
+/// it has every message they sent, until `up` stops waiting for the rest.
+const RULE_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Waits until no message arrived for 300 ms (at most 5 s): what devices published just
 /// before the stop is still taken in.

@@ -66,6 +66,8 @@ pub struct Summary {
     pub kinesis: Option<KinesisSummary>,
     /// What happens after the stream when this run does not do it (`firehose:NAME`).
     pub note: Option<String>,
+    /// The faults injected into the emulated services (`--inject`), if any.
+    pub faults: Option<local::faults::FaultCounts>,
     /// Firehose accounting.
     pub firehose: FirehoseSummary,
     /// The final rollup.
@@ -137,6 +139,7 @@ impl Summary {
             stream: r.stream.clone(),
             kinesis: r.kinesis.clone(),
             note: r.note.clone(),
+            faults: r.faults,
             firehose: r.firehose.clone(),
             rollup: r.rollup.clone(),
             functions,
@@ -185,6 +188,13 @@ impl Summary {
             self.input, self.accepted, self.quarantined, self.readings
         ));
         out.push_str(&format!("stream: {}\n", self.stream));
+        if let Some(f) = &self.faults {
+            out.push_str(&format!(
+                "injected faults: {} throttled put call(s), {} failed entries, {} timed-out \
+                 put(s) (stored, then retried: duplicates), {} failed transform invocation(s)\n",
+                f.throttled_calls, f.failed_entries, f.timeouts, f.processor_errors
+            ));
+        }
         if let Some(k) = &self.kinesis {
             out.push_str(&format!(
                 "kinesis read: {} record(s) from {} shard(s) ({} resumed after a checkpoint, {} closed and followed to children); {} GetRecords call(s), {} throttled, {} expired iterator(s); {} checkpoint(s) written\n",
@@ -211,6 +221,14 @@ impl Summary {
                 "rollup: {} window(s) updated from {} new file(s)\n",
                 r.windows_updated, r.new_files
             ));
+            if r.units_busy > 0 {
+                out.push_str(&format!(
+                    "rollup: {} unit(s) leased by another rollup (a concurrent `iotpipe rollup`, \
+                     or a process on another machine): their statistics are not up to date \
+                     yet; run `iotpipe rollup --data {}` once it is done\n",
+                    r.units_busy, self.data
+                ));
+            }
         }
         if let Some(l) = &self.ledger {
             out.push_str(&format!(

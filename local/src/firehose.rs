@@ -70,11 +70,11 @@ use transform::handler::{
     PARTITION_KEY_DT, PARTITION_KEY_HOUR, TransformResult, base64_len, json_len,
 };
 
-/// Default processor buffer size: 0.5 MiB of record data, as infra/template.yaml sets
-/// (`BufferSizeInMBs: 0.5`) rather than Firehose's 1 MiB default: the transform answers
-/// ~3.2× its input (long rows, base64) and a response may not exceed 6 MiB. AWS accepts
-/// 0.2–3 MB.
-pub const DEFAULT_PROCESSOR_BUFFER_BYTES: usize = 512 * 1024;
+/// Default processor buffer size: the largest for which any event the contract allows fits
+/// the transform's 6 MiB response ([`transform::handler::MAX_PROCESSOR_BUFFER_BYTES`],
+/// 0.2 MiB, as infra/template.yaml's `BufferSizeInMBs: "0.2"`). The buffer is cut before a
+/// record that would take it past this size, so an event never holds more.
+pub const DEFAULT_PROCESSOR_BUFFER_BYTES: usize = transform::handler::MAX_PROCESSOR_BUFFER_BYTES;
 /// Default processor buffer interval: 60 s (Firehose's default; AWS accepts 0–900 s).
 pub const DEFAULT_PROCESSOR_BUFFER_INTERVAL: Duration = Duration::from_secs(60);
 /// Default destination buffer interval: 900 s (Firehose's maximum; AWS requires at least
@@ -121,9 +121,10 @@ pub mod error_code {
 #[derive(Debug, Clone)]
 pub struct FirehoseConfig {
     /// Processor buffering: invoke the transform once this many bytes of record data
-    /// (decoded, as the stream holds it) are buffered. Firehose: 0.2–3 MB, its default
-    /// 1 MiB; ours 0.5 MiB like the template ([`DEFAULT_PROCESSOR_BUFFER_BYTES`]); any value is accepted here so that tests can
-    /// cut small batches.
+    /// (decoded, as the stream holds it) are buffered, and never let it hold more (a record
+    /// that would overflow it starts the next event). Firehose: 0.2–3 MB, its default
+    /// 1 MiB; ours [`DEFAULT_PROCESSOR_BUFFER_BYTES`] like the template; any value is
+    /// accepted here so that tests can cut small batches.
     pub processor_buffer_bytes: usize,
     /// Processor buffering interval: invoke the transform at the latest this long after
     /// the first record entered the buffer. Firehose: 0–900 s, default 60 s.
@@ -485,6 +486,10 @@ impl DeliveryStream {
         let record_bytes = encoded_len + 1;
         if !self.buffer.is_empty() && self.event_bytes + record_bytes > MAX_INVOKE_PAYLOAD_BYTES {
             self.invoke_buffer(Cut::PayloadLimit).await?;
+        }
+        if !self.buffer.is_empty() && self.buffer_bytes + data_len > self.cfg.processor_buffer_bytes
+        {
+            self.invoke_buffer(Cut::Size).await?;
         }
         if self.buffer.is_empty() {
             self.buffer_started = Some(Instant::now());

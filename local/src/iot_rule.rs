@@ -1,6 +1,11 @@
 //! The emulated IoT topic rule: subscribes to `dt/+/+/telemetry` and invokes the ingest
 //! handler with the event AWS IoT Core would send for
 //! `SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at`.
+//!
+//! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
+//! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
+//! out-of-order ack and stalls the subscription) — and the rule subscribes again after every reconnect (its session is clean, so a restarted broker
+//! has forgotten the subscription).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +49,9 @@ impl IotRule {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
         opts.set_clean_session(true);
+        // A QoS 1 message is acknowledged only after ingest ran on it, so the broker's
+        // in-flight window paces the devices instead of the rule buffering what it acked.
+        opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         client.subscribe(TOPIC_FILTER, QoS::AtLeastOnce).await?;
         // Drive the connection until the SUBACK arrives.
@@ -63,6 +71,25 @@ impl IotRule {
         let (stop, mut stop_rx) = watch::channel(false);
         let counter = received.clone();
         let task = tokio::spawn(async move {
+            // Acks in arrival order: each message's ingest signals a oneshot, and one task
+            // acknowledges them first-in first-out. Unbounded, but what it holds is bounded
+            // by the broker's in-flight window (it sends no more until acked).
+            let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(
+                rumqttc::Publish,
+                tokio::sync::oneshot::Receiver<()>,
+            )>();
+            let acker_client = client.clone();
+            let acker = tokio::spawn(async move {
+                while let Some((p, done)) = ack_rx.recv().await {
+                    // A dropped sender (the invocation panicked) is not acked: the broker
+                    // redelivers it if the session survives.
+                    if done.await.is_ok()
+                        && let Err(e) = acker_client.ack(&p).await
+                    {
+                        tracing::warn!(error = %e, "could not acknowledge a message");
+                    }
+                }
+            });
             let permits = Arc::new(Semaphore::new(MAX_CONCURRENCY));
             // Distinct device ids in the topics: the fleet size of the run's cost.
             let mut devices = std::collections::HashSet::new();
@@ -85,19 +112,36 @@ impl IotRule {
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
                             device_from_topic,
-                            topic: p.topic,
+                            topic: p.topic.clone(),
                             received_at,
                         };
                         let permit = permits.clone().acquire_owned().await?;
                         let stack = stack.clone();
                         let len = p.payload.len();
+                        let (done, done_rx) = tokio::sync::oneshot::channel();
+                        // The acker outlives this loop's sender; a send fails only if it
+                        // panicked, and then nothing is acked any more: say so.
+                        if ack_tx.send((p, done_rx)).is_err() {
+                            tracing::error!("the rule's acknowledging task is gone");
+                        }
                         tokio::spawn(async move {
                             stack.on_message(event, len).await;
+                            // Acknowledged once ingest has streamed or quarantined it (a
+                            // failed ingest fails the run: `Stack::finish`).
+                            let _ = done.send(());
                             // Release the stack before the permit: once every permit is
                             // back, the caller may take sole ownership of the stack.
                             drop(stack);
                             drop(permit);
                         });
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        // A reconnect (the first CONNACK was read before this loop): a clean
+                        // session forgot the subscription, so subscribe again.
+                        tracing::info!("rule reconnected to the broker; subscribing again");
+                        if let Err(e) = client.try_subscribe(TOPIC_FILTER, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -108,6 +152,14 @@ impl IotRule {
             }
             // Wait for every in-flight invocation.
             let _all = permits.acquire_many(MAX_CONCURRENCY as u32).await?;
+            // Put the last acks on the wire: the acker queues them, the event loop sends.
+            drop(ack_tx);
+            let flush = async { while eventloop.poll().await.is_ok() {} };
+            tokio::select! {
+                _ = acker => {}
+                _ = flush => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
             let _ = client.disconnect().await;
             Ok(devices.len() as u64)
         });

@@ -169,6 +169,13 @@ pub struct Checkpoint {
     pub sequence_number: String,
     /// When the checkpoint was written, epoch milliseconds.
     pub written_at_ms: i64,
+    /// When the stream the checkpoint belongs to was created (`StreamCreationTimestamp`,
+    /// epoch ms). A stream deleted and created again under the same name has the same
+    /// shard ids but new sequence numbers (moto restarts them at 1), so a checkpoint of the
+    /// old stream would skip the new one's records: it is ignored instead. Absent in
+    /// checkpoints written before this field existed (then trusted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_created_ms: Option<i64>,
 }
 
 /// The key of a shard's checkpoint.
@@ -205,11 +212,13 @@ pub async fn read_checkpoint(
 
 /// Writes the checkpoints of `positions` (shard → last durable sequence number) as they
 /// arrive, until the channel closes; returns how many checkpoint objects were written.
-/// Only shards whose position moved are written.
+/// Only shards whose position moved are written. `stream_created_ms` is the stream's
+/// creation time ([`KinesisSource::check_stream`]), stored with each checkpoint.
 pub async fn checkpoint(
     store: Arc<dyn ObjectStore>,
     prefix: String,
     stream: String,
+    stream_created_ms: Option<i64>,
     mut positions: mpsc::UnboundedReceiver<BTreeMap<String, String>>,
 ) -> Result<u64, SourceError> {
     let mut written: HashMap<String, String> = HashMap::new();
@@ -225,6 +234,7 @@ pub async fn checkpoint(
                 shard_id: shard_id.clone(),
                 sequence_number: sequence_number.clone(),
                 written_at_ms: chrono::Utc::now().timestamp_millis(),
+                stream_created_ms,
             };
             let body = serde_json::to_vec(&cp).map_err(|e| SourceError::Checkpoint {
                 key: key.to_string(),
@@ -271,6 +281,9 @@ pub struct KinesisSource {
     stats: Arc<Stats>,
     /// What the run's producer put, per shard (drain condition).
     put: Option<ingest::kinesis::PutPositions>,
+    /// The stream's creation time, once [`KinesisSource::check_stream`] has described it:
+    /// checkpoints of another incarnation of the stream are ignored.
+    created: Arc<std::sync::OnceLock<Option<i64>>>,
 }
 
 /// How a shard's reading ended.
@@ -292,6 +305,7 @@ impl KinesisSource {
             cfg,
             stats: Arc::default(),
             put: None,
+            created: Arc::default(),
         }
     }
 
@@ -313,15 +327,22 @@ impl KinesisSource {
     }
 
     /// Checks that the stream exists and can be described, with a message saying what to
-    /// do when it cannot.
-    pub async fn check_stream(&self) -> Result<(), SourceError> {
-        self.client
+    /// do when it cannot; returns its creation time (epoch ms), which tells this stream's
+    /// checkpoints from those of a deleted stream of the same name.
+    pub async fn check_stream(&self) -> Result<Option<i64>, SourceError> {
+        let summary = self
+            .client
             .describe_stream_summary()
             .stream_name(&self.cfg.stream_name)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| self.error("DescribeStreamSummary", &e))
+            .map_err(|e| self.error("DescribeStreamSummary", &e))?;
+        let created = summary
+            .stream_description_summary()
+            .map(|d| d.stream_creation_timestamp().to_millis())
+            .and_then(Result::ok);
+        let _ = self.created.set(created);
+        Ok(created)
     }
 
     /// What has been read so far.
@@ -351,6 +372,9 @@ impl KinesisSource {
         let mut finished: HashSet<String> = HashSet::new();
         let mut running: HashSet<String> = HashSet::new();
         let mut tasks: JoinSet<Result<(String, ShardEnd), SourceError>> = JoinSet::new();
+        // Known once `check_stream` ran (the stack calls it before `run`); unknown, every
+        // checkpoint is trusted.
+        let created = self.created.get().copied().flatten();
         loop {
             let shards = self.list_shards().await?;
             let listed: HashSet<&str> = shards.iter().map(Shard::shard_id).collect();
@@ -373,6 +397,19 @@ impl KinesisSource {
                     id,
                 )
                 .await?
+                .filter(|c| {
+                    let stale =
+                        matches!((c.stream_created_ms, created), (Some(a), Some(b)) if a != b);
+                    if stale {
+                        tracing::warn!(
+                            stream = %self.cfg.stream_name,
+                            shard_id = id,
+                            "ignoring the checkpoint of a deleted stream of the same name; \
+                             reading the shard from its trim horizon"
+                        );
+                    }
+                    !stale
+                })
                 .map(|c| c.sequence_number);
                 let closed = shard
                     .sequence_number_range()
@@ -674,6 +711,7 @@ mod tests {
             store.clone(),
             CHECKPOINT_PREFIX.into(),
             "s".into(),
+            Some(1),
             rx,
         ));
         let pos = |pairs: &[(&str, &str)]| {

@@ -26,8 +26,13 @@
 //! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
 //!   metering units.
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
+//! - [`faults`]: seeded AWS-side faults (`--inject`): throttling, partial failures, timeouts,
+//!   transform errors.
+//! - [`crash`]: `IOTPIPE_CRASH_AFTER_WRITES`, the kill-and-rerun tests' crash switch.
 
 pub mod broker;
+pub mod crash;
+pub mod faults;
 pub mod firehose;
 pub mod iot_rule;
 pub mod kinesis_reader;

@@ -31,7 +31,7 @@ use ingest::{
     RecordSink,
 };
 use lambda_runtime::{Context, LambdaEvent};
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Serialize;
 use telemetry::metering::{
     FIREHOSE_INGEST_UNIT_BYTES, IOT_MESSAGE_UNIT_BYTES, KINESIS_ON_DEMAND_UNIT_BYTES, units,
@@ -62,6 +62,8 @@ pub struct StackConfig {
     pub ingest: IngestConfig,
     /// Which stream ingest writes into.
     pub stream: StreamTarget,
+    /// Seeded faults of the emulated services (`--inject`), if any.
+    pub faults: Option<crate::faults::FaultPlan>,
 }
 
 /// The stream ingest writes into (`--stream`).
@@ -125,8 +127,8 @@ pub const FIREHOSE_NOTE: &str = "records were put into the Firehose delivery str
 
 /// The record sink ingest writes through: the local stream or an AWS one.
 pub enum StackSink {
-    /// The in-process stream.
-    Local(LocalStream),
+    /// The in-process stream, and the faults injected into its put calls.
+    Local(LocalStream, Option<Arc<crate::faults::Injector>>),
     /// Kinesis or Firehose; `counters` meter what Firehose direct put ingests.
     Aws {
         /// The SDK sink.
@@ -139,14 +141,15 @@ pub enum StackSink {
 impl RecordSink for StackSink {
     fn limits(&self) -> BatchLimits {
         match self {
-            Self::Local(s) => s.limits(),
+            Self::Local(s, _) => s.limits(),
             Self::Aws { sink, .. } => sink.limits(),
         }
     }
 
     async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
         match self {
-            Self::Local(s) => s.put_batch(batch).await,
+            Self::Local(s, None) => s.put_batch(batch).await,
+            Self::Local(s, Some(faults)) => faulty_put(s, faults, batch).await,
             Self::Aws { sink, counters } => {
                 let outcomes = sink.put_batch(batch).await?;
                 if matches!(sink, AnySink::Firehose(_)) {
@@ -165,6 +168,56 @@ impl RecordSink for StackSink {
                 }
                 Ok(outcomes)
             }
+        }
+    }
+}
+
+/// A put into the local stream with the injected faults (see [`crate::faults`]).
+async fn faulty_put(
+    stream: &LocalStream,
+    faults: &crate::faults::Injector,
+    batch: &[SinkRecord],
+) -> Result<Vec<EntryOutcome>, SinkError> {
+    use crate::faults::PutFault;
+    match faults.put(batch.len()) {
+        PutFault::Throttle => Err(SinkError::Retriable(
+            "ProvisionedThroughputExceededException: Rate exceeded for stream (injected)".into(),
+        )),
+        PutFault::Timeout => {
+            // Stored, but the answer is lost: the caller retries, the stream holds both.
+            stream.put_batch(batch).await?;
+            Err(SinkError::Retriable(
+                "timeout: no response within the client's timeout (injected; the records \
+                 may have been stored)"
+                    .into(),
+            ))
+        }
+        PutFault::Entries(failed) => {
+            let kept: Vec<SinkRecord> = batch
+                .iter()
+                .zip(&failed)
+                .filter(|(_, f)| !**f)
+                .map(|(r, _)| r.clone())
+                .collect();
+            let mut stored = stream.put_batch(&kept).await?.into_iter();
+            Ok(failed
+                .iter()
+                .map(|f| {
+                    if *f {
+                        EntryOutcome::Failed {
+                            code: "ProvisionedThroughputExceededException".into(),
+                            message: "Rate exceeded for shard (injected)".into(),
+                            retriable: true,
+                        }
+                    } else {
+                        stored.next().unwrap_or(EntryOutcome::Failed {
+                            code: "StreamClosed".into(),
+                            message: "the local stream gave fewer answers than entries".into(),
+                            retriable: false,
+                        })
+                    }
+                })
+                .collect())
         }
     }
 }
@@ -196,6 +249,15 @@ pub struct Counters {
     pub rollup_objects: AtomicU64,
     /// Bytes put into a Firehose delivery stream directly (`--stream firehose:NAME`).
     pub firehose_put_bytes: AtomicU64,
+    /// Ingest invocations that failed (a sink outage, an unwritable quarantine): their
+    /// payloads were neither streamed nor quarantined, so the run fails at its end.
+    pub ingest_failures: AtomicU64,
+    /// The first of those failures' errors.
+    pub first_ingest_failure: std::sync::Mutex<Option<String>>,
+    /// Failed invocations' payloads kept under `errors/ingest-failed/` (the local DLQ).
+    pub dead_letters: AtomicU64,
+    /// Failed invocations whose payload could not be kept either.
+    pub dead_letters_lost: AtomicU64,
 }
 
 /// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
@@ -227,6 +289,8 @@ pub struct Stack {
     /// The emulated EventBridge Scheduler (absent when rollups run only at the end).
     scheduler: Option<Scheduler>,
     started: Instant,
+    /// The injected faults (`--inject`), counted for the report.
+    faults: Option<Arc<crate::faults::Injector>>,
 }
 
 /// What the stack did, at the end of a run.
@@ -246,6 +310,8 @@ pub struct StackReport {
     pub kinesis: Option<KinesisSummary>,
     /// What happened after the stream, when this run could not do it itself.
     pub note: Option<String>,
+    /// The faults injected into the emulated services (`--inject`), if any.
+    pub faults: Option<crate::faults::FaultCounts>,
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -282,17 +348,27 @@ impl Stack {
     /// loads the AWS configuration the standard way (`AWS_REGION`, credentials,
     /// `AWS_ENDPOINT_URL`) and checks that the stream exists.
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
-        let store = open_store(&cfg.data)?;
+        let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
 
+        let faults = cfg
+            .faults
+            .map(|plan| Arc::new(crate::faults::Injector::new(plan)));
         let invoke = {
             let meter = meter.clone();
             let counters = counters.clone();
+            let faults = faults.clone();
             Arc::new(move |event: KinesisFirehoseEvent| {
                 let meter = meter.clone();
                 let counters = counters.clone();
+                let faults = faults.clone();
                 async move {
+                    if faults.as_ref().is_some_and(|f| f.processor_error()) {
+                        return Err(
+                            "Lambda.ServiceException: the function failed (injected)".to_string()
+                        );
+                    }
                     for r in &event.records {
                         let len = r.data.0.len() as u64;
                         counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
@@ -326,7 +402,11 @@ impl Stack {
                     store.clone(),
                     invoke,
                 ));
-                (StackSink::Local(stream), Some(firehose), None)
+                (
+                    StackSink::Local(stream, faults.clone()),
+                    Some(firehose),
+                    None,
+                )
             }
             StreamTarget::Kinesis(name) => {
                 let sdk = ingest::aws::load_sdk_config().await;
@@ -338,7 +418,7 @@ impl Stack {
                     KinesisSourceConfig::new(name),
                 )
                 .with_put_positions(put.clone());
-                reader.check_stream().await?;
+                let created = reader.check_stream().await?;
                 let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
                 let (progress_tx, progress_rx) = mpsc::unbounded_channel();
                 let firehose = tokio::spawn(firehose::run_with_progress(
@@ -352,6 +432,7 @@ impl Stack {
                     store.clone(),
                     kinesis_reader::CHECKPOINT_PREFIX.to_owned(),
                     name.clone(),
+                    created,
                     progress_rx,
                 ));
                 let (stop, stop_rx) = watch::channel(false);
@@ -401,6 +482,7 @@ impl Stack {
             stream: cfg.stream.clone(),
             scheduler: None,
             started: Instant::now(),
+            faults,
         };
         if let Some(every) = cfg.rollup_every {
             stack.scheduler = Some(Scheduler::start(
@@ -442,10 +524,58 @@ impl Stack {
                 report
             }
             Err(e) => {
-                // Lambda would retry the event; locally the error is loud and counted.
+                // Lambda would retry the event; locally the error is loud, counted, and
+                // fails the run at its end (`finish`).
                 tracing::error!(error = %e, topic = %event.topic, "ingest invocation failed");
+                self.dead_letter(&event, &e.to_string()).await;
+                if self
+                    .counters
+                    .ingest_failures
+                    .fetch_add(1, Ordering::Relaxed)
+                    == 0
+                    && let Ok(mut first) = self.counters.first_ingest_failure.lock()
+                {
+                    *first = Some(e.to_string());
+                }
                 IngestReport::default()
             }
+        }
+    }
+
+    /// The local dead-letter queue: keeps a failed invocation's payload under
+    /// [`telemetry::layout::INGEST_FAILED_PREFIX`] (what the ingest function's DLQ holds on
+    /// AWS), so that `iotpipe requeue` can bring it home once the cause is fixed.
+    async fn dead_letter(&self, event: &IotRuleEvent, error: &str) {
+        use base64::Engine as _;
+        // The rule's payload is base64 of the raw bytes; keep the field itself if it is not.
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&event.payload)
+            .unwrap_or_else(|_| event.payload.as_bytes().to_vec());
+        let rec = telemetry::quarantine::QuarantineRecord::other(
+            telemetry::QuarantineReason::SinkFailed,
+            format!("the ingest invocation failed: {error}"),
+            &event.topic,
+            event.received_at,
+            &raw,
+        );
+        let n = self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+        let key = telemetry::quarantine::object_key_under(
+            telemetry::layout::INGEST_FAILED_PREFIX,
+            event.received_at,
+            &format!("{}-{n}", std::process::id()),
+        );
+        let body = telemetry::quarantine::to_json_lines(std::slice::from_ref(&rec));
+        if let Err(e) = self
+            .store
+            .put(&object_store::path::Path::from(key.as_str()), body.into())
+            .await
+        {
+            // The run fails anyway (`finish`); say that this payload is not kept either.
+            tracing::error!(error = %e, key, topic = %event.topic,
+                "could not keep a failed invocation's payload for requeue");
+            self.counters
+                .dead_letters_lost
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -469,6 +599,7 @@ impl Stack {
             stream,
             scheduler,
             started,
+            faults,
         } = self;
         // Dropping the last producer handle closes every local shard: the emulator drains
         // them. A Kinesis reader is told that the producers are done instead: it reads
@@ -500,10 +631,16 @@ impl Stack {
                 .await
                 .context("the Kinesis checkpointer panicked")?
                 .context("writing Kinesis checkpoints failed")?;
-            let read = read.context(
-                "reading the Kinesis stream failed (what was read before is in Parquet and \
-                 checkpointed: a new run resumes after the checkpoints)",
-            )?;
+            let read = read
+                .context(
+                    "reading the Kinesis stream failed (what was read before is in Parquet and \
+                     checkpointed: a new run resumes after the checkpoints)",
+                )
+                // Failed ingest invocations are the first thing to fix: say so first.
+                .map_err(|e| match ingest_failures(&counters) {
+                    Some(f) => f.context(format!("{e:#}")),
+                    None => e,
+                })?;
             kinesis = Some(KinesisSummary {
                 read,
                 checkpoints_written,
@@ -520,6 +657,9 @@ impl Stack {
             s.stop().await;
         }
         let rollup = scheduled_rollup(&store, &meter, &counters).await?;
+        if let Some(e) = ingest_failures(&counters) {
+            return Err(e);
+        }
         let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
         let usage = Usage {
             seconds: started.elapsed().as_secs_f64(),
@@ -555,8 +695,35 @@ impl Stack {
             stream: stream.to_string(),
             kinesis,
             note,
+            faults: faults.map(|f| f.counts()),
         })
     }
+}
+
+/// The error that fails a run whose ingest invocations failed, if any did: how many, the
+/// first cause, and where their payloads are kept for `iotpipe requeue`.
+fn ingest_failures(counters: &Counters) -> Option<anyhow::Error> {
+    let failures = counters.ingest_failures.load(Ordering::Relaxed);
+    if failures == 0 {
+        return None;
+    }
+    let first = counters
+        .first_ingest_failure
+        .lock()
+        .ok()
+        .and_then(|f| f.clone())
+        .unwrap_or_default();
+    let kept = counters.dead_letters.load(Ordering::Relaxed)
+        - counters.dead_letters_lost.load(Ordering::Relaxed);
+    Some(anyhow::anyhow!(
+        "{failures} ingest invocation(s) failed: their payloads were neither streamed nor \
+         quarantined (on AWS, Lambda retries such an event, then its dead-letter queue keeps \
+         it). First error: {first}. {kept} of their payloads are kept under {}/ (reason \
+         sink_failed); what was accepted before is in Parquet. Fix the cause, then run \
+         `iotpipe requeue --data <the same --data> --reason sink_failed` with the same \
+         --stream: the rollup de-duplicates, so requeuing twice is harmless.",
+        telemetry::layout::INGEST_FAILED_PREFIX
+    ))
 }
 
 /// A Firehose configuration for interactive local runs: small buffers so data lands

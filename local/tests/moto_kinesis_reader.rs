@@ -120,9 +120,15 @@ async fn every_record_is_read_once_in_device_order_and_a_second_read_resumes_aft
     let (ptx, prx) = mpsc::unbounded_channel();
     ptx.send(positions(&first)).unwrap();
     drop(ptx);
-    let written = checkpoint(store.clone(), CHECKPOINT_PREFIX.into(), stream.clone(), prx)
-        .await
-        .unwrap();
+    let written = checkpoint(
+        store.clone(),
+        CHECKPOINT_PREFIX.into(),
+        stream.clone(),
+        None,
+        prx,
+    )
+    .await
+    .unwrap();
     assert_eq!(written, 3, "one checkpoint per shard");
 
     put(&sdk, &stream, 8, 30..40).await;

@@ -47,6 +47,12 @@ pub const QUARANTINE_PREFIX: &str = "quarantine";
 /// that could not be converted), as the template configures it.
 pub const PROCESSING_FAILED_PREFIX: &str = "errors/processing-failed";
 
+/// The local stand-in for the ingest function's dead-letter queue: the events of failed
+/// ingest invocations (a sink outage), one quarantine-format record per payload with reason
+/// `sink_failed`, by receive time. `iotpipe requeue` reads them back; the ledger does not
+/// (until requeued, their messages are missing).
+pub const INGEST_FAILED_PREFIX: &str = "errors/ingest-failed";
+
 /// The folder name of checkpoints. Starts with `_` so that query engines skip it.
 pub const CHECKPOINT_DIR: &str = checkpoint_segment!();
 

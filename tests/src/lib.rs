@@ -6,10 +6,11 @@
 //! (`IOTPIPE_TEST_PYTHON`), and for the mosquitto tests a broker (`IOTPIPE_TEST_MQTT`).
 //! When something is missing the test **fails** and says how to get it; it never skips.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -115,6 +116,34 @@ pub fn query_json(data: &Path) -> Vec<Value> {
     }
 }
 
+/// Statistics keyed by (device, metric, window start): count, min, max and sum.
+pub type WindowStats = std::collections::BTreeMap<String, (u64, String, String, String)>;
+
+/// The 1-minute statistics of a data directory, keyed by (device, metric, window start):
+/// count, min, max and sum (to 6 decimals) — what "the stats are the same" compares.
+pub fn stats_by_window(
+    data: &Path,
+) -> std::collections::BTreeMap<String, (u64, String, String, String)> {
+    query_json(data)
+        .into_iter()
+        .map(|r| {
+            let key = format!("{} {} {}", r["device_id"], r["metric"], r["window_start"]);
+            let val = (
+                r["count"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("no count in {r}")),
+                r["min"].to_string(),
+                r["max"].to_string(),
+                format!(
+                    "{:.6}",
+                    r["sum"].as_f64().unwrap_or_else(|| panic!("no sum in {r}"))
+                ),
+            );
+            (key, val)
+        })
+        .collect()
+}
+
 /// Sum of `count` over aggregate rows.
 pub fn total_count(rows: &[Value]) -> u64 {
     rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum()
@@ -146,4 +175,108 @@ pub fn dump(path: &Path, devices: u32, duration: &str, seed: u64, start_ms: i64)
         .args(["--duration", duration, "--seed", &seed.to_string()])
         .args(["--start", &start_ms.to_string(), "--dump"])
         .arg(path));
+}
+
+/// A replay input ([`seeded_input`]) and what it holds.
+pub struct SeededInput {
+    /// The replay file (`input.jsonl`).
+    pub file: PathBuf,
+    /// device-sim's per-device ledger, for `iotpipe ledger --sent`.
+    pub sent: PathBuf,
+    /// Valid messages (accepted by ingest).
+    pub messages: u64,
+    /// Their readings.
+    pub readings: u64,
+}
+
+/// Writes a replay input under `dir`: `devices` devices' messages for `duration` (one a
+/// second, event times 50 minutes ago, device-sim `--seed seed`), then two payloads ingest
+/// quarantines and no device can be charged with (`{not json`, `[1,2,3]`).
+///
+/// # Panics
+/// When device-sim fails or the files cannot be written: the test fails.
+// A test helper: a failure is the test failing.
+#[allow(clippy::unwrap_used)]
+pub fn seeded_input(dir: &Path, devices: u32, duration: &str, seed: u64) -> SeededInput {
+    let file = dir.join("input.jsonl");
+    dump(
+        &file,
+        devices,
+        duration,
+        seed,
+        chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000,
+    );
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let mut per_device: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let (mut messages, mut readings) = (0, 0);
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let seq = v["seq"].as_u64().unwrap();
+        let e = per_device
+            .entry(v["device_id"].as_str().unwrap().to_string())
+            .or_insert((seq, seq, 0));
+        e.0 = e.0.min(seq);
+        e.1 = e.1.max(seq);
+        e.2 += 1;
+        messages += 1;
+        readings += v["metrics"].as_object().unwrap().len() as u64;
+    }
+    // Quarantined, not attributable to a device: a kill must not turn them into losses.
+    text.push_str("{not json\n[1,2,3]\n");
+    std::fs::write(&file, text).unwrap();
+    let per_device: serde_json::Map<String, Value> = per_device
+        .into_iter()
+        .map(|(id, (first, last, n))| {
+            let d = json!({"first_seq": first, "last_seq": last, "sent": n,
+                           "acknowledged": n, "failed": 0, "dropped": 0});
+            (id, d)
+        })
+        .collect();
+    let sent = dir.join("sent.json");
+    let summary = json!({"sent": messages, "per_device": per_device});
+    std::fs::write(&sent, summary.to_string()).unwrap();
+    SeededInput {
+        file,
+        sent,
+        messages,
+        readings,
+    }
+}
+
+/// Checks that `data` holds every message of `input` once after de-duplication — pyarrow
+/// and DuckDB count the distinct readings, the delivery ledger (against the devices' seq
+/// ranges) finds nothing missing — and that the statistics equal `want`. `point` names the
+/// case in failure messages.
+///
+/// # Panics
+/// When a check fails (that is the test failing).
+#[allow(clippy::unwrap_used)]
+pub fn check_stored_once(point: &str, input: &SeededInput, data: &Path, want: &WindowStats) {
+    assert_eq!(
+        &stats_by_window(data),
+        want,
+        "{point}: the statistics after the rerun differ from a clean run's"
+    );
+    let parquet = python_json("parquet_check.py", &[&data.join("telemetry")]);
+    assert_eq!(
+        parquet["distinct_readings"].as_u64(),
+        Some(input.readings),
+        "{point}: every accepted reading in Parquet once after dedup: {parquet}"
+    );
+    let out = run(iotpipe(&["ledger", "--format", "json", "--data"])
+        .arg(data)
+        .arg("--sent")
+        .arg(&input.sent));
+    let totals = stdout_json(&out)["totals"].clone();
+    assert_eq!(
+        totals["received"].as_u64(),
+        Some(input.messages),
+        "{point}: {totals}"
+    );
+    assert_eq!(totals["missing"].as_u64(), Some(0), "{point}: {totals}");
+    assert_eq!(
+        totals["sent"].as_u64(),
+        Some(input.messages),
+        "{point}: {totals}"
+    );
 }

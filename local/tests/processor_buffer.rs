@@ -1,0 +1,36 @@
+//! The Firehose processor buffer follows from the transform's response budget: the
+//! template's `BufferSizeInMBs` and the emulator's default may not exceed the bound for
+//! which any event the contract allows fits Lambda's 6 MiB response.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use local::firehose::DEFAULT_PROCESSOR_BUFFER_BYTES;
+use transform::handler::MAX_PROCESSOR_BUFFER_BYTES;
+
+#[test]
+fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml");
+    let template = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = template.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == "- ParameterName: BufferSizeInMBs")
+        .expect("the processor sets BufferSizeInMBs");
+    let value: f64 = lines[at + 1]
+        .trim()
+        .strip_prefix("ParameterValue:")
+        .unwrap()
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .unwrap();
+    // Whichever megabyte Firehose means (10^6 or 2^20 bytes), the bound holds.
+    let bytes = value * 1024.0 * 1024.0;
+    assert!(
+        bytes <= MAX_PROCESSOR_BUFFER_BYTES as f64,
+        "BufferSizeInMBs {value} is {bytes} bytes, over MAX_PROCESSOR_BUFFER_BYTES \
+         ({MAX_PROCESSOR_BUFFER_BYTES}): lower it"
+    );
+    assert!(value >= 0.2, "AWS accepts 0.2 to 3 MB");
+    assert_eq!(DEFAULT_PROCESSOR_BUFFER_BYTES, MAX_PROCESSOR_BUFFER_BYTES);
+}

@@ -1,0 +1,138 @@
+//! The emulated IoT rule survives a broker restart: `iotpipe up --devices 0 --broker URL`
+//! on a mosquitto of the test's own, which is stopped and started again mid-run. The rule
+//! reconnects and subscribes again (a clean session: the restarted broker forgot the
+//! subscription), so a message published after the restart is ingested like one before.
+//!
+//! Needs `mosquitto` and `mosquitto_pub` on PATH (`tests/setup/services.sh` installs them).
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use iotpipe_tests::{iotpipe, query_json, total_count};
+use serde_json::{Value, json};
+use test_support::free_port;
+
+/// mosquitto on `port` (127.0.0.1), anonymous, started fresh (no persistence).
+fn mosquitto(dir: &Path, port: u16) -> Child {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto on PATH (tests/setup/services.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn publish(port: u16, device: &str, seq: u64) {
+    let payload = json!({"device_id": device, "seq": seq,
+        "ts": chrono::Utc::now().timestamp_millis(), "metrics": {"temperature": 20.5}});
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", &format!("dt/lab/{device}/telemetry")])
+        .args(["-m", &payload.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "mosquitto_pub failed: {status}");
+}
+
+/// Waits for a stderr line containing `needle`.
+fn wait_for(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|l| l.contains(needle)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("no {needle:?} on stderr within 30 s:\n{}", seen.join("\n")),
+        }
+    }
+}
+
+#[test]
+fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = mosquitto(dir.path(), port);
+    let data = dir.path().join("data");
+    let mut up = iotpipe(&["up", "--devices", "0", "--duration", "12s"])
+        .args([
+            "--flush-every",
+            "1s",
+            "--rollup-every",
+            "1s",
+            "--summary-json",
+        ])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}"), "--data"])
+        .arg(&data)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = up.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    wait_for(&rx, &mut seen, "broker: ");
+    publish(port, "lab-1", 1);
+
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    wait_for(&rx, &mut seen, "rule lost the broker connection");
+    let mut broker = mosquitto(dir.path(), port);
+    wait_for(&rx, &mut seen, "subscribing again");
+    // The SUBACK follows the SUBSCRIBE within milliseconds on loopback.
+    std::thread::sleep(Duration::from_millis(500));
+    publish(port, "lab-1", 2);
+
+    let status = up.wait().unwrap();
+    let mut stdout = String::new();
+    up.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    seen.extend(rx.try_iter());
+    assert!(
+        status.success(),
+        "iotpipe up failed: {status}\n{}",
+        seen.join("\n")
+    );
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let summary: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(summary["received"].as_u64(), Some(2), "{summary}");
+    assert_eq!(summary["accepted"].as_u64(), Some(2), "{summary}");
+    assert_eq!(
+        total_count(&query_json(&data)),
+        2,
+        "both readings are in the stats"
+    );
+}

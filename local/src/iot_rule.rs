@@ -143,6 +143,9 @@ impl IotRule {
                             tracing::error!(error = %e, "could not subscribe again after a reconnect");
                         }
                     }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        tracing::info!("rule subscribed again: messages flow");
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "rule lost the broker connection; reconnecting");

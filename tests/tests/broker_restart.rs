@@ -106,9 +106,9 @@ fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows(
     broker.wait().unwrap();
     wait_for(&rx, &mut seen, "rule lost the broker connection");
     let mut broker = mosquitto(dir.path(), port);
-    wait_for(&rx, &mut seen, "subscribing again");
-    // The SUBACK follows the SUBSCRIBE within milliseconds on loopback.
-    std::thread::sleep(Duration::from_millis(500));
+    // The broker has the subscription once it sent the SUBACK (a fixed sleep was not
+    // enough on a loaded machine).
+    wait_for(&rx, &mut seen, "rule subscribed again");
     publish(port, "lab-1", 2);
 
     let status = up.wait().unwrap();

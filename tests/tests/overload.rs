@@ -36,8 +36,12 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
         acknowledged >= 100_000,
         "the fleet was not driven hard: {s}"
     );
-    assert_eq!(s["received"].as_u64(), Some(acknowledged), "{s}");
-    assert_eq!(s["accepted"].as_u64(), Some(acknowledged), "{s}");
+    // QoS 1 is at least once: under overload the broker may deliver a message again (its
+    // PUBACK came late); the rule takes each copy and the rollup's dedup drops the extra.
+    let received = s["received"].as_u64().unwrap();
+    let duplicated = s["ledger"]["duplicated"].as_u64().unwrap();
+    assert_eq!(received, acknowledged + duplicated, "{s}");
+    assert_eq!(s["accepted"].as_u64(), Some(received), "{s}");
     assert_eq!(s["ledger"]["missing"].as_u64(), Some(0), "{s}");
     assert_eq!(s["ledger"]["received"].as_u64(), Some(acknowledged), "{s}");
     // It fell behind and caught up: the run outlasted the devices.

@@ -735,12 +735,33 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         )
     })?;
     let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let stack = Stack::start(stack_config(&a.data, &a.tuning)).await?;
+    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
     let pb = ProgressBar::new(total_bytes);
     pb.set_style(
         ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Concurrent ingest invocations, as Lambda runs them: one lane per core, each device
+    // always in the same lane, so a device's messages reach the stream in file order.
+    // Batches of lines cross to a lane, so that a lane is not woken per message.
+    let lanes = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .clamp(1, MAX_REPLAY_LANES);
+    let mut senders = Vec::with_capacity(lanes);
+    let mut workers = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(IotRuleEvent, usize)>>(8);
+        let stack = stack.clone();
+        workers.push(tokio::spawn(async move {
+            while let Some(batch) = rx.recv().await {
+                for (event, len) in batch {
+                    stack.on_message(event, len).await;
+                }
+            }
+        }));
+        senders.push(tx);
+    }
+    let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
     let mut lines = 0u64;
     let mut devices = std::collections::HashSet::new();
     for line in BufReader::new(file).split(b'\n') {
@@ -753,14 +774,24 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         lines += 1;
         let device = device_of(payload).unwrap_or_else(|| "unknown".into());
         let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
-        devices.insert(device);
+        let lane = lane_of(&device, lanes);
+        if !devices.contains(&device) {
+            devices.insert(device);
+        }
         let event = IotRuleEvent {
             payload: STANDARD.encode(payload),
             topic,
             received_at: chrono::Utc::now().timestamp_millis(),
             device_from_topic: None,
         };
-        stack.on_message(event, payload.len()).await;
+        pending[lane].push((event, payload.len()));
+        if pending[lane].len() >= REPLAY_LANE_BATCH {
+            let batch = std::mem::take(&mut pending[lane]);
+            senders[lane]
+                .send(batch)
+                .await
+                .map_err(|_| anyhow::anyhow!("internal: an ingest lane stopped early"))?;
+        }
         if lines.is_multiple_of(1000) {
             let i = stack.ingested();
             pb.set_message(format!(
@@ -769,7 +800,21 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             ));
         }
     }
+    for (lane, batch) in pending.into_iter().enumerate() {
+        if !batch.is_empty() {
+            senders[lane]
+                .send(batch)
+                .await
+                .map_err(|_| anyhow::anyhow!("internal: an ingest lane stopped early"))?;
+        }
+    }
+    drop(senders);
+    for w in workers {
+        w.await.context("an ingest lane panicked")?;
+    }
     pb.finish_and_clear();
+    let stack = Arc::try_unwrap(stack)
+        .map_err(|_| anyhow::anyhow!("internal: the stack is still in use after the lanes"))?;
     let meter = stack.meter.clone();
     let report = stack.finish(devices.len() as u64).await?;
     let s = summary::Summary::new(
@@ -783,6 +828,19 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     )?;
     dashboard::record_run(&a.data.data, &s).await;
     s.print(a.summary_json)
+}
+
+/// At most this many concurrent ingest lanes in `replay`.
+const MAX_REPLAY_LANES: usize = 8;
+/// Messages handed to a replay lane at once.
+const REPLAY_LANE_BATCH: usize = 64;
+
+/// The replay lane of a device (FNV-1a of its id): stable within a run.
+fn lane_of(device: &str, lanes: usize) -> usize {
+    let h = device.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % lanes as u64) as usize
 }
 
 /// The device a replayed payload claims to come from (its topic is derived from it).

@@ -435,12 +435,6 @@ fn init_tracing(verbose: u8) {
         .init();
 }
 
-/// mimalloc instead of glibc's malloc: the pipeline allocates many short-lived buffers per
-/// message (events, records, rows), and glibc's allocator took about a quarter of a
-/// replay's CPU in `perf` (BENCHMARKS.md, "Where the local pipeline's time goes").
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -25,6 +25,11 @@ pub const DEFAULT_PENDING_PREFIX: &str = telemetry::layout::ROLLUP_PENDING_PREFI
 /// windows, the stats file), so 16 buckets keep a 10,000-device hour (4 M readings) near
 /// 80 MB per unit. See BENCHMARKS.md for the ceiling per Lambda memory size.
 pub const DEFAULT_BUCKETS: u32 = 16;
+/// Most device-hash buckets per hour a deployment may use (the CLI and the Lambdas refuse more).
+pub const MAX_BUCKETS: u32 = 4096;
+/// Environment variable of the bucket count, read by `iotpipe rollup`/`compact` and the
+/// rollup, worker and compact functions (the template's `RollupBuckets`): all must agree.
+pub const BUCKETS_ENV: &str = "IOTPIPE_ROLLUP_BUCKETS";
 /// Default number of units aggregated at once in one process.
 pub const DEFAULT_WORKERS: usize = 1;
 /// Default time to live of a unit's lease: Lambda's longest timeout (15 minutes), so a

@@ -34,6 +34,7 @@
 //!   missing, late and rejected messages.
 //! - [`query`](mod@query): filtering stats by device, metric and time; CSV and table output.
 //! - [`render`]: the one table renderer (aligned text, CSV) of query, ledger and the CLI.
+//! - [`requests`]: an object store that counts its requests by S3 request class (benchmarks).
 //! - [`handler`]: the Lambda handler over the scheduled EventBridge event.
 //! - [`dispatch`]: the AWS functions' events (planner, worker) to the code above.
 //! - [`fanout`]: on AWS, the planner's units queue (SQS) and the worker invocation.
@@ -73,6 +74,7 @@ pub mod pending;
 pub mod planner;
 pub mod query;
 pub mod render;
+pub mod requests;
 pub mod rollup;
 pub mod schema;
 pub mod sketch;

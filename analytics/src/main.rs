@@ -7,7 +7,9 @@
 //! `infra/template.yaml`; region, credentials and an optional `AWS_ENDPOINT_URL` come from
 //! the standard AWS variables), or for local runs the directory named by `IOTPIPE_DATA`.
 //! `IOTPIPE_TELEMETRY_PREFIX`, `IOTPIPE_STATS_PREFIX` and `IOTPIPE_STATE_PREFIX` (the
-//! units' state and leases) override the default layout. The compact job also reads
+//! units' state and leases) override the default layout; `IOTPIPE_ROLLUP_BUCKETS` (the
+//! template's `RollupBuckets`, 1–4096, default 16) sets the units per hour, the same for
+//! the planner, its workers and compaction. The compact job also reads
 //! `IOTPIPE_COMPACT_TARGET_MIB` (size of a compacted file, default 128, at least 1) and
 //! sizes its memory budget to a quarter of `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`. A missing,
 //! contradictory or unusable
@@ -50,6 +52,9 @@ const STATE_PREFIX_VAR: &str = "IOTPIPE_STATE_PREFIX";
 const UNITS_QUEUE_VAR: &str = "IOTPIPE_UNITS_QUEUE_URL";
 /// Plans of more units than this are fanned out (default [`DEFAULT_FANOUT_MIN_UNITS`]).
 const FANOUT_MIN_UNITS_VAR: &str = "IOTPIPE_FANOUT_MIN_UNITS";
+/// Device-hash buckets per hour (the template's `RollupBuckets`; default
+/// [`analytics::config::DEFAULT_BUCKETS`]).
+const BUCKETS_VAR: &str = analytics::config::BUCKETS_ENV;
 /// The planner job (the default).
 const JOB_ROLLUP: &str = "rollup";
 /// The worker job, behind the units queue's event-source mapping.
@@ -238,6 +243,17 @@ fn setup(
     if let Some(p) = prefix(&lookup, STATE_PREFIX_VAR)? {
         cfg.state_prefix = p;
     }
+    if let Some(v) = get(BUCKETS_VAR) {
+        cfg.buckets = v
+            .parse()
+            .ok()
+            .filter(|b| (1..=analytics::config::MAX_BUCKETS).contains(b))
+            .ok_or(SetupError::Invalid {
+                var: BUCKETS_VAR,
+                value: v,
+                expected: "a bucket count from 1 to 4096, the same for every rollup function",
+            })?;
+    }
     if !compacting {
         return Ok((store, cfg, Job::Rollup));
     }
@@ -331,6 +347,22 @@ mod tests {
         assert_eq!(c.target_file_bytes, 64 << 20);
         assert_eq!(c.memory_budget_bytes, 512 << 20);
         assert_eq!(c.rollup.telemetry_prefix, "telemetry");
+    }
+
+    #[test]
+    fn the_bucket_count_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let cfg = setup_with(&[("IOTPIPE_DATA", data), ("IOTPIPE_ROLLUP_BUCKETS", "64")]).unwrap();
+        assert_eq!(cfg.buckets, 64);
+        for bad in ["0", "4097", "x"] {
+            let err =
+                setup_with(&[("IOTPIPE_DATA", data), ("IOTPIPE_ROLLUP_BUCKETS", bad)]).unwrap_err();
+            assert!(
+                err.contains("IOTPIPE_ROLLUP_BUCKETS") && err.contains("1 to 4096"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

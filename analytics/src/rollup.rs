@@ -295,7 +295,10 @@ pub async fn run_plan(
                 source,
             })?;
     }
-    if plan.full_scan && report.units_remaining == 0 {
+    // Only a full scan that completed every hour ends the first runs: a unit left busy
+    // (held by a killed run's lease), deferred or remaining has no marker, so only another
+    // full scan would find it again.
+    if plan.full_scan && report.units_remaining == 0 && incomplete.is_empty() {
         let path = format!("{}/{INITIALIZED}", cfg.state_prefix);
         store
             .put(&Path::from(path.as_str()), PutPayload::from_static(b""))
@@ -388,10 +391,15 @@ pub(crate) async fn finish_partitions(
         .collect();
     let mut hours = Vec::new();
     for p in &complete {
-        if p.units.is_empty() && p.markers.is_empty() {
-            // Found by a full scan and already up to date: nothing new to derive.
+        if p.units.is_empty() && p.markers.is_empty() && !plan.full_scan {
+            // Unreachable without a full scan (a partition is planned for its markers).
             continue;
         }
+        // A full scan derives every complete hour again, even one whose units were all up
+        // to date: a first run killed after its last unit state but before the derivation
+        // left no markers behind, so nothing else would ever derive that hour. Deriving is
+        // idempotent (unchanged files are not rewritten) and full scans are rare (a
+        // store's first runs, `--full-scan`).
         hours.push(p.partition.clone());
         if p.units.is_empty() {
             continue;

@@ -182,7 +182,7 @@ struct RollupArgs {
     workers: u16,
     /// Device-hash buckets per hour: more buckets, less memory per unit. Keep it the same
     /// from run to run: a change rewrites every hour that has new data.
-    #[arg(long, default_value_t = analytics::config::DEFAULT_BUCKETS, env = "IOTPIPE_ROLLUP_BUCKETS", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, default_value_t = analytics::config::DEFAULT_BUCKETS, env = analytics::config::BUCKETS_ENV, value_parser = clap::value_parser!(u32).range(1..=i64::from(analytics::config::MAX_BUCKETS)))]
     buckets: u32,
     /// List every telemetry object instead of only the new-object markers: finds objects
     /// whose marker was lost (a crash between writing an object and its marker).

@@ -90,3 +90,30 @@ fn the_cost_estimator_reads_the_metered_memory_sizes_and_units() {
         assert_eq!(m[name].as_u64(), Some(bytes as u64), "{name}");
     }
 }
+
+#[test]
+fn every_rollup_function_gets_the_templates_bucket_count_and_it_defaults_to_the_rollups() {
+    let template = read("infra/template.yaml");
+    assert_eq!(
+        parameter_default(&template, "RollupBuckets"),
+        Some(analytics::config::DEFAULT_BUCKETS),
+        "RollupBuckets must default to analytics::config::DEFAULT_BUCKETS (change one, change both)"
+    );
+    // The planner, its workers and compaction take the same units' leases: one count.
+    let reference = format!("{}: !Ref RollupBuckets", analytics::config::BUCKETS_ENV);
+    for job in ["rollup", "rollup-worker", "compact"] {
+        let env = template
+            .split(&format!("IOTPIPE_JOB: {job}\n"))
+            .nth(1)
+            .unwrap_or_else(|| panic!("no function runs IOTPIPE_JOB {job}"));
+        let variables: Vec<&str> = env
+            .lines()
+            .take_while(|l| l.starts_with("          "))
+            .map(str::trim)
+            .collect();
+        assert!(
+            variables.contains(&reference.as_str()),
+            "the {job} function lacks `{reference}`: {variables:?}"
+        );
+    }
+}

@@ -13,6 +13,9 @@
 //! - [`handler`]: the pure transformation ([`transform`]) and the Lambda entry point
 //!   ([`handle`]): parsing, checks, de-duplication within an invocation, the 6 MiB
 //!   response budget.
+//! - [`raw`]: the `firehose` topology's input (`IOTPIPE_INPUT=raw`): the topic rule's
+//!   records of raw device payloads, validated with the `telemetry` code, rejects written to
+//!   the quarantine and answered `Dropped`, the rest through [`transform`].
 //! - `main.rs`: the Lambda binary: JSON logs, then `lambda_runtime::run(service_fn(handle))`.
 //!
 //! # Important notes
@@ -29,8 +32,10 @@
 //!   [`handler::RESPONSE_TENTHS_PER_DATA_BYTE`]).
 
 pub mod handler;
+pub mod raw;
 
 pub use handler::{
     FailureReason, MAX_RESPONSE_BYTES, RecordFailure, Summary, TransformResult, handle, transform,
     transform_with_summary,
 };
+pub use raw::{INPUT_VAR, Input, RawError, RawSummary, RawTransform, RuleRecord};

@@ -38,6 +38,7 @@ use tokio::sync::watch;
 
 use local::broker;
 use local::stack::{self, Stack, StackConfig, StreamTarget, local_firehose};
+use local::topology::Topology;
 use local::{iot_rule, meter, scheduler};
 
 use crate::args::{DataArg, Format, parse_time};
@@ -260,6 +261,16 @@ struct Tuning {
         verbatim_doc_comment
     )]
     stream: StreamTarget,
+    /// The path from the IoT rule to Firehose, as the template's Topology parameter:
+    ///   firehose     devices publish to Basic Ingest (no messaging charge), the rule puts
+    ///                each raw payload into Firehose, the transform validates it and
+    ///                quarantines the rejects; no ingest, no stream (the template's default);
+    ///   per-message  the rule invokes ingest per message, ingest puts stream records,
+    ///                Firehose reads the stream (the baseline).
+    /// Default: firehose with --stream local, per-message with an AWS --stream (ingest puts
+    /// into it). The kinesis topology is priced by `iotpipe cost` but not run locally yet.
+    #[arg(long, value_name = "TOPOLOGY", verbatim_doc_comment)]
+    topology: Option<Topology>,
     /// Pack several messages of one device (and event hour) into each stream record, as
     /// newline-delimited JSON: `--pack` fills records up to the stream's metering unit
     /// (25 KB Kinesis, 5 KB Firehose), `--pack=BYTES` up to BYTES (at most the 1 MiB record
@@ -388,6 +399,11 @@ fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
             ..Default::default()
         },
         stream: t.stream.clone(),
+        topology: t.topology.unwrap_or(if t.stream == StreamTarget::Local {
+            Topology::Firehose
+        } else {
+            Topology::PerMessage
+        }),
     }
 }
 

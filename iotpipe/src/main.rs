@@ -99,8 +99,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Topologies (DESIGN.md; infra/template.yaml deploys per-message until it has a Topology
-parameter):
+Topologies (DESIGN.md; infra/template.yaml's Topology parameter; `up`/`replay --topology`
+run firehose and per-message locally):
   firehose     the default: devices publish to Basic Ingest ($aws/rules/<rule>/dt/...,
                no messaging charge), the rule's Firehose action carries the raw payload,
                the transform Lambda validates and quarantines; no ingest Lambda, no Kinesis.

@@ -335,6 +335,11 @@ impl Stack {
                  per-message",
                 cfg.stream
             );
+            anyhow::ensure!(
+                cfg.ingest.pack == ingest::pack::Pack::Off,
+                "--pack packs ingest's stream records, and --topology firehose has no ingest: \
+                 drop --pack, or add --topology per-message"
+            );
             let raw = Arc::new(transform::RawTransform::new(
                 store.clone(),
                 cfg.ingest.validation.clone(),

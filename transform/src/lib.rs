@@ -1,7 +1,8 @@
 //! The Firehose data-transformation Lambda of iot-pipeline. (The local emulation of the
 //! Firehose delivery stream that calls it is `local::firehose`.)
 //!
-//! Firehose (source: the Kinesis data stream) buffers stream records and invokes this
+//! Firehose (source: the Kinesis data stream, or DirectPut from ingest; in the `firehose`
+//! topology the rule's raw payloads, see [`raw`]) buffers stream records and invokes this
 //! function synchronously with a batch. Each record's data is a [`telemetry::StreamRecord`]
 //! as compact JSON; the function answers every `recordId` exactly once, in input order,
 //! with the record exploded into the long layout (one [`telemetry::Reading`] JSON document

@@ -47,11 +47,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseResponse};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use serde::{Deserialize, Serialize};
 use telemetry::quarantine::{self, QuarantineRecord};
 use telemetry::{QuarantineReason, StreamRecord, ValidationConfig, validate_payload};
 
@@ -100,30 +97,7 @@ impl FromStr for Input {
     }
 }
 
-/// One record the `firehose` topology's rule puts: the device's payload, base64, and the
-/// topic it was published on (without the Basic Ingest prefix).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRecord {
-    /// The payload exactly as the device sent it, base64 (`encode(*, 'base64')`).
-    pub payload: String,
-    /// The MQTT topic, `dt/{fleet}/{device_id}/telemetry` (`topic()`).
-    pub topic: String,
-}
-
-impl RuleRecord {
-    /// The record for `payload` published on `topic`, as the rule encodes it.
-    pub fn new(payload: &[u8], topic: &str) -> Self {
-        Self {
-            payload: STANDARD.encode(payload),
-            topic: topic.to_owned(),
-        }
-    }
-
-    /// Compact JSON, the Firehose record's data.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-}
+pub use telemetry::RuleRecord;
 
 /// An invocation that must fail so that Firehose retries it.
 #[derive(Debug, thiserror::Error)]
@@ -218,14 +192,7 @@ impl RawTransform {
         for record in &event.records {
             let arrival = record.approximate_arrival_timestamp.timestamp_millis();
             first_arrival.get_or_insert(arrival);
-            let (payload, topic) = match serde_json::from_slice::<RuleRecord>(&record.data.0)
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    STANDARD
-                        .decode(r.payload.as_bytes())
-                        .map(|p| (p, r.topic))
-                        .map_err(|e| format!("payload is not base64: {e}"))
-                }) {
+            let (payload, topic) = match RuleRecord::decode(&record.data.0) {
                 Ok(decoded) => decoded,
                 Err(detail) => {
                     summary.messages += 1;

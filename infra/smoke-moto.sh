@@ -308,8 +308,9 @@ esm="$(awsm lambda list-event-source-mappings --function-name "$K_INGEST" --outp
 check "ingest reads the raw stream through an event-source mapping ($esm)" \
     test "$esm" = "$(printf '500\t5\tTrue\tReportBatchItemFailures')"
 sink="$(awsm lambda get-function-configuration --function-name "$K_INGEST" --output text \
-    --query 'Environment.Variables.IOTPIPE_SINK' 2>&1)"
-check "ingest writes the DirectPut Firehose stream ($sink)" test "$sink" = firehose
+    --query 'Environment.Variables.[IOTPIPE_SINK, IOTPIPE_EVENT]' 2>&1)"
+check "ingest takes Kinesis batches and writes the DirectPut Firehose stream ($sink)" \
+    test "$sink" = "$(printf 'firehose\tkinesis')"
 destroy_topology
 
 deploy_topology firehose

@@ -166,7 +166,9 @@ doc, errors = decode(sys.argv[1])
 assert not errors, errors
 res = doc["Resources"]
 lines = tmpl.read_lines(sys.argv[1])
-assert tmpl.resources(lines) == [(k, v["Type"]) for k, v in res.items()], "resource list differs from YAML"
+assert tmpl.resources(lines) == [
+    (k, v["Type"], v.get("Condition", "")) for k, v in res.items()
+], "resource list differs from YAML"
 by_name = {r["Properties"]["TableInput"]["Name"]: r for r in res.values() if r["Type"] == "AWS::Glue::Table"}
 for table, cols in tmpl.glue_columns(lines).items():
     yaml_cols = [(c["Name"], c["Type"]) for c in by_name[table]["Properties"]["TableInput"]["StorageDescriptor"]["Columns"]]

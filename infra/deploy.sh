@@ -146,10 +146,18 @@ if ! is_uint "$BATCH" || [ "$BATCH" -eq 0 ]; then die "--batch must be a whole n
 if ! is_uint "$METRICS" || [ "$METRICS" -eq 0 ]; then die "--metrics must be a whole number > 0"; fi
 # The template's Topology parameter, when it has one (its default is what a deploy builds).
 TEMPLATE_HAS_TOPOLOGY=0
-if grep -q '^  Topology:$' "$TEMPLATE" 2>/dev/null; then TEMPLATE_HAS_TOPOLOGY=1; fi
+TEMPLATE_TOPOLOGY_DEFAULT=""
+if grep -q '^  Topology:$' "$TEMPLATE" 2>/dev/null; then
+    TEMPLATE_HAS_TOPOLOGY=1
+    TEMPLATE_TOPOLOGY_DEFAULT="$(sed -n '/^  Topology:$/,/^  [A-Za-z]/s/^    Default: *//p' "$TEMPLATE" | head -1)"
+elif [[ "$TEMPLATE" == *.json ]] && TEMPLATE_TOPOLOGY_DEFAULT="$(python3 -c 'import json, sys
+print(json.load(open(sys.argv[1]))["Parameters"]["Topology"]["Default"])' "$TEMPLATE" 2>/dev/null)"; then
+    # A rendered template (infra/moto_template.py writes JSON).
+    TEMPLATE_HAS_TOPOLOGY=1
+fi
 if [ -z "$TOPOLOGY" ]; then
     if [ "$TEMPLATE_HAS_TOPOLOGY" = 1 ]; then
-        TOPOLOGY="$(sed -n '/^  Topology:$/,/^  [A-Za-z]/s/^    Default: *//p' "$TEMPLATE" | head -1)"
+        TOPOLOGY="$TEMPLATE_TOPOLOGY_DEFAULT"
     else
         TOPOLOGY="per-message"
     fi
@@ -242,18 +250,45 @@ if [ "$DRY_RUN" = 1 ]; then
     echo
     echo "Resources that would be created (logical id, type):"
     n=0
-    while IFS=$'\t' read -r logical_id rtype; do
+    # The template's Conditions, for the chosen topology and sink (--topology all: the
+    # default's resources are listed, every bill is printed below).
+    plan_topology="$TOPOLOGY"
+    [ "$plan_topology" = all ] && plan_topology=firehose
+    condition_holds() {
+        local kinesis_sink=0
+        [ "$plan_topology" = per-message ] && [ "$INGEST_SINK" = kinesis ] && kinesis_sink=1
+        case "$1" in
+        "") return 0 ;;
+        HasAlarmEmail) [ -n "$ALARM_EMAIL" ] ;;
+        HasIngest) [ "$plan_topology" != firehose ] ;;
+        IsKinesisTopology) [ "$plan_topology" = kinesis ] ;;
+        IsPerMessageTopology) [ "$plan_topology" = per-message ] ;;
+        IsFirehoseTopology) [ "$plan_topology" = firehose ] ;;
+        UseKinesisSink) [ "$kinesis_sink" = 1 ] ;;
+        HasStream) [ "$kinesis_sink" = 1 ] || [ "$plan_topology" = kinesis ] ;;
+        *) return 0 ;;
+        esac
+    }
+    while IFS=$'\t' read -r logical_id rtype condition; do
         n=$((n + 1))
         note=""
         case "$rtype" in
         AWS::Serverless::Function) note="  (SAM expands it: AWS::Lambda::Function, + AWS::Lambda::EventInvokeConfig where set)" ;;
-        AWS::SNS::Subscription) [ -z "$ALARM_EMAIL" ] && note="  (skipped: no --alarm-email)" ;;
         esac
+        if [ "$condition" = HasAlarmEmail ] && [ -z "$ALARM_EMAIL" ]; then
+            note="  (skipped: no --alarm-email)"
+        elif ! condition_holds "$condition"; then
+            note="  (skipped: condition $condition false for topology $plan_topology)"
+        fi
         case "$logical_id" in
-        TelemetryStream | StreamIteratorAgeAlarm)
-            [ "$INGEST_SINK" = firehose ] && note="  (skipped: --ingest-sink firehose)" ;;
         TelemetryDeliveryStream)
-            [ "$INGEST_SINK" = firehose ] && note="  (DirectPut: ingest writes it)" ;;
+            if [ "$plan_topology" = per-message ] && [ "$INGEST_SINK" = kinesis ]; then
+                note="  (source: the Kinesis stream)"
+            elif [ "$plan_topology" = firehose ]; then
+                note="  (DirectPut: the topic rule's Firehose action writes it)"
+            else
+                note="  (DirectPut: ingest writes it)"
+            fi ;;
         esac
         printf '  %-30s %s%s\n' "$logical_id" "$rtype" "$note"
     done < <(python3 "$INFRA_DIR/tmpl.py" resources "$TEMPLATE")

@@ -54,7 +54,7 @@ NOTES: dict[str, str] = {
     ),
     "AWS::Glue::Database": "no Glue in moto's CloudFormation; the columns are checked by tests/tests/glue_schema.rs",
     "AWS::Glue::Table": "no Glue in moto's CloudFormation; the columns are checked by tests/tests/glue_schema.rs",
-    "AWS::IoT::TopicRule": "the rule (SQL, Lambda action, error action) is checked by cfn-lint and sam validate only",
+    "AWS::IoT::TopicRule": "the rule (SQL and Lambda / Firehose / Kinesis action per Topology, error action) is checked by cfn-lint and sam validate only",
     "AWS::Scheduler::Schedule": "the schedules are checked by cfn-lint and sam validate only",
     "AWS::Lambda::EventInvokeConfig": "async retries / max event age of ingest, rollup and compact are not exercised",
     "AWS::Logs::LogStream": "the Firehose delivery log stream",

@@ -13,7 +13,8 @@
 #      create-stack, outputs printed;
 #   2. the same command with changed parameters: update-stack, the change applied in place;
 #      then --ingest-sink firehose: the template's conditions point ingest at the delivery
-#      stream and drop the stream output;
+#      stream and drop the stream output; 2c/2d: stacks of their own with --topology kinesis
+#      (event-source mapping) and --topology firehose (no ingest, the transform in raw mode);
 #   3. destroy.sh refuses while the data bucket holds an object, and deletes nothing;
 #   4. destroy.sh --force-empty-bucket --delete-artifacts empties the bucket, deletes the
 #      stack and the packaged code; a second destroy finds nothing to delete.
@@ -163,8 +164,11 @@ else
 fi
 awsm s3 rm --recursive --only-show-errors "s3://iotpipe-artifacts-123456789012-us-east-1/$STACK-sam/" || true
 
+# Steps 1-2b deploy the per-message topology (an ingest function and a Kinesis stream to
+# check); 2c and 2d switch the same stack to the kinesis and firehose topologies (a later
+# --topology overrides this one).
 DEPLOY=(bash infra/deploy.sh --stack-name "$STACK" --template "$WORK/template.json"
-    --artifacts "$WORK/artifacts" --endpoint-url "$ENDPOINT")
+    --artifacts "$WORK/artifacts" --endpoint-url "$ENDPOINT" --topology per-message)
 
 # load_stack — the stack's status, outputs and parameters in one call (each aws call costs
 # about half a second of CLI start-up); output KEY / param KEY read them.
@@ -269,6 +273,57 @@ check "ingest now writes to the Firehose stream ($sink)" \
 # diffs the template's resource names, not their conditions, so it keeps the stream; AWS
 # deletes it.
 echo "note: moto keeps the Kinesis stream whose condition turned false (AWS deletes it); not checked"
+
+# ------------------------------------------------------------------ 2c/2d. the other topologies
+# Each on a stack of its own, created then destroyed: moto's update evaluates a template's
+# conditions only at create time, so switching the topology of the stack above would prove
+# nothing (AWS re-evaluates them on update).
+MAIN_STACK="$STACK"
+# deploy_topology T — creates stack $MAIN_STACK-T with --topology T; leaves STACK set to it.
+deploy_topology() {
+    STACK="$MAIN_STACK-$1"
+    printf '\n==> %s --stack-name %s --topology %s\n' "${DEPLOY[*]}" "$STACK" "$1"
+    local out rc
+    out="$("${DEPLOY[@]}" --stack-name "$STACK" --topology "$1" 2>&1)"
+    rc=$?
+    printf '%s\n' "$out" | sed 's/^/  | /'
+    check "deploy --topology $1 exited 0 with create-stack" \
+        bash -c '[ "$1" -eq 0 ] && grep -q "create-stack .*first deploy" <<<"$2"' _ "$rc" "$out"
+    load_stack
+}
+destroy_topology() {
+    bash infra/destroy.sh --stack-name "$STACK" --yes --force-empty-bucket --delete-artifacts \
+        --endpoint-url "$ENDPOINT" >/dev/null 2>&1
+    check "stack $STACK destroyed" fails awsm cloudformation describe-stacks --stack-name "$STACK"
+    rm -rf "$ROOT/target/iotpipe-infra/$STACK"
+    STACK="$MAIN_STACK"
+}
+
+deploy_topology kinesis
+K_INGEST="$(output IngestFunctionName)"
+check "Topology=kinesis: outputs Topology, StreamName and IngestFunctionName" \
+    bash -c '[ "$1" = kinesis ] && [ -n "$2" ] && [ -n "$3" ]' _ "$(output Topology)" "$(output StreamName)" "$K_INGEST"
+esm="$(awsm lambda list-event-source-mappings --function-name "$K_INGEST" --output text \
+    --query 'EventSourceMappings[].[BatchSize, MaximumBatchingWindowInSeconds, BisectBatchOnFunctionError, FunctionResponseTypes[0]]' 2>&1)"
+check "ingest reads the raw stream through an event-source mapping ($esm)" \
+    test "$esm" = "$(printf '500\t5\tTrue\tReportBatchItemFailures')"
+sink="$(awsm lambda get-function-configuration --function-name "$K_INGEST" --output text \
+    --query 'Environment.Variables.[IOTPIPE_SINK, IOTPIPE_EVENT]' 2>&1)"
+check "ingest takes Kinesis batches and writes the DirectPut Firehose stream ($sink)" \
+    test "$sink" = "$(printf 'firehose\tkinesis')"
+destroy_topology
+
+deploy_topology firehose
+check "Topology=firehose: output Topology, no StreamName or IngestFunctionName output" \
+    test "$(output Topology)|$(output StreamName)|$(output IngestFunctionName)" = "firehose||"
+tenv="$(awsm lambda get-function-configuration --function-name "$(output TransformFunctionName)" --output text \
+    --query 'Environment.Variables.[IOTPIPE_INPUT, IOTPIPE_QUARANTINE_PREFIX]' 2>&1)"
+check "the transform reads raw payloads and quarantines ($tenv)" \
+    test "$tenv" = "$(printf 'raw\tquarantine/')"
+n_fn="$(awsm lambda list-functions --query "length(Functions[?starts_with(FunctionName, '$STACK-')])" --output text 2>&1)"
+check "no ingest function: 5 functions in the stack ($n_fn)" test "$n_fn" = 5
+destroy_topology
+echo "note: moto skips the topic rule (Firehose / Kinesis action) and the delivery stream (see above)"
 
 # ------------------------------------------------------------------ 3. destroy refuses a non-empty bucket
 printf '\n==> 3. infra/destroy.sh --stack-name %s --yes   (the data bucket holds an object)\n' "$STACK"

@@ -10,7 +10,9 @@ the Rust schema test, the deploy script's dry run) can read them without a YAML 
   one ``- { Name: <name>, Type: <type> }`` per line.
 
 Usage:
-  tmpl.py resources TEMPLATE            print "LogicalId<TAB>Type" per resource
+  tmpl.py resources TEMPLATE            print "LogicalId<TAB>Type<TAB>Condition" per resource
+                                        (Condition: the ``    Condition: X`` line right
+                                        after Type, or empty)
   tmpl.py glue-columns TABLE TEMPLATE   print "name type" per column of TABLE
   tmpl.py check-glue TEMPLATE           check both tables' generated blocks are well formed
 """
@@ -46,12 +48,22 @@ def read_lines(path: str) -> list[str]:
         return f.read().splitlines()
 
 
-def resources(lines: list[str]) -> list[tuple[str, str]]:
-    """(logical id, type) of every resource, in template order."""
-    out: list[tuple[str, str]] = []
+CONDITION_RE = re.compile(r"^    Condition:\s*([A-Za-z0-9]+)\s*$")
+
+
+def resources(lines: list[str]) -> list[tuple[str, str, str]]:
+    """(logical id, type, condition or "") of every resource, in template order."""
+    out: list[tuple[str, str, str]] = []
     in_resources = False
     pending: str | None = None
+    typed = False
     for line in lines:
+        if typed:
+            typed = False
+            m = CONDITION_RE.match(line)
+            if m:
+                out[-1] = (out[-1][0], out[-1][1], m.group(1))
+                continue
         if re.match(r"^[A-Za-z]", line):
             in_resources = line.startswith("Resources:")
             pending = None
@@ -64,8 +76,9 @@ def resources(lines: list[str]) -> list[tuple[str, str]]:
             continue
         m = TYPE_RE.match(line)
         if m and pending:
-            out.append((pending, m.group(1)))
+            out.append((pending, m.group(1), ""))
             pending = None
+            typed = True
     return out
 
 
@@ -127,8 +140,8 @@ def check_glue(path: str) -> int:
 
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "resources":
-        for logical_id, rtype in resources(read_lines(argv[2])):
-            print(f"{logical_id}\t{rtype}")
+        for logical_id, rtype, condition in resources(read_lines(argv[2])):
+            print(f"{logical_id}\t{rtype}\t{condition}")
         return 0
     if len(argv) == 4 and argv[1] == "glue-columns":
         cols = glue_columns(read_lines(argv[3])).get(argv[2])

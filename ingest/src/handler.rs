@@ -247,7 +247,7 @@ impl<S: RecordSink> Ingest<S> {
         Ok(report)
     }
 
-    async fn write_quarantine(
+    pub(crate) async fn write_quarantine(
         &self,
         received_at: i64,
         records: &[QuarantineRecord],

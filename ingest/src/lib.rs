@@ -7,6 +7,8 @@
 //!   on a *batch* of raw payloads, so the same code serves the per-message IoT rule action
 //!   and a batched Kinesis event-source mapping.
 //! - [`sink`]: the [`RecordSink`] port, service limits, batching and per-entry retries.
+//! - [`kinesis_event`]: the `kinesis` topology's handler: a Kinesis batch of rule records
+//!   (`IOTPIPE_EVENT=kinesis`).
 //! - [`kinesis`], [`firehose`]: the AWS sinks (`PutRecords`, `PutRecordBatch`), mapping
 //!   each entry's result back to its record; [`aws`]: what they share (client settings,
 //!   whole-call error classification).
@@ -31,6 +33,7 @@ pub mod event;
 pub mod firehose;
 pub mod handler;
 pub mod kinesis;
+pub mod kinesis_event;
 pub mod pack;
 pub mod sink;
 
@@ -40,4 +43,5 @@ pub use event::{IngestReport, IotRuleEvent, RawPayload};
 pub use firehose::FirehoseSink;
 pub use handler::{Ingest, IngestConfig, IngestError, handle};
 pub use kinesis::KinesisSink;
+pub use kinesis_event::{EVENT_VAR, handle_kinesis};
 pub use sink::{RecordSink, RetryPolicy, SinkRecord};

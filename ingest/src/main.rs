@@ -1,6 +1,7 @@
 //! The ingest Lambda binary: JSON logs for CloudWatch, configuration from the environment
 //! ([`ingest::Config`]), the sink client and the S3 quarantine store built once, then the
-//! runtime loop around [`ingest::handle`]. A missing or bad variable fails the cold start.
+//! runtime loop around [`ingest::handle`] (or [`ingest::handle_kinesis`] with
+//! `IOTPIPE_EVENT=kinesis`, the `kinesis` topology). A missing or bad variable fails the cold start.
 
 // The runtime's future nests the handler's, which nests both SDK clients' request futures
 // (AnySink): computing its layout goes deeper than rustc's default query limit of 128.
@@ -31,7 +32,22 @@ async fn main() -> Result<(), Error> {
         e
     })?;
     let ingest = &ingest;
-    run(service_fn(move |event| ingest::handle(event, ingest))).await
+    // Which event the function receives (the template sets it per topology).
+    match std::env::var(ingest::EVENT_VAR).as_deref() {
+        Err(_) | Ok("rule") => run(service_fn(move |event| ingest::handle(event, ingest))).await,
+        Ok("kinesis") => {
+            run(service_fn(move |event| {
+                ingest::handle_kinesis(event, ingest)
+            }))
+            .await
+        }
+        Ok(other) => Err(format!(
+            "{}={other:?}: set it to `rule` (topology per-message: one IoT rule event per \
+             invocation) or `kinesis` (topology kinesis: Kinesis batches of rule records)",
+            ingest::EVENT_VAR
+        )
+        .into()),
+    }
 }
 
 /// Everything built once per cold start.

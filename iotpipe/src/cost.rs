@@ -41,6 +41,8 @@ pub struct Estimate {
     pub month_at_this_rate_usd: f64,
     /// Date of the price table (the oldest `read_on` of its prices).
     pub prices_as_of: String,
+    /// The topology the run took (`firehose`, `per-message`; empty when not told).
+    pub topology: String,
 }
 
 /// Prices a run from its usage and the metered functions.
@@ -57,8 +59,15 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         });
     };
     let m = |n: u64| n as f64 / 1e6;
+    // Topology firehose: devices publish to Basic Ingest topics, which IoT Core does not
+    // meter as messages (the run counts no message units), and the rule's action is Firehose.
+    let basic_ingest = u.topology == "firehose";
     line(
-        "IoT Core messaging".into(),
+        if basic_ingest {
+            "IoT Core messaging (Basic Ingest: not charged)".into()
+        } else {
+            "IoT Core messaging".into()
+        },
         u.iot_message_units as f64,
         "5 KB msgs",
         pr.iot_messaging.usd(u.iot_message_units as f64),
@@ -71,7 +80,11 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         conn_min / 1e6 * pr.iot_connectivity.usd,
     );
     line(
-        "IoT rules triggered + actions".into(),
+        if basic_ingest {
+            "IoT rules triggered + Firehose actions".into()
+        } else {
+            "IoT rules triggered + Lambda actions".into()
+        },
         u.rule_triggers as f64,
         "rules",
         m(u.rule_triggers) * (pr.iot_rule_triggered.usd + pr.iot_action_executed.usd),
@@ -152,6 +165,7 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         total_usd,
         month_at_this_rate_usd,
         prices_as_of: p.read_on(),
+        topology: u.topology.clone(),
     }
 }
 
@@ -187,8 +201,14 @@ impl Estimate {
             String::new(),
             format!("${:.2}", self.month_at_this_rate_usd),
         ]);
+        let topology = if self.topology.is_empty() {
+            String::new()
+        } else {
+            format!(", topology {}", self.topology)
+        };
         format!(
-            "What this run would have cost on AWS (us-east-1 list prices of {}, no free tier):\n{}",
+            "What this run would have cost on AWS{topology} (us-east-1 list prices of {}, no free \
+             tier):\n{}",
             self.prices_as_of,
             t.to_text()
         )

@@ -40,6 +40,7 @@ use tokio::sync::watch;
 
 use local::broker;
 use local::stack::{self, Stack, StackConfig, StreamTarget, local_firehose};
+use local::topology::Topology;
 use local::{iot_rule, meter, scheduler};
 
 use crate::args::{DataArg, Format, parse_time};
@@ -108,8 +109,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Topologies (DESIGN.md; infra/template.yaml deploys per-message until it has a Topology
-parameter):
+Topologies (DESIGN.md; infra/template.yaml's Topology parameter; `up`/`replay --topology`
+run firehose and per-message locally):
   firehose     the default: devices publish to Basic Ingest ($aws/rules/<rule>/dt/...,
                no messaging charge), the rule's Firehose action carries the raw payload,
                the transform Lambda validates and quarantines; no ingest Lambda, no Kinesis.
@@ -270,6 +271,16 @@ pub(crate) struct Tuning {
         verbatim_doc_comment
     )]
     stream: StreamTarget,
+    /// The path from the IoT rule to Firehose, as the template's Topology parameter:
+    ///   firehose     devices publish to Basic Ingest (no messaging charge), the rule puts
+    ///                each raw payload into Firehose, the transform validates it and
+    ///                quarantines the rejects; no ingest, no stream (the template's default);
+    ///   per-message  the rule invokes ingest per message, ingest puts stream records,
+    ///                Firehose reads the stream (the baseline).
+    /// Default: firehose with --stream local, per-message with an AWS --stream (ingest puts
+    /// into it). The kinesis topology is priced by `iotpipe cost` but not run locally yet.
+    #[arg(long, value_name = "TOPOLOGY", verbatim_doc_comment)]
+    topology: Option<Topology>,
     /// Pack several messages of one device (and event hour) into each stream record, as
     /// newline-delimited JSON: `--pack` fills records up to the stream's metering unit
     /// (25 KB Kinesis, 5 KB Firehose), `--pack=BYTES` up to BYTES (at most the 1 MiB record
@@ -473,6 +484,11 @@ pub(crate) fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
         },
         stream: t.stream.clone(),
         faults: t.inject,
+        topology: t.topology.unwrap_or(if t.stream == StreamTarget::Local {
+            Topology::Firehose
+        } else {
+            Topology::PerMessage
+        }),
     }
 }
 

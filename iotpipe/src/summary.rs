@@ -62,6 +62,8 @@ pub struct Summary {
     pub rows: u64,
     /// The stream ingest wrote into: `local`, `kinesis:NAME` or `firehose:NAME`.
     pub stream: String,
+    /// The topology the run took (`firehose`: no ingest, no stream; `per-message`).
+    pub topology: String,
     /// What the Kinesis reader did (`kinesis:NAME` only).
     pub kinesis: Option<KinesisSummary>,
     /// What happens after the stream when this run does not do it (`firehose:NAME`).
@@ -137,6 +139,7 @@ impl Summary {
             readings: r.ingest.readings,
             rows: r.firehose.rows_written,
             stream: r.stream.clone(),
+            topology: r.topology.clone(),
             kinesis: r.kinesis.clone(),
             note: r.note.clone(),
             faults: r.faults,
@@ -187,6 +190,7 @@ impl Summary {
             "ingest: {} message(s) in = {} accepted + {} quarantined ({} readings accepted)\n",
             self.input, self.accepted, self.quarantined, self.readings
         ));
+        out.push_str(&format!("topology: {}\n", self.topology));
         out.push_str(&format!("stream: {}\n", self.stream));
         if let Some(f) = &self.faults {
             out.push_str(&format!(

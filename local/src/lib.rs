@@ -25,6 +25,7 @@
 //! - [`scheduler`]: EventBridge Scheduler firing the rollup handler.
 //! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
 //!   metering units.
+//! - [`topology`]: which path a run takes (`--topology firehose|per-message`).
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
 //! - [`faults`]: seeded AWS-side faults (`--inject`): throttling, partial failures, timeouts,
 //!   transform errors.
@@ -40,3 +41,4 @@ pub mod meter;
 pub mod scheduler;
 pub mod stack;
 pub mod stream;
+pub mod topology;

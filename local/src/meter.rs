@@ -300,6 +300,8 @@ pub struct Usage {
     /// The run used no Kinesis data stream (ingest put straight into Firehose): no
     /// stream-hours are charged.
     pub no_kinesis_stream: bool,
+    /// The topology the run took (`firehose`, `per-message`; empty when not told).
+    pub topology: String,
 }
 
 #[cfg(test)]

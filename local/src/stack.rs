@@ -44,6 +44,8 @@ use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceErro
 use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
 use crate::scheduler::{Scheduler, scheduled_rollup};
 use crate::stream::{LocalStream, merge_shards};
+use crate::topology::Topology;
+use telemetry::stream::StreamEntry;
 
 /// Settings of the local stack.
 #[derive(Debug, Clone)]
@@ -64,6 +66,8 @@ pub struct StackConfig {
     pub stream: StreamTarget,
     /// Seeded faults of the emulated services (`--inject`), if any.
     pub faults: Option<crate::faults::FaultPlan>,
+    /// The path from the rule to Firehose ([`Topology`]; `firehose` needs the local stream).
+    pub topology: Topology,
 }
 
 /// The stream ingest writes into (`--stream`).
@@ -291,6 +295,11 @@ pub struct Stack {
     started: Instant,
     /// The injected faults (`--inject`), counted for the report.
     faults: Option<Arc<crate::faults::Injector>>,
+    /// Topology firehose: the rule's Firehose action (DirectPut into the emulator).
+    direct_put: Option<mpsc::Sender<StreamEntry>>,
+    /// Sequence numbers of the direct puts.
+    direct_puts: AtomicU64,
+    topology: Topology,
 }
 
 /// What the stack did, at the end of a run.
@@ -312,6 +321,8 @@ pub struct StackReport {
     pub note: Option<String>,
     /// The faults injected into the emulated services (`--inject`), if any.
     pub faults: Option<crate::faults::FaultCounts>,
+    /// The topology the run took.
+    pub topology: String,
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -392,6 +403,71 @@ impl Stack {
                 .boxed()
             }) as firehose::Invoke
         };
+        let ingested: Arc<std::sync::Mutex<IngestReport>> = Arc::default();
+        if cfg.topology == Topology::Firehose {
+            anyhow::ensure!(
+                cfg.stream == StreamTarget::Local,
+                "--topology firehose has no ingest and no stream: --stream {} needs --topology \
+                 per-message",
+                cfg.stream
+            );
+            anyhow::ensure!(
+                cfg.ingest.pack == ingest::pack::Pack::Off,
+                "--pack packs ingest's stream records, and --topology firehose has no ingest: \
+                 drop --pack, or add --topology per-message"
+            );
+            let raw = Arc::new(transform::RawTransform::new(
+                store.clone(),
+                cfg.ingest.validation.clone(),
+                &cfg.ingest.quarantine_prefix,
+            ));
+            let invoke = raw_invoke(
+                raw,
+                meter.clone(),
+                counters.clone(),
+                ingested.clone(),
+                faults.clone(),
+            );
+            let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
+            let firehose = tokio::spawn(firehose::run(
+                cfg.firehose.clone(),
+                rx,
+                store.clone(),
+                invoke,
+            ));
+            // No ingest runs in this topology; its sink is a stream nobody reads.
+            let (unused, _readers) = LocalStream::new(1, 1);
+            let ingest = Arc::new(Ingest::new(
+                StackSink::Local(unused, None),
+                store.clone(),
+                cfg.ingest.clone(),
+            ));
+            let mut stack = Self {
+                store,
+                meter,
+                counters,
+                ingested,
+                ingest,
+                firehose: Some(firehose),
+                kinesis: None,
+                stream: cfg.stream.clone(),
+                scheduler: None,
+                started: Instant::now(),
+                faults,
+                direct_put: Some(tx),
+                direct_puts: AtomicU64::new(0),
+                topology: cfg.topology,
+            };
+            if let Some(every) = cfg.rollup_every {
+                stack.scheduler = Some(Scheduler::start(
+                    every,
+                    stack.store.clone(),
+                    stack.meter.clone(),
+                    stack.counters.clone(),
+                ));
+            }
+            return Ok(stack);
+        }
         let (sink, firehose, kinesis) = match &cfg.stream {
             StreamTarget::Local => {
                 let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
@@ -475,7 +551,7 @@ impl Stack {
             store,
             meter,
             counters,
-            ingested: Arc::default(),
+            ingested,
             ingest,
             firehose,
             kinesis,
@@ -483,6 +559,9 @@ impl Stack {
             scheduler: None,
             started: Instant::now(),
             faults,
+            direct_put: None,
+            direct_puts: AtomicU64::new(0),
+            topology: cfg.topology,
         };
         if let Some(every) = cfg.rollup_every {
             stack.scheduler = Some(Scheduler::start(
@@ -497,7 +576,16 @@ impl Stack {
 
     /// What the emulated IoT rule does for one message: invoke ingest with the event IoT
     /// Core would send.
+    ///
+    /// Topology firehose: the rule's Firehose action instead (a Basic Ingest topic: no
+    /// messaging charge): the raw payload goes into the emulated Firehose, and the report is
+    /// empty (the transform's validation counts into [`Stack::ingested`]).
     pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
+        if let Some(tx) = &self.direct_put {
+            self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+            self.put_raw(tx, event).await;
+            return IngestReport::default();
+        }
         self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
         self.counters.iot_message_units.fetch_add(
             units(payload_len, IOT_MESSAGE_UNIT_BYTES),
@@ -579,6 +667,30 @@ impl Stack {
         }
     }
 
+    /// The rule's Firehose action: `{payload (base64), topic}` (the rule's SQL in the
+    /// template), arrival time = the rule's receive time.
+    async fn put_raw(&self, tx: &mpsc::Sender<StreamEntry>, event: IotRuleEvent) {
+        let record = transform::RuleRecord {
+            payload: event.payload,
+            topic: event.topic,
+        };
+        let data = bytes::Bytes::from(record.to_json());
+        self.counters
+            .firehose_put_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let n = self.direct_puts.fetch_add(1, Ordering::Relaxed);
+        let entry = StreamEntry {
+            shard_id: "directput".to_owned(),
+            sequence_number: n.to_string(),
+            partition_key: String::new(),
+            data,
+            approximate_arrival_ms: event.received_at,
+        };
+        if tx.send(entry).await.is_err() {
+            tracing::error!("the emulated Firehose stopped: a raw payload was not delivered");
+        }
+    }
+
     /// Sum of ingest reports so far.
     pub fn ingested(&self) -> IngestReport {
         self.ingested.lock().map(|r| *r).unwrap_or_default()
@@ -600,7 +712,12 @@ impl Stack {
             scheduler,
             started,
             faults,
+            direct_put,
+            direct_puts: _,
+            topology,
         } = self;
+        // Topology firehose: closing the rule's action ends the emulator's input.
+        drop(direct_put);
         // Dropping the last producer handle closes every local shard: the emulator drains
         // them. A Kinesis reader is told that the producers are done instead: it reads
         // every shard to its tip, then drops its sender, which ends the emulator.
@@ -650,6 +767,9 @@ impl Stack {
         let fh = fh.unwrap_or_default();
         let checkpoints = kinesis.as_ref().map_or(0, |k| k.checkpoints_written);
         let firehose_bytes = match stream {
+            _ if topology == Topology::Firehose => {
+                counters.firehose_put_bytes.load(Ordering::Relaxed)
+            }
             StreamTarget::Firehose(_) => counters.firehose_put_bytes.load(Ordering::Relaxed),
             _ => counters.kinesis_bytes.load(Ordering::Relaxed),
         };
@@ -677,7 +797,9 @@ impl Stack {
                 + counters.quarantine_objects.load(Ordering::Relaxed)
                 + counters.rollup_objects.load(Ordering::Relaxed),
             scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
-            no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_)),
+            no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_))
+                || topology == Topology::Firehose,
+            topology: topology.name().to_owned(),
         };
         Ok(StackReport {
             ingest,
@@ -696,6 +818,7 @@ impl Stack {
             kinesis,
             note,
             faults: faults.map(|f| f.counts()),
+            topology: topology.name().to_owned(),
         })
     }
 }
@@ -734,4 +857,60 @@ pub fn local_firehose(flush_every: Duration) -> FirehoseConfig {
         destination_interval: flush_every,
         ..FirehoseConfig::default()
     }
+}
+
+/// The transform of topology firehose: [`transform::RawTransform`] metered as the transform
+/// function, counting Firehose ingestion (5 KB units) and what validation did (into
+/// `ingested`, as ingest would have), and the quarantine objects it writes.
+fn raw_invoke(
+    raw: Arc<transform::RawTransform>,
+    meter: Meter,
+    counters: Arc<Counters>,
+    ingested: Arc<std::sync::Mutex<IngestReport>>,
+    faults: Option<Arc<crate::faults::Injector>>,
+) -> firehose::Invoke {
+    Arc::new(move |event: KinesisFirehoseEvent| {
+        let raw = raw.clone();
+        let meter = meter.clone();
+        let counters = counters.clone();
+        let ingested = ingested.clone();
+        let faults = faults.clone();
+        async move {
+            if faults.as_ref().is_some_and(|f| f.processor_error()) {
+                return Err("Lambda.ServiceException: the function failed (injected)".to_string());
+            }
+            for r in &event.records {
+                counters.firehose_5kb_units.fetch_add(
+                    units(r.data.0.len(), FIREHOSE_INGEST_UNIT_BYTES),
+                    Ordering::Relaxed,
+                );
+            }
+            let result = meter
+                .invoke(
+                    &TRANSFORM,
+                    |r: &Result<_, _>| r.is_err(),
+                    raw.transform(&event),
+                )
+                .await;
+            match result {
+                Ok((response, summary)) => {
+                    if summary.quarantine_records > 0 {
+                        counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(mut total) = ingested.lock() {
+                        total.add(&IngestReport {
+                            messages: summary.messages as u64,
+                            accepted: (summary.messages - summary.rejected_messages) as u64,
+                            quarantined: summary.rejected_messages as u64,
+                            readings: summary.readings as u64,
+                            ..IngestReport::default()
+                        });
+                    }
+                    Ok(response)
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    })
 }

@@ -7,6 +7,8 @@
 //! - [`topic`]: the MQTT topic convention `dt/{fleet}/{device_id}/telemetry`.
 //! - [`validate`]: validation against the contract, one typed [`Rejection`] per class.
 //! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.
+//! - [`rule_record`]: the topic rule's `{payload (base64), topic}` record (topologies
+//!   firehose and kinesis).
 //! - [`schema`]: the Arrow schema of the Parquet files (the source of the Glue table).
 //! - [`stream`]: a record as a Kinesis stream holds it ([`stream::StreamEntry`]).
 //! - [`layout`]: the object layout — every key prefix (`telemetry/`, `stats/`,
@@ -26,6 +28,7 @@ pub mod metering;
 pub mod parquet_writer;
 pub mod partition;
 pub mod quarantine;
+pub mod rule_record;
 pub mod schema;
 pub mod store;
 pub mod stream;
@@ -35,6 +38,7 @@ pub mod validate;
 pub use message::{Reading, StreamRecord, Telemetry};
 pub use partition::Partition;
 pub use quarantine::QuarantineReason;
+pub use rule_record::RuleRecord;
 pub use validate::{Rejected, Rejection, Validated, ValidationConfig, validate_payload};
 
 /// Re-exported so that every crate uses the same `object_store` version.

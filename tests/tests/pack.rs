@@ -40,7 +40,14 @@ fn batched_dump(dir: &Path) -> std::path::PathBuf {
 }
 
 fn replay(file: &Path, data: &Path, pack: bool) -> Value {
-    let mut cmd = iotpipe(&["replay", "--summary-json", "--data"]);
+    // Packing is ingest's: the per-message topology (the firehose topology has no ingest).
+    let mut cmd = iotpipe(&[
+        "replay",
+        "--summary-json",
+        "--topology",
+        "per-message",
+        "--data",
+    ]);
     cmd.arg(data).arg(file);
     if pack {
         cmd.arg("--pack");

@@ -1,7 +1,8 @@
 //! The Firehose data-transformation Lambda of iot-pipeline. (The local emulation of the
 //! Firehose delivery stream that calls it is `local::firehose`.)
 //!
-//! Firehose (source: the Kinesis data stream) buffers stream records and invokes this
+//! Firehose (source: the Kinesis data stream, or DirectPut from ingest; in the `firehose`
+//! topology the rule's raw payloads, see [`raw`]) buffers stream records and invokes this
 //! function synchronously with a batch. Each record's data is a [`telemetry::StreamRecord`]
 //! as compact JSON; the function answers every `recordId` exactly once, in input order,
 //! with the record exploded into the long layout (one [`telemetry::Reading`] JSON document
@@ -13,6 +14,9 @@
 //! - [`handler`]: the pure transformation ([`transform`]) and the Lambda entry point
 //!   ([`handle`]): parsing, checks, de-duplication within an invocation, the 6 MiB
 //!   response budget.
+//! - [`raw`]: the `firehose` topology's input (`IOTPIPE_INPUT=raw`): the topic rule's
+//!   records of raw device payloads, validated with the `telemetry` code, rejects written to
+//!   the quarantine and answered `Dropped`, the rest through [`transform`].
 //! - `main.rs`: the Lambda binary: JSON logs, then `lambda_runtime::run(service_fn(handle))`.
 //!
 //! # Important notes
@@ -29,8 +33,10 @@
 //!   [`handler::RESPONSE_TENTHS_PER_DATA_BYTE`]).
 
 pub mod handler;
+pub mod raw;
 
 pub use handler::{
     FailureReason, MAX_RESPONSE_BYTES, RecordFailure, Summary, TransformResult, handle, transform,
     transform_with_summary,
 };
+pub use raw::{INPUT_VAR, Input, RawError, RawSummary, RawTransform, RuleRecord};

@@ -1,11 +1,17 @@
-//! The transform Lambda binary: JSON logs for CloudWatch, then the runtime loop around
-//! [`transform::handle`]. The handler needs no configuration and no clients.
+//! The transform Lambda binary: JSON logs for CloudWatch, then the runtime loop.
+//!
+//! `IOTPIPE_INPUT` ([`transform::INPUT_VAR`]) says what the records hold, set by the template
+//! per topology: `stream` (default; [`transform::handle`], no configuration, no clients) or
+//! `raw` ([`transform::RawTransform`]: also `IOTPIPE_BUCKET`, the bucket of the quarantine,
+//! and `IOTPIPE_QUARANTINE_PREFIX`, default `quarantine`). A bad value fails the cold start.
 
-use lambda_runtime::{run, service_fn};
+use lambda_runtime::{Error, LambdaEvent, run, service_fn};
+use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
+use transform::{INPUT_VAR, Input, RawTransform};
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
+async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
         // RUST_LOG, defaulting to `info`.
@@ -17,5 +23,34 @@ async fn main() -> Result<(), lambda_runtime::Error> {
         // The current span carries the request id; its parents add nothing.
         .with_span_list(false)
         .init();
-    run(service_fn(transform::handle)).await
+    let input: Input = match std::env::var(INPUT_VAR) {
+        Ok(v) => v.parse()?,
+        Err(_) => Input::Stream,
+    };
+    match input {
+        Input::Stream => run(service_fn(transform::handle)).await,
+        Input::Raw => {
+            let bucket = std::env::var("IOTPIPE_BUCKET").map_err(|_| {
+                "IOTPIPE_BUCKET is not set: with IOTPIPE_INPUT=raw the transform writes \
+                 rejected payloads to s3://$IOTPIPE_BUCKET/$IOTPIPE_QUARANTINE_PREFIX"
+            })?;
+            let prefix = std::env::var("IOTPIPE_QUARANTINE_PREFIX")
+                .unwrap_or_else(|_| telemetry::layout::QUARANTINE_PREFIX.to_owned());
+            // Built at the first quarantined payload, not at every cold start.
+            let store = telemetry::store::open_store_lazy(&format!(
+                "{}{bucket}",
+                telemetry::store::S3_SCHEME
+            ))?;
+            tracing::info!(input = input.as_str(), %bucket, %prefix, "transform configured");
+            let raw = RawTransform::new(store, telemetry::ValidationConfig::default(), &prefix);
+            let raw = &raw;
+            run(service_fn(move |event: LambdaEvent<_>| async move {
+                let (payload, context) = event.into_parts();
+                let span = tracing::info_span!("transform", request_id = %context.request_id);
+                let answer = raw.transform(&payload).instrument(span).await?;
+                Ok::<_, Error>(answer.0)
+            }))
+            .await
+        }
+    }
 }

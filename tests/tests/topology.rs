@@ -1,0 +1,152 @@
+//! `iotpipe replay --topology firehose` (the rule puts raw payloads into Firehose, the
+//! transform validates and quarantines) against `--topology per-message` (the rule invokes
+//! ingest per message) on the same seeded file with hostile payloads: the same stats, the
+//! same quarantine, and the two bills side by side.
+
+// Test helpers outside #[test] functions unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use iotpipe_tests::{dump, iotpipe, last_json_line, query_json, run, total_count};
+use serde_json::Value;
+
+fn replay_topology(file: &Path, data: &Path, topology: &str) -> Value {
+    let mut cmd = iotpipe(&[
+        "replay",
+        "--summary-json",
+        "--rollup-every",
+        "1h",
+        "--topology",
+        topology,
+        "--data",
+    ]);
+    cmd.arg(data).arg(file);
+    last_json_line(&run(&mut cmd))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Every quarantine record under `data/quarantine/`: (reason code, raw bytes), sorted.
+fn quarantine(data: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for f in walk(&data.join("quarantine")) {
+        for line in std::fs::read_to_string(&f).unwrap().lines() {
+            let q: Value = serde_json::from_str(line).unwrap();
+            out.push((
+                q["reason_code"].as_str().unwrap().to_owned(),
+                q["payload_b64"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn line_usd(summary: &Value, prefix: &str) -> f64 {
+    summary["cost"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["item"].as_str().unwrap().starts_with(prefix))
+        .map(|l| l["usd"].as_f64().unwrap())
+        .sum()
+}
+
+fn invocations(summary: &Value, function: &str) -> u64 {
+    summary["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["function"].as_str() == Some(function))
+        .map(|f| f["invocations"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn the_firehose_topology_answers_the_same_stats_and_quarantine_as_per_message_for_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seeded.jsonl");
+    let start = chrono::Utc::now().timestamp_millis() - 30 * 60 * 1000;
+    dump(&file, 5, "2m", 9, start);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let seeded = text.lines().count() as u64;
+    let now = chrono::Utc::now().timestamp_millis();
+    for hostile in [
+        "{\"device_id\":".to_owned(),
+        format!(r#"{{"device_id":"bad id","seq":1,"ts":{now},"metrics":{{"t":1}}}}"#),
+        format!(
+            r#"{{"device_id":"x","seq":1,"ts":{now},"metrics":{{"t":1}},"pad":"{}"}}"#,
+            "x".repeat(140_000)
+        ),
+        format!(r#"[{{"device_id":"x","seq":2,"ts":{now},"metrics":{{"t":1}}}},{{"seq":3}}]"#),
+    ] {
+        text.push_str(&hostile);
+        text.push('\n');
+    }
+    std::fs::write(&file, text).unwrap();
+
+    let fh_data = dir.path().join("firehose");
+    let pm_data = dir.path().join("per-message");
+    let fh = replay_topology(&file, &fh_data, "firehose");
+    let pm = replay_topology(&file, &pm_data, "per-message");
+
+    // The same stats, to the last column.
+    let (fh_rows, pm_rows) = (query_json(&fh_data), query_json(&pm_data));
+    assert!(!fh_rows.is_empty());
+    assert_eq!(fh_rows, pm_rows);
+    // The seeded messages (3 readings each) plus the batch's valid element (1 reading).
+    assert_eq!(total_count(&fh_rows), seeded * 3 + 1, "{fh}");
+
+    // The same accounting and the same quarantine: code and raw bytes of every reject.
+    for k in ["input", "accepted", "quarantined", "readings"] {
+        assert_eq!(fh[k], pm[k], "{k}: firehose {fh} per-message {pm}");
+    }
+    assert_eq!(fh["quarantined"].as_u64(), Some(4), "{fh}");
+    let q = quarantine(&fh_data);
+    assert_eq!(q, quarantine(&pm_data));
+    let codes: Vec<&str> = q.iter().map(|(c, _)| c.as_str()).collect();
+    for code in [
+        "malformed_json",
+        "bad_device_id",
+        "oversize_payload",
+        "missing_field",
+    ] {
+        assert!(codes.contains(&code), "no {code} among {codes:?}");
+    }
+
+    // The bills: no ingest, no messaging charge, no stream in the firehose topology.
+    assert_eq!(fh["cost"]["topology"], "firehose");
+    assert_eq!(pm["cost"]["topology"], "per-message");
+    assert_eq!(invocations(&fh, "ingest"), 0, "{fh}");
+    assert!(invocations(&pm, "ingest") > seeded, "{pm}");
+    assert_eq!(line_usd(&fh, "IoT Core messaging"), 0.0);
+    assert!(line_usd(&pm, "IoT Core messaging") > 0.0);
+    assert_eq!(line_usd(&fh, "Kinesis"), 0.0);
+    let (fh_usd, pm_usd) = (
+        fh["cost"]["total_usd"].as_f64().unwrap(),
+        pm["cost"]["total_usd"].as_f64().unwrap(),
+    );
+    assert!(
+        fh_usd > 0.0 && fh_usd < pm_usd,
+        "firehose ${fh_usd} per-message ${pm_usd}"
+    );
+    eprintln!(
+        "per-run bill: firehose ${fh_usd:.6}, per-message ${pm_usd:.6}, ratio {:.1}x",
+        pm_usd / fh_usd
+    );
+}

@@ -1,0 +1,322 @@
+//! Raw-payload input (the `firehose` topology): the transform validates, quarantines and
+//! explodes what devices sent, with no ingest function and no Kinesis stream in between.
+//!
+//! # Which input a deployment has
+//! Explicit, never guessed from the data: [`INPUT_VAR`] (`IOTPIPE_INPUT`) is `stream` (the
+//! `kinesis` and `per-message` topologies: each record is a [`telemetry::StreamRecord`],
+//! see [`crate::handler`]) or `raw` (the `firehose` topology: this module). The template sets
+//! it per topology.
+//!
+//! # What a raw record is
+//! The topic rule of the `firehose` topology is
+//! `SELECT encode(*, 'base64') AS payload, topic() AS topic FROM 'dt/+/+/telemetry'`
+//! (devices publish to the Basic Ingest topic `$aws/rules/<rule>/dt/...`; `topic()` answers
+//! the topic without that prefix) with a Firehose action (DirectPut). So each Firehose
+//! record is the compact JSON [`RuleRecord`]: the device's bytes, base64, unparsed, and the
+//! topic. Why not `SELECT *, topic(3) AS device`: the rule engine cannot parse a payload that
+//! is not JSON (binary, truncated), so such a payload would fail in the rule, reach only its
+//! error action, and never be quarantined with its reason; and the topic's device segment is
+//! what pins a message to the device an IoT policy authenticated. Cost: base64 makes the
+//! record 4/3 of the payload plus about 60 bytes; Firehose meters records in 5 KB units, so
+//! a payload up to about 3.7 KB stays one unit.
+//!
+//! The received time of a payload is the record's `approximateArrivalTimestamp` (when
+//! Firehose took it from the rule).
+//!
+//! # What the answer is
+//! - Every payload is validated with [`telemetry::validate_payload`] (the same code, limits
+//!   and [`telemetry::QuarantineReason`]s as ingest). Its accepted messages become the same
+//!   stream records ingest would have put, and those go through the stream path
+//!   ([`crate::handler::transform_with_summary`]): the same long rows, partition keys,
+//!   in-invocation de-duplication on `(device_id, seq, ts)` and response budget.
+//! - A payload with rejected messages is written to `quarantine/` (one
+//!   [`telemetry::quarantine::QuarantineRecord`] per payload, raw bytes and reasons, the
+//!   format ingest writes). A payload with no accepted message is answered `Dropped`:
+//!   Firehose keeps no copy, the quarantine is its copy. A batch with some accepted
+//!   elements is answered `Ok` with their rows.
+//! - The quarantine object is written before the response: if it cannot be written the
+//!   invocation fails ([`RawError::Quarantine`]), so Firehose retries the batch (and then
+//!   writes it to its error prefix): a rejected payload is never silently lost.
+//! - `ProcessingFailed` (from the stream path: e.g. a device batch whose messages span event
+//!   hours, since a record has one set of partition keys) echoes the *raw record*, so the
+//!   error prefix holds what the device sent.
+//! - The account: `records = ok + quarantined + duplicates + processing_failed`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseResponse};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use telemetry::quarantine::{self, QuarantineRecord};
+use telemetry::{QuarantineReason, StreamRecord, ValidationConfig, validate_payload};
+
+use crate::handler::{Summary, TransformResult, transform_with_summary};
+
+/// The environment variable that says what the records hold: `stream` or `raw`.
+pub const INPUT_VAR: &str = "IOTPIPE_INPUT";
+
+/// What the transform's input records hold (set per topology by the template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Input {
+    /// Stream records written by ingest (`kinesis` and `per-message` topologies).
+    #[default]
+    Stream,
+    /// The topic rule's [`RuleRecord`]s, put by its Firehose action (`firehose` topology).
+    Raw,
+}
+
+impl Input {
+    /// The spelling of [`INPUT_VAR`]'s value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Input::Stream => "stream",
+            Input::Raw => "raw",
+        }
+    }
+}
+
+/// An [`INPUT_VAR`] value that is neither `stream` nor `raw`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{INPUT_VAR}={0:?} is not an input kind: set it to `raw` (topology firehose: the rule's \
+     records) or `stream` (topologies kinesis and per-message: ingest's stream records)"
+)]
+pub struct UnknownInput(pub String);
+
+impl FromStr for Input {
+    type Err = UnknownInput;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stream" => Ok(Input::Stream),
+            "raw" => Ok(Input::Raw),
+            other => Err(UnknownInput(other.to_owned())),
+        }
+    }
+}
+
+pub use telemetry::RuleRecord;
+
+/// An invocation that must fail so that Firehose retries it.
+#[derive(Debug, thiserror::Error)]
+pub enum RawError {
+    /// The quarantine object could not be written: answering `Dropped` would lose payloads.
+    #[error(
+        "writing quarantine object {key}: {source}. The invocation fails so that Firehose \
+         retries the batch; check that the function's role may put objects under the \
+         quarantine prefix of the bucket"
+    )]
+    Quarantine {
+        /// The object key.
+        key: String,
+        /// The cause.
+        #[source]
+        source: object_store::Error,
+    },
+}
+
+/// What one raw invocation did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RawSummary {
+    /// Records in the event (= `ok + quarantined + duplicates + processing_failed`).
+    pub records: usize,
+    /// Records answered `Ok`.
+    pub ok: usize,
+    /// Records answered `Dropped` because none of their messages was accepted (they are in
+    /// the quarantine).
+    pub quarantined: usize,
+    /// Records answered `Dropped` as duplicates within the invocation.
+    pub duplicates: usize,
+    /// Records answered `ProcessingFailed`.
+    pub processing_failed: usize,
+    /// Messages seen (a device batch counts each element).
+    pub messages: usize,
+    /// Messages rejected and quarantined (elements of partly accepted batches included).
+    pub rejected_messages: usize,
+    /// Quarantine records written (one per payload with a rejection).
+    pub quarantine_records: usize,
+    /// Readings in the `Ok` records.
+    pub readings: usize,
+    /// The stream path's summary over the accepted messages.
+    pub stream: Summary,
+}
+
+/// The raw-input transform: its quarantine store and validation settings, built once per
+/// cold start.
+pub struct RawTransform {
+    store: Arc<dyn ObjectStore>,
+    validation: ValidationConfig,
+    quarantine_prefix: String,
+    /// Names quarantine objects apart between processes.
+    instance: String,
+    /// Names quarantine objects apart within this process.
+    next_object: AtomicU64,
+}
+
+impl RawTransform {
+    /// A raw transform quarantining into `store` under `quarantine_prefix`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        validation: ValidationConfig,
+        quarantine_prefix: &str,
+    ) -> Self {
+        Self {
+            store,
+            validation,
+            quarantine_prefix: quarantine_prefix.to_owned(),
+            instance: format!("t{:08x}", rand::random::<u32>()),
+            next_object: AtomicU64::new(0),
+        }
+    }
+
+    /// Transforms one event of raw records (module doc): one answer per `recordId`, in
+    /// order, after the quarantine of the rejected payloads is written.
+    pub async fn transform(
+        &self,
+        event: &KinesisFirehoseEvent,
+    ) -> Result<(KinesisFirehoseResponse, RawSummary), RawError> {
+        let n = event.records.len();
+        let mut summary = RawSummary {
+            records: n,
+            ..RawSummary::default()
+        };
+        let mut quarantined: Vec<QuarantineRecord> = Vec::new();
+        // Records with accepted messages, rewritten as the stream records ingest would put.
+        let mut stream_event = event.clone();
+        stream_event.records.clear();
+        // For each input record: its position in `stream_event`, if it has one.
+        let mut positions: Vec<Option<usize>> = Vec::with_capacity(n);
+        let mut first_arrival = None;
+        for record in &event.records {
+            let arrival = record.approximate_arrival_timestamp.timestamp_millis();
+            first_arrival.get_or_insert(arrival);
+            let (payload, topic) = match RuleRecord::decode(&record.data.0) {
+                Ok(decoded) => decoded,
+                Err(detail) => {
+                    summary.messages += 1;
+                    summary.rejected_messages += 1;
+                    quarantined.push(QuarantineRecord::other(
+                        QuarantineReason::BadEventEncoding,
+                        format!(
+                            "the record is not the rule's {{payload (base64), topic}} ({detail}); \
+                             check the rule's SQL is SELECT encode(*, 'base64') AS payload, \
+                             topic() AS topic"
+                        ),
+                        "",
+                        arrival,
+                        &record.data.0,
+                    ));
+                    positions.push(None);
+                    continue;
+                }
+            };
+            let v = validate_payload(&payload, &topic, arrival, &self.validation);
+            summary.messages += v.messages();
+            summary.rejected_messages += v.rejected.len();
+            if let Some(first) = v.rejected.first() {
+                tracing::info!(
+                    code = first.reason.code(),
+                    reason = %first.reason,
+                    rejected = v.rejected.len(),
+                    topic = %topic,
+                    "payload quarantined"
+                );
+                quarantined.push(QuarantineRecord::from_payload(
+                    &payload,
+                    &v.rejected,
+                    &topic,
+                    arrival,
+                ));
+            }
+            if v.accepted.is_empty() {
+                positions.push(None);
+                continue;
+            }
+            let mut data = Vec::new();
+            for msg in v.accepted {
+                if !data.is_empty() {
+                    data.push(b'\n');
+                }
+                data.extend_from_slice(&StreamRecord::new(msg, arrival).to_json());
+            }
+            let mut rewritten = record.clone();
+            rewritten.data.0 = data;
+            positions.push(Some(stream_event.records.len()));
+            stream_event.records.push(rewritten);
+        }
+        summary.quarantine_records = quarantined.len();
+        if let Some(arrival) = first_arrival {
+            self.write_quarantine(arrival, &quarantined).await?;
+        }
+
+        let (stream_response, stream_summary) = transform_with_summary(&stream_event);
+        let mut stream_answers = stream_response.records.into_iter();
+        let mut response = KinesisFirehoseResponse::default();
+        for (record, position) in event.records.iter().zip(positions) {
+            let answer = match position.and_then(|_| stream_answers.next()) {
+                Some(mut answer) => {
+                    match answer.result.as_deref() {
+                        Some(r) if r == TransformResult::Ok.as_str() => summary.ok += 1,
+                        Some(r) if r == TransformResult::Dropped.as_str() => {
+                            summary.duplicates += 1
+                        }
+                        _ => {
+                            summary.processing_failed += 1;
+                            // The error prefix keeps what the device sent, not our rewrite.
+                            answer.data = record.data.clone();
+                        }
+                    }
+                    answer
+                }
+                None => {
+                    summary.quarantined += 1;
+                    let mut answer =
+                        aws_lambda_events::event::firehose::KinesisFirehoseResponseRecord::default(
+                        );
+                    answer.record_id = record.record_id.clone();
+                    answer.result = Some(TransformResult::Dropped.as_str().to_owned());
+                    answer
+                }
+            };
+            response.records.push(answer);
+        }
+        summary.readings = stream_summary.readings;
+        summary.stream = stream_summary;
+        tracing::info!(
+            records = summary.records,
+            ok = summary.ok,
+            quarantined = summary.quarantined,
+            duplicates = summary.duplicates,
+            processing_failed = summary.processing_failed,
+            rejected_messages = summary.rejected_messages,
+            "raw records transformed"
+        );
+        Ok((response, summary))
+    }
+
+    async fn write_quarantine(
+        &self,
+        received_at: i64,
+        records: &[QuarantineRecord],
+    ) -> Result<(), RawError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let n = self.next_object.fetch_add(1, Ordering::Relaxed);
+        let key = quarantine::object_key_under(
+            &self.quarantine_prefix,
+            received_at,
+            &format!("{}-{n}", self.instance),
+        );
+        self.store
+            .put(
+                &Path::from(key.as_str()),
+                PutPayload::from(quarantine::to_json_lines(records)),
+            )
+            .await
+            .map_err(|source| RawError::Quarantine { key, source })?;
+        Ok(())
+    }
+}

@@ -303,8 +303,9 @@ pub(crate) struct Tuning {
     /// KEY=PROBABILITY pairs, e.g. throttle=0.05,partial=0.01,timeout=0.001,processor-error=0.01
     /// (throttle: a stream put call fails whole; partial: one entry fails; timeout: a call
     /// stores, then times out, so the retry duplicates; processor-error: a transform
-    /// invocation fails) and seed=N. Put faults apply to --stream local, transform errors
-    /// wherever Firehose is emulated (local, kinesis:); the summary counts them.
+    /// invocation fails) and seed=N. Put faults apply to --stream local with --topology
+    /// per-message (the firehose topology has no stream), transform errors wherever Firehose
+    /// is emulated; the summary counts them.
     #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
     inject: Option<local::faults::FaultPlan>,
 }
@@ -774,10 +775,31 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
     let mut lines = 0u64;
     let mut devices = std::collections::HashSet::new();
-    for line in BufReader::new(file).split(b'\n') {
-        let line = line.with_context(|| format!("reading {}", a.file.display()))?;
-        pb.inc(line.len() as u64 + 1);
-        let payload = line.strip_suffix(b"\r").unwrap_or(&line);
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    loop {
+        // What was read so far goes to the lanes before a read that may block (a pipe that
+        // is written slowly): no line waits for later ones.
+        if reader.buffer().is_empty() {
+            for (lane, batch) in pending.iter_mut().enumerate() {
+                if !batch.is_empty() {
+                    senders[lane]
+                        .send(std::mem::take(batch))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("internal: an ingest lane stopped early"))?;
+                }
+            }
+        }
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("reading {}", a.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        pb.inc(n as u64);
+        let payload = line.strip_suffix(b"\n").unwrap_or(&line);
+        let payload = payload.strip_suffix(b"\r").unwrap_or(payload);
         if payload.iter().all(u8::is_ascii_whitespace) {
             continue;
         }

@@ -412,6 +412,14 @@ impl Stack {
                 cfg.stream
             );
             anyhow::ensure!(
+                cfg.faults
+                    .as_ref()
+                    .is_none_or(|f| f.throttle == 0.0 && f.partial == 0.0 && f.timeout == 0.0),
+                "--inject throttle/partial/timeout fault ingest's puts into the stream, and \
+                 --topology firehose has neither: keep processor-error only, or add --topology \
+                 per-message"
+            );
+            anyhow::ensure!(
                 cfg.ingest.pack == ingest::pack::Pack::Off,
                 "--pack packs ingest's stream records, and --topology firehose has no ingest: \
                  drop --pack, or add --topology per-message"

@@ -18,7 +18,16 @@ use iotpipe_tests::{
 use serde_json::Value;
 
 fn replay(input: &SeededInput, data: &Path, inject: Option<&str>) -> Value {
-    let mut cmd = iotpipe(&["replay", "--summary-json", "--rollup-every", "1h"]);
+    // The put faults (throttle, partial, timeout) hit ingest's puts into the stream: the
+    // per-message topology has them (the firehose topology has no stream, and refuses them).
+    let mut cmd = iotpipe(&[
+        "replay",
+        "--topology",
+        "per-message",
+        "--summary-json",
+        "--rollup-every",
+        "1h",
+    ]);
     cmd.args(["--flush-every", "200ms", "--data"])
         .arg(data)
         .arg(&input.file);

@@ -83,6 +83,11 @@ fn stats_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
             }
             if path.is_dir() {
                 walk(root, &path, out);
+            } else if rel.contains('#') {
+                // object_store's local file system stages a put in `NAME#N` and renames it;
+                // a kill mid-put leaves the staging file, which is no object (its listing
+                // skips such names, and `*.parquet` globs do not match them).
+                continue;
             } else {
                 out.insert(rel, std::fs::read(&path).unwrap());
             }
@@ -178,10 +183,13 @@ fn kill_and_rerun(tmp: &Path, start: &Path, label: &str, expected: &Expected) ->
             std::thread::sleep(Duration::from_millis(250));
         }
         let what = format!("{label} kill point {point} ({delay:?}, {reruns} reruns)");
-        assert_eq!(
-            stats_files(&data).keys().collect::<BTreeSet<_>>(),
-            expected.files.keys().collect::<BTreeSet<_>>(),
-            "{what}: the stats file set differs"
+        let got: BTreeSet<_> = stats_files(&data).into_keys().collect();
+        let want: BTreeSet<_> = expected.files.keys().cloned().collect();
+        assert!(
+            got == want,
+            "{what}: the stats file set differs: missing {:?}, extra {:?}",
+            want.difference(&got).collect::<Vec<_>>(),
+            got.difference(&want).collect::<Vec<_>>()
         );
         assert_eq!(
             all_queries(&data),
@@ -225,8 +233,12 @@ fn a_first_rollup_killed_at_random_points_then_rerun_leaves_the_stats_of_a_clean
         killed_mid_run >= KILLS / 2,
         "only {killed_mid_run} of {KILLS} kills hit a running rollup"
     );
-    // And some kill left a lease that the rerun had to wait out.
-    assert!(blocked_by_lease > 0, "no kill left a lease behind");
+    // A killed run's lease names its process, which is gone: the rerun takes the lease
+    // over at once instead of waiting out its TTL (analytics::lease).
+    assert_eq!(
+        blocked_by_lease, 0,
+        "a dead rollup's lease blocked a rerun on the same machine"
+    );
 }
 
 #[test]

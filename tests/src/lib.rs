@@ -149,6 +149,67 @@ pub fn total_count(rows: &[Value]) -> u64 {
     rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum()
 }
 
+/// Every file under `dir`, recursively (none when it does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Epoch milliseconds of an RFC 3339 JSON string (a query row's window start).
+///
+/// # Panics
+/// When the value is not such a string.
+pub fn rfc3339_ms(v: &Value) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{v} is not an RFC 3339 time: {e}"))
+        .timestamp_millis()
+}
+
+/// Whether two sums or means agree up to floating-point rounding (relative 1e-9).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// `device-sim --dump -` of `devices` devices at 1 message/s for `minutes`, seeded,
+/// starting 40 minutes ago (inside the accepted event-time window): the payload lines.
+///
+/// # Panics
+/// When device-sim fails or dumps another number of lines.
+pub fn seeded_lines(devices: usize, minutes: u64, seed: u64) -> Vec<String> {
+    let start = chrono::Utc::now().timestamp_millis() - 40 * 60 * 1000;
+    let out = run(Command::new(bin("device-sim")).args([
+        "--devices",
+        &devices.to_string(),
+        "--rate",
+        "1",
+        "--duration",
+        &format!("{minutes}m"),
+        "--seed",
+        &seed.to_string(),
+        "--start",
+        &start.to_string(),
+        "--dump",
+        "-",
+    ]));
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines.len() as u64, devices as u64 * minutes * 60);
+    lines
+}
+
 /// Writes `lines` to `path`, one per line (a replay input).
 pub fn write_lines(path: &Path, lines: &[String]) {
     let mut text = String::new();

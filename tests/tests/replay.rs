@@ -11,50 +11,13 @@ use std::io::Write;
 use std::path::Path;
 
 use iotpipe_tests::{
-    bin, iotpipe, last_json_line, python_json, query_json, replay, run, stdout_json, total_count,
-    write_lines,
+    close, files_under, iotpipe, last_json_line, python_json, query_json, replay, rfc3339_ms, run,
+    seeded_lines, stdout_json, total_count, write_lines,
 };
 use serde_json::Value;
 
-/// A seeded device-sim dump: `devices` devices for `minutes` minutes at 1 msg/s, starting
-/// 40 minutes ago (inside the accepted event-time window).
-fn seeded_lines(devices: usize, minutes: u64, seed: u64) -> Vec<String> {
-    let start = chrono::Utc::now().timestamp_millis() - 40 * 60 * 1000;
-    let out = run(std::process::Command::new(bin("device-sim")).args([
-        "--devices",
-        &devices.to_string(),
-        "--rate",
-        "1",
-        "--duration",
-        &format!("{minutes}m"),
-        "--seed",
-        &seed.to_string(),
-        "--start",
-        &start.to_string(),
-        "--dump",
-        "-",
-    ]));
-    let lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    assert_eq!(lines.len() as u64, devices as u64 * minutes * 60);
-    lines
-}
-
 fn rollup(data: &Path) -> Value {
     last_json_line(&run(iotpipe(&["rollup", "--data"]).arg(data)))
-}
-
-fn ms(v: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
 /// Compares the pipeline's aggregates with DuckDB's over the same raw lines, column by
@@ -87,7 +50,7 @@ fn assert_matches_reference(data: &Path, raw: &Path) {
             let key = (
                 r["device_id"].as_str().unwrap().to_string(),
                 r["metric"].as_str().unwrap().to_string(),
-                ms(&r["window_start"]),
+                rfc3339_ms(&r["window_start"]),
             );
             (key, r)
         })
@@ -105,7 +68,7 @@ fn assert_matches_reference(data: &Path, raw: &Path) {
             let (g, w) = (&got[name.as_str()], &want[name.as_str()]);
             match ty.as_str() {
                 "string" | "bigint" => assert_eq!(g, w, "{name} of {key:?}"),
-                "timestamp" => assert_eq!(ms(g), w.as_i64().unwrap(), "{name} of {key:?}"),
+                "timestamp" => assert_eq!(rfc3339_ms(g), w.as_i64().unwrap(), "{name} of {key:?}"),
                 "double" => match (g.as_f64(), w.as_f64()) {
                     (Some(a), Some(b)) => assert!(close(a, b), "{name} of {key:?}: {a} vs {b}"),
                     // Null on both sides (stddev of a single reading).
@@ -188,7 +151,7 @@ fn hostile_payloads_are_all_quarantined_with_their_reasons_and_the_run_succeeds(
 
     // Every quarantined message is on disk with its reason and its bytes.
     let mut codes = Vec::new();
-    for entry in walk(&data.join("quarantine")) {
+    for entry in files_under(&data.join("quarantine")) {
         for line in std::fs::read_to_string(&entry).unwrap().lines() {
             let q: Value = serde_json::from_str(line).unwrap();
             assert!(!q["reason"].as_str().unwrap().is_empty());
@@ -257,19 +220,4 @@ fn ts_of(line: &str) -> i64 {
     serde_json::from_str::<Value>(line).unwrap()["ts"]
         .as_i64()
         .unwrap()
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

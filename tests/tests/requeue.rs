@@ -9,31 +9,8 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use iotpipe_tests::{bin, iotpipe, last_json_line, run, stats_by_window};
+use iotpipe_tests::{iotpipe, last_json_line, run, seeded_lines, stats_by_window};
 use serde_json::{Value, json};
-
-fn seeded_lines(devices: usize, minutes: u64) -> Vec<String> {
-    let start = chrono::Utc::now().timestamp_millis() - 40 * 60 * 1000;
-    let out = run(std::process::Command::new(bin("device-sim")).args([
-        "--devices",
-        &devices.to_string(),
-        "--rate",
-        "1",
-        "--duration",
-        &format!("{minutes}m"),
-        "--seed",
-        "7",
-        "--start",
-        &start.to_string(),
-        "--dump",
-        "-",
-    ]));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
 
 fn replay(lines: &[String], data: &Path) -> Value {
     let file = data.with_extension("jsonl");
@@ -80,7 +57,7 @@ fn quarantine_as_sink_failed(data: &Path, lines: &[String]) {
 #[test]
 fn requeue_brings_every_quarantined_payload_home_and_a_second_one_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let lines = seeded_lines(3, 2);
+    let lines = seeded_lines(3, 2, 7);
     let (delivered, lost) = lines.split_at(lines.len() / 2);
 
     // The reference: everything delivered the first time.

@@ -6,9 +6,9 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use iotpipe_tests::{dump, iotpipe, last_json_line, query_json, run, total_count};
+use iotpipe_tests::{dump, files_under, iotpipe, last_json_line, query_json, run, total_count};
 use serde_json::Value;
 
 fn replay_topology(file: &Path, data: &Path, topology: &str) -> Value {
@@ -25,26 +25,10 @@ fn replay_topology(file: &Path, data: &Path, topology: &str) -> Value {
     last_json_line(&run(&mut cmd))
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Every quarantine record under `data/quarantine/`: (reason code, raw bytes), sorted.
 fn quarantine(data: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for f in walk(&data.join("quarantine")) {
+    for f in files_under(&data.join("quarantine")) {
         for line in std::fs::read_to_string(&f).unwrap().lines() {
             let q: Value = serde_json::from_str(line).unwrap();
             out.push((

@@ -10,10 +10,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use iotpipe_tests::{
-    dump, iotpipe, last_json_line, python_json, replay, run, stdout_json, total_count, write_lines,
+    close, dump, files_under, iotpipe, last_json_line, python_json, replay, rfc3339_ms, run,
+    stdout_json, total_count, write_lines,
 };
 use serde_json::Value;
 
@@ -50,36 +51,10 @@ fn rollup(data: &Path, extra: &[&str]) -> Value {
         .arg(data)))
 }
 
-fn ms(v: &Value) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
-        .unwrap()
-        .timestamp_millis()
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Every stats file (not the rollup's `_state`/`_pending` bookkeeping) with its bytes.
 fn stats_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
     let root = data.join("stats");
-    walk(&root)
+    files_under(&root)
         .into_iter()
         .filter_map(|p| {
             let rel = p
@@ -97,7 +72,7 @@ fn stats_files(data: &Path) -> BTreeMap<String, Vec<u8>> {
 fn telemetry_hours(data: &Path) -> BTreeMap<String, (usize, u64)> {
     let root = data.join("telemetry");
     let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
-    for p in walk(&root) {
+    for p in files_under(&root) {
         let rel = p
             .strip_prefix(&root)
             .unwrap()
@@ -156,7 +131,7 @@ fn assert_adds_up(coarse: &[Value], fine: &[Value], len_ms: i64, fleet: bool, wh
     type Key = (String, String, i64);
     let mut expect: BTreeMap<Key, (u64, f64, f64, f64, i64, i64)> = BTreeMap::new();
     for r in fine {
-        let start = ms(&r["window_start"]);
+        let start = rfc3339_ms(&r["window_start"]);
         let device = if fleet {
             "*".to_string()
         } else {
@@ -169,7 +144,7 @@ fn assert_adds_up(coarse: &[Value], fine: &[Value], len_ms: i64, fleet: bool, wh
         );
         let (n, sum) = (r["count"].as_u64().unwrap(), r["sum"].as_f64().unwrap());
         let (min, max) = (r["min"].as_f64().unwrap(), r["max"].as_f64().unwrap());
-        let (first, last) = (ms(&r["first_event"]), ms(&r["last_event"]));
+        let (first, last) = (rfc3339_ms(&r["first_event"]), rfc3339_ms(&r["last_event"]));
         let e = expect.entry(key).or_insert((
             0,
             0.0,
@@ -194,7 +169,7 @@ fn assert_adds_up(coarse: &[Value], fine: &[Value], len_ms: i64, fleet: bool, wh
         let key = (
             r["device_id"].as_str().unwrap().to_string(),
             r["metric"].as_str().unwrap().to_string(),
-            ms(&r["window_start"]),
+            rfc3339_ms(&r["window_start"]),
         );
         let e = expect
             .get(&key)
@@ -203,8 +178,16 @@ fn assert_adds_up(coarse: &[Value], fine: &[Value], len_ms: i64, fleet: bool, wh
         assert!(close(r["sum"].as_f64().unwrap(), e.1), "{what} {key:?} sum");
         assert_eq!(r["min"].as_f64().unwrap(), e.2, "{what} {key:?} min");
         assert_eq!(r["max"].as_f64().unwrap(), e.3, "{what} {key:?} max");
-        assert_eq!(ms(&r["first_event"]), e.4, "{what} {key:?} first_event");
-        assert_eq!(ms(&r["last_event"]), e.5, "{what} {key:?} last_event");
+        assert_eq!(
+            rfc3339_ms(&r["first_event"]),
+            e.4,
+            "{what} {key:?} first_event"
+        );
+        assert_eq!(
+            rfc3339_ms(&r["last_event"]),
+            e.5,
+            "{what} {key:?} last_event"
+        );
         let mean = r["mean"].as_f64().unwrap();
         assert!(close(mean, e.1 / e.0 as f64), "{what} {key:?} mean");
     }
@@ -259,7 +242,7 @@ fn coarser_windows_add_up_and_compaction_keeps_every_reading_and_every_stats_fil
     }
     let hours: std::collections::BTreeSet<i64> = before["1h/device"]
         .iter()
-        .map(|r| ms(&r["window_start"]))
+        .map(|r| rfc3339_ms(&r["window_start"]))
         .collect();
     assert_eq!(hours.len(), 2, "the fleet spans two hours: {hours:?}");
 
@@ -297,7 +280,7 @@ fn coarser_windows_add_up_and_compaction_keeps_every_reading_and_every_stats_fil
         let key = (
             r["device_id"].as_str().unwrap().to_string(),
             r["metric"].as_str().unwrap().to_string(),
-            ms(&r["window_start"]),
+            rfc3339_ms(&r["window_start"]),
         );
         let values = &exact[&key];
         assert_eq!(r["count"].as_u64().unwrap(), values.len() as u64, "{key:?}");

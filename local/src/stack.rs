@@ -466,14 +466,7 @@ impl Stack {
                 direct_puts: AtomicU64::new(0),
                 topology: cfg.topology,
             };
-            if let Some(every) = cfg.rollup_every {
-                stack.scheduler = Some(Scheduler::start(
-                    every,
-                    stack.store.clone(),
-                    stack.meter.clone(),
-                    stack.counters.clone(),
-                ));
-            }
+            stack.start_scheduler(cfg.rollup_every);
             return Ok(stack);
         }
         let (sink, firehose, kinesis) = match &cfg.stream {
@@ -571,15 +564,20 @@ impl Stack {
             direct_puts: AtomicU64::new(0),
             topology: cfg.topology,
         };
-        if let Some(every) = cfg.rollup_every {
-            stack.scheduler = Some(Scheduler::start(
+        stack.start_scheduler(cfg.rollup_every);
+        Ok(stack)
+    }
+
+    /// Starts the emulated scheduler's rollups every `every` (none: only the final one).
+    fn start_scheduler(&mut self, every: Option<Duration>) {
+        if let Some(every) = every {
+            self.scheduler = Some(Scheduler::start(
                 every,
-                stack.store.clone(),
-                stack.meter.clone(),
-                stack.counters.clone(),
+                self.store.clone(),
+                self.meter.clone(),
+                self.counters.clone(),
             ));
         }
-        Ok(stack)
     }
 
     /// What the emulated IoT rule does for one message: invoke ingest with the event IoT

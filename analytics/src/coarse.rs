@@ -3,14 +3,17 @@
 //!
 //! # What is derived, from what
 //! For every hour the rollup touched ([`derive_coarse`]):
-//! - `stats/window=1h/dt=…/hour=…/stats.parquet` (per device) from **every** Parquet file
-//!   under the hour's `stats/window=1m/dt=…/hour=…/` folder, read one file at a time;
+//! - `stats/window=1h/dt=…/hour=…/NAME` (per device) from each Parquet file `NAME` under
+//!   the hour's `stats/window=1m/dt=…/hour=…/` folder (a unit's `part-BBBB-of-NNNN.parquet`:
+//!   every row of its bucket's devices), one file at a time; a 1h file whose 1m file is gone
+//!   is removed;
 //! - `stats/fleet/window=1m/…` and `stats/fleet/window=1h/…` (device `*`, all devices of a
 //!   metric) from the same rows;
 //!
 //! and for every day of those hours:
-//! - `stats/window=1d/dt=…/stats.parquet` from the day's 1h files, and the fleet's 1d
-//!   from the fleet's 1h files.
+//! - `stats/window=1d/dt=…/NAME` from the day's 1h files of that name (one bucket) when all
+//!   hours of the day share one unit layout, else one `stats.parquet` from all of them (a
+//!   bucket count changed within the day); the fleet's 1d from the fleet's 1h files.
 //!
 //! # Exactness
 //! `count`, `min`, `max`, `first_event`, `last_event` merge exactly; `sum` is the sum of
@@ -23,13 +26,11 @@
 //! sign. 1m per-device quantiles stay exact (the rollup computes them from the values).
 //!
 //! # Memory
-//! One accumulator per (device, metric) of the hour (or day) being derived, plus one
-//! stats file at a time (a unit's 1m file: its Arrow batches, turned into rows one batch
-//! at a time): for 10,000 devices × 4 metrics about 40,000 accumulators (a few hundred
-//! bytes each with their sketch), independent of the readings' count. Measured on a
-//! 10,000-device hour (BENCHMARKS.md), the derivation adds at most ~7 MB to the rollup's
-//! peak; the accumulators grow with the fleet's devices, so at 100,000+ devices per hour
-//! per-bucket 1h/1d files (one per unit file) would be the next step.
+//! One accumulator per (device, metric) of one unit file (one device-hash bucket) of the
+//! hour or day being derived, plus that file's Arrow batches, turned into rows one batch at
+//! a time; the fleet's accumulators are one per (metric, minute). So the bucket count bounds
+//! the derivation's memory as it bounds the units', not the fleet's size (a day whose hours
+//! mix bucket counts is the exception: it is merged whole).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -38,7 +39,9 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 use telemetry::Partition;
-use telemetry::layout::{FLEET_DEVICE_ID, fleet_prefix, stats_day_path, stats_path};
+use telemetry::layout::{
+    FLEET_DEVICE_ID, STATS_FILE_NAME, fleet_prefix, stats_day_path, stats_path,
+};
 use tracing::info;
 
 use crate::config::{RollupConfig, window_prefix};
@@ -249,9 +252,14 @@ pub async fn derive_coarse(
     let mut days = BTreeSet::new();
     for hour in hours {
         let folder = format!("{}/{}/", cfg.window_prefix(Window::M1), hour.path());
-        let mut per_device = Groups::default();
+        let out_folder = format!("{}/{}/", cfg.window_prefix(Window::H1), hour.path());
         let mut fleet_1m = Groups::default();
+        let mut written = BTreeSet::new();
+        // One 1h file per 1m file, under the same name: a unit's file holds every row of
+        // its devices (a device-hash bucket), so its devices' hours are complete in it, and
+        // only one bucket's accumulators are in memory at a time.
         for meta in visible_files(store, &folder).await? {
+            let mut per_device = Groups::default();
             for batch in read_batches(store, &meta, &mut report).await? {
                 for row in rows_of(&meta, &batch)? {
                     let sketch =
@@ -263,7 +271,14 @@ pub async fn derive_coarse(
                     fleet_1m.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
                 }
             }
+            let path = format!("{out_folder}{}", below(&meta, &folder));
+            if write_or_remove(store, &path, &per_device.finish()).await? {
+                report.files_written += 1;
+            }
+            written.insert(path.trim_start_matches('/').to_string());
         }
+        // A 1h file whose 1m file is gone (or the single file of the layout before) goes.
+        report.files_written += remove_others(store, &out_folder, &written).await?;
         let fleet_1m = fleet_1m.finish();
         let mut fleet_1h = Groups::default();
         for row in &fleet_1m {
@@ -276,10 +291,6 @@ pub async fn derive_coarse(
         }
         let label = |w: Window| w.label();
         let outputs = [
-            (
-                stats_path(&cfg.stats_prefix, label(Window::H1), hour),
-                per_device.finish(),
-            ),
             (stats_path(&fleet, label(Window::M1), hour), fleet_1m),
             (
                 stats_path(&fleet, label(Window::H1), hour),
@@ -296,34 +307,63 @@ pub async fn derive_coarse(
     }
 
     for dt in days {
-        for (prefix, is_fleet) in [(cfg.stats_prefix.clone(), false), (fleet.clone(), true)] {
-            let folder = format!(
-                "{}/{}={dt}/",
-                window_prefix(&prefix, Window::H1),
-                telemetry::partition::DT_KEY
-            );
+        // Per device: the day's 1h files of one name (one bucket) at a time, when every
+        // hour of the day has the same unit layout; otherwise (a bucket count changed
+        // within the day, or hours of the layout before units) the whole day at once.
+        let folder = format!(
+            "{}/{}={dt}/",
+            window_prefix(&cfg.stats_prefix, Window::H1),
+            telemetry::partition::DT_KEY
+        );
+        let out_folder = format!(
+            "{}/{}={dt}/",
+            window_prefix(&cfg.stats_prefix, Window::D1),
+            telemetry::partition::DT_KEY
+        );
+        let mut by_name: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
+        for meta in visible_files(store, &folder).await? {
+            let name = meta.location.filename().unwrap_or_default().to_string();
+            by_name.entry(name).or_default().push(meta);
+        }
+        let layouts: BTreeSet<Option<u32>> = by_name.keys().map(|n| buckets_of(n)).collect();
+        if layouts.len() > 1 || layouts.contains(&None) {
+            let all = by_name.into_values().flatten().collect();
+            by_name = BTreeMap::from([(STATS_FILE_NAME.to_string(), all)]);
+        }
+        let mut written = BTreeSet::new();
+        for (name, metas) in by_name {
             let mut per_day = Groups::default();
-            for meta in visible_files(store, &folder).await? {
-                for batch in read_batches(store, &meta, &mut report).await? {
-                    for row in rows_of(&meta, &batch)? {
-                        let id = if is_fleet {
-                            FLEET_DEVICE_ID
-                        } else {
-                            row.device_id.as_str()
-                        };
-                        per_day.add(id, &row, Window::D1).map_err(|source| {
-                            CoarseError::Sketch {
-                                path: meta.location.to_string(),
-                                source,
-                            }
-                        })?;
-                    }
-                }
+            for meta in &metas {
+                add_file(store, meta, None, &mut per_day, &mut report).await?;
             }
-            let path = stats_day_path(&prefix, Window::D1.label(), &dt);
+            let path = format!("{out_folder}{name}");
             if write_or_remove(store, &path, &per_day.finish()).await? {
                 report.files_written += 1;
             }
+            written.insert(path.trim_start_matches('/').to_string());
+        }
+        report.files_written += remove_others(store, &out_folder, &written).await?;
+
+        // The fleet's day: one small file (a row per metric).
+        let fleet_folder = format!(
+            "{}/{}={dt}/",
+            window_prefix(&fleet, Window::H1),
+            telemetry::partition::DT_KEY
+        );
+        let mut per_day = Groups::default();
+        for meta in visible_files(store, &fleet_folder).await? {
+            add_file(
+                store,
+                &meta,
+                Some(FLEET_DEVICE_ID),
+                &mut per_day,
+                &mut report,
+            )
+            .await?;
+        }
+        let path = stats_day_path(&fleet, Window::D1.label(), &dt);
+        if write_or_remove(store, &path, &per_day.finish()).await? {
+            report.files_written += 1;
         }
         report.days += 1;
     }
@@ -335,6 +375,72 @@ pub async fn derive_coarse(
         "1h/1d and fleet windows derived"
     );
     Ok(report)
+}
+
+/// Merges every row of the 1h stats file `meta` into `groups` as 1d rows, under `device`
+/// (the fleet's id) or each row's own device.
+async fn add_file(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    device: Option<&str>,
+    groups: &mut Groups,
+    report: &mut CoarseReport,
+) -> Result<(), CoarseError> {
+    for batch in read_batches(store, meta, report).await? {
+        for row in rows_of(meta, &batch)? {
+            let id = device.unwrap_or(row.device_id.as_str());
+            groups
+                .add(id, &row, Window::D1)
+                .map_err(|source| CoarseError::Sketch {
+                    path: meta.location.to_string(),
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// The path of `meta` below `folder` (a unit's file name).
+fn below(meta: &ObjectMeta, folder: &str) -> String {
+    let path = meta.location.as_ref();
+    path.strip_prefix(folder.trim_start_matches('/'))
+        .unwrap_or(path)
+        .to_string()
+}
+
+/// The bucket count of a unit's file name (`part-BBBB-of-NNNN.parquet`), `None` for any
+/// other name.
+fn buckets_of(name: &str) -> Option<u32> {
+    let (_, of) = name
+        .strip_suffix(".parquet")?
+        .strip_prefix("part-")?
+        .split_once("-of-")?;
+    of.parse().ok()
+}
+
+/// Removes every visible file under `folder` that is not in `keep` (derived files whose
+/// source is gone); returns how many it removed.
+async fn remove_others(
+    store: &Arc<dyn ObjectStore>,
+    folder: &str,
+    keep: &BTreeSet<String>,
+) -> Result<usize, CoarseError> {
+    let mut removed = 0;
+    for meta in visible_files(store, folder).await? {
+        if keep.contains(meta.location.as_ref()) {
+            continue;
+        }
+        match store.delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => removed += 1,
+            Err(e) => {
+                return Err(CoarseError::Write {
+                    path: meta.location.to_string(),
+                    source: e.into(),
+                });
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Every object under `folder` (recursively) whose path below it has no segment starting
@@ -460,6 +566,18 @@ mod tests {
         Vec<Partition>,
         Vec<(String, i64, f64)>,
     ) {
+        seeded_named(|_, d| format!("part-{d:04}-of-0002.parquet")).await
+    }
+
+    /// Two devices over two hours, each device's 1m rows of an hour in its own file named
+    /// `name(hour, device index)`.
+    async fn seeded_named(
+        name: impl Fn(i64, usize) -> String,
+    ) -> (
+        Arc<dyn ObjectStore>,
+        Vec<Partition>,
+        Vec<(String, i64, f64)>,
+    ) {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let cfg = RollupConfig::default();
         let mut rng = StdRng::seed_from_u64(5);
@@ -490,7 +608,7 @@ mod tests {
         let mut hours = Vec::new();
         for h in 0..2 {
             let p = Partition::of_millis(DAY + h * HOUR);
-            for device in ["a", "b"] {
+            for (d, device) in ["a", "b"].into_iter().enumerate() {
                 let mine: Vec<Reading> = readings
                     .iter()
                     .filter(|r| r.device_id == device && Partition::of_millis(r.event_time) == p)
@@ -498,9 +616,10 @@ mod tests {
                     .collect();
                 let stats = aggregate(&[readings_to_batch(&mine).unwrap()], Window::M1).unwrap();
                 let path = format!(
-                    "{}/{}/unit-{device}.parquet",
+                    "{}/{}/{}",
                     cfg.window_prefix(Window::M1),
-                    p.path()
+                    p.path(),
+                    name(h, d)
                 );
                 io::write_parquet(&store, &path, &stats_to_batch(&stats).unwrap())
                     .await
@@ -522,11 +641,43 @@ mod tests {
 
     #[tokio::test]
     async fn coarser_counts_sums_and_extremes_add_up_from_the_finer_rows() {
-        let (store, hours, _) = seeded().await;
+        // Unit files (one 1h and one 1d file per bucket), and a day whose hours have
+        // different layouts (the whole day merged at once): the same rows either way.
+        let layouts: [fn(i64, usize) -> String; 2] = [
+            |_, d| format!("part-{d:04}-of-0002.parquet"),
+            |h, d| {
+                if h == 0 {
+                    format!("part-{d:04}-of-0002.parquet")
+                } else {
+                    format!("unit-{d}.parquet")
+                }
+            },
+        ];
+        for layout in layouts {
+            coarser_rows_add_up(layout).await;
+        }
+    }
+
+    async fn coarser_rows_add_up(layout: fn(i64, usize) -> String) {
+        let (store, hours, _) = seeded_named(layout).await;
+        // A 1h file of the layout before units: replaced, not counted twice.
+        let stale = format!(
+            "{}/{}/{STATS_FILE_NAME}",
+            RollupConfig::default().window_prefix(Window::H1),
+            hours[0].path()
+        );
+        store
+            .put(&Path::from(stale.as_str()), b"not parquet".to_vec().into())
+            .await
+            .unwrap();
         let report = derive_coarse(&store, &hours, &RollupConfig::default())
             .await
             .unwrap();
         assert_eq!((report.hours, report.days), (2, 1));
+        assert!(matches!(
+            store.head(&Path::from(stale.as_str())).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
         for group in [Group::Device, Group::Fleet] {
             let m1 = rows(&store, Window::M1, group).await;
             let h1 = rows(&store, Window::H1, group).await;

@@ -47,8 +47,8 @@
 //! telemetry/dt=YYYY-MM-DD/hour=HH/*                               input, one row per reading
 //! telemetry/dt=…/hour=…/_compaction.json                          what compaction replaced
 //! stats/window=1m/dt=YYYY-MM-DD/hour=HH/part-BBBB-of-NNNN.parquet   output, one file per unit
-//! stats/window=1h/dt=YYYY-MM-DD/hour=HH/stats.parquet               derived ([`coarse`])
-//! stats/window=1d/dt=YYYY-MM-DD/stats.parquet                       derived ([`coarse`])
+//! stats/window=1h/dt=YYYY-MM-DD/hour=HH/part-BBBB-of-NNNN.parquet   derived ([`coarse`])
+//! stats/window=1d/dt=YYYY-MM-DD/part-BBBB-of-NNNN.parquet           derived ([`coarse`])
 //! stats/fleet/window=1m|1h|1d/…                                   fleet-wide (device `*`)
 //! stats/_state/window=1m/dt=…/hour=…/part-BBBB-of-NNNN.json         what each unit aggregated
 //! stats/_state/_lease/…                                            one writer per unit

@@ -4,7 +4,7 @@
 //! ```text
 //! telemetry/dt=YYYY-MM-DD/hour=HH/…                    Parquet readings (by event time)
 //! stats/window=1m|1h/dt=YYYY-MM-DD/hour=HH/*.parquet   per-device aggregates
-//! stats/window=1d/dt=YYYY-MM-DD/stats.parquet           per-device daily aggregates
+//! stats/window=1d/dt=YYYY-MM-DD/*.parquet              per-device daily aggregates
 //! stats/fleet/window=…/…                              the same, fleet-wide (device `*`)
 //! stats/_checkpoint/rollup.json                        which inputs the rollup has aggregated
 //! quarantine/dt=YYYY-MM-DD/hour=HH/…jsonl              rejected payloads (by receive time)

@@ -125,18 +125,22 @@ fn fleet(s: &Snapshot) -> Result<String, ChartError> {
         return Ok(b);
     }
     let w = window_label(s);
-    let fleet = fleet_of(&s.stats);
+    let fleet = fleet_of(&s.stats, &s.fleet);
     for (metric, points) in &fleet {
         b.push_str(&format!("<h2>{} — fleet, per {w}</h2>", esc(metric)));
+        // Sketched quantiles (the analytics fleet view) are within 1 %; the stand-in is
+        // an approximation of unknown error, and labelled so.
+        let sketched = points.iter().all(|p| p.sketched);
+        let q = if sketched { "" } else { "≈" };
         let band = Series::Band {
-            name: "≈ p50–p99 band".into(),
+            name: format!("{q} p50–p99 band").trim_start().to_string(),
             points: points
                 .iter()
                 .map(|p| (p.window_start, p.p50, p.p99))
                 .collect(),
         };
         let p95 = Series::Line {
-            name: "≈ p95".into(),
+            name: format!("{q} p95").trim_start().to_string(),
             points: points.iter().map(|p| (p.window_start, p.p95)).collect(),
         };
         let mean = Series::Line {
@@ -153,9 +157,15 @@ fn fleet(s: &Snapshot) -> Result<String, ChartError> {
             &format!("fleet-{metric}"),
             &format!("{metric}: fleet mean with its p50–p95–p99 band, per {w}"),
             &c,
-            "Mean, count, min and max are exact over all devices; p50/p95/p99 are the \
-             count-weighted means of the devices' own quantiles (an approximation until the \
-             analytics fleet view is used).",
+            if sketched {
+                "Mean, count, min and max are exact over all devices; p50/p95/p99 are the \
+                 analytics fleet view's, from the devices' merged DDSketches: within 1 % of \
+                 the exact quantile over every reading."
+            } else {
+                "Mean, count, min and max are exact over all devices; p50/p95/p99 (≈) are the \
+                 count-weighted means of the devices' own quantiles where the analytics \
+                 fleet view has no current row (a rollup derives it): an approximation."
+            },
         ));
         let rows: Vec<Vec<Cell>> = points
             .iter()
@@ -184,9 +194,9 @@ fn fleet(s: &Snapshot) -> Result<String, ChartError> {
                 "mean",
                 "min",
                 "max",
-                "≈p50",
-                "≈p95",
-                "≈p99",
+                &format!("{q}p50"),
+                &format!("{q}p95"),
+                &format!("{q}p99"),
             ],
             &rows,
         ));

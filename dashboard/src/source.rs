@@ -8,8 +8,10 @@
 //! windows and the fleet view of `analytics::query`) is absorbed here. Two stand-ins live
 //! here until those land:
 //! - [`fleet_of`] derives the fleet view from per-device rows: counts, sums, means, min and
-//!   max are exact; p50/p95/p99 are the count-weighted means of the devices' quantiles,
-//!   an approximation the pages label as such.
+//!   max are exact; p50/p95/p99 come from the analytics fleet view (`--group-by fleet`:
+//!   merged DDSketches, within 1 % of the exact quantile) where it has the window, else
+//!   they are the count-weighted means of the devices' quantiles, an approximation the
+//!   pages label as such.
 //! - only the windows `analytics::query` produces can be asked for (`1m` today); the
 //!   window is a parameter throughout ([`Options::window`]).
 
@@ -180,6 +182,8 @@ pub struct Snapshot {
     pub window: Window,
     /// Per (device, metric, window) statistics, as `iotpipe query` returns them.
     pub stats: Vec<WindowStats>,
+    /// The fleet view (`iotpipe query --group-by fleet`): one row per (metric, window).
+    pub fleet: Vec<WindowStats>,
     /// The delivery ledger (`iotpipe ledger` without `--sent`); `None` when there is no
     /// telemetry nor quarantine at all.
     pub ledger: Option<Ledger>,
@@ -212,6 +216,14 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
         ..Query::default()
     };
     let stats = analytics::query(store.clone(), &q).await?;
+    let fleet = analytics::query(
+        store.clone(),
+        &Query {
+            group: analytics::Group::Fleet,
+            ..q.clone()
+        },
+    )
+    .await?;
     let ledger = ledger::compute(
         store.clone(),
         &LedgerConfig {
@@ -228,6 +240,7 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
     Ok(Snapshot {
         window: opts.window,
         stats,
+        fleet,
         ledger: has_ledger.then_some(ledger),
         quarantine,
         transits,
@@ -253,17 +266,26 @@ pub struct FleetPoint {
     pub min: f64,
     /// Largest value (exact).
     pub max: f64,
-    /// ≈ median: count-weighted mean of the devices' p50.
+    /// Median: from the fleet view's sketch when [`FleetPoint::sketched`], else the
+    /// count-weighted mean of the devices' p50 (≈).
     pub p50: f64,
-    /// ≈ p95: count-weighted mean of the devices' p95.
+    /// p95, the same way.
     pub p95: f64,
-    /// ≈ p99: count-weighted mean of the devices' p99.
+    /// p99, the same way.
     pub p99: f64,
+    /// The quantiles come from the fleet view's merged sketch (within 1 %), not from the
+    /// devices' quantiles.
+    pub sketched: bool,
 }
 
-/// The fleet view per metric and window, from per-device rows (see the module doc for
-/// what is exact). Sorted by metric, then window.
-pub fn fleet_of(stats: &[WindowStats]) -> BTreeMap<String, Vec<FleetPoint>> {
+/// The fleet view per metric and window, from per-device rows and, for the quantiles, the
+/// analytics fleet rows `fleet` where they have the window (see the module doc for what is
+/// exact). Sorted by metric, then window.
+pub fn fleet_of(stats: &[WindowStats], fleet: &[WindowStats]) -> BTreeMap<String, Vec<FleetPoint>> {
+    let sketched: BTreeMap<(&str, i64), &WindowStats> = fleet
+        .iter()
+        .map(|f| ((f.metric.as_str(), f.window_start), f))
+        .collect();
     let mut acc: BTreeMap<(String, i64), FleetPoint> = BTreeMap::new();
     for s in stats {
         let w = s.count as f64;
@@ -280,6 +302,7 @@ pub fn fleet_of(stats: &[WindowStats]) -> BTreeMap<String, Vec<FleetPoint>> {
                 p50: 0.0,
                 p95: 0.0,
                 p99: 0.0,
+                sketched: false,
             });
         p.devices += 1;
         p.count += s.count;
@@ -291,13 +314,20 @@ pub fn fleet_of(stats: &[WindowStats]) -> BTreeMap<String, Vec<FleetPoint>> {
         p.p99 += s.p99 * w;
     }
     let mut out: BTreeMap<String, Vec<FleetPoint>> = BTreeMap::new();
-    for ((metric, _), mut p) in acc {
+    for ((metric, start), mut p) in acc {
         let n = p.count as f64;
         if n > 0.0 {
             p.mean = p.sum / n;
             p.p50 /= n;
             p.p95 /= n;
             p.p99 /= n;
+        }
+        // The fleet row counts the same readings when it is current (a rollup derived it
+        // from these rows); a stale one is not used.
+        if let Some(f) = sketched.get(&(metric.as_str(), start))
+            && f.count == p.count
+        {
+            (p.p50, p.p95, p.p99, p.sketched) = (f.p50, f.p95, f.p99, true);
         }
         out.entry(metric).or_default().push(p);
     }

@@ -129,6 +129,28 @@ async fn the_fleet_page_adds_up_the_devices_rows_of_query_per_metric_and_minute(
             assert_eq!(row[4].parse::<f64>().unwrap(), *min);
             assert_eq!(row[5].parse::<f64>().unwrap(), *max);
         }
+        // The quantiles are the analytics fleet view's (merged sketches), not a stand-in.
+        let fleet = analytics::query(
+            store.clone(),
+            &Query {
+                group: analytics::Group::Fleet,
+                metric: Some(metric.to_string()),
+                ..Query::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(fleet.len(), got.len(), "{metric}: a fleet row per minute");
+        for (row, f) in got.iter().zip(&fleet) {
+            assert_eq!(row[0], f.window_start.to_string());
+            for (cell, want) in row[6..9].iter().zip([f.p50, f.p95, f.p99]) {
+                assert_eq!(cell.parse::<f64>().unwrap(), want, "{metric}: {row:?}");
+            }
+        }
+        assert!(
+            !index.contains("≈p95"),
+            "sketched quantiles are not labelled ≈"
+        );
     }
     // 4 minutes of data: the band, the mean and p95 lines of 4 points each.
     let fig = figures(index);

@@ -20,19 +20,26 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+/// The marker of the telemetry object `key`: the same key under `pending_prefix`.
+fn marker_of(pending_prefix: &str, key: &str) -> Path {
+    Path::from(format!(
+        "{}/{}",
+        pending_prefix.trim_matches('/'),
+        key.trim_matches('/')
+    ))
+}
+
 /// Leaves the marker of the new telemetry object `key` under `pending_prefix`.
 pub async fn mark(
     store: &Arc<dyn ObjectStore>,
     pending_prefix: &str,
     key: &str,
 ) -> Result<(), object_store::Error> {
-    let marker = format!(
-        "{}/{}",
-        pending_prefix.trim_matches('/'),
-        key.trim_matches('/')
-    );
     store
-        .put(&Path::from(marker), PutPayload::from_static(b""))
+        .put(
+            &marker_of(pending_prefix, key),
+            PutPayload::from_static(b""),
+        )
         .await
         .map(|_| ())
 }
@@ -44,14 +51,13 @@ pub async fn ensure(
     pending_prefix: &str,
     key: &str,
 ) -> Result<(), object_store::Error> {
-    let marker = format!(
-        "{}/{}",
-        pending_prefix.trim_matches('/'),
-        key.trim_matches('/')
-    );
     let create = PutOptions::from(PutMode::Create);
     match store
-        .put_opts(&Path::from(marker), PutPayload::from_static(b""), create)
+        .put_opts(
+            &marker_of(pending_prefix, key),
+            PutPayload::from_static(b""),
+            create,
+        )
         .await
     {
         Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),

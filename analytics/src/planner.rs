@@ -112,15 +112,7 @@ pub async fn plan(store: &Arc<dyn ObjectStore>, cfg: &RollupConfig) -> Result<Pl
     for (partition, markers) in touched {
         let names = match listed.remove(&partition) {
             Some(names) => names,
-            None => io::list_partition(store, prefix, &partition)
-                .await
-                .map_err(|source| RollupError::List {
-                    prefix: format!("{prefix}/{}", partition.path()),
-                    source,
-                })?
-                .into_iter()
-                .map(|f| f.name)
-                .collect(),
+            None => partition_names(store, prefix, &partition).await?,
         };
         files_scanned += names.len();
         let units = units_behind(store, cfg, &partition, &names).await?;
@@ -165,7 +157,19 @@ pub async fn hour_up_to_date(
     partition: &Partition,
 ) -> Result<bool, RollupError> {
     let prefix = cfg.telemetry_prefix.trim_matches('/');
-    let names: BTreeSet<String> = io::list_partition(store, prefix, partition)
+    let names: BTreeSet<String> = partition_names(store, prefix, partition).await?;
+    Ok(units_behind(store, cfg, partition, &names)
+        .await?
+        .is_empty())
+}
+
+/// The names of the telemetry objects of `partition` under `prefix` (one listing).
+async fn partition_names(
+    store: &Arc<dyn ObjectStore>,
+    prefix: &str,
+    partition: &Partition,
+) -> Result<BTreeSet<String>, RollupError> {
+    Ok(io::list_partition(store, prefix, partition)
         .await
         .map_err(|source| RollupError::List {
             prefix: format!("{prefix}/{}", partition.path()),
@@ -173,8 +177,5 @@ pub async fn hour_up_to_date(
         })?
         .into_iter()
         .map(|f| f.name)
-        .collect();
-    Ok(units_behind(store, cfg, partition, &names)
-        .await?
-        .is_empty())
+        .collect())
 }

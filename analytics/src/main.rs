@@ -31,7 +31,6 @@ use analytics::fanout::{DEFAULT_FANOUT_MIN_UNITS, SqsUnitQueue};
 use analytics::handler::handle_compact;
 use lambda_runtime::{Error, run, service_fn};
 use object_store::ObjectStore;
-use tracing_subscriber::EnvFilter;
 
 /// Which scheduled job this function runs (`infra/template.yaml` deploys this binary as
 /// `rollup` and as `compact`).
@@ -64,12 +63,7 @@ const JOB_COMPACT: &str = "compact";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    // JSON lines for CloudWatch; `RUST_LOG` overrides the default level.
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_current_span(false)
-        .init();
+    telemetry::logging::init_lambda();
 
     // Non-UTF-8 values are read lossily: validation then names them invalid, instead of
     // calling them missing.

@@ -13,7 +13,6 @@ use dashboard::SITE_PREFIX;
 use dashboard::report::handle;
 use lambda_runtime::{Error, run, service_fn};
 use object_store::ObjectStore;
-use tracing_subscriber::EnvFilter;
 
 /// The S3 bucket holding `stats/`, `telemetry/` and `quarantine/`.
 const BUCKET_VAR: &str = "IOTPIPE_BUCKET";
@@ -24,11 +23,7 @@ const PREFIX_VAR: &str = "IOTPIPE_DASHBOARD_PREFIX";
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_current_span(false)
-        .init();
+    telemetry::logging::init_lambda();
     let (store, prefix) = setup().map_err(|e| {
         tracing::error!(error = %e, "cold start failed");
         e

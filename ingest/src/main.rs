@@ -9,21 +9,10 @@
 
 use ingest::{AnySink, Config, Ingest};
 use lambda_runtime::{Error, run, service_fn};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        // RUST_LOG, defaulting to `info`.
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        // CloudWatch neither renders ANSI colours nor needs our timestamps: it stamps
-        // every line itself.
-        .with_ansi(false)
-        .without_time()
-        // The current span carries the request id; its parents add nothing.
-        .with_span_list(false)
-        .init();
+    telemetry::logging::init_lambda();
 
     let ingest = init().await.map_err(|e| {
         // The log line is what CloudWatch shows for a failed init; the returned error is

@@ -23,6 +23,7 @@
 //! [`object_store::ObjectStore`] it is handed ([`store::open_store`] only builds one).
 
 pub mod layout;
+pub mod logging;
 pub mod message;
 pub mod metering;
 pub mod parquet_writer;

@@ -7,22 +7,11 @@
 
 use lambda_runtime::{Error, LambdaEvent, run, service_fn};
 use tracing::Instrument;
-use tracing_subscriber::EnvFilter;
 use transform::{INPUT_VAR, Input, RawTransform};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        // RUST_LOG, defaulting to `info`.
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        // CloudWatch neither renders ANSI colours nor needs our timestamps: it stamps
-        // every line itself.
-        .with_ansi(false)
-        .without_time()
-        // The current span carries the request id; its parents add nothing.
-        .with_span_list(false)
-        .init();
+    telemetry::logging::init_lambda();
     let input: Input = match std::env::var(INPUT_VAR) {
         Ok(v) => v.parse()?,
         Err(_) => Input::Stream,

@@ -14,78 +14,76 @@ use crate::layout::{QUARANTINE_PREFIX, join};
 use crate::partition::Partition;
 use crate::validate::Rejected;
 
-/// Why a message was quarantined: the stable code of its class, serialised as the
-/// `reason_code` of a [`QuarantineRecord`] (`"invalid_utf8"`, `"sink_failed"`, …).
-///
-/// The validation classes mirror [`crate::Rejection`]; the others come from later stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum QuarantineReason {
-    /// Larger than the IoT Core message limit.
-    OversizePayload,
-    /// Not UTF-8.
-    InvalidUtf8,
-    /// Not parseable as JSON.
-    MalformedJson,
-    /// A field (or the payload itself) has the wrong JSON type.
-    WrongType,
-    /// A required field is absent.
-    MissingField,
-    /// The event time is outside the accepted window around the receive time.
-    TsOutOfRange,
-    /// The device id is not a valid AWS IoT thing name.
-    BadDeviceId,
-    /// The topic is not `dt/{fleet}/{device_id}/telemetry`.
-    BadTopic,
-    /// The payload's device id differs from the topic's.
-    TopicDeviceMismatch,
-    /// More metrics than allowed.
-    TooManyMetrics,
-    /// No metric at all.
-    NoMetrics,
-    /// A metric name outside `[a-z][a-z0-9_]{0,63}`.
-    BadMetricName,
-    /// A metric value that is not a finite number.
-    NonFiniteValue,
-    /// `seq` does not fit Parquet's int64.
-    SeqOutOfRange,
-    /// A device-side batch with no message in it.
-    EmptyBatch,
-    /// A device-side batch with more elements than the contract allows.
-    BatchTooLarge,
-    /// `fw` too long or with characters outside printable ASCII.
-    BadFw,
-    /// A valid message a sink could not deliver within its retry deadline.
-    SinkFailed,
-    /// The IoT rule's event carried a payload field that is not base64.
-    BadEventEncoding,
+/// Declares [`QuarantineReason`] from one table: each variant with its doc and its stable
+/// code, so that the enum, [`QuarantineReason::as_str`] and [`QuarantineReason::ALL`]
+/// cannot drift apart (serde's snake_case spelling is checked against the codes in the
+/// tests).
+macro_rules! quarantine_reasons {
+    ($( $(#[doc = $doc:literal])* $variant:ident => $code:literal, )*) => {
+        /// Why a message was quarantined: the stable code of its class, serialised as the
+        /// `reason_code` of a [`QuarantineRecord`] (`"invalid_utf8"`, `"sink_failed"`, …).
+        ///
+        /// The validation classes mirror [`crate::Rejection`]; the others come from later
+        /// stages.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum QuarantineReason {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl QuarantineReason {
+            /// Every reason, in declaration order.
+            pub const ALL: &[Self] = &[$(Self::$variant),*];
+
+            /// The code as it is written in quarantine records and logs.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $code, )*
+                }
+            }
+        }
+    };
 }
 
-impl QuarantineReason {
-    /// The code as it is written in quarantine records and logs.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::OversizePayload => "oversize_payload",
-            Self::InvalidUtf8 => "invalid_utf8",
-            Self::MalformedJson => "malformed_json",
-            Self::WrongType => "wrong_type",
-            Self::MissingField => "missing_field",
-            Self::TsOutOfRange => "ts_out_of_range",
-            Self::BadDeviceId => "bad_device_id",
-            Self::BadTopic => "bad_topic",
-            Self::TopicDeviceMismatch => "topic_device_mismatch",
-            Self::TooManyMetrics => "too_many_metrics",
-            Self::NoMetrics => "no_metrics",
-            Self::BadMetricName => "bad_metric_name",
-            Self::NonFiniteValue => "non_finite_value",
-            Self::SeqOutOfRange => "seq_out_of_range",
-            Self::EmptyBatch => "empty_batch",
-            Self::BatchTooLarge => "batch_too_large",
-            Self::BadFw => "bad_fw",
-            Self::SinkFailed => "sink_failed",
-            Self::BadEventEncoding => "bad_event_encoding",
-        }
-    }
+quarantine_reasons! {
+    /// Larger than the IoT Core message limit.
+    OversizePayload => "oversize_payload",
+    /// Not UTF-8.
+    InvalidUtf8 => "invalid_utf8",
+    /// Not parseable as JSON.
+    MalformedJson => "malformed_json",
+    /// A field (or the payload itself) has the wrong JSON type.
+    WrongType => "wrong_type",
+    /// A required field is absent.
+    MissingField => "missing_field",
+    /// The event time is outside the accepted window around the receive time.
+    TsOutOfRange => "ts_out_of_range",
+    /// The device id is not a valid AWS IoT thing name.
+    BadDeviceId => "bad_device_id",
+    /// The topic is not `dt/{fleet}/{device_id}/telemetry`.
+    BadTopic => "bad_topic",
+    /// The payload's device id differs from the topic's.
+    TopicDeviceMismatch => "topic_device_mismatch",
+    /// More metrics than allowed.
+    TooManyMetrics => "too_many_metrics",
+    /// No metric at all.
+    NoMetrics => "no_metrics",
+    /// A metric name outside `[a-z][a-z0-9_]{0,63}`.
+    BadMetricName => "bad_metric_name",
+    /// A metric value that is not a finite number.
+    NonFiniteValue => "non_finite_value",
+    /// `seq` does not fit Parquet's int64.
+    SeqOutOfRange => "seq_out_of_range",
+    /// A device-side batch with no message in it.
+    EmptyBatch => "empty_batch",
+    /// A device-side batch with more elements than the contract allows.
+    BatchTooLarge => "batch_too_large",
+    /// `fw` too long or with characters outside printable ASCII.
+    BadFw => "bad_fw",
+    /// A valid message a sink could not deliver within its retry deadline.
+    SinkFailed => "sink_failed",
+    /// The IoT rule's event carried a payload field that is not base64.
+    BadEventEncoding => "bad_event_encoding",
 }
 
 impl std::fmt::Display for QuarantineReason {
@@ -263,28 +261,7 @@ mod tests {
 
     #[test]
     fn every_reason_is_written_and_read_back_as_its_code() {
-        use QuarantineReason::*;
-        for r in [
-            OversizePayload,
-            InvalidUtf8,
-            MalformedJson,
-            WrongType,
-            MissingField,
-            TsOutOfRange,
-            BadDeviceId,
-            BadTopic,
-            TopicDeviceMismatch,
-            TooManyMetrics,
-            NoMetrics,
-            BadMetricName,
-            NonFiniteValue,
-            SeqOutOfRange,
-            EmptyBatch,
-            BatchTooLarge,
-            BadFw,
-            SinkFailed,
-            BadEventEncoding,
-        ] {
+        for &r in QuarantineReason::ALL {
             let json = serde_json::to_string(&r).unwrap();
             assert_eq!(json, format!("\"{}\"", r.as_str()));
             assert_eq!(serde_json::from_str::<QuarantineReason>(&json).unwrap(), r);

@@ -31,7 +31,7 @@ pub const PALETTE: [(u8, u8, u8); 6] = [
 ];
 
 /// A drawn chart.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Chart {
     /// The SVG document.
     pub svg: String,
@@ -174,14 +174,7 @@ pub fn time_chart(
     }
     let span = x1 - x0;
     let mut svg = String::new();
-    let mut chart = Chart {
-        svg: String::new(),
-        lines: 0,
-        line_points: 0,
-        bands: 0,
-        bars: 0,
-        legend: Vec::new(),
-    };
+    let mut chart = Chart::default();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
@@ -244,14 +237,7 @@ pub fn bar_chart(title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<Ch
     let hi = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
     let n = u32::try_from(bars.len().max(1)).unwrap_or(u32::MAX);
     let mut svg = String::new();
-    let mut chart = Chart {
-        svg: String::new(),
-        lines: 0,
-        line_points: 0,
-        bands: 0,
-        bars: 0,
-        legend: Vec::new(),
-    };
+    let mut chart = Chart::default();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;

@@ -611,33 +611,27 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
     match &s.ledger {
         Some(l) => {
             let t = &l.totals;
-            let ratio = |a: u64, of: u64| if of == 0 { 0.0 } else { a as f64 / of as f64 };
-            let rows = vec![
+            let rows: Vec<Vec<Cell>> = [
+                ("loss (missing / sent)", t.missing, t.sent),
+                ("late / received", t.late, t.received),
+                ("duplicated / received", t.duplicated, t.received),
+                ("rejected / sent", t.rejected, t.sent),
+            ]
+            .into_iter()
+            .map(|(name, count, of)| {
+                let ratio = if of == 0 {
+                    0.0
+                } else {
+                    count as f64 / of as f64
+                };
                 vec![
-                    Cell::Text("loss (missing / sent)".into()),
-                    Cell::Int(t.missing),
-                    Cell::Int(t.sent),
-                    Cell::Float(ratio(t.missing, t.sent)),
-                ],
-                vec![
-                    Cell::Text("late / received".into()),
-                    Cell::Int(t.late),
-                    Cell::Int(t.received),
-                    Cell::Float(ratio(t.late, t.received)),
-                ],
-                vec![
-                    Cell::Text("duplicated / received".into()),
-                    Cell::Int(t.duplicated),
-                    Cell::Int(t.received),
-                    Cell::Float(ratio(t.duplicated, t.received)),
-                ],
-                vec![
-                    Cell::Text("rejected / sent".into()),
-                    Cell::Int(t.rejected),
-                    Cell::Int(t.sent),
-                    Cell::Float(ratio(t.rejected, t.sent)),
-                ],
-            ];
+                    Cell::Text(name.into()),
+                    Cell::Int(count),
+                    Cell::Int(of),
+                    Cell::Float(ratio),
+                ]
+            })
+            .collect();
             b.push_str(&table(
                 "ratios",
                 "the delivery ledger's totals",

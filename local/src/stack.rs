@@ -264,6 +264,15 @@ pub struct Counters {
     pub dead_letters_lost: AtomicU64,
 }
 
+/// What the emulated IoT rule's action does with each message, per topology.
+enum RuleAction {
+    /// `per-message`: invoke the ingest function, which puts into the stream.
+    Ingest(Arc<Ingest<StackSink>>),
+    /// `firehose`: the rule's Firehose action puts the raw payload into the emulated
+    /// delivery stream (DirectPut); no ingest runs.
+    DirectPut(mpsc::Sender<StreamEntry>),
+}
+
 /// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
 struct KinesisReader {
     /// Tells the reader the producers have stopped: drain to the tips and end.
@@ -284,7 +293,8 @@ pub struct Stack {
     pub counters: Arc<Counters>,
     /// Sum of every ingest invocation's report.
     pub ingested: Arc<std::sync::Mutex<IngestReport>>,
-    ingest: Arc<Ingest<StackSink>>,
+    /// What the emulated IoT rule's action does with a message (per the topology).
+    action: RuleAction,
     /// The emulated Firehose (absent with a real Firehose delivery stream).
     firehose: Option<JoinHandle<Result<FirehoseReport, firehose::EmulatorError>>>,
     /// The Kinesis reader (only with `kinesis:NAME`).
@@ -295,9 +305,7 @@ pub struct Stack {
     started: Instant,
     /// The injected faults (`--inject`), counted for the report.
     faults: Option<Arc<crate::faults::Injector>>,
-    /// Topology firehose: the rule's Firehose action (DirectPut into the emulator).
-    direct_put: Option<mpsc::Sender<StreamEntry>>,
-    /// Sequence numbers of the direct puts.
+    /// Sequence numbers of the direct puts (topology firehose).
     direct_puts: AtomicU64,
     topology: Topology,
 }
@@ -443,26 +451,18 @@ impl Stack {
                 store.clone(),
                 invoke,
             ));
-            // No ingest runs in this topology; its sink is a stream nobody reads.
-            let (unused, _readers) = LocalStream::new(1, 1);
-            let ingest = Arc::new(Ingest::new(
-                StackSink::Local(unused, None),
-                store.clone(),
-                cfg.ingest.clone(),
-            ));
             let mut stack = Self {
                 store,
                 meter,
                 counters,
                 ingested,
-                ingest,
+                action: RuleAction::DirectPut(tx),
                 firehose: Some(firehose),
                 kinesis: None,
                 stream: cfg.stream.clone(),
                 scheduler: None,
                 started: Instant::now(),
                 faults,
-                direct_put: Some(tx),
                 direct_puts: AtomicU64::new(0),
                 topology: cfg.topology,
             };
@@ -553,14 +553,13 @@ impl Stack {
             meter,
             counters,
             ingested,
-            ingest,
+            action: RuleAction::Ingest(ingest),
             firehose,
             kinesis,
             stream: cfg.stream.clone(),
             scheduler: None,
             started: Instant::now(),
             faults,
-            direct_put: None,
             direct_puts: AtomicU64::new(0),
             topology: cfg.topology,
         };
@@ -587,12 +586,14 @@ impl Stack {
     /// messaging charge): the raw payload goes into the emulated Firehose, and the report is
     /// empty (the transform's validation counts into [`Stack::ingested`]).
     pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
-        if let Some(tx) = &self.direct_put {
-            self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
-            self.put_raw(tx, event).await;
-            return IngestReport::default();
-        }
         self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        let ingest = match &self.action {
+            RuleAction::DirectPut(tx) => {
+                self.put_raw(tx, event).await;
+                return IngestReport::default();
+            }
+            RuleAction::Ingest(ingest) => ingest,
+        };
         self.counters.iot_message_units.fetch_add(
             units(payload_len, IOT_MESSAGE_UNIT_BYTES),
             Ordering::Relaxed,
@@ -602,7 +603,7 @@ impl Stack {
             .invoke(
                 &INGEST,
                 |r: &Result<_, _>| r.is_err(),
-                self.ingest.handle_event(&event),
+                ingest.handle_event(&event),
             )
             .await;
         match result {
@@ -711,23 +712,22 @@ impl Stack {
             meter,
             counters,
             ingested,
-            ingest,
+            action,
             firehose,
             kinesis,
             stream,
             scheduler,
             started,
             faults,
-            direct_put,
             direct_puts: _,
             topology,
         } = self;
-        // Topology firehose: closing the rule's action ends the emulator's input.
-        drop(direct_put);
-        // Dropping the last producer handle closes every local shard: the emulator drains
-        // them. A Kinesis reader is told that the producers are done instead: it reads
-        // every shard to its tip, then drops its sender, which ends the emulator.
-        drop(ingest);
+        // Dropping the rule's action closes what it wrote into: the Firehose emulator's
+        // direct-put input (topology firehose), or the last producer handle of every local
+        // shard, which the emulator then drains. A Kinesis reader is told that the
+        // producers are done instead: it reads every shard to its tip, then drops its
+        // sender, which ends the emulator.
+        drop(action);
         let mut reader = None;
         if let Some(k) = &kinesis {
             let _ = k.stop.send(true);

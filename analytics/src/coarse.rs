@@ -48,7 +48,7 @@ use crate::config::{RollupConfig, window_prefix};
 use crate::io::{self, ReadError};
 use crate::schema::{stats_from_batch, stats_to_batch};
 use crate::sketch::{Sketch, SketchError};
-use crate::stats::WindowStats;
+use crate::stats::{RowSketch, WindowStats};
 use crate::window::Window;
 
 /// The merge of several windows' rows into one coarser row.
@@ -70,17 +70,18 @@ pub struct Merge {
 impl Merge {
     /// Adds a finer row. Fails when its sketch is not readable.
     pub fn add(&mut self, row: &WindowStats) -> Result<(), SketchError> {
-        let sketch = Sketch::from_bytes(&row.sketch)?;
+        let sketch = row.decode_sketch()?;
         self.add_decoded(row, &sketch);
         Ok(())
     }
 
-    /// Adds a finer row whose sketch is already decoded (`sketch`, from `row.sketch`).
-    pub fn add_decoded(&mut self, row: &WindowStats, sketch: &Sketch) {
+    /// Adds a finer row whose sketch is already decoded (`sketch`, from
+    /// [`WindowStats::decode_sketch`]).
+    pub fn add_decoded(&mut self, row: &WindowStats, sketch: &RowSketch) {
         if row.count == 0 {
             return;
         }
-        self.sketch.merge(sketch);
+        sketch.merge_into(&mut self.sketch);
         if self.count == 0 {
             self.count = row.count;
             self.sum = row.sum;
@@ -134,39 +135,49 @@ impl Merge {
 }
 
 /// Rows grouped by (device, metric, window start), merged in arrival order.
+///
+/// Nested maps, so that a row of an existing group is found by borrowed names: one row per
+/// minute of every device goes through the fleet's groups, and allocating its key to look
+/// it up was most of the derivation's allocations.
 #[derive(Debug, Default)]
-struct Groups(BTreeMap<(String, String, i64), Merge>);
+struct Groups(BTreeMap<String, BTreeMap<String, BTreeMap<i64, Merge>>>);
 
 impl Groups {
     fn add(&mut self, device: &str, row: &WindowStats, window: Window) -> Result<(), SketchError> {
-        let sketch = Sketch::from_bytes(&row.sketch)?;
+        let sketch = row.decode_sketch()?;
         self.add_decoded(device, row, &sketch, window);
         Ok(())
     }
 
-    fn add_decoded(&mut self, device: &str, row: &WindowStats, sketch: &Sketch, window: Window) {
+    fn add_decoded(&mut self, device: &str, row: &WindowStats, sketch: &RowSketch, window: Window) {
         let start = window.start_of(row.window_start);
-        // Rows come sorted by (device, metric, start) within a file: look the key up
-        // without allocating it when it exists.
-        if let Some((key, merge)) = self.0.iter_mut().next_back()
-            && key.0 == device
-            && key.1 == row.metric
-            && key.2 == start
-        {
-            merge.add_decoded(row, sketch);
-            return;
+        if !self.0.contains_key(device) {
+            self.0.insert(device.to_string(), BTreeMap::new());
         }
-        self.0
-            .entry((device.to_string(), row.metric.clone(), start))
-            .or_default()
-            .add_decoded(row, sketch);
+        let Some(metrics) = self.0.get_mut(device) else {
+            return;
+        };
+        if !metrics.contains_key(row.metric.as_str()) {
+            metrics.insert(row.metric.clone(), BTreeMap::new());
+        }
+        let Some(windows) = metrics.get_mut(row.metric.as_str()) else {
+            return;
+        };
+        windows.entry(start).or_default().add_decoded(row, sketch);
     }
 
     fn finish(self) -> Vec<WindowStats> {
-        self.0
-            .into_iter()
-            .filter_map(|((d, m, start), merge)| merge.finish(&d, &m, start))
-            .collect()
+        let mut out = Vec::new();
+        for (device, metrics) in self.0 {
+            for (metric, windows) in metrics {
+                out.extend(
+                    windows
+                        .into_iter()
+                        .filter_map(|(start, merge)| merge.finish(&device, &metric, start)),
+                );
+            }
+        }
+        out
     }
 }
 
@@ -262,11 +273,10 @@ pub async fn derive_coarse(
             let mut per_device = Groups::default();
             for batch in read_batches(store, &meta, &mut report).await? {
                 for row in rows_of(&meta, &batch)? {
-                    let sketch =
-                        Sketch::from_bytes(&row.sketch).map_err(|source| CoarseError::Sketch {
-                            path: meta.location.to_string(),
-                            source,
-                        })?;
+                    let sketch = row.decode_sketch().map_err(|source| CoarseError::Sketch {
+                        path: meta.location.to_string(),
+                        source,
+                    })?;
                     per_device.add_decoded(&row.device_id, &row, &sketch, Window::H1);
                     fleet_1m.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
                 }

@@ -79,7 +79,83 @@ pub(crate) enum Strings<'a> {
         keys: Vec<usize>,
         /// The distinct values.
         values: Box<Strings<'a>>,
+        /// The dictionary's values array: the identity [`DictMemo`] keys on (the
+        /// Parquet reader shares one dictionary between the batches of a column chunk).
+        dict: &'a ArrayRef,
     },
+}
+
+/// Something computed once per distinct value of a dictionary column and reused for the
+/// following batches that share the dictionary — a column chunk's dictionary page is
+/// shared by every batch decoded from it, so a per-row question (which bucket is this
+/// device in, which interned id is this name) costs one answer per distinct value per
+/// chunk instead of one per row.
+///
+/// The memo keeps the dictionary alive, so its identity cannot be reused by another
+/// allocation while the answers are kept.
+#[derive(Debug)]
+pub(crate) struct DictMemo<T> {
+    dict: Option<ArrayRef>,
+    answers: Vec<Option<T>>,
+}
+
+impl<T> Default for DictMemo<T> {
+    fn default() -> Self {
+        Self {
+            dict: None,
+            answers: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy> DictMemo<T> {
+    /// One answer per row of `col`: for a dictionary column, `answer` runs at most once per
+    /// distinct value of the dictionary (while it stays the same dictionary); otherwise
+    /// once per run of equal neighbouring values (a message's readings, a device's batch,
+    /// come in such runs).
+    pub(crate) fn per_row(
+        &mut self,
+        col: &Strings<'_>,
+        mut answer: impl FnMut(&str) -> T,
+    ) -> Vec<T> {
+        match col {
+            Strings::Dict { keys, values, dict } => {
+                if !self
+                    .dict
+                    .as_ref()
+                    .is_some_and(|d| std::sync::Arc::ptr_eq(d, dict))
+                {
+                    self.dict = Some((*dict).clone());
+                    self.answers.clear();
+                    self.answers.resize(values.len(), None);
+                }
+                keys.iter()
+                    .map(|&k| match self.answers.get_mut(k) {
+                        Some(Some(a)) => *a,
+                        Some(slot) => *slot.insert(answer(values.value(k))),
+                        // Keys were normalised against this dictionary: unreachable.
+                        None => answer(""),
+                    })
+                    .collect()
+            }
+            plain => {
+                let mut last: Option<(&str, T)> = None;
+                (0..plain.len())
+                    .map(|i| {
+                        let v = plain.value(i);
+                        match last {
+                            Some((l, a)) if l == v => a,
+                            _ => {
+                                let a = answer(v);
+                                last = Some((v, a));
+                                a
+                            }
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 const STRING_TYPES: &str = "a string (Utf8, LargeUtf8, Utf8View or a dictionary of them)";
@@ -106,6 +182,7 @@ impl<'a> Strings<'a> {
                 Strings::Dict {
                     keys,
                     values: Box::new(values),
+                    dict: dict.values(),
                 }
             }
             _ => return Err(type_error(name, col, STRING_TYPES)),
@@ -135,7 +212,7 @@ impl<'a> Strings<'a> {
                     ""
                 }
             }
-            Strings::Dict { keys, values } => {
+            Strings::Dict { keys, values, .. } => {
                 keys.get(i).map(|&k| values.value(k)).unwrap_or_default()
             }
         }

@@ -7,21 +7,25 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow_array::{BooleanArray, RecordBatch};
+use arrow_schema::{DataType, FieldRef, Schema};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryFutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ArrowReaderOptions, RowFilter};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, RowFilter,
+};
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use telemetry::Partition;
 
-use crate::columns::{ColumnError, Strings};
+use crate::columns::{ColumnError, DictMemo, Strings};
 
 /// Rows per decoded record batch: large enough to amortise per-batch work, small enough
 /// that a batch of the five projected telemetry columns stays well under a megabyte.
@@ -190,24 +194,26 @@ pub async fn read_bucket(
     bucket: u32,
     buckets: u32,
 ) -> Result<Vec<RecordBatch>, ReadError> {
-    let reader = StoreReader {
+    let mut reader = StoreReader {
         store: store.clone(),
         path: meta.location.clone(),
         size: meta.size,
     };
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-    let schema = builder.schema();
+    let footer = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await?;
     for name in columns.iter().chain(&["device_id"]) {
-        if schema.field_with_name(name).is_err() {
+        if footer.schema().field_with_name(name).is_err() {
             return Err(ColumnError::Missing(name).into());
         }
     }
+    let footer = with_dictionaries(footer, &["device_id", "metric"])?;
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     let mut stream_builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
     if buckets > 1 {
         let device_only = ProjectionMask::columns(stream_builder.parquet_schema(), ["device_id"]);
+        let mut memo = DictMemo::default();
         let predicate = ArrowPredicateFn::new(device_only, move |batch: RecordBatch| {
-            in_bucket(&batch, bucket, buckets)
+            in_bucket(&batch, bucket, buckets, &mut memo)
         });
         stream_builder = stream_builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
     }
@@ -215,43 +221,57 @@ pub async fn read_bucket(
     Ok(stream.try_collect().await?)
 }
 
-/// Which rows of `batch` (its first column is `device_id`) belong to `bucket`.
+/// `footer` with the string columns `names` decoded as dictionaries (`Int32` keys): a
+/// dictionary-encoded column chunk (what Firehose's and the local writer's Parquet hold for
+/// device ids and metric names) is then handed over as its dictionary page plus keys, shared
+/// by every batch of the chunk, instead of one copied string per row; a plain-encoded chunk
+/// is dictionary-encoded by the reader. Other columns are left as they are.
+fn with_dictionaries(
+    footer: ArrowReaderMetadata,
+    names: &[&str],
+) -> Result<ArrowReaderMetadata, ParquetError> {
+    let schema = footer.schema();
+    let mut changed = false;
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 if names.contains(&f.name().as_str()) => {
+                changed = true;
+                let dict = DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(f.data_type().clone()),
+                );
+                Arc::new(f.as_ref().clone().with_data_type(dict))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    if !changed {
+        return Ok(footer);
+    }
+    let schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    ArrowReaderMetadata::try_new(
+        footer.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(schema),
+    )
+}
+
+/// Which rows of `batch` (its first column is `device_id`) belong to `bucket`; `memo`
+/// keeps the answers per distinct device of the current dictionary.
 fn in_bucket(
     batch: &RecordBatch,
     bucket: u32,
     buckets: u32,
+    memo: &mut DictMemo<bool>,
 ) -> Result<BooleanArray, arrow_schema::ArrowError> {
     let to_arrow = |e: ColumnError| arrow_schema::ArrowError::ExternalError(Box::new(e));
     let col = crate::columns::required(batch, "device_id").map_err(to_arrow)?;
     let ids = Strings::new("device_id", col).map_err(to_arrow)?;
-    let ours = |id: &str| crate::units::bucket_of(id, buckets) == bucket;
-    Ok(match &ids {
-        Strings::Dict { keys, values } => {
-            let distinct: Vec<bool> = (0..values.len()).map(|i| ours(values.value(i))).collect();
-            keys.iter()
-                .map(|&k| Some(distinct.get(k).copied().unwrap_or(false)))
-                .collect()
-        }
-        // Readings of a device come in runs (one message's metrics, a device's batch):
-        // the last id's answer is kept, so the hash runs once per run, not per row (it
-        // was a tenth of a 16-bucket rollup's CPU in perf, each unit hashing every row).
-        plain => {
-            let mut last: Option<(&str, bool)> = None;
-            (0..plain.len())
-                .map(|i| {
-                    let id = plain.value(i);
-                    Some(match last {
-                        Some((l, b)) if l == id => b,
-                        _ => {
-                            let b = ours(id);
-                            last = Some((id, b));
-                            b
-                        }
-                    })
-                })
-                .collect()
-        }
-    })
+    // Hashing every row was a tenth of a 16-bucket rollup's CPU in perf (each unit hashes
+    // the whole hour); the memo hashes each device once per dictionary.
+    let ours = memo.per_row(&ids, |id| crate::units::bucket_of(id, buckets) == bucket);
+    Ok(BooleanArray::from(ours))
 }
 
 /// A Parquet reader over one object of known size, fetching byte ranges on demand.
@@ -335,9 +355,16 @@ pub async fn write_parquet(
 /// `batch` as the bytes of a zstd-compressed Parquet file, as [`write_parquet`] writes
 /// it: the same rows always give the same bytes.
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
-    let props = WriterProperties::builder()
+    // Dictionary encoding only where values repeat (names); on the statistics' floats,
+    // times and sketches it built a dictionary per page only to fall back to plain (an
+    // eighth of a rollup's CPU went to encoding).
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .build();
+        .set_dictionary_enabled(false);
+    for name in ["device_id", "metric"] {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(name), true);
+    }
+    let props = props.build();
     let mut buf = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
     writer.write(batch)?;

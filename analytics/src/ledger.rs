@@ -70,7 +70,7 @@ use serde::{Deserialize, Serialize};
 use telemetry::layout::QUARANTINE_PREFIX;
 use telemetry::quarantine::QuarantineRecord;
 
-use crate::columns::{self, ColumnError, Strings};
+use crate::columns::{self, ColumnError, DictMemo, Strings};
 use crate::config::{DEFAULT_READ_CONCURRENCY, DEFAULT_TELEMETRY_PREFIX};
 use crate::io::{self, ReadError};
 use crate::render::{Column, Table};
@@ -490,6 +490,8 @@ pub struct LedgerBuilder {
     device: Option<String>,
     devices: Interner,
     metrics: Interner,
+    /// Interned ids of the current `device_id` and `metric` dictionaries.
+    memos: (DictMemo<u32>, DictMemo<u32>),
     /// (device, seq, event time) → the message's first delivery.
     messages: HashMap<(u32, i64, i64), Message>,
     quarantined: Vec<Quarantined>,
@@ -506,6 +508,7 @@ impl LedgerBuilder {
             device: device.map(str::to_string),
             devices: Interner::default(),
             metrics: Interner::default(),
+            memos: (DictMemo::default(), DictMemo::default()),
             messages: HashMap::new(),
             quarantined: Vec::new(),
             rows: 0,
@@ -522,8 +525,8 @@ impl LedgerBuilder {
         let seq = columns::int64(batch, "seq")?;
         let event_time = columns::timestamps_ms(batch, "event_time")?;
         let received_at = columns::timestamps_ms(batch, "received_at")?;
-        let devices = self.devices.column(&device);
-        let metrics = self.metrics.column(&metric);
+        let devices = self.devices.column(&device, &mut self.memos.0);
+        let metrics = self.metrics.column(&metric, &mut self.memos.1);
         let only = self.device.as_deref().map(|d| self.devices.id(d));
         let rows = devices
             .iter()

@@ -170,6 +170,10 @@ pub enum RollupError {
     /// Taking, keeping or releasing a unit's lease failed.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// A unit's task was cancelled (the runtime is shutting down); the unit keeps its old
+    /// state and the next run aggregates it.
+    #[error("unit task cancelled: {0}")]
+    Aborted(String),
 }
 
 impl RollupReport {
@@ -322,6 +326,10 @@ pub async fn run_plan(
 
 /// Runs `units` with up to `cfg.workers` at once; `None` for a unit not started because
 /// of the deadline.
+///
+/// Each unit runs as its own task on the runtime's threads, so that on a multi-threaded
+/// runtime `workers` units use as many cores (a unit's aggregation is CPU-bound); on a
+/// current-thread runtime they still overlap their I/O.
 async fn run_units(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
@@ -329,12 +337,14 @@ async fn run_units(
     owner: &str,
     deadline: Option<SystemTime>,
 ) -> Vec<Option<Result<UnitReport, RollupError>>> {
-    let slowest = std::sync::Mutex::new(Duration::ZERO);
-    let started_any = std::sync::atomic::AtomicBool::new(false);
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let started_any = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cfg = Arc::new(cfg.clone());
+    let owner: Arc<str> = Arc::from(owner);
     let mut pending = Vec::with_capacity(units.len());
     for unit in units {
-        let slowest = &slowest;
-        let started_any = &started_any;
+        let (slowest, started_any) = (slowest.clone(), started_any.clone());
+        let (store, cfg, owner, unit) = (store.clone(), cfg.clone(), owner.clone(), unit.clone());
         pending.push(async move {
             let so_far = slowest.lock().map(|s| *s).unwrap_or_default();
             if started_any.swap(true, std::sync::atomic::Ordering::SeqCst)
@@ -343,7 +353,24 @@ async fn run_units(
                 return None;
             }
             let started = Instant::now();
-            let result = worker::run_unit(store, cfg, unit, owner).await;
+            let result = if cfg.workers <= 1 {
+                // One at a time: on this task. A spawned unit would run on whichever
+                // runtime thread is free, and glibc gives each thread its own heap arena,
+                // so the peak memory (the REPORT line's Max Memory Used) would count one
+                // unit per thread instead of one unit.
+                worker::run_unit(&store, &cfg, &unit, &owner).await
+            } else {
+                let task =
+                    tokio::spawn(
+                        async move { worker::run_unit(&store, &cfg, &unit, &owner).await },
+                    );
+                match task.await {
+                    Ok(result) => result,
+                    // A panicking unit is a bug: surface it as the run's failure.
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(RollupError::Aborted(e.to_string())),
+                }
+            };
             if let Ok(mut s) = slowest.lock() {
                 *s = (*s).max(started.elapsed());
             }

@@ -167,7 +167,7 @@ pub const STATS_COLUMNS: [StatsColumn; 16] = {
             ..col(
                 "sketch",
                 Bytes,
-                "DDSketch of the values, relative accuracy 1% (merges quantiles)",
+                "DDSketch of the values, relative accuracy 1% (merges quantiles); empty for a 1m window so small that min, p50 and max are its values",
                 |r| V::Bytes(&r.sketch),
             )
         },

@@ -12,8 +12,8 @@
 //!   merged DDSketches, within 1 % of the exact quantile) where it has the window, else
 //!   they are the count-weighted means of the devices' quantiles, an approximation the
 //!   pages label as such.
-//! - only the windows `analytics::query` produces can be asked for (`1m` today); the
-//!   window is a parameter throughout ([`Options::window`]).
+//! - the window is a parameter throughout ([`Options::window`]); [`window_for_range`]
+//!   picks 1m, 1h or 1d from the range asked for, as the rollup produces all three.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use telemetry::layout::QUARANTINE_PREFIX;
+pub use telemetry::metering::{MinuteFigures, RollupRun};
 use telemetry::quarantine::QuarantineRecord;
 
 /// Key prefix of the run records `iotpipe up` and `iotpipe replay` write when they end
@@ -48,6 +49,22 @@ pub struct Options {
     pub from_ms: Option<i64>,
     /// Only windows starting before this instant (epoch ms). `None`: all.
     pub to_ms: Option<i64>,
+}
+
+/// The longest range charted per minute (360 points a line).
+pub const MINUTES_UP_TO_MS: i64 = 6 * 3_600_000;
+/// The longest range charted per hour (336 points a line); beyond it, per day.
+pub const HOURS_UP_TO_MS: i64 = 14 * 86_400_000;
+
+/// The window a range of windows `[from_ms, to_ms)` is charted at: 1m up to 6 hours, 1h up
+/// to 14 days, 1d beyond. Without a start the range is the data's, which a local run keeps
+/// short: 1m.
+pub fn window_for_range(from_ms: Option<i64>, to_ms: i64) -> Window {
+    match from_ms {
+        Some(from) if to_ms.saturating_sub(from) > HOURS_UP_TO_MS => Window::D1,
+        Some(from) if to_ms.saturating_sub(from) > MINUTES_UP_TO_MS => Window::H1,
+        _ => Window::M1,
+    }
 }
 
 impl Default for Options {
@@ -98,6 +115,10 @@ pub struct RunFunction {
     pub p99_duration_ms: f64,
     /// Peak memory used, MB.
     pub max_memory_used_mb: u64,
+    /// Invocations and Duration percentiles per UTC minute (the local meter's records;
+    /// empty in records written before it kept them).
+    #[serde(default)]
+    pub per_minute: Vec<MinuteFigures>,
 }
 
 /// One priced line of a run's cost estimate.
@@ -140,6 +161,9 @@ pub struct RunRecord {
     pub functions: Vec<RunFunction>,
     /// The cost estimate.
     pub cost: RunCost,
+    /// The run's rollup invocations (empty in records written before they were kept).
+    #[serde(default)]
+    pub rollup_runs: Vec<RollupRun>,
 }
 
 /// Stores a run record under [`RUNS_PREFIX`], named by its end time. `record` is the JSON
@@ -173,6 +197,10 @@ pub struct Transit {
     pub to_received_ms: i64,
     /// Its Parquet object's last-modified time − event time, ms.
     pub to_parquet_ms: i64,
+    /// The end of the first successful rollup of a recorded run that started after the
+    /// Parquet object was written − event time, ms: when `iotpipe query` shows the reading
+    /// (at most one rollup period late). `None` when no recorded rollup did.
+    pub to_stats_ms: Option<i64>,
 }
 
 /// Everything the pages are drawn from, read once.
@@ -234,8 +262,9 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
     )
     .await?;
     let quarantine = read_quarantine(&store).await?;
-    let transits = read_transits(&store).await?;
+    let mut transits = read_transits(&store).await?;
     let (runs, unreadable_runs) = read_runs(&store).await?;
+    date_stats_arrival(&mut transits, &runs);
     let has_ledger = !ledger.rows.is_empty() || ledger.quarantine_records > 0;
     Ok(Snapshot {
         window: opts.window,
@@ -427,6 +456,27 @@ async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, Sou
     Ok(out)
 }
 
+/// Fills each transit's [`Transit::to_stats_ms`] from the runs' successful rollups.
+pub fn date_stats_arrival(transits: &mut [Transit], runs: &[RunRecord]) {
+    let mut rollups: Vec<RollupRun> = runs
+        .iter()
+        .flat_map(|r| r.rollup_runs.iter().copied())
+        .filter(|r| r.ok)
+        .collect();
+    rollups.sort_by_key(|r| r.started_at_ms);
+    // The earliest end among the rollups that start at or after each index (a long run
+    // that started first may end after a shorter one that started later).
+    let mut first_end = vec![i64::MAX; rollups.len() + 1];
+    for i in (0..rollups.len()).rev() {
+        first_end[i] = first_end[i + 1].min(rollups[i].ended_at_ms);
+    }
+    for t in transits {
+        let written = t.event_time + t.to_parquet_ms;
+        let i = rollups.partition_point(|r| r.started_at_ms < written);
+        t.to_stats_ms = (first_end[i] != i64::MAX).then(|| first_end[i] - t.event_time);
+    }
+}
+
 fn transits_of(b: &RecordBatch, written_ms: i64, out: &mut Vec<Transit>) -> Result<(), String> {
     let col = |name: &str| {
         b.column_by_name(name)
@@ -443,6 +493,7 @@ fn transits_of(b: &RecordBatch, written_ms: i64, out: &mut Vec<Transit>) -> Resu
             event_time: e,
             to_received_ms: received.value(i) - e,
             to_parquet_ms: written_ms - e,
+            to_stats_ms: None,
         });
     }
     Ok(())
@@ -466,4 +517,20 @@ async fn read_runs(
     runs.sort_by_key(|r| r.finished_at_ms);
     bad.sort();
     Ok((runs, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_follows_the_range_asked_for() {
+        let h = 3_600_000;
+        let to = 1_795_622_400_000;
+        assert_eq!(window_for_range(None, to), Window::M1);
+        assert_eq!(window_for_range(Some(to - 6 * h), to), Window::M1);
+        assert_eq!(window_for_range(Some(to - 6 * h - 1), to), Window::H1);
+        assert_eq!(window_for_range(Some(to - 14 * 24 * h), to), Window::H1);
+        assert_eq!(window_for_range(Some(to - 14 * 24 * h - 1), to), Window::D1);
+    }
 }

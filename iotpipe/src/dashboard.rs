@@ -15,21 +15,24 @@ use tokio::net::{TcpListener, TcpStream};
 
 use local::stack;
 
+use crate::args::parse_time;
 use crate::{DataArg, summary};
 
 /// Examples after the flags.
 const HELP: &str = "\
 Pages: index.html (the fleet per metric, with its p50-p95-p99 band; readings and messages
 per minute), devices.html (silent, noisiest, most rejected; a page per device with its
-statistics and ledger), latency.html (device -> received -> in Parquet, p50/p99 per
-minute; loss, late and duplicate ratios), health.html (accepted vs quarantined by reason;
-invocations, Duration and memory per function), bill.html (the last run's cost by service).
-The site is HTML and SVG only: it makes no request to any other host. Lambda figures and
+statistics and ledger), latency.html (device -> received -> in Parquet -> in stats,
+p50/p99 per window; loss, late and duplicate ratios), health.html (accepted vs quarantined
+by reason; per function, invocations and Duration p50/p99 per minute, Max Memory Used vs
+Memory Size), bill.html (the last run's cost by service). The site is HTML and SVG only: it
+makes no request to any other host. Lambda figures, the rollups that date in-stats times and
 the bill come from the run records iotpipe up/replay write under _runs/ in --data.
 
 Examples:
   iotpipe up --devices 50 --rate 5 --duration 2m --data ./data
   iotpipe dashboard --data ./data --out site        # then open site/index.html
+  iotpipe dashboard --data ./data --from 2026-11-20T00:00:00Z   # 1h windows (range > 6 h)
   iotpipe dashboard --data ./data --serve --port 8080
   iotpipe up --dashboard                            # watch a run live";
 
@@ -43,9 +46,18 @@ pub(crate) struct DashboardArgs {
     /// --serve, the site is served from memory and written here only when --out is given.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Window of the statistics and the ledger: 1m (1h and 1d once the rollup makes them).
-    #[arg(long, default_value = "1m")]
-    window: analytics::Window,
+    /// Window of the statistics and the ledger: 1m, 1h or 1d. Default: from the range,
+    /// 1m up to 6 hours, 1h up to 14 days, 1d beyond (1m without --from).
+    #[arg(long)]
+    window: Option<analytics::Window>,
+    /// Only windows starting at or after this time (RFC 3339, e.g. 2026-11-25T16:00:00Z,
+    /// or epoch milliseconds): the fleet and device statistics.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Only windows starting before this time (RFC 3339 or epoch milliseconds; default:
+    /// now).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
     /// Serve the site on http://127.0.0.1:PORT and re-render it every --every, until Ctrl-C.
     #[arg(long)]
     serve: bool,
@@ -60,9 +72,14 @@ pub(crate) struct DashboardArgs {
 /// `iotpipe dashboard`.
 pub(crate) async fn run(a: DashboardArgs) -> anyhow::Result<()> {
     let store = stack::open_store(&a.data.data)?;
+    let to =
+        a.to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let opts = Options {
-        window: a.window,
-        ..Options::default()
+        window: a
+            .window
+            .unwrap_or_else(|| dashboard::window_for_range(a.from, to)),
+        from_ms: a.from,
+        to_ms: a.to,
     };
     if a.serve {
         let server = Server::bind(a.port).await?;

@@ -635,9 +635,11 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
     match &s.ledger {
         Some(l) => {
             let t = &l.totals;
+            let a = &s.arrivals;
             let rows: Vec<Vec<Cell>> = [
                 ("loss (missing / sent)", t.missing, t.sent),
                 ("late / received", t.late, t.received),
+                ("out of order / messages", a.out_of_order, a.messages),
                 ("duplicated / received", t.duplicated, t.received),
                 ("rejected / sent", t.rejected, t.sent),
             ]
@@ -662,7 +664,7 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
                 &["ratio", "count", "of", "ratio"],
                 &rows,
             ));
-            b.push_str("<p class=\"note\">Late: first received at or after its window's end plus one minute. Out-of-order arrival is not measured yet.</p>");
+            b.push_str("<p class=\"note\">Late: first received at or after its window's end plus one minute. Out of order: first received after a message of the same device with a later event time (overtaken on the way), among the distinct messages of the telemetry.</p>");
         }
         None => b.push_str(&empty(
             "No ledger: no telemetry nor quarantine.",

@@ -18,9 +18,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use analytics::columns::{self, ColumnError, Strings};
 use analytics::ledger::{self, Ledger, LedgerConfig};
 use analytics::{Query, Window, WindowStats};
-use arrow_array::{Array, RecordBatch, TimestampMillisecondArray};
+use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
@@ -219,6 +220,8 @@ pub struct Snapshot {
     pub quarantine: Vec<QuarantineRecord>,
     /// Per telemetry row, its transit times.
     pub transits: Vec<Transit>,
+    /// The messages in the telemetry and how many arrived out of order.
+    pub arrivals: Arrivals,
     /// Run records, oldest first.
     pub runs: Vec<RunRecord>,
     /// Run records that could not be parsed (object keys).
@@ -262,7 +265,7 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
     )
     .await?;
     let quarantine = read_quarantine(&store).await?;
-    let mut transits = read_transits(&store).await?;
+    let (mut transits, arrivals) = read_transits(&store).await?;
     let (runs, unreadable_runs) = read_runs(&store).await?;
     date_stats_arrival(&mut transits, &runs);
     let has_ledger = !ledger.rows.is_empty() || ledger.quarantine_records > 0;
@@ -273,6 +276,7 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
         ledger: has_ledger.then_some(ledger),
         quarantine,
         transits,
+        arrivals,
         runs,
         unreadable_runs,
     })
@@ -416,21 +420,26 @@ async fn read_quarantine(
     Ok(out)
 }
 
-async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, SourceError> {
+/// One file's transits and, per device, its messages: (event time, seq, received at).
+type FileTransits = (Vec<Transit>, BTreeMap<String, Vec<(i64, i64, i64)>>);
+
+async fn read_transits(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(Vec<Transit>, Arrivals), SourceError> {
     let files = analytics::io::list_telemetry(store, TELEMETRY_PREFIX)
         .await
         .map_err(|e| SourceError::Read {
             path: format!("{TELEMETRY_PREFIX}/"),
             message: e.to_string(),
         })?;
-    let per_file: Vec<Vec<Transit>> = futures::stream::iter(files)
+    let per_file: Vec<FileTransits> = futures::stream::iter(files)
         .map(|f| {
             let store = store.clone();
             async move {
                 let batches = analytics::io::read_parquet(
                     &store,
                     &f.meta,
-                    Some(&["event_time", "received_at"]),
+                    Some(&["device_id", "seq", "event_time", "received_at"]),
                 )
                 .await
                 .map_err(|e| SourceError::Read {
@@ -438,11 +447,11 @@ async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, Sou
                     message: e.to_string(),
                 })?;
                 let written = f.meta.last_modified.timestamp_millis();
-                let mut out = Vec::new();
+                let mut out = (Vec::new(), BTreeMap::new());
                 for b in &batches {
-                    transits_of(b, written, &mut out).map_err(|message| SourceError::Read {
+                    transits_of(b, written, &mut out).map_err(|e| SourceError::Read {
                         path: f.meta.location.to_string(),
-                        message,
+                        message: e.to_string(),
                     })?;
                 }
                 Ok::<_, SourceError>(out)
@@ -451,9 +460,49 @@ async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, Sou
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut out: Vec<Transit> = per_file.into_iter().flatten().collect();
-    out.sort_by_key(|t| t.event_time);
-    Ok(out)
+    let mut transits = Vec::new();
+    let mut messages: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for (t, m) in per_file {
+        transits.extend(t);
+        for (device, v) in m {
+            messages.entry(device).or_default().extend(v);
+        }
+    }
+    transits.sort_by_key(|t| t.event_time);
+    Ok((transits, arrivals(messages)))
+}
+
+/// Messages received out of order among every device's distinct messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrivals {
+    /// Distinct messages (device, seq, event time) in the telemetry.
+    pub messages: u64,
+    /// Of those, messages first received after a message of the same device with a later
+    /// (event time, seq): overtaken on the way. A device that restarts its seq after a
+    /// reboot is not out of order, since its event times go on.
+    pub out_of_order: u64,
+}
+
+/// Counts [`Arrivals`] from each device's (event time, seq, received at) of every row.
+pub fn arrivals(by_device: BTreeMap<String, Vec<(i64, i64, i64)>>) -> Arrivals {
+    let mut out = Arrivals::default();
+    for (_, mut v) in by_device {
+        // One entry per message (a reading per metric, and re-deliveries, repeat it), at
+        // its first receipt.
+        v.sort_unstable();
+        v.dedup_by(|later, first| (later.0, later.1) == (first.0, first.1));
+        out.messages += v.len() as u64;
+        v.sort_unstable_by_key(|&(event, seq, received)| (received, event, seq));
+        let mut latest = (i64::MIN, i64::MIN);
+        for (event, seq, _) in v {
+            if (event, seq) < latest {
+                out.out_of_order += 1;
+            } else {
+                latest = (event, seq);
+            }
+        }
+    }
+    out
 }
 
 /// Fills each transit's [`Transit::to_stats_ms`] from the runs' successful rollups.
@@ -477,24 +526,30 @@ pub fn date_stats_arrival(transits: &mut [Transit], runs: &[RunRecord]) {
     }
 }
 
-fn transits_of(b: &RecordBatch, written_ms: i64, out: &mut Vec<Transit>) -> Result<(), String> {
-    let col = |name: &str| {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            .ok_or_else(|| format!("column {name} is missing or not a millisecond timestamp"))
-    };
-    let (event, received) = (col("event_time")?, col("received_at")?);
-    for i in 0..b.num_rows() {
-        if event.is_null(i) || received.is_null(i) {
-            continue;
-        }
-        let e = event.value(i);
-        out.push(Transit {
+fn transits_of(
+    b: &RecordBatch,
+    written_ms: i64,
+    (transits, messages): &mut FileTransits,
+) -> Result<(), ColumnError> {
+    // The tolerant readers: Firehose's conversion on AWS writes plain strings and
+    // timestamps of another unit.
+    let event = columns::timestamps_ms(b, "event_time")?;
+    let received = columns::timestamps_ms(b, "received_at")?;
+    let seq = columns::int64(b, "seq")?;
+    let device = Strings::new("device_id", columns::required(b, "device_id")?)?;
+    for (i, (&e, &r)) in event.iter().zip(&received).enumerate() {
+        transits.push(Transit {
             event_time: e,
-            to_received_ms: received.value(i) - e,
+            to_received_ms: r - e,
             to_parquet_ms: written_ms - e,
             to_stats_ms: None,
         });
+        let d = device.value(i);
+        let entry = match messages.get_mut(d) {
+            Some(v) => v,
+            None => messages.entry(d.to_string()).or_default(),
+        };
+        entry.push((e, seq.value(i), r));
     }
     Ok(())
 }
@@ -522,6 +577,29 @@ async fn read_runs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_overtaken_on_the_way_is_out_of_order_and_a_reboot_or_a_redelivery_is_not() {
+        // (event time, seq, received at), a row per reading.
+        let a = vec![
+            (1_000, 1, 1_100),
+            (1_000, 1, 1_100), // a second metric of the same message
+            (2_000, 2, 2_500), // overtaken by seq 3 ...
+            (3_000, 3, 2_400),
+            (2_000, 2, 9_000), // ... and delivered again later: still one message
+            (4_000, 1, 4_100), // a reboot: seq starts again, time goes on
+            (5_000, 2, 5_100),
+        ];
+        let b = vec![(1_000, 7, 1_000), (1_000, 7, 1_000)];
+        let got = arrivals(BTreeMap::from([("a".into(), a), ("b".into(), b)]));
+        assert_eq!(
+            got,
+            Arrivals {
+                messages: 6,
+                out_of_order: 1
+            }
+        );
+    }
 
     #[test]
     fn the_window_follows_the_range_asked_for() {

@@ -202,6 +202,15 @@ async fn devices_health_latency_and_bill_pages_show_the_fixtures_facts() {
         ratios[0][1..3],
         [l.totals.missing.to_string(), l.totals.sent.to_string()]
     );
+    // sensor-a's seq 4, overtaken by seq 5, among the ledger's received messages.
+    assert_eq!(
+        ratios[2][..3],
+        [
+            "out of order / messages".to_string(),
+            "1".to_string(),
+            l.totals.received.to_string()
+        ]
+    );
     // Receive delays are 400 ms + 10 ms per seq in the fixture: p50 of the first minute
     // is in that range.
     let lat = table(latency, "latency-table");
@@ -430,4 +439,77 @@ async fn a_run_record_without_per_minute_figures_says_so_instead_of_drawing_noth
     assert!(health.contains("no per-minute figures"), "{health}");
     assert!(!health.contains("invocations-per-minute"));
     assert_eq!(table(health, "functions").len(), 1);
+}
+
+#[tokio::test]
+async fn telemetry_as_firehose_converts_it_plain_strings_and_nanosecond_times_is_read_too() {
+    use std::sync::Arc;
+
+    use arrow_array::{
+        ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampNanosecondArray,
+    };
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = telemetry::store::open_store(dir.path().to_str().unwrap()).unwrap();
+    let ns = DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("seq", DataType::Int64, false),
+        Field::new("event_time", ns.clone(), false),
+        Field::new("received_at", ns, false),
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, false),
+        Field::new("fw", DataType::Utf8, true),
+    ]));
+    // Three messages of one device, 10 s apart, each received 500 ms after its event
+    // time, except seq 2, received after seq 3 (out of order).
+    let event = |s: i64| common::H16 + s * 10_000;
+    let received = [event(1) + 500, event(3) + 600, event(3) + 500];
+    let ms_to_ns = |ms: i64| ms * 1_000_000;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["thing-1"; 3])),
+        Arc::new(Int64Array::from(vec![1, 2, 3])),
+        Arc::new(
+            TimestampNanosecondArray::from(vec![
+                ms_to_ns(event(1)),
+                ms_to_ns(event(2)),
+                ms_to_ns(event(3)),
+            ])
+            .with_timezone("UTC"),
+        ),
+        Arc::new(
+            TimestampNanosecondArray::from(
+                received.iter().map(|&r| ms_to_ns(r)).collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from(vec!["temperature"; 3])),
+        Arc::new(Float64Array::from(vec![20.0, 21.0, 22.0])),
+        Arc::new(StringArray::from(vec![None::<&str>; 3])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let path = format!(
+        "telemetry/{}/firehose-converted.parquet",
+        telemetry::Partition::of_millis(common::H16).path()
+    );
+    telemetry::parquet_writer::write_single(
+        store.clone(),
+        &path,
+        &[batch],
+        schema,
+        telemetry::parquet::basic::Compression::SNAPPY,
+    )
+    .await
+    .unwrap();
+
+    let site = site_of(store).await;
+    let latency = &site.pages["latency.html"];
+    let lat = table(latency, "latency-table");
+    assert_eq!(lat.len(), 1, "one minute of event time: {lat:?}");
+    assert_eq!(lat[0][1], "3");
+    // →received p50 and p99: 0.5 s and the overtaken message's 10.6 s.
+    assert_eq!(lat[0][2..4], ["0.5", "10.6"]);
+    let ratios = table(latency, "ratios");
+    assert_eq!(ratios[2][..3], ["out of order / messages", "1", "3"]);
 }

@@ -90,7 +90,7 @@ pub fn metered_run() -> Vec<FnReport> {
 
 /// Three devices over four minutes, two metrics: `sensor-a` sends every 10 s,
 /// `sensor-b` every 20 s with a gap (seq 5 lost: its payload was not JSON) and one
-/// duplicate delivery, `sensor-c` stops after the first minute (silent); two quarantined
+/// duplicate delivery, `sensor-a`'s seq 4 received after its seq 5 (out of order), `sensor-c` stops after the first minute (silent); two quarantined
 /// payloads of `sensor-b` (seq 5 unreadable, seq 12 with a bad `ts`) and one
 /// unattributable; the rollup; one run record, whose Lambda figures are [`metered_run`]'s
 /// (returned) and which lists that rollup.
@@ -116,6 +116,14 @@ pub async fn fixture(store: &Arc<dyn ObjectStore>) -> Vec<FnReport> {
             ));
             rows.push(reading(device, seq, t, "battery", 3.7 - seq as f64 * 0.001));
         }
+    }
+    // sensor-a's seq 4 is overtaken by seq 5 on the way (received 12 s after its event,
+    // within its window's grace: out of order, not late).
+    for r in rows
+        .iter_mut()
+        .filter(|r| r.device_id == "sensor-a" && r.seq == 4)
+    {
+        r.received_at = r.event_time + 12_000;
     }
     // A duplicate delivery of sensor-b's seq 2, in another file.
     let dup: Vec<Reading> = rows

@@ -23,11 +23,12 @@ const HELP: &str = "\
 Pages: index.html (the fleet per metric, with its p50-p95-p99 band; readings and messages
 per minute), devices.html (silent, noisiest, most rejected; a page per device with its
 statistics and ledger), latency.html (device -> received -> in Parquet -> in stats,
-p50/p99 per window; loss, late and duplicate ratios), health.html (accepted vs quarantined
-by reason; per function, invocations and Duration p50/p99 per minute, Max Memory Used vs
-Memory Size), bill.html (the last run's cost by service). The site is HTML and SVG only: it
-makes no request to any other host. Lambda figures, the rollups that date in-stats times and
-the bill come from the run records iotpipe up/replay write under _runs/ in --data.
+p50/p99 per window; loss, late, out-of-order and duplicate ratios), health.html (accepted
+vs quarantined by reason; per function, invocations and Duration p50/p99 per minute, Max
+Memory Used vs Memory Size), bill.html (the last run's cost by service). The site is HTML
+and SVG only: it makes no request to any other host. Lambda figures, the rollups that date
+in-stats times and the bill come from the run records iotpipe up/replay write under _runs/
+in --data.
 
 Examples:
   iotpipe up --devices 50 --rate 5 --duration 2m --data ./data
@@ -54,8 +55,8 @@ pub(crate) struct DashboardArgs {
     /// or epoch milliseconds): the fleet and device statistics.
     #[arg(long, value_parser = parse_time)]
     from: Option<i64>,
-    /// Only windows starting before this time (RFC 3339 or epoch milliseconds; default:
-    /// now).
+    /// Only windows starting before this time (RFC 3339 or epoch milliseconds; default: no
+    /// end, and now when choosing the window).
     #[arg(long, value_parser = parse_time)]
     to: Option<i64>,
     /// Serve the site on http://127.0.0.1:PORT and re-render it every --every, until Ctrl-C.

@@ -266,6 +266,8 @@ struct DeviceLine<'a> {
     readings: u64,
     last_window: i64,
     ledger: Option<&'a LedgerRow>,
+    /// Its row in the last run's ledger against what the simulator sent, if recorded.
+    run: Option<&'a LedgerRow>,
 }
 
 fn devices(s: &Snapshot) -> String {
@@ -279,6 +281,7 @@ fn devices(s: &Snapshot) -> String {
             readings: 0,
             last_window: i64::MIN,
             ledger: None,
+            run: None,
         });
         d.readings += r.count;
         d.last_window = d.last_window.max(r.window_start);
@@ -291,8 +294,24 @@ fn devices(s: &Snapshot) -> String {
                     readings: 0,
                     last_window: i64::MIN,
                     ledger: None,
+                    run: None,
                 })
                 .ledger = Some(row);
+        }
+    }
+    // The last run's devices, with what they sent: a device none of whose messages
+    // arrived is known too.
+    if let Some(l) = &s.run_ledger {
+        for row in &l.devices {
+            by.entry(row.device_id.as_str())
+                .or_insert(DeviceLine {
+                    id: &row.device_id,
+                    readings: 0,
+                    last_window: i64::MIN,
+                    ledger: None,
+                    run: None,
+                })
+                .run = Some(row);
         }
     }
     let latest = by.values().map(|d| d.last_window).max().unwrap_or(i64::MIN);
@@ -337,7 +356,11 @@ fn devices(s: &Snapshot) -> String {
                         Cell::Time(d.last_window)
                     },
                 ];
-                r.extend(ledger_cells(d));
+                // Expected: what the last run's simulator sent, where recorded.
+                r.extend(ledger_cells(&DeviceLine {
+                    ledger: d.run.or(d.ledger),
+                    ..**d
+                }));
                 r
             })
             .collect();
@@ -356,8 +379,10 @@ fn devices(s: &Snapshot) -> String {
         ));
     }
     b.push_str(
-        "<p class=\"note\">Expected = the ledger's sent range, observed from the seqs seen \
-         (iotpipe ledger without --sent): a device that never sent anything is not known.</p>",
+        "<p class=\"note\">Expected = what the last iotpipe up run's simulated devices \
+         sent (their seq ranges, recorded under _runs/), so a device none of whose messages \
+         arrived is listed; for other devices, the seq range seen (iotpipe ledger without \
+         --sent), so a real device that never got through is not known.</p>",
     );
 
     let mut noisy: Vec<&DeviceLine<'_>> = by.values().filter(|d| d.readings > 0).collect();

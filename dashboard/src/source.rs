@@ -174,7 +174,19 @@ pub async fn save_run(
     finished_at_ms: i64,
     record: &serde_json::Value,
 ) -> Result<String, SourceError> {
-    let key = format!("{RUNS_PREFIX}/{finished_at_ms}.json");
+    save_object(
+        store,
+        format!("{RUNS_PREFIX}/{finished_at_ms}.json"),
+        record,
+    )
+    .await
+}
+
+async fn save_object(
+    store: &Arc<dyn ObjectStore>,
+    key: String,
+    record: &serde_json::Value,
+) -> Result<String, SourceError> {
     let bytes = serde_json::to_vec(record).map_err(|e| SourceError::Read {
         path: key.clone(),
         message: e.to_string(),
@@ -187,6 +199,38 @@ pub async fn save_run(
             message: e.to_string(),
         })?;
     Ok(key)
+}
+
+/// Suffix of a run's sent record (`_runs/<finished_at_ms>.sent.json`): the simulated
+/// devices' seq ranges (`analytics::ledger::SentLedger`) and when the run started, which
+/// make the devices page's *expected*.
+pub const SENT_SUFFIX: &str = ".sent.json";
+
+/// What a run's simulated devices published, stored beside its run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSent {
+    /// When the run started, epoch ms: the ledger counts what was received from then.
+    pub since_ms: i64,
+    /// Per device, its seq range.
+    pub sent: ledger::SentLedger,
+}
+
+/// Stores the sent record of the run that ended at `finished_at_ms` (see [`SENT_SUFFIX`]).
+pub async fn save_sent(
+    store: &Arc<dyn ObjectStore>,
+    finished_at_ms: i64,
+    sent: &RunSent,
+) -> Result<String, SourceError> {
+    let value = serde_json::to_value(sent).map_err(|e| SourceError::Read {
+        path: format!("{RUNS_PREFIX}/{finished_at_ms}{SENT_SUFFIX}"),
+        message: e.to_string(),
+    })?;
+    save_object(
+        store,
+        format!("{RUNS_PREFIX}/{finished_at_ms}{SENT_SUFFIX}"),
+        &value,
+    )
+    .await
 }
 
 /// Transit times of one reading, ms.
@@ -226,6 +270,9 @@ pub struct Snapshot {
     pub runs: Vec<RunRecord>,
     /// Run records that could not be parsed (object keys).
     pub unreadable_runs: Vec<String>,
+    /// The ledger of the last run with a sent record, against its devices' seq ranges:
+    /// what they published (expected) against what arrived since the run started.
+    pub run_ledger: Option<Ledger>,
 }
 
 impl Snapshot {
@@ -268,6 +315,21 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
     let (mut transits, arrivals) = read_transits(&store).await?;
     let (runs, unreadable_runs) = read_runs(&store).await?;
     date_stats_arrival(&mut transits, &runs);
+    let run_ledger = match read_last_sent(&store).await? {
+        Some(r) => Some(
+            ledger::compute(
+                store.clone(),
+                &LedgerConfig {
+                    window: opts.window,
+                    since_ms: Some(r.since_ms),
+                    ..LedgerConfig::default()
+                },
+                Some(&r.sent),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let has_ledger = !ledger.rows.is_empty() || ledger.quarantine_records > 0;
     Ok(Snapshot {
         window: opts.window,
@@ -279,6 +341,7 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
         arrivals,
         runs,
         unreadable_runs,
+        run_ledger,
     })
 }
 
@@ -560,7 +623,10 @@ async fn read_runs(
     let metas: Vec<_> = list(store, RUNS_PREFIX)
         .await?
         .into_iter()
-        .filter(|m| m.location.as_ref().ends_with(".json"))
+        .filter(|m| {
+            let key = m.location.as_ref();
+            key.ends_with(".json") && !key.ends_with(SENT_SUFFIX)
+        })
         .collect();
     let (mut runs, mut bad) = (Vec::new(), Vec::new());
     for (meta, bytes) in read_all(store, metas).await? {
@@ -572,6 +638,31 @@ async fn read_runs(
     runs.sort_by_key(|r| r.finished_at_ms);
     bad.sort();
     Ok((runs, bad))
+}
+
+/// The sent record of the latest run that has one (by its end time), if any. An
+/// unreadable one is skipped, as an unreadable run record is.
+async fn read_last_sent(store: &Arc<dyn ObjectStore>) -> Result<Option<RunSent>, SourceError> {
+    let mut metas: Vec<_> = list(store, RUNS_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(SENT_SUFFIX))
+        .collect();
+    let ended = |m: &ObjectMeta| {
+        m.location
+            .filename()
+            .and_then(|f| f.strip_suffix(SENT_SUFFIX))
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(i64::MIN)
+    };
+    metas.sort_by_key(ended);
+    let Some(last) = metas.pop() else {
+        return Ok(None);
+    };
+    let read = read_all(store, vec![last]).await?;
+    Ok(read
+        .first()
+        .and_then(|(_, bytes)| serde_json::from_slice::<RunSent>(bytes).ok()))
 }
 
 #[cfg(test)]

@@ -173,8 +173,11 @@ async fn devices_health_latency_and_bill_pages_show_the_fixtures_facts() {
     let silent = table(devices, "silent");
     assert_eq!(
         silent.iter().map(|r| r[0].as_str()).collect::<Vec<_>>(),
-        ["sensor-c"]
+        ["sensor-c", "sensor-d"]
     );
+    // Expected vs received: sensor-d sent 6 (the run's sent record), none arrived.
+    assert_eq!(silent[1][1..], ["never", "6", "0", "6", "0"]);
+    assert_eq!(silent[0][2..], ["2", "2", "0", "0"]);
     let noisy = table(devices, "noisiest");
     assert_eq!(noisy[0][0], "sensor-a");
     assert_eq!(table(devices, "most-rejected"), [["sensor-b", "2"]]);

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dashboard::{Options, Site};
+use dashboard::{Options, RunSent, Site};
 use object_store::ObjectStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,13 +264,17 @@ pub(crate) async fn serve_during_run(data: &str, port: u16) -> anyhow::Result<()
 }
 
 /// Records the run (its Lambda figures and cost) under `_runs/` in `data`, for the
-/// dashboard's health and bill pages. A failure is logged, never fatal: the run's data is
-/// already written.
-pub(crate) async fn record_run(data: &str, s: &summary::Summary) {
+/// dashboard's health and bill pages, and `sent`, what its simulated devices published (the
+/// devices page's expected). A failure is logged, never fatal: the run's data is already
+/// written.
+pub(crate) async fn record_run(data: &str, s: &summary::Summary, sent: Option<RunSent>) {
     let saved = async {
         let store = stack::open_store(data)?;
         let value = serde_json::to_value(s)?;
         dashboard::save_run(&store, s.finished_at_ms, &value).await?;
+        if let Some(sent) = &sent {
+            dashboard::save_sent(&store, s.finished_at_ms, sent).await?;
+        }
         anyhow::Ok(())
     };
     if let Err(e) = saved.await {

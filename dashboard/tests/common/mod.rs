@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use analytics::RollupConfig;
-use dashboard::{Options, Site};
+use analytics::ledger::{DeviceSent, SentLedger};
+use dashboard::{Options, RunSent, Site};
 use local::meter::{FnReport, INGEST, LambdaFn, Meter, ROLLUP, TRANSFORM};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -93,7 +94,8 @@ pub fn metered_run() -> Vec<FnReport> {
 /// duplicate delivery, `sensor-a`'s seq 4 received after its seq 5 (out of order), `sensor-c` stops after the first minute (silent); two quarantined
 /// payloads of `sensor-b` (seq 5 unreadable, seq 12 with a bad `ts`) and one
 /// unattributable; the rollup; one run record, whose Lambda figures are [`metered_run`]'s
-/// (returned) and which lists that rollup.
+/// (returned) and which lists that rollup, and its sent record, which adds `sensor-d`, whose
+/// messages all went missing.
 pub async fn fixture(store: &Arc<dyn ObjectStore>) -> Vec<FnReport> {
     let mut rows = Vec::new();
     for (device, every_s, minutes) in [
@@ -201,6 +203,34 @@ pub async fn fixture(store: &Arc<dyn ObjectStore>) -> Vec<FnReport> {
     dashboard::save_run(store, H16 + 300_000, &run)
         .await
         .unwrap();
+    // What the run's simulated devices sent: the three above, and sensor-d, none of whose
+    // six messages arrived.
+    let range = |last_seq: u64| DeviceSent {
+        first_seq: 0,
+        last_seq: Some(last_seq),
+        dropped: 0,
+    };
+    let sent = SentLedger {
+        per_device: [
+            ("sensor-a", range(23)),
+            ("sensor-b", range(11)),
+            ("sensor-c", range(1)),
+            ("sensor-d", range(5)),
+        ]
+        .into_iter()
+        .map(|(d, r)| (d.to_string(), r))
+        .collect(),
+    };
+    dashboard::save_sent(
+        store,
+        H16 + 300_000,
+        &RunSent {
+            since_ms: H16 - 60_000,
+            sent,
+        },
+    )
+    .await
+    .unwrap();
     functions
 }
 

@@ -5,7 +5,7 @@
 //! milliseconds, but Firehose's record-format conversion (Glue schema) writes plain UTF-8
 //! strings and may write timestamps at another unit (INT96 reads back as nanoseconds).
 //! Accepting those here keeps the rollup working on files written by AWS as well as by
-//! the local stack.
+//! the local stack. Public for the other readers of telemetry files (the dashboard).
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{
@@ -43,7 +43,7 @@ pub enum ColumnError {
 }
 
 /// The column `name` of `batch`, checked to hold no nulls.
-pub(crate) fn required<'a>(
+pub fn required<'a>(
     batch: &'a RecordBatch,
     name: &'static str,
 ) -> Result<&'a ArrayRef, ColumnError> {
@@ -66,7 +66,7 @@ fn type_error(name: &'static str, col: &ArrayRef, expected: &'static str) -> Col
 }
 
 /// A string column in any of Arrow's string encodings.
-pub(crate) enum Strings<'a> {
+pub enum Strings<'a> {
     /// `Utf8`.
     Plain(&'a arrow_array::StringArray),
     /// `LargeUtf8`.
@@ -162,7 +162,7 @@ const STRING_TYPES: &str = "a string (Utf8, LargeUtf8, Utf8View or a dictionary 
 
 impl<'a> Strings<'a> {
     /// Views `col` (named `name`, for errors) as strings.
-    pub(crate) fn new(name: &'static str, col: &'a ArrayRef) -> Result<Self, ColumnError> {
+    pub fn new(name: &'static str, col: &'a ArrayRef) -> Result<Self, ColumnError> {
         Ok(match col.data_type() {
             DataType::Utf8 => Strings::Plain(col.as_string::<i32>()),
             DataType::LargeUtf8 => Strings::Large(col.as_string::<i64>()),
@@ -190,7 +190,7 @@ impl<'a> Strings<'a> {
     }
 
     /// Number of rows.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         match self {
             Strings::Plain(a) => a.len(),
             Strings::Large(a) => a.len(),
@@ -199,9 +199,14 @@ impl<'a> Strings<'a> {
         }
     }
 
+    /// True when the column has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The string in row `i` (empty if `i` is out of range, which callers avoid by
     /// iterating over the batch's rows).
-    pub(crate) fn value(&self, i: usize) -> &'a str {
+    pub fn value(&self, i: usize) -> &'a str {
         match self {
             Strings::Plain(a) => value_or_empty(*a, i),
             Strings::Large(a) => value_or_empty(*a, i),
@@ -227,7 +232,7 @@ fn value_or_empty<O: arrow_array::OffsetSizeTrait>(
 }
 
 /// An `Int64` column.
-pub(crate) fn int64<'a>(
+pub fn int64<'a>(
     batch: &'a RecordBatch,
     name: &'static str,
 ) -> Result<&'a Int64Array, ColumnError> {
@@ -264,10 +269,7 @@ pub(crate) fn binary<'a>(
 }
 
 /// A required timestamp column of any unit, as epoch milliseconds (floored).
-pub(crate) fn timestamps_ms(
-    batch: &RecordBatch,
-    name: &'static str,
-) -> Result<Vec<i64>, ColumnError> {
+pub fn timestamps_ms(batch: &RecordBatch, name: &'static str) -> Result<Vec<i64>, ColumnError> {
     let col = required(batch, name)?;
     let expected = "a timestamp";
     let err = || type_error(name, col, expected);

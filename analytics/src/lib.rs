@@ -58,9 +58,8 @@
 //! partial object, and a unit's state is written after its stats file, so a crash costs
 //! recomputation, never data.
 
-mod columns;
-
 pub mod coarse;
+pub mod columns;
 pub mod compact;
 pub mod config;
 pub mod dispatch;

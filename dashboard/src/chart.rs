@@ -235,7 +235,8 @@ pub fn time_chart(
 pub fn bar_chart(title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<Chart, ChartError> {
     let e = err(title);
     let hi = bars.iter().map(|b| b.1).fold(0.0_f64, f64::max);
-    let n = u32::try_from(bars.len().max(1)).unwrap_or(u32::MAX);
+    // The last index: a segmented range has a segment for each value of `0..=last`.
+    let last = u32::try_from(bars.len().saturating_sub(1)).unwrap_or(u32::MAX);
     let mut svg = String::new();
     let mut chart = Chart::default();
     {
@@ -246,7 +247,7 @@ pub fn bar_chart(title: &str, y_desc: &str, bars: &[(String, f64)]) -> Result<Ch
             .margin_right(44)
             .x_label_area_size(48)
             .y_label_area_size(78)
-            .build_cartesian_2d((0..n).into_segmented(), padded(0.0, hi, true))
+            .build_cartesian_2d((0..last).into_segmented(), padded(0.0, hi, true))
             .map_err(|x| e(x.to_string()))?;
         c.configure_mesh()
             .disable_x_mesh()
@@ -331,5 +332,19 @@ mod tests {
             "{}",
             c.svg
         );
+        // One slot per bar: the bars fill the plot's width, with no empty slot at the end.
+        let xs: Vec<f64> = c
+            .svg
+            .split("<rect")
+            .skip(1)
+            .filter(|r| !r.contains("fill=\"#FFFFFF\""))
+            .map(|r| {
+                let i = r.find("width=\"").unwrap() + 7;
+                r[i..i + r[i..].find('"').unwrap()].parse().unwrap()
+            })
+            .collect();
+        let (w, _) = SIZE;
+        // The plot is ~840 of the 960 px: two bars in three slots would cover ~500.
+        assert!(xs.iter().sum::<f64>() > f64::from(w) * 0.7, "{xs:?}");
     }
 }

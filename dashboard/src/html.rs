@@ -151,7 +151,7 @@ pub fn card(label: &str, value: &str, href: &str) -> String {
 const CSS: &str = "\
 *{box-sizing:border-box}body{margin:0;font:16px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1d232a;background:#f6f7f9}\
 header{background:#14324a;color:#fff;padding:.6rem 1rem}header h1{font-size:1.15rem;margin:0 0 .3rem}\
-nav a{color:#cfe6ff;margin-right:1rem;text-decoration:none;white-space:nowrap}nav a.on{color:#fff;font-weight:600;border-bottom:2px solid #fff}\
+nav{display:flex;flex-wrap:wrap;gap:.15rem 1rem}nav a{color:#cfe6ff;text-decoration:none;white-space:nowrap}nav a.on{color:#fff;font-weight:600;border-bottom:2px solid #fff}\
 main{max-width:1240px;margin:0 auto;padding:1rem}h2{font-size:1.2rem;margin:1.6rem 0 .6rem}\
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:.6rem}\
 .card{background:#fff;border:1px solid #dde2e8;border-radius:6px;padding:.6rem .8rem;color:inherit;text-decoration:none}\

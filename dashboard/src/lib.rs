@@ -34,7 +34,10 @@ use std::sync::Arc;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 pub use pages::{Site, device_file, render};
-pub use source::{Options, RUNS_PREFIX, Snapshot, load, save_run};
+pub use source::{
+    Options, RUNS_PREFIX, RunSent, SENT_SUFFIX, Snapshot, load, save_run, save_sent,
+    window_for_range,
+};
 
 /// Key prefix of the site when it is written into the store (see [`publish`]).
 pub const SITE_PREFIX: &str = telemetry::layout::DASHBOARD_PREFIX;

@@ -10,7 +10,7 @@ use analytics::ledger::LedgerRow;
 
 use crate::chart::{self, Chart, ChartError, Series};
 use crate::html::{Cell, card, empty, esc, figure, num, page, table, utc};
-use crate::source::{RunRecord, Snapshot, fleet_of};
+use crate::source::{MinuteFigures, RunRecord, Snapshot, fleet_of};
 
 /// How many devices the "noisiest" and "most rejected" lists show.
 const TOP: usize = 10;
@@ -266,6 +266,8 @@ struct DeviceLine<'a> {
     readings: u64,
     last_window: i64,
     ledger: Option<&'a LedgerRow>,
+    /// Its row in the last run's ledger against what the simulator sent, if recorded.
+    run: Option<&'a LedgerRow>,
 }
 
 fn devices(s: &Snapshot) -> String {
@@ -279,6 +281,7 @@ fn devices(s: &Snapshot) -> String {
             readings: 0,
             last_window: i64::MIN,
             ledger: None,
+            run: None,
         });
         d.readings += r.count;
         d.last_window = d.last_window.max(r.window_start);
@@ -291,8 +294,24 @@ fn devices(s: &Snapshot) -> String {
                     readings: 0,
                     last_window: i64::MIN,
                     ledger: None,
+                    run: None,
                 })
                 .ledger = Some(row);
+        }
+    }
+    // The last run's devices, with what they sent: a device none of whose messages
+    // arrived is known too.
+    if let Some(l) = &s.run_ledger {
+        for row in &l.devices {
+            by.entry(row.device_id.as_str())
+                .or_insert(DeviceLine {
+                    id: &row.device_id,
+                    readings: 0,
+                    last_window: i64::MIN,
+                    ledger: None,
+                    run: None,
+                })
+                .run = Some(row);
         }
     }
     let latest = by.values().map(|d| d.last_window).max().unwrap_or(i64::MIN);
@@ -337,7 +356,11 @@ fn devices(s: &Snapshot) -> String {
                         Cell::Time(d.last_window)
                     },
                 ];
-                r.extend(ledger_cells(d));
+                // Expected: what the last run's simulator sent, where recorded.
+                r.extend(ledger_cells(&DeviceLine {
+                    ledger: d.run.or(d.ledger),
+                    ..**d
+                }));
                 r
             })
             .collect();
@@ -356,8 +379,10 @@ fn devices(s: &Snapshot) -> String {
         ));
     }
     b.push_str(
-        "<p class=\"note\">Expected = the ledger's sent range, observed from the seqs seen \
-         (iotpipe ledger without --sent): a device that never sent anything is not known.</p>",
+        "<p class=\"note\">Expected = what the last iotpipe up run's simulated devices \
+         sent (their seq ranges, recorded under _runs/), so a device none of whose messages \
+         arrived is listed; for other devices, the seq range seen (iotpipe ledger without \
+         --sent), so a real device that never got through is not known.</p>",
     );
 
     let mut noisy: Vec<&DeviceLine<'_>> = by.values().filter(|d| d.readings > 0).collect();
@@ -541,28 +566,36 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
             MAKE_STATS,
         ));
     } else {
-        let mut by: BTreeMap<i64, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+        // Per window of event time: the delays to received, to Parquet and to the stats.
+        let mut by: BTreeMap<i64, [Vec<i64>; 3]> = BTreeMap::new();
         for t in &s.transits {
             let e = by.entry(s.window.start_of(t.event_time)).or_default();
-            e.0.push(t.to_received_ms);
-            e.1.push(t.to_parquet_ms);
+            e[0].push(t.to_received_ms);
+            e[1].push(t.to_parquet_ms);
+            e[2].extend(t.to_stats_ms);
         }
+        let dated = s.transits.iter().any(|t| t.to_stats_ms.is_some());
+        let stages = if dated { 3 } else { 2 };
         let mut rows = Vec::new();
-        let mut lines: [Vec<(i64, f64)>; 4] = Default::default();
-        for (t, (mut rec, mut pq)) in by {
-            rec.sort_unstable();
-            pq.sort_unstable();
-            let v = [
-                quantile(&rec, 0.5),
-                quantile(&rec, 0.99),
-                quantile(&pq, 0.5),
-                quantile(&pq, 0.99),
-            ];
-            for (line, x) in lines.iter_mut().zip(v) {
-                line.push((t, x as f64 / 1000.0));
+        let mut lines: [Vec<(i64, f64)>; 6] = Default::default();
+        for (t, mut delays) in by {
+            let mut row = vec![Cell::Time(t), Cell::Int(delays[0].len() as u64)];
+            for (stage, d) in delays.iter_mut().enumerate().take(stages) {
+                d.sort_unstable();
+                for (k, q) in [0.5, 0.99].into_iter().enumerate() {
+                    // A window whose readings no recorded rollup dated has no point.
+                    if d.is_empty() {
+                        row.push(Cell::Text("–".into()));
+                        continue;
+                    }
+                    let x = quantile(d, q) as f64 / 1000.0;
+                    lines[stage * 2 + k].push((t, x));
+                    row.push(Cell::Float(x));
+                }
             }
-            let mut row = vec![Cell::Time(t), Cell::Int(rec.len() as u64)];
-            row.extend(v.iter().map(|&x| Cell::Float(x as f64 / 1000.0)));
+            if dated {
+                row.push(Cell::Int(delays[2].len() as u64));
+            }
             rows.push(row);
         }
         let names = [
@@ -570,10 +603,13 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
             "device → received, p99",
             "device → in Parquet, p50",
             "device → in Parquet, p99",
+            "device → in stats, p50",
+            "device → in stats, p99",
         ];
         let series: Vec<Series> = names
             .iter()
             .zip(lines)
+            .take(stages * 2)
             .map(|(n, points)| Series::Line {
                 name: (*n).into(),
                 points,
@@ -585,24 +621,37 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
         ));
         b.push_str(&figure(
             "latency",
-            "How long a reading takes to arrive and to be in Parquet",
+            "How long a reading takes to arrive, to be in Parquet and to be in the stats",
             &c,
-            "Received = the IoT rule's timestamp; in Parquet = the last-modified time of the \
-             object holding the row (queryable with Athena from then). Readings become \
-             queryable through iotpipe query at the next rollup after that (its schedule).",
+            if dated {
+                "Received = the IoT rule's timestamp; in Parquet = the last-modified time of \
+                 the object holding the row (queryable with Athena from then); in stats = the \
+                 end of the first successful rollup that started after that (iotpipe query \
+                 shows it from then), from the rollups the run records under _runs/ list."
+            } else {
+                "Received = the IoT rule's timestamp; in Parquet = the last-modified time of \
+                 the object holding the row (queryable with Athena from then). In stats is not \
+                 shown: no run record lists a rollup that ran after these objects were written \
+                 (iotpipe up and replay record theirs; on AWS, the rollup's schedule and S3 \
+                 events bound it: README, Freshness)."
+            },
         ));
+        let mut header = vec![
+            "window start",
+            "readings",
+            "→received p50",
+            "→received p99",
+            "→Parquet p50",
+            "→Parquet p99",
+        ];
+        if dated {
+            header.extend(["→stats p50", "→stats p99", "readings dated in stats"]);
+        }
         b.push_str("<details><summary>the numbers</summary>");
         b.push_str(&table(
             "latency-table",
             &format!("seconds, per {w}"),
-            &[
-                "window start",
-                "readings",
-                "→received p50",
-                "→received p99",
-                "→Parquet p50",
-                "→Parquet p99",
-            ],
+            &header,
             &rows,
         ));
         b.push_str("</details>");
@@ -611,9 +660,11 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
     match &s.ledger {
         Some(l) => {
             let t = &l.totals;
+            let a = &s.arrivals;
             let rows: Vec<Vec<Cell>> = [
                 ("loss (missing / sent)", t.missing, t.sent),
                 ("late / received", t.late, t.received),
+                ("out of order / messages", a.out_of_order, a.messages),
                 ("duplicated / received", t.duplicated, t.received),
                 ("rejected / sent", t.rejected, t.sent),
             ]
@@ -638,7 +689,7 @@ fn latency(s: &Snapshot) -> Result<String, ChartError> {
                 &["ratio", "count", "of", "ratio"],
                 &rows,
             ));
-            b.push_str("<p class=\"note\">Late: first received at or after its window's end plus one minute. Out-of-order arrival is not measured yet.</p>");
+            b.push_str("<p class=\"note\">Late: first received at or after its window's end plus one minute. Out of order: first received after a message of the same device with a later event time (overtaken on the way), among the distinct messages of the telemetry.</p>");
         }
         None => b.push_str(&empty(
             "No ledger: no telemetry nor quarantine.",
@@ -721,8 +772,8 @@ fn health(s: &Snapshot) -> Result<String, ChartError> {
     b.push_str("<h2>Functions</h2>");
     match s.runs.last() {
         None => b.push_str(&empty(
-            "No run record yet: Lambda figures are recorded under _runs/ when iotpipe up or iotpipe replay ends.",
-            "Run iotpipe up (or replay) with this --data.",
+            "No run record yet: Lambda figures (invocations, Duration per minute, memory) are recorded under _runs/ when iotpipe up or iotpipe replay ends. On AWS nothing writes them: the report function reads no CloudWatch, so see each function's Monitor tab in the Lambda console.",
+            "Locally: run iotpipe up (or replay) with this --data.",
         )),
         Some(run) => {
             let inv: Vec<(String, f64)> = run.functions.iter().map(|f| (f.function.clone(), f.invocations as f64)).collect();
@@ -732,6 +783,7 @@ fn health(s: &Snapshot) -> Result<String, ChartError> {
                 &chart::bar_chart("invocations", "invocations", &inv)?,
                 "",
             ));
+            b.push_str(&per_minute(run)?);
             b.push_str(&runs_chart(&s.runs)?);
             let mut mem = Vec::new();
             for f in &run.functions {
@@ -771,6 +823,109 @@ fn health(s: &Snapshot) -> Result<String, ChartError> {
     Ok(b)
 }
 
+/// Invocations per minute (one line per function), Duration p50/p99 per minute (a chart per
+/// function: their scales differ by orders of magnitude) and the table of the meter's
+/// per-minute records, of the run `run`.
+fn per_minute(run: &RunRecord) -> Result<String, ChartError> {
+    let mut b = format!(
+        "<h2>Per minute, in the run that ended {}</h2>",
+        utc(run.finished_at_ms)
+    );
+    let functions: Vec<_> = run
+        .functions
+        .iter()
+        .filter(|f| !f.per_minute.is_empty())
+        .collect();
+    if functions.is_empty() {
+        b.push_str(&empty(
+            "This run record has no per-minute figures (it predates them).",
+            "Run iotpipe up (or replay) again with this --data.",
+        ));
+        return Ok(b);
+    }
+    let series: Vec<Series> = functions
+        .iter()
+        .map(|f| Series::Line {
+            name: f.function.clone(),
+            points: f
+                .per_minute
+                .iter()
+                .map(|m| (m.minute_start_ms, m.invocations as f64))
+                .collect(),
+        })
+        .collect();
+    b.push_str(&figure(
+        "invocations-per-minute",
+        "Invocations per minute, per function",
+        &chart::time_chart(
+            "invocations per minute",
+            "invocations per minute",
+            &series,
+            true,
+        )?,
+        "By each invocation's end (the minute of its REPORT line); a minute without \
+         invocations has no point.",
+    ));
+    for f in &functions {
+        let line = |name: &str, get: fn(&MinuteFigures) -> f64| Series::Line {
+            name: format!("{} {name}", f.function),
+            points: f
+                .per_minute
+                .iter()
+                .map(|m| (m.minute_start_ms, get(m)))
+                .collect(),
+        };
+        let c = chart::time_chart(
+            &format!("{} Duration", f.function),
+            "Duration (ms)",
+            &[
+                line("p50", |m| m.p50_duration_ms),
+                line("p99", |m| m.p99_duration_ms),
+            ],
+            true,
+        )?;
+        b.push_str(&figure(
+            &format!("duration-{}", f.function),
+            &format!("{}: Duration p50 and p99 per minute", f.function),
+            &c,
+            "From the meter's log-linear histogram: at most 1.6 % above the exact percentile.",
+        ));
+    }
+    let rows: Vec<Vec<Cell>> = functions
+        .iter()
+        .flat_map(|f| {
+            f.per_minute.iter().map(|m| {
+                vec![
+                    Cell::Text(f.function.clone()),
+                    Cell::Time(m.minute_start_ms),
+                    Cell::Int(m.invocations),
+                    Cell::Int(m.errors),
+                    Cell::Float(m.p50_duration_ms),
+                    Cell::Float(m.p99_duration_ms),
+                    Cell::Float(m.max_duration_ms),
+                ]
+            })
+        })
+        .collect();
+    b.push_str("<details><summary>the numbers</summary>");
+    b.push_str(&table(
+        "functions-per-minute",
+        "the meter's records per function and minute",
+        &[
+            "function",
+            "minute",
+            "invocations",
+            "errors",
+            "p50 Duration (ms)",
+            "p99 Duration (ms)",
+            "max Duration (ms)",
+        ],
+        &rows,
+    ));
+    b.push_str("</details>");
+    Ok(b)
+}
+
 /// Duration p99 per function over the recorded runs (one point per run).
 fn runs_chart(runs: &[RunRecord]) -> Result<String, ChartError> {
     let mut by: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
@@ -793,7 +948,7 @@ fn runs_chart(runs: &[RunRecord]) -> Result<String, ChartError> {
         "durations",
         "Duration p99 per function, one point per run (by the run's end)",
         &c,
-        "The local meter keeps per-run figures; per-minute Duration needs time-stamped metering.",
+        "Each run's p99 over all its invocations; the charts above break the last run down by minute.",
     ))
 }
 

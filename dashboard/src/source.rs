@@ -12,20 +12,22 @@
 //!   merged DDSketches, within 1 % of the exact quantile) where it has the window, else
 //!   they are the count-weighted means of the devices' quantiles, an approximation the
 //!   pages label as such.
-//! - only the windows `analytics::query` produces can be asked for (`1m` today); the
-//!   window is a parameter throughout ([`Options::window`]).
+//! - the window is a parameter throughout ([`Options::window`]); [`window_for_range`]
+//!   picks 1m, 1h or 1d from the range asked for, as the rollup produces all three.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use analytics::columns::{self, ColumnError, Strings};
 use analytics::ledger::{self, Ledger, LedgerConfig};
 use analytics::{Query, Window, WindowStats};
-use arrow_array::{Array, RecordBatch, TimestampMillisecondArray};
+use arrow_array::RecordBatch;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use telemetry::layout::QUARANTINE_PREFIX;
+pub use telemetry::metering::{MinuteFigures, RollupRun};
 use telemetry::quarantine::QuarantineRecord;
 
 /// Key prefix of the run records `iotpipe up` and `iotpipe replay` write when they end
@@ -48,6 +50,22 @@ pub struct Options {
     pub from_ms: Option<i64>,
     /// Only windows starting before this instant (epoch ms). `None`: all.
     pub to_ms: Option<i64>,
+}
+
+/// The longest range charted per minute (360 points a line).
+pub const MINUTES_UP_TO_MS: i64 = 6 * 3_600_000;
+/// The longest range charted per hour (336 points a line); beyond it, per day.
+pub const HOURS_UP_TO_MS: i64 = 14 * 86_400_000;
+
+/// The window a range of windows `[from_ms, to_ms)` is charted at: 1m up to 6 hours, 1h up
+/// to 14 days, 1d beyond. Without a start the range is the data's, which a local run keeps
+/// short: 1m.
+pub fn window_for_range(from_ms: Option<i64>, to_ms: i64) -> Window {
+    match from_ms {
+        Some(from) if to_ms.saturating_sub(from) > HOURS_UP_TO_MS => Window::D1,
+        Some(from) if to_ms.saturating_sub(from) > MINUTES_UP_TO_MS => Window::H1,
+        _ => Window::M1,
+    }
 }
 
 impl Default for Options {
@@ -98,6 +116,10 @@ pub struct RunFunction {
     pub p99_duration_ms: f64,
     /// Peak memory used, MB.
     pub max_memory_used_mb: u64,
+    /// Invocations and Duration percentiles per UTC minute (the local meter's records;
+    /// empty in records written before it kept them).
+    #[serde(default)]
+    pub per_minute: Vec<MinuteFigures>,
 }
 
 /// One priced line of a run's cost estimate.
@@ -140,6 +162,9 @@ pub struct RunRecord {
     pub functions: Vec<RunFunction>,
     /// The cost estimate.
     pub cost: RunCost,
+    /// The run's rollup invocations (empty in records written before they were kept).
+    #[serde(default)]
+    pub rollup_runs: Vec<RollupRun>,
 }
 
 /// Stores a run record under [`RUNS_PREFIX`], named by its end time. `record` is the JSON
@@ -149,7 +174,19 @@ pub async fn save_run(
     finished_at_ms: i64,
     record: &serde_json::Value,
 ) -> Result<String, SourceError> {
-    let key = format!("{RUNS_PREFIX}/{finished_at_ms}.json");
+    save_object(
+        store,
+        format!("{RUNS_PREFIX}/{finished_at_ms}.json"),
+        record,
+    )
+    .await
+}
+
+async fn save_object(
+    store: &Arc<dyn ObjectStore>,
+    key: String,
+    record: &serde_json::Value,
+) -> Result<String, SourceError> {
     let bytes = serde_json::to_vec(record).map_err(|e| SourceError::Read {
         path: key.clone(),
         message: e.to_string(),
@@ -164,6 +201,38 @@ pub async fn save_run(
     Ok(key)
 }
 
+/// Suffix of a run's sent record (`_runs/<finished_at_ms>.sent.json`): the simulated
+/// devices' seq ranges (`analytics::ledger::SentLedger`) and when the run started, which
+/// make the devices page's *expected*.
+pub const SENT_SUFFIX: &str = ".sent.json";
+
+/// What a run's simulated devices published, stored beside its run record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSent {
+    /// When the run started, epoch ms: the ledger counts what was received from then.
+    pub since_ms: i64,
+    /// Per device, its seq range.
+    pub sent: ledger::SentLedger,
+}
+
+/// Stores the sent record of the run that ended at `finished_at_ms` (see [`SENT_SUFFIX`]).
+pub async fn save_sent(
+    store: &Arc<dyn ObjectStore>,
+    finished_at_ms: i64,
+    sent: &RunSent,
+) -> Result<String, SourceError> {
+    let value = serde_json::to_value(sent).map_err(|e| SourceError::Read {
+        path: format!("{RUNS_PREFIX}/{finished_at_ms}{SENT_SUFFIX}"),
+        message: e.to_string(),
+    })?;
+    save_object(
+        store,
+        format!("{RUNS_PREFIX}/{finished_at_ms}{SENT_SUFFIX}"),
+        &value,
+    )
+    .await
+}
+
 /// Transit times of one reading, ms.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Transit {
@@ -173,6 +242,10 @@ pub struct Transit {
     pub to_received_ms: i64,
     /// Its Parquet object's last-modified time − event time, ms.
     pub to_parquet_ms: i64,
+    /// The end of the first successful rollup of a recorded run that started after the
+    /// Parquet object was written − event time, ms: when `iotpipe query` shows the reading
+    /// (at most one rollup period late). `None` when no recorded rollup did.
+    pub to_stats_ms: Option<i64>,
 }
 
 /// Everything the pages are drawn from, read once.
@@ -191,10 +264,15 @@ pub struct Snapshot {
     pub quarantine: Vec<QuarantineRecord>,
     /// Per telemetry row, its transit times.
     pub transits: Vec<Transit>,
+    /// The messages in the telemetry and how many arrived out of order.
+    pub arrivals: Arrivals,
     /// Run records, oldest first.
     pub runs: Vec<RunRecord>,
     /// Run records that could not be parsed (object keys).
     pub unreadable_runs: Vec<String>,
+    /// The ledger of the last run with a sent record, against its devices' seq ranges:
+    /// what they published (expected) against what arrived since the run started.
+    pub run_ledger: Option<Ledger>,
 }
 
 impl Snapshot {
@@ -234,8 +312,24 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
     )
     .await?;
     let quarantine = read_quarantine(&store).await?;
-    let transits = read_transits(&store).await?;
+    let (mut transits, arrivals) = read_transits(&store).await?;
     let (runs, unreadable_runs) = read_runs(&store).await?;
+    date_stats_arrival(&mut transits, &runs);
+    let run_ledger = match read_last_sent(&store).await? {
+        Some(r) => Some(
+            ledger::compute(
+                store.clone(),
+                &LedgerConfig {
+                    window: opts.window,
+                    since_ms: Some(r.since_ms),
+                    ..LedgerConfig::default()
+                },
+                Some(&r.sent),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let has_ledger = !ledger.rows.is_empty() || ledger.quarantine_records > 0;
     Ok(Snapshot {
         window: opts.window,
@@ -244,8 +338,10 @@ pub async fn load(store: Arc<dyn ObjectStore>, opts: &Options) -> Result<Snapsho
         ledger: has_ledger.then_some(ledger),
         quarantine,
         transits,
+        arrivals,
         runs,
         unreadable_runs,
+        run_ledger,
     })
 }
 
@@ -387,21 +483,26 @@ async fn read_quarantine(
     Ok(out)
 }
 
-async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, SourceError> {
+/// One file's transits and, per device, its messages: (event time, seq, received at).
+type FileTransits = (Vec<Transit>, BTreeMap<String, Vec<(i64, i64, i64)>>);
+
+async fn read_transits(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<(Vec<Transit>, Arrivals), SourceError> {
     let files = analytics::io::list_telemetry(store, TELEMETRY_PREFIX)
         .await
         .map_err(|e| SourceError::Read {
             path: format!("{TELEMETRY_PREFIX}/"),
             message: e.to_string(),
         })?;
-    let per_file: Vec<Vec<Transit>> = futures::stream::iter(files)
+    let per_file: Vec<FileTransits> = futures::stream::iter(files)
         .map(|f| {
             let store = store.clone();
             async move {
                 let batches = analytics::io::read_parquet(
                     &store,
                     &f.meta,
-                    Some(&["event_time", "received_at"]),
+                    Some(&["device_id", "seq", "event_time", "received_at"]),
                 )
                 .await
                 .map_err(|e| SourceError::Read {
@@ -409,11 +510,11 @@ async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, Sou
                     message: e.to_string(),
                 })?;
                 let written = f.meta.last_modified.timestamp_millis();
-                let mut out = Vec::new();
+                let mut out = (Vec::new(), BTreeMap::new());
                 for b in &batches {
-                    transits_of(b, written, &mut out).map_err(|message| SourceError::Read {
+                    transits_of(b, written, &mut out).map_err(|e| SourceError::Read {
                         path: f.meta.location.to_string(),
-                        message,
+                        message: e.to_string(),
                     })?;
                 }
                 Ok::<_, SourceError>(out)
@@ -422,28 +523,96 @@ async fn read_transits(store: &Arc<dyn ObjectStore>) -> Result<Vec<Transit>, Sou
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
         .await?;
-    let mut out: Vec<Transit> = per_file.into_iter().flatten().collect();
-    out.sort_by_key(|t| t.event_time);
-    Ok(out)
+    let mut transits = Vec::new();
+    let mut messages: BTreeMap<String, Vec<(i64, i64, i64)>> = BTreeMap::new();
+    for (t, m) in per_file {
+        transits.extend(t);
+        for (device, v) in m {
+            messages.entry(device).or_default().extend(v);
+        }
+    }
+    transits.sort_by_key(|t| t.event_time);
+    Ok((transits, arrivals(messages)))
 }
 
-fn transits_of(b: &RecordBatch, written_ms: i64, out: &mut Vec<Transit>) -> Result<(), String> {
-    let col = |name: &str| {
-        b.column_by_name(name)
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            .ok_or_else(|| format!("column {name} is missing or not a millisecond timestamp"))
-    };
-    let (event, received) = (col("event_time")?, col("received_at")?);
-    for i in 0..b.num_rows() {
-        if event.is_null(i) || received.is_null(i) {
-            continue;
+/// Messages received out of order among every device's distinct messages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Arrivals {
+    /// Distinct messages (device, seq, event time) in the telemetry.
+    pub messages: u64,
+    /// Of those, messages first received after a message of the same device with a later
+    /// (event time, seq): overtaken on the way. A device that restarts its seq after a
+    /// reboot is not out of order, since its event times go on.
+    pub out_of_order: u64,
+}
+
+/// Counts [`Arrivals`] from each device's (event time, seq, received at) of every row.
+pub fn arrivals(by_device: BTreeMap<String, Vec<(i64, i64, i64)>>) -> Arrivals {
+    let mut out = Arrivals::default();
+    for (_, mut v) in by_device {
+        // One entry per message (a reading per metric, and re-deliveries, repeat it), at
+        // its first receipt.
+        v.sort_unstable();
+        v.dedup_by(|later, first| (later.0, later.1) == (first.0, first.1));
+        out.messages += v.len() as u64;
+        v.sort_unstable_by_key(|&(event, seq, received)| (received, event, seq));
+        let mut latest = (i64::MIN, i64::MIN);
+        for (event, seq, _) in v {
+            if (event, seq) < latest {
+                out.out_of_order += 1;
+            } else {
+                latest = (event, seq);
+            }
         }
-        let e = event.value(i);
-        out.push(Transit {
+    }
+    out
+}
+
+/// Fills each transit's [`Transit::to_stats_ms`] from the runs' successful rollups.
+pub fn date_stats_arrival(transits: &mut [Transit], runs: &[RunRecord]) {
+    let mut rollups: Vec<RollupRun> = runs
+        .iter()
+        .flat_map(|r| r.rollup_runs.iter().copied())
+        .filter(|r| r.ok)
+        .collect();
+    rollups.sort_by_key(|r| r.started_at_ms);
+    // The earliest end among the rollups that start at or after each index (a long run
+    // that started first may end after a shorter one that started later).
+    let mut first_end = vec![i64::MAX; rollups.len() + 1];
+    for i in (0..rollups.len()).rev() {
+        first_end[i] = first_end[i + 1].min(rollups[i].ended_at_ms);
+    }
+    for t in transits {
+        let written = t.event_time + t.to_parquet_ms;
+        let i = rollups.partition_point(|r| r.started_at_ms < written);
+        t.to_stats_ms = (first_end[i] != i64::MAX).then(|| first_end[i] - t.event_time);
+    }
+}
+
+fn transits_of(
+    b: &RecordBatch,
+    written_ms: i64,
+    (transits, messages): &mut FileTransits,
+) -> Result<(), ColumnError> {
+    // The tolerant readers: Firehose's conversion on AWS writes plain strings and
+    // timestamps of another unit.
+    let event = columns::timestamps_ms(b, "event_time")?;
+    let received = columns::timestamps_ms(b, "received_at")?;
+    let seq = columns::int64(b, "seq")?;
+    let device = Strings::new("device_id", columns::required(b, "device_id")?)?;
+    for (i, (&e, &r)) in event.iter().zip(&received).enumerate() {
+        transits.push(Transit {
             event_time: e,
-            to_received_ms: received.value(i) - e,
+            to_received_ms: r - e,
             to_parquet_ms: written_ms - e,
+            to_stats_ms: None,
         });
+        let d = device.value(i);
+        let entry = match messages.get_mut(d) {
+            Some(v) => v,
+            None => messages.entry(d.to_string()).or_default(),
+        };
+        entry.push((e, seq.value(i), r));
     }
     Ok(())
 }
@@ -454,7 +623,10 @@ async fn read_runs(
     let metas: Vec<_> = list(store, RUNS_PREFIX)
         .await?
         .into_iter()
-        .filter(|m| m.location.as_ref().ends_with(".json"))
+        .filter(|m| {
+            let key = m.location.as_ref();
+            key.ends_with(".json") && !key.ends_with(SENT_SUFFIX)
+        })
         .collect();
     let (mut runs, mut bad) = (Vec::new(), Vec::new());
     for (meta, bytes) in read_all(store, metas).await? {
@@ -466,4 +638,68 @@ async fn read_runs(
     runs.sort_by_key(|r| r.finished_at_ms);
     bad.sort();
     Ok((runs, bad))
+}
+
+/// The sent record of the latest run that has one (by its end time), if any. An
+/// unreadable one is skipped, as an unreadable run record is.
+async fn read_last_sent(store: &Arc<dyn ObjectStore>) -> Result<Option<RunSent>, SourceError> {
+    let mut metas: Vec<_> = list(store, RUNS_PREFIX)
+        .await?
+        .into_iter()
+        .filter(|m| m.location.as_ref().ends_with(SENT_SUFFIX))
+        .collect();
+    let ended = |m: &ObjectMeta| {
+        m.location
+            .filename()
+            .and_then(|f| f.strip_suffix(SENT_SUFFIX))
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(i64::MIN)
+    };
+    metas.sort_by_key(ended);
+    let Some(last) = metas.pop() else {
+        return Ok(None);
+    };
+    let read = read_all(store, vec![last]).await?;
+    Ok(read
+        .first()
+        .and_then(|(_, bytes)| serde_json::from_slice::<RunSent>(bytes).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_overtaken_on_the_way_is_out_of_order_and_a_reboot_or_a_redelivery_is_not() {
+        // (event time, seq, received at), a row per reading.
+        let a = vec![
+            (1_000, 1, 1_100),
+            (1_000, 1, 1_100), // a second metric of the same message
+            (2_000, 2, 2_500), // overtaken by seq 3 ...
+            (3_000, 3, 2_400),
+            (2_000, 2, 9_000), // ... and delivered again later: still one message
+            (4_000, 1, 4_100), // a reboot: seq starts again, time goes on
+            (5_000, 2, 5_100),
+        ];
+        let b = vec![(1_000, 7, 1_000), (1_000, 7, 1_000)];
+        let got = arrivals(BTreeMap::from([("a".into(), a), ("b".into(), b)]));
+        assert_eq!(
+            got,
+            Arrivals {
+                messages: 6,
+                out_of_order: 1
+            }
+        );
+    }
+
+    #[test]
+    fn the_window_follows_the_range_asked_for() {
+        let h = 3_600_000;
+        let to = 1_795_622_400_000;
+        assert_eq!(window_for_range(None, to), Window::M1);
+        assert_eq!(window_for_range(Some(to - 6 * h), to), Window::M1);
+        assert_eq!(window_for_range(Some(to - 6 * h - 1), to), Window::H1);
+        assert_eq!(window_for_range(Some(to - 14 * 24 * h), to), Window::H1);
+        assert_eq!(window_for_range(Some(to - 14 * 24 * h - 1), to), Window::D1);
+    }
 }

@@ -2,8 +2,9 @@
 //! `tests/setup/services.sh`) opens every generated page headless, from `file://`.
 //! The test fails on any console message (a blocked request is one: the pages' CSP
 //! forbids every fetch) or network error, checks in the DOM the browser built that each
-//! chart shows the series and points its figure states, and takes screenshots at
-//! 1280×800 and at a phone's 390×844. The screenshots are kept as test artefacts in
+//! chart shows the series and points its figure states (the health page's per-minute
+//! charts: as many as the meter recorded), and takes screenshots of the fleet and health
+//! pages at 1280×800 and at a phone's 390×844. The screenshots are kept as test artefacts in
 //! `target/dashboard-screenshots/` (git-ignored).
 
 #![allow(clippy::unwrap_used)]
@@ -80,12 +81,29 @@ fn artefacts() -> PathBuf {
 async fn chromium_shows_every_page_without_errors_and_every_chart_with_its_points() {
     let data = tempfile::tempdir().unwrap();
     let store = telemetry::store::open_store(data.path().to_str().unwrap()).unwrap();
-    fixture(&store).await;
+    let metered = fixture(&store).await;
     let site = site_of(store).await;
     let out = tempfile::tempdir().unwrap();
     dashboard::write_dir(&site, out.path()).unwrap();
     let profile = tempfile::tempdir().unwrap();
 
+    // The health page's per-minute charts, from the meter's records: invocations (a line
+    // per function, a point per minute with invocations) and Duration p50/p99 per function.
+    let mut expected: Vec<(String, [usize; 4])> = vec![(
+        "invocations-per-minute".into(),
+        [
+            metered.len(),
+            metered.iter().map(|f| f.per_minute.len()).sum(),
+            0,
+            0,
+        ],
+    )];
+    for f in &metered {
+        expected.push((
+            format!("duration-{}", f.function),
+            [2, 2 * f.per_minute.len(), 0, 0],
+        ));
+    }
     let mut charts = 0;
     for (rel, html) in &site.pages {
         let url = format!("file://{}", out.path().join(rel).display());
@@ -114,19 +132,28 @@ async fn chromium_shows_every_page_without_errors_and_every_chart_with_its_point
             );
         }
         charts += shown.len();
+        if rel == "health.html" {
+            for (id, want) in &expected {
+                let got = shown.iter().find(|f| &f.0 == id);
+                assert_eq!(got.map(|f| f.2), Some(*want), "health.html: chart {id}");
+            }
+        }
     }
     // Fleet: 2 metrics + throughput; device pages: 2 each for 3 devices; latency 1;
-    // health 4 (reasons over time, invocations, durations, memory); bill 1.
-    assert_eq!(charts, 3 + 6 + 1 + 4 + 1);
+    // health 8 (reasons over time, invocations, invocations per minute, Duration per
+    // minute of the 3 functions, Duration p99 per run, memory); bill 1.
+    assert_eq!(charts, 3 + 6 + 1 + 8 + 1);
 
     let shots = artefacts();
-    for (name, size) in [
-        ("index-1280x800.png", "1280,800"),
-        ("index-phone-390x844.png", "390,844"),
+    for (name, page, size) in [
+        ("index-1280x800.png", "index.html", "1280,800"),
+        ("index-phone-390x844.png", "index.html", "390,844"),
+        ("health-1280x800.png", "health.html", "1280,800"),
+        ("health-phone-390x844.png", "health.html", "390,844"),
     ] {
         let path = shots.join(name);
         let _ = std::fs::remove_file(&path);
-        let url = format!("file://{}", out.path().join("index.html").display());
+        let url = format!("file://{}", out.path().join(page).display());
         let (_, log) = headless(
             &url,
             profile.path(),

@@ -8,28 +8,32 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use dashboard::{Options, Site};
+use dashboard::{Options, RunSent, Site};
 use object_store::ObjectStore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use local::stack;
 
+use crate::args::parse_time;
 use crate::{DataArg, summary};
 
 /// Examples after the flags.
 const HELP: &str = "\
 Pages: index.html (the fleet per metric, with its p50-p95-p99 band; readings and messages
 per minute), devices.html (silent, noisiest, most rejected; a page per device with its
-statistics and ledger), latency.html (device -> received -> in Parquet, p50/p99 per
-minute; loss, late and duplicate ratios), health.html (accepted vs quarantined by reason;
-invocations, Duration and memory per function), bill.html (the last run's cost by service).
-The site is HTML and SVG only: it makes no request to any other host. Lambda figures and
-the bill come from the run records iotpipe up/replay write under _runs/ in --data.
+statistics and ledger), latency.html (device -> received -> in Parquet -> in stats,
+p50/p99 per window; loss, late, out-of-order and duplicate ratios), health.html (accepted
+vs quarantined by reason; per function, invocations and Duration p50/p99 per minute, Max
+Memory Used vs Memory Size), bill.html (the last run's cost by service). The site is HTML
+and SVG only: it makes no request to any other host. Lambda figures, the rollups that date
+in-stats times and the bill come from the run records iotpipe up/replay write under _runs/
+in --data.
 
 Examples:
   iotpipe up --devices 50 --rate 5 --duration 2m --data ./data
   iotpipe dashboard --data ./data --out site        # then open site/index.html
+  iotpipe dashboard --data ./data --from 2026-11-20T00:00:00Z   # 1h windows (range > 6 h)
   iotpipe dashboard --data ./data --serve --port 8080
   iotpipe up --dashboard                            # watch a run live";
 
@@ -43,9 +47,18 @@ pub(crate) struct DashboardArgs {
     /// --serve, the site is served from memory and written here only when --out is given.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Window of the statistics and the ledger: 1m (1h and 1d once the rollup makes them).
-    #[arg(long, default_value = "1m")]
-    window: analytics::Window,
+    /// Window of the statistics and the ledger: 1m, 1h or 1d. Default: from the range,
+    /// 1m up to 6 hours, 1h up to 14 days, 1d beyond (1m without --from).
+    #[arg(long)]
+    window: Option<analytics::Window>,
+    /// Only windows starting at or after this time (RFC 3339, e.g. 2026-11-25T16:00:00Z,
+    /// or epoch milliseconds): the fleet and device statistics.
+    #[arg(long, value_parser = parse_time)]
+    from: Option<i64>,
+    /// Only windows starting before this time (RFC 3339 or epoch milliseconds; default: no
+    /// end, and now when choosing the window).
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
     /// Serve the site on http://127.0.0.1:PORT and re-render it every --every, until Ctrl-C.
     #[arg(long)]
     serve: bool,
@@ -60,9 +73,14 @@ pub(crate) struct DashboardArgs {
 /// `iotpipe dashboard`.
 pub(crate) async fn run(a: DashboardArgs) -> anyhow::Result<()> {
     let store = stack::open_store(&a.data.data)?;
+    let to =
+        a.to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let opts = Options {
-        window: a.window,
-        ..Options::default()
+        window: a
+            .window
+            .unwrap_or_else(|| dashboard::window_for_range(a.from, to)),
+        from_ms: a.from,
+        to_ms: a.to,
     };
     if a.serve {
         let server = Server::bind(a.port).await?;
@@ -246,13 +264,17 @@ pub(crate) async fn serve_during_run(data: &str, port: u16) -> anyhow::Result<()
 }
 
 /// Records the run (its Lambda figures and cost) under `_runs/` in `data`, for the
-/// dashboard's health and bill pages. A failure is logged, never fatal: the run's data is
-/// already written.
-pub(crate) async fn record_run(data: &str, s: &summary::Summary) {
+/// dashboard's health and bill pages, and `sent`, what its simulated devices published (the
+/// devices page's expected). A failure is logged, never fatal: the run's data is already
+/// written.
+pub(crate) async fn record_run(data: &str, s: &summary::Summary, sent: Option<RunSent>) {
     let saved = async {
         let store = stack::open_store(data)?;
         let value = serde_json::to_value(s)?;
         dashboard::save_run(&store, s.finished_at_ms, &value).await?;
+        if let Some(sent) = &sent {
+            dashboard::save_sent(&store, s.finished_at_ms, sent).await?;
+        }
         anyhow::Ok(())
     };
     if let Err(e) = saved.await {

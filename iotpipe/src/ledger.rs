@@ -122,12 +122,9 @@ pub(crate) async fn run(a: LedgerArgs) -> anyhow::Result<()> {
 
 /// The ledger totals of an `iotpipe up` run: what was received at or after `since_ms`
 /// (the run's start) in `data`, against the simulator's own ledger.
-pub(crate) async fn run_totals(
-    data: &str,
-    since_ms: i64,
-    sim: &device_sim::SimSummary,
-) -> anyhow::Result<LedgerTotals> {
-    let sent = SentLedger {
+/// The simulator's per-device seq ranges, as the ledger takes them.
+pub(crate) fn sent_of(sim: &device_sim::SimSummary) -> SentLedger {
+    SentLedger {
         per_device: sim
             .per_device
             .iter()
@@ -140,7 +137,15 @@ pub(crate) async fn run_totals(
                 (id.clone(), s)
             })
             .collect(),
-    };
+    }
+}
+
+pub(crate) async fn run_totals(
+    data: &str,
+    since_ms: i64,
+    sim: &device_sim::SimSummary,
+) -> anyhow::Result<LedgerTotals> {
+    let sent = sent_of(sim);
     let cfg = LedgerConfig {
         since_ms: Some(since_ms),
         ..LedgerConfig::default()

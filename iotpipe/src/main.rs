@@ -691,6 +691,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // ledger would call every message missing: leave it out (the summary explains the stream).
     // Without the simulator nobody knows what the devices sent: `iotpipe ledger` still
     // reports duplicates and gaps in the seqs received.
+    let mut sent = None;
     if let Some(sim) = &sim
         && !matches!(a.tuning.stream, StreamTarget::Firehose(_))
     {
@@ -700,8 +701,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 |e| tracing::warn!(error = %e, "the delivery ledger could not be computed"),
             )
             .ok();
+        sent = Some(::dashboard::RunSent {
+            since_ms: run_started_ms,
+            sent: ledger::sent_of(sim),
+        });
     }
-    dashboard::record_run(&a.data.data, &s).await;
+    dashboard::record_run(&a.data.data, &s, sent).await;
     s.print(a.summary_json)
 }
 
@@ -858,7 +863,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         meter.report(),
         &a.data.data,
     )?;
-    dashboard::record_run(&a.data.data, &s).await;
+    dashboard::record_run(&a.data.data, &s, None).await;
     s.print(a.summary_json)
 }
 

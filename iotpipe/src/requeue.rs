@@ -149,6 +149,6 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
         meter.report(),
         &a.data.data,
     )?;
-    crate::dashboard::record_run(&a.data.data, &s).await;
+    crate::dashboard::record_run(&a.data.data, &s, None).await;
     s.print(a.summary_json)
 }

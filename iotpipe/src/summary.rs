@@ -74,6 +74,9 @@ pub struct Summary {
     pub firehose: FirehoseSummary,
     /// The final rollup.
     pub rollup: Option<analytics::RollupReport>,
+    /// Every rollup invocation of the run (the dashboard dates a reading's arrival in the
+    /// statistics from them).
+    pub rollup_runs: Vec<telemetry::metering::RollupRun>,
     /// Per-function Lambda figures.
     pub functions: Vec<FnReport>,
     /// What it would have cost on AWS.
@@ -145,6 +148,7 @@ impl Summary {
             faults: r.faults,
             firehose: r.firehose.clone(),
             rollup: r.rollup.clone(),
+            rollup_runs: r.rollup_runs.clone(),
             functions,
             cost,
             data: data.to_string(),

@@ -7,6 +7,13 @@
 //! process, so *Max Memory Used is the process's peak RSS* — an upper bound of what the
 //! function alone would use; BENCHMARKS.md has per-function figures measured on the real
 //! binaries.
+//!
+//! Besides the run's totals, each function's invocations are kept per UTC minute (by the
+//! invocation's end, as a CloudWatch Logs query binning `REPORT` lines by their timestamp
+//! would): the minute in progress is a fixed-size histogram, and a finished minute is
+//! folded into one [`MinuteFigures`] (invocations, errors, Duration p50/p99/max). Memory is
+//! one histogram per function plus one small record per function and minute with
+//! invocations, whatever the rate.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -16,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-/// The functions and their configured memory are defined once, in `telemetry`.
-pub use telemetry::metering::{INGEST, LambdaFn, ROLLUP, TRANSFORM};
+/// The functions, their configured memory and the per-minute record are defined once, in
+/// `telemetry` (the dashboard reads the record back from the run records).
+pub use telemetry::metering::{INGEST, LambdaFn, MINUTE_MS, MinuteFigures, ROLLUP, TRANSFORM};
 
 #[derive(Debug, Default)]
 struct FnStats {
@@ -26,6 +34,32 @@ struct FnStats {
     billed_ms: u64,
     max_memory_mb: u64,
     errors: u64,
+    /// The minute in progress: its start (epoch ms), durations and errors.
+    minute: Option<OpenMinute>,
+    /// The finished minutes, oldest first.
+    minutes: Vec<MinuteFigures>,
+}
+
+/// The invocations of the minute in progress.
+#[derive(Debug, Default)]
+struct OpenMinute {
+    start_ms: i64,
+    durations: Durations,
+    errors: u64,
+}
+
+impl OpenMinute {
+    fn figures(&self) -> MinuteFigures {
+        let d = &self.durations;
+        MinuteFigures {
+            minute_start_ms: self.start_ms,
+            invocations: d.n,
+            errors: self.errors,
+            p50_duration_ms: d.quantile(0.5) as f64 / 1000.0,
+            p99_duration_ms: d.quantile(0.99) as f64 / 1000.0,
+            max_duration_ms: d.quantile(1.0) as f64 / 1000.0,
+        }
+    }
 }
 
 /// How often, at most, the process's peak RSS is read from `/proc` (an open, a read and a
@@ -40,15 +74,28 @@ pub struct Meter {
     stats: Arc<Mutex<BTreeMap<&'static str, FnStats>>>,
     next_request: Arc<AtomicU64>,
     rss: Arc<RssSampler>,
+    clock: WallClock,
 }
 
 impl Default for Meter {
     fn default() -> Self {
-        Self {
-            stats: Arc::default(),
-            next_request: Arc::default(),
-            rss: Arc::new(RssSampler::new()),
-        }
+        Self::starting_at(chrono::Utc::now().timestamp_millis())
+    }
+}
+
+/// Wall-clock time read from tokio's monotonic clock: an origin instant and the epoch
+/// milliseconds it stands for. Monotonic, so minutes never go back; tokio's, so that a test
+/// with `tokio::time::pause()` decides which minute an invocation ends in.
+#[derive(Debug, Clone, Copy)]
+struct WallClock {
+    origin: tokio::time::Instant,
+    origin_ms: i64,
+}
+
+impl WallClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.origin_ms.saturating_add(elapsed)
     }
 }
 
@@ -138,6 +185,13 @@ impl Durations {
         ((1u64 << exp) + sub * width).saturating_add(width - 1)
     }
 
+    /// Forgets every value, keeping the buckets' memory.
+    fn clear(&mut self) {
+        self.counts.fill(0);
+        self.n = 0;
+        self.sum_us = 0;
+    }
+
     fn record(&mut self, us: u64) {
         self.counts[Self::bucket(us)] += 1;
         self.n += 1;
@@ -176,6 +230,8 @@ pub struct FnReport {
     pub total_duration_ms: f64,
     /// 99th percentile duration, ms (from a histogram: at most 1.6 % high).
     pub p99_duration_ms: f64,
+    /// Invocations and Duration percentiles per UTC minute with invocations, oldest first.
+    pub per_minute: Vec<MinuteFigures>,
     /// Sum of billed durations (each rounded up to 1 ms), ms.
     pub billed_duration_ms: u64,
     /// Peak RSS of the shared local process seen after an invocation, MB (upper bound).
@@ -190,6 +246,21 @@ impl Meter {
         Self::default()
     }
 
+    /// A meter whose clock reads `now_ms` (epoch ms) now: the minutes of
+    /// [`FnReport::per_minute`] are counted from there (tests, or a replay on its own time
+    /// axis). [`Meter::new`] starts from the system clock.
+    pub fn starting_at(now_ms: i64) -> Self {
+        Self {
+            stats: Arc::default(),
+            next_request: Arc::default(),
+            rss: Arc::new(RssSampler::new()),
+            clock: WallClock {
+                origin: tokio::time::Instant::now(),
+                origin_ms: now_ms,
+            },
+        }
+    }
+
     /// Runs one invocation of `f`, measuring it. `is_error` tells whether the handler's
     /// output counts as a failed invocation.
     pub async fn invoke<T>(
@@ -198,7 +269,8 @@ impl Meter {
         is_error: impl FnOnce(&T) -> bool,
         fut: impl Future<Output = T>,
     ) -> T {
-        let start = Instant::now();
+        // tokio's clock (the system's monotonic clock unless a test paused it).
+        let start = tokio::time::Instant::now();
         let out = fut.await;
         let elapsed = start.elapsed();
         let failed = is_error(&out);
@@ -222,12 +294,34 @@ impl Meter {
             mem_mb
         );
         if let Ok(mut stats) = self.stats.lock() {
+            // Read under the lock: the minutes reach a function's record in order.
+            let minute = self.clock.now_ms().div_euclid(MINUTE_MS) * MINUTE_MS;
             let s = stats.entry(f.name).or_default();
             s.memory_mb = f.memory_mb;
             s.durations.record(us);
             s.billed_ms += billed_ms;
             s.max_memory_mb = s.max_memory_mb.max(mem_mb);
             s.errors += u64::from(failed);
+            let open = match s.minute.take() {
+                Some(open) if open.start_ms >= minute => open,
+                Some(mut done) => {
+                    s.minutes.push(done.figures());
+                    // The histogram's buckets are reused, not allocated again.
+                    done.durations.clear();
+                    OpenMinute {
+                        start_ms: minute,
+                        durations: done.durations,
+                        errors: 0,
+                    }
+                }
+                None => OpenMinute {
+                    start_ms: minute,
+                    ..OpenMinute::default()
+                },
+            };
+            let open = s.minute.insert(open);
+            open.durations.record(us);
+            open.errors += u64::from(failed);
         }
     }
 
@@ -248,6 +342,12 @@ impl Meter {
                     errors: s.errors,
                     total_duration_ms: d.sum_us as f64 / 1000.0,
                     p99_duration_ms: d.quantile(0.99) as f64 / 1000.0,
+                    per_minute: s
+                        .minutes
+                        .iter()
+                        .cloned()
+                        .chain(s.minute.as_ref().map(OpenMinute::figures))
+                        .collect(),
                     billed_duration_ms: s.billed_ms,
                     // The process's peak is read once more now: a peak between two
                     // samples is not missed (an upper bound, as before).
@@ -327,6 +427,66 @@ mod tests {
         );
         assert!((r.gb_seconds - 4.0 / 1000.0 * 128.0 / 1024.0).abs() < 1e-12);
         assert!(r.max_memory_used_mb > 0);
+    }
+
+    /// `exact` ≤ `got` ≤ `exact` + the histogram's 1/64 (and tokio's 1 ms timer tick).
+    fn within(got: f64, exact: f64) -> bool {
+        got >= exact && got <= exact * (1.0 + 1.0 / 64.0) + 1.0
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_minute_keeps_its_own_invocations_and_duration_percentiles() {
+        // 00:10:00 UTC on the epoch's first day.
+        let meter = Meter::starting_at(10 * MINUTE_MS);
+        let sleep = |ms: u64| tokio::time::sleep(Duration::from_millis(ms));
+        // Minute 10: 100 invocations of 1..=100 ms (5.05 s in all).
+        for ms in 1..=100 {
+            meter.invoke(&INGEST, |_: &()| false, sleep(ms)).await;
+        }
+        // Minute 11: 10 of 7 ms, one failed; then nothing in minute 12.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for i in 0..10 {
+            let _ = meter
+                .invoke(&INGEST, |r: &Result<(), ()>| r.is_err(), async move {
+                    sleep(7).await;
+                    if i == 3 { Err(()) } else { Ok(()) }
+                })
+                .await;
+        }
+        // Minute 13: one of 300 ms, and a rollup of 2 s that ends in minute 14.
+        tokio::time::advance(Duration::from_secs(120)).await;
+        meter.invoke(&INGEST, |_: &()| false, sleep(300)).await;
+        tokio::time::advance(Duration::from_secs(59)).await;
+        meter.invoke(&ROLLUP, |_: &()| false, sleep(2_000)).await;
+
+        let report = meter.report();
+        let ingest = report.iter().find(|r| r.function == "ingest").unwrap();
+        let minutes: Vec<(i64, u64, u64)> = ingest
+            .per_minute
+            .iter()
+            .map(|m| (m.minute_start_ms / MINUTE_MS, m.invocations, m.errors))
+            .collect();
+        assert_eq!(minutes, [(10, 100, 0), (11, 10, 1), (13, 1, 0)]);
+        let [m10, m11, m13] = &ingest.per_minute[..] else {
+            unreachable!()
+        };
+        for (got, exact) in [
+            (m10.p50_duration_ms, 50.0),
+            (m10.p99_duration_ms, 99.0),
+            (m10.max_duration_ms, 100.0),
+            (m11.p50_duration_ms, 7.0),
+            (m11.p99_duration_ms, 7.0),
+            (m13.p99_duration_ms, 300.0),
+        ] {
+            assert!(within(got, exact), "{got} ms vs exact {exact} ms");
+        }
+        // The run's totals are the minutes' sums.
+        assert_eq!(ingest.invocations, 111);
+        assert_eq!(ingest.errors, 1);
+        let rollup = report.iter().find(|r| r.function == "rollup").unwrap();
+        assert_eq!(rollup.per_minute.len(), 1);
+        assert_eq!(rollup.per_minute[0].minute_start_ms, 14 * MINUTE_MS);
+        assert!(within(rollup.per_minute[0].p50_duration_ms, 2_000.0));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::meter::{Meter, ROLLUP};
 use crate::stack::Counters;
+use telemetry::metering::RollupRun;
 
 /// A running schedule; [`Scheduler::stop`] ends it after the invocation in progress.
 pub struct Scheduler {
@@ -104,14 +105,22 @@ pub async fn scheduled_rollup_with(
         .scheduler_invocations
         .fetch_add(1, Ordering::Relaxed);
     let event = LambdaEvent::new(scheduled_event(), Context::default());
+    let started_at_ms = chrono::Utc::now().timestamp_millis();
     let report = meter
         .invoke(
             &ROLLUP,
             |r: &Result<_, _>| r.is_err(),
             analytics::handler::handle(event, store.clone(), cfg),
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
+        .await;
+    if let Ok(mut runs) = counters.rollup_runs.lock() {
+        runs.push(RollupRun {
+            started_at_ms,
+            ended_at_ms: chrono::Utc::now().timestamp_millis(),
+            ok: report.is_ok(),
+        });
+    }
+    let report = report.map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
     counters.rollup_objects.fetch_add(
         (report.stats_files_written + report.state_objects_written + report.coarse.files_written)
             as u64,

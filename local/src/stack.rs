@@ -262,6 +262,9 @@ pub struct Counters {
     pub dead_letters: AtomicU64,
     /// Failed invocations whose payload could not be kept either.
     pub dead_letters_lost: AtomicU64,
+    /// Every rollup invocation's span (one per schedule period, plus the final one): what
+    /// dates a reading's arrival in the statistics.
+    pub rollup_runs: std::sync::Mutex<Vec<telemetry::metering::RollupRun>>,
 }
 
 /// What the emulated IoT rule's action does with each message, per topology.
@@ -331,6 +334,8 @@ pub struct StackReport {
     pub faults: Option<crate::faults::FaultCounts>,
     /// The topology the run took.
     pub topology: String,
+    /// The run's rollup invocations, in order.
+    pub rollup_runs: Vec<telemetry::metering::RollupRun>,
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -825,6 +830,11 @@ impl Stack {
             note,
             faults: faults.map(|f| f.counts()),
             topology: topology.name().to_owned(),
+            rollup_runs: counters
+                .rollup_runs
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! `iotpipe dashboard` end to end, through the binaries a user runs: after `iotpipe
 //! replay` of a seeded device-sim dump, every device page shows exactly the rows `iotpipe
-//! query --format json` prints, and the bill page shows the run's cost from its summary.
+//! query --format json` prints, the health page the run's metering per function and minute,
+//! and the bill page shows the run's cost from its summary.
 
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +15,14 @@ use serde_json::Value;
 /// `(metric, window_start ms, count, min, max, mean, p50, p95, p99)` of each row of the
 /// `<table id="stats">` of a device page, from the cells' exact `data-v` values.
 fn page_rows(html: &str) -> Vec<Vec<String>> {
-    let start = html.find("<table id=\"stats\"").expect("a stats table");
+    table_rows(html, "stats")
+}
+
+/// The cells of each row of `<table id="{id}">` (`data-v` when a cell has one).
+fn table_rows(html: &str, id: &str) -> Vec<Vec<String>> {
+    let start = html
+        .find(&format!("<table id=\"{id}\""))
+        .unwrap_or_else(|| panic!("a table {id}"));
     let body = &html[start..];
     let body = &body[body.find("<tbody>").unwrap()..body.find("</tbody>").unwrap()];
     body.split("<tr>")
@@ -113,6 +121,32 @@ fn every_device_page_shows_the_rows_iotpipe_query_prints_and_the_bill_the_runs_c
             }
         }
     }
+    // The health page's per-minute table is the run's metering, minute by minute, and the
+    // minutes add up to each function's invocations.
+    let health = std::fs::read_to_string(site.join("health.html")).unwrap();
+    let mut want = Vec::new();
+    for f in summary["functions"].as_array().unwrap() {
+        let minutes = f["per_minute"].as_array().unwrap();
+        assert!(!minutes.is_empty(), "{f}");
+        let sum: u64 = minutes
+            .iter()
+            .map(|m| m["invocations"].as_u64().unwrap())
+            .sum();
+        assert_eq!(sum, f["invocations"].as_u64().unwrap(), "{f}");
+        for m in minutes {
+            want.push(vec![
+                f["function"].as_str().unwrap().to_string(),
+                m["minute_start_ms"].to_string(),
+                m["invocations"].to_string(),
+                m["errors"].to_string(),
+            ]);
+        }
+    }
+    let got: Vec<Vec<String>> = table_rows(&health, "functions-per-minute")
+        .into_iter()
+        .map(|r| r[..4].to_vec())
+        .collect();
+    assert_eq!(got, want);
     let bill = std::fs::read_to_string(site.join("bill.html")).unwrap();
     let total: &Value = &summary["cost"]["total_usd"];
     assert!(

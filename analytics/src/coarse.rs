@@ -35,6 +35,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use futures::FutureExt;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,7 @@ use crate::config::{RollupConfig, window_prefix};
 use crate::io::{self, ReadError};
 use crate::schema::{stats_from_batch, stats_to_batch};
 use crate::sketch::{Sketch, SketchError};
+use crate::spread::spread;
 use crate::stats::{RowSketch, WindowStats};
 use crate::window::Window;
 
@@ -201,6 +203,11 @@ pub struct CoarseReport {
 /// again (the next rollup of the same hour, or the compact job) repairs it.
 #[derive(Debug, thiserror::Error)]
 pub enum CoarseError {
+    /// A derivation task was cancelled (the runtime is shutting down).
+    #[error(
+        "derivation cancelled: the runtime is shutting down; the next rollup derives the hour again"
+    )]
+    Aborted,
     /// Listing a stats folder failed.
     #[error("listing {prefix}/: {source}")]
     List {
@@ -264,28 +271,36 @@ pub async fn derive_coarse(
     for hour in hours {
         let folder = format!("{}/{}/", cfg.window_prefix(Window::M1), hour.path());
         let out_folder = format!("{}/{}/", cfg.window_prefix(Window::H1), hour.path());
-        let mut fleet_1m = Groups::default();
-        let mut written = BTreeSet::new();
         // One 1h file per 1m file, under the same name: a unit's file holds every row of
         // its devices (a device-hash bucket), so its devices' hours are complete in it, and
-        // only one bucket's accumulators are in memory at a time.
+        // only one bucket's accumulators are in memory per worker. Each file also yields
+        // its part of the fleet's minutes, merged below in file order (the same order
+        // whatever the worker count, so the same sums).
+        // Futures built in a loop rather than by a closure: a closure returning a future
+        // is higher-ranked, and rustc then cannot prove the caller's future `Send`.
+        let mut tasks = Vec::new();
         for meta in visible_files(store, &folder).await? {
-            let mut per_device = Groups::default();
-            for batch in read_batches(store, &meta, &mut report).await? {
-                for row in rows_of(&meta, &batch)? {
-                    let sketch = row.decode_sketch().map_err(|source| CoarseError::Sketch {
-                        path: meta.location.to_string(),
+            let (store, folder, out_folder) = (store.clone(), folder.clone(), out_folder.clone());
+            tasks.push(
+                async move { derive_hour_file(&store, &meta, &folder, &out_folder).await }.boxed(),
+            );
+        }
+        let mut fleet_1m = Groups::default();
+        let mut written = BTreeSet::new();
+        for done in spread(tasks, cfg.workers).await {
+            let done = done.ok_or(CoarseError::Aborted)??;
+            report.files_read += 1;
+            report.rows_read += done.rows_read;
+            report.files_written += usize::from(done.written);
+            for row in &done.fleet_1m {
+                fleet_1m
+                    .add(FLEET_DEVICE_ID, row, Window::M1)
+                    .map_err(|source| CoarseError::Sketch {
+                        path: done.path.clone(),
                         source,
                     })?;
-                    per_device.add_decoded(&row.device_id, &row, &sketch, Window::H1);
-                    fleet_1m.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
-                }
             }
-            let path = format!("{out_folder}{}", below(&meta, &folder));
-            if write_or_remove(store, &path, &per_device.finish()).await? {
-                report.files_written += 1;
-            }
-            written.insert(path.trim_start_matches('/').to_string());
+            written.insert(done.path.trim_start_matches('/').to_string());
         }
         // A 1h file whose 1m file is gone (or the single file of the layout before) goes.
         report.files_written += remove_others(store, &out_folder, &written).await?;
@@ -385,6 +400,49 @@ pub async fn derive_coarse(
         "1h/1d and fleet windows derived"
     );
     Ok(report)
+}
+
+/// What deriving from one 1m file did ([`derive_hour_file`]).
+struct HourFile {
+    /// The 1h file written (or left unchanged).
+    path: String,
+    /// Whether it was written or removed.
+    written: bool,
+    /// Rows of the 1m file.
+    rows_read: u64,
+    /// The file's part of the fleet's 1m rows.
+    fleet_1m: Vec<WindowStats>,
+}
+
+/// Writes the 1h rows of the 1m file `meta` (under `folder`) to the same name under
+/// `out_folder`, and returns its part of the fleet's minutes.
+async fn derive_hour_file(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    folder: &str,
+    out_folder: &str,
+) -> Result<HourFile, CoarseError> {
+    let mut report = CoarseReport::default();
+    let mut per_device = Groups::default();
+    let mut fleet = Groups::default();
+    for batch in read_batches(store, meta, &mut report).await? {
+        for row in rows_of(meta, &batch)? {
+            let sketch = row.decode_sketch().map_err(|source| CoarseError::Sketch {
+                path: meta.location.to_string(),
+                source,
+            })?;
+            per_device.add_decoded(&row.device_id, &row, &sketch, Window::H1);
+            fleet.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
+        }
+    }
+    let path = format!("{out_folder}{}", below(meta, folder));
+    let written = write_or_remove(store, &path, &per_device.finish()).await?;
+    Ok(HourFile {
+        path,
+        written,
+        rows_read: report.rows_read,
+        fleet_1m: fleet.finish(),
+    })
 }
 
 /// Merges every row of the 1h stats file `meta` into `groups` as 1d rows, under `device`

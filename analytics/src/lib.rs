@@ -77,6 +77,7 @@ pub mod requests;
 pub mod rollup;
 pub mod schema;
 pub mod sketch;
+mod spread;
 pub mod state;
 pub mod stats;
 pub mod units;

@@ -35,7 +35,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::StreamExt;
+use futures::FutureExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,7 @@ use crate::io;
 use crate::lease::LeaseError;
 use crate::pending;
 use crate::planner::{self, INITIALIZED, PartitionPlan, Plan};
+use crate::spread::spread;
 use crate::units::Unit;
 use crate::window::Window;
 use crate::worker::{self, UnitOutcome, UnitReport};
@@ -172,8 +173,8 @@ pub enum RollupError {
     Lease(#[from] LeaseError),
     /// A unit's task was cancelled (the runtime is shutting down); the unit keeps its old
     /// state and the next run aggregates it.
-    #[error("unit task cancelled: {0}")]
-    Aborted(String),
+    #[error("unit task cancelled: the runtime is shutting down; the next run aggregates it")]
+    Aborted,
 }
 
 impl RollupReport {
@@ -324,12 +325,8 @@ pub async fn run_plan(
     Ok(report)
 }
 
-/// Runs `units` with up to `cfg.workers` at once; `None` for a unit not started because
-/// of the deadline.
-///
-/// Each unit runs as its own task on the runtime's threads, so that on a multi-threaded
-/// runtime `workers` units use as many cores (a unit's aggregation is CPU-bound); on a
-/// current-thread runtime they still overlap their I/O.
+/// Runs `units` with up to `cfg.workers` at once ([`spread`]: on the runtime's threads when
+/// there are several); `None` for a unit not started because of the deadline.
 async fn run_units(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
@@ -341,47 +338,33 @@ async fn run_units(
     let started_any = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = Arc::new(cfg.clone());
     let owner: Arc<str> = Arc::from(owner);
-    let mut pending = Vec::with_capacity(units.len());
+    let mut tasks = Vec::with_capacity(units.len());
     for unit in units {
         let (slowest, started_any) = (slowest.clone(), started_any.clone());
         let (store, cfg, owner, unit) = (store.clone(), cfg.clone(), owner.clone(), unit.clone());
-        pending.push(async move {
-            let so_far = slowest.lock().map(|s| *s).unwrap_or_default();
-            if started_any.swap(true, std::sync::atomic::Ordering::SeqCst)
-                && !time_for_another(deadline, so_far)
-            {
-                return None;
-            }
-            let started = Instant::now();
-            let result = if cfg.workers <= 1 {
-                // One at a time: on this task. A spawned unit would run on whichever
-                // runtime thread is free, and glibc gives each thread its own heap arena,
-                // so the peak memory (the REPORT line's Max Memory Used) would count one
-                // unit per thread instead of one unit.
-                worker::run_unit(&store, &cfg, &unit, &owner).await
-            } else {
-                let task =
-                    tokio::spawn(
-                        async move { worker::run_unit(&store, &cfg, &unit, &owner).await },
-                    );
-                match task.await {
-                    Ok(result) => result,
-                    // A panicking unit is a bug: surface it as the run's failure.
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => Err(RollupError::Aborted(e.to_string())),
+        tasks.push(
+            async move {
+                let so_far = slowest.lock().map(|s| *s).unwrap_or_default();
+                if started_any.swap(true, std::sync::atomic::Ordering::SeqCst)
+                    && !time_for_another(deadline, so_far)
+                {
+                    return None;
                 }
-            };
-            if let Ok(mut s) = slowest.lock() {
-                *s = (*s).max(started.elapsed());
+                let started = Instant::now();
+                let result = worker::run_unit(&store, &cfg, &unit, &owner).await;
+                if let Ok(mut s) = slowest.lock() {
+                    *s = (*s).max(started.elapsed());
+                }
+                Some(result)
             }
-            Some(result)
-        });
+            .boxed(),
+        );
     }
-    // `buffered` keeps the units' order in the results.
-    futures::stream::iter(pending)
-        .buffered(cfg.workers.max(1))
-        .collect()
+    spread(tasks, cfg.workers)
         .await
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Some(Err(RollupError::Aborted))))
+        .collect()
 }
 
 /// For every partition whose units are all done: removes the stats files of its hour that

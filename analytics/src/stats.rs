@@ -597,7 +597,11 @@ mod tests {
                 .collect();
             let stats = aggregate(&[readings_to_batch(&rows).unwrap()], Window::M1).unwrap();
             let row = &stats[0];
-            assert_eq!(row.sketch.is_empty(), n as u64 <= SKETCH_FREE_COUNT, "n = {n}");
+            assert_eq!(
+                row.sketch.is_empty(),
+                n as u64 <= SKETCH_FREE_COUNT,
+                "n = {n}"
+            );
             let mut expected = Sketch::new();
             values.iter().for_each(|&x| expected.add(x));
             let mut merged = Sketch::new();

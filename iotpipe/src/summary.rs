@@ -58,7 +58,8 @@ pub struct Summary {
     pub quarantined: u64,
     /// Readings in the accepted messages.
     pub readings: u64,
-    /// Rows written to Parquet.
+    /// Rows written to Parquet (by Firehose, plus what the raw transform wrote itself for
+    /// device batches spanning event hours).
     pub rows: u64,
     /// The stream ingest wrote into: `local`, `kinesis:NAME` or `firehose:NAME`.
     pub stream: String,
@@ -137,7 +138,7 @@ impl Summary {
             accepted: r.ingest.accepted,
             quarantined: r.ingest.quarantined,
             readings: r.ingest.readings,
-            rows: r.firehose.rows_written,
+            rows: r.firehose.rows_written + r.firehose.split_rows,
             stream: r.stream.clone(),
             topology: r.topology.clone(),
             kinesis: r.kinesis.clone(),
@@ -219,6 +220,12 @@ impl Summary {
                 "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
                 f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
             )),
+        }
+        if f.split_files > 0 {
+            out.push_str(&format!(
+                "transform: {} row(s) of device batches spanning event hours written to their own hours' partitions in {} Parquet file(s)\n",
+                f.split_rows, f.split_files
+            ));
         }
         if let Some(r) = &self.rollup {
             out.push_str(&format!(

@@ -2,6 +2,13 @@
 //! handler with the event AWS IoT Core would send for
 //! `SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at`.
 //!
+//! It also subscribes to its own Basic Ingest topics,
+//! `$aws/rules/<`[`DEFAULT_RULE_NAME`]`>/dt/+/+/telemetry`, which reach a rule on AWS
+//! whatever the topology (devices of the firehose and kinesis topologies publish there): the
+//! rule sees them without that prefix (`topic()`), and IoT Core meters no message for them
+//! ([`telemetry::topic::rule_topic`] decides both; another rule's Basic Ingest topic is not
+//! this rule's).
+//!
 //! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
 //! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
 //! out-of-order ack and stalls the subscription) — and the rule subscribes again after every reconnect (its session is clean, so a restarted broker
@@ -17,7 +24,7 @@ use base64::engine::general_purpose::STANDARD;
 use device_sim::BrokerUrl;
 use ingest::IotRuleEvent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use telemetry::topic::{TOPIC_FILTER, parse_topic};
+use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, basic_ingest_filter, rule_topic};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -53,18 +60,35 @@ impl IotRule {
         // in-flight window paces the devices instead of the rule buffering what it acked.
         opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        client.subscribe(TOPIC_FILTER, QoS::AtLeastOnce).await?;
-        // Drive the connection until the SUBACK arrives.
+        let filters = [
+            TOPIC_FILTER.to_owned(),
+            basic_ingest_filter(DEFAULT_RULE_NAME),
+        ];
+        for f in &filters {
+            client.subscribe(f, QoS::AtLeastOnce).await?;
+        }
+        // Drive the connection until both SUBACKs arrive.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let mut acked = 0;
+        while acked < filters.len() {
             let ev = tokio::time::timeout_at(deadline, eventloop.poll())
                 .await
                 .with_context(|| format!("no SUBACK from {broker} within 10 s"))?
                 .with_context(|| {
                     format!("cannot connect to the broker at {broker}: is it running? (omit --broker to use the embedded one)")
                 })?;
-            if matches!(ev, Event::Incoming(Packet::SubAck(_))) {
-                break;
+            if let Event::Incoming(Packet::SubAck(ack)) = ev {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    anyhow::bail!(
+                        "the broker at {broker} refused the rule's subscriptions ({filters:?}): \
+                         allow this client to subscribe to them"
+                    );
+                }
+                acked += 1;
             }
         }
         let received = Arc::new(AtomicU64::new(0));
@@ -102,8 +126,17 @@ impl IotRule {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let received_at = chrono::Utc::now().timestamp_millis();
+                        let Some((topic, basic_ingest)) = rule_topic(&p.topic, DEFAULT_RULE_NAME)
+                        else {
+                            // Not this rule's (the subscriptions should not deliver it).
+                            tracing::warn!(topic = %p.topic, "message on a topic the rule does not take");
+                            if let Err(e) = client.ack(&p).await {
+                                tracing::warn!(error = %e, "could not acknowledge a message");
+                            }
+                            continue;
+                        };
                         let device_from_topic =
-                            parse_topic(&p.topic).map(|t| t.device_id.to_string());
+                            telemetry::topic::parse_topic(topic).map(|t| t.device_id.to_string());
                         if let Some(d) = &device_from_topic
                             && !devices.contains(d)
                         {
@@ -112,7 +145,7 @@ impl IotRule {
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
                             device_from_topic,
-                            topic: p.topic.clone(),
+                            topic: topic.to_owned(),
                             received_at,
                         };
                         let permit = permits.clone().acquire_owned().await?;
@@ -125,7 +158,7 @@ impl IotRule {
                             tracing::error!("the rule's acknowledging task is gone");
                         }
                         tokio::spawn(async move {
-                            stack.on_message(event, len).await;
+                            stack.on_message(event, len, basic_ingest).await;
                             // Acknowledged once ingest has streamed or quarantined it (a
                             // failed ingest fails the run: `Stack::finish`).
                             let _ = done.send(());
@@ -139,8 +172,10 @@ impl IotRule {
                         // A reconnect (the first CONNACK was read before this loop): a clean
                         // session forgot the subscription, so subscribe again.
                         tracing::info!("rule reconnected to the broker; subscribing again");
-                        if let Err(e) = client.try_subscribe(TOPIC_FILTER, QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                        for f in &filters {
+                            if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                            }
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -70,6 +70,8 @@ fn the_firehose_topology_answers_the_same_stats_and_quarantine_as_per_message_fo
     let mut text = std::fs::read_to_string(&file).unwrap();
     let seeded = text.lines().count() as u64;
     let now = chrono::Utc::now().timestamp_millis();
+    // The start of the previous hour: both sides of it are within the accepted window.
+    let boundary = (now / 3_600_000 - 1) * 3_600_000;
     for hostile in [
         "{\"device_id\":".to_owned(),
         format!(r#"{{"device_id":"bad id","seq":1,"ts":{now},"metrics":{{"t":1}}}}"#),
@@ -78,6 +80,13 @@ fn the_firehose_topology_answers_the_same_stats_and_quarantine_as_per_message_fo
             "x".repeat(140_000)
         ),
         format!(r#"[{{"device_id":"x","seq":2,"ts":{now},"metrics":{{"t":1}}}},{{"seq":3}}]"#),
+        // A valid device batch whose messages straddle an hour boundary: one Firehose
+        // record, two partitions (2 readings in the earlier hour, 1 in the later).
+        format!(
+            r#"[{{"device_id":"span-1","seq":1,"ts":{},"metrics":{{"t":1,"h":2}}}},{{"device_id":"span-1","seq":2,"ts":{},"metrics":{{"t":3}}}}]"#,
+            boundary - 1_000,
+            boundary + 1_000
+        ),
     ] {
         text.push_str(&hostile);
         text.push('\n');
@@ -93,8 +102,34 @@ fn the_firehose_topology_answers_the_same_stats_and_quarantine_as_per_message_fo
     let (fh_rows, pm_rows) = (query_json(&fh_data), query_json(&pm_data));
     assert!(!fh_rows.is_empty());
     assert_eq!(fh_rows, pm_rows);
-    // The seeded messages (3 readings each) plus the batch's valid element (1 reading).
-    assert_eq!(total_count(&fh_rows), seeded * 3 + 1, "{fh}");
+    // The seeded messages (3 readings each), the batch's valid element (1 reading) and the
+    // batch spanning an hour boundary (3 readings).
+    assert_eq!(total_count(&fh_rows), seeded * 3 + 1 + 3, "{fh}");
+    // Nothing failed or went to the error prefix, and every reading is a Parquet row.
+    for s in [&fh, &pm] {
+        assert_eq!(s["firehose"]["processing_failed"], 0, "{s}");
+        assert_eq!(s["rows"], s["readings"], "{s}");
+    }
+    // The batch spanning the boundary: each reading in its own hour's partition.
+    let span_hours = |data: &Path| -> Vec<(String, u64)> {
+        let mut hours: Vec<(String, u64)> = query_json(data)
+            .iter()
+            .filter(|r| r["device_id"] == "span-1")
+            .map(|r| {
+                (
+                    r["window_start"].as_str().unwrap()[..13].to_owned(),
+                    r["count"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        hours.sort();
+        hours
+    };
+    let fh_span = span_hours(&fh_data);
+    assert_eq!(fh_span.len(), 3, "{fh_span:?}");
+    assert_ne!(fh_span[0].0, fh_span[2].0, "{fh_span:?}");
+    assert_eq!(fh_span, span_hours(&pm_data));
+    assert_eq!(fh["firehose"]["split_rows"], 1, "{fh}");
 
     // The same accounting and the same quarantine: code and raw bytes of every reject.
     for k in ["input", "accepted", "quarantined", "readings"] {

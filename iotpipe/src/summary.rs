@@ -63,10 +63,12 @@ pub struct Summary {
     pub rows: u64,
     /// The stream ingest wrote into: `local`, `kinesis:NAME` or `firehose:NAME`.
     pub stream: String,
-    /// The topology the run took (`firehose`: no ingest, no stream; `per-message`).
+    /// The topology the run took (`firehose`: no ingest, no stream; `kinesis`; `per-message`).
     pub topology: String,
     /// What the Kinesis reader did (`kinesis:NAME` only).
     pub kinesis: Option<KinesisSummary>,
+    /// What the event-source mapping did (topology kinesis only).
+    pub event_source: Option<local::event_source::EventSourceReport>,
     /// What happens after the stream when this run does not do it (`firehose:NAME`).
     pub note: Option<String>,
     /// The faults injected into the emulated services (`--inject`), if any.
@@ -142,6 +144,7 @@ impl Summary {
             stream: r.stream.clone(),
             topology: r.topology.clone(),
             kinesis: r.kinesis.clone(),
+            event_source: r.event_source.clone(),
             note: r.note.clone(),
             faults: r.faults,
             firehose: r.firehose.clone(),
@@ -198,6 +201,19 @@ impl Summary {
                 "injected faults: {} throttled put call(s), {} failed entries, {} timed-out \
                  put(s) (stored, then retried: duplicates), {} failed transform invocation(s)\n",
                 f.throttled_calls, f.failed_entries, f.timeouts, f.processor_errors
+            ));
+        }
+        if let Some(e) = &self.event_source {
+            out.push_str(&format!(
+                "event-source mapping: {} record(s) in {} batch(es), {} ingest invocation(s) ({} failed, {} bisection(s), {} item failure(s) reported, {} record(s) retried, {} to the on-failure destination)\n",
+                e.records,
+                e.batches,
+                e.invocations,
+                e.function_errors,
+                e.bisections,
+                e.item_failures,
+                e.retried_records,
+                e.on_failure_records
             ));
         }
         if let Some(k) = &self.kinesis {

@@ -573,7 +573,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
-    let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
+    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
+    // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
+    let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
+        (true, _) => iot_rule::BasicIngest::Routed,
+        (false, true) => iot_rule::BasicIngest::StandIn,
+        (false, false) => iot_rule::BasicIngest::Off,
+    };
+    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -629,10 +636,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             seed: a.seed,
             // The topology's devices publish where the template's do: Basic Ingest (the
             // rule's own topic, no messaging charge) except in the per-message baseline.
-            basic_ingest: stack
-                .topology()
-                .basic_ingest()
-                .then(|| telemetry::topic::DEFAULT_RULE_NAME.to_owned()),
+            basic_ingest: (basic_ingest == iot_rule::BasicIngest::Routed
+                && stack.topology().basic_ingest())
+            .then(|| telemetry::topic::DEFAULT_RULE_NAME.to_owned()),
             ..device_sim::SimConfig::default()
         };
         Some(

@@ -9,6 +9,13 @@
 //! ([`telemetry::topic::rule_topic`] decides both; another rule's Basic Ingest topic is not
 //! this rule's).
 //!
+//! [`BasicIngest`] says how: a broker that routes `$` topics (mosquitto, `--broker`) carries
+//! them as they are ([`BasicIngest::Routed`]). The embedded rumqttd refuses any subscription
+//! to a `$` filter and routes no `$` topic (hard-coded in rumqttd 0.20), so with it the
+//! devices publish the plain topic and the rule counts each message as the Basic Ingest
+//! publish it stands for ([`BasicIngest::StandIn`]) when the topology's devices would use
+//! Basic Ingest.
+//!
 //! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
 //! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
 //! out-of-order ack and stalls the subscription) — and the rule subscribes again after every reconnect (its session is clean, so a restarted broker
@@ -35,6 +42,20 @@ use crate::stack::Stack;
 /// busy the rule stops reading from the broker: backpressure.
 pub const MAX_CONCURRENCY: usize = 64;
 
+/// How Basic Ingest topics reach the rule (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasicIngest {
+    /// The broker routes `$aws/rules/...` topics: the rule subscribes to its own, and meters
+    /// each message by the topic it came on.
+    Routed,
+    /// The broker routes no `$` topic (the embedded rumqttd): devices publish the plain
+    /// topic, and each of its messages counts as a Basic Ingest publish (not metered).
+    StandIn,
+    /// The broker routes no `$` topic and devices publish the plain topic as the
+    /// per-message baseline does: each message is metered.
+    Off,
+}
+
 /// The running rule.
 pub struct IotRule {
     /// Messages received from the broker.
@@ -47,7 +68,11 @@ pub struct IotRule {
 impl IotRule {
     /// Connects to `broker`, subscribes, and returns once the subscription is acknowledged
     /// (so that no message published afterwards is missed).
-    pub async fn start(broker: &BrokerUrl, stack: Arc<Stack>) -> anyhow::Result<Self> {
+    pub async fn start(
+        broker: &BrokerUrl,
+        stack: Arc<Stack>,
+        basic_ingest: BasicIngest,
+    ) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(
             format!("iotpipe-rule-{:08x}", rand_u32()),
             broker.host.clone(),
@@ -60,10 +85,10 @@ impl IotRule {
         // in-flight window paces the devices instead of the rule buffering what it acked.
         opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        let filters = [
-            TOPIC_FILTER.to_owned(),
-            basic_ingest_filter(DEFAULT_RULE_NAME),
-        ];
+        let mut filters = vec![TOPIC_FILTER.to_owned()];
+        if basic_ingest == BasicIngest::Routed {
+            filters.push(basic_ingest_filter(DEFAULT_RULE_NAME));
+        }
         for f in &filters {
             client.subscribe(f, QoS::AtLeastOnce).await?;
         }
@@ -126,7 +151,8 @@ impl IotRule {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let received_at = chrono::Utc::now().timestamp_millis();
-                        let Some((topic, basic_ingest)) = rule_topic(&p.topic, DEFAULT_RULE_NAME)
+                        let Some((topic, via_basic_ingest)) =
+                            rule_topic(&p.topic, DEFAULT_RULE_NAME)
                         else {
                             // Not this rule's (the subscriptions should not deliver it).
                             tracing::warn!(topic = %p.topic, "message on a topic the rule does not take");
@@ -158,7 +184,9 @@ impl IotRule {
                             tracing::error!("the rule's acknowledging task is gone");
                         }
                         tokio::spawn(async move {
-                            stack.on_message(event, len, basic_ingest).await;
+                            let unmetered =
+                                via_basic_ingest || basic_ingest == BasicIngest::StandIn;
+                            stack.on_message(event, len, unmetered).await;
                             // Acknowledged once ingest has streamed or quarantined it (a
                             // failed ingest fails the run: `Stack::finish`).
                             let _ = done.send(());

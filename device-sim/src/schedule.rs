@@ -31,7 +31,7 @@ use crate::model::DeviceModel;
 pub fn topic(cfg: &SimConfig, device_id: &str) -> String {
     let plain = telemetry::topic::telemetry_topic(&cfg.fleet, device_id);
     match &cfg.basic_ingest {
-        Some(rule) => format!("$aws/rules/{rule}/{plain}"),
+        Some(rule) => telemetry::topic::basic_ingest_topic(rule, &plain),
         None => plain,
     }
 }

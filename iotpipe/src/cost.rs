@@ -59,9 +59,14 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         });
     };
     let m = |n: u64| n as f64 / 1e6;
-    // Topology firehose: devices publish to Basic Ingest topics, which IoT Core does not
-    // meter as messages (the run counts no message units), and the rule's action is Firehose.
-    let basic_ingest = u.topology == "firehose";
+    // Devices publishing to Basic Ingest topics (topologies firehose and kinesis) are not
+    // metered as messages: the run counted no message units.
+    let basic_ingest = u.iot_message_units == 0 && u.rule_triggers > 0;
+    let action = match u.topology.as_str() {
+        "firehose" => "Firehose",
+        "kinesis" => "Kinesis",
+        _ => "Lambda",
+    };
     line(
         if basic_ingest {
             "IoT Core messaging (Basic Ingest: not charged)".into()
@@ -80,11 +85,7 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         conn_min / 1e6 * pr.iot_connectivity.usd,
     );
     line(
-        if basic_ingest {
-            "IoT rules triggered + Firehose actions".into()
-        } else {
-            "IoT rules triggered + Lambda actions".into()
-        },
+        format!("IoT rules triggered + {action} actions"),
         u.rule_triggers as f64,
         "rules",
         m(u.rule_triggers) * (pr.iot_rule_triggered.usd + pr.iot_action_executed.usd),

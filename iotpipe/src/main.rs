@@ -110,7 +110,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Topologies (DESIGN.md; infra/template.yaml's Topology parameter; `up`/`replay --topology`
-run firehose and per-message locally):
+run each of them locally):
   firehose     the default: devices publish to Basic Ingest ($aws/rules/<rule>/dt/...,
                no messaging charge), the rule's Firehose action carries the raw payload,
                the transform Lambda validates and quarantines; no ingest Lambda, no Kinesis.
@@ -275,10 +275,16 @@ pub(crate) struct Tuning {
     ///   firehose     devices publish to Basic Ingest (no messaging charge), the rule puts
     ///                each raw payload into Firehose, the transform validates it and
     ///                quarantines the rejects; no ingest, no stream (the template's default);
-    ///   per-message  the rule invokes ingest per message, ingest puts stream records,
-    ///                Firehose reads the stream (the baseline).
+    ///   kinesis      devices publish to Basic Ingest, the rule puts each raw payload into
+    ///                the stream, an event-source mapping invokes ingest with batches of
+    ///                500 (or what 5 s gathered), ingest puts into Firehose (DirectPut);
+    ///   per-message  devices publish to the plain topic (a message charge), the rule
+    ///                invokes ingest per message, ingest puts stream records, Firehose
+    ///                reads the stream (the baseline).
+    /// The rule takes both dt/FLEET/DEVICE/telemetry and its Basic Ingest topic
+    /// $aws/rules/iotpipe_telemetry/dt/FLEET/DEVICE/telemetry in every topology, as on AWS.
     /// Default: firehose with --stream local, per-message with an AWS --stream (ingest puts
-    /// into it). The kinesis topology is priced by `iotpipe cost` but not run locally yet.
+    /// into it).
     #[arg(long, value_name = "TOPOLOGY", verbatim_doc_comment)]
     topology: Option<Topology>,
     /// Pack several messages of one device (and event hour) into each stream record, as
@@ -567,7 +573,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
-    let rule = iot_rule::IotRule::start(&broker, stack.clone()).await?;
+    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
+    // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
+    let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
+        (true, _) => iot_rule::BasicIngest::Routed,
+        (false, true) => iot_rule::BasicIngest::StandIn,
+        (false, false) => iot_rule::BasicIngest::Off,
+    };
+    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -621,6 +634,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 device_sim::QoS::AtLeastOnce
             },
             seed: a.seed,
+            // The topology's devices publish where the template's do: Basic Ingest (the
+            // rule's own topic, no messaging charge) except in the per-message baseline.
+            basic_ingest: (basic_ingest == iot_rule::BasicIngest::Routed
+                && stack.topology().basic_ingest())
+            .then(|| telemetry::topic::DEFAULT_RULE_NAME.to_owned()),
             ..device_sim::SimConfig::default()
         };
         Some(
@@ -765,13 +783,16 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         .clamp(1, MAX_REPLAY_LANES);
     let mut senders = Vec::with_capacity(lanes);
     let mut workers = Vec::with_capacity(lanes);
+    // Replayed payloads come from the topology's devices: Basic Ingest topics except in
+    // the per-message baseline (IoT Core meters no message for them).
+    let basic_ingest = stack.topology().basic_ingest();
     for _ in 0..lanes {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(IotRuleEvent, usize)>>(8);
         let stack = stack.clone();
         workers.push(tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
                 for (event, len) in batch {
-                    stack.on_message(event, len).await;
+                    stack.on_message(event, len, basic_ingest).await;
                 }
             }
         }));

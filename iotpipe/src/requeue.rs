@@ -132,7 +132,9 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
             received_at: rec.received_at,
             device_from_topic: None,
         };
-        stack.on_message(event, raw.len()).await;
+        stack
+            .on_message(event, raw.len(), stack.topology().basic_ingest())
+            .await;
     }
     let meter = stack.meter.clone();
     let report = stack.finish(devices.len() as u64).await?;

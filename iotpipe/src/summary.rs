@@ -58,14 +58,17 @@ pub struct Summary {
     pub quarantined: u64,
     /// Readings in the accepted messages.
     pub readings: u64,
-    /// Rows written to Parquet.
+    /// Rows written to Parquet (by Firehose, plus what the raw transform wrote itself for
+    /// device batches spanning event hours).
     pub rows: u64,
     /// The stream ingest wrote into: `local`, `kinesis:NAME` or `firehose:NAME`.
     pub stream: String,
-    /// The topology the run took (`firehose`: no ingest, no stream; `per-message`).
+    /// The topology the run took (`firehose`: no ingest, no stream; `kinesis`; `per-message`).
     pub topology: String,
     /// What the Kinesis reader did (`kinesis:NAME` only).
     pub kinesis: Option<KinesisSummary>,
+    /// What the event-source mapping did (topology kinesis only).
+    pub event_source: Option<local::event_source::EventSourceReport>,
     /// What happens after the stream when this run does not do it (`firehose:NAME`).
     pub note: Option<String>,
     /// The faults injected into the emulated services (`--inject`), if any.
@@ -140,10 +143,11 @@ impl Summary {
             accepted: r.ingest.accepted,
             quarantined: r.ingest.quarantined,
             readings: r.ingest.readings,
-            rows: r.firehose.rows_written,
+            rows: r.firehose.rows_written + r.firehose.split_rows,
             stream: r.stream.clone(),
             topology: r.topology.clone(),
             kinesis: r.kinesis.clone(),
+            event_source: r.event_source.clone(),
             note: r.note.clone(),
             faults: r.faults,
             firehose: r.firehose.clone(),
@@ -203,6 +207,19 @@ impl Summary {
                 f.throttled_calls, f.failed_entries, f.timeouts, f.processor_errors
             ));
         }
+        if let Some(e) = &self.event_source {
+            out.push_str(&format!(
+                "event-source mapping: {} record(s) in {} batch(es), {} ingest invocation(s) ({} failed, {} bisection(s), {} item failure(s) reported, {} record(s) retried, {} to the on-failure destination)\n",
+                e.records,
+                e.batches,
+                e.invocations,
+                e.function_errors,
+                e.bisections,
+                e.item_failures,
+                e.retried_records,
+                e.on_failure_records
+            ));
+        }
         if let Some(k) = &self.kinesis {
             out.push_str(&format!(
                 "kinesis read: {} record(s) from {} shard(s) ({} resumed after a checkpoint, {} closed and followed to children); {} GetRecords call(s), {} throttled, {} expired iterator(s); {} checkpoint(s) written\n",
@@ -223,6 +240,12 @@ impl Summary {
                 "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
                 f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
             )),
+        }
+        if f.split_files > 0 {
+            out.push_str(&format!(
+                "transform: {} row(s) of device batches spanning event hours written to their own hours' partitions in {} Parquet file(s)\n",
+                f.split_rows, f.split_files
+            ));
         }
         if let Some(r) = &self.rollup {
             out.push_str(&format!(

@@ -2,6 +2,20 @@
 //! handler with the event AWS IoT Core would send for
 //! `SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at`.
 //!
+//! It also subscribes to its own Basic Ingest topics,
+//! `$aws/rules/<`[`DEFAULT_RULE_NAME`]`>/dt/+/+/telemetry`, which reach a rule on AWS
+//! whatever the topology (devices of the firehose and kinesis topologies publish there): the
+//! rule sees them without that prefix (`topic()`), and IoT Core meters no message for them
+//! ([`telemetry::topic::rule_topic`] decides both; another rule's Basic Ingest topic is not
+//! this rule's).
+//!
+//! [`BasicIngest`] says how: a broker that routes `$` topics (mosquitto, `--broker`) carries
+//! them as they are ([`BasicIngest::Routed`]). The embedded rumqttd refuses any subscription
+//! to a `$` filter and routes no `$` topic (hard-coded in rumqttd 0.20), so with it the
+//! devices publish the plain topic and the rule counts each message as the Basic Ingest
+//! publish it stands for ([`BasicIngest::StandIn`]) when the topology's devices would use
+//! Basic Ingest.
+//!
 //! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
 //! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
 //! out-of-order ack and stalls the subscription) — and the rule subscribes again after every reconnect (its session is clean, so a restarted broker
@@ -17,7 +31,7 @@ use base64::engine::general_purpose::STANDARD;
 use device_sim::BrokerUrl;
 use ingest::IotRuleEvent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use telemetry::topic::{TOPIC_FILTER, parse_topic};
+use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, basic_ingest_filter, rule_topic};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -27,6 +41,20 @@ use crate::stack::Stack;
 /// Concurrent ingest invocations at most (a reserved-concurrency stand-in). While all are
 /// busy the rule stops reading from the broker: backpressure.
 pub const MAX_CONCURRENCY: usize = 64;
+
+/// How Basic Ingest topics reach the rule (module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BasicIngest {
+    /// The broker routes `$aws/rules/...` topics: the rule subscribes to its own, and meters
+    /// each message by the topic it came on.
+    Routed,
+    /// The broker routes no `$` topic (the embedded rumqttd): devices publish the plain
+    /// topic, and each of its messages counts as a Basic Ingest publish (not metered).
+    StandIn,
+    /// The broker routes no `$` topic and devices publish the plain topic as the
+    /// per-message baseline does: each message is metered.
+    Off,
+}
 
 /// The running rule.
 pub struct IotRule {
@@ -40,7 +68,11 @@ pub struct IotRule {
 impl IotRule {
     /// Connects to `broker`, subscribes, and returns once the subscription is acknowledged
     /// (so that no message published afterwards is missed).
-    pub async fn start(broker: &BrokerUrl, stack: Arc<Stack>) -> anyhow::Result<Self> {
+    pub async fn start(
+        broker: &BrokerUrl,
+        stack: Arc<Stack>,
+        basic_ingest: BasicIngest,
+    ) -> anyhow::Result<Self> {
         let mut opts = MqttOptions::new(
             format!("iotpipe-rule-{:08x}", rand_u32()),
             broker.host.clone(),
@@ -53,18 +85,35 @@ impl IotRule {
         // in-flight window paces the devices instead of the rule buffering what it acked.
         opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        client.subscribe(TOPIC_FILTER, QoS::AtLeastOnce).await?;
-        // Drive the connection until the SUBACK arrives.
+        let mut filters = vec![TOPIC_FILTER.to_owned()];
+        if basic_ingest == BasicIngest::Routed {
+            filters.push(basic_ingest_filter(DEFAULT_RULE_NAME));
+        }
+        for f in &filters {
+            client.subscribe(f, QoS::AtLeastOnce).await?;
+        }
+        // Drive the connection until both SUBACKs arrive.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let mut acked = 0;
+        while acked < filters.len() {
             let ev = tokio::time::timeout_at(deadline, eventloop.poll())
                 .await
                 .with_context(|| format!("no SUBACK from {broker} within 10 s"))?
                 .with_context(|| {
                     format!("cannot connect to the broker at {broker}: is it running? (omit --broker to use the embedded one)")
                 })?;
-            if matches!(ev, Event::Incoming(Packet::SubAck(_))) {
-                break;
+            if let Event::Incoming(Packet::SubAck(ack)) = ev {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    anyhow::bail!(
+                        "the broker at {broker} refused the rule's subscriptions ({filters:?}): \
+                         allow this client to subscribe to them"
+                    );
+                }
+                acked += 1;
             }
         }
         let received = Arc::new(AtomicU64::new(0));
@@ -102,8 +151,18 @@ impl IotRule {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         counter.fetch_add(1, Ordering::Relaxed);
                         let received_at = chrono::Utc::now().timestamp_millis();
+                        let Some((topic, via_basic_ingest)) =
+                            rule_topic(&p.topic, DEFAULT_RULE_NAME)
+                        else {
+                            // Not this rule's (the subscriptions should not deliver it).
+                            tracing::warn!(topic = %p.topic, "message on a topic the rule does not take");
+                            if let Err(e) = client.ack(&p).await {
+                                tracing::warn!(error = %e, "could not acknowledge a message");
+                            }
+                            continue;
+                        };
                         let device_from_topic =
-                            parse_topic(&p.topic).map(|t| t.device_id.to_string());
+                            telemetry::topic::parse_topic(topic).map(|t| t.device_id.to_string());
                         if let Some(d) = &device_from_topic
                             && !devices.contains(d)
                         {
@@ -112,7 +171,7 @@ impl IotRule {
                         let event = IotRuleEvent {
                             payload: STANDARD.encode(&p.payload),
                             device_from_topic,
-                            topic: p.topic.clone(),
+                            topic: topic.to_owned(),
                             received_at,
                         };
                         let permit = permits.clone().acquire_owned().await?;
@@ -125,7 +184,9 @@ impl IotRule {
                             tracing::error!("the rule's acknowledging task is gone");
                         }
                         tokio::spawn(async move {
-                            stack.on_message(event, len).await;
+                            let unmetered =
+                                via_basic_ingest || basic_ingest == BasicIngest::StandIn;
+                            stack.on_message(event, len, unmetered).await;
                             // Acknowledged once ingest has streamed or quarantined it (a
                             // failed ingest fails the run: `Stack::finish`).
                             let _ = done.send(());
@@ -139,8 +200,10 @@ impl IotRule {
                         // A reconnect (the first CONNACK was read before this loop): a clean
                         // session forgot the subscription, so subscribe again.
                         tracing::info!("rule reconnected to the broker; subscribing again");
-                        if let Err(e) = client.try_subscribe(TOPIC_FILTER, QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                        for f in &filters {
+                            if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                            }
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -17,6 +17,9 @@
 //!   with the event IoT Core sends.
 //! - [`stream`]: an in-process stream with Kinesis semantics (MD5 → shard, per-shard order,
 //!   bounded channels as backpressure).
+//! - [`event_source`]: the Lambda event-source mapping of the `kinesis` topology: batches
+//!   of the stream's records to ingest, `ReportBatchItemFailures`, bisection, retries, the
+//!   on-failure destination.
 //! - [`kinesis_reader`]: a checkpointing reader of a real Kinesis stream, feeding the
 //!   emulated Firehose when the stream is real (`--stream kinesis:NAME`).
 //! - [`firehose`]: the delivery stream: processor buffering, the transform invocation and
@@ -25,7 +28,7 @@
 //! - [`scheduler`]: EventBridge Scheduler firing the rollup handler.
 //! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
 //!   metering units.
-//! - [`topology`]: which path a run takes (`--topology firehose|per-message`).
+//! - [`topology`]: which path a run takes (`--topology firehose|kinesis|per-message`).
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
 //! - [`faults`]: seeded AWS-side faults (`--inject`): throttling, partial failures, timeouts,
 //!   transform errors.
@@ -33,6 +36,7 @@
 
 pub mod broker;
 pub mod crash;
+pub mod event_source;
 pub mod faults;
 pub mod firehose;
 pub mod iot_rule;

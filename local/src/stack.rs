@@ -39,6 +39,7 @@ use telemetry::metering::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::event_source::{EventSourceConfig, EventSourceReport};
 use crate::firehose::{self, FirehoseConfig, FirehoseReport};
 use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
 use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
@@ -140,6 +141,16 @@ pub enum StackSink {
         /// Where Firehose direct-put bytes are counted (cost table).
         counters: Arc<Counters>,
     },
+    /// The emulated Firehose's DirectPut input (topology kinesis: ingest's
+    /// `PutRecordBatch`), metered like Firehose ingestion.
+    DirectPut {
+        /// The emulated delivery stream's input.
+        tx: mpsc::Sender<StreamEntry>,
+        /// Where the put bytes and 5 KB units are counted.
+        counters: Arc<Counters>,
+        /// Sequence numbers of the puts (the emulator's record ids).
+        next: Arc<AtomicU64>,
+    },
 }
 
 impl RecordSink for StackSink {
@@ -147,6 +158,7 @@ impl RecordSink for StackSink {
         match self {
             Self::Local(s, _) => s.limits(),
             Self::Aws { sink, .. } => sink.limits(),
+            Self::DirectPut { .. } => BatchLimits::FIREHOSE,
         }
     }
 
@@ -172,8 +184,45 @@ impl RecordSink for StackSink {
                 }
                 Ok(outcomes)
             }
+            Self::DirectPut { tx, counters, next } => {
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for r in batch {
+                    let entry = StreamEntry {
+                        shard_id: DIRECT_PUT_SHARD.to_owned(),
+                        sequence_number: next.fetch_add(1, Ordering::Relaxed).to_string(),
+                        partition_key: r.partition_key.clone(),
+                        data: r.data.clone(),
+                        approximate_arrival_ms: now,
+                    };
+                    if tx.send(entry).await.is_err() {
+                        outcomes.push(EntryOutcome::Failed {
+                            code: "ServiceUnavailableException".into(),
+                            message: "the emulated Firehose delivery stream has stopped".into(),
+                            retriable: false,
+                        });
+                        continue;
+                    }
+                    count_direct_put(counters, r.data.len());
+                    outcomes.push(EntryOutcome::Ok);
+                }
+                Ok(outcomes)
+            }
         }
     }
+}
+
+/// The shard id of records put into the emulated Firehose directly (no stream).
+const DIRECT_PUT_SHARD: &str = "directput";
+
+/// Meters one record put into Firehose directly: its bytes and 5 KB ingestion units.
+fn count_direct_put(counters: &Counters, len: usize) {
+    counters
+        .firehose_put_bytes
+        .fetch_add(len as u64, Ordering::Relaxed);
+    counters
+        .firehose_5kb_units
+        .fetch_add(units(len, FIREHOSE_INGEST_UNIT_BYTES), Ordering::Relaxed);
 }
 
 /// A put into the local stream with the injected faults (see [`crate::faults`]).
@@ -265,6 +314,11 @@ pub struct Counters {
     /// Every rollup invocation's span (one per schedule period, plus the final one): what
     /// dates a reading's arrival in the statistics.
     pub rollup_runs: std::sync::Mutex<Vec<telemetry::metering::RollupRun>>,
+    /// Parquet rows the raw transform wrote itself: readings of device batches in another
+    /// event hour than their record's (topology firehose, `transform::raw`).
+    pub split_rows: AtomicU64,
+    /// The Parquet objects holding them.
+    pub split_files: AtomicU64,
 }
 
 /// What the emulated IoT rule's action does with each message, per topology.
@@ -274,6 +328,9 @@ enum RuleAction {
     /// `firehose`: the rule's Firehose action puts the raw payload into the emulated
     /// delivery stream (DirectPut); no ingest runs.
     DirectPut(mpsc::Sender<StreamEntry>),
+    /// `kinesis`: the rule's Kinesis action puts the raw payload into the emulated stream,
+    /// which the event-source mapping ([`crate::event_source`]) reads for ingest.
+    Kinesis(LocalStream),
 }
 
 /// The Kinesis reader of a `kinesis:NAME` run and its checkpointer.
@@ -302,6 +359,8 @@ pub struct Stack {
     firehose: Option<JoinHandle<Result<FirehoseReport, firehose::EmulatorError>>>,
     /// The Kinesis reader (only with `kinesis:NAME`).
     kinesis: Option<KinesisReader>,
+    /// The event-source mapping invoking ingest (topology kinesis).
+    event_source: Option<JoinHandle<EventSourceReport>>,
     stream: StreamTarget,
     /// The emulated EventBridge Scheduler (absent when rollups run only at the end).
     scheduler: Option<Scheduler>,
@@ -336,6 +395,8 @@ pub struct StackReport {
     pub topology: String,
     /// The run's rollup invocations, in order.
     pub rollup_runs: Vec<telemetry::metering::RollupRun>,
+    /// What the event-source mapping did (topology kinesis).
+    pub event_source: Option<EventSourceReport>,
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -365,6 +426,11 @@ pub struct FirehoseSummary {
     pub files: usize,
     /// Error objects written.
     pub error_objects: u64,
+    /// Parquet rows the raw transform wrote itself, in their own hour's partition: readings
+    /// of device batches spanning event hours (topology firehose; `transform::raw`).
+    pub split_rows: u64,
+    /// The Parquet objects holding them.
+    pub split_files: u64,
 }
 
 impl Stack {
@@ -379,6 +445,9 @@ impl Stack {
         let faults = cfg
             .faults
             .map(|plan| Arc::new(crate::faults::Injector::new(plan)));
+        // Records reach Firehose from a Kinesis stream (per-message), or by DirectPut
+        // (kinesis: ingest's PutRecordBatch, metered by the sink).
+        let from_stream = cfg.topology != Topology::Kinesis;
         let invoke = {
             let meter = meter.clone();
             let counters = counters.clone();
@@ -393,7 +462,7 @@ impl Stack {
                             "Lambda.ServiceException: the function failed (injected)".to_string()
                         );
                     }
-                    for r in &event.records {
+                    for r in event.records.iter().filter(|_| from_stream) {
                         let len = r.data.0.len() as u64;
                         counters.kinesis_bytes.fetch_add(len, Ordering::Relaxed);
                         counters.kinesis_kb_units.fetch_add(
@@ -437,13 +506,17 @@ impl Stack {
                 "--pack packs ingest's stream records, and --topology firehose has no ingest: \
                  drop --pack, or add --topology per-message"
             );
-            let raw = Arc::new(transform::RawTransform::new(
-                store.clone(),
-                cfg.ingest.validation.clone(),
-                &cfg.ingest.quarantine_prefix,
-            ));
+            let raw = Arc::new(
+                transform::RawTransform::new(
+                    store.clone(),
+                    cfg.ingest.validation.clone(),
+                    &cfg.ingest.quarantine_prefix,
+                )
+                .with_telemetry_prefix(&cfg.firehose.parquet.prefix),
+            );
             let invoke = raw_invoke(
                 raw,
+                store.clone(),
                 meter.clone(),
                 counters.clone(),
                 ingested.clone(),
@@ -464,6 +537,62 @@ impl Stack {
                 action: RuleAction::DirectPut(tx),
                 firehose: Some(firehose),
                 kinesis: None,
+                event_source: None,
+                stream: cfg.stream.clone(),
+                scheduler: None,
+                started: Instant::now(),
+                faults,
+                direct_puts: AtomicU64::new(0),
+                topology: cfg.topology,
+            };
+            stack.start_scheduler(cfg.rollup_every);
+            return Ok(stack);
+        }
+        if cfg.topology == Topology::Kinesis {
+            anyhow::ensure!(
+                cfg.stream == StreamTarget::Local,
+                "--topology kinesis runs its stream in this process: --stream {} needs \
+                 --topology per-message",
+                cfg.stream
+            );
+            anyhow::ensure!(
+                cfg.faults
+                    .as_ref()
+                    .is_none_or(|f| f.throttle == 0.0 && f.partial == 0.0 && f.timeout == 0.0),
+                "--inject throttle/partial/timeout fault ingest's puts into the stream, and in \
+                 --topology kinesis ingest puts into Firehose: keep processor-error only, or \
+                 add --topology per-message"
+            );
+            // Rule ─Kinesis action─▶ stream ─event-source mapping─▶ ingest ─DirectPut─▶ Firehose.
+            let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
+            let firehose = tokio::spawn(firehose::run(
+                cfg.firehose.clone(),
+                rx,
+                store.clone(),
+                invoke,
+            ));
+            let sink = StackSink::DirectPut {
+                tx,
+                counters: counters.clone(),
+                next: Arc::default(),
+            };
+            let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
+            let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
+            let event_source = tokio::spawn(crate::event_source::run(
+                EventSourceConfig::default(),
+                readers,
+                esm_invoke(ingest, meter.clone(), counters.clone(), ingested.clone()),
+                esm_on_failure(store.clone(), counters.clone()),
+            ));
+            let mut stack = Self {
+                store,
+                meter,
+                counters,
+                ingested,
+                action: RuleAction::Kinesis(stream),
+                firehose: Some(firehose),
+                kinesis: None,
+                event_source: Some(event_source),
                 stream: cfg.stream.clone(),
                 scheduler: None,
                 started: Instant::now(),
@@ -561,6 +690,7 @@ impl Stack {
             action: RuleAction::Ingest(ingest),
             firehose,
             kinesis,
+            event_source: None,
             stream: cfg.stream.clone(),
             scheduler: None,
             started: Instant::now(),
@@ -584,25 +714,45 @@ impl Stack {
         }
     }
 
+    /// The topology this stack runs.
+    pub fn topology(&self) -> Topology {
+        self.topology
+    }
+
     /// What the emulated IoT rule does for one message: invoke ingest with the event IoT
-    /// Core would send.
+    /// Core would send. `basic_ingest`: the message was published to the rule's Basic
+    /// Ingest topic (`$aws/rules/<rule>/dt/...`), which IoT Core does not meter as a
+    /// message; `event.topic` is then the topic without that prefix, as `topic()` answers.
     ///
-    /// Topology firehose: the rule's Firehose action instead (a Basic Ingest topic: no
-    /// messaging charge): the raw payload goes into the emulated Firehose, and the report is
-    /// empty (the transform's validation counts into [`Stack::ingested`]).
-    pub async fn on_message(&self, event: IotRuleEvent, payload_len: usize) -> IngestReport {
+    /// Topology firehose: the rule's Firehose action instead: the raw payload goes into the
+    /// emulated Firehose, and the report is empty (the transform's validation counts into
+    /// [`Stack::ingested`]). Topology kinesis: the rule's Kinesis action: the raw payload
+    /// goes into the emulated stream, and the report is empty (the event-source mapping's
+    /// ingest invocations count into [`Stack::ingested`]).
+    pub async fn on_message(
+        &self,
+        event: IotRuleEvent,
+        payload_len: usize,
+        basic_ingest: bool,
+    ) -> IngestReport {
         self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        if !basic_ingest {
+            self.counters.iot_message_units.fetch_add(
+                units(payload_len, IOT_MESSAGE_UNIT_BYTES),
+                Ordering::Relaxed,
+            );
+        }
         let ingest = match &self.action {
             RuleAction::DirectPut(tx) => {
                 self.put_raw(tx, event).await;
                 return IngestReport::default();
             }
+            RuleAction::Kinesis(stream) => {
+                self.put_kinesis(stream, event).await;
+                return IngestReport::default();
+            }
             RuleAction::Ingest(ingest) => ingest,
         };
-        self.counters.iot_message_units.fetch_add(
-            units(payload_len, IOT_MESSAGE_UNIT_BYTES),
-            Ordering::Relaxed,
-        );
         let result = self
             .meter
             .invoke(
@@ -627,58 +777,89 @@ impl Stack {
                 // Lambda would retry the event; locally the error is loud, counted, and
                 // fails the run at its end (`finish`).
                 tracing::error!(error = %e, topic = %event.topic, "ingest invocation failed");
-                self.dead_letter(&event, &e.to_string()).await;
-                if self
-                    .counters
-                    .ingest_failures
-                    .fetch_add(1, Ordering::Relaxed)
-                    == 0
-                    && let Ok(mut first) = self.counters.first_ingest_failure.lock()
-                {
-                    *first = Some(e.to_string());
-                }
+                dead_letter(&self.store, &self.counters, &event, &e.to_string()).await;
+                count_ingest_failure(&self.counters, &e.to_string());
                 IngestReport::default()
             }
         }
     }
 
-    /// The local dead-letter queue: keeps a failed invocation's payload under
-    /// [`telemetry::layout::INGEST_FAILED_PREFIX`] (what the ingest function's DLQ holds on
-    /// AWS), so that `iotpipe requeue` can bring it home once the cause is fixed.
-    async fn dead_letter(&self, event: &IotRuleEvent, error: &str) {
-        use base64::Engine as _;
-        // The rule's payload is base64 of the raw bytes; keep the field itself if it is not.
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&event.payload)
-            .unwrap_or_else(|_| event.payload.as_bytes().to_vec());
-        let rec = telemetry::quarantine::QuarantineRecord::other(
-            telemetry::QuarantineReason::SinkFailed,
-            format!("the ingest invocation failed: {error}"),
-            &event.topic,
-            event.received_at,
-            &raw,
+    /// The rule's Kinesis action (topology kinesis): `{payload (base64), topic}` into the
+    /// stream, partition key `${topic(3)}` (the device), as the template's rule puts it.
+    async fn put_kinesis(&self, stream: &LocalStream, event: IotRuleEvent) {
+        let partition_key = telemetry::topic::parse_topic(&event.topic)
+            .map(|t| t.device_id.to_owned())
+            .unwrap_or_default();
+        let record = transform::RuleRecord {
+            payload: event.payload,
+            topic: event.topic,
+        };
+        let data = bytes::Bytes::from(record.to_json());
+        self.counters.kinesis_kb_units.fetch_add(
+            units(data.len(), KINESIS_ON_DEMAND_UNIT_BYTES),
+            Ordering::Relaxed,
         );
-        let n = self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
-        let key = telemetry::quarantine::object_key_under(
-            telemetry::layout::INGEST_FAILED_PREFIX,
-            event.received_at,
-            &format!("{}-{n}", std::process::id()),
-        );
-        let body = telemetry::quarantine::to_json_lines(std::slice::from_ref(&rec));
-        if let Err(e) = self
-            .store
-            .put(&object_store::path::Path::from(key.as_str()), body.into())
-            .await
-        {
-            // The run fails anyway (`finish`); say that this payload is not kept either.
-            tracing::error!(error = %e, key, topic = %event.topic,
-                "could not keep a failed invocation's payload for requeue");
-            self.counters
-                .dead_letters_lost
-                .fetch_add(1, Ordering::Relaxed);
+        let put = stream
+            .put_batch(&[SinkRecord {
+                partition_key,
+                data,
+            }])
+            .await;
+        if !matches!(put.as_deref(), Ok([EntryOutcome::Ok])) {
+            tracing::error!(?put, "the emulated stream refused a raw payload");
         }
     }
+}
 
+/// Counts a failed ingest invocation (the run fails at its end), keeping the first error.
+fn count_ingest_failure(counters: &Counters, error: &str) {
+    if counters.ingest_failures.fetch_add(1, Ordering::Relaxed) == 0
+        && let Ok(mut first) = counters.first_ingest_failure.lock()
+    {
+        *first = Some(error.to_owned());
+    }
+}
+
+/// The local dead-letter queue: keeps a failed invocation's payload under
+/// [`telemetry::layout::INGEST_FAILED_PREFIX`] (what the ingest function's DLQ holds on
+/// AWS), so that `iotpipe requeue` can bring it home once the cause is fixed.
+async fn dead_letter(
+    store: &Arc<dyn ObjectStore>,
+    counters: &Counters,
+    event: &IotRuleEvent,
+    error: &str,
+) {
+    use base64::Engine as _;
+    // The rule's payload is base64 of the raw bytes; keep the field itself if it is not.
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(&event.payload)
+        .unwrap_or_else(|_| event.payload.as_bytes().to_vec());
+    let rec = telemetry::quarantine::QuarantineRecord::other(
+        telemetry::QuarantineReason::SinkFailed,
+        format!("the ingest invocation failed: {error}"),
+        &event.topic,
+        event.received_at,
+        &raw,
+    );
+    let n = counters.dead_letters.fetch_add(1, Ordering::Relaxed);
+    let key = telemetry::quarantine::object_key_under(
+        telemetry::layout::INGEST_FAILED_PREFIX,
+        event.received_at,
+        &format!("{}-{n}", std::process::id()),
+    );
+    let body = telemetry::quarantine::to_json_lines(std::slice::from_ref(&rec));
+    if let Err(e) = store
+        .put(&object_store::path::Path::from(key.as_str()), body.into())
+        .await
+    {
+        // The run fails anyway (`finish`); say that this payload is not kept either.
+        tracing::error!(error = %e, key, topic = %event.topic,
+            "could not keep a failed invocation's payload for requeue");
+        counters.dead_letters_lost.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Stack {
     /// The rule's Firehose action: `{payload (base64), topic}` (the rule's SQL in the
     /// template), arrival time = the rule's receive time.
     async fn put_raw(&self, tx: &mpsc::Sender<StreamEntry>, event: IotRuleEvent) {
@@ -692,7 +873,7 @@ impl Stack {
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         let n = self.direct_puts.fetch_add(1, Ordering::Relaxed);
         let entry = StreamEntry {
-            shard_id: "directput".to_owned(),
+            shard_id: DIRECT_PUT_SHARD.to_owned(),
             sequence_number: n.to_string(),
             partition_key: String::new(),
             data,
@@ -720,6 +901,7 @@ impl Stack {
             action,
             firehose,
             kinesis,
+            event_source,
             stream,
             scheduler,
             started,
@@ -733,6 +915,12 @@ impl Stack {
         // producers are done instead: it reads every shard to its tip, then drops its
         // sender, which ends the emulator.
         drop(action);
+        // Topology kinesis: the event-source mapping drains the closed stream, then drops
+        // ingest and with it the emulated Firehose's last DirectPut input.
+        let event_source = match event_source {
+            Some(t) => Some(t.await.context("the event-source mapping task panicked")?),
+            None => None,
+        };
         let mut reader = None;
         if let Some(k) = &kinesis {
             let _ = k.stop.send(true);
@@ -777,8 +965,10 @@ impl Stack {
         let note = matches!(stream, StreamTarget::Firehose(_)).then(|| FIREHOSE_NOTE.to_owned());
         let fh = fh.unwrap_or_default();
         let checkpoints = kinesis.as_ref().map_or(0, |k| k.checkpoints_written);
+        // What Firehose ingested: put directly (firehose, kinesis, a real delivery stream),
+        // or read from the stream (per-message).
         let firehose_bytes = match stream {
-            _ if topology == Topology::Firehose => {
+            _ if topology != Topology::PerMessage => {
                 counters.firehose_put_bytes.load(Ordering::Relaxed)
             }
             StreamTarget::Firehose(_) => counters.firehose_put_bytes.load(Ordering::Relaxed),
@@ -803,6 +993,7 @@ impl Stack {
             firehose_bytes,
             firehose_objects: fh.files.len() as u64 + fh.error_objects,
             s3_puts: fh.files.len() as u64
+                + counters.split_files.load(Ordering::Relaxed)
                 + fh.error_objects
                 + checkpoints
                 + counters.quarantine_objects.load(Ordering::Relaxed)
@@ -822,6 +1013,8 @@ impl Stack {
                 rows_written: fh.rows_written,
                 files: fh.files.len(),
                 error_objects: fh.error_objects,
+                split_rows: counters.split_rows.load(Ordering::Relaxed),
+                split_files: counters.split_files.load(Ordering::Relaxed),
             },
             rollup: Some(rollup),
             usage,
@@ -835,6 +1028,7 @@ impl Stack {
                 .lock()
                 .map(|r| r.clone())
                 .unwrap_or_default(),
+            event_source,
         })
     }
 }
@@ -877,9 +1071,12 @@ pub fn local_firehose(flush_every: Duration) -> FirehoseConfig {
 
 /// The transform of topology firehose: [`transform::RawTransform`] metered as the transform
 /// function, counting Firehose ingestion (5 KB units) and what validation did (into
-/// `ingested`, as ingest would have), and the quarantine objects it writes.
+/// `ingested`, as ingest would have), and the quarantine objects it writes. The Parquet
+/// objects it writes itself (device batches spanning hours) get their new-object markers,
+/// as S3 event notifications would announce them on AWS.
 fn raw_invoke(
     raw: Arc<transform::RawTransform>,
+    store: Arc<dyn ObjectStore>,
     meter: Meter,
     counters: Arc<Counters>,
     ingested: Arc<std::sync::Mutex<IngestReport>>,
@@ -887,6 +1084,7 @@ fn raw_invoke(
 ) -> firehose::Invoke {
     Arc::new(move |event: KinesisFirehoseEvent| {
         let raw = raw.clone();
+        let store = store.clone();
         let meter = meter.clone();
         let counters = counters.clone();
         let ingested = ingested.clone();
@@ -913,18 +1111,110 @@ fn raw_invoke(
                     if summary.quarantine_records > 0 {
                         counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
                     }
+                    for f in &summary.split_files {
+                        analytics::pending::mark(
+                            &store,
+                            analytics::config::DEFAULT_PENDING_PREFIX,
+                            &f.path,
+                        )
+                        .await
+                        .map_err(|e| format!("writing the new-object marker of {}: {e}", f.path))?;
+                        counters.split_files.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .split_rows
+                            .fetch_add(f.rows as u64, Ordering::Relaxed);
+                    }
                     if let Ok(mut total) = ingested.lock() {
                         total.add(&IngestReport {
                             messages: summary.messages as u64,
                             accepted: (summary.messages - summary.rejected_messages) as u64,
                             quarantined: summary.rejected_messages as u64,
-                            readings: summary.readings as u64,
+                            readings: (summary.readings + summary.split_readings) as u64,
                             ..IngestReport::default()
                         });
                     }
                     Ok(response)
                 }
                 Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    })
+}
+
+/// The event-source mapping's function (topology kinesis): ingest's Kinesis handler
+/// ([`Ingest::handle_kinesis`], what `ingest::kinesis_event::handle_kinesis` runs on
+/// Lambda) metered as the ingest function, counting the bytes it reads from the stream and
+/// what it ingested. It answers as that handler does: no `batchItemFailures` (a record's
+/// problem is quarantined; what fails, fails the invocation).
+fn esm_invoke(
+    ingest: Arc<Ingest<StackSink>>,
+    meter: Meter,
+    counters: Arc<Counters>,
+    ingested: Arc<std::sync::Mutex<IngestReport>>,
+) -> crate::event_source::Invoke {
+    Arc::new(move |event: aws_lambda_events::kinesis::KinesisEvent| {
+        let ingest = ingest.clone();
+        let meter = meter.clone();
+        let counters = counters.clone();
+        let ingested = ingested.clone();
+        async move {
+            for r in &event.records {
+                counters
+                    .kinesis_bytes
+                    .fetch_add(r.kinesis.data.0.len() as u64, Ordering::Relaxed);
+            }
+            let result = meter
+                .invoke(
+                    &INGEST,
+                    |r: &Result<_, _>| r.is_err(),
+                    ingest.handle_kinesis(&event),
+                )
+                .await;
+            match result {
+                Ok(report) => {
+                    if report.quarantined > 0 {
+                        counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(mut total) = ingested.lock() {
+                        total.add(&report);
+                    }
+                    Ok(aws_lambda_events::streams::KinesisEventResponse::default())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = event.records.len(),
+                        "ingest invocation failed (the event-source mapping retries)");
+                    Err(e.to_string())
+                }
+            }
+        }
+        .boxed()
+    })
+}
+
+/// The event-source mapping's on-failure destination (topology kinesis): each record that
+/// still failed is kept like a failed per-message invocation's payload (the local
+/// dead-letter queue, for `iotpipe requeue`) and fails the run at its end.
+fn esm_on_failure(
+    store: Arc<dyn ObjectStore>,
+    counters: Arc<Counters>,
+) -> crate::event_source::OnFailure {
+    Arc::new(move |records: Vec<StreamEntry>, error: String| {
+        let store = store.clone();
+        let counters = counters.clone();
+        async move {
+            use base64::Engine as _;
+            for r in records {
+                let (payload, topic) = transform::RuleRecord::decode(&r.data)
+                    .unwrap_or_else(|_| (r.data.to_vec(), String::new()));
+                let event = IotRuleEvent {
+                    payload: base64::engine::general_purpose::STANDARD.encode(&payload),
+                    topic,
+                    received_at: r.approximate_arrival_ms,
+                    device_from_topic: None,
+                };
+                dead_letter(&store, &counters, &event, &error).await;
+                count_ingest_failure(&counters, &error);
             }
         }
         .boxed()

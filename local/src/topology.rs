@@ -6,10 +6,12 @@
 //!   the emulated Firehose, whose transform runs in raw mode ([`transform::RawTransform`]:
 //!   validation, quarantine, long rows). No ingest invocation and no stream; Basic Ingest
 //!   topics carry no messaging charge.
+//! - [`Topology::Kinesis`]: the rule's Kinesis action puts the same raw record into the
+//!   emulated stream; an emulated event-source mapping ([`crate::event_source`]) invokes
+//!   ingest with batches of them (`ingest::kinesis_event`), and ingest puts stream records
+//!   straight into the emulated Firehose (DirectPut), whose transform explodes them.
 //! - [`Topology::PerMessage`]: the rule invokes ingest per message, ingest puts stream
 //!   records, Firehose reads the stream and the transform explodes them.
-//!
-//! The `kinesis` topology (batched ingest behind an event-source mapping) is not emulated yet.
 
 use std::fmt;
 use std::str::FromStr;
@@ -20,6 +22,9 @@ pub enum Topology {
     /// Rule → Firehose (DirectPut, raw payloads) → transform in raw mode.
     #[default]
     Firehose,
+    /// Rule → Kinesis (raw records) → event-source mapping → ingest in batches → Firehose
+    /// (DirectPut) → transform.
+    Kinesis,
     /// Rule → ingest per message → stream → Firehose → transform.
     PerMessage,
 }
@@ -29,8 +34,15 @@ impl Topology {
     pub const fn name(self) -> &'static str {
         match self {
             Topology::Firehose => "firehose",
+            Topology::Kinesis => "kinesis",
             Topology::PerMessage => "per-message",
         }
+    }
+
+    /// True when devices publish to Basic Ingest topics (`$aws/rules/<rule>/dt/...`) in this
+    /// topology, as the template's devices do: every topology but the per-message baseline.
+    pub const fn basic_ingest(self) -> bool {
+        !matches!(self, Topology::PerMessage)
     }
 }
 
@@ -46,15 +58,10 @@ impl FromStr for Topology {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "firehose" => Ok(Topology::Firehose),
+            "kinesis" => Ok(Topology::Kinesis),
             "per-message" => Ok(Topology::PerMessage),
-            "kinesis" => Err(
-                "topology kinesis (batched ingest behind an event-source mapping) does not run \
-                 locally yet: use firehose or per-message (iotpipe cost --topology kinesis \
-                 prices it)"
-                    .to_owned(),
-            ),
             other => Err(format!(
-                "{other:?} is not a topology: use firehose (default) or per-message"
+                "{other:?} is not a topology: use firehose (default), kinesis or per-message"
             )),
         }
     }

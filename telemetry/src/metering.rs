@@ -27,6 +27,20 @@ pub const FIREHOSE_INGEST_UNIT_BYTES: usize = 5 * 1024;
 /// AWS IoT Core: messages are metered in 5 KB increments.
 pub const IOT_MESSAGE_UNIT_BYTES: usize = 5 * 1024;
 
+/// Topology kinesis: records per ingest invocation at most, the event-source mapping's
+/// `BatchSize` (the AWS template's `IngestBatchSize` default; the local emulation's batch).
+pub const INGEST_BATCH_SIZE: usize = 500;
+
+/// Topology kinesis: seconds the event-source mapping gathers records before it invokes
+/// ingest with a batch that is not full (`MaximumBatchingWindowInSeconds`, the template's
+/// `IngestBatchWindowSeconds` default).
+pub const INGEST_BATCH_WINDOW_SECONDS: u64 = 5;
+
+/// Topology kinesis: retries of a failed batch (or record) before the event-source mapping
+/// gives it to its on-failure destination (`MaximumRetryAttempts` of the template's
+/// `IngestStreamMapping`).
+pub const INGEST_MAX_RETRY_ATTEMPTS: u32 = 3;
+
 /// The units a record (or message) of `len` bytes is billed as, with `unit_bytes` per
 /// unit: rounded up, and at least one (an empty record still counts).
 pub fn units(len: usize, unit_bytes: usize) -> u64 {

@@ -3,6 +3,49 @@
 /// The topic filter the IoT rule subscribes to.
 pub const TOPIC_FILTER: &str = "dt/+/+/telemetry";
 
+/// The topic rule's name: the AWS template's `TopicRuleName` default, and the rule the
+/// local stack emulates. Basic Ingest topics name it (`$aws/rules/<rule>/dt/...`).
+pub const DEFAULT_RULE_NAME: &str = "iotpipe_telemetry";
+
+/// The prefix of AWS IoT Basic Ingest topics, followed by the rule's name.
+pub const BASIC_INGEST_PREFIX: &str = "$aws/rules/";
+
+/// The topic filter of `rule`'s Basic Ingest topics (`$aws/rules/<rule>/dt/+/+/telemetry`).
+pub fn basic_ingest_filter(rule: &str) -> String {
+    format!("{BASIC_INGEST_PREFIX}{rule}/{TOPIC_FILTER}")
+}
+
+/// The Basic Ingest topic of `topic` for `rule`: `$aws/rules/<rule>/<topic>`.
+pub fn basic_ingest_topic(rule: &str, topic: &str) -> String {
+    format!("{BASIC_INGEST_PREFIX}{rule}/{topic}")
+}
+
+/// What the topic rule named `rule` (`FROM 'dt/+/+/telemetry'`) makes of a message published
+/// on `topic`, as AWS IoT Core does: a plain telemetry topic reaches it through the message
+/// broker (metered as a message), and so does its own Basic Ingest topic
+/// (`$aws/rules/<rule>/dt/...`, not metered). Returns the topic `topic()` answers in the
+/// rule (without the Basic Ingest prefix) and whether it came through Basic Ingest; `None`
+/// for a topic this rule never sees (another rule's Basic Ingest topic, another shape).
+pub fn rule_topic<'a>(topic: &'a str, rule: &str) -> Option<(&'a str, bool)> {
+    let (plain, basic_ingest) = match topic.strip_prefix(BASIC_INGEST_PREFIX) {
+        Some(rest) => {
+            let (name, plain) = rest.split_once('/')?;
+            if name != rule {
+                return None;
+            }
+            (plain, true)
+        }
+        None => (topic, false),
+    };
+    // The rule's FROM filter matches the plain telemetry shape only (`parse_topic` would
+    // also take a Basic Ingest prefix).
+    if plain.starts_with(BASIC_INGEST_PREFIX) {
+        return None;
+    }
+    parse_topic(plain)?;
+    Some((plain, basic_ingest))
+}
+
 /// Builds the telemetry topic for a device of a fleet.
 pub fn telemetry_topic(fleet: &str, device_id: &str) -> String {
     format!("dt/{fleet}/{device_id}/telemetry")
@@ -47,6 +90,37 @@ mod tests {
         assert_eq!(
             telemetry_topic("factory", "sensor-1"),
             "dt/factory/sensor-1/telemetry"
+        );
+    }
+
+    #[test]
+    fn the_rule_takes_the_plain_topic_and_its_own_basic_ingest_topic_only() {
+        let rule = DEFAULT_RULE_NAME;
+        assert_eq!(
+            rule_topic("dt/f/d-1/telemetry", rule),
+            Some(("dt/f/d-1/telemetry", false))
+        );
+        let basic = basic_ingest_topic(rule, "dt/f/d-1/telemetry");
+        assert_eq!(basic, "$aws/rules/iotpipe_telemetry/dt/f/d-1/telemetry");
+        assert_eq!(rule_topic(&basic, rule), Some(("dt/f/d-1/telemetry", true)));
+        // Another rule's Basic Ingest topic goes to that rule only.
+        assert_eq!(
+            rule_topic("$aws/rules/other_rule/dt/f/d-1/telemetry", rule),
+            None
+        );
+        // Shapes the rule's FROM 'dt/+/+/telemetry' does not match.
+        for t in [
+            "$aws/rules/iotpipe_telemetry/dt/f/d-1/status",
+            "$aws/rules/iotpipe_telemetry",
+            "$aws/rules/iotpipe_telemetry/$aws/rules/iotpipe_telemetry/dt/f/d/telemetry",
+            "dt/f/d-1/telemetry/extra",
+            "cmd/f/d-1/telemetry",
+        ] {
+            assert_eq!(rule_topic(t, rule), None, "{t}");
+        }
+        assert_eq!(
+            basic_ingest_filter(rule),
+            "$aws/rules/iotpipe_telemetry/dt/+/+/telemetry"
         );
     }
 

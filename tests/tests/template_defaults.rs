@@ -117,3 +117,45 @@ fn every_rollup_function_gets_the_templates_bucket_count_and_it_defaults_to_the_
         );
     }
 }
+
+#[test]
+fn the_local_event_source_mapping_and_rule_name_are_the_templates() {
+    use telemetry::metering::{
+        INGEST_BATCH_SIZE, INGEST_BATCH_WINDOW_SECONDS, INGEST_MAX_RETRY_ATTEMPTS,
+    };
+    let template = read("infra/template.yaml");
+    assert_eq!(
+        parameter_default(&template, "IngestBatchSize"),
+        Some(INGEST_BATCH_SIZE as u32),
+        "IngestBatchSize must default to telemetry::metering::INGEST_BATCH_SIZE"
+    );
+    assert_eq!(
+        parameter_default(&template, "IngestBatchWindowSeconds"),
+        Some(INGEST_BATCH_WINDOW_SECONDS as u32),
+        "IngestBatchWindowSeconds must default to INGEST_BATCH_WINDOW_SECONDS"
+    );
+    let mapping: String = template
+        .lines()
+        .skip_while(|l| *l != "  IngestStreamMapping:")
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        mapping.contains(&format!(
+            "MaximumRetryAttempts: {INGEST_MAX_RETRY_ATTEMPTS}"
+        )),
+        "IngestStreamMapping's MaximumRetryAttempts must be INGEST_MAX_RETRY_ATTEMPTS: {mapping}"
+    );
+    let rule_default = template
+        .lines()
+        .skip_while(|l| *l != "  TopicRuleName:")
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .find_map(|l| l.trim().strip_prefix("Default:"))
+        .map(str::trim);
+    assert_eq!(
+        rule_default,
+        Some(telemetry::topic::DEFAULT_RULE_NAME),
+        "TopicRuleName must default to telemetry::topic::DEFAULT_RULE_NAME"
+    );
+}

@@ -96,6 +96,13 @@ fn check_run(data: &Path, s: &Value) {
             s["functions"][0]["invocations"], s["received"],
             "one ingest invocation per message"
         );
+    } else if s["cost"]["topology"] == "kinesis" {
+        // Ingest behind the event-source mapping: one invocation per batch.
+        assert_eq!(functions, ["ingest", "rollup", "transform"]);
+        assert_eq!(
+            s["functions"][0]["invocations"], s["event_source"]["invocations"],
+            "one ingest invocation per batch"
+        );
     } else {
         // The default topology, firehose: the rule puts into Firehose, no ingest runs.
         assert_eq!(s["cost"]["topology"], "firehose");
@@ -149,4 +156,49 @@ fn up_against_mosquitto_lands_every_reading_in_parquet_and_the_stats() {
     );
     assert_eq!(s["broker"], broker.as_str());
     check_run(dir.path(), &s);
+}
+
+/// The cost line named `prefix`: its quantity.
+fn line_quantity(s: &Value, prefix: &str) -> f64 {
+    s["cost"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["item"].as_str().unwrap().starts_with(prefix))
+        .and_then(|l| l["quantity"].as_f64())
+        .unwrap()
+}
+
+#[test]
+fn the_kinesis_topology_against_mosquitto_takes_basic_ingest_topics_without_a_message_charge() {
+    let broker = need_env("IOTPIPE_TEST_MQTT");
+    let dir = tempfile::tempdir().unwrap();
+    // mosquitto routes `$aws/rules/...`: the devices publish there, the rule subscribes to
+    // its own Basic Ingest topic (and would get nothing if it did not).
+    let s = up(dir.path(), &["--broker", &broker, "--topology", "kinesis"]);
+    check_run(dir.path(), &s);
+    let input = s["input"].as_u64().unwrap();
+    assert!(input > 0, "{s}");
+    assert_eq!(line_quantity(&s, "IoT Core messaging"), 0.0, "{s}");
+    assert_eq!(
+        line_quantity(&s, "IoT rules triggered"),
+        input as f64,
+        "{s}"
+    );
+    // The event-source mapping read every message and invoked ingest in batches.
+    assert_eq!(s["event_source"]["records"], input, "{s}");
+    let batches = s["event_source"]["invocations"].as_u64().unwrap();
+    assert!(batches > 0 && batches < input, "{s}");
+    assert_eq!(s["cost"]["topology"], "kinesis");
+
+    // The per-message baseline's devices publish the plain topic: one charge per message.
+    let pm_dir = tempfile::tempdir().unwrap();
+    let pm = up(
+        pm_dir.path(),
+        &["--broker", &broker, "--topology", "per-message"],
+    );
+    assert!(
+        line_quantity(&pm, "IoT Core messaging") >= pm["input"].as_f64().unwrap(),
+        "{pm}"
+    );
 }

@@ -37,11 +37,24 @@
 //! - The quarantine object is written before the response: if it cannot be written the
 //!   invocation fails ([`RawError::Quarantine`]), so Firehose retries the batch (and then
 //!   writes it to its error prefix): a rejected payload is never silently lost.
-//! - `ProcessingFailed` (from the stream path: e.g. a device batch whose messages span event
-//!   hours, since a record has one set of partition keys) echoes the *raw record*, so the
-//!   error prefix holds what the device sent.
-//! - The account: `records = ok + quarantined + duplicates + processing_failed`.
+//! - A device batch whose accepted messages span event hours: Firehose takes exactly one
+//!   answer per `recordId`, with one set of partition keys, so one record cannot be split
+//!   into two partitions by Firehose. The record is answered with the messages of its first
+//!   message's hour, and the transform writes the readings of the other hours itself, as
+//!   Parquet objects in their own partitions (`telemetry/dt=…/hour=…/`, the same Arrow
+//!   schema and writer as the local Firehose emulation), before it answers
+//!   ([`RawSummary::split_files`]). A write that fails fails the invocation
+//!   ([`RawError::Split`]): Firehose retries the batch, and the readers de-duplicate what a
+//!   retry writes twice. The other hours' readings are written only when the record's
+//!   answer is `Ok` or `Dropped` (a duplicate): a `ProcessingFailed` record goes whole to
+//!   the error prefix.
+//! - `ProcessingFailed` (from the stream path, e.g. an answer over its share of the
+//!   response) echoes the *raw record*, so the error prefix holds what the device sent.
+//! - The account: `records = ok + quarantined + duplicates + processing_failed`, and
+//!   `readings + split_readings` = the readings of the accepted messages of the records
+//!   answered `Ok` (less in-invocation duplicates).
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +62,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseResponse};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WrittenFile};
 use telemetry::quarantine::{self, QuarantineRecord};
-use telemetry::{QuarantineReason, StreamRecord, ValidationConfig, validate_payload};
+use telemetry::schema::{readings_to_batch, telemetry_schema};
+use telemetry::{
+    Partition, QuarantineReason, Reading, StreamRecord, ValidationConfig, validate_payload,
+};
 
 use crate::handler::{Summary, TransformResult, transform_with_summary};
 
@@ -115,6 +132,19 @@ pub enum RawError {
         #[source]
         source: object_store::Error,
     },
+    /// The readings of a device batch's other event hours could not be written as Parquet
+    /// in their partition: answering without them would lose them.
+    #[error(
+        "writing the readings of device batches' other event hours to {partition}: {detail}. \
+         The invocation fails so that Firehose retries the batch; check that the function's \
+         role may put objects under the telemetry prefix of the bucket"
+    )]
+    Split {
+        /// The partition (`dt=…/hour=…`).
+        partition: String,
+        /// The cause.
+        detail: String,
+    },
 }
 
 /// What one raw invocation did.
@@ -139,6 +169,13 @@ pub struct RawSummary {
     pub quarantine_records: usize,
     /// Readings in the `Ok` records.
     pub readings: usize,
+    /// Accepted messages of device batches in another event hour than their record's
+    /// first message, whose readings the transform wrote itself (module doc).
+    pub split_messages: usize,
+    /// Their readings (Parquet rows in [`RawSummary::split_files`]).
+    pub split_readings: usize,
+    /// The Parquet objects the transform wrote for them, complete.
+    pub split_files: Vec<WrittenFile>,
     /// The stream path's summary over the accepted messages.
     pub stream: Summary,
 }
@@ -149,6 +186,9 @@ pub struct RawTransform {
     store: Arc<dyn ObjectStore>,
     validation: ValidationConfig,
     quarantine_prefix: String,
+    /// Where the readings of device batches' other event hours are written (the telemetry
+    /// prefix Firehose delivers to, so that they land in their own partitions).
+    split_parquet: ParquetWriterConfig,
     /// Names quarantine objects apart between processes.
     instance: String,
     /// Names quarantine objects apart within this process.
@@ -166,9 +206,17 @@ impl RawTransform {
             store,
             validation,
             quarantine_prefix: quarantine_prefix.to_owned(),
+            split_parquet: ParquetWriterConfig::default(),
             instance: format!("t{:08x}", rand::random::<u32>()),
             next_object: AtomicU64::new(0),
         }
+    }
+
+    /// The same, writing the readings of device batches' other event hours under `prefix`
+    /// (default [`telemetry::layout::TELEMETRY_PREFIX`]: where Firehose delivers).
+    pub fn with_telemetry_prefix(mut self, prefix: &str) -> Self {
+        self.split_parquet.prefix = prefix.trim_end_matches('/').to_owned();
+        self
     }
 
     /// Transforms one event of raw records (module doc): one answer per `recordId`, in
@@ -188,8 +236,10 @@ impl RawTransform {
         stream_event.records.clear();
         // For each input record: its position in `stream_event`, if it has one.
         let mut positions: Vec<Option<usize>> = Vec::with_capacity(n);
+        // For each input record with messages outside its first message's hour: those.
+        let mut splits: Vec<(usize, Vec<StreamRecord>)> = Vec::new();
         let mut first_arrival = None;
-        for record in &event.records {
+        for (index, record) in event.records.iter().enumerate() {
             let arrival = record.approximate_arrival_timestamp.timestamp_millis();
             first_arrival.get_or_insert(arrival);
             let (payload, topic) = match RuleRecord::decode(&record.data.0) {
@@ -230,16 +280,25 @@ impl RawTransform {
                     arrival,
                 ));
             }
-            if v.accepted.is_empty() {
+            let Some(hour) = v.accepted.first().map(|m| Partition::of_millis(m.ts)) else {
                 positions.push(None);
                 continue;
-            }
+            };
             let mut data = Vec::new();
+            let mut split = Vec::new();
             for msg in v.accepted {
+                let rec = StreamRecord::new(msg, arrival);
+                if Partition::of_millis(rec.ts) != hour {
+                    split.push(rec);
+                    continue;
+                }
                 if !data.is_empty() {
                     data.push(b'\n');
                 }
-                data.extend_from_slice(&StreamRecord::new(msg, arrival).to_json());
+                data.extend_from_slice(&rec.to_json());
+            }
+            if !split.is_empty() {
+                splits.push((index, split));
             }
             let mut rewritten = record.clone();
             rewritten.data.0 = data;
@@ -254,13 +313,24 @@ impl RawTransform {
         let (stream_response, stream_summary) = transform_with_summary(&stream_event);
         let mut stream_answers = stream_response.records.into_iter();
         let mut response = KinesisFirehoseResponse::default();
-        for (record, position) in event.records.iter().zip(positions) {
+        // Per input record: answered Ok or Dropped (its other hours' readings are written).
+        let mut delivered = vec![false; n];
+        for ((record, position), delivered) in event
+            .records
+            .iter()
+            .zip(positions)
+            .zip(delivered.iter_mut())
+        {
             let answer = match position.and_then(|_| stream_answers.next()) {
                 Some(mut answer) => {
                     match answer.result.as_deref() {
-                        Some(r) if r == TransformResult::Ok.as_str() => summary.ok += 1,
+                        Some(r) if r == TransformResult::Ok.as_str() => {
+                            summary.ok += 1;
+                            *delivered = true;
+                        }
                         Some(r) if r == TransformResult::Dropped.as_str() => {
-                            summary.duplicates += 1
+                            summary.duplicates += 1;
+                            *delivered = true;
                         }
                         _ => {
                             summary.processing_failed += 1;
@@ -284,6 +354,16 @@ impl RawTransform {
         }
         summary.readings = stream_summary.readings;
         summary.stream = stream_summary;
+        let split: Vec<StreamRecord> = splits
+            .into_iter()
+            .filter(|(index, _)| delivered.get(*index).copied().unwrap_or(false))
+            .flat_map(|(_, records)| records)
+            .collect();
+        if !split.is_empty() {
+            summary.split_messages = split.len();
+            summary.split_readings = split.iter().map(StreamRecord::readings).sum();
+            summary.split_files = self.write_split(&split).await?;
+        }
         tracing::info!(
             records = summary.records,
             ok = summary.ok,
@@ -291,9 +371,53 @@ impl RawTransform {
             duplicates = summary.duplicates,
             processing_failed = summary.processing_failed,
             rejected_messages = summary.rejected_messages,
+            split_messages = summary.split_messages,
+            split_files = summary.split_files.len(),
             "raw records transformed"
         );
         Ok((response, summary))
+    }
+
+    /// Writes the readings of `records` as Parquet, one object per event hour, complete
+    /// when this returns.
+    async fn write_split(&self, records: &[StreamRecord]) -> Result<Vec<WrittenFile>, RawError> {
+        let mut by_hour: BTreeMap<Partition, Vec<Reading>> = BTreeMap::new();
+        for r in records {
+            by_hour
+                .entry(Partition::of_millis(r.ts))
+                .or_default()
+                .extend(r.to_readings());
+        }
+        let mut writer = PartitionedWriter::new(
+            self.store.clone(),
+            telemetry_schema(),
+            self.split_parquet.clone(),
+        );
+        let mut files = Vec::new();
+        for (partition, readings) in &by_hour {
+            let failed = |detail: String| RawError::Split {
+                partition: partition.path(),
+                detail,
+            };
+            let batch = readings_to_batch(readings).map_err(|e| failed(e.to_string()))?;
+            files.extend(
+                writer
+                    .write(partition, &batch)
+                    .await
+                    .map_err(|e| failed(e.to_string()))?,
+            );
+        }
+        let all = by_hour.keys().map(Partition::path).collect::<Vec<_>>();
+        files.extend(writer.flush().await.map_err(|e| RawError::Split {
+            partition: all.join(", "),
+            detail: e.to_string(),
+        })?);
+        tracing::info!(
+            messages = records.len(),
+            files = files.len(),
+            "readings of device batches' other event hours written to their partitions"
+        );
+        Ok(files)
     }
 
     async fn write_quarantine(

@@ -18,7 +18,7 @@ use telemetry::quarantine::QuarantineRecord;
 use telemetry::{QuarantineReason, ValidationConfig};
 use transform::{RawError, RawSummary, RawTransform, RuleRecord, TransformResult, transform};
 
-/// Arrival time of every record: 2026-11-30T12:00:00Z.
+/// Arrival time of every record: 2025-11-30T12:00:00Z.
 const ARRIVAL: i64 = 1_764_504_000_000;
 
 fn message(device: &str, seq: u64, ts_offset: i64) -> Value {
@@ -89,10 +89,15 @@ fn ok_rows(response: &KinesisFirehoseResponse) -> Vec<(String, Vec<(String, Stri
     rows
 }
 
+/// Every quarantine record in `store`; the store holds nothing but the quarantine and
+/// Parquet under `telemetry/`.
 async fn quarantine(store: &InMemory) -> Vec<QuarantineRecord> {
     let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
     let mut out = Vec::new();
     for m in metas {
+        if m.location.as_ref().starts_with("telemetry/") {
+            continue;
+        }
         assert!(
             m.location.as_ref().starts_with("quarantine/"),
             "{}",
@@ -218,6 +223,112 @@ async fn a_mixed_batch_quarantines_the_hostile_payloads_with_their_reasons_and_d
     assert_eq!(q[0].received_at, ARRIVAL);
     assert_eq!(q[3].rejections.len(), 1);
     assert_eq!(q[3].rejections[0].index, 1);
+}
+
+/// Every Parquet object under `prefix/`: (key, seq column), sorted by key.
+async fn parquet_objects(store: &InMemory, prefix: &str) -> Vec<(String, Vec<i64>)> {
+    use arrow_array::Array as _;
+    let metas: Vec<_> = store
+        .list(Some(&object_store::path::Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let body = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+        let reader =
+            telemetry::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(body)
+                .unwrap()
+                .build()
+                .unwrap();
+        let mut seqs = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            assert_eq!(batch.schema(), telemetry::schema::telemetry_schema());
+            let seq = batch
+                .column_by_name("seq")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow_array::Int64Array>()
+                .unwrap();
+            seqs.extend((0..seq.len()).map(|i| seq.value(i)));
+        }
+        out.push((m.location.to_string(), seqs));
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_device_batch_spanning_two_hours_lands_each_reading_in_its_own_hours_partition() {
+    // 11:59:59.000 and 11:59:59.500 (hour 11), then 12:00:01 (hour 12): one record, one
+    // set of partition keys, two partitions.
+    let batch = json!([
+        message("dev-1", 1, -1_000),
+        message("dev-1", 2, -500),
+        message("dev-1", 3, 1_000)
+    ]);
+    let payloads = vec![
+        (serde_json::to_vec(&batch).unwrap(), topic("dev-1")),
+        (
+            serde_json::to_vec(&message("dev-2", 1, 2_000)).unwrap(),
+            topic("dev-2"),
+        ),
+    ];
+    let store = Arc::new(InMemory::new());
+    let (response, summary) = raw_transform(store.clone())
+        .transform(&raw_event(&payloads))
+        .await
+        .unwrap();
+    // Nothing fails and nothing is quarantined.
+    assert_eq!(results(&response), vec![TransformResult::Ok; 2]);
+    assert_account(&summary, &response, 2);
+    assert_eq!(summary.rejected_messages, 0);
+    assert!(quarantine(&store).await.is_empty());
+    // The record's answer holds the first hour's readings under that hour's keys ...
+    assert_eq!(
+        ok_rows(&response),
+        ok_rows(&transform(&stream_event(&[
+            batch[0].clone(),
+            batch[1].clone(),
+            message("dev-2", 1, 2_000)
+        ])))
+    );
+    // ... and the transform wrote the other hour's readings to that hour's partition.
+    assert_eq!(summary.split_messages, 1);
+    assert_eq!(summary.split_readings, 2);
+    let objects = parquet_objects(&store, "telemetry").await;
+    assert_eq!(objects.len(), 1, "{objects:?}");
+    assert!(
+        objects[0].0.starts_with("telemetry/dt=2025-11-30/hour=12/"),
+        "{objects:?}"
+    );
+    assert_eq!(objects[0].1, vec![3, 3]);
+    assert_eq!(
+        summary
+            .split_files
+            .iter()
+            .map(|f| &f.path)
+            .collect::<Vec<_>>(),
+        vec![&objects[0].0]
+    );
+    // Every reading is somewhere, once: 3 messages x 2 metrics + 1 x 2.
+    assert_eq!(summary.readings + summary.split_readings, 8);
+}
+
+#[tokio::test]
+async fn a_split_that_cannot_be_written_fails_the_invocation() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the telemetry directory would be: every put under it fails.
+    std::fs::write(dir.path().join("telemetry"), b"").unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let raw = RawTransform::new(store, ValidationConfig::default(), "quarantine");
+    let batch = json!([message("dev-1", 1, -1_000), message("dev-1", 2, 1_000)]);
+    let event = raw_event(&[(serde_json::to_vec(&batch).unwrap(), topic("dev-1"))]);
+    let err = raw.transform(&event).await.unwrap_err();
+    assert!(matches!(err, RawError::Split { .. }), "{err}");
+    assert!(err.to_string().contains("Firehose retries"), "{err}");
 }
 
 #[tokio::test]

@@ -108,6 +108,29 @@ impl Merge {
         self.last = self.last.max(row.last_event);
     }
 
+    /// Adds everything `other` merged (Chan's formula again, the sketches' counts added).
+    fn absorb(&mut self, other: Merge) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = other;
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = other.mean - self.mean;
+        self.mean += delta * nb / n;
+        self.m2 += other.m2 + delta * delta * na * nb / n;
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.first = self.first.min(other.first);
+        self.last = self.last.max(other.last);
+        self.sketch.merge(&other.sketch);
+    }
+
     /// The merged row; `None` when nothing was added.
     pub fn finish(self, device_id: &str, metric: &str, window_start: i64) -> Option<WindowStats> {
         if self.count == 0 {
@@ -133,6 +156,53 @@ impl Merge {
             m2: self.m2,
             sketch: self.sketch.to_bytes(),
         })
+    }
+}
+
+/// Rows merged into coarser windows when they come sorted by (device, metric, window
+/// start), as a unit's stats file is: a row extends the last group or starts the next one,
+/// with no lookup. Rows out of that order are still merged correctly (sorted and combined
+/// at the end), only not as cheaply.
+#[derive(Debug, Default)]
+struct Runs {
+    groups: Vec<((String, String, i64), Merge)>,
+    unsorted: bool,
+}
+
+impl Runs {
+    fn add_decoded(&mut self, row: &WindowStats, sketch: &RowSketch, window: Window) {
+        let start = window.start_of(row.window_start);
+        if let Some(((device, metric, at), merge)) = self.groups.last_mut() {
+            if *at == start && *device == row.device_id && *metric == row.metric {
+                merge.add_decoded(row, sketch);
+                return;
+            }
+            if (device.as_str(), metric.as_str(), *at)
+                > (row.device_id.as_str(), row.metric.as_str(), start)
+            {
+                self.unsorted = true;
+            }
+        }
+        let mut merge = Merge::default();
+        merge.add_decoded(row, sketch);
+        self.groups
+            .push(((row.device_id.clone(), row.metric.clone(), start), merge));
+    }
+
+    fn finish(mut self) -> Vec<WindowStats> {
+        if self.unsorted {
+            // Stable: equal keys keep their arrival order.
+            self.groups.sort_by(|a, b| a.0.cmp(&b.0));
+        }
+        let mut out: Vec<WindowStats> = Vec::with_capacity(self.groups.len());
+        let mut groups = self.groups.into_iter().peekable();
+        while let Some((key, mut merge)) = groups.next() {
+            while let Some((_, next)) = groups.next_if(|(k, _)| *k == key) {
+                merge.absorb(next);
+            }
+            out.extend(merge.finish(&key.0, &key.1, key.2));
+        }
+        out
     }
 }
 
@@ -355,16 +425,31 @@ pub async fn derive_coarse(
             let all = by_name.into_values().flatten().collect();
             by_name = BTreeMap::from([(STATS_FILE_NAME.to_string(), all)]);
         }
-        let mut written = BTreeSet::new();
+        // One 1d file per name (bucket), side by side like the hours' files.
+        let mut tasks = Vec::new();
         for (name, metas) in by_name {
-            let mut per_day = Groups::default();
-            for meta in &metas {
-                add_file(store, meta, None, &mut per_day, &mut report).await?;
-            }
+            let store = store.clone();
             let path = format!("{out_folder}{name}");
-            if write_or_remove(store, &path, &per_day.finish()).await? {
-                report.files_written += 1;
-            }
+            tasks.push(
+                async move {
+                    let mut part = CoarseReport::default();
+                    let mut per_day = Groups::default();
+                    for meta in &metas {
+                        add_file(&store, meta, None, &mut per_day, &mut part).await?;
+                    }
+                    let written = write_or_remove(&store, &path, &per_day.finish()).await?;
+                    part.files_written = usize::from(written);
+                    Ok::<_, CoarseError>((path, part))
+                }
+                .boxed(),
+            );
+        }
+        let mut written = BTreeSet::new();
+        for done in spread(tasks, cfg.workers).await {
+            let (path, part) = done.ok_or(CoarseError::Aborted)??;
+            report.files_read += part.files_read;
+            report.rows_read += part.rows_read;
+            report.files_written += part.files_written;
             written.insert(path.trim_start_matches('/').to_string());
         }
         report.files_written += remove_others(store, &out_folder, &written).await?;
@@ -423,7 +508,7 @@ async fn derive_hour_file(
     out_folder: &str,
 ) -> Result<HourFile, CoarseError> {
     let mut report = CoarseReport::default();
-    let mut per_device = Groups::default();
+    let mut per_device = Runs::default();
     let mut fleet = Groups::default();
     for batch in read_batches(store, meta, &mut report).await? {
         for row in rows_of(meta, &batch)? {
@@ -431,7 +516,7 @@ async fn derive_hour_file(
                 path: meta.location.to_string(),
                 source,
             })?;
-            per_device.add_decoded(&row.device_id, &row, &sketch, Window::H1);
+            per_device.add_decoded(&row, &sketch, Window::H1);
             fleet.add_decoded(FLEET_DEVICE_ID, &row, &sketch, Window::M1);
         }
     }
@@ -629,6 +714,53 @@ mod tests {
 
     /// Two devices, two metrics, readings over two hours of one day, 1m stats written
     /// as two files per hour (as the sharded rollup does).
+    #[test]
+    fn sorted_runs_merge_like_groups_in_any_row_order() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let readings: Vec<Reading> = (0..400)
+            .map(|i| Reading {
+                device_id: format!("d{}", i % 7),
+                seq: i,
+                event_time: i * 17_000,
+                received_at: i * 17_000,
+                metric: ["t", "h"][(i % 2) as usize].into(),
+                value: rng.random_range(-5.0..40.0),
+                fw: None,
+            })
+            .collect();
+        let mut rows = aggregate(&[readings_to_batch(&readings).unwrap()], Window::M1).unwrap();
+        let grouped = |rows: &[WindowStats]| {
+            let mut g = Groups::default();
+            for r in rows {
+                g.add(&r.device_id, r, Window::H1).unwrap();
+            }
+            g.finish()
+        };
+        let runs = |rows: &[WindowStats]| {
+            let mut r = Runs::default();
+            for row in rows {
+                r.add_decoded(row, &row.decode_sketch().unwrap(), Window::H1);
+            }
+            r.finish()
+        };
+        let expected = grouped(&rows);
+        assert_eq!(runs(&rows), expected);
+        rows.reverse();
+        let shuffled = runs(&rows);
+        assert_eq!(shuffled.len(), expected.len());
+        for (a, b) in shuffled.iter().zip(&expected) {
+            assert_eq!(
+                (&a.device_id, &a.metric, a.window_start),
+                (&b.device_id, &b.metric, b.window_start)
+            );
+            assert_eq!(
+                (a.count, a.min, a.max, a.sketch.clone()),
+                (b.count, b.min, b.max, b.sketch.clone())
+            );
+            assert!((a.sum - b.sum).abs() < 1e-9 && (a.m2 - b.m2).abs() < 1e-6);
+        }
+    }
+
     async fn seeded() -> (
         Arc<dyn ObjectStore>,
         Vec<Partition>,

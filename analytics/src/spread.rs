@@ -29,7 +29,8 @@ pub(crate) async fn spread<T: Send + 'static>(
         // A loop, not a closure: a closure returning a future is higher-ranked, and rustc
         // then cannot prove the callers' futures `Send`.
         joined.push(async move {
-            match tokio::spawn(task).await {
+            let mut task = AbortOnDrop(tokio::spawn(task));
+            match (&mut task.0).await {
                 Ok(result) => Some(result),
                 Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
                 Err(_) => None,
@@ -40,6 +41,17 @@ pub(crate) async fn spread<T: Send + 'static>(
         .buffered(workers)
         .collect()
         .await
+}
+
+/// A spawned task that is aborted when its handle is dropped: dropping a run (a test's
+/// stand-in for a killed process, a caller's timeout) stops its tasks as a kill would,
+/// instead of leaving them to finish detached.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +87,28 @@ mod tests {
             assert_eq!(out, (0..8).map(Some).collect::<Vec<_>>());
             assert_eq!(most.load(Ordering::SeqCst), workers);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_the_run_stops_its_spawned_tasks() {
+        let finished = Arc::new(AtomicUsize::new(0));
+        let tasks = (0..2)
+            .map(|_| {
+                let finished = finished.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    finished.fetch_add(1, Ordering::SeqCst);
+                }
+                .boxed()
+            })
+            .collect();
+        let run = spread(tasks, 2);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), run)
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(finished.load(Ordering::SeqCst), 0);
     }
 }

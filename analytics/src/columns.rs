@@ -79,7 +79,7 @@ pub enum Strings<'a> {
         keys: Vec<usize>,
         /// The distinct values.
         values: Box<Strings<'a>>,
-        /// The dictionary's values array: the identity [`DictMemo`] keys on (the
+        /// The dictionary's values array: the identity `DictMemo` keys on (the
         /// Parquet reader shares one dictionary between the batches of a column chunk).
         dict: &'a ArrayRef,
     },

@@ -8,17 +8,16 @@ use serde::{Deserialize, Serialize};
 /// The length of an aggregation window. Windows are aligned to the Unix epoch (so to UTC
 /// minutes, hours and days) and half-open: `[start, start + length)`.
 ///
-/// The rollup produces [`Window::M1`] only; `1h` and `1d` are named here so that the
-/// computation, the storage layout and the query API already take the window as a
-/// parameter.
+/// The rollup aggregates readings into [`Window::M1`]; `1h` and `1d` rows are merged from
+/// the 1m rows ([`crate::coarse`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Window {
-    /// One minute (`1m`). The default, and the only window produced today.
+    /// One minute (`1m`), aggregated from the readings. The default.
     #[default]
     M1,
-    /// One hour (`1h`). Not produced yet.
+    /// One hour (`1h`), merged from the 1m rows.
     H1,
-    /// One day (`1d`), UTC. Not produced yet.
+    /// One day (`1d`), UTC, merged from the 1h rows.
     D1,
 }
 

@@ -10,6 +10,11 @@ use std::path::Path;
 use iotpipe_tests::{iotpipe, last_json_line, need_env, python_json, query_json, run, total_count};
 use serde_json::Value;
 
+/// The tests against the shared mosquitto take turns: the rule subscribes to every
+/// fleet's topics (`dt/+/+/telemetry`, as on AWS), so two runs at once would each receive
+/// the other's messages.
+static MOSQUITTO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn up(data: &Path, extra: &[&str]) -> Value {
     let mut cmd = iotpipe(&[
         "up",
@@ -146,6 +151,7 @@ fn up_on_the_embedded_broker_lands_every_reading_in_parquet_and_the_stats() {
 
 #[test]
 fn up_against_mosquitto_lands_every_reading_in_parquet_and_the_stats() {
+    let _alone = MOSQUITTO.lock().unwrap_or_else(|e| e.into_inner());
     let broker = need_env("IOTPIPE_TEST_MQTT");
     let dir = tempfile::tempdir().unwrap();
     // The per-message topology here (ingest per message); the embedded-broker test runs the
@@ -171,6 +177,7 @@ fn line_quantity(s: &Value, prefix: &str) -> f64 {
 
 #[test]
 fn the_kinesis_topology_against_mosquitto_takes_basic_ingest_topics_without_a_message_charge() {
+    let _alone = MOSQUITTO.lock().unwrap_or_else(|e| e.into_inner());
     let broker = need_env("IOTPIPE_TEST_MQTT");
     let dir = tempfile::tempdir().unwrap();
     // mosquitto routes `$aws/rules/...`: the devices publish there, the rule subscribes to

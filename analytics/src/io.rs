@@ -18,7 +18,7 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::async_reader::{AsyncFileReader, ParquetRecordBatchStreamBuilder};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
@@ -336,7 +336,7 @@ pub async fn list_objects(
     store.list(Some(&prefix)).try_collect().await
 }
 
-/// Writes `batch` as one zstd-compressed Parquet object at `path` with a single put, so
+/// Writes `batch` as one Snappy-compressed Parquet object at `path` with a single put, so
 /// that readers see either the previous object or the new one, never a partial file.
 ///
 /// The file is encoded in memory first: stats files are small (one row per device,
@@ -352,14 +352,17 @@ pub async fn write_parquet(
     Ok(())
 }
 
-/// `batch` as the bytes of a zstd-compressed Parquet file, as [`write_parquet`] writes
+/// `batch` as the bytes of a Snappy-compressed Parquet file, as [`write_parquet`] writes
 /// it: the same rows always give the same bytes.
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
     // Dictionary encoding only where values repeat (names); on the statistics' floats,
     // times and sketches it built a dictionary per page only to fall back to plain (an
-    // eighth of a rollup's CPU went to encoding).
+    // eighth of a rollup's CPU went to encoding). Snappy, not zstd: stats files are
+    // written by every rollup and read back by the 1h/1d derivation and every query, and
+    // zstd's compression was ~9 % of a rollup's CPU for files only 1.4× smaller
+    // (BENCHMARKS.md, "The reference query fixed").
     let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_compression(Compression::SNAPPY)
         .set_dictionary_enabled(false);
     for name in ["device_id", "metric"] {
         props = props.set_column_dictionary_enabled(ColumnPath::from(name), true);

@@ -176,11 +176,13 @@ struct CostArgs {
 struct RollupArgs {
     #[command(flatten)]
     data: DataArg,
-    /// Units (one device-hash bucket of one hour) aggregated at once. Each holds about
-    /// 300 bytes per reading of its unit at its peak, so memory grows with this; time
-    /// shrinks with it up to the number of cores.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    workers: u16,
+    /// Units (one device-hash bucket of one hour) aggregated at once, each on a core of
+    /// its own [default: the number of cores, at most 8]. Each holds about 300 bytes per
+    /// reading of its unit at its peak, so memory grows with this; time shrinks with it up
+    /// to the number of cores. The rollup Lambda runs one (`--workers 1` predicts its
+    /// REPORT line's Max Memory Used).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
     /// Device-hash buckets per hour: more buckets, less memory per unit. Keep it the same
     /// from run to run: a change rewrites every hour that has new data.
     #[arg(long, default_value_t = analytics::config::DEFAULT_BUCKETS, env = analytics::config::BUCKETS_ENV, value_parser = clap::value_parser!(u32).range(1..=i64::from(analytics::config::MAX_BUCKETS)))]
@@ -929,7 +931,14 @@ async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
     let store = stack::open_store(&a.data.data)?;
     let meter = meter::Meter::new();
     let cfg = analytics::RollupConfig {
-        workers: usize::from(a.workers),
+        workers: a.workers.map_or_else(
+            || {
+                std::thread::available_parallelism()
+                    .map_or(1, std::num::NonZeroUsize::get)
+                    .min(8)
+            },
+            usize::from,
+        ),
         buckets: a.buckets,
         full_scan: a.full_scan,
         lease_ttl: a.lease_ttl,

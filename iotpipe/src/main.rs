@@ -727,7 +727,24 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         });
     }
     dashboard::record_run(&a.data.data, &s, sent).await;
-    s.print(a.summary_json)
+    s.print(a.summary_json)?;
+    // Messages the broker acknowledged to the devices but never delivered to the rule are
+    // lost outside the pipeline, and no later step can bring them back: the run fails, so
+    // that a script or a CI job sees it (the summary above still has every figure).
+    if let Some(sim) = &sim
+        && received < sim.acknowledged
+    {
+        anyhow::bail!(
+            "{} of {} messages the broker acknowledged never reached the rule (the ledger \
+             counts them missing). A broker restarted without persistence drops what it held \
+             for the rule, and a broker whose queue for a slow subscriber is full drops the \
+             excess (mosquitto: max_queued_messages, 1000 by default): lower --rate or \
+             --devices, or raise the broker's queue limit",
+            sim.acknowledged - received,
+            sim.acknowledged
+        );
+    }
+    Ok(())
 }
 
 /// Waits for Ctrl-C, or for `duration` when given.

@@ -20,10 +20,15 @@ use test_support::free_port;
 
 /// mosquitto on `port` (127.0.0.1), anonymous, started fresh (no persistence).
 fn mosquitto(dir: &Path, port: u16) -> Child {
+    mosquitto_with(dir, port, "")
+}
+
+/// mosquitto on `port` with `extra` configuration lines.
+fn mosquitto_with(dir: &Path, port: u16, extra: &str) -> Child {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{extra}"),
     )
     .unwrap();
     let child = Command::new("mosquitto")
@@ -134,5 +139,50 @@ fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows(
         total_count(&query_json(&data)),
         2,
         "both readings are in the stats"
+    );
+}
+
+/// A broker that drops what it acknowledged (here: a queue of one message for a slow
+/// subscriber) fails the run, after the summary: the loss is outside the pipeline and
+/// nothing can bring it back, so a script must not mistake the run for a good one.
+#[test]
+fn messages_the_broker_acknowledged_but_never_delivered_fail_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut broker = mosquitto_with(
+        dir.path(),
+        port,
+        "max_queued_messages 1\nmax_inflight_messages 1\n",
+    );
+    let data = dir.path().join("data");
+    let out = iotpipe(&["up", "--devices", "100", "--rate", "50", "--duration", "3s"])
+        .args([
+            "--flush-every",
+            "1s",
+            "--rollup-every",
+            "1h",
+            "--summary-json",
+        ])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}"), "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run succeeded:\n{stderr}");
+    assert!(stderr.contains("never reached the rule"), "{stderr}");
+    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap();
+    let summary: Value = serde_json::from_str(last).unwrap();
+    let (acknowledged, received) = (
+        summary["acknowledged"].as_u64().unwrap(),
+        summary["received"].as_u64().unwrap(),
+    );
+    assert!(received < acknowledged, "{summary}");
+    assert_eq!(
+        summary["ledger"]["missing"].as_u64(),
+        Some(acknowledged - received),
+        "{summary}"
     );
 }

@@ -181,8 +181,8 @@ fn requeue_brings_processing_failed_records_home_and_a_second_requeue_changes_no
     assert_eq!(first["accepted"].as_u64(), Some(input.messages), "{first}");
     assert_eq!(
         first["quarantined"].as_u64(),
-        Some(2),
-        "the two bad payloads: {first}"
+        Some(4),
+        "the two bad payloads (`{{not json`, `[1,2,3]`: 4 messages): {first}"
     );
     check_stored_once("first requeue", &input, &data, &want);
     assert_eq!(
@@ -225,7 +225,11 @@ fn requeueing_rejected_payloads_does_not_quarantine_them_a_second_time() {
     let input = seeded_input(dir.path(), 2, "1m", 43);
     let data = dir.path().join("data");
     let s = replay_input(&input, &data, &[]);
-    assert_eq!(s["quarantined"].as_u64(), Some(2), "{s}");
+    assert_eq!(
+        s["quarantined"].as_u64(),
+        Some(4),
+        "`{{not json`, `[1,2,3]`: {s}"
+    );
     let want = stats_by_window(&data);
     let before = ledger_totals(&data, &input);
     let quarantined = quarantine_lines(&data);

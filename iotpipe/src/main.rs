@@ -83,8 +83,9 @@ enum Command {
     /// Feed payloads from a file (one JSON payload per line) through the same pipeline,
     /// without MQTT.
     Replay(ReplayArgs),
-    /// Feed quarantined payloads back through ingest with their original receive time
-    /// (after a contract bug or a sink outage is fixed); a second requeue changes no stats.
+    /// Feed failed payloads (quarantine, dead letters, Firehose's error output) back through
+    /// the pipeline with their original receive time (after a contract bug, a sink outage or
+    /// a transform fault is fixed); a second requeue changes no stats.
     Requeue(requeue::RequeueArgs),
     /// Run the scheduled aggregation now (incremental: only new data is processed).
     Rollup(RollupArgs),

@@ -42,6 +42,23 @@ pub enum Source {
         /// Non-blank lines read (one payload each).
         lines: u64,
     },
+    /// `iotpipe requeue`: what it took from each failure store.
+    Requeue {
+        /// Payloads fed from `quarantine/` (payload rejections and sink failures).
+        from_quarantine: u64,
+        /// Payloads fed from `errors/ingest-failed/` (the local dead letters).
+        from_ingest_failed: u64,
+        /// Payloads fed from `errors/processing-failed/` (Firehose's error output).
+        from_processing_failed: u64,
+        /// Quarantined payload rejections left alone because no `--reason` named them.
+        skipped_rejections: u64,
+        /// Payloads already quarantined as rejections that the contract still rejects
+        /// whole: not fed again, so that they are not quarantined a second time.
+        still_rejected: u64,
+        /// Error records whose data is neither a rule record, a stream record nor a
+        /// reading (left where they are; see the warnings).
+        unreadable_errors: u64,
+    },
 }
 
 /// Everything a run reports.
@@ -193,6 +210,21 @@ impl Summary {
             Source::Replay { file, lines } => {
                 out.push_str(&format!("replayed {lines} payload line(s) from {file}\n"))
             }
+            Source::Requeue {
+                from_quarantine,
+                from_ingest_failed,
+                from_processing_failed,
+                skipped_rejections,
+                still_rejected,
+                unreadable_errors,
+            } => out.push_str(&format!(
+                "requeued from {}: {from_quarantine} from quarantine/, {from_ingest_failed} \
+                 from errors/ingest-failed/, {from_processing_failed} from \
+                 errors/processing-failed/; left alone: {skipped_rejections} payload \
+                 rejection(s) no --reason named, {still_rejected} still rejected by the \
+                 contract, {unreadable_errors} unreadable error record(s)\n",
+                self.data
+            )),
         }
         out.push_str(&format!(
             "ingest: {} message(s) in = {} accepted + {} quarantined ({} readings accepted)\n",

@@ -545,6 +545,20 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
+    // The ledger counts what this run received (seqs restart with every run).
+    let run_started_ms = chrono::Utc::now().timestamp_millis();
+    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
+    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
+    // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
+    let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
+        (true, _) => iot_rule::BasicIngest::Routed,
+        (false, true) => iot_rule::BasicIngest::StandIn,
+        (false, false) => iot_rule::BasicIngest::Off,
+    };
+    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest).await?;
+    // Announced once the rule's subscription is acknowledged: a device (or a test) that
+    // publishes as soon as it reads the broker's address would otherwise race the rule's
+    // subscription, and the broker drops a message nobody subscribes to.
     let kind = if a.broker.is_some() {
         ""
     } else {
@@ -573,17 +587,6 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             broker.host, broker.port, a.fleet
         );
     }
-    // The ledger counts what this run received (seqs restart with every run).
-    let run_started_ms = chrono::Utc::now().timestamp_millis();
-    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
-    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
-    // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
-    let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
-        (true, _) => iot_rule::BasicIngest::Routed,
-        (false, true) => iot_rule::BasicIngest::StandIn,
-        (false, false) => iot_rule::BasicIngest::Off,
-    };
-    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -84,37 +84,37 @@ impl Merge {
             return;
         }
         sketch.merge_into(&mut self.sketch);
-        if self.count == 0 {
-            self.count = row.count;
-            self.sum = row.sum;
-            self.min = row.min;
-            self.max = row.max;
-            self.mean = row.mean;
-            self.m2 = row.m2;
-            self.first = row.first_event;
-            self.last = row.last_event;
-            return;
-        }
-        let (na, nb) = (self.count as f64, row.count as f64);
-        let n = na + nb;
-        let delta = row.mean - self.mean;
-        self.mean += delta * nb / n;
-        self.m2 += row.m2 + delta * delta * na * nb / n;
-        self.count += row.count;
-        self.sum += row.sum;
-        self.min = self.min.min(row.min);
-        self.max = self.max.max(row.max);
-        self.first = self.first.min(row.first_event);
-        self.last = self.last.max(row.last_event);
+        // The row as a merge of itself (an empty sketch allocates nothing).
+        self.add_moments(&Merge {
+            count: row.count,
+            sum: row.sum,
+            min: row.min,
+            max: row.max,
+            mean: row.mean,
+            m2: row.m2,
+            first: row.first_event,
+            last: row.last_event,
+            sketch: Sketch::new(),
+        });
     }
 
-    /// Adds everything `other` merged (Chan's formula again, the sketches' counts added).
+    /// Adds everything `other` merged.
     fn absorb(&mut self, other: Merge) {
+        self.add_moments(&other);
+        self.sketch.merge(&other.sketch);
+    }
+
+    /// Adds `other`'s count, sum, extremes and event times, and its mean and `m2` by
+    /// Chan's formula; the sketch is left to the caller.
+    fn add_moments(&mut self, other: &Merge) {
         if other.count == 0 {
             return;
         }
         if self.count == 0 {
-            *self = other;
+            (self.count, self.sum, self.min, self.max) =
+                (other.count, other.sum, other.min, other.max);
+            (self.mean, self.m2, self.first, self.last) =
+                (other.mean, other.m2, other.first, other.last);
             return;
         }
         let (na, nb) = (self.count as f64, other.count as f64);
@@ -128,7 +128,6 @@ impl Merge {
         self.max = self.max.max(other.max);
         self.first = self.first.min(other.first);
         self.last = self.last.max(other.last);
-        self.sketch.merge(&other.sketch);
     }
 
     /// The merged row; `None` when nothing was added.

@@ -143,15 +143,6 @@ struct Selection {
     unreadable: u64,
 }
 
-/// Whether a reason is the payload's fault (the contract rejected it), as opposed to a
-/// failure after validation that a requeue is meant to repair.
-fn is_payload_rejection(r: QuarantineReason) -> bool {
-    !matches!(
-        r,
-        QuarantineReason::SinkFailed | QuarantineReason::BadEventEncoding
-    )
-}
-
 /// Lists and reads every object under `prefix`, in key order.
 async fn read_all(
     store: &Arc<dyn object_store::ObjectStore>,
@@ -292,7 +283,7 @@ async fn select(
                     tracing::warn!(object = %key, "skipping a line that is not a quarantine record");
                     continue;
                 };
-                if is_payload_rejection(rec.reason_code) {
+                if rec.reason_code.is_payload_rejection() {
                     rejected.insert((rec.topic.clone(), rec.received_at, rec.payload_b64.clone()));
                 }
                 records.push((rec, origin));
@@ -303,7 +294,7 @@ async fn select(
         if !a.in_time(rec.received_at) || !(a.reason.is_empty() || a.names(&rec)) {
             continue;
         }
-        let own_rejection = is_payload_rejection(rec.reason_code);
+        let own_rejection = rec.reason_code.is_payload_rejection();
         if own_rejection && a.reason.is_empty() {
             sel.skipped_rejections += 1;
             continue;

@@ -86,6 +86,15 @@ quarantine_reasons! {
     BadEventEncoding => "bad_event_encoding",
 }
 
+impl QuarantineReason {
+    /// Whether the contract rejected the payload itself, as opposed to a failure after
+    /// validation (a sink that refused a valid message, an event that mangled it) that
+    /// `iotpipe requeue` is meant to repair once the cause is fixed.
+    pub fn is_payload_rejection(self) -> bool {
+        !matches!(self, Self::SinkFailed | Self::BadEventEncoding)
+    }
+}
+
 impl std::fmt::Display for QuarantineReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

@@ -312,9 +312,12 @@ pub(crate) struct Tuning {
     /// KEY=PROBABILITY pairs, e.g. throttle=0.05,partial=0.01,timeout=0.001,processor-error=0.01
     /// (throttle: a stream put call fails whole; partial: one entry fails; timeout: a call
     /// stores, then times out, so the retry duplicates; processor-error: a transform
-    /// invocation fails) and seed=N. Put faults apply to --stream local with --topology
-    /// per-message (the firehose topology has no stream), transform errors wherever Firehose
-    /// is emulated; the summary counts them.
+    /// invocation fails) and seed=N. Put faults hit ingest's puts (retried: per-message into
+    /// the local stream, kinesis into Firehose) and the IoT rule's action (firehose: its put
+    /// into Firehose, kinesis: into the stream), which the rules engine does not retry: those
+    /// messages go to the rule's error action (errors/iot/), the run fails, and `iotpipe
+    /// requeue` brings them home. Transform errors apply wherever Firehose is emulated; the
+    /// summary counts every fault.
     #[arg(long, value_name = "SPEC", value_parser = parse_faults)]
     inject: Option<local::faults::FaultPlan>,
 }
@@ -732,6 +735,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     dashboard::record_run(&a.data.data, &s, sent).await;
     s.print(a.summary_json)?;
+    s.rule_errors_fail()?;
     // Messages the broker acknowledged to the devices but never delivered to the rule are
     // lost outside the pipeline, and no later step can bring them back: the run fails, so
     // that a script or a CI job sees it (the summary above still has every figure).
@@ -908,7 +912,8 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         &a.data.data,
     )?;
     dashboard::record_run(&a.data.data, &s, None).await;
-    s.print(a.summary_json)
+    s.print(a.summary_json)?;
+    s.rule_errors_fail()
 }
 
 /// At most this many concurrent ingest lanes in `replay`.

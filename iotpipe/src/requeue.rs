@@ -1,7 +1,7 @@
 //! `iotpipe requeue`: feeds failed payloads back through the pipeline, for the day a
 //! contract bug, a sink outage or a transform fault is fixed.
 //!
-//! It reads three failure stores:
+//! It reads four failure stores:
 //! - the quarantine (`quarantine/`: payloads ingest or the raw transform rejected, and
 //!   records a sink could not take, reason `sink_failed`);
 //! - the local dead-letter queue (`errors/ingest-failed/`: payloads of ingest invocations
@@ -15,6 +15,10 @@
 //!   time), a stream record (topologies kinesis and per-message: the normalized message and
 //!   its receive time, published again on `dt/requeue/{device}/telemetry`; a packed record
 //!   gives one payload per message), or one reading (a conversion failure).
+//! - the IoT rule's error action (`errors/iot/`: messages whose rule action — the put into
+//!   Firehose or Kinesis — failed, in AWS IoT's error-action format; the receive time is the
+//!   key's, else the object's). Not the payload's fault either: taken when no `--reason` is
+//!   given, or with `--reason sink_failed`.
 //!
 //! Each payload goes through the same stack as `replay` (the topology's rule action: the
 //! raw transform, the Kinesis stream or ingest), with its **original receive time** (so the
@@ -50,7 +54,9 @@ use local::firehose::ErrorRecord;
 use local::stack::Stack;
 use telemetry::object_store::{self, ObjectStoreExt};
 use telemetry::quarantine::QuarantineRecord;
-use telemetry::{QuarantineReason, Reading, RuleRecord, StreamRecord, Telemetry, ValidationConfig};
+use telemetry::{
+    QuarantineReason, Reading, RuleError, RuleRecord, StreamRecord, Telemetry, ValidationConfig,
+};
 
 use crate::args::{DataArg, parse_time};
 use crate::{Tuning, stack_config, summary};
@@ -69,9 +75,11 @@ Examples:
   # after a sink outage (the run failed and kept its payloads under errors/ingest-failed/):
   iotpipe requeue --data s3://bucket/p --stream kinesis:NAME --reason sink_failed
 
-Sources: quarantine/, errors/ingest-failed/ and errors/processing-failed/ (Firehose's
+Sources: quarantine/, errors/ingest-failed/, errors/processing-failed/ (Firehose's
 error output: records the transform answered ProcessingFailed or whose invocation failed;
-taken whenever no --reason is given). The summary says how many came from each.
+taken whenever no --reason is given) and errors/iot/ (the IoT rule's error action: messages
+whose put into Firehose or Kinesis failed; taken without --reason or with --reason
+sink_failed). The summary says how many came from each.
 
 Reason codes are those of the records' reason_code field (e.g. malformed_json,
 ts_out_of_range, bad_fw, sink_failed). Payload rejections (every reason but sink_failed and
@@ -115,6 +123,8 @@ enum Origin {
     IngestFailed,
     /// `errors/processing-failed/`.
     ProcessingFailed,
+    /// `errors/iot/`.
+    RuleError,
 }
 
 /// One payload to feed again, as the rule would have received it.
@@ -143,11 +153,12 @@ struct Selection {
     unreadable: u64,
 }
 
-/// Lists and reads every object under `prefix`, in key order.
+/// Lists and reads every object under `prefix`, in key order: key, body and last-modified
+/// time (epoch ms).
 async fn read_all(
     store: &Arc<dyn object_store::ObjectStore>,
     prefix: &str,
-) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+) -> anyhow::Result<Vec<(String, Vec<u8>, i64)>> {
     let prefix = object_store::path::Path::from(prefix);
     let mut listed: Vec<_> = store
         .list(Some(&prefix))
@@ -164,7 +175,11 @@ async fn read_all(
             .bytes()
             .await
             .with_context(|| format!("reading {}", o.location))?;
-        out.push((o.location.to_string(), body.to_vec()));
+        out.push((
+            o.location.to_string(),
+            body.to_vec(),
+            o.last_modified.timestamp_millis(),
+        ));
     }
     Ok(out)
 }
@@ -255,6 +270,16 @@ fn from_error_record(e: &ErrorRecord) -> Option<Vec<(String, Vec<u8>, i64)>> {
     docs.filter(|d| !d.is_empty())
 }
 
+/// The topic (without a Basic Ingest prefix) and payload of an error-action message, or
+/// `None` if the object is not one.
+fn from_rule_error(body: &[u8]) -> Option<(String, Vec<u8>)> {
+    let e: RuleError = serde_json::from_slice(body).ok()?;
+    let raw = e.payload().ok()?;
+    let topic = telemetry::topic::rule_topic(&e.topic, telemetry::topic::DEFAULT_RULE_NAME)
+        .map_or_else(|| e.topic.clone(), |(plain, _)| plain.to_owned());
+    Some((topic, raw))
+}
+
 /// The identity of a quarantined payload: topic, receive time and raw bytes (base64).
 type PayloadKey = (String, i64, String);
 
@@ -277,7 +302,7 @@ async fn select(
             Origin::IngestFailed,
         ),
     ] {
-        for (key, body) in read_all(store, prefix).await? {
+        for (key, body, _) in read_all(store, prefix).await? {
             for line in lines(&body) {
                 let Ok(rec) = serde_json::from_slice::<QuarantineRecord>(line) else {
                     tracing::warn!(object = %key, "skipping a line that is not a quarantine record");
@@ -319,7 +344,7 @@ async fn select(
         });
     }
     if a.reason.is_empty() {
-        for (key, body) in read_all(store, telemetry::layout::PROCESSING_FAILED_PREFIX).await? {
+        for (key, body, _) in read_all(store, telemetry::layout::PROCESSING_FAILED_PREFIX).await? {
             for line in lines(&body) {
                 let decoded = serde_json::from_slice::<ErrorRecord>(line)
                     .ok()
@@ -348,6 +373,30 @@ async fn select(
                     });
                 }
             }
+        }
+    }
+    if a.reason.is_empty() || a.reason.contains(&QuarantineReason::SinkFailed) {
+        for (key, body, modified) in read_all(store, telemetry::layout::RULE_ERROR_PREFIX).await? {
+            let Some((topic, raw)) = from_rule_error(&body) else {
+                tracing::warn!(object = %key, "leaving an object that is not an IoT rule error-action message");
+                sel.unreadable += 1;
+                continue;
+            };
+            let received_at = RuleError::received_at_of_key(&key).unwrap_or(modified);
+            if !a.in_time(received_at) {
+                continue;
+            }
+            let known = rejected.contains(&(topic.clone(), received_at, STANDARD.encode(&raw)));
+            let Some(raw) = to_feed(raw, &topic, received_at, known, validation) else {
+                sel.still_rejected += 1;
+                continue;
+            };
+            sel.items.push(Item {
+                raw,
+                topic,
+                received_at,
+                origin: Origin::RuleError,
+            });
         }
     }
     sel.items.sort_by_key(|r| r.received_at);
@@ -383,6 +432,7 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
             from_quarantine: count(Origin::Quarantine),
             from_ingest_failed: count(Origin::IngestFailed),
             from_processing_failed: count(Origin::ProcessingFailed),
+            from_rule_errors: count(Origin::RuleError),
             skipped_rejections: sel.skipped_rejections,
             still_rejected: sel.still_rejected,
             unreadable_errors: sel.unreadable,
@@ -392,7 +442,8 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
         &a.data.data,
     )?;
     crate::dashboard::record_run(&a.data.data, &s, None).await;
-    s.print(a.summary_json)
+    s.print(a.summary_json)?;
+    s.rule_errors_fail()
 }
 
 #[cfg(test)]

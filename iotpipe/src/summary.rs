@@ -50,6 +50,8 @@ pub enum Source {
         from_ingest_failed: u64,
         /// Payloads fed from `errors/processing-failed/` (Firehose's error output).
         from_processing_failed: u64,
+        /// Payloads fed from `errors/iot/` (the IoT rule's error action).
+        from_rule_errors: u64,
         /// Quarantined payload rejections left alone because no `--reason` named them.
         skipped_rejections: u64,
         /// Payloads already quarantined as rejections that the contract still rejects
@@ -90,6 +92,9 @@ pub struct Summary {
     pub note: Option<String>,
     /// The faults injected into the emulated services (`--inject`), if any.
     pub faults: Option<local::faults::FaultCounts>,
+    /// Messages the rule handed to its error action, if any: the run fails after the
+    /// summary ([`Summary::failure`]).
+    pub rule_errors: Option<local::stack::RuleErrors>,
     /// Firehose accounting.
     pub firehose: FirehoseSummary,
     /// The final rollup.
@@ -167,6 +172,7 @@ impl Summary {
             event_source: r.event_source.clone(),
             note: r.note.clone(),
             faults: r.faults,
+            rule_errors: r.rule_errors.clone(),
             firehose: r.firehose.clone(),
             rollup: r.rollup.clone(),
             rollup_runs: r.rollup_runs.clone(),
@@ -180,6 +186,15 @@ impl Summary {
             peak_rss_mb: local::meter::peak_rss_mb(),
             ledger: None,
         })
+    }
+
+    /// Fails the run when the rule handed messages to its error action (after the summary
+    /// is printed, so that every figure is out): they are not in Parquet until requeued.
+    pub fn rule_errors_fail(&self) -> anyhow::Result<()> {
+        match &self.rule_errors {
+            Some(e) => Err(e.failure()),
+            None => Ok(()),
+        }
     }
 
     /// Prints the human summary, then (with `json`) the JSON object as the last line.
@@ -214,13 +229,14 @@ impl Summary {
                 from_quarantine,
                 from_ingest_failed,
                 from_processing_failed,
+                from_rule_errors,
                 skipped_rejections,
                 still_rejected,
                 unreadable_errors,
             } => out.push_str(&format!(
                 "requeued from {}: {from_quarantine} from quarantine/, {from_ingest_failed} \
                  from errors/ingest-failed/, {from_processing_failed} from \
-                 errors/processing-failed/; left alone: {skipped_rejections} payload \
+                 errors/processing-failed/, {from_rule_errors} from errors/iot/; left alone: {skipped_rejections} payload \
                  rejection(s) no --reason named, {still_rejected} still rejected by the \
                  contract, {unreadable_errors} unreadable error record(s)\n",
                 self.data
@@ -237,6 +253,15 @@ impl Summary {
                 "injected faults: {} throttled put call(s), {} failed entries, {} timed-out \
                  put(s) (stored, then retried: duplicates), {} failed transform invocation(s)\n",
                 f.throttled_calls, f.failed_entries, f.timeouts, f.processor_errors
+            ));
+        }
+        if let Some(e) = &self.rule_errors {
+            out.push_str(&format!(
+                "IoT rule: {} message(s) whose action failed went to the error action ({} kept \
+                 under {}/, for `iotpipe requeue`)\n",
+                e.failed,
+                e.kept,
+                telemetry::layout::RULE_ERROR_PREFIX
             ));
         }
         if let Some(e) = &self.event_source {

@@ -12,8 +12,14 @@
 //! - `seed=N`: the generator's seed (default 1): the same seed and input give the same
 //!   faults wherever the calls are made in the same order.
 //!
-//! Each probability is in `[0, 1]`. The faults apply to the local stream (`--stream
-//! local`) and the emulated Firehose; a real stream's faults are its own.
+//! Each probability is in `[0, 1]`. The put faults hit every put call into an emulated
+//! service: ingest's puts into the local stream (topology per-message) or into Firehose
+//! (kinesis), and the IoT rule's action, one record per message (firehose: into Firehose;
+//! kinesis: into the stream). Ingest retries its failed calls and entries; the rules
+//! engine does not retry an action: the message goes to the rule's error action
+//! (`errors/iot/`), and the run fails at its end until `iotpipe requeue` brings it home
+//! (a timed-out action stored the message too: the requeue duplicates it, and the rollup
+//! de-duplicates). A real stream's faults are its own.
 
 use std::str::FromStr;
 use std::sync::Mutex;

@@ -142,15 +142,50 @@ pub enum StackSink {
         counters: Arc<Counters>,
     },
     /// The emulated Firehose's DirectPut input (topology kinesis: ingest's
-    /// `PutRecordBatch`), metered like Firehose ingestion.
-    DirectPut {
-        /// The emulated delivery stream's input.
-        tx: mpsc::Sender<StreamEntry>,
-        /// Where the put bytes and 5 KB units are counted.
-        counters: Arc<Counters>,
-        /// Sequence numbers of the puts (the emulator's record ids).
-        next: Arc<AtomicU64>,
-    },
+    /// `PutRecordBatch`), metered like Firehose ingestion, and the faults injected into its
+    /// put calls.
+    DirectPut(DirectPutInput, Option<Arc<crate::faults::Injector>>),
+}
+
+/// The emulated Firehose's DirectPut input: `PutRecordBatch` into the delivery stream.
+pub struct DirectPutInput {
+    /// The emulated delivery stream's input.
+    tx: mpsc::Sender<StreamEntry>,
+    /// Where the put bytes and 5 KB units are counted.
+    counters: Arc<Counters>,
+    /// Sequence numbers of the puts (the emulator's record ids).
+    next: Arc<AtomicU64>,
+}
+
+impl RecordSink for DirectPutInput {
+    fn limits(&self) -> BatchLimits {
+        BatchLimits::FIREHOSE
+    }
+
+    async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for r in batch {
+            let entry = StreamEntry {
+                shard_id: DIRECT_PUT_SHARD.to_owned(),
+                sequence_number: self.next.fetch_add(1, Ordering::Relaxed).to_string(),
+                partition_key: r.partition_key.clone(),
+                data: r.data.clone(),
+                approximate_arrival_ms: now,
+            };
+            if self.tx.send(entry).await.is_err() {
+                outcomes.push(EntryOutcome::Failed {
+                    code: "ServiceUnavailableException".into(),
+                    message: "the emulated Firehose delivery stream has stopped".into(),
+                    retriable: false,
+                });
+                continue;
+            }
+            count_direct_put(&self.counters, r.data.len());
+            outcomes.push(EntryOutcome::Ok);
+        }
+        Ok(outcomes)
+    }
 }
 
 impl RecordSink for StackSink {
@@ -158,7 +193,7 @@ impl RecordSink for StackSink {
         match self {
             Self::Local(s, _) => s.limits(),
             Self::Aws { sink, .. } => sink.limits(),
-            Self::DirectPut { .. } => BatchLimits::FIREHOSE,
+            Self::DirectPut(d, _) => d.limits(),
         }
     }
 
@@ -184,30 +219,8 @@ impl RecordSink for StackSink {
                 }
                 Ok(outcomes)
             }
-            Self::DirectPut { tx, counters, next } => {
-                let now = chrono::Utc::now().timestamp_millis();
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for r in batch {
-                    let entry = StreamEntry {
-                        shard_id: DIRECT_PUT_SHARD.to_owned(),
-                        sequence_number: next.fetch_add(1, Ordering::Relaxed).to_string(),
-                        partition_key: r.partition_key.clone(),
-                        data: r.data.clone(),
-                        approximate_arrival_ms: now,
-                    };
-                    if tx.send(entry).await.is_err() {
-                        outcomes.push(EntryOutcome::Failed {
-                            code: "ServiceUnavailableException".into(),
-                            message: "the emulated Firehose delivery stream has stopped".into(),
-                            retriable: false,
-                        });
-                        continue;
-                    }
-                    count_direct_put(counters, r.data.len());
-                    outcomes.push(EntryOutcome::Ok);
-                }
-                Ok(outcomes)
-            }
+            Self::DirectPut(d, None) => d.put_batch(batch).await,
+            Self::DirectPut(d, Some(faults)) => faulty_put(d, faults, batch).await,
         }
     }
 }
@@ -225,16 +238,16 @@ fn count_direct_put(counters: &Counters, len: usize) {
         .fetch_add(units(len, FIREHOSE_INGEST_UNIT_BYTES), Ordering::Relaxed);
 }
 
-/// A put into the local stream with the injected faults (see [`crate::faults`]).
+/// A put into an emulated service with the injected faults (see [`crate::faults`]).
 async fn faulty_put(
-    stream: &LocalStream,
+    stream: &impl RecordSink,
     faults: &crate::faults::Injector,
     batch: &[SinkRecord],
 ) -> Result<Vec<EntryOutcome>, SinkError> {
     use crate::faults::PutFault;
     match faults.put(batch.len()) {
         PutFault::Throttle => Err(SinkError::Retriable(
-            "ProvisionedThroughputExceededException: Rate exceeded for stream (injected)".into(),
+            "ProvisionedThroughputExceededException: Rate exceeded (injected)".into(),
         )),
         PutFault::Timeout => {
             // Stored, but the answer is lost: the caller retries, the stream holds both.
@@ -259,13 +272,13 @@ async fn faulty_put(
                     if *f {
                         EntryOutcome::Failed {
                             code: "ProvisionedThroughputExceededException".into(),
-                            message: "Rate exceeded for shard (injected)".into(),
+                            message: "Rate exceeded (injected)".into(),
                             retriable: true,
                         }
                     } else {
                         stored.next().unwrap_or(EntryOutcome::Failed {
                             code: "StreamClosed".into(),
-                            message: "the local stream gave fewer answers than entries".into(),
+                            message: "the emulated service gave fewer answers than entries".into(),
                             retriable: false,
                         })
                     }
@@ -319,6 +332,13 @@ pub struct Counters {
     pub split_rows: AtomicU64,
     /// The Parquet objects holding them.
     pub split_files: AtomicU64,
+    /// Messages whose rule action (topologies firehose and kinesis: the put into Firehose
+    /// or the stream) failed: handed to the rule's error action, the run fails at its end.
+    pub rule_action_failures: AtomicU64,
+    /// The first of those failures' errors.
+    pub first_rule_action_failure: std::sync::Mutex<Option<String>>,
+    /// Those the error action could not keep either (lost: the run says so).
+    pub rule_errors_lost: AtomicU64,
 }
 
 /// What the emulated IoT rule's action does with each message, per topology.
@@ -397,6 +417,53 @@ pub struct StackReport {
     pub rollup_runs: Vec<telemetry::metering::RollupRun>,
     /// What the event-source mapping did (topology kinesis).
     pub event_source: Option<EventSourceReport>,
+    /// Messages the rule handed to its error action (their action failed), if any.
+    pub rule_errors: Option<RuleErrors>,
+}
+
+/// Messages whose rule action failed (topologies firehose and kinesis), for the summary;
+/// [`RuleErrors::failure`] is what fails the run once the summary is out.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleErrors {
+    /// Messages handed to the error action.
+    pub failed: u64,
+    /// Those kept under [`telemetry::layout::RULE_ERROR_PREFIX`].
+    pub kept: u64,
+    /// The first failure's action and error.
+    pub first_error: String,
+}
+
+impl RuleErrors {
+    fn of(counters: &Counters) -> Option<Self> {
+        let failed = counters.rule_action_failures.load(Ordering::Relaxed);
+        (failed > 0).then(|| Self {
+            failed,
+            kept: failed - counters.rule_errors_lost.load(Ordering::Relaxed),
+            first_error: counters
+                .first_rule_action_failure
+                .lock()
+                .ok()
+                .and_then(|f| f.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The error that fails the run: how many, the first cause, where they are kept, and
+    /// what to run.
+    pub fn failure(&self) -> anyhow::Error {
+        anyhow::anyhow!(
+            "the IoT rule's action failed for {} message(s) (first: {}); the rules engine does \
+             not retry an action, it hands the message to the rule's error action (on AWS the \
+             IotRuleActionFailureAlarm fires). {} of them are kept under {}/; what was \
+             delivered is in Parquet. Fix the cause, then run `iotpipe requeue --data <the \
+             same --data>` with the same --topology: the rollup de-duplicates, so requeuing \
+             twice is harmless.",
+            self.failed,
+            self.first_error,
+            self.kept,
+            telemetry::layout::RULE_ERROR_PREFIX
+        )
+    }
 }
 
 /// The Kinesis reader's figures, for the summary.
@@ -494,14 +561,6 @@ impl Stack {
                 cfg.stream
             );
             anyhow::ensure!(
-                cfg.faults
-                    .as_ref()
-                    .is_none_or(|f| f.throttle == 0.0 && f.partial == 0.0 && f.timeout == 0.0),
-                "--inject throttle/partial/timeout fault ingest's puts into the stream, and \
-                 --topology firehose has neither: keep processor-error only, or add --topology \
-                 per-message"
-            );
-            anyhow::ensure!(
                 cfg.ingest.pack == ingest::pack::Pack::Off,
                 "--pack packs ingest's stream records, and --topology firehose has no ingest: \
                  drop --pack, or add --topology per-message"
@@ -555,14 +614,6 @@ impl Stack {
                  --topology per-message",
                 cfg.stream
             );
-            anyhow::ensure!(
-                cfg.faults
-                    .as_ref()
-                    .is_none_or(|f| f.throttle == 0.0 && f.partial == 0.0 && f.timeout == 0.0),
-                "--inject throttle/partial/timeout fault ingest's puts into the stream, and in \
-                 --topology kinesis ingest puts into Firehose: keep processor-error only, or \
-                 add --topology per-message"
-            );
             // Rule ─Kinesis action─▶ stream ─event-source mapping─▶ ingest ─DirectPut─▶ Firehose.
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
             let firehose = tokio::spawn(firehose::run(
@@ -571,11 +622,14 @@ impl Stack {
                 store.clone(),
                 invoke,
             ));
-            let sink = StackSink::DirectPut {
-                tx,
-                counters: counters.clone(),
-                next: Arc::default(),
-            };
+            let sink = StackSink::DirectPut(
+                DirectPutInput {
+                    tx,
+                    counters: counters.clone(),
+                    next: Arc::default(),
+                },
+                faults.clone(),
+            );
             let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
             let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
             let event_source = tokio::spawn(crate::event_source::run(
@@ -787,6 +841,7 @@ impl Stack {
     /// The rule's Kinesis action (topology kinesis): `{payload (base64), topic}` into the
     /// stream, partition key `${topic(3)}` (the device), as the template's rule puts it.
     async fn put_kinesis(&self, stream: &LocalStream, event: IotRuleEvent) {
+        let received_at = event.received_at;
         let partition_key = telemetry::topic::parse_topic(&event.topic)
             .map(|t| t.device_id.to_owned())
             .unwrap_or_default();
@@ -795,21 +850,80 @@ impl Stack {
             topic: event.topic,
         };
         let data = bytes::Bytes::from(record.to_json());
-        self.counters.kinesis_kb_units.fetch_add(
-            units(data.len(), KINESIS_ON_DEMAND_UNIT_BYTES),
-            Ordering::Relaxed,
-        );
-        let put = stream
-            .put_batch(&[SinkRecord {
-                partition_key,
-                data,
-            }])
+        let len = data.len();
+        let batch = [SinkRecord {
+            partition_key,
+            data,
+        }];
+        let put = match &self.faults {
+            Some(f) => faulty_put(stream, f, &batch).await,
+            None => stream.put_batch(&batch).await,
+        };
+        let error = match put.as_deref() {
+            Ok([EntryOutcome::Ok]) => {
+                self.counters
+                    .kinesis_kb_units
+                    .fetch_add(units(len, KINESIS_ON_DEMAND_UNIT_BYTES), Ordering::Relaxed);
+                return;
+            }
+            Ok([EntryOutcome::Failed { code, message, .. }]) => format!("{code}: {message}"),
+            Ok(other) => format!("{} answers for one record", other.len()),
+            Err(e) => e.to_string(),
+        };
+        self.rule_error(&record, received_at, "KinesisAction", &error)
             .await;
-        if !matches!(put.as_deref(), Ok([EntryOutcome::Ok])) {
-            tracing::error!(?put, "the emulated stream refused a raw payload");
+    }
+
+    /// The rule's error action: a message whose action failed is kept in AWS IoT's
+    /// error-action format under [`telemetry::layout::RULE_ERROR_PREFIX`] (as the
+    /// template's `ErrorAction` does), and the run fails at its end. The rules engine does
+    /// not retry the action: `iotpipe requeue` brings the message home.
+    async fn rule_error(
+        &self,
+        record: &transform::RuleRecord,
+        received_at: i64,
+        action: &str,
+        error: &str,
+    ) {
+        let topic = record.topic.as_str();
+        tracing::error!(
+            topic,
+            action,
+            error,
+            "the rule's action failed: to its error action"
+        );
+        let c = &self.counters;
+        let n = c.rule_action_failures.fetch_add(1, Ordering::Relaxed);
+        if n == 0
+            && let Ok(mut first) = c.first_rule_action_failure.lock()
+        {
+            *first = Some(format!("{action}: {error}"));
+        }
+        let e = telemetry::RuleError::new(
+            telemetry::topic::DEFAULT_RULE_NAME,
+            topic,
+            &record.payload,
+            action,
+            DELIVERY_RESOURCE,
+            error,
+        );
+        let key =
+            telemetry::RuleError::object_key(received_at, &format!("{}-{n}", std::process::id()));
+        // A struct of strings always serializes.
+        let body = serde_json::to_vec(&e).unwrap_or_default();
+        if let Err(put) = self
+            .store
+            .put(&object_store::path::Path::from(key.as_str()), body.into())
+            .await
+        {
+            tracing::error!(error = %put, key, topic, "the rule's error action failed too: the message is lost");
+            c.rule_errors_lost.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
+
+/// The resource the local rule's actions name in an error-action message.
+const DELIVERY_RESOURCE: &str = "local";
 
 /// Counts a failed ingest invocation (the run fails at its end), keeping the first error.
 fn count_ingest_failure(counters: &Counters, error: &str) {
@@ -863,24 +977,55 @@ impl Stack {
     /// The rule's Firehose action: `{payload (base64), topic}` (the rule's SQL in the
     /// template), arrival time = the rule's receive time.
     async fn put_raw(&self, tx: &mpsc::Sender<StreamEntry>, event: IotRuleEvent) {
+        use crate::faults::PutFault;
+        let fault = self.faults.as_ref().map(|f| f.put(1));
+        let error = match &fault {
+            Some(PutFault::Throttle) => {
+                Some("ThrottlingException: Rate exceeded (injected)".to_owned())
+            }
+            Some(PutFault::Entries(failed)) if failed.first() == Some(&true) => Some(
+                "ServiceUnavailableException: Slow down (injected: the record failed)".to_owned(),
+            ),
+            _ => None,
+        };
+        let received_at = event.received_at;
         let record = transform::RuleRecord {
             payload: event.payload,
             topic: event.topic,
         };
         let data = bytes::Bytes::from(record.to_json());
-        self.counters
-            .firehose_put_bytes
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        let n = self.direct_puts.fetch_add(1, Ordering::Relaxed);
-        let entry = StreamEntry {
-            shard_id: DIRECT_PUT_SHARD.to_owned(),
-            sequence_number: n.to_string(),
-            partition_key: String::new(),
-            data,
-            approximate_arrival_ms: event.received_at,
+        let error = match error {
+            Some(e) => Some(e),
+            None => {
+                let len = data.len();
+                let n = self.direct_puts.fetch_add(1, Ordering::Relaxed);
+                let entry = StreamEntry {
+                    shard_id: DIRECT_PUT_SHARD.to_owned(),
+                    sequence_number: n.to_string(),
+                    partition_key: String::new(),
+                    data,
+                    approximate_arrival_ms: received_at,
+                };
+                if tx.send(entry).await.is_err() {
+                    Some("ServiceUnavailableException: the emulated Firehose has stopped".into())
+                } else {
+                    self.counters
+                        .firehose_put_bytes
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    // Stored, but the answer is lost: the rule hands the message to its
+                    // error action too, and a requeue delivers it twice (the rollup
+                    // de-duplicates).
+                    (fault == Some(PutFault::Timeout)).then(|| {
+                        "timeout: no response within the action's timeout (injected; the \
+                         record was stored)"
+                            .to_owned()
+                    })
+                }
+            }
         };
-        if tx.send(entry).await.is_err() {
-            tracing::error!("the emulated Firehose stopped: a raw payload was not delivered");
+        if let Some(error) = error {
+            self.rule_error(&record, received_at, "FirehoseAction", &error)
+                .await;
         }
     }
 
@@ -1029,6 +1174,7 @@ impl Stack {
                 .map(|r| r.clone())
                 .unwrap_or_default(),
             event_source,
+            rule_errors: RuleErrors::of(&counters),
         })
     }
 }

@@ -9,6 +9,7 @@
 //! stats/_checkpoint/rollup.json                        which inputs the rollup has aggregated
 //! quarantine/dt=YYYY-MM-DD/hour=HH/…jsonl              rejected payloads (by receive time)
 //! errors/processing-failed/…                           Firehose's error output prefix
+//! errors/iot/YYYY-MM-DD/<receive ms>-<id>.json         the IoT rule's error action
 //! _checkpoint/kinesis/<stream>/<shard>                 Kinesis read-back positions
 //! ```
 //!
@@ -52,6 +53,12 @@ pub const PROCESSING_FAILED_PREFIX: &str = "errors/processing-failed";
 /// `sink_failed`, by receive time. `iotpipe requeue` reads them back; the ledger does not
 /// (until requeued, their messages are missing).
 pub const INGEST_FAILED_PREFIX: &str = "errors/ingest-failed";
+
+/// The IoT topic rule's error action: one object per message whose rule action (the
+/// Firehose, Kinesis or Lambda action) failed, in AWS IoT's error-action message format
+/// ([`crate::rule_record::RuleError`]), at `errors/iot/YYYY-MM-DD/<receive ms>-<id>.json`
+/// (infra/template.yaml's `ErrorAction`). `iotpipe requeue` reads them back.
+pub const RULE_ERROR_PREFIX: &str = "errors/iot";
 
 /// The folder name of checkpoints. Starts with `_` so that query engines skip it.
 pub const CHECKPOINT_DIR: &str = checkpoint_segment!();

@@ -39,7 +39,7 @@ pub mod validate;
 pub use message::{Reading, StreamRecord, Telemetry};
 pub use partition::Partition;
 pub use quarantine::QuarantineReason;
-pub use rule_record::RuleRecord;
+pub use rule_record::{RuleError, RuleRecord};
 pub use validate::{Rejected, Rejection, Validated, ValidationConfig, validate_payload};
 
 /// Re-exported so that every crate uses the same `object_store` version.

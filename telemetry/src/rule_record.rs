@@ -46,3 +46,116 @@ impl RuleRecord {
         Ok((payload, r.topic))
     }
 }
+
+/// The message AWS IoT's rules engine hands the rule's error action when an action failed
+/// (AWS IoT Core developer guide, "Error handling (error action)"): one per rule and
+/// message, with the original payload base64 and every failed action. The template's error
+/// action writes it to S3 under [`crate::layout::RULE_ERROR_PREFIX`] at
+/// [`RuleError::object_key`], and the local rule writes the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleError {
+    /// The rule's name.
+    pub rule_name: String,
+    /// The topic the original message was received on.
+    pub topic: String,
+    /// The publishing client's id (empty when unknown).
+    #[serde(default)]
+    pub client_id: String,
+    /// The original payload, base64.
+    pub base64_original_payload: String,
+    /// Each failed action.
+    pub failures: Vec<RuleActionFailure>,
+}
+
+/// One failed action of a [`RuleError`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleActionFailure {
+    /// The action, e.g. `FirehoseAction`, `KinesisAction`, `LambdaAction`.
+    pub failed_action: String,
+    /// The resource it acted on (the delivery stream, stream or function).
+    pub failed_resource: String,
+    /// Why it failed.
+    pub error_message: String,
+}
+
+impl RuleError {
+    /// The error-action message of a payload (`base64_payload`, as the rule's record holds
+    /// it) received on `topic` whose `action` on `resource` failed with `error`.
+    pub fn new(
+        rule_name: &str,
+        topic: &str,
+        base64_payload: &str,
+        action: &str,
+        resource: &str,
+        error: &str,
+    ) -> Self {
+        Self {
+            rule_name: rule_name.to_owned(),
+            topic: topic.to_owned(),
+            client_id: String::new(),
+            base64_original_payload: base64_payload.to_owned(),
+            failures: vec![RuleActionFailure {
+                failed_action: action.to_owned(),
+                failed_resource: resource.to_owned(),
+                error_message: error.to_owned(),
+            }],
+        }
+    }
+
+    /// The original payload's bytes, or why the field is not base64.
+    pub fn payload(&self) -> Result<Vec<u8>, String> {
+        STANDARD
+            .decode(self.base64_original_payload.as_bytes())
+            .map_err(|e| format!("base64OriginalPayload is not base64: {e}"))
+    }
+
+    /// Where the error action keeps the message of a message received at `received_at`
+    /// (epoch ms): `errors/iot/YYYY-MM-DD/<received_at>-<unique>.json`, as the template's
+    /// `errors/iot/${parse_time("yyyy-MM-dd", timestamp())}/${timestamp()}-${newuuid()}.json`.
+    pub fn object_key(received_at: i64, unique: &str) -> String {
+        let date = crate::Partition::of_millis(received_at).dt;
+        crate::layout::join(
+            crate::layout::RULE_ERROR_PREFIX,
+            &format!("{date}/{received_at}-{unique}.json"),
+        )
+    }
+
+    /// The receive time an [`RuleError::object_key`] names (its file name's first field),
+    /// if the key has that shape.
+    pub fn received_at_of_key(key: &str) -> Option<i64> {
+        let name = key.rsplit('/').next()?;
+        name.split_once('-')?.0.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_error_reads_back_as_aws_writes_it() {
+        // The developer guide's example, shortened.
+        let aws = r#"{"ruleName":"TestAction","topic":"testme/action",
+            "cloudwatchTraceId":"7e146a2c","clientId":"iotconsole-1",
+            "base64OriginalPayload":"eyJhIjoxfQ==",
+            "failures":[{"failedAction":"S3Action","failedResource":"b",
+            "errorMessage":"Failed to put S3 object."}]}"#;
+        let e: RuleError = serde_json::from_str(aws).unwrap();
+        assert_eq!(e.payload().unwrap(), br#"{"a":1}"#);
+        assert_eq!(e.failures[0].failed_action, "S3Action");
+        let ours = RuleError::new("r", "dt/f/d/telemetry", "/w==", "FirehoseAction", "s", "x");
+        let back: RuleError = serde_json::from_slice(&serde_json::to_vec(&ours).unwrap()).unwrap();
+        assert_eq!(back, ours);
+        assert_eq!(back.payload().unwrap(), b"\xff");
+    }
+
+    #[test]
+    fn the_key_of_a_rule_error_names_its_receive_time() {
+        let key = RuleError::object_key(1_764_000_000_123, "u-1");
+        assert_eq!(key, "errors/iot/2025-11-24/1764000000123-u-1.json");
+        assert_eq!(RuleError::received_at_of_key(&key), Some(1_764_000_000_123));
+        assert_eq!(RuleError::received_at_of_key("errors/iot/x/abc.json"), None);
+    }
+}

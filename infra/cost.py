@@ -54,6 +54,8 @@ def load_metering(path: str = METERING_RS) -> dict:
     out: dict = {}
     for name, expr in re.findall(r"pub const ([A-Z_]+_BYTES): usize = ([0-9 *]+);", src):
         out[name] = math.prod(int(x) for x in expr.split("*"))
+    for name, value in re.findall(r"pub const (INGEST_BATCH_[A-Z_]+): (?:usize|u64) = (\d+);", src):
+        out[name] = int(value)
     for name, mb in re.findall(r'name: "([a-z]+)",\s*memory_mb: (\d+),', src):
         out[name + "_mb"] = int(mb)
     # The rollup's units per hour (analytics::config::DEFAULT_BUCKETS): every unit reads
@@ -63,7 +65,8 @@ def load_metering(path: str = METERING_RS) -> dict:
     if m:
         out["rollup_buckets"] = int(m.group(1))
     need = ["rollup_buckets", "IOT_MESSAGE_UNIT_BYTES", "FIREHOSE_INGEST_UNIT_BYTES", "KINESIS_ON_DEMAND_UNIT_BYTES",
-            "ingest_mb", "transform_mb", "rollup_mb", "compact_mb"]
+            "ingest_mb", "transform_mb", "rollup_mb", "compact_mb", "INGEST_BATCH_SIZE",
+            "INGEST_BATCH_WINDOW_SECONDS", "report_mb"]
     missing = [k for k in need if k not in out]
     if missing:
         sys.exit(f"cost.py: {path} no longer defines {missing} in the form this script reads; "
@@ -128,6 +131,10 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
     rows = msgs * a.metrics
     rec_bytes = a.payload_bytes + asm["stream_overhead_bytes"]
     iot_units = publishes * units(pub_bytes, met["IOT_MESSAGE_UNIT_BYTES"])
+    # Topology kinesis: records per ingest invocation. The event-source mapping invokes per
+    # shard once BatchSize records are there or its window has passed, whichever is first.
+    esm_batch = min(max(publishes / seconds / asm["kinesis_shards"]
+                        * met["INGEST_BATCH_WINDOW_SECONDS"], 1.0), float(met["INGEST_BATCH_SIZE"]))
 
     add("IoT Core connectivity", f"{a.devices} devices x {minutes:.0f} min",
         devices * minutes / 1e6 * pr["iot_connectivity"]["usd"])
@@ -148,12 +155,12 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
     if topology == "firehose":
         ingest_inv, ms = 0.0, 0.0
     elif topology == "kinesis":
-        ingest_inv, ms = publishes / asm["esm_batch"], ingest_ms(asm["esm_batch"] * k)
+        ingest_inv, ms = publishes / esm_batch, ingest_ms(esm_batch * k)
     else:
         ingest_inv, ms = publishes, ingest_ms(k)
     if topology != "firehose":
         req, comp = lam(ingest_inv, ms, "ingest")
-        how = f" (batches of {asm['esm_batch']:.0f})" if topology == "kinesis" else ""
+        how = f" (batches of {esm_batch:.0f})" if topology == "kinesis" else ""
         add("Lambda ingest requests", f"{ingest_inv / 1e6:.2f} M invocations{how}", req)
         add(f"Lambda ingest compute ({a.arch})", f"{math.ceil(ms):.0f} ms billed x {met['ingest_mb']} MB", comp)
 
@@ -210,6 +217,9 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
     runs = hours * 12.0
     req, comp = lam(runs, asm["rollup_base_ms"], "rollup")
     add("Lambda rollup (every 5 min, backstop)", f"{runs:.0f} runs x {asm['rollup_base_ms'] / 1000.0:.1f} s", req + comp)
+    # The dashboard: re-rendered every 5 minutes, whatever the fleet.
+    req, comp = lam(runs, asm["report_ms"], "report")
+    add("Lambda report (dashboard, every 5 min)", f"{runs:.0f} runs x {asm['report_ms'] / 1000.0:.1f} s", req + comp)
     days = hours / 24.0
     compact_ms = asm["compact_base_ms"] + rows / days * asm["compact_us_per_row"] / 1000.0
     req, comp = lam(days, compact_ms, "compact")
@@ -224,12 +234,13 @@ def bill_lines(pt: dict, met: dict, alarms: int, a: argparse.Namespace, topology
     stored_gb = parquet_gb + stats_rows * asm["stats_bytes_per_row"] / GIB
     add("S3 storage added per month", f"{stored_gb:.1f} GB (accumulates)", stored_gb * pr["s3_storage"]["usd"])
 
-    log_gb = (ingest_inv * asm["ingest_log_bytes"] + (batches + event_runs + runs + days) * asm["job_log_bytes"]) / GIB
+    log_gb = (ingest_inv * asm["ingest_log_bytes"] + (batches + event_runs + 2.0 * runs + days) * asm["job_log_bytes"]) / GIB
     kept_gb = log_gb * min(asm["log_days_stored"] / 30.0, 1.0)
     add("CloudWatch Logs ingestion + storage", f"{log_gb:.2f} GB",
         log_gb * pr["cloudwatch_logs_ingest"]["usd"] + kept_gb * pr["cloudwatch_logs_storage"]["usd"])
     add("CloudWatch alarms", f"{alarms} alarms", alarms * pr["cloudwatch_alarm"]["usd"])
-    schedules = runs + days
+    # The rollup's backstop and the report (every 5 minutes each), the daily compact.
+    schedules = 2.0 * runs + days
     add("EventBridge Scheduler", f"{schedules:.0f} invocations", schedules / 1e6 * pr["scheduler"]["usd"])
     sqs = objects * asm["sqs_requests_per_object"]
     add("SQS (new-object queue)", f"{sqs / 1e3:.1f} k requests", sqs / 1e6 * pr["sqs_requests"]["usd"])

@@ -9,7 +9,10 @@
 //!   *publish* (a device-side batch of K messages is one publish), none for Basic Ingest
 //!   topics; rules triggered and actions executed per 5 KB unit as well.
 //! - Lambda: requests, and GB-seconds of each invocation's duration rounded *up to 1 ms*
-//!   (at the memory sizes of `telemetry::metering`).
+//!   (at the memory sizes of `telemetry::metering`): ingest per publish (per-message) or
+//!   per event-source batch (kinesis: `min(BatchSize, what the batching window gathers per
+//!   shard)`), the transform per processor batch, the rollup per new object and every
+//!   5 minutes, the report (dashboard) every 5 minutes, the compact daily.
 //! - Kinesis on-demand: stream-hours, data in per record rounded up to 1 KB, data out per GB.
 //! - Firehose: ingestion and Parquet conversion per record rounded up to 5 KB; dynamic
 //!   partitioning per GB processed and per 1,000 objects delivered.
@@ -272,6 +275,11 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
     let rows = msgs * fleet.metrics as f64;
     let rec_bytes = fleet.payload_bytes as f64 + a.stream_overhead_bytes;
     let iot_units = publishes * units(pub_bytes, IOT_MESSAGE_UNIT_BYTES);
+    // Topology kinesis: records per ingest invocation. The event-source mapping invokes per
+    // shard once `BatchSize` records are there or its window has passed, whichever is first.
+    let esm_batch = (publishes / seconds / a.kinesis_shards
+        * metering::INGEST_BATCH_WINDOW_SECONDS as f64)
+        .clamp(1.0, metering::INGEST_BATCH_SIZE as f64);
 
     // --- IoT Core
     b.add(
@@ -316,13 +324,13 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
         |messages: f64| a.ingest_ms + (messages - 1.0).max(0.0) * a.ingest_us_per_message / 1000.0;
     let (ingest_invocations, ms) = match topology {
         Topology::Firehose => (0.0, 0.0),
-        Topology::Kinesis => (publishes / a.esm_batch, ingest_ms(a.esm_batch * k)),
+        Topology::Kinesis => (publishes / esm_batch, ingest_ms(esm_batch * k)),
         Topology::PerMessage => (publishes, ingest_ms(k)),
     };
     if topology != Topology::Firehose {
         let (req, compute) = b.lambda(ingest_invocations, ms, &metering::INGEST);
         let how = if topology == Topology::Kinesis {
-            format!(" (batches of {:.0})", a.esm_batch)
+            format!(" (batches of {esm_batch:.0})")
         } else {
             String::new()
         };
@@ -453,6 +461,13 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
         format!("{runs:.0} runs x {:.1} s", a.rollup_base_ms / 1000.0),
         req + compute,
     );
+    // The dashboard: re-rendered every 5 minutes, whatever the fleet.
+    let (req, compute) = b.lambda(runs, a.report_ms, &metering::REPORT);
+    b.add(
+        "Lambda report (dashboard, every 5 min)",
+        format!("{runs:.0} runs x {:.1} s", a.report_ms / 1000.0),
+        req + compute,
+    );
     let days = hours / 24.0;
     let compact_ms = a.compact_base_ms + rows / days * a.compact_us_per_row / 1000.0;
     let (req, compute) = b.lambda(days, compact_ms, &metering::COMPACT);
@@ -488,7 +503,7 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
 
     // --- CloudWatch, Scheduler, KMS
     let log_gb = (ingest_invocations * a.ingest_log_bytes
-        + (batches + event_runs + runs + days) * a.job_log_bytes)
+        + (batches + event_runs + 2.0 * runs + days) * a.job_log_bytes)
         / GIB;
     let kept_gb = log_gb * (a.log_days_stored / 30.0).min(1.0);
     b.add(
@@ -501,7 +516,8 @@ pub fn bill_lines(p: &Prices, alarms: u32, fleet: &Fleet, topology: Topology) ->
         format!("{alarms} alarms"),
         f64::from(alarms) * pr.cloudwatch_alarm.usd,
     );
-    let schedules = runs + days;
+    // The rollup's backstop and the report (every 5 minutes each), the daily compact.
+    let schedules = 2.0 * runs + days;
     b.add(
         "EventBridge Scheduler",
         format!("{schedules:.0} invocations"),
@@ -807,15 +823,22 @@ mod tests {
     fn kinesis_ingest_runs_in_event_source_batches_billed_to_the_millisecond() {
         let p = embedded().unwrap();
         let lines = bill_lines(p, 15, &fleet(1000, 0.2, 1), Topology::Kinesis);
-        let invocations = 1000.0 * 0.2 * MONTH_S / 100.0;
+        // 200 publishes/s over 4 shards, gathered for 5 s: batches of 250 (below 500).
+        let invocations = 1000.0 * 0.2 * MONTH_S / 250.0;
         assert!(close(
             line(&lines, "Lambda ingest requests").usd,
             invocations / 1e6 * 0.20
         ));
-        // 20 ms + 99 × 15 µs = 21.485 ms, billed as 22 ms.
+        // 20 ms + 249 × 15 µs = 23.735 ms, billed as 24 ms.
         assert!(close(
             line(&lines, "Lambda ingest compute (arm64)").usd,
-            invocations * 0.022 * 0.125 * 0.000_013_333_4
+            invocations * 0.024 * 0.125 * 0.000_013_333_4
+        ));
+        // 4,000 publishes/s would gather 5,000 per shard: BatchSize caps them at 500.
+        let busy = bill_lines(p, 15, &fleet(20_000, 0.2, 1), Topology::Kinesis);
+        assert!(close(
+            line(&busy, "Lambda ingest requests").usd,
+            20_000.0 * 0.2 * MONTH_S / 500.0 / 1e6 * 0.20
         ));
     }
 

@@ -125,8 +125,15 @@ pub const COMPACT: LambdaFn = LambdaFn {
     memory_parameter: "CompactMemorySize",
 };
 
+/// The scheduled report function: re-renders the dashboard into the bucket every 5 minutes.
+pub const REPORT: LambdaFn = LambdaFn {
+    name: "report",
+    memory_mb: 512,
+    memory_parameter: "ReportMemorySize",
+};
+
 /// Every function of the pipeline, in data-flow order.
-pub const FUNCTIONS: [LambdaFn; 5] = [INGEST, TRANSFORM, ROLLUP, WORKER, COMPACT];
+pub const FUNCTIONS: [LambdaFn; 6] = [INGEST, TRANSFORM, ROLLUP, WORKER, COMPACT, REPORT];
 
 #[cfg(test)]
 mod tests {

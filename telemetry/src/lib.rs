@@ -36,7 +36,7 @@ pub mod stream;
 pub mod topic;
 pub mod validate;
 
-pub use message::{Reading, StreamRecord, Telemetry};
+pub use message::{Reading, ReadingRef, StreamRecord, Telemetry};
 pub use partition::Partition;
 pub use quarantine::QuarantineReason;
 pub use rule_record::{RuleError, RuleRecord};

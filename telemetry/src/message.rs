@@ -1,5 +1,6 @@
 //! The message a device publishes and the record that travels through the stream.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,114 @@ pub struct Reading {
     pub fw: Option<String>,
 }
 
+/// A [`Reading`] whose strings are borrowed where they can be: what the transform writes
+/// (from a parsed stream record) and the emulated Firehose's conversion reads (from the
+/// transform's rows), without allocating a `String` per field. The same fields and the same
+/// JSON as [`Reading`] (a test holds them equal).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadingRef<'a> {
+    /// The device.
+    #[serde(borrow)]
+    pub device_id: Cow<'a, str>,
+    /// Per-device sequence number of the message the reading came in.
+    pub seq: i64,
+    /// Event time, epoch milliseconds (UTC).
+    pub event_time: i64,
+    /// Receive time, epoch milliseconds (UTC).
+    pub received_at: i64,
+    /// Metric name.
+    #[serde(borrow)]
+    pub metric: Cow<'a, str>,
+    /// Reading value (finite).
+    pub value: f64,
+    /// Firmware version, when reported.
+    #[serde(borrow, default)]
+    pub fw: Option<Cow<'a, str>>,
+}
+
+/// The columns of a reading, whichever way its strings are held: what
+/// [`crate::schema::readings_to_batch`] builds a batch from.
+pub trait ReadingColumns {
+    /// The device.
+    fn device_id(&self) -> &str;
+    /// Per-device sequence number.
+    fn seq(&self) -> i64;
+    /// Event time, epoch ms.
+    fn event_time(&self) -> i64;
+    /// Receive time, epoch ms.
+    fn received_at(&self) -> i64;
+    /// Metric name.
+    fn metric(&self) -> &str;
+    /// Value.
+    fn value(&self) -> f64;
+    /// Firmware version.
+    fn fw(&self) -> Option<&str>;
+}
+
+impl ReadingColumns for Reading {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn event_time(&self) -> i64 {
+        self.event_time
+    }
+    fn received_at(&self) -> i64 {
+        self.received_at
+    }
+    fn metric(&self) -> &str {
+        &self.metric
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn fw(&self) -> Option<&str> {
+        self.fw.as_deref()
+    }
+}
+
+impl ReadingColumns for ReadingRef<'_> {
+    fn device_id(&self) -> &str {
+        &self.device_id
+    }
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+    fn event_time(&self) -> i64 {
+        self.event_time
+    }
+    fn received_at(&self) -> i64 {
+        self.received_at
+    }
+    fn metric(&self) -> &str {
+        &self.metric
+    }
+    fn value(&self) -> f64 {
+        self.value
+    }
+    fn fw(&self) -> Option<&str> {
+        self.fw.as_deref()
+    }
+}
+
 impl StreamRecord {
+    /// Explodes the record into one [`ReadingRef`] per metric, borrowing its strings.
+    pub fn reading_refs(&self) -> impl Iterator<Item = ReadingRef<'_>> + '_ {
+        // seq is validated to fit in i64 (Parquet int64).
+        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
+        self.metrics.iter().map(move |(metric, value)| ReadingRef {
+            device_id: Cow::Borrowed(&self.device_id),
+            seq,
+            event_time: self.ts,
+            received_at: self.received_at,
+            metric: Cow::Borrowed(metric),
+            value: *value,
+            fw: self.fw.as_deref().map(Cow::Borrowed),
+        })
+    }
+
     /// Explodes the record into one [`Reading`] per metric (the long layout).
     pub fn to_readings(&self) -> impl Iterator<Item = Reading> + '_ {
         // seq is validated to fit in i64 (Parquet int64).
@@ -104,5 +212,37 @@ impl StreamRecord {
             value: *value,
             fw: self.fw.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reading_ref_has_the_json_of_its_reading_both_ways() {
+        let rec = StreamRecord {
+            device_id: "d-1".into(),
+            seq: 7,
+            ts: 1_764_000_000_000,
+            received_at: 1_764_000_000_500,
+            metrics: [("temp \"c\"".to_owned(), 21.5), ("rh".to_owned(), 40.0)]
+                .into_iter()
+                .collect(),
+            fw: Some("1.2.3".into()),
+        };
+        for (owned, borrowed) in rec.to_readings().zip(rec.reading_refs()) {
+            let json = serde_json::to_string(&owned).unwrap();
+            assert_eq!(serde_json::to_string(&borrowed).unwrap(), json);
+            let back: ReadingRef<'_> = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, borrowed);
+            assert_eq!(serde_json::from_str::<Reading>(&json).unwrap(), owned);
+        }
+        // Without fw, and with an escape that cannot be borrowed.
+        let back: ReadingRef<'_> = serde_json::from_str(
+            r#"{"device_id":"d","seq":1,"event_time":2,"received_at":3,"metric":"a\nb","value":1.0}"#,
+        )
+        .unwrap();
+        assert_eq!((back.metric.as_ref(), back.fw), ("a\nb", None));
     }
 }

@@ -11,7 +11,7 @@ use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 
-use crate::message::Reading;
+use crate::message::ReadingColumns;
 
 /// Time zone of every timestamp column.
 pub const UTC: &str = "UTC";
@@ -41,8 +41,9 @@ pub fn telemetry_schema() -> SchemaRef {
     TELEMETRY_SCHEMA.clone()
 }
 
-/// Builds a record batch in [`telemetry_schema`] from readings.
-pub fn readings_to_batch(readings: &[Reading]) -> Result<RecordBatch, ArrowError> {
+/// Builds a record batch in [`telemetry_schema`] from readings ([`crate::Reading`]s, or
+/// [`crate::message::ReadingRef`]s that borrow their strings).
+pub fn readings_to_batch<R: ReadingColumns>(readings: &[R]) -> Result<RecordBatch, ArrowError> {
     let n = readings.len();
     let mut device = StringDictionaryBuilder::<Int32Type>::new();
     let mut seq = Int64Builder::with_capacity(n);
@@ -52,13 +53,13 @@ pub fn readings_to_batch(readings: &[Reading]) -> Result<RecordBatch, ArrowError
     let mut value = Float64Builder::with_capacity(n);
     let mut fw = StringBuilder::with_capacity(n, n * 6);
     for r in readings {
-        device.append_value(&r.device_id);
-        seq.append_value(r.seq);
-        event_time.append_value(r.event_time);
-        received_at.append_value(r.received_at);
-        metric.append_value(&r.metric);
-        value.append_value(r.value);
-        fw.append_option(r.fw.as_deref());
+        device.append_value(r.device_id());
+        seq.append_value(r.seq());
+        event_time.append_value(r.event_time());
+        received_at.append_value(r.received_at());
+        metric.append_value(r.metric());
+        value.append_value(r.value());
+        fw.append_option(r.fw());
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(device.finish()),
@@ -108,6 +109,7 @@ pub fn glue_columns(schema: &Schema) -> Vec<(String, &'static str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Reading;
 
     #[test]
     fn readings_become_a_batch_of_the_schema() {

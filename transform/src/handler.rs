@@ -323,12 +323,37 @@ pub fn transform(event: &KinesisFirehoseEvent) -> KinesisFirehoseResponse {
 
 /// [`transform`], also returning the counters and the failure reasons.
 pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseResponse, Summary) {
+    transform_judged(event, |_, data, seen| judge(data, seen))
+}
+
+/// [`transform_with_summary`] of an event whose records' documents the caller has parsed
+/// already (`docs[i]` are record `i`'s, in order; each record's data is their JSON lines):
+/// the raw transform of the `firehose` topology, which builds these stream records from
+/// the payloads it validated. The same checks, answers and budget; no second parse.
+pub fn transform_documents(
+    event: &KinesisFirehoseEvent,
+    docs: &[Vec<StreamRecord>],
+) -> (KinesisFirehoseResponse, Summary) {
+    transform_judged(event, |i, _, seen| match docs.get(i) {
+        Some(d) => match check_documents(d) {
+            Ok(partition) => judge_documents(d, partition, seen),
+            Err(reason) => Outcome::Failed(reason),
+        },
+        None => Outcome::Failed(FailureReason::Empty),
+    })
+}
+
+/// The transform with `judge_one(index, data, seen)` deciding each record.
+fn transform_judged(
+    event: &KinesisFirehoseEvent,
+    mut judge_one: impl FnMut(usize, &[u8], &mut HashSet<(String, u64, i64)>) -> Outcome,
+) -> (KinesisFirehoseResponse, Summary) {
     let n = event.records.len();
     // Keys already answered Ok in this invocation: the de-duplication scope.
     let mut seen: HashSet<(String, u64, i64)> = HashSet::with_capacity(n);
     let mut planned: Vec<Planned> = Vec::with_capacity(n);
-    for record in &event.records {
-        let outcome = judge(&record.data, &mut seen);
+    for (i, record) in event.records.iter().enumerate() {
+        let outcome = judge_one(i, &record.data, &mut seen);
         planned.push(Planned::new(
             record.record_id.clone(),
             outcome,
@@ -540,10 +565,18 @@ fn partition_keys(p: &Partition) -> HashMap<String, String> {
 /// Decides one record. `seen` holds the keys of earlier records of the invocation and
 /// receives this record's keys when it is answered Ok.
 fn judge(data: &[u8], seen: &mut HashSet<(String, u64, i64)>) -> Outcome {
-    let (docs, partition) = match parse_documents(data) {
-        Ok(parsed) => parsed,
-        Err(reason) => return Outcome::Failed(reason),
-    };
+    match parse_documents(data) {
+        Ok((docs, partition)) => judge_documents(&docs, partition, seen),
+        Err(reason) => Outcome::Failed(reason),
+    }
+}
+
+/// [`judge`] of a record's checked documents, all of `partition`.
+fn judge_documents(
+    docs: &[StreamRecord],
+    partition: Partition,
+    seen: &mut HashSet<(String, u64, i64)>,
+) -> Outcome {
     // `insert` is false for a key seen earlier in the invocation or in this record.
     let fresh: Vec<&StreamRecord> = docs
         .iter()
@@ -556,7 +589,7 @@ fn judge(data: &[u8], seen: &mut HashSet<(String, u64, i64)>) -> Outcome {
     let mut rows = Vec::with_capacity(fresh.iter().map(|d| d.readings()).sum::<usize>() * 160);
     let mut readings = 0;
     for doc in fresh {
-        for reading in doc.to_readings() {
+        for reading in doc.reading_refs() {
             if let Err(e) = serde_json::to_writer(&mut rows, &reading) {
                 return Outcome::Failed(FailureReason::Encode {
                     detail: e.to_string(),
@@ -579,7 +612,7 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
         offset: e.valid_up_to(),
     })?;
     let mut docs = Vec::new();
-    let mut first: Option<Partition> = None;
+    let mut lines = Vec::new();
     for (i, line) in text.split('\n').enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -587,7 +620,26 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
         let line_no = i + 1;
         let doc: StreamRecord =
             serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?;
-        check_document(line_no, &doc)?;
+        docs.push(doc);
+        lines.push(line_no);
+    }
+    let partition = check_numbered(docs.iter().zip(lines))?;
+    Ok((docs, partition))
+}
+
+/// Checks a record's documents (each as on its own line: line numbers from 1) and returns
+/// the one partition they share.
+fn check_documents(docs: &[StreamRecord]) -> Result<Partition, FailureReason> {
+    check_numbered(docs.iter().zip(1..))
+}
+
+/// Checks documents with their line numbers; returns the one partition they share.
+fn check_numbered<'a>(
+    docs: impl Iterator<Item = (&'a StreamRecord, usize)>,
+) -> Result<Partition, FailureReason> {
+    let mut first: Option<Partition> = None;
+    for (doc, line_no) in docs {
+        check_document(line_no, doc)?;
         let partition = Partition::of_millis(doc.ts);
         match &first {
             None => first = Some(partition),
@@ -600,12 +652,8 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
             }
             Some(_) => {}
         }
-        docs.push(doc);
     }
-    match first {
-        Some(partition) => Ok((docs, partition)),
-        None => Err(FailureReason::Empty),
-    }
+    first.ok_or(FailureReason::Empty)
 }
 
 fn classify_parse_error(line: usize, e: &serde_json::Error) -> FailureReason {

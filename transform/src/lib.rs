@@ -37,6 +37,6 @@ pub mod raw;
 
 pub use handler::{
     FailureReason, MAX_RESPONSE_BYTES, RecordFailure, Summary, TransformResult, handle, transform,
-    transform_with_summary,
+    transform_documents, transform_with_summary,
 };
 pub use raw::{INPUT_VAR, Input, RawError, RawSummary, RawTransform, RuleRecord};

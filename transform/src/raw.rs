@@ -27,7 +27,7 @@
 //! - Every payload is validated with [`telemetry::validate_payload`] (the same code, limits
 //!   and [`telemetry::QuarantineReason`]s as ingest). Its accepted messages become the same
 //!   stream records ingest would have put, and those go through the stream path
-//!   ([`crate::handler::transform_with_summary`]): the same long rows, partition keys,
+//!   ([`crate::handler::transform_documents`]): the same long rows, partition keys,
 //!   in-invocation de-duplication on `(device_id, seq, ts)` and response budget.
 //! - A payload with rejected messages is written to `quarantine/` (one
 //!   [`telemetry::quarantine::QuarantineRecord`] per payload, raw bytes and reasons, the
@@ -69,7 +69,7 @@ use telemetry::{
     Partition, QuarantineReason, Reading, StreamRecord, ValidationConfig, validate_payload,
 };
 
-use crate::handler::{Summary, TransformResult, transform_with_summary};
+use crate::handler::{Summary, TransformResult, transform_documents};
 
 /// The environment variable that says what the records hold: `stream` or `raw`.
 pub const INPUT_VAR: &str = "IOTPIPE_INPUT";
@@ -236,6 +236,8 @@ impl RawTransform {
         stream_event.records.clear();
         // For each input record: its position in `stream_event`, if it has one.
         let mut positions: Vec<Option<usize>> = Vec::with_capacity(n);
+        // The documents of each record of `stream_event`, parsed already.
+        let mut docs: Vec<Vec<StreamRecord>> = Vec::with_capacity(n);
         // For each input record with messages outside its first message's hour: those.
         let mut splits: Vec<(usize, Vec<StreamRecord>)> = Vec::new();
         let mut first_arrival = None;
@@ -286,6 +288,7 @@ impl RawTransform {
             };
             let mut data = Vec::new();
             let mut split = Vec::new();
+            let mut kept = Vec::with_capacity(v.accepted.len());
             for msg in v.accepted {
                 let rec = StreamRecord::new(msg, arrival);
                 if Partition::of_millis(rec.ts) != hour {
@@ -296,6 +299,7 @@ impl RawTransform {
                     data.push(b'\n');
                 }
                 data.extend_from_slice(&rec.to_json());
+                kept.push(rec);
             }
             if !split.is_empty() {
                 splits.push((index, split));
@@ -304,13 +308,14 @@ impl RawTransform {
             rewritten.data.0 = data;
             positions.push(Some(stream_event.records.len()));
             stream_event.records.push(rewritten);
+            docs.push(kept);
         }
         summary.quarantine_records = quarantined.len();
         if let Some(arrival) = first_arrival {
             self.write_quarantine(arrival, &quarantined).await?;
         }
 
-        let (stream_response, stream_summary) = transform_with_summary(&stream_event);
+        let (stream_response, stream_summary) = transform_documents(&stream_event, &docs);
         let mut stream_answers = stream_response.records.into_iter();
         let mut response = KinesisFirehoseResponse::default();
         // Per input record: answered Ok or Dropped (its other hours' readings are written).

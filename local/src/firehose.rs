@@ -1,7 +1,11 @@
 //! A local, in-process Firehose delivery stream with a Kinesis data stream as its source:
 //! what the `iotpipe` CLI runs instead of Amazon Data Firehose.
 //!
-//! It does, in one task, what Firehose does for this pipeline:
+//! It does what Firehose does for this pipeline, in one task that buffers, writes and
+//! accounts, plus one task per invocation (steps 2–4 up to the Arrow batches), so that an
+//! invocation runs while the one before it is written: at most two in flight, delivered in
+//! invocation order (Firehose also invokes its processor concurrently; the order keeps the
+//! files and the durable positions as a one-at-a-time stream would have them):
 //! 1. **Processor buffering**: records read from the stream are buffered until the buffer
 //!    holds [`FirehoseConfig::processor_buffer_bytes`] of record data or
 //!    [`FirehoseConfig::processor_buffer_interval`] has passed since its first record, and
@@ -15,7 +19,7 @@
 //!    result; a missing, duplicated or invalid answer fails that record with Firehose's
 //!    error code, an unknown `recordId` is ignored (and logged).
 //! 4. **Record-format conversion and dynamic partitioning**: the `Ok` records' data
-//!    (newline-delimited [`Reading`] JSON) becomes Arrow batches in the telemetry schema,
+//!    (newline-delimited [`telemetry::Reading`] JSON) becomes Arrow batches in the telemetry schema,
 //!    grouped by the `dt`/`hour` partition keys, written as Parquet under
 //!    `{prefix}/dt=…/hour=…/` by a [`PartitionedWriter`]. Files are closed at their target
 //!    size, every [`FirehoseConfig::destination_interval`], and when the input ends.
@@ -46,6 +50,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arrow_array::RecordBatch;
 use arrow_schema::ArrowError;
 use aws_lambda_events::encodings::MillisecondTimestamp;
 use aws_lambda_events::event::firehose::{
@@ -62,7 +67,7 @@ use serde::{Deserialize, Serialize};
 use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WriteError, WrittenFile};
 use telemetry::schema::{readings_to_batch, telemetry_schema};
 use telemetry::stream::StreamEntry;
-use telemetry::{Partition, Reading};
+use telemetry::{Partition, ReadingRef};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -231,6 +236,9 @@ pub enum EmulatorError {
     /// A Parquet file could not be written.
     #[error(transparent)]
     Parquet(#[from] WriteError),
+    /// A transform invocation's task panicked or was cancelled.
+    #[error("the transform invocation's task failed: {0}")]
+    Invocation(#[source] tokio::task::JoinError),
     /// Readings could not be assembled into an Arrow batch.
     #[error("building an Arrow batch of readings: {0}")]
     Arrow(#[from] ArrowError),
@@ -319,6 +327,13 @@ pub async fn run_with_progress(
             _ = destination_tick.tick() => {
                 stream.close_files("destination interval").await?;
             }
+            // The invocation in flight finished: deliver it now, not only when the next one
+            // starts (the input may pause for good).
+            joined = wait_pending(&mut stream.pending), if stream.pending.is_some() => {
+                if let Some(p) = stream.pending.take() {
+                    stream.deliver(p, joined).await?;
+                }
+            }
             // A batch at a time (cancel-safe), then a short pause when the input had less:
             // waking this task for every record cost more than buffering the record.
             n = input.recv_many(&mut batch, INPUT_BATCH) => {
@@ -335,6 +350,7 @@ pub async fn run_with_progress(
         }
     }
     stream.invoke_buffer(Cut::EndOfInput).await?;
+    stream.drain_pending().await?;
     stream.close_files("end of input").await?;
     stream.publish_durable();
     let r = &stream.report;
@@ -355,6 +371,186 @@ pub async fn run_with_progress(
 
 /// Records the emulator takes from its input at once.
 const INPUT_BATCH: usize = 1024;
+
+/// An invocation in flight and what its log line needs.
+struct Pending {
+    /// The invocation, retries included, and the conversion of its answers.
+    task: tokio::task::JoinHandle<Invoked>,
+    /// The invocation's number in this run (from 1): its error object's name.
+    number: u64,
+    cut: Cut,
+    data_bytes: usize,
+    event_bytes: usize,
+}
+
+/// The result of the invocation in flight; never resolves when there is none.
+async fn wait_pending(p: &mut Option<Pending>) -> Result<Invoked, tokio::task::JoinError> {
+    match p {
+        Some(p) => (&mut p.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An invocation done: its event, the attempts it took, and its answers converted.
+struct Invoked {
+    event: KinesisFirehoseEvent,
+    attempts: u32,
+    converted: Result<Converted, EmulatorError>,
+}
+
+/// What an invocation's answers become (Firehose's record-format conversion): the rows of
+/// its `Ok` records as Arrow batches per partition, its error records, and its counts.
+struct Converted {
+    counts: Counts,
+    errors: Vec<ErrorRecord>,
+    batches: Vec<(Partition, RecordBatch)>,
+    /// When the answers were converted (the error records' attempt end), epoch ms.
+    now: i64,
+}
+
+/// Invokes the function (with retries), checks its answers against the event and converts
+/// them: the CPU-heavy part of an invocation, run in its own task.
+async fn invoke_and_convert(
+    invoke: Invoke,
+    event: KinesisFirehoseEvent,
+    lambda_arn: String,
+) -> Invoked {
+    let (event, result, attempts) = invoke_with_retries(invoke, event).await;
+    let answers = match result {
+        Ok(response) => check_contract(&event, response),
+        Err(message) => event
+            .records
+            .iter()
+            .map(|_| Answer::Failed {
+                code: error_code::FUNCTION_ERROR,
+                message: format!(
+                    "The Lambda function was invoked {attempts} times and returned an \
+                     error each time: {message}"
+                ),
+            })
+            .collect(),
+    };
+    let converted = convert(&event, answers, attempts, &lambda_arn);
+    Invoked {
+        event,
+        attempts,
+        converted,
+    }
+}
+
+/// Converts the `Ok` records' rows and collects the failures as error records.
+fn convert(
+    event: &KinesisFirehoseEvent,
+    answers: Vec<Answer>,
+    attempts: u32,
+    lambda_arn: &str,
+) -> Result<Converted, EmulatorError> {
+    let now = now_millis();
+    let mut counts = Counts::default();
+    let mut errors: Vec<ErrorRecord> = Vec::new();
+    // The rows borrow from the answers' data.
+    let mut by_partition: BTreeMap<Partition, Vec<ReadingRef<'_>>> = BTreeMap::new();
+    for (record, answer) in event.records.iter().zip(&answers) {
+        let arrival = record.approximate_arrival_timestamp.timestamp_millis();
+        let failure = |code: &str, message: String, raw: &[u8], lambda: bool| ErrorRecord {
+            attempts_made: attempts,
+            arrival_timestamp: arrival,
+            error_code: code.to_string(),
+            error_message: message,
+            attempt_ending_timestamp: now,
+            raw_data: STANDARD.encode(raw),
+            lambda_arn: lambda.then(|| lambda_arn.to_owned()),
+        };
+        match answer {
+            Answer::Dropped => counts.dropped += 1,
+            Answer::Failed { code, message } => {
+                counts.failed += 1;
+                errors.push(failure(code, message.clone(), &record.data, true));
+            }
+            Answer::Ok {
+                data,
+                partition_keys,
+            } => {
+                let Some(partition) = partition_of(partition_keys) else {
+                    counts.failed += 1;
+                    errors.push(failure(
+                        error_code::MISSING_PARTITION_KEYS,
+                        format!(
+                            "partition keys {partition_keys:?} lack a valid \
+                             `{PARTITION_KEY_DT}` (YYYY-MM-DD) and `{PARTITION_KEY_HOUR}` (HH)"
+                        ),
+                        &record.data,
+                        true,
+                    ));
+                    continue;
+                };
+                counts.ok += 1;
+                // What record-format conversion does: each JSON document is one row.
+                for line in data.split(|b| *b == b'\n') {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<ReadingRef<'_>>(line) {
+                        Ok(reading) => by_partition
+                            .entry(partition.clone())
+                            .or_default()
+                            .push(reading),
+                        Err(e) => {
+                            counts.conversion_failures += 1;
+                            errors.push(failure(
+                                error_code::MALFORMED_DATA,
+                                format!("not a reading of the telemetry schema: {e}"),
+                                line,
+                                false,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut batches = Vec::with_capacity(by_partition.len());
+    for (partition, readings) in by_partition {
+        counts.rows += readings.len() as u64;
+        batches.push((partition, readings_to_batch(&readings)?));
+    }
+    Ok(Converted {
+        counts,
+        errors,
+        batches,
+        now,
+    })
+}
+
+/// Invokes the function with `event` until it answers, at most
+/// [`MAX_INVOKE_RETRIES`] times more; returns the event, the last result and the attempts.
+async fn invoke_with_retries(
+    invoke: Invoke,
+    event: KinesisFirehoseEvent,
+) -> (
+    KinesisFirehoseEvent,
+    Result<KinesisFirehoseResponse, String>,
+    u32,
+) {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match invoke(event.clone()).await {
+            Ok(response) => return (event, Ok(response), attempts),
+            Err(message) => {
+                tracing::warn!(
+                    invocation_id = event.invocation_id.as_deref().unwrap_or(""),
+                    attempt = attempts,
+                    error = %message,
+                    "transform invocation failed"
+                );
+                if attempts > MAX_INVOKE_RETRIES {
+                    return (event, Err(message), attempts);
+                }
+            }
+        }
+    }
+}
 
 /// Why a buffer was handed to the function.
 #[derive(Debug, Clone, Copy)]
@@ -423,6 +619,8 @@ struct DeliveryStream {
     published: DurablePositions,
     /// Where durable positions go ([`run_with_progress`]).
     progress: Option<mpsc::UnboundedSender<DurablePositions>>,
+    /// The invocation in flight, delivered when the next one starts or at the end.
+    pending: Option<Pending>,
 }
 
 impl DeliveryStream {
@@ -459,6 +657,7 @@ impl DeliveryStream {
             handled: DurablePositions::new(),
             published: DurablePositions::new(),
             progress: None,
+            pending: None,
         };
         stream.envelope_bytes = json_len(&stream.event(Vec::new()));
         stream.event_bytes = stream.envelope_bytes;
@@ -528,7 +727,11 @@ impl DeliveryStream {
         (record, encoded_len)
     }
 
-    /// Hands the buffer to the function, checks the answers and delivers the results.
+    /// Hands the buffer to the function, then delivers the results of the invocation
+    /// before it (if any), so that one invocation runs while the one before is converted
+    /// and written: at most two in flight, delivered in invocation order (Firehose invokes
+    /// its processor concurrently too; the order keeps the output and the durable
+    /// positions as a one-at-a-time stream would have them).
     async fn invoke_buffer(&mut self, cut: Cut) -> Result<(), EmulatorError> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -539,41 +742,73 @@ impl DeliveryStream {
         self.buffer_started = None;
         let event = self.event(records);
         self.next_invocation += 1;
+        let task = tokio::spawn(invoke_and_convert(
+            self.invoke.clone(),
+            event,
+            self.lambda_arn.clone(),
+        ));
+        let before = self.pending.replace(Pending {
+            task,
+            number: self.next_invocation,
+            cut,
+            data_bytes,
+            event_bytes,
+        });
+        match before {
+            Some(p) => self.complete(p).await,
+            None => Ok(()),
+        }
+    }
 
-        let mut attempts = 0;
-        let result = loop {
-            attempts += 1;
-            self.report.invocations += 1;
-            match (self.invoke)(event.clone()).await {
-                Ok(response) => break Ok(response),
-                Err(message) => {
-                    tracing::warn!(
-                        invocation_id = event.invocation_id.as_deref().unwrap_or(""),
-                        attempt = attempts,
-                        error = %message,
-                        "transform invocation failed"
-                    );
-                    if attempts > MAX_INVOKE_RETRIES {
-                        break Err(message);
-                    }
-                }
-            }
-        };
-        let answers = match result {
-            Ok(response) => check_contract(&event, response),
-            Err(message) => event
-                .records
-                .iter()
-                .map(|_| Answer::Failed {
-                    code: error_code::FUNCTION_ERROR,
-                    message: format!(
-                        "The Lambda function was invoked {attempts} times and returned an \
-                         error each time: {message}"
-                    ),
-                })
-                .collect(),
-        };
-        let counts = self.deliver(&event, answers, attempts).await?;
+    /// Delivers the invocation still in flight, if any.
+    async fn drain_pending(&mut self) -> Result<(), EmulatorError> {
+        match self.pending.take() {
+            Some(p) => self.complete(p).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for an invocation and delivers it.
+    async fn complete(&mut self, mut p: Pending) -> Result<(), EmulatorError> {
+        let joined = (&mut p.task).await;
+        self.deliver(p, joined).await
+    }
+
+    /// Writes a finished invocation's Parquet rows and error records (its answers were
+    /// checked and converted in its task).
+    async fn deliver(
+        &mut self,
+        p: Pending,
+        joined: Result<Invoked, tokio::task::JoinError>,
+    ) -> Result<(), EmulatorError> {
+        let Pending {
+            task: _,
+            number,
+            cut,
+            data_bytes,
+            event_bytes,
+        } = p;
+        let done = joined.map_err(EmulatorError::Invocation)?;
+        let (event, attempts) = (done.event, done.attempts);
+        self.report.invocations += u64::from(attempts);
+        let Converted {
+            counts,
+            errors,
+            batches,
+            now,
+        } = done.converted?;
+        for (partition, batch) in &batches {
+            let files = self.writer.write(partition, batch).await?;
+            self.completed(files).await?;
+        }
+        if !errors.is_empty() {
+            self.write_errors(&errors, now, number).await?;
+        }
+        self.report.ok += counts.ok;
+        self.report.dropped += counts.dropped;
+        self.report.processing_failed += counts.failed;
+        self.report.rows_written += counts.rows;
+        self.report.conversion_failures += counts.conversion_failures;
         for r in &event.records {
             if let Some(m) = &r.kinesis_firehose_record_metadata
                 && let (Some(shard), Some(seq)) = (&m.shard_id, &m.sequence_number)
@@ -600,99 +835,12 @@ impl DeliveryStream {
         Ok(())
     }
 
-    /// Converts and writes the Ok records, and writes the failures as error records.
-    async fn deliver(
-        &mut self,
-        event: &KinesisFirehoseEvent,
-        answers: Vec<Answer>,
-        attempts: u32,
-    ) -> Result<Counts, EmulatorError> {
-        let now = now_millis();
-        let mut counts = Counts::default();
-        let mut errors: Vec<ErrorRecord> = Vec::new();
-        let mut by_partition: BTreeMap<Partition, Vec<Reading>> = BTreeMap::new();
-        for (record, answer) in event.records.iter().zip(answers) {
-            let arrival = record.approximate_arrival_timestamp.timestamp_millis();
-            let failure = |code: &str, message: String, raw: &[u8], lambda: bool| ErrorRecord {
-                attempts_made: attempts,
-                arrival_timestamp: arrival,
-                error_code: code.to_string(),
-                error_message: message,
-                attempt_ending_timestamp: now,
-                raw_data: STANDARD.encode(raw),
-                lambda_arn: lambda.then(|| self.lambda_arn.clone()),
-            };
-            match answer {
-                Answer::Dropped => counts.dropped += 1,
-                Answer::Failed { code, message } => {
-                    counts.failed += 1;
-                    errors.push(failure(code, message, &record.data, true));
-                }
-                Answer::Ok {
-                    data,
-                    partition_keys,
-                } => {
-                    let Some(partition) = partition_of(&partition_keys) else {
-                        counts.failed += 1;
-                        errors.push(failure(
-                            error_code::MISSING_PARTITION_KEYS,
-                            format!(
-                                "partition keys {partition_keys:?} lack a valid \
-                                 `{PARTITION_KEY_DT}` (YYYY-MM-DD) and `{PARTITION_KEY_HOUR}` (HH)"
-                            ),
-                            &record.data,
-                            true,
-                        ));
-                        continue;
-                    };
-                    counts.ok += 1;
-                    // What record-format conversion does: each JSON document is one row.
-                    for line in data.split(|b| *b == b'\n') {
-                        if line.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        match serde_json::from_slice::<Reading>(line) {
-                            Ok(reading) => by_partition
-                                .entry(partition.clone())
-                                .or_default()
-                                .push(reading),
-                            Err(e) => {
-                                counts.conversion_failures += 1;
-                                errors.push(failure(
-                                    error_code::MALFORMED_DATA,
-                                    format!("not a reading of the telemetry schema: {e}"),
-                                    line,
-                                    false,
-                                ));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-
-        for (partition, readings) in by_partition {
-            let batch = readings_to_batch(&readings)?;
-            let done = self.writer.write(&partition, &batch).await?;
-            counts.rows += readings.len() as u64;
-            self.completed(done).await?;
-        }
-        if !errors.is_empty() {
-            self.write_errors(&errors, now).await?;
-        }
-        self.report.ok += counts.ok;
-        self.report.dropped += counts.dropped;
-        self.report.processing_failed += counts.failed;
-        self.report.rows_written += counts.rows;
-        self.report.conversion_failures += counts.conversion_failures;
-        Ok(counts)
-    }
-
     /// Writes one error object of JSON lines under `{error_prefix}/YYYY/MM/DD/HH/`.
     async fn write_errors(
         &mut self,
         errors: &[ErrorRecord],
         now: i64,
+        invocation: u64,
     ) -> Result<(), EmulatorError> {
         let t = DateTime::<Utc>::from_timestamp_millis(now).unwrap_or_default();
         // Firehose's naming: {stream}-{version}-{yyyy-MM-dd-HH-mm-ss}-{unique}.
@@ -703,7 +851,7 @@ impl DeliveryStream {
             self.cfg.delivery_stream_name,
             t.format("%Y-%m-%d-%H-%M-%S"),
             self.run_tag,
-            self.next_invocation,
+            invocation,
         );
         let mut body = Vec::new();
         for e in errors {

@@ -2,8 +2,9 @@
 //! what the `iotpipe` CLI runs instead of Amazon Data Firehose.
 //!
 //! It does what Firehose does for this pipeline, in one task that buffers, writes and
-//! accounts, plus one task per invocation (steps 2–4 up to the Arrow batches), so that an
-//! invocation runs while the one before it is written: at most two in flight, delivered in
+//! accounts, plus one task per invocation (steps 2–4 up to the Arrow batches), so that
+//! invocations run while the buffer fills and the one before is written: at most
+//! [`MAX_IN_FLIGHT`], each delivered once it and every one before it are done, in
 //! invocation order (Firehose also invokes its processor concurrently; the order keeps the
 //! files and the durable positions as a one-at-a-time stream would have them):
 //! 1. **Processor buffering**: records read from the stream are buffered until the buffer
@@ -329,8 +330,8 @@ pub async fn run_with_progress(
             }
             // The invocation in flight finished: deliver it now, not only when the next one
             // starts (the input may pause for good).
-            joined = wait_pending(&mut stream.pending), if stream.pending.is_some() => {
-                if let Some(p) = stream.pending.take() {
+            joined = wait_first(&mut stream.pending), if !stream.pending.is_empty() => {
+                if let Some(p) = stream.pending.pop_front() {
                     stream.deliver(p, joined).await?;
                 }
             }
@@ -383,9 +384,15 @@ struct Pending {
     event_bytes: usize,
 }
 
-/// The result of the invocation in flight; never resolves when there is none.
-async fn wait_pending(p: &mut Option<Pending>) -> Result<Invoked, tokio::task::JoinError> {
-    match p {
+/// Transform invocations in flight at most (each with its conversion). The buffer goes on
+/// filling meanwhile; a cut with this many in flight first delivers the oldest.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// The result of the oldest invocation in flight; never resolves when there is none.
+async fn wait_first(
+    p: &mut std::collections::VecDeque<Pending>,
+) -> Result<Invoked, tokio::task::JoinError> {
+    match p.front_mut() {
         Some(p) => (&mut p.task).await,
         None => std::future::pending().await,
     }
@@ -619,8 +626,9 @@ struct DeliveryStream {
     published: DurablePositions,
     /// Where durable positions go ([`run_with_progress`]).
     progress: Option<mpsc::UnboundedSender<DurablePositions>>,
-    /// The invocation in flight, delivered when the next one starts or at the end.
-    pending: Option<Pending>,
+    /// The invocations in flight, oldest first: each is delivered once it is done and
+    /// every one before it is delivered.
+    pending: std::collections::VecDeque<Pending>,
 }
 
 impl DeliveryStream {
@@ -657,7 +665,7 @@ impl DeliveryStream {
             handled: DurablePositions::new(),
             published: DurablePositions::new(),
             progress: None,
-            pending: None,
+            pending: std::collections::VecDeque::new(),
         };
         stream.envelope_bytes = json_len(&stream.event(Vec::new()));
         stream.event_bytes = stream.envelope_bytes;
@@ -717,7 +725,7 @@ impl DeliveryStream {
         metadata.approximate_arrival_timestamp = arrival.clone();
         let mut record = KinesisFirehoseEventRecord::default();
         // Opaque and unique within the run, like Firehose's record ids.
-        record.record_id = Some(format!("{:020}", self.next_record));
+        record.record_id = Some(zero_padded_20(self.next_record));
         self.next_record += 1;
         record.approximate_arrival_timestamp = arrival;
         record.kinesis_firehose_record_metadata = Some(metadata);
@@ -727,11 +735,11 @@ impl DeliveryStream {
         (record, encoded_len)
     }
 
-    /// Hands the buffer to the function, then delivers the results of the invocation
-    /// before it (if any), so that one invocation runs while the one before is converted
-    /// and written: at most two in flight, delivered in invocation order (Firehose invokes
-    /// its processor concurrently too; the order keeps the output and the durable
-    /// positions as a one-at-a-time stream would have them).
+    /// Hands the buffer to the function in a task of its own (which also converts the
+    /// answers), first delivering the oldest invocation when [`MAX_IN_FLIGHT`] are in
+    /// flight. Deliveries keep invocation order (Firehose invokes its processor
+    /// concurrently too; the order keeps the output and the durable positions as a
+    /// one-at-a-time stream would have them).
     async fn invoke_buffer(&mut self, cut: Cut) -> Result<(), EmulatorError> {
         if self.buffer.is_empty() {
             return Ok(());
@@ -747,25 +755,27 @@ impl DeliveryStream {
             event,
             self.lambda_arn.clone(),
         ));
-        let before = self.pending.replace(Pending {
+        while self.pending.len() >= MAX_IN_FLIGHT {
+            if let Some(p) = self.pending.pop_front() {
+                self.complete(p).await?;
+            }
+        }
+        self.pending.push_back(Pending {
             task,
             number: self.next_invocation,
             cut,
             data_bytes,
             event_bytes,
         });
-        match before {
-            Some(p) => self.complete(p).await,
-            None => Ok(()),
-        }
+        Ok(())
     }
 
-    /// Delivers the invocation still in flight, if any.
+    /// Delivers the invocations still in flight, in order.
     async fn drain_pending(&mut self) -> Result<(), EmulatorError> {
-        match self.pending.take() {
-            Some(p) => self.complete(p).await,
-            None => Ok(()),
+        while let Some(p) = self.pending.pop_front() {
+            self.complete(p).await?;
         }
+        Ok(())
     }
 
     /// Waits for an invocation and delivers it.
@@ -1000,6 +1010,17 @@ fn partition_of(keys: &HashMap<String, String>) -> Option<Partition> {
     Partition::new(keys.get(PARTITION_KEY_DT)?, keys.get(PARTITION_KEY_HOUR)?)
 }
 
+/// `n` as 20 decimal digits, zero-padded (`format!("{n:020}")` without the formatter: one
+/// per record).
+fn zero_padded_20(mut n: u64) -> String {
+    let mut digits = [b'0'; 20];
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    digits.iter().map(|&d| char::from(d)).collect()
+}
+
 fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1018,6 +1039,13 @@ fn run_tag() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_ids_are_twenty_digits() {
+        for n in [0, 7, 1_234_567_890, u64::MAX] {
+            assert_eq!(zero_padded_20(n), format!("{n:020}"));
+        }
+    }
 
     #[test]
     fn partition_keys_must_name_a_real_date_and_hour() {

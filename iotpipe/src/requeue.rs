@@ -153,6 +153,28 @@ struct Selection {
     unreadable: u64,
 }
 
+impl Selection {
+    /// Takes a payload of an error store (topic, bytes, receive time, origin) as
+    /// [`to_feed`] decides, given the payloads already quarantined as rejections.
+    fn take(
+        &mut self,
+        (topic, raw, received_at, origin): (String, Vec<u8>, i64, Origin),
+        rejected: &std::collections::HashSet<PayloadKey>,
+        validation: &ValidationConfig,
+    ) {
+        let known = rejected.contains(&(topic.clone(), received_at, STANDARD.encode(&raw)));
+        match to_feed(raw, &topic, received_at, known, validation) {
+            Some(raw) => self.items.push(Item {
+                raw,
+                topic,
+                received_at,
+                origin,
+            }),
+            None => self.still_rejected += 1,
+        }
+    }
+}
+
 /// Lists and reads every object under `prefix`, in key order: key, body and last-modified
 /// time (epoch ms).
 async fn read_all(
@@ -356,21 +378,10 @@ async fn select(
                     continue;
                 };
                 for (topic, raw, received_at) in payloads {
-                    if !a.in_time(received_at) {
-                        continue;
+                    if a.in_time(received_at) {
+                        let item = (topic, raw, received_at, Origin::ProcessingFailed);
+                        sel.take(item, &rejected, validation);
                     }
-                    let known =
-                        rejected.contains(&(topic.clone(), received_at, STANDARD.encode(&raw)));
-                    let Some(raw) = to_feed(raw, &topic, received_at, known, validation) else {
-                        sel.still_rejected += 1;
-                        continue;
-                    };
-                    sel.items.push(Item {
-                        raw,
-                        topic,
-                        received_at,
-                        origin: Origin::ProcessingFailed,
-                    });
                 }
             }
         }
@@ -383,20 +394,13 @@ async fn select(
                 continue;
             };
             let received_at = RuleError::received_at_of_key(&key).unwrap_or(modified);
-            if !a.in_time(received_at) {
-                continue;
+            if a.in_time(received_at) {
+                sel.take(
+                    (topic, raw, received_at, Origin::RuleError),
+                    &rejected,
+                    validation,
+                );
             }
-            let known = rejected.contains(&(topic.clone(), received_at, STANDARD.encode(&raw)));
-            let Some(raw) = to_feed(raw, &topic, received_at, known, validation) else {
-                sel.still_rejected += 1;
-                continue;
-            };
-            sel.items.push(Item {
-                raw,
-                topic,
-                received_at,
-                origin: Origin::RuleError,
-            });
         }
     }
     sel.items.sort_by_key(|r| r.received_at);

@@ -135,53 +135,36 @@ pub trait ReadingColumns {
     fn fw(&self) -> Option<&str>;
 }
 
-impl ReadingColumns for Reading {
-    fn device_id(&self) -> &str {
-        &self.device_id
-    }
-    fn seq(&self) -> i64 {
-        self.seq
-    }
-    fn event_time(&self) -> i64 {
-        self.event_time
-    }
-    fn received_at(&self) -> i64 {
-        self.received_at
-    }
-    fn metric(&self) -> &str {
-        &self.metric
-    }
-    fn value(&self) -> f64 {
-        self.value
-    }
-    fn fw(&self) -> Option<&str> {
-        self.fw.as_deref()
-    }
+/// Implements [`ReadingColumns`] for a reading type whose fields deref to the columns.
+macro_rules! reading_columns {
+    ($t:ty) => {
+        impl ReadingColumns for $t {
+            fn device_id(&self) -> &str {
+                &self.device_id
+            }
+            fn seq(&self) -> i64 {
+                self.seq
+            }
+            fn event_time(&self) -> i64 {
+                self.event_time
+            }
+            fn received_at(&self) -> i64 {
+                self.received_at
+            }
+            fn metric(&self) -> &str {
+                &self.metric
+            }
+            fn value(&self) -> f64 {
+                self.value
+            }
+            fn fw(&self) -> Option<&str> {
+                self.fw.as_deref()
+            }
+        }
+    };
 }
-
-impl ReadingColumns for ReadingRef<'_> {
-    fn device_id(&self) -> &str {
-        &self.device_id
-    }
-    fn seq(&self) -> i64 {
-        self.seq
-    }
-    fn event_time(&self) -> i64 {
-        self.event_time
-    }
-    fn received_at(&self) -> i64 {
-        self.received_at
-    }
-    fn metric(&self) -> &str {
-        &self.metric
-    }
-    fn value(&self) -> f64 {
-        self.value
-    }
-    fn fw(&self) -> Option<&str> {
-        self.fw.as_deref()
-    }
-}
+reading_columns!(Reading);
+reading_columns!(ReadingRef<'_>);
 
 impl StreamRecord {
     /// Explodes the record into one [`ReadingRef`] per metric, borrowing its strings.

@@ -93,7 +93,7 @@ pub struct Summary {
     /// The faults injected into the emulated services (`--inject`), if any.
     pub faults: Option<local::faults::FaultCounts>,
     /// Messages the rule handed to its error action, if any: the run fails after the
-    /// summary ([`Summary::failure`]).
+    /// summary ([`Summary::rule_errors_fail`]).
     pub rule_errors: Option<local::stack::RuleErrors>,
     /// Firehose accounting.
     pub firehose: FirehoseSummary,

@@ -386,7 +386,7 @@ struct Pending {
 
 /// Transform invocations in flight at most (each with its conversion). The buffer goes on
 /// filling meanwhile; a cut with this many in flight first delivers the oldest.
-const MAX_IN_FLIGHT: usize = 2;
+pub const MAX_IN_FLIGHT: usize = 2;
 
 /// The result of the oldest invocation in flight; never resolves when there is none.
 async fn wait_first(

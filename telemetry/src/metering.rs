@@ -126,9 +126,10 @@ pub const COMPACT: LambdaFn = LambdaFn {
 };
 
 /// The scheduled report function: re-renders the dashboard into the bucket every 5 minutes.
+/// 1,024 MB: the dashboard of 10,000 devices peaked at 887 MB (BENCHMARKS.md).
 pub const REPORT: LambdaFn = LambdaFn {
     name: "report",
-    memory_mb: 512,
+    memory_mb: 1024,
     memory_parameter: "ReportMemorySize",
 };
 

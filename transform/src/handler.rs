@@ -612,7 +612,7 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
         offset: e.valid_up_to(),
     })?;
     let mut docs = Vec::new();
-    let mut lines = Vec::new();
+    let mut shared = SharedPartition::default();
     for (i, line) in text.split('\n').enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -620,29 +620,34 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
         let line_no = i + 1;
         let doc: StreamRecord =
             serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?;
+        shared.check(line_no, &doc)?;
         docs.push(doc);
-        lines.push(line_no);
     }
-    let partition = check_numbered(docs.iter().zip(lines))?;
-    Ok((docs, partition))
+    Ok((docs, shared.finish()?))
 }
 
 /// Checks a record's documents (each as on its own line: line numbers from 1) and returns
 /// the one partition they share.
 fn check_documents(docs: &[StreamRecord]) -> Result<Partition, FailureReason> {
-    check_numbered(docs.iter().zip(1..))
+    let mut shared = SharedPartition::default();
+    for (doc, line_no) in docs.iter().zip(1..) {
+        shared.check(line_no, doc)?;
+    }
+    shared.finish()
 }
 
-/// Checks documents with their line numbers; returns the one partition they share.
-fn check_numbered<'a>(
-    docs: impl Iterator<Item = (&'a StreamRecord, usize)>,
-) -> Result<Partition, FailureReason> {
-    let mut first: Option<Partition> = None;
-    for (doc, line_no) in docs {
+/// The checks of a record's documents, one at a time, and the one partition they share.
+#[derive(Default)]
+struct SharedPartition(Option<Partition>);
+
+impl SharedPartition {
+    /// Checks the document on `line_no` ([`check_document`]) and that its partition is the
+    /// record's.
+    fn check(&mut self, line_no: usize, doc: &StreamRecord) -> Result<(), FailureReason> {
         check_document(line_no, doc)?;
         let partition = Partition::of_millis(doc.ts);
-        match &first {
-            None => first = Some(partition),
+        match &self.0 {
+            None => self.0 = Some(partition),
             Some(p) if *p != partition => {
                 return Err(FailureReason::SpansPartitions {
                     line: line_no,
@@ -652,8 +657,13 @@ fn check_numbered<'a>(
             }
             Some(_) => {}
         }
+        Ok(())
     }
-    first.ok_or(FailureReason::Empty)
+
+    /// The partition, or [`FailureReason::Empty`] for a record without documents.
+    fn finish(self) -> Result<Partition, FailureReason> {
+        self.0.ok_or(FailureReason::Empty)
+    }
 }
 
 fn classify_parse_error(line: usize, e: &serde_json::Error) -> FailureReason {

@@ -571,3 +571,38 @@ fn one_enormous_record_among_500_normal_ones_fails_alone() {
         assert_accounting(&summary, &response);
     }
 }
+
+/// The raw transform hands its stream records over parsed (`transform_documents`): for the
+/// same records it must answer exactly as the stream path that parses them
+/// (`transform_with_summary`), byte for byte, with the same counts.
+#[test]
+fn pre_parsed_documents_are_answered_as_their_json_is() {
+    for name in ["firehose-good-batch.json", "firehose-duplicates.json"] {
+        let event = fixture(name);
+        let docs: Vec<Vec<StreamRecord>> = event
+            .records
+            .iter()
+            .map(|r| {
+                std::str::from_utf8(&r.data)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect()
+            })
+            .collect();
+        let (want, want_summary) = transform_with_summary(&event);
+        let (got, got_summary) = transform::transform_documents(&event, &docs);
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(&want).unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            (got_summary.ok, got_summary.dropped, got_summary.readings),
+            (want_summary.ok, want_summary.dropped, want_summary.readings),
+            "{name}"
+        );
+        assert!(want_summary.ok > 0, "{name}: the fixture has Ok records");
+    }
+}

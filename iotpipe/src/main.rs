@@ -214,7 +214,9 @@ struct UpArgs {
     /// everything and prints the summary.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Use this broker (mqtt://host:port) instead of starting the embedded one.
+    /// Use this broker (mqtt://host:port) instead of starting the embedded one. The rule
+    /// keeps a persistent session there, named after --data: what devices publish while the
+    /// pipeline is down (stopped or killed) is ingested by the next run on the same --data.
     #[arg(long)]
     broker: Option<BrokerUrl>,
     /// Port of the embedded broker's plain MQTT listener on 127.0.0.1 (0 picks a free one).
@@ -558,7 +560,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         (false, true) => iot_rule::BasicIngest::StandIn,
         (false, false) => iot_rule::BasicIngest::Off,
     };
-    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest).await?;
+    // An external broker outlives the run: the rule's session there is persistent, so what
+    // the devices publish while the pipeline is down (stopped, killed) waits for the next run
+    // on the same --data. The embedded broker lives and dies with the run.
+    let session = match &a.broker {
+        Some(_) => iot_rule::RuleSession::for_data(&a.data.data),
+        None => iot_rule::RuleSession::Clean,
+    };
+    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest, session).await?;
     // Announced once the rule's subscription is acknowledged: a device (or a test) that
     // publishes as soon as it reads the broker's address would otherwise race the rule's
     // subscription, and the broker drops a message nobody subscribes to.

@@ -18,8 +18,17 @@
 //!
 //! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
 //! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
-//! out-of-order ack and stalls the subscription) — and the rule subscribes again after every reconnect (its session is clean, so a restarted broker
-//! has forgotten the subscription).
+//! out-of-order ack and stalls the subscription) — and the rule subscribes again after every
+//! reconnect (a restarted broker may have forgotten the subscription).
+//!
+//! [`RuleSession`] says what the broker keeps while the rule is away. With a broker of its
+//! own that lives and dies with the run, the session is clean. With an external broker the
+//! session is persistent, under a client id named after the data location
+//! ([`RuleSession::for_data`]): when the pipeline stops or is killed, the broker keeps the
+//! subscription and queues what the devices go on publishing, and resends what the rule
+//! had not acknowledged; the next run on the same data location picks it all up. Nothing
+//! the broker acknowledged to a device is lost to a crash of the pipeline, as long as the
+//! broker keeps the session (mosquitto: `max_queued_messages`, `persistent_client_expiration`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +65,35 @@ pub enum BasicIngest {
     Off,
 }
 
+/// The rule's MQTT session (module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSession {
+    /// A clean session under a random client id: the broker forgets the rule when it goes.
+    Clean,
+    /// A persistent session under this client id: the broker keeps the subscription and
+    /// the unacknowledged and queued messages for the next run.
+    Persistent(String),
+}
+
+impl RuleSession {
+    /// The persistent session of the pipeline storing into `data` (the `--data` location as
+    /// given; a local directory by its absolute path): `iotpipe-rule-` and 10 hex digits of
+    /// its MD5, 23 characters, the longest client id MQTT 3.1.1 obliges a broker to accept.
+    pub fn for_data(data: &str) -> Self {
+        use md5::{Digest, Md5};
+        let location = if data.contains("://") {
+            data.to_owned()
+        } else {
+            std::path::absolute(data)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| data.to_owned())
+        };
+        let digest = Md5::digest(location.as_bytes());
+        let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        Self::Persistent(format!("iotpipe-rule-{hex}"))
+    }
+}
+
 /// The running rule.
 pub struct IotRule {
     /// Messages received from the broker.
@@ -67,20 +105,22 @@ pub struct IotRule {
 
 impl IotRule {
     /// Connects to `broker`, subscribes, and returns once the subscription is acknowledged
-    /// (so that no message published afterwards is missed).
+    /// (so that no message published afterwards is missed). Messages a persistent session
+    /// delivers before that are kept and ingested first.
     pub async fn start(
         broker: &BrokerUrl,
         stack: Arc<Stack>,
         basic_ingest: BasicIngest,
+        session: RuleSession,
     ) -> anyhow::Result<Self> {
-        let mut opts = MqttOptions::new(
-            format!("iotpipe-rule-{:08x}", rand_u32()),
-            broker.host.clone(),
-            broker.port,
-        );
+        let (client_id, clean) = match session {
+            RuleSession::Clean => (format!("iotpipe-rule-{:08x}", rand_u32()), true),
+            RuleSession::Persistent(id) => (id, false),
+        };
+        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
-        opts.set_clean_session(true);
+        opts.set_clean_session(clean);
         // A QoS 1 message is acknowledged only after ingest ran on it, so the broker's
         // in-flight window paces the devices instead of the rule buffering what it acked.
         opts.set_manual_acks(true);
@@ -92,7 +132,10 @@ impl IotRule {
         for f in &filters {
             client.subscribe(f, QoS::AtLeastOnce).await?;
         }
-        // Drive the connection until both SUBACKs arrive.
+        // Drive the connection until both SUBACKs arrive. A persistent session may deliver
+        // messages first (queued while the rule was away, or unacknowledged by the last
+        // run): they are kept for the loop below.
+        let mut early = std::collections::VecDeque::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut acked = 0;
         while acked < filters.len() {
@@ -114,6 +157,8 @@ impl IotRule {
                     );
                 }
                 acked += 1;
+            } else if let Event::Incoming(Packet::Publish(p)) = ev {
+                early.push_back(p);
             }
         }
         let received = Arc::new(AtomicU64::new(0));
@@ -143,9 +188,12 @@ impl IotRule {
             // Distinct device ids in the topics: the fleet size of the run's cost.
             let mut devices = std::collections::HashSet::new();
             loop {
-                let ev = tokio::select! {
-                    ev = eventloop.poll() => ev,
-                    _ = stop_rx.changed() => break,
+                let ev = match early.pop_front() {
+                    Some(p) => Ok(Event::Incoming(Packet::Publish(p))),
+                    None => tokio::select! {
+                        ev = eventloop.poll() => ev,
+                        _ = stop_rx.changed() => break,
+                    },
                 };
                 match ev {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -197,8 +245,9 @@ impl IotRule {
                         });
                     }
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        // A reconnect (the first CONNACK was read before this loop): a clean
-                        // session forgot the subscription, so subscribe again.
+                        // A reconnect (the first CONNACK was read before this loop): a
+                        // restarted broker may have forgotten the subscription (always, with
+                        // a clean session), so subscribe again.
                         tracing::info!("rule reconnected to the broker; subscribing again");
                         for f in &filters {
                             if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {

@@ -8,7 +8,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -52,6 +53,39 @@ pub fn need_env(name: &str) -> String {
             "{name} is not set: run the suite with `bash tests/run.sh` (it starts the test services and exports it)"
         ),
     }
+}
+
+/// A mosquitto of the test's own on `port` (127.0.0.1): anonymous, no persistence, with
+/// `extra` configuration lines. Returns once it listens; the caller kills it.
+///
+/// # Panics
+/// When mosquitto is not on PATH (`tests/setup/services.sh` installs it) or does not listen
+/// within 10 s.
+// A test helper: a failure is the test failing.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+pub fn mosquitto(dir: &Path, port: u16, extra: &str) -> Child {
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{extra}"),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto on PATH (tests/setup/services.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not listen on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 /// Runs a command, panicking with its output when it fails.
@@ -232,10 +266,28 @@ pub fn replay(file: &Path, data: &Path) -> Value {
 /// event times from `start_ms`.
 pub fn dump(path: &Path, devices: u32, duration: &str, seed: u64, start_ms: i64) {
     run(Command::new(bin("device-sim"))
-        .args(["--devices", &devices.to_string(), "--rate", "1"])
-        .args(["--duration", duration, "--seed", &seed.to_string()])
-        .args(["--start", &start_ms.to_string(), "--dump"])
+        .args(sim_args(devices, duration, seed, start_ms))
+        .arg("--dump")
         .arg(path));
+}
+
+/// device-sim's arguments for `devices` devices at 1 message/s for `duration`, seeded,
+/// event times from `start_ms`.
+fn sim_args(devices: u32, duration: &str, seed: u64, start_ms: i64) -> Vec<String> {
+    [
+        "--devices",
+        &devices.to_string(),
+        "--rate",
+        "1",
+        "--duration",
+        duration,
+        "--seed",
+        &seed.to_string(),
+        "--start",
+        &start_ms.to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// A replay input ([`seeded_input`]) and what it holds.
@@ -248,6 +300,9 @@ pub struct SeededInput {
     pub messages: u64,
     /// Their readings.
     pub readings: u64,
+    /// The device-sim arguments that publish exactly these messages (one a second per
+    /// device): `--devices`, `--rate`, `--duration`, `--seed`, `--start`.
+    pub sim_args: Vec<String>,
 }
 
 /// Writes a replay input under `dir`: `devices` devices' messages for `duration` (one a
@@ -260,13 +315,8 @@ pub struct SeededInput {
 #[allow(clippy::unwrap_used)]
 pub fn seeded_input(dir: &Path, devices: u32, duration: &str, seed: u64) -> SeededInput {
     let file = dir.join("input.jsonl");
-    dump(
-        &file,
-        devices,
-        duration,
-        seed,
-        chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000,
-    );
+    let start_ms = chrono::Utc::now().timestamp_millis() - 50 * 60 * 1000;
+    dump(&file, devices, duration, seed, start_ms);
     let mut text = std::fs::read_to_string(&file).unwrap();
     let mut per_device: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
     let (mut messages, mut readings) = (0, 0);
@@ -301,6 +351,7 @@ pub fn seeded_input(dir: &Path, devices: u32, duration: &str, seed: u64) -> Seed
         sent,
         messages,
         readings,
+        sim_args: sim_args(devices, duration, seed, start_ms),
     }
 }
 

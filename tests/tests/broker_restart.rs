@@ -9,45 +9,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iotpipe_tests::{iotpipe, query_json, total_count};
+use iotpipe_tests::{iotpipe, mosquitto, query_json, total_count};
 use serde_json::{Value, json};
 use test_support::free_port;
-
-/// mosquitto on `port` (127.0.0.1), anonymous, started fresh (no persistence).
-fn mosquitto(dir: &Path, port: u16) -> Child {
-    mosquitto_with(dir, port, "")
-}
-
-/// mosquitto on `port` with `extra` configuration lines.
-fn mosquitto_with(dir: &Path, port: u16, extra: &str) -> Child {
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{extra}"),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto on PATH (tests/setup/services.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mosquitto did not listen on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 fn publish(port: u16, device: &str, seq: u64) {
     let payload = json!({"device_id": device, "seq": seq,
@@ -77,7 +45,7 @@ fn wait_for(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needle: &str
 fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut broker = mosquitto(dir.path(), port);
+    let mut broker = mosquitto(dir.path(), port, "");
     let data = dir.path().join("data");
     let mut up = iotpipe(&["up", "--devices", "0", "--duration", "12s"])
         .args([
@@ -110,7 +78,7 @@ fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows(
     broker.kill().unwrap();
     broker.wait().unwrap();
     wait_for(&rx, &mut seen, "rule lost the broker connection");
-    let mut broker = mosquitto(dir.path(), port);
+    let mut broker = mosquitto(dir.path(), port, "");
     // The broker has the subscription once it sent the SUBACK (a fixed sleep was not
     // enough on a loaded machine).
     wait_for(&rx, &mut seen, "rule subscribed again");
@@ -149,7 +117,7 @@ fn the_rule_subscribes_again_after_the_broker_restarts_and_ingests_what_follows(
 fn messages_the_broker_acknowledged_but_never_delivered_fail_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut broker = mosquitto_with(
+    let mut broker = mosquitto(
         dir.path(),
         port,
         "max_queued_messages 1\nmax_inflight_messages 1\n",

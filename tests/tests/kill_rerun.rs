@@ -215,3 +215,129 @@ async fn replay_through_kinesis_killed_at_seeded_random_times_and_rerun_stores_e
         );
     }
 }
+
+/// Kill points of `iotpipe up` while devices publish (the devices' run lasts ~20 s).
+const UP_KILLS: usize = 8;
+
+/// `iotpipe up --devices 0` on the external `broker`, ingest putting into `stream`, its
+/// stderr in `log` (appended: one file for every run of a test).
+fn up_on(broker: u16, data: &Path, stream: &str, duration: &str, log: &Path) -> Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    let mut cmd = iotpipe(&["up", "--devices", "0", "--duration", duration]);
+    cmd.envs(moto::s3_env());
+    cmd.args(["--stream", stream, "--shards", "2"])
+        .args(["--flush-every", "200ms", "--rollup-every", "300ms"])
+        .args(["--broker", &format!("mqtt://127.0.0.1:{broker}"), "--data"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd
+}
+
+/// Waits until the `n`-th run logged to `log` has subscribed (its `broker:` line).
+fn wait_subscribed(log: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches("broker: ").count() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {n} did not subscribe within 30 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `iotpipe up` on an external broker (mosquitto) is killed with SIGKILL at seeded random
+/// points while device-sim goes on publishing, and started again each time; a last run
+/// drains what the broker queued. The rule's persistent session keeps, across the kills,
+/// what the broker acknowledged to the devices: every message is then in Parquet once
+/// after dedup, nothing is missing in the ledger, and the statistics equal a clean replay
+/// of the same messages.
+fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &WindowStats) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = test_support::free_port();
+    let mut broker = iotpipe_tests::mosquitto(
+        dir.path(),
+        port,
+        "max_inflight_messages 100\nmax_queued_messages 0\n",
+    );
+    let data = dir.path().join("data");
+    let log = dir.path().join("up.log");
+    let mut runs = 1;
+    let mut up = up_on(port, &data, stream, "5m", &log).spawn().unwrap();
+    // The rule's session exists once it subscribed: from then on the broker keeps what the
+    // devices publish for it, whether a run is up or not.
+    wait_subscribed(&log, runs);
+    let mut sim = Command::new(iotpipe_tests::bin("device-sim"))
+        .args(&input.sim_args)
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .args(["--qos", "1", "--summary-json", "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut rng = Rng(SEED ^ 0x0b);
+    let mut kills = Vec::new();
+    while kills.len() < UP_KILLS || sim.try_wait().unwrap().is_none() {
+        let delay = rng.between(200, 2500);
+        std::thread::sleep(Duration::from_millis(delay));
+        assert!(
+            up.try_wait().unwrap().is_none(),
+            "run {runs} ended by itself:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        up.kill().unwrap(); // SIGKILL
+        up.wait().unwrap();
+        kills.push(delay);
+        // Down for a while: the broker queues what the devices publish meanwhile.
+        std::thread::sleep(Duration::from_millis(rng.between(0, 500)));
+        runs += 1;
+        up = up_on(port, &data, stream, "5m", &log).spawn().unwrap();
+    }
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let out = sim.wait_with_output().unwrap();
+    assert!(out.status.success(), "device-sim failed: {}", out.status);
+    let summary = iotpipe_tests::last_json_line(&out);
+    assert_eq!(
+        summary["acknowledged"].as_u64(),
+        Some(input.messages),
+        "the broker acknowledged every message: {summary}"
+    );
+    // The last run takes what the broker queued while the pipeline was down.
+    let status = up_on(port, &data, stream, "3s", &log).status().unwrap();
+    broker.kill().unwrap();
+    broker.wait().unwrap();
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the last run failed: {status}\n{log_text}"
+    );
+    check_stored_once(
+        &format!("{stream}: up killed after {kills:?} ms"),
+        input,
+        &data,
+        want,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_through_kinesis_killed_while_devices_publish_and_rerun_stores_every_message_once() {
+    let sdk = moto::sdk_config().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = seeded_input(dir.path(), 10, "20s", SEED ^ 0x0b);
+    let (want, _) = clean_run(&dir.path().join("clean"), &input);
+    let name = moto::unique("iotpipe-up-kill");
+    moto::create_kinesis_stream(&sdk, &name, 2).await;
+    let stream = format!("kinesis:{name}");
+    tokio::task::spawn_blocking(move || up_killed_while_devices_publish(&stream, &input, &want))
+        .await
+        .unwrap();
+}

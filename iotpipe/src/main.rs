@@ -499,6 +499,7 @@ pub(crate) fn stack_config(data: &DataArg, t: &Tuning) -> StackConfig {
         },
         stream: t.stream.clone(),
         faults: t.inject,
+        journal: None,
         topology: t.topology.unwrap_or(if t.stream == StreamTarget::Local {
             Topology::Firehose
         } else {
@@ -552,7 +553,23 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     // The ledger counts what this run received (seqs restart with every run).
     let run_started_ms = chrono::Utc::now().timestamp_millis();
-    let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
+    let mut cfg = stack_config(&a.data, &a.tuning);
+    // What the broker acknowledged must survive a killed run: the in-memory services keep a
+    // journal in a local data directory (an s3:// location has no local place for one).
+    let journal = match (a.data.data.contains("://"), cfg.topology, &cfg.stream) {
+        (false, Topology::Firehose | Topology::PerMessage, StreamTarget::Local) => {
+            let dir = std::path::Path::new(&a.data.data).join(local::journal::JOURNAL_DIR);
+            let shown = dir.display().to_string();
+            cfg.journal = Some(dir);
+            shown
+        }
+        (_, _, StreamTarget::Local) => "none: what the in-memory stream and Firehose hold is \
+             lost if the run is killed (a local --data directory keeps a journal; the kinesis \
+             topology has none yet)"
+            .to_owned(),
+        _ => "none needed: the stream is on AWS".to_owned(),
+    };
+    let stack = Arc::new(Stack::start(cfg).await?);
     // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
     // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
     let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
@@ -587,6 +604,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     eprintln!("data:   {}", a.data.data);
     eprintln!("stream: {}", a.tuning.stream);
+    eprintln!("journal: {journal}");
     if a.dashboard {
         dashboard::serve_during_run(&a.data.data, a.dashboard_port).await?;
     }

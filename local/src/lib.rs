@@ -32,6 +32,8 @@
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
 //! - [`faults`]: seeded AWS-side faults (`--inject`): throttling, partial failures, timeouts,
 //!   transform errors.
+//! - [`journal`]: the write-ahead journal that keeps what the local stream and Firehose's
+//!   DirectPut input accepted across a killed `iotpipe up`.
 //! - [`crash`]: `IOTPIPE_CRASH_AFTER_WRITES`, the kill-and-rerun tests' crash switch.
 
 pub mod broker;
@@ -40,6 +42,7 @@ pub mod event_source;
 pub mod faults;
 pub mod firehose;
 pub mod iot_rule;
+pub mod journal;
 pub mod kinesis_reader;
 pub mod meter;
 pub mod scheduler;

@@ -40,7 +40,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::event_source::{EventSourceConfig, EventSourceReport};
-use crate::firehose::{self, FirehoseConfig, FirehoseReport};
+use crate::firehose::{self, DurablePositions, FirehoseConfig, FirehoseReport};
+use crate::journal::{Journal, Recovered};
 use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
 use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
 use crate::scheduler::{Scheduler, scheduled_rollup};
@@ -69,6 +70,12 @@ pub struct StackConfig {
     pub faults: Option<crate::faults::FaultPlan>,
     /// The path from the rule to Firehose ([`Topology`]; `firehose` needs the local stream).
     pub topology: Topology,
+    /// Where the write-ahead journals of the in-memory services go ([`crate::journal`]):
+    /// Firehose's DirectPut input (topology firehose) and the local stream (per-message)
+    /// keep what they accepted across a killed run, and a run on the same directory
+    /// delivers it. `None`: memory only (`replay` reads its file again instead). The
+    /// kinesis topology has no journal yet.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// The stream ingest writes into (`--stream`).
@@ -223,6 +230,67 @@ impl RecordSink for StackSink {
             Self::DirectPut(d, Some(faults)) => faulty_put(d, faults, batch).await,
         }
     }
+}
+
+/// Opens the journal `name` under [`StackConfig::journal`], if the run keeps one.
+fn open_journal(
+    cfg: &StackConfig,
+    name: &str,
+) -> anyhow::Result<Option<(Arc<Journal>, Recovered)>> {
+    let Some(dir) = &cfg.journal else {
+        return Ok(None);
+    };
+    let dir = dir.join(name);
+    let (journal, recovered) = Journal::open(&dir).with_context(|| {
+        format!(
+            "cannot open the journal {}: check that the data directory is writable",
+            dir.display()
+        )
+    })?;
+    if !recovered.entries.is_empty() {
+        tracing::warn!(
+            records = recovered.entries.len(),
+            journal = %dir.display(),
+            "delivering again what a run that did not finish had accepted"
+        );
+    }
+    Ok(Some((Arc::new(journal), recovered)))
+}
+
+/// Spawns the emulated Firehose on `input`; with a journal, also the task that makes its
+/// durable positions the journal's checkpoint (it ends when Firehose does).
+fn spawn_firehose(
+    cfg: &StackConfig,
+    input: mpsc::Receiver<StreamEntry>,
+    store: Arc<dyn ObjectStore>,
+    invoke: firehose::Invoke,
+    journal: Option<&Arc<Journal>>,
+) -> (
+    JoinHandle<Result<FirehoseReport, firehose::EmulatorError>>,
+    Option<JoinHandle<()>>,
+) {
+    let Some(journal) = journal else {
+        let task = tokio::spawn(firehose::run(cfg.firehose.clone(), input, store, invoke));
+        return (task, None);
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<DurablePositions>();
+    let task = tokio::spawn(firehose::run_with_progress(
+        cfg.firehose.clone(),
+        input,
+        store,
+        invoke,
+        Some(tx),
+    ));
+    let journal = journal.clone();
+    let checkpointer = tokio::spawn(async move {
+        while let Some(positions) = rx.recv().await {
+            if let Err(e) = journal.checkpoint(&positions) {
+                tracing::warn!(error = %e, "could not write the journal's checkpoint: a rerun \
+                    delivers more again (duplicates the rollup removes)");
+            }
+        }
+    });
+    (task, Some(checkpointer))
 }
 
 /// The shard id of records put into the emulated Firehose directly (no stream).
@@ -387,8 +455,13 @@ pub struct Stack {
     started: Instant,
     /// The injected faults (`--inject`), counted for the report.
     faults: Option<Arc<crate::faults::Injector>>,
-    /// Sequence numbers of the direct puts (topology firehose).
-    direct_puts: AtomicU64,
+    /// The next sequence number of the direct puts (topology firehose), held from numbering
+    /// to sending so that they enter Firehose (and the journal) in order.
+    direct_puts: tokio::sync::Mutex<u64>,
+    /// The journal of what this run's in-memory service accepted, if any.
+    journal: Option<Arc<Journal>>,
+    /// Applies Firehose's durable positions to the journal as its checkpoint.
+    journal_task: Option<JoinHandle<()>>,
     topology: Topology,
 }
 
@@ -582,12 +655,31 @@ impl Stack {
                 faults.clone(),
             );
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
-            let firehose = tokio::spawn(firehose::run(
-                cfg.firehose.clone(),
+            let journal = open_journal(&cfg, "directput")?;
+            let (firehose, journal_task) = spawn_firehose(
+                &cfg,
                 rx,
                 store.clone(),
                 invoke,
-            ));
+                journal.as_ref().map(|(j, _)| j),
+            );
+            let mut next = 0;
+            let journal = match journal {
+                Some((j, recovered)) => {
+                    next = recovered
+                        .last
+                        .get(DIRECT_PUT_SHARD)
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .map_or(0, |n| n + 1);
+                    for e in recovered.entries {
+                        tx.send(e)
+                            .await
+                            .map_err(|_| anyhow::anyhow!("the emulated Firehose stopped"))?;
+                    }
+                    Some(j)
+                }
+                None => None,
+            };
             let mut stack = Self {
                 store,
                 meter,
@@ -601,7 +693,9 @@ impl Stack {
                 scheduler: None,
                 started: Instant::now(),
                 faults,
-                direct_puts: AtomicU64::new(0),
+                direct_puts: tokio::sync::Mutex::new(next),
+                journal,
+                journal_task,
                 topology: cfg.topology,
             };
             stack.start_scheduler(cfg.rollup_every);
@@ -651,22 +745,36 @@ impl Stack {
                 scheduler: None,
                 started: Instant::now(),
                 faults,
-                direct_puts: AtomicU64::new(0),
+                direct_puts: tokio::sync::Mutex::new(0),
+                journal: None,
+                journal_task: None,
                 topology: cfg.topology,
             };
             stack.start_scheduler(cfg.rollup_every);
             return Ok(stack);
         }
+        let mut journal_parts = (None, None);
         let (sink, firehose, kinesis) = match &cfg.stream {
             StreamTarget::Local => {
-                let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
+                let journal = open_journal(&cfg, "stream")?;
+                let (stream, readers) = match &journal {
+                    Some((j, recovered)) => {
+                        LocalStream::journaled(cfg.shards, cfg.shard_capacity, j.clone(), recovered)
+                    }
+                    None => LocalStream::new(cfg.shards, cfg.shard_capacity),
+                };
                 let source = merge_shards(readers, cfg.shard_capacity);
-                let firehose = tokio::spawn(firehose::run(
-                    cfg.firehose.clone(),
+                let (firehose, task) = spawn_firehose(
+                    &cfg,
                     source,
                     store.clone(),
                     invoke,
-                ));
+                    journal.as_ref().map(|(j, _)| j),
+                );
+                if let Some((j, recovered)) = journal {
+                    stream.redeliver(recovered.entries).await;
+                    journal_parts = (Some(j), task);
+                }
                 (
                     StackSink::Local(stream, faults.clone()),
                     Some(firehose),
@@ -749,7 +857,9 @@ impl Stack {
             scheduler: None,
             started: Instant::now(),
             faults,
-            direct_puts: AtomicU64::new(0),
+            direct_puts: tokio::sync::Mutex::new(0),
+            journal: journal_parts.0,
+            journal_task: journal_parts.1,
             topology: cfg.topology,
         };
         stack.start_scheduler(cfg.rollup_every);
@@ -998,17 +1108,28 @@ impl Stack {
             Some(e) => Some(e),
             None => {
                 let len = data.len();
-                let n = self.direct_puts.fetch_add(1, Ordering::Relaxed);
+                let mut next = self.direct_puts.lock().await;
                 let entry = StreamEntry {
                     shard_id: DIRECT_PUT_SHARD.to_owned(),
-                    sequence_number: n.to_string(),
+                    sequence_number: next.to_string(),
                     partition_key: String::new(),
                     data,
                     approximate_arrival_ms: received_at,
                 };
-                if tx.send(entry).await.is_err() {
+                let journaled = match &self.journal {
+                    Some(j) => j.append(std::slice::from_ref(&entry)),
+                    None => Ok(()),
+                };
+                if let Err(e) = journaled {
+                    Some(format!(
+                        "ServiceUnavailableException: the emulated Firehose's journal could \
+                         not be written: {e}"
+                    ))
+                } else if tx.send(entry).await.is_err() {
                     Some("ServiceUnavailableException: the emulated Firehose has stopped".into())
                 } else {
+                    *next += 1;
+                    drop(next);
                     self.counters
                         .firehose_put_bytes
                         .fetch_add(len as u64, Ordering::Relaxed);
@@ -1052,6 +1173,8 @@ impl Stack {
             started,
             faults,
             direct_puts: _,
+            journal,
+            journal_task,
             topology,
         } = self;
         // Dropping the rule's action closes what it wrote into: the Firehose emulator's
@@ -1085,6 +1208,11 @@ impl Stack {
             ),
             None => None,
         };
+        // Firehose reported its last durable positions: the journal's last checkpoint.
+        if let Some(t) = journal_task {
+            t.await.context("the journal's checkpoint task panicked")?;
+        }
+        drop(journal);
         let mut kinesis = None;
         if let Some((read, checkpointer)) = reader {
             // The emulator has reported its last durable positions and closed the channel.

@@ -5,13 +5,17 @@
 //! - Order is kept per shard (so per device), not across shards.
 //! - Each shard is a bounded channel: when the consumer is slow, producers wait
 //!   (backpressure) instead of the stream growing without bound.
+//! - With a [`Journal`] ([`LocalStream::journaled`]), a record is written to it before the
+//!   put answers, as Kinesis stores a record before it acknowledges it: a run that starts
+//!   on the journal delivers again what a killed run had accepted but not delivered.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 use telemetry::stream::{StreamEntry, shard_id};
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::journal::{Journal, Recovered};
 
 use ingest::sink::{BatchLimits, EntryOutcome, RecordSink, SinkError, SinkRecord};
 
@@ -23,13 +27,22 @@ pub const DEFAULT_SHARD_CAPACITY: usize = 10_000;
 struct Shard {
     id: String,
     tx: mpsc::Sender<StreamEntry>,
-    next_seq: AtomicU64,
+    /// The next sequence number; held from numbering to sending, so that the shard's
+    /// records enter its channel (and the journal) in sequence order.
+    next_seq: Mutex<u64>,
 }
 
 /// The producer side of the local stream (cheap to clone).
 #[derive(Clone)]
 pub struct LocalStream {
     shards: Arc<Vec<Shard>>,
+    journal: Option<Arc<Journal>>,
+}
+
+/// A local stream's sequence number: Kinesis-style, a large decimal string that grows per
+/// shard (all of one width, so that [`crate::journal::seq_cmp`] orders them).
+fn sequence_number(n: u64) -> String {
+    format!("49{n:038}")
 }
 
 /// The consumer side of one shard.
@@ -43,25 +56,68 @@ pub struct ShardReader {
 impl LocalStream {
     /// A stream of `shards` shards holding at most `capacity` records each.
     pub fn new(shards: usize, capacity: usize) -> (Self, Vec<ShardReader>) {
+        Self::build(shards, capacity, None, &Recovered::default())
+    }
+
+    /// [`LocalStream::new`] with every record written to `journal` before its put answers,
+    /// numbering on after what the journal `recovered` (which the caller delivers again,
+    /// [`LocalStream::redeliver`]).
+    pub fn journaled(
+        shards: usize,
+        capacity: usize,
+        journal: Arc<Journal>,
+        recovered: &Recovered,
+    ) -> (Self, Vec<ShardReader>) {
+        Self::build(shards, capacity, Some(journal), recovered)
+    }
+
+    fn build(
+        shards: usize,
+        capacity: usize,
+        journal: Option<Arc<Journal>>,
+        recovered: &Recovered,
+    ) -> (Self, Vec<ShardReader>) {
         let shards = shards.max(1);
         let mut producers = Vec::with_capacity(shards);
         let mut readers = Vec::with_capacity(shards);
         for i in 0..shards {
             let (tx, rx) = mpsc::channel(capacity.max(1));
             let id = shard_id(i);
+            let next = recovered
+                .last
+                .get(&id)
+                .and_then(|s| s.strip_prefix("49")?.parse::<u64>().ok())
+                .map_or(0, |n| n + 1);
             producers.push(Shard {
                 id: id.clone(),
                 tx,
-                next_seq: AtomicU64::new(0),
+                next_seq: Mutex::new(next),
             });
             readers.push(ShardReader { shard_id: id, rx });
         }
         (
             Self {
                 shards: Arc::new(producers),
+                journal,
             },
             readers,
         )
+    }
+
+    /// Delivers again the records a journal recovered, into their shards, before any new
+    /// put (waits while a shard is full). A record of a shard this stream does not have
+    /// (the shard count changed) goes to the shard its partition key maps to now.
+    pub async fn redeliver(&self, entries: Vec<StreamEntry>) {
+        for e in entries {
+            let shard = self
+                .shards
+                .iter()
+                .find(|s| s.id == e.shard_id)
+                .unwrap_or_else(|| &self.shards[self.shard_for(&e.partition_key)]);
+            if shard.tx.send(e).await.is_err() {
+                return; // the consumer stopped: the journal keeps them for the next run
+            }
+        }
     }
 
     /// Number of shards.
@@ -98,15 +154,25 @@ impl RecordSink for LocalStream {
         let mut out = Vec::with_capacity(batch.len());
         for rec in batch {
             let shard = &self.shards[self.shard_for(&rec.partition_key)];
-            let n = shard.next_seq.fetch_add(1, Ordering::Relaxed);
+            let mut next = shard.next_seq.lock().await;
             let entry = StreamEntry {
                 shard_id: shard.id.clone(),
-                // Kinesis sequence numbers are large decimal strings that grow per shard.
-                sequence_number: format!("49{n:038}"),
+                sequence_number: sequence_number(*next),
                 partition_key: rec.partition_key.clone(),
                 data: rec.data.clone(),
                 approximate_arrival_ms: now,
             };
+            if let Some(journal) = &self.journal
+                && let Err(e) = journal.append(std::slice::from_ref(&entry))
+            {
+                out.push(EntryOutcome::Failed {
+                    code: "InternalFailure".into(),
+                    message: format!("the local stream's journal could not be written: {e}"),
+                    retriable: true,
+                });
+                continue;
+            }
+            *next += 1;
             // `send` waits while the shard is full: backpressure on the producer.
             match shard.tx.send(entry).await {
                 Ok(()) => out.push(EntryOutcome::Ok),

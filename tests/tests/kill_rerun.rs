@@ -219,9 +219,9 @@ async fn replay_through_kinesis_killed_at_seeded_random_times_and_rerun_stores_e
 /// Kill points of `iotpipe up` while devices publish (the devices' run lasts ~20 s).
 const UP_KILLS: usize = 8;
 
-/// `iotpipe up --devices 0` on the external `broker`, ingest putting into `stream`, its
-/// stderr in `log` (appended: one file for every run of a test).
-fn up_on(broker: u16, data: &Path, stream: &str, duration: &str, log: &Path) -> Command {
+/// `iotpipe up --devices 0` on the external `broker` with `args` (the stream, the
+/// topology), its stderr in `log` (appended: one file for every run of a test).
+fn up_on(broker: u16, data: &Path, args: &[&str], duration: &str, log: &Path) -> Command {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -229,8 +229,15 @@ fn up_on(broker: u16, data: &Path, stream: &str, duration: &str, log: &Path) -> 
         .unwrap();
     let mut cmd = iotpipe(&["up", "--devices", "0", "--duration", duration]);
     cmd.envs(moto::s3_env());
-    cmd.args(["--stream", stream, "--shards", "2"])
-        .args(["--flush-every", "200ms", "--rollup-every", "300ms"])
+    cmd.args(args)
+        .args([
+            "--shards",
+            "2",
+            "--flush-every",
+            "200ms",
+            "--rollup-every",
+            "300ms",
+        ])
         .args(["--broker", &format!("mqtt://127.0.0.1:{broker}"), "--data"])
         .arg(data)
         .stdout(Stdio::null())
@@ -260,7 +267,7 @@ fn wait_subscribed(log: &Path, n: usize) {
 /// what the broker acknowledged to the devices: every message is then in Parquet once
 /// after dedup, nothing is missing in the ledger, and the statistics equal a clean replay
 /// of the same messages.
-fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &WindowStats) {
+fn up_killed_while_devices_publish(args: &[&str], input: &SeededInput, want: &WindowStats) {
     let dir = tempfile::tempdir().unwrap();
     let port = test_support::free_port();
     let mut broker = iotpipe_tests::mosquitto(
@@ -271,7 +278,7 @@ fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &Win
     let data = dir.path().join("data");
     let log = dir.path().join("up.log");
     let mut runs = 1;
-    let mut up = up_on(port, &data, stream, "5m", &log).spawn().unwrap();
+    let mut up = up_on(port, &data, args, "5m", &log).spawn().unwrap();
     // The rule's session exists once it subscribed: from then on the broker keeps what the
     // devices publish for it, whether a run is up or not.
     wait_subscribed(&log, runs);
@@ -299,7 +306,7 @@ fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &Win
         // Down for a while: the broker queues what the devices publish meanwhile.
         std::thread::sleep(Duration::from_millis(rng.between(0, 500)));
         runs += 1;
-        up = up_on(port, &data, stream, "5m", &log).spawn().unwrap();
+        up = up_on(port, &data, args, "5m", &log).spawn().unwrap();
     }
     up.kill().unwrap();
     up.wait().unwrap();
@@ -312,7 +319,7 @@ fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &Win
         "the broker acknowledged every message: {summary}"
     );
     // The last run takes what the broker queued while the pipeline was down.
-    let status = up_on(port, &data, stream, "3s", &log).status().unwrap();
+    let status = up_on(port, &data, args, "3s", &log).status().unwrap();
     broker.kill().unwrap();
     broker.wait().unwrap();
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -321,7 +328,7 @@ fn up_killed_while_devices_publish(stream: &str, input: &SeededInput, want: &Win
         "the last run failed: {status}\n{log_text}"
     );
     check_stored_once(
-        &format!("{stream}: up killed after {kills:?} ms"),
+        &format!("{args:?}: up killed after {kills:?} ms"),
         input,
         &data,
         want,
@@ -337,7 +344,29 @@ async fn up_through_kinesis_killed_while_devices_publish_and_rerun_stores_every_
     let name = moto::unique("iotpipe-up-kill");
     moto::create_kinesis_stream(&sdk, &name, 2).await;
     let stream = format!("kinesis:{name}");
-    tokio::task::spawn_blocking(move || up_killed_while_devices_publish(&stream, &input, &want))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        up_killed_while_devices_publish(&["--stream", &stream], &input, &want);
+    })
+    .await
+    .unwrap();
+}
+
+/// The local stream and Firehose's DirectPut input are in memory: their journals
+/// (`local::journal`) keep what they accepted across the kills.
+fn up_on_the_local_stream_killed_while_devices_publish(topology: &str, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = seeded_input(dir.path(), 10, "20s", seed);
+    let (want, _) = clean_run(&dir.path().join("clean"), &input);
+    up_killed_while_devices_publish(&["--topology", topology], &input, &want);
+}
+
+#[test]
+fn up_of_the_firehose_topology_killed_while_devices_publish_and_rerun_stores_every_message_once() {
+    up_on_the_local_stream_killed_while_devices_publish("firehose", SEED ^ 0xf1);
+}
+
+#[test]
+fn up_of_the_per_message_topology_killed_while_devices_publish_and_rerun_stores_every_message_once()
+{
+    up_on_the_local_stream_killed_while_devices_publish("per-message", SEED ^ 0x9e);
 }

@@ -556,16 +556,15 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let mut cfg = stack_config(&a.data, &a.tuning);
     // What the broker acknowledged must survive a killed run: the in-memory services keep a
     // journal in a local data directory (an s3:// location has no local place for one).
-    let journal = match (a.data.data.contains("://"), cfg.topology, &cfg.stream) {
-        (false, Topology::Firehose | Topology::PerMessage, StreamTarget::Local) => {
+    let journal = match (a.data.data.contains("://"), &cfg.stream) {
+        (false, StreamTarget::Local) => {
             let dir = std::path::Path::new(&a.data.data).join(local::journal::JOURNAL_DIR);
             let shown = dir.display().to_string();
             cfg.journal = Some(dir);
             shown
         }
-        (_, _, StreamTarget::Local) => "none: what the in-memory stream and Firehose hold is \
-             lost if the run is killed (a local --data directory keeps a journal; the kinesis \
-             topology has none yet)"
+        (true, StreamTarget::Local) => "none: what the in-memory stream and Firehose hold is \
+             lost if the run is killed (a local --data directory keeps a journal)"
             .to_owned(),
         _ => "none needed: the stream is on AWS".to_owned(),
     };

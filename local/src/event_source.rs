@@ -37,7 +37,9 @@ use telemetry::metering::{
 use telemetry::stream::StreamEntry;
 use tokio::time::Instant;
 
+use crate::firehose::DurablePositions;
 use crate::stream::ShardReader;
+use tokio::sync::mpsc;
 
 /// Lambda's synchronous invocation payload limit: a batch is cut before its event would
 /// exceed it.
@@ -122,6 +124,19 @@ pub async fn run(
     invoke: Invoke,
     on_failure: OnFailure,
 ) -> EventSourceReport {
+    run_with_progress(cfg, readers, invoke, on_failure, None).await
+}
+
+/// [`run`], also sending on `progress`, after each batch is done (the function succeeded
+/// for every record, or what failed went to the on-failure destination), its shard and the
+/// sequence number of its last record: the mapping's checkpoint.
+pub async fn run_with_progress(
+    cfg: EventSourceConfig,
+    readers: Vec<ShardReader>,
+    invoke: Invoke,
+    on_failure: OnFailure,
+    progress: Option<mpsc::UnboundedSender<DurablePositions>>,
+) -> EventSourceReport {
     let mut tasks = Vec::with_capacity(readers.len());
     for reader in readers {
         tasks.push(tokio::spawn(shard(
@@ -129,9 +144,10 @@ pub async fn run(
             reader,
             invoke.clone(),
             on_failure.clone(),
+            progress.clone(),
         )));
     }
-    drop((invoke, on_failure));
+    drop((invoke, on_failure, progress));
     let mut report = EventSourceReport::default();
     for t in tasks {
         match t.await {
@@ -148,6 +164,7 @@ async fn shard(
     mut reader: ShardReader,
     invoke: Invoke,
     on_failure: OnFailure,
+    progress: Option<mpsc::UnboundedSender<DurablePositions>>,
 ) -> EventSourceReport {
     let mut report = EventSourceReport::default();
     let size = cfg.batch_size.max(1);
@@ -170,9 +187,14 @@ async fn shard(
             }
         }
         report.records += batch.len() as u64;
+        let last = batch.last().map(|e| e.sequence_number.clone());
         for part in cut_at_payload_limit(std::mem::take(&mut batch)) {
             report.batches += 1;
             deliver(&cfg, part, &invoke, &on_failure, &mut report).await;
+        }
+        if let (Some(tx), Some(seq)) = (&progress, last) {
+            // A receiver that has gone only means nobody checkpoints any more.
+            let _ = tx.send(DurablePositions::from([(reader.shard_id.clone(), seq)]));
         }
         if closed {
             break;

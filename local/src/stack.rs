@@ -71,10 +71,11 @@ pub struct StackConfig {
     /// The path from the rule to Firehose ([`Topology`]; `firehose` needs the local stream).
     pub topology: Topology,
     /// Where the write-ahead journals of the in-memory services go ([`crate::journal`]):
-    /// Firehose's DirectPut input (topology firehose) and the local stream (per-message)
-    /// keep what they accepted across a killed run, and a run on the same directory
-    /// delivers it. `None`: memory only (`replay` reads its file again instead). The
-    /// kinesis topology has no journal yet.
+    /// Firehose's DirectPut input and the local stream keep what they accepted across a
+    /// killed run, and a run on the same directory
+    /// delivers it; in topology kinesis the stream's checkpoint is the event-source
+    /// mapping's progress. One subdirectory per topology and service. `None`: memory only
+    /// (`replay` reads its file again instead).
     pub journal: Option<std::path::PathBuf>,
 }
 
@@ -154,14 +155,90 @@ pub enum StackSink {
     DirectPut(DirectPutInput, Option<Arc<crate::faults::Injector>>),
 }
 
-/// The emulated Firehose's DirectPut input: `PutRecordBatch` into the delivery stream.
-pub struct DirectPutInput {
-    /// The emulated delivery stream's input.
+/// The emulated Firehose's DirectPut input (`PutRecord` / `PutRecordBatch`): numbers each
+/// record, writes it to the run's journal if it keeps one ([`crate::journal`]), and hands
+/// it to the delivery stream — under one lock, so that records enter Firehose (and the
+/// journal) in sequence order, which its durable positions rely on.
+pub struct DirectPut {
     tx: mpsc::Sender<StreamEntry>,
+    next: tokio::sync::Mutex<u64>,
+    journal: Option<Arc<Journal>>,
+}
+
+/// A DirectPut that stored nothing: Firehose's error code and message.
+struct PutFailed {
+    code: &'static str,
+    message: String,
+}
+
+impl DirectPut {
+    /// The input `tx` of a delivery stream, journaled when `journal` is given: the records
+    /// the journal recovered are sent first, and numbering goes on after them.
+    async fn start(
+        tx: mpsc::Sender<StreamEntry>,
+        journal: Option<(Arc<Journal>, Recovered)>,
+    ) -> anyhow::Result<Self> {
+        let mut next = 0;
+        let journal = match journal {
+            Some((j, recovered)) => {
+                next = recovered
+                    .last
+                    .get(DIRECT_PUT_SHARD)
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .map_or(0, |n| n + 1);
+                for e in recovered.entries {
+                    tx.send(e)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the emulated Firehose stopped"))?;
+                }
+                Some(j)
+            }
+            None => None,
+        };
+        Ok(Self {
+            tx,
+            next: tokio::sync::Mutex::new(next),
+            journal,
+        })
+    }
+
+    /// Stores one record (waits while the delivery stream's input is full).
+    async fn put(
+        &self,
+        partition_key: &str,
+        data: bytes::Bytes,
+        arrival_ms: i64,
+    ) -> Result<(), PutFailed> {
+        let mut next = self.next.lock().await;
+        let entry = StreamEntry {
+            shard_id: DIRECT_PUT_SHARD.to_owned(),
+            sequence_number: next.to_string(),
+            partition_key: partition_key.to_owned(),
+            data,
+            approximate_arrival_ms: arrival_ms,
+        };
+        if let Some(j) = &self.journal {
+            j.append(std::slice::from_ref(&entry))
+                .map_err(|e| PutFailed {
+                    code: "ServiceUnavailableException",
+                    message: format!("the emulated Firehose's journal could not be written: {e}"),
+                })?;
+        }
+        self.tx.send(entry).await.map_err(|_| PutFailed {
+            code: "ServiceUnavailableException",
+            message: "the emulated Firehose delivery stream has stopped".into(),
+        })?;
+        *next += 1;
+        Ok(())
+    }
+}
+
+/// Ingest's sink in topology kinesis: `PutRecordBatch` into the emulated Firehose.
+pub struct DirectPutInput {
+    /// The delivery stream's input.
+    put: Arc<DirectPut>,
     /// Where the put bytes and 5 KB units are counted.
     counters: Arc<Counters>,
-    /// Sequence numbers of the puts (the emulator's record ids).
-    next: Arc<AtomicU64>,
 }
 
 impl RecordSink for DirectPutInput {
@@ -173,23 +250,17 @@ impl RecordSink for DirectPutInput {
         let now = chrono::Utc::now().timestamp_millis();
         let mut outcomes = Vec::with_capacity(batch.len());
         for r in batch {
-            let entry = StreamEntry {
-                shard_id: DIRECT_PUT_SHARD.to_owned(),
-                sequence_number: self.next.fetch_add(1, Ordering::Relaxed).to_string(),
-                partition_key: r.partition_key.clone(),
-                data: r.data.clone(),
-                approximate_arrival_ms: now,
-            };
-            if self.tx.send(entry).await.is_err() {
-                outcomes.push(EntryOutcome::Failed {
-                    code: "ServiceUnavailableException".into(),
-                    message: "the emulated Firehose delivery stream has stopped".into(),
+            match self.put.put(&r.partition_key, r.data.clone(), now).await {
+                Ok(()) => {
+                    count_direct_put(&self.counters, r.data.len());
+                    outcomes.push(EntryOutcome::Ok);
+                }
+                Err(f) => outcomes.push(EntryOutcome::Failed {
+                    code: f.code.into(),
+                    message: f.message,
                     retriable: false,
-                });
-                continue;
+                }),
             }
-            count_direct_put(&self.counters, r.data.len());
-            outcomes.push(EntryOutcome::Ok);
         }
         Ok(outcomes)
     }
@@ -273,7 +344,7 @@ fn spawn_firehose(
         let task = tokio::spawn(firehose::run(cfg.firehose.clone(), input, store, invoke));
         return (task, None);
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<DurablePositions>();
+    let (tx, rx) = mpsc::unbounded_channel::<DurablePositions>();
     let task = tokio::spawn(firehose::run_with_progress(
         cfg.firehose.clone(),
         input,
@@ -281,16 +352,23 @@ fn spawn_firehose(
         invoke,
         Some(tx),
     ));
-    let journal = journal.clone();
-    let checkpointer = tokio::spawn(async move {
-        while let Some(positions) = rx.recv().await {
-            if let Err(e) = journal.checkpoint(&positions) {
+    (task, Some(checkpoint_journal(journal.clone(), rx)))
+}
+
+/// The task that makes a consumer's durable positions `journal`'s checkpoint; it ends when
+/// the consumer drops its sender.
+fn checkpoint_journal(
+    journal: Arc<Journal>,
+    mut positions: mpsc::UnboundedReceiver<DurablePositions>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(p) = positions.recv().await {
+            if let Err(e) = journal.checkpoint(&p) {
                 tracing::warn!(error = %e, "could not write the journal's checkpoint: a rerun \
                     delivers more again (duplicates the rollup removes)");
             }
         }
-    });
-    (task, Some(checkpointer))
+    })
 }
 
 /// The shard id of records put into the emulated Firehose directly (no stream).
@@ -415,7 +493,7 @@ enum RuleAction {
     Ingest(Arc<Ingest<StackSink>>),
     /// `firehose`: the rule's Firehose action puts the raw payload into the emulated
     /// delivery stream (DirectPut); no ingest runs.
-    DirectPut(mpsc::Sender<StreamEntry>),
+    DirectPut(DirectPut),
     /// `kinesis`: the rule's Kinesis action puts the raw payload into the emulated stream,
     /// which the event-source mapping ([`crate::event_source`]) reads for ingest.
     Kinesis(LocalStream),
@@ -455,13 +533,9 @@ pub struct Stack {
     started: Instant,
     /// The injected faults (`--inject`), counted for the report.
     faults: Option<Arc<crate::faults::Injector>>,
-    /// The next sequence number of the direct puts (topology firehose), held from numbering
-    /// to sending so that they enter Firehose (and the journal) in order.
-    direct_puts: tokio::sync::Mutex<u64>,
-    /// The journal of what this run's in-memory service accepted, if any.
-    journal: Option<Arc<Journal>>,
-    /// Applies Firehose's durable positions to the journal as its checkpoint.
-    journal_task: Option<JoinHandle<()>>,
+    /// Apply the consumers' durable positions to the journals as their checkpoints; each
+    /// ends when its consumer does.
+    journal_tasks: Vec<JoinHandle<()>>,
     topology: Topology,
 }
 
@@ -655,7 +729,7 @@ impl Stack {
                 faults.clone(),
             );
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
-            let journal = open_journal(&cfg, "directput")?;
+            let journal = open_journal(&cfg, "firehose/directput")?;
             let (firehose, journal_task) = spawn_firehose(
                 &cfg,
                 rx,
@@ -663,29 +737,13 @@ impl Stack {
                 invoke,
                 journal.as_ref().map(|(j, _)| j),
             );
-            let mut next = 0;
-            let journal = match journal {
-                Some((j, recovered)) => {
-                    next = recovered
-                        .last
-                        .get(DIRECT_PUT_SHARD)
-                        .and_then(|s| s.parse::<u64>().ok())
-                        .map_or(0, |n| n + 1);
-                    for e in recovered.entries {
-                        tx.send(e)
-                            .await
-                            .map_err(|_| anyhow::anyhow!("the emulated Firehose stopped"))?;
-                    }
-                    Some(j)
-                }
-                None => None,
-            };
+            let put = DirectPut::start(tx, journal).await?;
             let mut stack = Self {
                 store,
                 meter,
                 counters,
                 ingested,
-                action: RuleAction::DirectPut(tx),
+                action: RuleAction::DirectPut(put),
                 firehose: Some(firehose),
                 kinesis: None,
                 event_source: None,
@@ -693,9 +751,7 @@ impl Stack {
                 scheduler: None,
                 started: Instant::now(),
                 faults,
-                direct_puts: tokio::sync::Mutex::new(next),
-                journal,
-                journal_task,
+                journal_tasks: journal_task.into_iter().collect(),
                 topology: cfg.topology,
             };
             stack.start_scheduler(cfg.rollup_every);
@@ -709,29 +765,49 @@ impl Stack {
                 cfg.stream
             );
             // Rule ─Kinesis action─▶ stream ─event-source mapping─▶ ingest ─DirectPut─▶ Firehose.
+            // With a journal, each hop keeps what it accepted: Firehose's DirectPut input until
+            // Firehose delivered it, the stream until the mapping's ingest put it into Firehose.
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
-            let firehose = tokio::spawn(firehose::run(
-                cfg.firehose.clone(),
+            let put_journal = open_journal(&cfg, "kinesis/directput")?;
+            let (firehose, put_task) = spawn_firehose(
+                &cfg,
                 rx,
                 store.clone(),
                 invoke,
-            ));
+                put_journal.as_ref().map(|(j, _)| j),
+            );
             let sink = StackSink::DirectPut(
                 DirectPutInput {
-                    tx,
+                    put: Arc::new(DirectPut::start(tx, put_journal).await?),
                     counters: counters.clone(),
-                    next: Arc::default(),
                 },
                 faults.clone(),
             );
             let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
-            let (stream, readers) = LocalStream::new(cfg.shards, cfg.shard_capacity);
-            let event_source = tokio::spawn(crate::event_source::run(
+            let stream_journal = open_journal(&cfg, "kinesis/stream")?;
+            let (stream, readers) = match &stream_journal {
+                Some((j, recovered)) => {
+                    LocalStream::journaled(cfg.shards, cfg.shard_capacity, j.clone(), recovered)
+                }
+                None => LocalStream::new(cfg.shards, cfg.shard_capacity),
+            };
+            let (progress, stream_task) = match &stream_journal {
+                Some((j, _)) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    (Some(tx), Some(checkpoint_journal(j.clone(), rx)))
+                }
+                None => (None, None),
+            };
+            let event_source = tokio::spawn(crate::event_source::run_with_progress(
                 EventSourceConfig::default(),
                 readers,
                 esm_invoke(ingest, meter.clone(), counters.clone(), ingested.clone()),
                 esm_on_failure(store.clone(), counters.clone()),
+                progress,
             ));
+            if let Some((_, recovered)) = stream_journal {
+                stream.redeliver(recovered.entries).await;
+            }
             let mut stack = Self {
                 store,
                 meter,
@@ -745,18 +821,16 @@ impl Stack {
                 scheduler: None,
                 started: Instant::now(),
                 faults,
-                direct_puts: tokio::sync::Mutex::new(0),
-                journal: None,
-                journal_task: None,
+                journal_tasks: put_task.into_iter().chain(stream_task).collect(),
                 topology: cfg.topology,
             };
             stack.start_scheduler(cfg.rollup_every);
             return Ok(stack);
         }
-        let mut journal_parts = (None, None);
+        let mut journal_tasks = Vec::new();
         let (sink, firehose, kinesis) = match &cfg.stream {
             StreamTarget::Local => {
-                let journal = open_journal(&cfg, "stream")?;
+                let journal = open_journal(&cfg, "per-message/stream")?;
                 let (stream, readers) = match &journal {
                     Some((j, recovered)) => {
                         LocalStream::journaled(cfg.shards, cfg.shard_capacity, j.clone(), recovered)
@@ -771,10 +845,10 @@ impl Stack {
                     invoke,
                     journal.as_ref().map(|(j, _)| j),
                 );
-                if let Some((j, recovered)) = journal {
+                if let Some((_, recovered)) = journal {
                     stream.redeliver(recovered.entries).await;
-                    journal_parts = (Some(j), task);
                 }
+                journal_tasks.extend(task);
                 (
                     StackSink::Local(stream, faults.clone()),
                     Some(firehose),
@@ -857,9 +931,7 @@ impl Stack {
             scheduler: None,
             started: Instant::now(),
             faults,
-            direct_puts: tokio::sync::Mutex::new(0),
-            journal: journal_parts.0,
-            journal_task: journal_parts.1,
+            journal_tasks,
             topology: cfg.topology,
         };
         stack.start_scheduler(cfg.rollup_every);
@@ -907,8 +979,8 @@ impl Stack {
             );
         }
         let ingest = match &self.action {
-            RuleAction::DirectPut(tx) => {
-                self.put_raw(tx, event).await;
+            RuleAction::DirectPut(put) => {
+                self.put_raw(put, event).await;
                 return IngestReport::default();
             }
             RuleAction::Kinesis(stream) => {
@@ -1086,7 +1158,7 @@ async fn dead_letter(
 impl Stack {
     /// The rule's Firehose action: `{payload (base64), topic}` (the rule's SQL in the
     /// template), arrival time = the rule's receive time.
-    async fn put_raw(&self, tx: &mpsc::Sender<StreamEntry>, event: IotRuleEvent) {
+    async fn put_raw(&self, put: &DirectPut, event: IotRuleEvent) {
         use crate::faults::PutFault;
         let fault = self.faults.as_ref().map(|f| f.put(1));
         let error = match &fault {
@@ -1108,28 +1180,9 @@ impl Stack {
             Some(e) => Some(e),
             None => {
                 let len = data.len();
-                let mut next = self.direct_puts.lock().await;
-                let entry = StreamEntry {
-                    shard_id: DIRECT_PUT_SHARD.to_owned(),
-                    sequence_number: next.to_string(),
-                    partition_key: String::new(),
-                    data,
-                    approximate_arrival_ms: received_at,
-                };
-                let journaled = match &self.journal {
-                    Some(j) => j.append(std::slice::from_ref(&entry)),
-                    None => Ok(()),
-                };
-                if let Err(e) = journaled {
-                    Some(format!(
-                        "ServiceUnavailableException: the emulated Firehose's journal could \
-                         not be written: {e}"
-                    ))
-                } else if tx.send(entry).await.is_err() {
-                    Some("ServiceUnavailableException: the emulated Firehose has stopped".into())
+                if let Err(f) = put.put("", data, received_at).await {
+                    Some(format!("{}: {}", f.code, f.message))
                 } else {
-                    *next += 1;
-                    drop(next);
                     self.counters
                         .firehose_put_bytes
                         .fetch_add(len as u64, Ordering::Relaxed);
@@ -1172,9 +1225,7 @@ impl Stack {
             scheduler,
             started,
             faults,
-            direct_puts: _,
-            journal,
-            journal_task,
+            journal_tasks,
             topology,
         } = self;
         // Dropping the rule's action closes what it wrote into: the Firehose emulator's
@@ -1208,11 +1259,10 @@ impl Stack {
             ),
             None => None,
         };
-        // Firehose reported its last durable positions: the journal's last checkpoint.
-        if let Some(t) = journal_task {
-            t.await.context("the journal's checkpoint task panicked")?;
+        // The consumers reported their last durable positions: the journals' checkpoints.
+        for t in journal_tasks {
+            t.await.context("a journal's checkpoint task panicked")?;
         }
-        drop(journal);
         let mut kinesis = None;
         if let Some((read, checkpointer)) = reader {
             // The emulator has reported its last durable positions and closed the channel.

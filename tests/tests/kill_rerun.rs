@@ -366,6 +366,11 @@ fn up_of_the_firehose_topology_killed_while_devices_publish_and_rerun_stores_eve
 }
 
 #[test]
+fn up_of_the_kinesis_topology_killed_while_devices_publish_and_rerun_stores_every_message_once() {
+    up_on_the_local_stream_killed_while_devices_publish("kinesis", SEED ^ 0x4e);
+}
+
+#[test]
 fn up_of_the_per_message_topology_killed_while_devices_publish_and_rerun_stores_every_message_once()
 {
     up_on_the_local_stream_killed_while_devices_publish("per-message", SEED ^ 0x9e);

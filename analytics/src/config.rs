@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::ObjectStore;
-use object_store::local::LocalFileSystem;
 
 use crate::window::Window;
 
@@ -152,13 +151,11 @@ pub fn local_store(dir: Option<OsString>) -> Result<Arc<dyn ObjectStore>, Config
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .ok_or(ConfigError::Missing { var: DATA_DIR_ENV })?;
-    let store =
-        LocalFileSystem::new_with_prefix(&dir).map_err(|source| ConfigError::Directory {
-            var: DATA_DIR_ENV,
-            path: dir.display().to_string(),
-            source,
-        })?;
-    Ok(Arc::new(store))
+    telemetry::synced::local_dir_store(&dir).map_err(|source| ConfigError::Directory {
+        var: DATA_DIR_ENV,
+        path: dir.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

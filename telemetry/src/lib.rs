@@ -33,6 +33,7 @@ pub mod rule_record;
 pub mod schema;
 pub mod store;
 pub mod stream;
+pub mod synced;
 pub mod topic;
 pub mod validate;
 

@@ -13,7 +13,6 @@ use std::sync::{Arc, OnceLock};
 
 use futures::stream::{self, BoxStream, StreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
@@ -153,9 +152,7 @@ where
                 path: dir.display().to_string(),
                 source,
             })?;
-            Ok(Arc::new(
-                LocalFileSystem::new_with_prefix(&dir).map_err(open_err)?,
-            ))
+            crate::synced::local_dir_store(&dir).map_err(open_err)
         }
         StoreLocation::S3 { bucket, prefix } => {
             let mut builder = AmazonS3Builder::new();

@@ -22,7 +22,10 @@ command -v mosquitto >/dev/null || { echo "soak.sh: no mosquitto (apt-get instal
 
 work="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" > "$work/mosquitto.conf"
+# Persistence: the restart keeps the rule's persistent session and what is queued for it
+# (mosquitto saves its database when stopped); no queue limit, so a restart loses nothing.
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\n' \
+    "$port" "$work" > "$work/mosquitto.conf"
 broker_pid=
 start_broker() { mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 & broker_pid=$!; sleep 0.5; }
 cleanup() { [[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null || true; rm -rf "$work"; }

@@ -164,12 +164,7 @@ impl Journal {
                 .insert(e.shard_id.clone(), e.sequence_number.clone());
         }
         if inner.bytes >= SEGMENT_BYTES {
-            let (file, seg) = new_segment(&self.dir, inner.next_index)?;
-            inner.next_index += 1;
-            inner.file = file;
-            inner.bytes = 0;
-            let full = std::mem::replace(&mut inner.current, seg);
-            inner.closed.push(full);
+            self.rotate(&mut inner)?;
         }
         Ok(())
     }
@@ -197,12 +192,7 @@ impl Journal {
         std::fs::write(&tmp, serde_json::to_vec(positions)?)?;
         std::fs::rename(&tmp, self.dir.join(CHECKPOINT))?;
         if inner.bytes > 0 && covered(&inner.current, positions) {
-            let (file, seg) = new_segment(&self.dir, inner.next_index)?;
-            inner.next_index += 1;
-            inner.file = file;
-            inner.bytes = 0;
-            let full = std::mem::replace(&mut inner.current, seg);
-            inner.closed.push(full);
+            self.rotate(&mut inner)?;
         }
         let mut kept = Vec::new();
         for seg in std::mem::take(&mut inner.closed) {
@@ -213,6 +203,17 @@ impl Journal {
             }
         }
         inner.closed = kept;
+        Ok(())
+    }
+
+    /// Closes the current segment and starts the next.
+    fn rotate(&self, inner: &mut Inner) -> std::io::Result<()> {
+        let (file, seg) = new_segment(&self.dir, inner.next_index)?;
+        inner.next_index += 1;
+        inner.file = file;
+        inner.bytes = 0;
+        let full = std::mem::replace(&mut inner.current, seg);
+        inner.closed.push(full);
         Ok(())
     }
 

@@ -22,6 +22,7 @@
 //! This crate does no network I/O of its own; it writes to whatever
 //! [`object_store::ObjectStore`] it is handed ([`store::open_store`] only builds one).
 
+pub mod after_write;
 pub mod layout;
 pub mod logging;
 pub mod message;

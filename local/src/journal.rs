@@ -73,11 +73,40 @@ pub struct Journal {
 /// What [`Journal::open`] found.
 #[derive(Debug, Default)]
 pub struct Recovered {
-    /// Entries after the checkpoint, in the order they were appended: to be delivered again.
-    pub entries: Vec<StreamEntry>,
+    /// Entries after the checkpoint: to be delivered again ([`Recovered::segments`]).
+    pub pending: u64,
     /// Per shard, the largest sequence number in the journal (recovered or checkpointed):
     /// new entries must continue after it.
     pub last: BTreeMap<String, String>,
+    /// The segments holding pending entries, in order.
+    segments: Vec<PathBuf>,
+    /// The checkpoint they were found against.
+    checkpoint: DurablePositions,
+}
+
+impl Recovered {
+    /// The pending entries, one segment at a time in the order they were appended (memory:
+    /// one segment, whatever the journal's size). A segment deleted meanwhile — every
+    /// entry of it delivered — is skipped.
+    pub fn segments(&self) -> impl Iterator<Item = std::io::Result<Vec<StreamEntry>>> + '_ {
+        self.segments
+            .iter()
+            .filter_map(|path| match read_segment(path) {
+                Ok(entries) => Some(Ok(entries
+                    .into_iter()
+                    .filter(|e| after(&self.checkpoint, e))
+                    .collect())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => Some(Err(e)),
+            })
+    }
+}
+
+/// `e` comes after what `positions` names for its shard.
+fn after(positions: &DurablePositions, e: &StreamEntry) -> bool {
+    positions
+        .get(&e.shard_id)
+        .is_none_or(|c| seq_cmp(&e.sequence_number, c) == std::cmp::Ordering::Greater)
 }
 
 impl Journal {
@@ -102,7 +131,8 @@ impl Journal {
             })
             .collect();
         segments.sort();
-        let mut entries = Vec::new();
+        let mut pending = 0;
+        let mut pending_segments = Vec::new();
         let mut last = checkpoint.clone();
         let mut closed = Vec::new();
         for (_, path) in &segments {
@@ -110,20 +140,19 @@ impl Journal {
                 path: path.clone(),
                 last: BTreeMap::new(),
             };
+            let before = pending;
             for e in read_segment(path)? {
                 seg.last
                     .insert(e.shard_id.clone(), e.sequence_number.clone());
-                let newer = |m: &BTreeMap<String, String>| {
-                    m.get(&e.shard_id).is_none_or(|c| {
-                        seq_cmp(&e.sequence_number, c) == std::cmp::Ordering::Greater
-                    })
-                };
-                if newer(&last) {
+                if after(&last, &e) {
                     last.insert(e.shard_id.clone(), e.sequence_number.clone());
                 }
-                if newer(&checkpoint) {
-                    entries.push(e);
+                if after(&checkpoint, &e) {
+                    pending += 1;
                 }
+            }
+            if pending > before {
+                pending_segments.push(path.clone());
             }
             closed.push(seg);
         }
@@ -142,7 +171,13 @@ impl Journal {
         };
         // Segments the checkpoint already covers go at once.
         journal.checkpoint(&checkpoint)?;
-        Ok((journal, Recovered { entries, last }))
+        let recovered = Recovered {
+            pending,
+            last,
+            segments: pending_segments,
+            checkpoint,
+        };
+        Ok((journal, recovered))
     }
 
     /// Appends `entries` with one write; returns once the operating system has them.
@@ -328,8 +363,12 @@ mod tests {
         }
     }
 
+    fn entries(r: &Recovered) -> Vec<StreamEntry> {
+        r.segments().flat_map(Result::unwrap).collect()
+    }
+
     fn seqs(r: &Recovered) -> Vec<(String, String)> {
-        r.entries
+        entries(r)
             .iter()
             .map(|e| (e.shard_id.clone(), e.sequence_number.clone()))
             .collect()
@@ -340,7 +379,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, r) = Journal::open(dir.path()).unwrap();
-            assert!(r.entries.is_empty());
+            assert_eq!(r.pending, 0);
             j.append(&(0..12).map(|i| entry("a", i)).collect::<Vec<_>>())
                 .unwrap();
             j.append(&[entry("b", 0), entry("b", 1)]).unwrap();
@@ -353,9 +392,11 @@ mod tests {
             .map(|(s, q)| (s.to_owned(), q.to_owned()))
             .to_vec();
         assert_eq!(seqs(&r), want);
-        assert_eq!(r.entries[0].data, Bytes::from("payload 10"));
-        assert_eq!(r.entries[0].partition_key, "d10");
-        assert_eq!(r.entries[0].approximate_arrival_ms, 1_764_072_000_010);
+        assert_eq!(r.pending, 3);
+        let first = &entries(&r)[0];
+        assert_eq!(first.data, Bytes::from("payload 10"));
+        assert_eq!(first.partition_key, "d10");
+        assert_eq!(first.approximate_arrival_ms, 1_764_072_000_010);
         assert_eq!(r.last.get("a").map(String::as_str), Some("11"));
     }
 
@@ -398,7 +439,8 @@ mod tests {
         assert_eq!(logs(), 1, "only the new, empty segment is left");
         drop(j);
         let (_, r) = Journal::open(dir.path()).unwrap();
-        assert!(r.entries.is_empty());
+        assert_eq!(r.pending, 0);
+        assert!(entries(&r).is_empty());
         assert_eq!(r.last.get("a").map(String::as_str), Some("1"));
     }
 }

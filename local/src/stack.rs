@@ -186,10 +186,12 @@ impl DirectPut {
                     .get(DIRECT_PUT_SHARD)
                     .and_then(|s| s.parse::<u64>().ok())
                     .map_or(0, |n| n + 1);
-                for e in recovered.entries {
-                    tx.send(e)
-                        .await
-                        .map_err(|_| anyhow::anyhow!("the emulated Firehose stopped"))?;
+                for segment in recovered.segments() {
+                    for e in segment.context("cannot read the journal: it is damaged")? {
+                        tx.send(e)
+                            .await
+                            .map_err(|_| anyhow::anyhow!("the emulated Firehose stopped"))?;
+                    }
                 }
                 Some(j)
             }
@@ -318,9 +320,9 @@ fn open_journal(
             dir.display()
         )
     })?;
-    if !recovered.entries.is_empty() {
+    if recovered.pending > 0 {
         tracing::warn!(
-            records = recovered.entries.len(),
+            records = recovered.pending,
             journal = %dir.display(),
             "delivering again what a run that did not finish had accepted"
         );
@@ -806,7 +808,7 @@ impl Stack {
                 progress,
             ));
             if let Some((_, recovered)) = stream_journal {
-                stream.redeliver(recovered.entries).await;
+                stream.redeliver(&recovered).await?;
             }
             let mut stack = Self {
                 store,
@@ -846,7 +848,7 @@ impl Stack {
                     journal.as_ref().map(|(j, _)| j),
                 );
                 if let Some((_, recovered)) = journal {
-                    stream.redeliver(recovered.entries).await;
+                    stream.redeliver(&recovered).await?;
                 }
                 journal_tasks.extend(task);
                 (

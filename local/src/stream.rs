@@ -105,19 +105,26 @@ impl LocalStream {
     }
 
     /// Delivers again the records a journal recovered, into their shards, before any new
-    /// put (waits while a shard is full). A record of a shard this stream does not have
-    /// (the shard count changed) goes to the shard its partition key maps to now.
-    pub async fn redeliver(&self, entries: Vec<StreamEntry>) {
-        for e in entries {
-            let shard = self
-                .shards
-                .iter()
-                .find(|s| s.id == e.shard_id)
-                .unwrap_or_else(|| &self.shards[self.shard_for(&e.partition_key)]);
-            if shard.tx.send(e).await.is_err() {
-                return; // the consumer stopped: the journal keeps them for the next run
+    /// put (waits while a shard is full; reads one journal segment at a time). A record of
+    /// a shard this stream does not have (the shard count changed) goes to the shard its
+    /// partition key maps to now.
+    ///
+    /// # Errors
+    /// When a journal segment cannot be read.
+    pub async fn redeliver(&self, recovered: &Recovered) -> std::io::Result<()> {
+        for segment in recovered.segments() {
+            for e in segment? {
+                let shard = self
+                    .shards
+                    .iter()
+                    .find(|s| s.id == e.shard_id)
+                    .unwrap_or_else(|| &self.shards[self.shard_for(&e.partition_key)]);
+                if shard.tx.send(e).await.is_err() {
+                    return Ok(()); // the consumer stopped: the journal keeps them
+                }
             }
         }
+        Ok(())
     }
 
     /// Number of shards.

@@ -36,6 +36,29 @@ use crate::firehose::DurablePositions;
 /// journaled service.
 pub const JOURNAL_DIR: &str = "_journal";
 
+/// Entries after the checkpoint in the journal at `dir` (0 when there is none), read
+/// without changing it.
+///
+/// # Errors
+/// When a segment or the checkpoint cannot be read.
+pub fn pending(dir: &Path) -> std::io::Result<u64> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let checkpoint = read_checkpoint(dir)?;
+    let mut n = 0;
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            n += read_segment(&path)?
+                .iter()
+                .filter(|e| after(&checkpoint, e))
+                .count() as u64;
+        }
+    }
+    Ok(n)
+}
+
 /// A segment is closed, and a new one started, once it holds this many bytes.
 pub const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
 
@@ -398,6 +421,22 @@ mod tests {
         assert_eq!(first.partition_key, "d10");
         assert_eq!(first.approximate_arrival_ms, 1_764_072_000_010);
         assert_eq!(r.last.get("a").map(String::as_str), Some("11"));
+    }
+
+    #[test]
+    fn pending_counts_what_is_after_the_checkpoint_without_changing_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(pending(&dir.path().join("none")).unwrap(), 0);
+        {
+            let (j, _) = Journal::open(dir.path()).unwrap();
+            j.append(&(0..5).map(|i| entry("a", i)).collect::<Vec<_>>())
+                .unwrap();
+            j.checkpoint(&[("a".into(), "1".into())].into()).unwrap();
+        }
+        assert_eq!(pending(dir.path()).unwrap(), 3);
+        assert_eq!(pending(dir.path()).unwrap(), 3);
+        let (_, r) = Journal::open(dir.path()).unwrap();
+        assert_eq!(r.pending, 3);
     }
 
     #[test]

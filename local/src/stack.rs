@@ -305,15 +305,52 @@ impl RecordSink for StackSink {
     }
 }
 
-/// Opens the journal `name` under [`StackConfig::journal`], if the run keeps one.
+/// The journaled service of Firehose's DirectPut input.
+const DIRECT_PUT_JOURNAL: &str = "directput";
+/// The journaled service of the local stream.
+const STREAM_JOURNAL: &str = "stream";
+/// Every topology's journals (`<topology>/<service>` under [`StackConfig::journal`]).
+const JOURNALS: [(Topology, &str); 4] = [
+    (Topology::Firehose, DIRECT_PUT_JOURNAL),
+    (Topology::Kinesis, DIRECT_PUT_JOURNAL),
+    (Topology::Kinesis, STREAM_JOURNAL),
+    (Topology::PerMessage, STREAM_JOURNAL),
+];
+
+/// Refuses to start while another topology's journal holds records a killed run accepted:
+/// this run would not deliver them, and nobody would notice them waiting.
+fn check_other_journals(cfg: &StackConfig) -> anyhow::Result<()> {
+    let Some(root) = &cfg.journal else {
+        return Ok(());
+    };
+    for (topology, service) in JOURNALS {
+        if topology == cfg.topology {
+            continue;
+        }
+        let dir = root.join(topology.name()).join(service);
+        let n = crate::journal::pending(&dir)
+            .with_context(|| format!("cannot read the journal {}", dir.display()))?;
+        anyhow::ensure!(
+            n == 0,
+            "{n} records that a killed --topology {topology} run had accepted wait in {}: \
+             run `iotpipe up --topology {topology}` on this --data first to deliver them (or \
+             delete that directory to drop them)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Opens this topology's journal of `service` under [`StackConfig::journal`], if the run
+/// keeps one.
 fn open_journal(
     cfg: &StackConfig,
-    name: &str,
+    service: &str,
 ) -> anyhow::Result<Option<(Arc<Journal>, Recovered)>> {
-    let Some(dir) = &cfg.journal else {
+    let Some(root) = &cfg.journal else {
         return Ok(None);
     };
-    let dir = dir.join(name);
+    let dir = root.join(cfg.topology.name()).join(service);
     let (journal, recovered) = Journal::open(&dir).with_context(|| {
         format!(
             "cannot open the journal {}: check that the data directory is writable",
@@ -654,6 +691,7 @@ impl Stack {
     /// loads the AWS configuration the standard way (`AWS_REGION`, credentials,
     /// `AWS_ENDPOINT_URL`) and checks that the stream exists.
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
+        check_other_journals(&cfg)?;
         let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
@@ -731,7 +769,7 @@ impl Stack {
                 faults.clone(),
             );
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
-            let journal = open_journal(&cfg, "firehose/directput")?;
+            let journal = open_journal(&cfg, DIRECT_PUT_JOURNAL)?;
             let (firehose, journal_task) = spawn_firehose(
                 &cfg,
                 rx,
@@ -770,7 +808,7 @@ impl Stack {
             // With a journal, each hop keeps what it accepted: Firehose's DirectPut input until
             // Firehose delivered it, the stream until the mapping's ingest put it into Firehose.
             let (tx, rx) = mpsc::channel(cfg.shard_capacity.max(1));
-            let put_journal = open_journal(&cfg, "kinesis/directput")?;
+            let put_journal = open_journal(&cfg, DIRECT_PUT_JOURNAL)?;
             let (firehose, put_task) = spawn_firehose(
                 &cfg,
                 rx,
@@ -786,7 +824,7 @@ impl Stack {
                 faults.clone(),
             );
             let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
-            let stream_journal = open_journal(&cfg, "kinesis/stream")?;
+            let stream_journal = open_journal(&cfg, STREAM_JOURNAL)?;
             let (stream, readers) = match &stream_journal {
                 Some((j, recovered)) => {
                     LocalStream::journaled(cfg.shards, cfg.shard_capacity, j.clone(), recovered)
@@ -832,7 +870,7 @@ impl Stack {
         let mut journal_tasks = Vec::new();
         let (sink, firehose, kinesis) = match &cfg.stream {
             StreamTarget::Local => {
-                let journal = open_journal(&cfg, "per-message/stream")?;
+                let journal = open_journal(&cfg, STREAM_JOURNAL)?;
                 let (stream, readers) = match &journal {
                     Some((j, recovered)) => {
                         LocalStream::journaled(cfg.shards, cfg.shard_capacity, j.clone(), recovered)
@@ -1545,4 +1583,56 @@ fn esm_on_failure(
         }
         .boxed()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(root: &std::path::Path, topology: Topology) -> StackConfig {
+        StackConfig {
+            data: root.display().to_string(),
+            shards: 2,
+            shard_capacity: 10,
+            firehose: local_firehose(Duration::from_secs(1)),
+            rollup_every: None,
+            ingest: IngestConfig::default(),
+            stream: StreamTarget::Local,
+            faults: None,
+            topology,
+            journal: Some(root.join(crate::journal::JOURNAL_DIR)),
+        }
+    }
+
+    #[test]
+    fn another_topologys_undelivered_journal_stops_the_run_and_says_how_to_deliver_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), Topology::Firehose);
+        assert!(check_other_journals(&cfg).is_ok(), "no journal yet");
+        let pm = cfg
+            .journal
+            .as_ref()
+            .unwrap()
+            .join(Topology::PerMessage.name())
+            .join(STREAM_JOURNAL);
+        let (journal, _) = Journal::open(&pm).unwrap();
+        let entry = StreamEntry {
+            shard_id: "shardId-000000000000".into(),
+            sequence_number: "4900000000000000000000000000000000000000".into(),
+            partition_key: "d".into(),
+            data: bytes::Bytes::from_static(b"{}"),
+            approximate_arrival_ms: 0,
+        };
+        journal.append(std::slice::from_ref(&entry)).unwrap();
+        let err = check_other_journals(&cfg).unwrap_err().to_string();
+        assert!(err.contains("1 records"), "{err}");
+        assert!(err.contains("--topology per-message"), "{err}");
+        // Its own topology delivers it: no objection.
+        assert!(check_other_journals(&config(dir.path(), Topology::PerMessage)).is_ok());
+        // Delivered (checkpointed): no objection either.
+        journal
+            .checkpoint(&[(entry.shard_id.clone(), entry.sequence_number.clone())].into())
+            .unwrap();
+        assert!(check_other_journals(&cfg).is_ok());
+    }
 }

@@ -267,7 +267,12 @@ fn wait_subscribed(log: &Path, n: usize) {
 /// what the broker acknowledged to the devices: every message is then in Parquet once
 /// after dedup, nothing is missing in the ledger, and the statistics equal a clean replay
 /// of the same messages.
-fn up_killed_while_devices_publish(args: &[&str], input: &SeededInput, want: &WindowStats) {
+fn up_killed_while_devices_publish(
+    args: &[&str],
+    input: &SeededInput,
+    want: &WindowStats,
+    seed: u64,
+) {
     let dir = tempfile::tempdir().unwrap();
     let port = test_support::free_port();
     let mut broker = iotpipe_tests::mosquitto(
@@ -290,7 +295,7 @@ fn up_killed_while_devices_publish(args: &[&str], input: &SeededInput, want: &Wi
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut rng = Rng(SEED ^ 0x0b);
+    let mut rng = Rng(seed);
     let mut kills = Vec::new();
     while kills.len() < UP_KILLS || sim.try_wait().unwrap().is_none() {
         let delay = rng.between(200, 2500);
@@ -339,13 +344,14 @@ fn up_killed_while_devices_publish(args: &[&str], input: &SeededInput, want: &Wi
 async fn up_through_kinesis_killed_while_devices_publish_and_rerun_stores_every_message_once() {
     let sdk = moto::sdk_config().await;
     let dir = tempfile::tempdir().unwrap();
-    let input = seeded_input(dir.path(), 10, "20s", SEED ^ 0x0b);
+    let seed = SEED ^ 0x0b;
+    let input = seeded_input(dir.path(), 10, "20s", seed);
     let (want, _) = clean_run(&dir.path().join("clean"), &input);
     let name = moto::unique("iotpipe-up-kill");
     moto::create_kinesis_stream(&sdk, &name, 2).await;
     let stream = format!("kinesis:{name}");
     tokio::task::spawn_blocking(move || {
-        up_killed_while_devices_publish(&["--stream", &stream], &input, &want);
+        up_killed_while_devices_publish(&["--stream", &stream], &input, &want, seed);
     })
     .await
     .unwrap();
@@ -357,7 +363,7 @@ fn up_on_the_local_stream_killed_while_devices_publish(topology: &str, seed: u64
     let dir = tempfile::tempdir().unwrap();
     let input = seeded_input(dir.path(), 10, "20s", seed);
     let (want, _) = clean_run(&dir.path().join("clean"), &input);
-    up_killed_while_devices_publish(&["--topology", topology], &input, &want);
+    up_killed_while_devices_publish(&["--topology", topology], &input, &want, seed);
 }
 
 #[test]

@@ -24,8 +24,10 @@ work="$(mktemp -d)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 # Persistence: the restart keeps the rule's persistent session and what is queued for it
 # (mosquitto saves its database when stopped); no queue limit, so a restart loses nothing.
-printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\n' \
-    "$port" "$work" > "$work/mosquitto.conf"
+# `user`: mosquitto started as root drops to the `mosquitto` user, which cannot write the
+# (private) work directory, and then saves nothing at the restart.
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nuser %s\n' \
+    "$port" "$work" "$(id -un)" > "$work/mosquitto.conf"
 broker_pid=
 start_broker() { mosquitto -c "$work/mosquitto.conf" > "$work/mosquitto.log" 2>&1 & broker_pid=$!; sleep 0.5; }
 cleanup() { [[ -n "$broker_pid" ]] && kill "$broker_pid" 2>/dev/null || true; rm -rf "$work"; }

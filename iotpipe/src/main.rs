@@ -765,18 +765,24 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     // Messages the broker acknowledged to the devices but never delivered to the rule are
     // lost outside the pipeline, and no later step can bring them back: the run fails, so
     // that a script or a CI job sees it (the summary above still has every figure).
-    if let Some(sim) = &sim
-        && received < sim.acknowledged
-    {
-        anyhow::bail!(
-            "{} of {} messages the broker acknowledged never reached the rule (the ledger \
-             counts them missing). A broker restarted without persistence drops what it held \
-             for the rule, and a broker whose queue for a slow subscriber is full drops the \
-             excess (mosquitto: max_queued_messages, 1000 by default): lower --rate or \
-             --devices, or raise the broker's queue limit",
-            sim.acknowledged - received,
-            sim.acknowledged
-        );
+    // The ledger decides when there is one: `received` also counts what a persistent
+    // session delivered twice (after a broker restart), which would hide a loss.
+    if let Some(sim) = &sim {
+        let missing = match &s.ledger {
+            Some(l) => l.missing,
+            None => sim.acknowledged.saturating_sub(received),
+        };
+        if missing > 0 {
+            anyhow::bail!(
+                "{missing} of {} messages the broker acknowledged never reached the rule (the \
+                 ledger counts them missing). A broker restarted without persistence drops \
+                 what it held for the rule (mosquitto: `persistence true`, and `user root` if \
+                 it runs as root, or it cannot save), and a broker whose queue for a slow \
+                 subscriber is full drops the excess (mosquitto: max_queued_messages, 1000 by \
+                 default): lower --rate or --devices, or raise the broker's queue limit",
+                sim.acknowledged
+            );
+        }
     }
     Ok(())
 }

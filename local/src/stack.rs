@@ -157,11 +157,14 @@ pub enum StackSink {
 
 /// The emulated Firehose's DirectPut input (`PutRecord` / `PutRecordBatch`): numbers each
 /// record, writes it to the run's journal if it keeps one ([`crate::journal`]), and hands
-/// it to the delivery stream — under one lock, so that records enter Firehose (and the
-/// journal) in sequence order, which its durable positions rely on.
+/// it to the delivery stream. With a journal that happens under one lock, so that records
+/// enter Firehose (and the journal) in sequence order, which the journal's checkpoint (the
+/// durable positions) relies on; without one, concurrent puts do not wait for each other.
 pub struct DirectPut {
     tx: mpsc::Sender<StreamEntry>,
-    next: tokio::sync::Mutex<u64>,
+    next: AtomicU64,
+    /// Held from numbering to sending when there is a journal.
+    order: tokio::sync::Mutex<()>,
     journal: Option<Arc<Journal>>,
 }
 
@@ -199,7 +202,8 @@ impl DirectPut {
         };
         Ok(Self {
             tx,
-            next: tokio::sync::Mutex::new(next),
+            next: AtomicU64::new(next),
+            order: tokio::sync::Mutex::new(()),
             journal,
         })
     }
@@ -211,10 +215,14 @@ impl DirectPut {
         data: bytes::Bytes,
         arrival_ms: i64,
     ) -> Result<(), PutFailed> {
-        let mut next = self.next.lock().await;
+        let _order = match &self.journal {
+            Some(_) => Some(self.order.lock().await),
+            None => None,
+        };
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let entry = StreamEntry {
             shard_id: DIRECT_PUT_SHARD.to_owned(),
-            sequence_number: next.to_string(),
+            sequence_number: n.to_string(),
             partition_key: partition_key.to_owned(),
             data,
             approximate_arrival_ms: arrival_ms,
@@ -230,7 +238,6 @@ impl DirectPut {
             code: "ServiceUnavailableException",
             message: "the emulated Firehose delivery stream has stopped".into(),
         })?;
-        *next += 1;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@
 //!   on the journal delivers again what a killed run had accepted but not delivered.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use md5::{Digest, Md5};
 use telemetry::stream::{StreamEntry, shard_id};
@@ -27,9 +28,11 @@ pub const DEFAULT_SHARD_CAPACITY: usize = 10_000;
 struct Shard {
     id: String,
     tx: mpsc::Sender<StreamEntry>,
-    /// The next sequence number; held from numbering to sending, so that the shard's
-    /// records enter its channel (and the journal) in sequence order.
-    next_seq: Mutex<u64>,
+    /// The next sequence number.
+    next_seq: AtomicU64,
+    /// With a journal, held from numbering to sending, so that the shard's records enter its
+    /// channel (and the journal) in sequence order: the journal's checkpoint relies on it.
+    order: Mutex<()>,
 }
 
 /// The producer side of the local stream (cheap to clone).
@@ -91,7 +94,8 @@ impl LocalStream {
             producers.push(Shard {
                 id: id.clone(),
                 tx,
-                next_seq: Mutex::new(next),
+                next_seq: AtomicU64::new(next),
+                order: Mutex::new(()),
             });
             readers.push(ShardReader { shard_id: id, rx });
         }
@@ -161,10 +165,14 @@ impl RecordSink for LocalStream {
         let mut out = Vec::with_capacity(batch.len());
         for rec in batch {
             let shard = &self.shards[self.shard_for(&rec.partition_key)];
-            let mut next = shard.next_seq.lock().await;
+            let _order = match &self.journal {
+                Some(_) => Some(shard.order.lock().await),
+                None => None,
+            };
+            let n = shard.next_seq.fetch_add(1, Ordering::Relaxed);
             let entry = StreamEntry {
                 shard_id: shard.id.clone(),
-                sequence_number: sequence_number(*next),
+                sequence_number: sequence_number(n),
                 partition_key: rec.partition_key.clone(),
                 data: rec.data.clone(),
                 approximate_arrival_ms: now,
@@ -179,7 +187,6 @@ impl RecordSink for LocalStream {
                 });
                 continue;
             }
-            *next += 1;
             // `send` waits while the shard is full: backpressure on the producer.
             match shard.tx.send(entry).await {
                 Ok(()) => out.push(EntryOutcome::Ok),

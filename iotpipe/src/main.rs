@@ -706,6 +706,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     "the rule stopped receiving before every message the broker acknowledged \
                      arrived: the ledger counts the rest as missing"
                 );
+            } else {
+                // `received` also counts what a persistent session delivered twice (after a
+                // broker restart): reaching the count does not prove every message came, so
+                // take what the broker still forwards until it goes quiet.
+                wait_quiet(&rule.received).await;
             }
         }
         // Real devices: take what the broker is still forwarding until it goes quiet.

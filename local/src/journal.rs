@@ -45,18 +45,70 @@ pub fn pending(dir: &Path) -> std::io::Result<u64> {
     if !dir.is_dir() {
         return Ok(0);
     }
+    Ok(scan(dir)?.recovered.pending)
+}
+
+/// What the segments of a journal hold, against its checkpoint.
+struct Scan {
+    /// Every segment, in order, with its last sequence number per shard.
+    segments: Vec<Segment>,
+    /// The index the next new segment takes.
+    next_index: u64,
+    recovered: Recovered,
+}
+
+/// Reads the checkpoint and every segment of the journal at `dir` (one at a time).
+fn scan(dir: &Path) -> std::io::Result<Scan> {
     let checkpoint = read_checkpoint(dir)?;
-    let mut n = 0;
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let path = e.path();
-        if path.extension().is_some_and(|x| x == "log") {
-            n += read_segment(&path)?
-                .iter()
-                .filter(|e| after(&checkpoint, e))
-                .count() as u64;
+    let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let index = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".log")?
+                .parse::<u64>()
+                .ok()?;
+            Some((index, p))
+        })
+        .collect();
+    files.sort();
+    let mut pending = 0;
+    let mut pending_segments = Vec::new();
+    let mut last = checkpoint.clone();
+    let mut segments = Vec::new();
+    for (_, path) in &files {
+        let mut seg = Segment {
+            path: path.clone(),
+            last: BTreeMap::new(),
+        };
+        let before = pending;
+        for e in read_segment(path)? {
+            seg.last
+                .insert(e.shard_id.clone(), e.sequence_number.clone());
+            if after(&last, &e) {
+                last.insert(e.shard_id.clone(), e.sequence_number.clone());
+            }
+            if after(&checkpoint, &e) {
+                pending += 1;
+            }
         }
+        if pending > before {
+            pending_segments.push(path.clone());
+        }
+        segments.push(seg);
     }
-    Ok(n)
+    Ok(Scan {
+        segments,
+        next_index: files.last().map_or(0, |(i, _)| i + 1),
+        recovered: Recovered {
+            pending,
+            last,
+            segments: pending_segments,
+            checkpoint,
+        },
+    })
 }
 
 /// A segment is closed, and a new one started, once it holds this many bytes.
@@ -109,7 +161,8 @@ pub struct Recovered {
 
 impl Recovered {
     /// The pending entries, one segment at a time in the order they were appended (memory:
-    /// one segment, whatever the journal's size). A segment deleted meanwhile — every
+    /// one segment, whatever the journal's size; [`Journal::open`] read them once already
+    /// and kept only counts, so this reads them again). A segment deleted meanwhile — every
     /// entry of it delivered — is skipped.
     pub fn segments(&self) -> impl Iterator<Item = std::io::Result<Vec<StreamEntry>>> + '_ {
         self.segments
@@ -139,47 +192,11 @@ impl Journal {
     /// When the directory, a segment or the checkpoint cannot be read or created.
     pub fn open(dir: &Path) -> std::io::Result<(Self, Recovered)> {
         std::fs::create_dir_all(dir)?;
-        let checkpoint = read_checkpoint(dir)?;
-        let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|e| {
-                let p = e.path();
-                let index = p
-                    .file_name()?
-                    .to_str()?
-                    .strip_suffix(".log")?
-                    .parse::<u64>()
-                    .ok()?;
-                Some((index, p))
-            })
-            .collect();
-        segments.sort();
-        let mut pending = 0;
-        let mut pending_segments = Vec::new();
-        let mut last = checkpoint.clone();
-        let mut closed = Vec::new();
-        for (_, path) in &segments {
-            let mut seg = Segment {
-                path: path.clone(),
-                last: BTreeMap::new(),
-            };
-            let before = pending;
-            for e in read_segment(path)? {
-                seg.last
-                    .insert(e.shard_id.clone(), e.sequence_number.clone());
-                if after(&last, &e) {
-                    last.insert(e.shard_id.clone(), e.sequence_number.clone());
-                }
-                if after(&checkpoint, &e) {
-                    pending += 1;
-                }
-            }
-            if pending > before {
-                pending_segments.push(path.clone());
-            }
-            closed.push(seg);
-        }
-        let next_index = segments.last().map_or(0, |(i, _)| i + 1);
+        let Scan {
+            segments: closed,
+            next_index,
+            recovered,
+        } = scan(dir)?;
         let (file, current) = new_segment(dir, next_index)?;
         let journal = Self {
             dir: dir.to_owned(),
@@ -193,13 +210,7 @@ impl Journal {
             }),
         };
         // Segments the checkpoint already covers go at once.
-        journal.checkpoint(&checkpoint)?;
-        let recovered = Recovered {
-            pending,
-            last,
-            segments: pending_segments,
-            checkpoint,
-        };
+        journal.checkpoint(&recovered.checkpoint)?;
         Ok((journal, recovered))
     }
 

@@ -59,7 +59,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseResponse};
+use aws_lambda_events::event::firehose::{
+    KinesisFirehoseEvent, KinesisFirehoseEventRecord, KinesisFirehoseResponse,
+};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WrittenFile};
@@ -232,8 +234,18 @@ impl RawTransform {
         };
         let mut quarantined: Vec<QuarantineRecord> = Vec::new();
         // Records with accepted messages, rewritten as the stream records ingest would put.
-        let mut stream_event = event.clone();
-        stream_event.records.clear();
+        // The event's fields without its records (cloning the event would copy every
+        // record's data only to drop it).
+        let mut stream_event = KinesisFirehoseEvent::default();
+        stream_event.invocation_id.clone_from(&event.invocation_id);
+        stream_event
+            .delivery_stream_arn
+            .clone_from(&event.delivery_stream_arn);
+        stream_event
+            .source_kinesis_stream_arn
+            .clone_from(&event.source_kinesis_stream_arn);
+        stream_event.region.clone_from(&event.region);
+        stream_event.records = Vec::with_capacity(n);
         // For each input record: its position in `stream_event`, if it has one.
         let mut positions: Vec<Option<usize>> = Vec::with_capacity(n);
         // The documents of each record of `stream_event`, parsed already.
@@ -304,7 +316,12 @@ impl RawTransform {
             if !split.is_empty() {
                 splits.push((index, split));
             }
-            let mut rewritten = record.clone();
+            let mut rewritten = KinesisFirehoseEventRecord::default();
+            rewritten.record_id.clone_from(&record.record_id);
+            rewritten.approximate_arrival_timestamp = record.approximate_arrival_timestamp.clone();
+            rewritten
+                .kinesis_firehose_record_metadata
+                .clone_from(&record.kinesis_firehose_record_metadata);
             rewritten.data.0 = data;
             positions.push(Some(stream_event.records.len()));
             stream_event.records.push(rewritten);

@@ -24,6 +24,14 @@ pub const DEFAULT_PENDING_PREFIX: &str = telemetry::layout::ROLLUP_PENDING_PREFI
 /// windows, the stats file), so 16 buckets keep a 10,000-device hour (4 M readings) near
 /// 80 MB per unit. See BENCHMARKS.md for the ceiling per Lambda memory size.
 pub const DEFAULT_BUCKETS: u32 = 16;
+/// Default most readings one pass of a unit aggregates ([`RollupConfig::pass_readings`]).
+/// Measured: a pass holds about 300 bytes per reading at its peak, so about 60 MB; the
+/// seeded 10,000-device file of `bench/compare.sh` (3 M readings in one hour, 16 buckets)
+/// needs one pass per unit.
+pub const DEFAULT_PASS_READINGS: u64 = 200_000;
+/// Environment variable of [`RollupConfig::pass_readings`], read by `iotpipe rollup` and the
+/// rollup, worker and compact functions.
+pub const PASS_READINGS_ENV: &str = "IOTPIPE_ROLLUP_PASS_READINGS";
 /// Most device-hash buckets per hour a deployment may use (the CLI and the Lambdas refuse more).
 pub const MAX_BUCKETS: u32 = 4096;
 /// Environment variable of the bucket count, read by `iotpipe rollup`/`compact` and the
@@ -59,6 +67,12 @@ pub struct RollupConfig {
     /// memory is about 1/`buckets` of the hour's. Fixed per deployment: the stats files
     /// are named after it. Default 16.
     pub buckets: u32,
+    /// Most readings one pass of a unit aggregates (at least 1). A unit whose hour holds
+    /// more (the row counts of the objects' footers, divided by `buckets`) is aggregated in
+    /// several passes over shares of its devices, so a unit's memory is bounded by this
+    /// rather than by the fleet: about 300 bytes per reading. Unlike `buckets`, it may
+    /// change from run to run. Default 200,000.
+    pub pass_readings: u64,
     /// Units aggregated at once by one process (`iotpipe rollup --workers N`); memory
     /// grows with it. Default 1.
     pub workers: usize,
@@ -88,6 +102,7 @@ impl Default for RollupConfig {
             state_prefix: DEFAULT_STATE_PREFIX.into(),
             pending_prefix: DEFAULT_PENDING_PREFIX.into(),
             buckets: DEFAULT_BUCKETS,
+            pass_readings: DEFAULT_PASS_READINGS,
             workers: DEFAULT_WORKERS,
             lease_ttl: DEFAULT_LEASE_TTL,
             full_scan: false,

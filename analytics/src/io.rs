@@ -180,20 +180,14 @@ pub async fn read_parquet(
     Ok(stream.try_collect().await?)
 }
 
-/// Reads the telemetry rows of one device-hash bucket of a Parquet object, projecting to
-/// `columns` (which must include `device_id`).
-///
-/// The bucket is a row filter evaluated while decoding: the `device_id` column is decoded
-/// first (once per distinct value for a dictionary column, which Firehose and the local
-/// writer produce), and the other columns only for the rows of the bucket, so memory holds
-/// the bucket's rows rather than the file's.
-pub async fn read_bucket(
+/// The footer of a telemetry object, checked to hold `columns` and `device_id`, with the
+/// device and metric columns read as dictionaries: what [`read_slice`] decodes with. Its
+/// row count sizes a unit's passes before any row is decoded.
+pub async fn open_telemetry(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
     columns: &[&'static str],
-    bucket: u32,
-    buckets: u32,
-) -> Result<Vec<RecordBatch>, ReadError> {
+) -> Result<ArrowReaderMetadata, ReadError> {
     let mut reader = StoreReader {
         store: store.clone(),
         path: meta.location.clone(),
@@ -205,15 +199,59 @@ pub async fn read_bucket(
             return Err(ColumnError::Missing(name).into());
         }
     }
-    let footer = with_dictionaries(footer, &["device_id", "metric"])?;
+    Ok(with_dictionaries(footer, &["device_id", "metric"])?)
+}
+
+/// Which devices a read keeps: those of device-hash bucket `bucket` of `buckets`, and of
+/// those, the ones of pass `pass` of `passes` (a unit too large for one pass of its memory
+/// budget is aggregated in several, each over its own share of the devices:
+/// [`crate::units::slice_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    /// The bucket, `0..buckets`.
+    pub bucket: u32,
+    /// Buckets per hour (at least 1).
+    pub buckets: u32,
+    /// The pass, `0..passes`.
+    pub pass: u32,
+    /// Passes of the unit (at least 1).
+    pub passes: u32,
+}
+
+impl Slice {
+    /// Whether the slice is every device (nothing to filter).
+    fn is_everything(&self) -> bool {
+        self.buckets <= 1 && self.passes <= 1
+    }
+}
+
+/// Reads the telemetry rows of one [`Slice`] of the devices of a Parquet object opened with
+/// [`open_telemetry`], projecting to `columns` (which must include `device_id`).
+///
+/// The slice is a row filter evaluated while decoding: the `device_id` column is decoded
+/// first (once per distinct value for a dictionary column, which Firehose and the local
+/// writer produce), and the other columns only for the rows of the slice, so memory holds
+/// the slice's rows rather than the file's.
+pub async fn read_slice(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    footer: ArrowReaderMetadata,
+    columns: &[&'static str],
+    slice: Slice,
+) -> Result<Vec<RecordBatch>, ReadError> {
+    let reader = StoreReader {
+        store: store.clone(),
+        path: meta.location.clone(),
+        size: meta.size,
+    };
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     let mut stream_builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
-    if buckets > 1 {
+    if !slice.is_everything() {
         let device_only = ProjectionMask::columns(stream_builder.parquet_schema(), ["device_id"]);
         let mut memo = DictMemo::default();
         let predicate = ArrowPredicateFn::new(device_only, move |batch: RecordBatch| {
-            in_bucket(&batch, bucket, buckets, &mut memo)
+            in_slice(&batch, slice, &mut memo)
         });
         stream_builder = stream_builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
     }
@@ -257,12 +295,11 @@ fn with_dictionaries(
     )
 }
 
-/// Which rows of `batch` (its first column is `device_id`) belong to `bucket`; `memo`
-/// keeps the answers per distinct device of the current dictionary.
-fn in_bucket(
+/// Which rows of `batch` (its first column is `device_id`) belong to `slice`; `memo`
+/// remembers the answer per dictionary value.
+fn in_slice(
     batch: &RecordBatch,
-    bucket: u32,
-    buckets: u32,
+    slice: Slice,
     memo: &mut DictMemo<bool>,
 ) -> Result<BooleanArray, arrow_schema::ArrowError> {
     let to_arrow = |e: ColumnError| arrow_schema::ArrowError::ExternalError(Box::new(e));
@@ -270,7 +307,9 @@ fn in_bucket(
     let ids = Strings::new("device_id", col).map_err(to_arrow)?;
     // Hashing every row was a tenth of a 16-bucket rollup's CPU in perf (each unit hashes
     // the whole hour); the memo hashes each device once per dictionary.
-    let ours = memo.per_row(&ids, |id| crate::units::bucket_of(id, buckets) == bucket);
+    let ours = memo.per_row(&ids, |id| {
+        crate::units::slice_of(id, slice.buckets, slice.passes) == (slice.bucket, slice.pass)
+    });
     Ok(BooleanArray::from(ours))
 }
 

@@ -54,6 +54,9 @@ const FANOUT_MIN_UNITS_VAR: &str = "IOTPIPE_FANOUT_MIN_UNITS";
 /// Device-hash buckets per hour (the template's `RollupBuckets`; default
 /// [`analytics::config::DEFAULT_BUCKETS`]).
 const BUCKETS_VAR: &str = analytics::config::BUCKETS_ENV;
+/// Most readings one pass of a unit aggregates (default
+/// [`analytics::config::DEFAULT_PASS_READINGS`]).
+const PASS_READINGS_VAR: &str = analytics::config::PASS_READINGS_ENV;
 /// The planner job (the default).
 const JOB_ROLLUP: &str = "rollup";
 /// The worker job, behind the units queue's event-source mapping.
@@ -248,6 +251,17 @@ fn setup(
                 expected: "a bucket count from 1 to 4096, the same for every rollup function",
             })?;
     }
+    if let Some(v) = get(PASS_READINGS_VAR) {
+        cfg.pass_readings = v
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or(SetupError::Invalid {
+                var: PASS_READINGS_VAR,
+                value: v,
+                expected: "a whole number of readings, at least 1 (default 200000)",
+            })?;
+    }
     if !compacting {
         return Ok((store, cfg, Job::Rollup));
     }
@@ -356,6 +370,23 @@ mod tests {
                 err.contains("IOTPIPE_ROLLUP_BUCKETS") && err.contains("1 to 4096"),
                 "{err}"
             );
+        }
+    }
+
+    #[test]
+    fn the_pass_budget_is_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().to_str().unwrap();
+        let var = "IOTPIPE_ROLLUP_PASS_READINGS";
+        assert_eq!(
+            setup_with(&[("IOTPIPE_DATA", data)]).unwrap().pass_readings,
+            analytics::config::DEFAULT_PASS_READINGS
+        );
+        let cfg = setup_with(&[("IOTPIPE_DATA", data), (var, "50000")]).unwrap();
+        assert_eq!(cfg.pass_readings, 50_000);
+        for bad in ["0", "-1", "x"] {
+            let err = setup_with(&[("IOTPIPE_DATA", data), (var, bad)]).unwrap_err();
+            assert!(err.contains(var) && err.contains("at least 1"), "{err}");
         }
     }
 

@@ -79,6 +79,10 @@ pub struct RollupReport {
     pub duplicates_dropped: u64,
     /// Rows left out because their event time is outside their folder's hour.
     pub rows_outside_partition: u64,
+    /// Passes over their hour the units took: one per unit aggregated, more when a unit's
+    /// bucket held more readings than one pass may ([`RollupConfig::pass_readings`]).
+    #[serde(default)]
+    pub unit_passes: u64,
     /// Hour partitions with at least one unit that needed work.
     pub partitions_touched: usize,
     /// Units that needed work.
@@ -188,6 +192,7 @@ impl RollupReport {
         self.rows_read += u.rows_read;
         self.duplicates_dropped += u.duplicates_dropped;
         self.rows_outside_partition += u.rows_outside_partition;
+        self.unit_passes += u64::from(u.passes);
         self.windows_updated += u.windows_updated;
         self.stats_files_written += usize::from(u.stats_written);
         self.state_objects_written += usize::from(u.state_written);

@@ -6,8 +6,12 @@
 //! with a row filter on `device_id` (only the unit's rows are decoded beyond that
 //! column). All readings of a device land in one unit, so de-duplication and every
 //! (device, metric, minute) window are complete within it; a unit's memory is about
-//! [`crate::stats::BYTES_PER_READING`] per reading of its bucket, so the number of
-//! buckets bounds memory whatever the fleet size.
+//! [`crate::stats::BYTES_PER_READING`] per reading of its bucket. The bucket count is
+//! fixed per deployment while a fleet grows, so a unit whose hour holds more readings than
+//! [`RollupConfig::pass_readings`] is aggregated in several passes, each over its own share
+//! of the bucket's devices ([`slice_of`]) and each reading every object again: memory is
+//! bounded by that setting, whatever the fleet size, and time grows by a decode of the
+//! `device_id` column per extra pass.
 //!
 //! Each unit writes its own stats file and its own state object:
 //! ```text
@@ -30,13 +34,26 @@ use crate::rollup::ROLLUP_WINDOW;
 /// modulo `buckets`. A fixed, documented hash, so that every worker, process and version
 /// agrees on it.
 pub fn bucket_of(device_id: &str, buckets: u32) -> u32 {
+    slice_of(device_id, buckets, 1).0
+}
+
+/// The bucket of `device_id` among `buckets`, and its pass among the `passes` of a unit
+/// aggregated in several ([`crate::RollupConfig::pass_readings`]): with `h` the FNV-1a
+/// hash of [`bucket_of`], the bucket is `h mod buckets` and the pass
+/// `(h div buckets) mod passes`, so the passes split a bucket's devices evenly and the
+/// bucket does not depend on the pass count.
+pub fn slice_of(device_id: &str, buckets: u32, passes: u32) -> (u32, u32) {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let hash = device_id
         .bytes()
         .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    // The remainder is below `buckets`, a u32.
-    (hash % u64::from(buckets.max(1))) as u32
+    let buckets = u64::from(buckets.max(1));
+    // Both remainders are below a u32.
+    (
+        (hash % buckets) as u32,
+        ((hash / buckets) % u64::from(passes.max(1))) as u32,
+    )
 }
 
 /// One unit of work: bucket `bucket` of `buckets` of the hour `partition`.
@@ -127,6 +144,26 @@ impl Unit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_split_a_bucket_evenly_without_moving_devices_between_buckets() {
+        let (buckets, passes) = (16, 5);
+        let mut counts = [0u32; 5];
+        for i in 0..80_000 {
+            let id = format!("sensor-{i:06}");
+            let (bucket, pass) = slice_of(&id, buckets, passes);
+            assert_eq!(bucket, bucket_of(&id, buckets), "{id}");
+            assert_eq!(slice_of(&id, buckets, 1), (bucket, 0));
+            if bucket == 3 {
+                counts[pass as usize] += 1;
+            }
+        }
+        // 1,000 devices per pass on average.
+        assert!(
+            counts.iter().all(|&c| (900..1100).contains(&c)),
+            "{counts:?}"
+        );
+    }
 
     #[test]
     fn buckets_are_stable_and_spread_devices() {

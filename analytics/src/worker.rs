@@ -8,6 +8,10 @@
 //! 3. Read every object of the hour (de-duplication needs all of them), in arrival order
 //!    (last-modified time, then key), so that "the first reading seen" is the one that
 //!    arrived first and stays so in later runs; each read keeps only the unit's bucket.
+//!    The objects' footers come first: when their row counts put more than
+//!    [`RollupConfig::pass_readings`] readings in the unit, it is aggregated in several
+//!    passes, each reading every object for its share of the bucket's devices
+//!    ([`crate::units::slice_of`]), so that memory stays bounded as the fleet grows.
 //! 4. Compute every window of the unit and compare with the unit's stats file: write it
 //!    with one put only if a row changed (a redelivered duplicate file costs no write).
 //! 5. Write the state, then release the lease. A crash before the state is written
@@ -35,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::config::RollupConfig;
-use crate::io::{self, ReadError, TelemetryFile};
+use crate::io::{self, ReadError, Slice, TelemetryFile};
 use crate::lease::{self, LeaseError};
 use crate::rollup::{HOUR_MS, ROLLUP_WINDOW, RollupError, SkippedFile};
 use crate::schema::{stats_from_batch, stats_to_batch};
@@ -75,6 +79,10 @@ pub struct UnitReport {
     pub duplicates_dropped: u64,
     /// Rows left out because their event time is outside their folder's hour.
     pub rows_outside_partition: u64,
+    /// Passes the unit took ([`RollupConfig::pass_readings`]): 1 unless its hour held more
+    /// readings per bucket than one pass may hold; 0 when it was not aggregated.
+    #[serde(default)]
+    pub passes: u32,
     /// Windows of the unit computed.
     pub windows: usize,
     /// Windows whose stored row was added, changed or removed.
@@ -97,6 +105,7 @@ impl UnitReport {
             rows_read: 0,
             duplicates_dropped: 0,
             rows_outside_partition: 0,
+            passes: 0,
             windows: 0,
             windows_updated: 0,
             stats_written: false,
@@ -104,6 +113,27 @@ impl UnitReport {
             skipped_files: Vec::new(),
         }
     }
+}
+
+/// Passes a unit needs so that none aggregates more than `pass_readings` readings, with
+/// `hour_rows` readings in its hour spread over `buckets` buckets (the device hash spreads
+/// devices evenly; a bucket's share is the hour's divided by the bucket count).
+pub fn passes_for(hour_rows: u64, buckets: u32, pass_readings: u64) -> u32 {
+    let per_bucket = hour_rows.div_ceil(u64::from(buckets.max(1)));
+    u32::try_from(per_bucket.div_ceil(pass_readings.max(1)))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// Reports a new object that could not be read: left out of the state, so that every later
+/// run tries it again.
+fn skip_new(report: &mut UnitReport, file: &TelemetryFile, e: &ReadError) {
+    let path = file.meta.location.as_ref();
+    warn!(path, error = %e, "skipping unreadable telemetry file; retried next run");
+    report.skipped_files.push(SkippedFile {
+        path: path.to_string(),
+        reason: e.to_string(),
+    });
 }
 
 fn lease_error(e: LeaseError) -> RollupError {
@@ -171,48 +201,97 @@ async fn aggregate_unit(
     });
     // Listing only yields canonical partitions, which always have a start.
     let start = unit.partition.start_millis().unwrap_or_default();
-    let mut agg = Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS);
     let mut next = UnitState::new();
     let mut blocked: Option<(String, ReadError)> = None;
+    let concurrency = cfg.read_concurrency.max(1);
 
-    // Futures built in a loop rather than by a closure over `files`: a closure returning a
-    // borrowing future is higher-ranked, and rustc then cannot prove the caller's future
-    // `Send` (needed to run units on spawned tasks).
+    // Every object's footer first: their row counts size the passes. Futures are built in
+    // loops rather than by closures over `files`: a closure returning a borrowing future
+    // is higher-ranked, and rustc then cannot prove the caller's future `Send` (needed to
+    // run units on spawned tasks).
     let mut pending = Vec::with_capacity(files.len());
     for file in &files {
         pending.push(async move {
-            let read =
-                io::read_bucket(store, &file.meta, &INPUT_COLUMNS, unit.bucket, unit.buckets).await;
-            (file, read)
+            (
+                file,
+                io::open_telemetry(store, &file.meta, &INPUT_COLUMNS).await,
+            )
         });
     }
-    let mut reads = futures::stream::iter(pending).buffered(cfg.read_concurrency.max(1));
-    while let Some((file, read)) = reads.next().await {
+    let mut footers = futures::stream::iter(pending).buffered(concurrency);
+    let mut opened = Vec::with_capacity(files.len());
+    while let Some((file, footer)) = footers.next().await {
         let file: &TelemetryFile = file;
-        let path = file.meta.location.as_ref();
-        let new = !previous.objects.contains(&file.name);
-        match read.and_then(|batches| Ok(agg.add_file(&batches)?)) {
-            Ok(()) => {
-                next.objects.insert(file.name.clone());
-            }
-            Err(e) if new => {
-                warn!(path, error = %e, "skipping unreadable telemetry file; retried next run");
-                report.skipped_files.push(SkippedFile {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                });
-            }
+        match footer {
+            Ok(footer) => opened.push((file, footer)),
+            Err(e) if !previous.objects.contains(&file.name) => skip_new(&mut report, file, &e),
             Err(e) => {
-                blocked = Some((path.to_string(), e));
+                blocked = Some((file.meta.location.to_string(), e));
                 break;
             }
         }
     }
-    drop(reads);
-    report.rows_read = agg.rows;
-    report.rows_outside_partition = agg.outside;
-    if agg.outside > 0 {
-        warn!(%unit, rows = agg.outside, "rows whose event time is outside their hour folder were left out");
+    drop(footers);
+    let hour_rows: u64 = opened
+        .iter()
+        .map(|(_, f)| u64::try_from(f.metadata().file_metadata().num_rows()).unwrap_or(0))
+        .sum();
+    let passes = if blocked.is_some() {
+        0
+    } else {
+        passes_for(hour_rows, unit.buckets, cfg.pass_readings)
+    };
+    report.passes = passes;
+
+    let mut rows: Vec<WindowStats> = Vec::new();
+    for pass in 0..passes {
+        let slice = Slice {
+            bucket: unit.bucket,
+            buckets: unit.buckets,
+            pass,
+            passes,
+        };
+        let mut agg = Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS);
+        let mut pending = Vec::with_capacity(opened.len());
+        for (file, footer) in &opened {
+            // Later passes read what the first one could read.
+            if pass > 0 && !next.objects.contains(&file.name) {
+                continue;
+            }
+            let footer = footer.clone();
+            pending.push(async move {
+                let read = io::read_slice(store, &file.meta, footer, &INPUT_COLUMNS, slice).await;
+                (*file, read)
+            });
+        }
+        let mut reads = futures::stream::iter(pending).buffered(concurrency);
+        while let Some((file, read)) = reads.next().await {
+            let new = !previous.objects.contains(&file.name);
+            match read.and_then(|batches| Ok(agg.add_file(&batches)?)) {
+                Ok(()) if pass == 0 => {
+                    next.objects.insert(file.name.clone());
+                }
+                Ok(()) => {}
+                Err(e) if new && pass == 0 => skip_new(&mut report, file, &e),
+                // An object read before (by an earlier run, or by this one's first pass):
+                // recomputing without its readings would lose them.
+                Err(e) => {
+                    blocked = Some((file.meta.location.to_string(), e));
+                    break;
+                }
+            }
+        }
+        drop(reads);
+        report.rows_read += agg.rows;
+        report.rows_outside_partition += agg.outside;
+        if blocked.is_some() {
+            break;
+        }
+        rows.extend(agg.finish());
+        report.duplicates_dropped += agg.duplicates;
+    }
+    if report.rows_outside_partition > 0 {
+        warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
     }
     if let Some((path, error)) = blocked {
         warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
@@ -229,9 +308,16 @@ async fn aggregate_unit(
         // Every new object failed to read: nothing to recompute.
         return Ok(report);
     }
-
-    let rows = agg.finish();
-    report.duplicates_dropped = agg.duplicates;
+    if passes > 1 {
+        // Each pass is sorted; together they are the unit's windows in file order.
+        rows.sort_by(|a, b| {
+            (&a.device_id, &a.metric, a.window_start).cmp(&(
+                &b.device_id,
+                &b.metric,
+                b.window_start,
+            ))
+        });
+    }
     report.windows = rows.len();
     let stats_path = unit.stats_path(cfg);
     let existing = read_existing(store, &stats_path).await;
@@ -340,5 +426,20 @@ async fn read_existing(store: &Arc<dyn ObjectStore>, path: &str) -> Option<Vec<W
             warn!(path, %error, "existing stats unreadable; rewriting them");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passes_for;
+
+    #[test]
+    fn a_unit_takes_as_many_passes_as_its_share_of_the_hour_needs() {
+        assert_eq!(passes_for(0, 16, 200_000), 1);
+        assert_eq!(passes_for(3_200_000, 16, 200_000), 1);
+        assert_eq!(passes_for(3_200_001, 16, 200_000), 2);
+        assert_eq!(passes_for(15_000_000, 16, 200_000), 5);
+        assert_eq!(passes_for(10, 0, 0), 10);
+        assert_eq!(passes_for(u64::MAX, 1, 1), u32::MAX);
     }
 }

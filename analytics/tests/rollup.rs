@@ -786,3 +786,57 @@ async fn the_coarser_windows_follow_the_units_and_can_be_left_out() {
     assert_eq!(hourly.len(), 1);
     assert_eq!((hourly[0].count, hourly[0].sum), (2, 4.0));
 }
+
+/// Every stats file of the hour starting at `hour_ms`, with its rows in file order.
+async fn stats_files(
+    store: &std::sync::Arc<dyn object_store::ObjectStore>,
+    hour_ms: i64,
+) -> std::collections::BTreeMap<String, Vec<analytics::WindowStats>> {
+    let mut out = std::collections::BTreeMap::new();
+    for path in hour_files(&snapshot(store).await, hour_ms).keys() {
+        let meta = store.head(&Path::from(path.as_str())).await.unwrap();
+        let batches = analytics::io::read_parquet(store, &meta, None)
+            .await
+            .unwrap();
+        let rows = batches
+            .iter()
+            .flat_map(|b| analytics::schema::stats_from_batch(b).unwrap())
+            .collect();
+        out.insert(path.clone(), rows);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_unit_over_its_pass_budget_is_aggregated_in_passes_with_the_same_result() {
+    // 200 devices × 20 messages × 2 metrics, with redeliveries, in 12 objects: ~2,300
+    // readings per bucket of 4.
+    let buckets = 4;
+    let one_pass = RollupConfig {
+        buckets,
+        ..RollupConfig::default()
+    };
+    let reference = store();
+    fleet_hour(&reference, 200, 12).await;
+    let report = rollup_with(&reference, &one_pass).await;
+    assert_eq!(report.unit_passes, 4, "{report:?}");
+    let expected = stats_files(&reference, H16).await;
+    assert_eq!(expected.len(), 4);
+
+    let hour_rows = report.rows_read;
+    for pass_readings in [1_000, 300] {
+        let store = store();
+        fleet_hour(&store, 200, 12).await;
+        let cfg = RollupConfig {
+            pass_readings,
+            ..one_pass.clone()
+        };
+        let report = rollup_with(&store, &cfg).await;
+        let passes = analytics::worker::passes_for(hour_rows, buckets, pass_readings);
+        assert!(passes >= 2, "{passes}");
+        assert_eq!(report.unit_passes, u64::from(passes) * 4, "{report:?}");
+        assert_eq!(report.rows_read, hour_rows);
+        assert_eq!(stats_files(&store, H16).await, expected, "{pass_readings}");
+        assert_eq!(query_all(&store).await, query_all(&reference).await);
+    }
+}

@@ -24,11 +24,20 @@ pub const DEFAULT_PENDING_PREFIX: &str = telemetry::layout::ROLLUP_PENDING_PREFI
 /// windows, the stats file), so 16 buckets keep a 10,000-device hour (4 M readings) near
 /// 80 MB per unit. See BENCHMARKS.md for the ceiling per Lambda memory size.
 pub const DEFAULT_BUCKETS: u32 = 16;
-/// Default most readings one pass of a unit aggregates ([`RollupConfig::pass_readings`]).
-/// Measured: a pass holds about 300 bytes per reading at its peak, so about 60 MB; the
-/// seeded 10,000-device file of `bench/compare.sh` (3 M readings in one hour, 16 buckets)
-/// needs one pass per unit.
+/// Default most readings one pass of a unit aggregates ([`RollupConfig::pass_readings`])
+/// in a local run: at [`PASS_BYTES_PER_READING`], about 60 MB; the seeded 10,000-device
+/// file of `bench/compare.sh` (3 M readings in one hour, 16 buckets) needs one pass per
+/// unit. The rollup functions size it from their memory ([`pass_readings_for_memory`]).
 pub const DEFAULT_PASS_READINGS: u64 = 200_000;
+/// Memory one reading of a unit's pass takes at the pass's peak, measured (the compact row,
+/// the decoded batches and the sort; BENCHMARKS.md): sizes the passes from a memory budget.
+pub const PASS_BYTES_PER_READING: u64 = 300;
+/// [`RollupConfig::pass_readings`] for a function of `memory_mb` MB: a quarter of its
+/// memory for the pass, the rest for the readers' buffers, the stats file and the runtime.
+/// (A 1,024 MB worker: 894,784 readings.)
+pub fn pass_readings_for_memory(memory_mb: u64) -> u64 {
+    (memory_mb.saturating_mul(1024 * 1024) / 4 / PASS_BYTES_PER_READING).max(1)
+}
 /// Environment variable of [`RollupConfig::pass_readings`], read by `iotpipe rollup` and the
 /// rollup, worker and compact functions.
 pub const PASS_READINGS_ENV: &str = "IOTPIPE_ROLLUP_PASS_READINGS";
@@ -70,8 +79,9 @@ pub struct RollupConfig {
     /// Most readings one pass of a unit aggregates (at least 1). A unit whose hour holds
     /// more (the row counts of the objects' footers, divided by `buckets`) is aggregated in
     /// several passes over shares of its devices, so a unit's memory is bounded by this
-    /// rather than by the fleet: about 300 bytes per reading. Unlike `buckets`, it may
-    /// change from run to run. Default 200,000.
+    /// rather than by the fleet: about [`PASS_BYTES_PER_READING`] per reading. Unlike
+    /// `buckets`, it may change from run to run. Default 200,000 (the functions: a quarter
+    /// of their memory, [`pass_readings_for_memory`]).
     pub pass_readings: u64,
     /// Units aggregated at once by one process (`iotpipe rollup --workers N`); memory
     /// grows with it. Default 1.

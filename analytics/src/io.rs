@@ -253,7 +253,13 @@ pub async fn read_slice(
         let predicate = ArrowPredicateFn::new(device_only, move |batch: RecordBatch| {
             in_slice(&batch, slice, &mut memo)
         });
-        stream_builder = stream_builder.with_row_filter(RowFilter::new(vec![Box::new(predicate)]));
+        // No predicate cache: it would keep the decoded `device_id` of every row of the row
+        // group (measured: ~12 MB per 512 Ki-row group with the dictionary repeated per
+        // batch, per file in flight), to spare decoding it again for the few rows the
+        // slice keeps.
+        stream_builder = stream_builder
+            .with_row_filter(RowFilter::new(vec![Box::new(predicate)]))
+            .with_max_predicate_cache_size(0);
     }
     let stream = stream_builder.build()?;
     Ok(stream.try_collect().await?)

@@ -251,6 +251,9 @@ fn setup(
                 expected: "a bucket count from 1 to 4096, the same for every rollup function",
             })?;
     }
+    if let Some(mb) = get(MEMORY_VAR).and_then(|v| v.parse::<u64>().ok()) {
+        cfg.pass_readings = analytics::config::pass_readings_for_memory(mb);
+    }
     if let Some(v) = get(PASS_READINGS_VAR) {
         cfg.pass_readings = v
             .parse()
@@ -384,6 +387,14 @@ mod tests {
         );
         let cfg = setup_with(&[("IOTPIPE_DATA", data), (var, "50000")]).unwrap();
         assert_eq!(cfg.pass_readings, 50_000);
+        // On Lambda: a quarter of the function's memory, unless set.
+        let lambda = [
+            ("IOTPIPE_DATA", data),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024"),
+        ];
+        assert_eq!(setup_with(&lambda).unwrap().pass_readings, 894_784);
+        let set = [lambda[0], lambda[1], (var, "1000")];
+        assert_eq!(setup_with(&set).unwrap().pass_readings, 1000);
         for bad in ["0", "-1", "x"] {
             let err = setup_with(&[("IOTPIPE_DATA", data), (var, bad)]).unwrap_err();
             assert!(err.contains(var) && err.contains("at least 1"), "{err}");

@@ -492,16 +492,15 @@ fn convert(
                     continue;
                 };
                 counts.ok += 1;
+                // One lookup per record, not per row (the key is two strings).
+                let rows = by_partition.entry(partition).or_default();
                 // What record-format conversion does: each JSON document is one row.
                 for line in data.split(|b| *b == b'\n') {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
                     match serde_json::from_slice::<ReadingRef<'_>>(line) {
-                        Ok(reading) => by_partition
-                            .entry(partition.clone())
-                            .or_default()
-                            .push(reading),
+                        Ok(reading) => rows.push(reading),
                         Err(e) => {
                             counts.conversion_failures += 1;
                             errors.push(failure(

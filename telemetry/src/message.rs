@@ -58,8 +58,12 @@ impl StreamRecord {
 
     /// The compact JSON that is the stream record's data.
     pub fn to_json(&self) -> Vec<u8> {
-        // Serializing a struct of strings, integers and finite floats cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized up front for typical ids and names (a growing buffer is reallocated a few
+        // times per record). Serializing a struct of strings, integers and finite floats
+        // cannot fail.
+        let mut out = Vec::with_capacity(96 + self.device_id.len() + 32 * self.metrics.len());
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 
     /// Number of readings (one Parquet row each).

@@ -32,8 +32,11 @@ impl RuleRecord {
 
     /// Compact JSON: the stream or Firehose record's data.
     pub fn to_json(&self) -> Vec<u8> {
-        // A struct of two strings always serializes.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Sized up front: `{"payload":"…","topic":"…"}` (a growing buffer reallocated
+        // twice per record). A struct of two strings always serializes.
+        let mut out = Vec::with_capacity(self.payload.len() + self.topic.len() + 32);
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 
     /// Reads a record's data back: the payload's bytes and the topic, or what is wrong

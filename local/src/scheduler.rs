@@ -85,13 +85,35 @@ fn rollup_task(
     async move { scheduled_rollup(&store, &meter, &counters).await }.boxed()
 }
 
-/// Invokes the rollup handler as the scheduler would, metered, with the default settings.
+/// Invokes the rollup handler as the scheduler would, metered, with the default settings
+/// and the function's `IOTPIPE_ROLLUP_PASS_READINGS` when set ([`local_rollup_config`]).
 pub async fn scheduled_rollup(
     store: &Arc<dyn ObjectStore>,
     meter: &Meter,
     counters: &Counters,
 ) -> anyhow::Result<analytics::RollupReport> {
-    scheduled_rollup_with(store, meter, counters, &analytics::RollupConfig::default()).await
+    let cfg = local_rollup_config(|var| std::env::var(var).ok())?;
+    scheduled_rollup_with(store, meter, counters, &cfg).await
+}
+
+/// The local rollup's settings: the defaults, with the pass budget of
+/// `IOTPIPE_ROLLUP_PASS_READINGS` (`lookup` reads the environment) as the rollup function
+/// takes it — more readings per pass, fewer passes over a large hour, more memory.
+pub fn local_rollup_config(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<analytics::RollupConfig> {
+    let var = analytics::config::PASS_READINGS_ENV;
+    let mut cfg = analytics::RollupConfig::default();
+    if let Some(v) = lookup(var).filter(|v| !v.is_empty()) {
+        cfg.pass_readings = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{var}={v:?} is not a whole number of readings, at least 1: unset it for the \
+                 default ({}) or give the most readings one pass of a rollup unit may hold",
+                analytics::config::DEFAULT_PASS_READINGS
+            )
+        })?;
+    }
+    Ok(cfg)
 }
 
 /// [`scheduled_rollup`] with the rollup settings `cfg` (`iotpipe rollup --workers N`).
@@ -132,4 +154,25 @@ pub async fn scheduled_rollup_with(
         "rollup"
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_rollup_config;
+
+    #[test]
+    fn the_local_rollup_takes_the_functions_pass_budget() {
+        let var = analytics::config::PASS_READINGS_ENV;
+        let unset = local_rollup_config(|_| None).unwrap();
+        assert_eq!(
+            unset.pass_readings,
+            analytics::config::DEFAULT_PASS_READINGS
+        );
+        let set = local_rollup_config(|v| (v == var).then(|| "750000".to_owned())).unwrap();
+        assert_eq!(set.pass_readings, 750_000);
+        for bad in ["0", "many", "-3"] {
+            let err = local_rollup_config(|v| (v == var).then(|| bad.to_owned())).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
 }

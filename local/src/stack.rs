@@ -699,6 +699,8 @@ impl Stack {
     /// `AWS_ENDPOINT_URL`) and checks that the stream exists.
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
         check_other_journals(&cfg)?;
+        // A bad rollup setting fails now, not after the run's data went through.
+        crate::scheduler::local_rollup_config(|var| std::env::var(var).ok())?;
         let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());

@@ -787,10 +787,9 @@ mod tests {
 
     #[test]
     fn the_templates_target_size_default_is_this_one() {
-        let template = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/template.yaml"),
-        )
-        .unwrap();
+        let template =
+            std::fs::read_to_string(test_support::workspace_root().join("infra/template.yaml"))
+                .unwrap();
         let default: usize = template
             .lines()
             .skip_while(|l| *l != "  CompactTargetFileMiB:")

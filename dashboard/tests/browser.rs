@@ -69,10 +69,7 @@ fn page_problems(stderr: &str) -> Vec<&str> {
 }
 
 fn artefacts() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("target/dashboard-screenshots");
+    let dir = test_support::workspace_root().join("target/dashboard-screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

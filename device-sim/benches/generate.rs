@@ -21,7 +21,7 @@ fn generation(c: &mut Criterion) {
         start_ms: Some(1_764_072_000_000),
         ..SimConfig::default()
     };
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet.example.toml");
+    let path = test_support::package_dir().join("fleet.example.toml");
     let example = SimConfig {
         start_ms: Some(1_764_072_000_000),
         ..SimConfig::load(&path).unwrap()

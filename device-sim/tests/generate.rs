@@ -190,7 +190,7 @@ fn an_invalid_config_generates_nothing_and_try_generate_says_why() {
 }
 
 fn example_fleet() -> SimConfig {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fleet.example.toml");
+    let path = test_support::package_dir().join("fleet.example.toml");
     SimConfig {
         start_ms: Some(START_MS),
         ..SimConfig::load(&path).unwrap()

@@ -18,7 +18,10 @@ use telemetry::StreamRecord;
 use telemetry::quarantine::QuarantineRecord;
 
 fn fixture(name: &str) -> IotRuleEvent {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}",
+        test_support::package_dir().display()
+    );
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 

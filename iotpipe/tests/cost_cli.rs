@@ -11,7 +11,7 @@ use std::process::Command;
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    test_support::workspace_root()
 }
 
 fn run(cmd: &mut Command) -> String {

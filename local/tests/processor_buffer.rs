@@ -9,7 +9,7 @@ use transform::handler::MAX_PROCESSOR_BUFFER_BYTES;
 
 #[test]
 fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/template.yaml");
+    let path = test_support::workspace_root().join("infra/template.yaml");
     let template = std::fs::read_to_string(path).unwrap();
     let lines: Vec<&str> = template.lines().collect();
     let at = lines

@@ -13,12 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// The workspace root.
+/// The workspace root of the checkout the tests run in.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    test_support::workspace_root()
 }
 
 /// The path of a workspace binary, built next to this test executable.

@@ -14,7 +14,10 @@ use telemetry::{Reading, StreamRecord};
 use transform::{MAX_RESPONSE_BYTES, Summary, TransformResult, transform, transform_with_summary};
 
 fn fixture(name: &str) -> KinesisFirehoseEvent {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/{name}",
+        test_support::package_dir().display()
+    );
     let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap()
 }
@@ -414,7 +417,7 @@ fn an_event_whose_data_is_not_base64_cannot_be_typed_at_all() {
     let mut raw: Value = serde_json::from_str(
         &std::fs::read_to_string(format!(
             "{}/tests/fixtures/firehose-good-batch.json",
-            env!("CARGO_MANIFEST_DIR")
+            test_support::package_dir().display()
         ))
         .unwrap(),
     )

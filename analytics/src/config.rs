@@ -38,6 +38,10 @@ pub const PASS_BYTES_PER_READING: u64 = 300;
 pub fn pass_readings_for_memory(memory_mb: u64) -> u64 {
     (memory_mb.saturating_mul(1024 * 1024) / 4 / PASS_BYTES_PER_READING).max(1)
 }
+/// [`RollupConfig::pass_readings`] from its variable's text: a whole number, at least 1.
+pub fn parse_pass_readings(value: &str) -> Option<u64> {
+    value.parse().ok().filter(|n| *n >= 1)
+}
 /// Environment variable of [`RollupConfig::pass_readings`], read by `iotpipe rollup` and the
 /// rollup, worker and compact functions.
 pub const PASS_READINGS_ENV: &str = "IOTPIPE_ROLLUP_PASS_READINGS";

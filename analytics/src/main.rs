@@ -255,11 +255,8 @@ fn setup(
         cfg.pass_readings = analytics::config::pass_readings_for_memory(mb);
     }
     if let Some(v) = get(PASS_READINGS_VAR) {
-        cfg.pass_readings = v
-            .parse()
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or(SetupError::Invalid {
+        cfg.pass_readings =
+            analytics::config::parse_pass_readings(&v).ok_or(SetupError::Invalid {
                 var: PASS_READINGS_VAR,
                 value: v,
                 expected: "a whole number of readings, at least 1 (default 200000)",

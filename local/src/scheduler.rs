@@ -25,21 +25,24 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Runs [`scheduled_rollup`] every `every`, the first time one period from now. A failed
-    /// rollup is logged and left to the next run, as a scheduled Lambda's would be.
+    /// Runs [`scheduled_rollup_with`] `cfg` every `every`, the first time one period from
+    /// now. A failed rollup is logged and left to the next run, as a scheduled Lambda's
+    /// would be.
     pub fn start(
         every: Duration,
         store: Arc<dyn ObjectStore>,
         meter: Meter,
         counters: Arc<Counters>,
+        cfg: analytics::RollupConfig,
     ) -> Self {
+        let cfg = Arc::new(cfg);
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone()).await {
+                        if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone(), cfg.clone()).await {
                             tracing::warn!(error = %e, "scheduled rollup failed; the next run retries");
                         }
                     }
@@ -75,25 +78,15 @@ pub fn scheduled_event() -> EventBridgeEvent<serde_json::Value> {
     serde_json::from_value(json).unwrap_or_else(|_| unreachable!("scheduled event literal"))
 }
 
-/// [`scheduled_rollup`] as an owned, boxed future: the scheduler task needs a future the
-/// compiler can prove `Send` without higher-ranked lifetimes.
+/// [`scheduled_rollup_with`] as an owned, boxed future: the scheduler task needs a future
+/// the compiler can prove `Send` without higher-ranked lifetimes.
 fn rollup_task(
     store: Arc<dyn ObjectStore>,
     meter: Meter,
     counters: Arc<Counters>,
+    cfg: Arc<analytics::RollupConfig>,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<analytics::RollupReport>> {
-    async move { scheduled_rollup(&store, &meter, &counters).await }.boxed()
-}
-
-/// Invokes the rollup handler as the scheduler would, metered, with the default settings
-/// and the function's `IOTPIPE_ROLLUP_PASS_READINGS` when set ([`local_rollup_config`]).
-pub async fn scheduled_rollup(
-    store: &Arc<dyn ObjectStore>,
-    meter: &Meter,
-    counters: &Counters,
-) -> anyhow::Result<analytics::RollupReport> {
-    let cfg = local_rollup_config(|var| std::env::var(var).ok())?;
-    scheduled_rollup_with(store, meter, counters, &cfg).await
+    async move { scheduled_rollup_with(&store, &meter, &counters, &cfg).await }.boxed()
 }
 
 /// The local rollup's settings: the defaults, with the pass budget of
@@ -105,7 +98,7 @@ pub fn local_rollup_config(
     let var = analytics::config::PASS_READINGS_ENV;
     let mut cfg = analytics::RollupConfig::default();
     if let Some(v) = lookup(var).filter(|v| !v.is_empty()) {
-        cfg.pass_readings = v.parse().ok().filter(|n| *n >= 1).ok_or_else(|| {
+        cfg.pass_readings = analytics::config::parse_pass_readings(&v).ok_or_else(|| {
             anyhow::anyhow!(
                 "{var}={v:?} is not a whole number of readings, at least 1: unset it for the \
                  default ({}) or give the most readings one pass of a rollup unit may hold",
@@ -116,7 +109,8 @@ pub fn local_rollup_config(
     Ok(cfg)
 }
 
-/// [`scheduled_rollup`] with the rollup settings `cfg` (`iotpipe rollup --workers N`).
+/// Invokes the rollup handler as the scheduler would, metered, with the rollup settings
+/// `cfg` ([`local_rollup_config`]; `iotpipe rollup --workers N`).
 pub async fn scheduled_rollup_with(
     store: &Arc<dyn ObjectStore>,
     meter: &Meter,

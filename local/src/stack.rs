@@ -44,7 +44,7 @@ use crate::firehose::{self, DurablePositions, FirehoseConfig, FirehoseReport};
 use crate::journal::{Journal, Recovered};
 use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
 use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
-use crate::scheduler::{Scheduler, scheduled_rollup};
+use crate::scheduler::{Scheduler, scheduled_rollup_with};
 use crate::stream::{LocalStream, merge_shards};
 use crate::topology::Topology;
 use telemetry::stream::StreamEntry;
@@ -583,6 +583,9 @@ pub struct Stack {
     /// ends when its consumer does.
     journal_tasks: Vec<JoinHandle<()>>,
     topology: Topology,
+    /// The rollup function's settings (read once at start: the schedule's runs and the
+    /// final one use the same).
+    rollup: analytics::RollupConfig,
 }
 
 /// What the stack did, at the end of a run.
@@ -700,7 +703,7 @@ impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
         check_other_journals(&cfg)?;
         // A bad rollup setting fails now, not after the run's data went through.
-        crate::scheduler::local_rollup_config(|var| std::env::var(var).ok())?;
+        let rollup = crate::scheduler::local_rollup_config(|var| std::env::var(var).ok())?;
         let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
@@ -802,6 +805,7 @@ impl Stack {
                 faults,
                 journal_tasks: journal_task.into_iter().collect(),
                 topology: cfg.topology,
+                rollup,
             };
             stack.start_scheduler(cfg.rollup_every);
             return Ok(stack);
@@ -872,6 +876,7 @@ impl Stack {
                 faults,
                 journal_tasks: put_task.into_iter().chain(stream_task).collect(),
                 topology: cfg.topology,
+                rollup,
             };
             stack.start_scheduler(cfg.rollup_every);
             return Ok(stack);
@@ -982,6 +987,7 @@ impl Stack {
             faults,
             journal_tasks,
             topology: cfg.topology,
+            rollup,
         };
         stack.start_scheduler(cfg.rollup_every);
         Ok(stack)
@@ -995,6 +1001,7 @@ impl Stack {
                 self.store.clone(),
                 self.meter.clone(),
                 self.counters.clone(),
+                self.rollup.clone(),
             ));
         }
     }
@@ -1276,6 +1283,7 @@ impl Stack {
             faults,
             journal_tasks,
             topology,
+            rollup,
         } = self;
         // Dropping the rule's action closes what it wrote into: the Firehose emulator's
         // direct-put input (topology firehose), or the last producer handle of every local
@@ -1349,7 +1357,7 @@ impl Stack {
         if let Some(s) = scheduler {
             s.stop().await;
         }
-        let rollup = scheduled_rollup(&store, &meter, &counters).await?;
+        let rollup = scheduled_rollup_with(&store, &meter, &counters, &rollup).await?;
         if let Some(e) = ingest_failures(&counters) {
             return Err(e);
         }

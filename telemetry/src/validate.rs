@@ -365,7 +365,8 @@ fn validate_general(
 /// `serde_json::Value` tree (a tenth of the local pipeline's CPU went there). Anything
 /// else — a duplicate key, a wrong type, a rule broken — returns `None`, and the general
 /// path judges the payload and names the reason, so the outcome is the same either way
-/// (`tests::the_fast_path_agrees_with_the_general_one`).
+/// (`tests::the_fast_path_agrees_with_the_general_one`). A payload it does not accept is
+/// parsed twice; that cost falls on bad input only, which is quarantined anyway.
 fn fast_accept(
     raw: &[u8],
     topic_device: &str,

@@ -37,7 +37,7 @@ use crate::pending;
 use crate::planner::Plan;
 use crate::rollup::{RollupError, RollupReport};
 use crate::units::Unit;
-use crate::worker::{self, UnitOutcome};
+use crate::worker::{self, UnitOutcome, UnitReport};
 
 /// SQS `SendMessageBatch`: at most 10 entries per call.
 pub const MAX_BATCH_ENTRIES: usize = 10;
@@ -360,7 +360,35 @@ pub async fn handle_units(
     owner: &str,
     deadline: Option<SystemTime>,
 ) -> SqsBatchResponse {
+    handle_units_reporting(event, store, cfg, owner, deadline)
+        .await
+        .response
+}
+
+/// What a worker invocation did ([`handle_units_reporting`]).
+#[derive(Debug, Default)]
+pub struct UnitsHandled {
+    /// The partial-batch response: the records SQS redelivers.
+    pub response: SqsBatchResponse,
+    /// The report of each unit the invocation ran, in order (a unit that failed with an
+    /// error, a record that was not a unit or was not started has none).
+    pub units: Vec<UnitReport>,
+    /// The units that failed with an error, each with its error.
+    pub errors: Vec<String>,
+}
+
+/// [`handle_units`], also returning each unit's report: the local stack's emulated
+/// event-source mapping adds them up for its run summary.
+pub async fn handle_units_reporting(
+    event: SqsEvent,
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    owner: &str,
+    deadline: Option<SystemTime>,
+) -> UnitsHandled {
     let mut response = SqsBatchResponse::default();
+    let mut units = Vec::new();
+    let mut errors = Vec::new();
     let mut slowest = Duration::ZERO;
     for (i, record) in event.records.into_iter().enumerate() {
         let id = record.message_id.clone().unwrap_or_default();
@@ -407,11 +435,20 @@ pub async fn handle_units(
                     UnitOutcome::Busy => fail("busy: another worker holds its lease"),
                     UnitOutcome::Deferred => fail("deferred: an aggregated object is unreadable"),
                 }
+                units.push(report);
             }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => {
+                let e = e.to_string();
+                fail(&e);
+                errors.push(format!("unit {}: {e}", message.unit));
+            }
         }
     }
-    response
+    UnitsHandled {
+        response,
+        units,
+        errors,
+    }
 }
 
 #[cfg(test)]

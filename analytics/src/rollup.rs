@@ -198,6 +198,59 @@ impl RollupReport {
         self.state_objects_written += usize::from(u.state_written);
         self.skipped_files.extend(u.skipped_files);
     }
+
+    /// The report of a fanned-out plan ([`crate::fanout::FanoutReport`]) whose units the
+    /// workers ran and reported (`units`): the plan's figures, every unit added up, and
+    /// the partitions' figures taken from the units, as [`run_plan`] takes them.
+    pub fn of_fanned_out(plan: &crate::fanout::FanoutReport, units: Vec<UnitReport>) -> Self {
+        let mut report = RollupReport {
+            full_scan: plan.full_scan,
+            files_scanned: plan.files_scanned,
+            units_planned: plan.units_planned,
+            ..RollupReport::default()
+        };
+        let mut new_per_partition: std::collections::BTreeMap<telemetry::Partition, usize> =
+            Default::default();
+        for u in units {
+            let n = new_per_partition
+                .entry(u.unit.partition.clone())
+                .or_default();
+            *n = (*n).max(u.new_files);
+            report.add_unit(u);
+        }
+        report.partitions_touched = new_per_partition.len();
+        report.new_files = new_per_partition.values().sum();
+        report
+    }
+
+    /// Adds what a later run of the same rollup did (the local fan-out's finishing planner
+    /// run): its units, windows and files are added; the objects listed are the larger
+    /// listing's.
+    pub fn absorb(&mut self, later: RollupReport) {
+        self.full_scan |= later.full_scan;
+        self.files_scanned = self.files_scanned.max(later.files_scanned);
+        self.new_files += later.new_files;
+        self.rows_read += later.rows_read;
+        self.duplicates_dropped += later.duplicates_dropped;
+        self.rows_outside_partition += later.rows_outside_partition;
+        self.unit_passes += later.unit_passes;
+        self.partitions_touched = self.partitions_touched.max(later.partitions_touched);
+        self.units_planned += later.units_planned;
+        self.units_done += later.units_done;
+        self.units_busy += later.units_busy;
+        self.units_deferred += later.units_deferred;
+        self.units_remaining += later.units_remaining;
+        self.windows_updated += later.windows_updated;
+        self.stats_files_written += later.stats_files_written;
+        self.state_objects_written += later.state_objects_written;
+        self.skipped_files.extend(later.skipped_files);
+        let (c, l) = (&mut self.coarse, later.coarse);
+        c.hours += l.hours;
+        c.days += l.days;
+        c.files_read += l.files_read;
+        c.rows_read += l.rows_read;
+        c.files_written += l.files_written;
+    }
 }
 
 /// Runs one incremental rollup over the telemetry in `store`, however long it takes: see

@@ -142,6 +142,12 @@ pub fn estimate(p: &Prices, u: &Usage, functions: &[FnReport]) -> Estimate {
         u.s3_puts as f64 / 1000.0 * pr.s3_put.usd,
     );
     line(
+        "SQS (rollup units queue)".into(),
+        u.sqs_requests as f64,
+        "requests",
+        m(u.sqs_requests) * pr.sqs_requests.usd,
+    );
+    line(
         "EventBridge Scheduler".into(),
         u.scheduler_invocations as f64,
         "invocations",

@@ -6,7 +6,8 @@
 //! ```text
 //! broker (rumqttd) ─▶ iot_rule ─invoke─▶ ingest handler ─put─▶ stream (Kinesis semantics)
 //!     ─▶ firehose ─invoke─▶ transform handler ─▶ Parquet (telemetry/dt=/hour=/)
-//! scheduler (EventBridge) ─invoke─▶ rollup handler ─▶ stats/
+//! scheduler (EventBridge) ─invoke─▶ rollup planner ─▶ stats/ (a large plan: units queue
+//!     ─▶ worker invocations ─▶ stats/)
 //! every invocation ─▶ meter (REPORT Duration / Billed Duration / Memory Size / Max Memory Used)
 //! ```
 //!
@@ -25,7 +26,10 @@
 //! - [`firehose`]: the delivery stream: processor buffering, the transform invocation and
 //!   its contract check, record-format conversion to Parquet with dynamic partitions, the
 //!   error prefix.
-//! - [`scheduler`]: EventBridge Scheduler firing the rollup handler.
+//! - [`scheduler`]: EventBridge Scheduler firing the rollup planner, which runs a small
+//!   plan itself and fans a large one out.
+//! - [`units_queue`]: the rollup's units queue (SQS) and the worker function's event-source
+//!   mapping: batches of units, partial-batch failures, the dead-letter queue.
 //! - [`meter`]: Lambda-style metering of every invocation, and the run's usage in AWS's
 //!   metering units.
 //! - [`topology`]: which path a run takes (`--topology firehose|kinesis|per-message`).
@@ -49,3 +53,4 @@ pub mod scheduler;
 pub mod stack;
 pub mod stream;
 pub mod topology;
+pub mod units_queue;

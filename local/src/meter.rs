@@ -397,6 +397,8 @@ pub struct Usage {
     pub s3_puts: u64,
     /// Scheduler invocations.
     pub scheduler_invocations: u64,
+    /// SQS requests of the rollup's units queue (send, receive and delete batches).
+    pub sqs_requests: u64,
     /// The run used no Kinesis data stream (ingest put straight into Firehose): no
     /// stream-hours are charged.
     pub no_kinesis_stream: bool,

@@ -14,6 +14,8 @@ use tokio::task::JoinHandle;
 
 use crate::meter::{Meter, ROLLUP};
 use crate::stack::Counters;
+use crate::units_queue::{MAX_RECEIVE_COUNT, UnitsQueue};
+use analytics::fanout::PlannerReport;
 use telemetry::metering::RollupRun;
 
 /// A running schedule; [`Scheduler::stop`] ends it after the invocation in progress.
@@ -25,24 +27,22 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Runs [`scheduled_rollup_with`] `cfg` every `every`, the first time one period from
-    /// now. A failed rollup is logged and left to the next run, as a scheduled Lambda's
-    /// would be.
+    /// Runs [`LocalRollup::run`] every `every`, the first time one period from now. A
+    /// failed rollup is logged and left to the next run, as a scheduled Lambda's would be.
     pub fn start(
         every: Duration,
         store: Arc<dyn ObjectStore>,
         meter: Meter,
         counters: Arc<Counters>,
-        cfg: analytics::RollupConfig,
+        rollup: Arc<LocalRollup>,
     ) -> Self {
-        let cfg = Arc::new(cfg);
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone(), cfg.clone()).await {
+                        if let Err(e) = rollup_task(store.clone(), meter.clone(), counters.clone(), rollup.clone()).await {
                             tracing::warn!(error = %e, "scheduled rollup failed; the next run retries");
                         }
                     }
@@ -78,15 +78,160 @@ pub fn scheduled_event() -> EventBridgeEvent<serde_json::Value> {
     serde_json::from_value(json).unwrap_or_else(|_| unreachable!("scheduled event literal"))
 }
 
-/// [`scheduled_rollup_with`] as an owned, boxed future: the scheduler task needs a future
-/// the compiler can prove `Send` without higher-ranked lifetimes.
+/// [`LocalRollup::run`] as an owned, boxed future: the scheduler task needs a future the
+/// compiler can prove `Send` without higher-ranked lifetimes.
 fn rollup_task(
     store: Arc<dyn ObjectStore>,
     meter: Meter,
     counters: Arc<Counters>,
-    cfg: Arc<analytics::RollupConfig>,
+    rollup: Arc<LocalRollup>,
 ) -> futures::future::BoxFuture<'static, anyhow::Result<analytics::RollupReport>> {
-    async move { scheduled_rollup_with(&store, &meter, &counters, &cfg).await }.boxed()
+    async move { rollup.run(&store, &meter, &counters).await }.boxed()
+}
+
+/// The rollup as the template deploys it: the planner function, which runs a small plan
+/// itself and fans a large one out to the units queue, and the worker function that
+/// drains the queue ([`crate::units_queue`]).
+#[derive(Debug, Clone)]
+pub struct LocalRollup {
+    /// The functions' settings ([`local_rollup_config`]).
+    pub cfg: analytics::RollupConfig,
+    /// The emulated units queue.
+    pub queue: UnitsQueue,
+    /// Plans of more units than this are fanned out (the template's `RollupFanoutMinUnits`
+    /// default).
+    pub min_units: usize,
+    /// Worker invocations at once ([`crate::units_queue::worker_concurrency`]).
+    pub workers: usize,
+}
+
+impl LocalRollup {
+    /// The deployed defaults, with the settings `lookup` finds ([`local_rollup_config`]).
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        Ok(Self {
+            cfg: local_rollup_config(lookup)?,
+            queue: UnitsQueue::default(),
+            min_units: analytics::fanout::DEFAULT_FANOUT_MIN_UNITS,
+            workers: crate::units_queue::worker_concurrency(),
+        })
+    }
+
+    /// One scheduled rollup, as on AWS: the scheduler invokes the planner (metered as
+    /// `rollup`). A plan of more than [`LocalRollup::min_units`] units goes to the units
+    /// queue, which the worker invocations (metered as `worker`) drain, up to
+    /// [`LocalRollup::workers`] at once; then the planner runs once more, as the next
+    /// schedule would, finding the hours' units up to date and finishing them (the 1h/1d
+    /// and fleet windows; the markers deleted). The report adds the invocations up.
+    /// Units that failed with an error fail the run (their messages wait for the next one,
+    /// as after SQS's visibility timeout), as [`analytics::rollup::run_plan`] fails on a
+    /// unit's error.
+    pub async fn run(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        meter: &Meter,
+        counters: &Counters,
+    ) -> anyhow::Result<analytics::RollupReport> {
+        counters
+            .scheduler_invocations
+            .fetch_add(1, Ordering::Relaxed);
+        let started_at_ms = chrono::Utc::now().timestamp_millis();
+        let result = self.plan_and_drain(store, meter).await;
+        if let Ok(mut runs) = counters.rollup_runs.lock() {
+            runs.push(RollupRun {
+                started_at_ms,
+                ended_at_ms: chrono::Utc::now().timestamp_millis(),
+                ok: result.is_ok(),
+            });
+        }
+        let report = result?;
+        counters.rollup_objects.fetch_add(
+            (report.stats_files_written
+                + report.state_objects_written
+                + report.coarse.files_written) as u64,
+            Ordering::Relaxed,
+        );
+        tracing::debug!(
+            windows_updated = report.windows_updated,
+            new_files = report.new_files,
+            units_planned = report.units_planned,
+            "rollup"
+        );
+        Ok(report)
+    }
+
+    async fn plan_and_drain(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        meter: &Meter,
+    ) -> anyhow::Result<analytics::RollupReport> {
+        let plan = |store: &Arc<dyn ObjectStore>| {
+            let event = scheduled_event();
+            let store = store.clone();
+            async move {
+                analytics::handler::check_scheduled(&event)?;
+                let report = analytics::fanout::run_fanout(
+                    store,
+                    &self.cfg,
+                    Some(&self.queue),
+                    self.min_units,
+                    None,
+                )
+                .await?;
+                Ok::<_, lambda_runtime::Error>(report)
+            }
+        };
+        let planned = meter
+            .invoke(&ROLLUP, |r: &Result<_, _>| r.is_err(), plan(store))
+            .await
+            .map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
+        // The event-source mapping drains the queue whatever the planner did: messages of
+        // an earlier run's failed units are due again.
+        let drained = self
+            .queue
+            .drain(store, &self.cfg, meter, self.workers)
+            .await;
+        let report = match planned {
+            PlannerReport::InProcess(mut report) => {
+                for unit in drained.units {
+                    report.add_unit(unit);
+                }
+                report
+            }
+            PlannerReport::FannedOut(fanned) => {
+                let mut report = analytics::RollupReport::of_fanned_out(&fanned, drained.units);
+                let finished = meter
+                    .invoke(&ROLLUP, |r: &Result<_, _>| r.is_err(), plan(store))
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("rollup failed finishing the fanned-out plan: {e}")
+                    })?;
+                match finished {
+                    PlannerReport::InProcess(later) => report.absorb(later),
+                    // Units failed again: their messages wait for the next run's workers.
+                    PlannerReport::FannedOut(again) => {
+                        report.units_remaining += again.units_enqueued;
+                    }
+                }
+                report
+            }
+        };
+        if let Some(first) = drained.errors.first() {
+            anyhow::bail!(
+                "rollup failed: {} unit(s) failed in the workers (first: {first}); the next \
+                 rollup retries them",
+                drained.errors.len()
+            );
+        }
+        if drained.dead_lettered > 0 {
+            anyhow::bail!(
+                "rollup failed: {} unit(s) in the units queue's dead-letter queue after \
+                 {MAX_RECEIVE_COUNT} receives; run `iotpipe rollup --data …` to roll their \
+                 hours up again",
+                drained.dead_lettered
+            );
+        }
+        Ok(report)
+    }
 }
 
 /// The local rollup's settings: the defaults, with the pass budget of
@@ -110,7 +255,8 @@ pub fn local_rollup_config(
 }
 
 /// Invokes the rollup handler as the scheduler would, metered, with the rollup settings
-/// `cfg` ([`local_rollup_config`]; `iotpipe rollup --workers N`).
+/// `cfg`, every unit in this process with `cfg.workers` at once (`iotpipe rollup
+/// --workers N`; the local stack runs [`LocalRollup::run`], which fans out as on AWS).
 pub async fn scheduled_rollup_with(
     store: &Arc<dyn ObjectStore>,
     meter: &Meter,

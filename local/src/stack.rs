@@ -44,7 +44,7 @@ use crate::firehose::{self, DurablePositions, FirehoseConfig, FirehoseReport};
 use crate::journal::{Journal, Recovered};
 use crate::kinesis_reader::{self, KinesisSource, KinesisSourceConfig, SourceError, SourceReport};
 use crate::meter::{INGEST, Meter, TRANSFORM, Usage};
-use crate::scheduler::{Scheduler, scheduled_rollup_with};
+use crate::scheduler::{LocalRollup, Scheduler};
 use crate::stream::{LocalStream, merge_shards};
 use crate::topology::Topology;
 use telemetry::stream::StreamEntry;
@@ -583,9 +583,9 @@ pub struct Stack {
     /// ends when its consumer does.
     journal_tasks: Vec<JoinHandle<()>>,
     topology: Topology,
-    /// The rollup function's settings (read once at start: the schedule's runs and the
-    /// final one use the same).
-    rollup: analytics::RollupConfig,
+    /// The rollup functions and their units queue (settings read once at start: the
+    /// schedule's runs and the final one use the same).
+    rollup: Arc<LocalRollup>,
 }
 
 /// What the stack did, at the end of a run.
@@ -703,7 +703,7 @@ impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
         check_other_journals(&cfg)?;
         // A bad rollup setting fails now, not after the run's data went through.
-        let rollup = crate::scheduler::local_rollup_config(|var| std::env::var(var).ok())?;
+        let rollup = Arc::new(LocalRollup::from_env(|var| std::env::var(var).ok())?);
         let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
@@ -1357,7 +1357,7 @@ impl Stack {
         if let Some(s) = scheduler {
             s.stop().await;
         }
-        let rollup = scheduled_rollup_with(&store, &meter, &counters, &rollup).await?;
+        let rollup_report = rollup.run(&store, &meter, &counters).await?;
         if let Some(e) = ingest_failures(&counters) {
             return Err(e);
         }
@@ -1379,6 +1379,7 @@ impl Stack {
                 + counters.quarantine_objects.load(Ordering::Relaxed)
                 + counters.rollup_objects.load(Ordering::Relaxed),
             scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
+            sqs_requests: rollup.queue.requests(),
             no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_))
                 || topology == Topology::Firehose,
             topology: topology.name().to_owned(),
@@ -1396,7 +1397,7 @@ impl Stack {
                 split_rows: counters.split_rows.load(Ordering::Relaxed),
                 split_files: counters.split_files.load(Ordering::Relaxed),
             },
-            rollup: Some(rollup),
+            rollup: Some(rollup_report),
             usage,
             stream: stream.to_string(),
             kinesis,

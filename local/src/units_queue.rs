@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use analytics::fanout::{BatchEntry, FailedEntry, UnitQueue, UnitsHandled};
 use analytics::worker::UnitReport;
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use object_store::ObjectStore;
@@ -167,6 +167,7 @@ impl UnitsQueue {
             s.dead.len()
         };
         let mut drained = Drained::default();
+        let cfg = Arc::new(cfg.clone());
         let mut running = FuturesUnordered::new();
         loop {
             while running.len() < concurrency.max(1) {
@@ -175,19 +176,34 @@ impl UnitsQueue {
                     break;
                 }
                 drained.invocations += 1;
-                let n = drained.invocations;
-                running.push(async move {
-                    let event = sqs_event(&batch);
-                    let owner = format!("worker-local-{n}");
-                    let handled = meter
+                let owner = format!("worker-local-{}", drained.invocations);
+                let (store, cfg, meter) = (store.clone(), cfg.clone(), meter.clone());
+                let event = sqs_event(&batch);
+                // A task of its own, as each invocation is its own Lambda: on a
+                // multi-threaded runtime the workers run on as many cores, and each one's
+                // Duration is its own (futures polled by one task would take turns).
+                let task = tokio::spawn(async move {
+                    meter
                         .invoke(
                             &WORKER,
                             |_: &UnitsHandled| false,
                             analytics::fanout::handle_units_reporting(
-                                event, store, cfg, &owner, None,
+                                event, &store, &cfg, &owner, None,
                             ),
                         )
-                        .await;
+                        .await
+                });
+                running.push(async move {
+                    let mut task = AbortOnDrop(task);
+                    let handled = match (&mut task.0).await {
+                        Ok(handled) => handled,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // Cancelled (the runtime is shutting down): every unit comes back.
+                        Err(_) => UnitsHandled {
+                            response: failed_batch(&batch),
+                            ..UnitsHandled::default()
+                        },
+                    };
                     (batch, handled)
                 });
             }
@@ -236,6 +252,26 @@ impl UnitsQueue {
             }
         }
     }
+}
+
+/// A spawned worker invocation, aborted when the drain is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A partial-batch response failing every message of `batch`.
+fn failed_batch(batch: &[Message]) -> SqsBatchResponse {
+    let mut response = SqsBatchResponse::default();
+    for m in batch {
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = m.id.clone();
+        response.batch_item_failures.push(failure);
+    }
+    response
 }
 
 /// The event Lambda's SQS poller hands the worker for `batch`, built from the JSON SQS

@@ -718,7 +718,7 @@ impl Stack {
             let meter = meter.clone();
             let counters = counters.clone();
             let faults = faults.clone();
-            Arc::new(move |event: KinesisFirehoseEvent| {
+            Arc::new(move |event: Arc<KinesisFirehoseEvent>| {
                 let meter = meter.clone();
                 let counters = counters.clone();
                 let faults = faults.clone();
@@ -741,9 +741,12 @@ impl Stack {
                         );
                     }
                     let ctx = Context::default();
+                    // The Lambda handler takes its event by value: a copy, outside the
+                    // metered time (the emulator keeps the event for the conversion).
+                    let event = LambdaEvent::new(KinesisFirehoseEvent::clone(&event), ctx);
                     meter
                         .invoke(&TRANSFORM, |r: &Result<_, _>| r.is_err(), async {
-                            transform::handle(LambdaEvent::new(event, ctx)).await
+                            transform::handle(event).await
                         })
                         .await
                         .map_err(|e| e.to_string())
@@ -1464,7 +1467,7 @@ fn raw_invoke(
     ingested: Arc<std::sync::Mutex<IngestReport>>,
     faults: Option<Arc<crate::faults::Injector>>,
 ) -> firehose::Invoke {
-    Arc::new(move |event: KinesisFirehoseEvent| {
+    Arc::new(move |event: Arc<KinesisFirehoseEvent>| {
         let raw = raw.clone();
         let store = store.clone();
         let meter = meter.clone();

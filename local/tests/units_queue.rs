@@ -15,8 +15,7 @@ use local::stack::Counters;
 use local::units_queue::{BATCH_SIZE, MAX_RECEIVE_COUNT, UnitsQueue};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
-use telemetry::parquet::basic::Compression;
-use telemetry::parquet_writer::write_single;
+use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter};
 use telemetry::schema::{readings_to_batch, telemetry_schema};
 use telemetry::{Partition, Reading};
 
@@ -42,40 +41,40 @@ fn rollup(cfg: RollupConfig) -> LocalRollup {
     }
 }
 
-/// Two hours of 40 devices' readings (two files per hour, the second repeating part of the
-/// first, as a Firehose redelivery would), marked pending as the Firehose emulation does.
+/// Two hours of 40 devices' readings, written as the Firehose emulation writes them (one
+/// file per hour, then a second holding part of the first again, as a redelivery would),
+/// each marked pending.
 async fn seed(store: &Arc<dyn ObjectStore>) {
-    for hour in [H16 - HOUR, H16] {
-        let readings: Vec<Reading> = (0..40)
-            .flat_map(|d| {
-                (0..6).map(move |s| Reading {
-                    device_id: format!("sensor-{d:03}"),
-                    seq: s,
-                    event_time: hour + s * MINUTE + d * 1_000,
-                    received_at: hour + s * MINUTE + d * 1_000 + 250,
+    let mut writer = PartitionedWriter::new(
+        store.clone(),
+        telemetry_schema(),
+        ParquetWriterConfig::default(),
+    );
+    let mut files = Vec::new();
+    for rows in [240, 50] {
+        for hour in [H16 - HOUR, H16] {
+            let readings: Vec<Reading> = (0..rows)
+                .map(|i| Reading {
+                    device_id: format!("sensor-{:03}", i % 40),
+                    seq: i / 40,
+                    event_time: hour + (i / 40) * MINUTE + (i % 40) * 1_000,
+                    received_at: hour + (i / 40) * MINUTE + 250,
                     metric: "temperature".into(),
-                    value: f64::from(d as u32) + s as f64 / 10.0,
+                    value: (i % 40) as f64 + (i / 40) as f64 / 10.0,
                     fw: None,
                 })
-            })
-            .collect();
-        let partition = Partition::of_millis(hour);
-        for (name, part) in [("a", &readings[..]), ("b", &readings[..50])] {
-            let path = format!("telemetry/{}/{name}.parquet", partition.path());
-            let batch = readings_to_batch(part).unwrap();
-            write_single(
-                store.clone(),
-                &path,
-                &[batch],
-                telemetry_schema(),
-                Compression::SNAPPY,
-            )
+                .collect();
+            let batch = readings_to_batch(&readings).unwrap();
+            let partition = Partition::of_millis(hour);
+            files.extend(writer.write(&partition, &batch).await.unwrap());
+        }
+        files.extend(writer.flush().await.unwrap());
+    }
+    assert_eq!(files.len(), 4);
+    for f in files {
+        analytics::pending::mark(store, analytics::config::DEFAULT_PENDING_PREFIX, &f.path)
             .await
             .unwrap();
-            analytics::pending::mark(store, analytics::config::DEFAULT_PENDING_PREFIX, &path)
-                .await
-                .unwrap();
-        }
     }
 }
 

@@ -159,3 +159,44 @@ fn the_local_event_source_mapping_and_rule_name_are_the_templates() {
         "TopicRuleName must default to telemetry::topic::DEFAULT_RULE_NAME"
     );
 }
+
+#[test]
+fn the_local_rollup_fans_out_as_the_template_deploys_it() {
+    use local::units_queue::{BATCH_SIZE, MAX_RECEIVE_COUNT, TEMPLATE_MAX_CONCURRENCY};
+    let template = read("infra/template.yaml");
+    assert_eq!(
+        parameter_default(&template, "RollupFanoutMinUnits"),
+        Some(analytics::fanout::DEFAULT_FANOUT_MIN_UNITS as u32),
+        "RollupFanoutMinUnits must default to analytics::fanout::DEFAULT_FANOUT_MIN_UNITS"
+    );
+    assert_eq!(
+        parameter_default(&template, "RollupWorkerMaxConcurrency"),
+        Some(TEMPLATE_MAX_CONCURRENCY as u32),
+        "RollupWorkerMaxConcurrency must default to local::units_queue::TEMPLATE_MAX_CONCURRENCY"
+    );
+    let section = |name: &str| -> String {
+        template
+            .lines()
+            .skip_while(|l| *l != format!("  {name}:"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("  ") || l.starts_with("   "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let worker = section("RollupWorkerFunction");
+    let units_event = worker
+        .split("Queue: !GetAtt RollupUnitsQueue.Arn")
+        .nth(1)
+        .expect("the worker's event source is RollupUnitsQueue");
+    assert!(
+        units_event
+            .lines()
+            .any(|l| l.trim() == format!("BatchSize: {BATCH_SIZE}")),
+        "the units queue's BatchSize must be local::units_queue::BATCH_SIZE: {units_event}"
+    );
+    let queue = section("RollupUnitsQueue");
+    assert!(
+        queue.contains(&format!("maxReceiveCount: {MAX_RECEIVE_COUNT}")),
+        "the units queue's maxReceiveCount must be local::units_queue::MAX_RECEIVE_COUNT: {queue}"
+    );
+}

@@ -89,12 +89,32 @@ fn check_run(data: &Path, s: &Value) {
     let stats_files = python_json("parquet_check.py", &[&data.join("stats")]);
     assert!(stats_files["rows"].as_u64().unwrap() > 0);
 
-    let functions: Vec<&str> = s["functions"]
+    let mut functions: Vec<&str> = s["functions"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f["function"].as_str().unwrap())
         .collect();
+    // The final rollup's plan (16 buckets of the run's hour) is larger than the fan-out
+    // threshold: its units ran on worker invocations, 4 to a batch, as on AWS.
+    let planned = s["rollup"]["units_planned"].as_u64().unwrap();
+    if planned > analytics::fanout::DEFAULT_FANOUT_MIN_UNITS as u64 {
+        assert_eq!(functions.pop(), Some("worker"), "{functions:?}");
+        let workers = &s["functions"].as_array().unwrap()[functions.len()];
+        assert!(
+            workers["invocations"].as_u64().unwrap()
+                >= planned.div_ceil(local::units_queue::BATCH_SIZE as u64),
+            "{workers}"
+        );
+        assert!(
+            s["cost"]["lines"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|l| l["item"] == "SQS (rollup units queue)"
+                    && l["quantity"].as_f64().unwrap() > 0.0)
+        );
+    }
     if s["cost"]["topology"] == "per-message" {
         assert_eq!(functions, ["ingest", "rollup", "transform"]);
         assert_eq!(

@@ -192,6 +192,8 @@ impl LocalRollup {
             .await;
         let report = match planned {
             PlannerReport::InProcess(mut report) => {
+                // Units of an earlier fan-out, redelivered.
+                report.units_planned += drained.units.len();
                 for unit in drained.units {
                     report.add_unit(unit);
                 }

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use analytics::{Group, Query, RollupConfig, Window};
 use local::meter::Meter;
@@ -15,6 +17,8 @@ use local::stack::Counters;
 use local::units_queue::{BATCH_SIZE, MAX_RECEIVE_COUNT, UnitsQueue};
 use object_store::ObjectStore;
 use object_store::memory::InMemory;
+use object_store::path::Path;
+use telemetry::after_write::{AfterWrite, Write, WriteHook};
 use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter};
 use telemetry::schema::{readings_to_batch, telemetry_schema};
 use telemetry::{Partition, Reading};
@@ -179,4 +183,39 @@ async fn a_unit_that_keeps_failing_goes_to_the_dead_letter_queue_and_fails_the_r
     .await
     .unwrap();
     assert!(!stats.is_empty());
+}
+
+/// Counts the stats writes in progress at once (clones share the counts); each holds its
+/// thread for a while, as a unit's CPU-bound work does.
+#[derive(Debug, Clone, Default)]
+struct Overlap(Arc<(AtomicUsize, AtomicUsize)>);
+
+#[async_trait::async_trait]
+impl WriteHook for Overlap {
+    async fn written(&self, _: Write, location: &Path) -> object_store::Result<()> {
+        let (now, most) = &*self.0;
+        if location.as_ref().contains("window=1m") {
+            most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(40));
+            now.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    fn deleted(&self, _: &Path) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_worker_invocations_run_at_once_on_two_threads() {
+    let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    seed(&inner).await;
+    let overlap = Overlap::default();
+    let store: Arc<dyn ObjectStore> = Arc::new(AfterWrite::new(inner, overlap.clone()));
+    let report = rollup(cfg())
+        .run(&store, &Meter::new(), &Counters::default())
+        .await
+        .unwrap();
+    assert_eq!(report.units_done, 16);
+    // Polled by one task, the invocations would take turns: one stats write at a time.
+    assert_eq!(overlap.0.1.load(Ordering::SeqCst), 2);
 }

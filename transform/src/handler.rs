@@ -327,14 +327,17 @@ pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseR
 }
 
 /// [`transform_with_summary`] of an event whose records' documents the caller has parsed
-/// already (`docs[i]` are record `i`'s, in order; each record's data is their JSON lines):
-/// the raw transform of the `firehose` topology, which builds these stream records from
-/// the payloads it validated. The same checks, answers and budget; no second parse.
+/// already (`docs[i]` are record `i`'s, in order): the raw transform of the `firehose`
+/// topology, which builds these stream records from the payloads it validated. An empty
+/// list answers its record `Dropped` (none of its messages was accepted). The same checks,
+/// answers and budget, with each record's share of the response sized by its data as
+/// received, and a failed record echoing that data; no second parse.
 pub fn transform_documents(
     event: &KinesisFirehoseEvent,
     docs: &[Vec<StreamRecord>],
 ) -> (KinesisFirehoseResponse, Summary) {
     transform_judged(event, |i, _, seen| match docs.get(i) {
+        Some(d) if d.is_empty() => Outcome::Dropped,
         Some(d) => match check_documents(d) {
             Ok(partition) => judge_documents(d, partition, seen),
             Err(reason) => Outcome::Failed(reason),

@@ -59,9 +59,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use aws_lambda_events::event::firehose::{
-    KinesisFirehoseEvent, KinesisFirehoseEventRecord, KinesisFirehoseResponse,
-};
+use aws_lambda_events::event::firehose::{KinesisFirehoseEvent, KinesisFirehoseResponse};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WrittenFile};
@@ -178,7 +176,8 @@ pub struct RawSummary {
     pub split_readings: usize,
     /// The Parquet objects the transform wrote for them, complete.
     pub split_files: Vec<WrittenFile>,
-    /// The stream path's summary over the accepted messages.
+    /// The stream path's summary over the event's records: its `dropped` counts the
+    /// records whose messages were all quarantined too.
     pub stream: Summary,
 }
 
@@ -233,22 +232,9 @@ impl RawTransform {
             ..RawSummary::default()
         };
         let mut quarantined: Vec<QuarantineRecord> = Vec::new();
-        // Records with accepted messages, rewritten as the stream records ingest would put.
-        // The event's fields without its records (cloning the event would copy every
-        // record's data only to drop it).
-        let mut stream_event = KinesisFirehoseEvent::default();
-        stream_event.invocation_id.clone_from(&event.invocation_id);
-        stream_event
-            .delivery_stream_arn
-            .clone_from(&event.delivery_stream_arn);
-        stream_event
-            .source_kinesis_stream_arn
-            .clone_from(&event.source_kinesis_stream_arn);
-        stream_event.region.clone_from(&event.region);
-        stream_event.records = Vec::with_capacity(n);
-        // For each input record: its position in `stream_event`, if it has one.
-        let mut positions: Vec<Option<usize>> = Vec::with_capacity(n);
-        // The documents of each record of `stream_event`, parsed already.
+        // For each input record: the stream records of its accepted messages in its first
+        // message's hour, as ingest would put them (empty when none was accepted: the
+        // record is answered Dropped).
         let mut docs: Vec<Vec<StreamRecord>> = Vec::with_capacity(n);
         // For each input record with messages outside its first message's hour: those.
         let mut splits: Vec<(usize, Vec<StreamRecord>)> = Vec::new();
@@ -272,7 +258,7 @@ impl RawTransform {
                         arrival,
                         &record.data.0,
                     ));
-                    positions.push(None);
+                    docs.push(Vec::new());
                     continue;
                 }
             };
@@ -295,36 +281,22 @@ impl RawTransform {
                 ));
             }
             let Some(hour) = v.accepted.first().map(|m| Partition::of_millis(m.ts)) else {
-                positions.push(None);
+                docs.push(Vec::new());
                 continue;
             };
-            let mut data = Vec::new();
             let mut split = Vec::new();
             let mut kept = Vec::with_capacity(v.accepted.len());
             for msg in v.accepted {
                 let rec = StreamRecord::new(msg, arrival);
-                if Partition::of_millis(rec.ts) != hour {
+                if Partition::of_millis(rec.ts) == hour {
+                    kept.push(rec);
+                } else {
                     split.push(rec);
-                    continue;
                 }
-                if !data.is_empty() {
-                    data.push(b'\n');
-                }
-                data.extend_from_slice(&rec.to_json());
-                kept.push(rec);
             }
             if !split.is_empty() {
                 splits.push((index, split));
             }
-            let mut rewritten = KinesisFirehoseEventRecord::default();
-            rewritten.record_id.clone_from(&record.record_id);
-            rewritten.approximate_arrival_timestamp = record.approximate_arrival_timestamp.clone();
-            rewritten
-                .kinesis_firehose_record_metadata
-                .clone_from(&record.kinesis_firehose_record_metadata);
-            rewritten.data.0 = data;
-            positions.push(Some(stream_event.records.len()));
-            stream_event.records.push(rewritten);
             docs.push(kept);
         }
         summary.quarantine_records = quarantined.len();
@@ -332,47 +304,30 @@ impl RawTransform {
             self.write_quarantine(arrival, &quarantined).await?;
         }
 
-        let (stream_response, stream_summary) = transform_documents(&stream_event, &docs);
-        let mut stream_answers = stream_response.records.into_iter();
-        let mut response = KinesisFirehoseResponse::default();
+        // The event as received: each answer's share of the response is sized by the
+        // record's data, and a failed record echoes it (what the device sent).
+        let (response, stream_summary) = transform_documents(event, &docs);
         // Per input record: answered Ok or Dropped (its other hours' readings are written).
         let mut delivered = vec![false; n];
-        for ((record, position), delivered) in event
-            .records
-            .iter()
-            .zip(positions)
-            .zip(delivered.iter_mut())
+        for ((answer, doc), delivered) in
+            response.records.iter().zip(&docs).zip(delivered.iter_mut())
         {
-            let answer = match position.and_then(|_| stream_answers.next()) {
-                Some(mut answer) => {
-                    match answer.result.as_deref() {
-                        Some(r) if r == TransformResult::Ok.as_str() => {
-                            summary.ok += 1;
-                            *delivered = true;
-                        }
-                        Some(r) if r == TransformResult::Dropped.as_str() => {
-                            summary.duplicates += 1;
-                            *delivered = true;
-                        }
-                        _ => {
-                            summary.processing_failed += 1;
-                            // The error prefix keeps what the device sent, not our rewrite.
-                            answer.data = record.data.clone();
-                        }
-                    }
-                    answer
+            if doc.is_empty() {
+                // Nothing accepted: answered Dropped, its payload is in the quarantine.
+                summary.quarantined += 1;
+                continue;
+            }
+            match answer.result.as_deref() {
+                Some(r) if r == TransformResult::Ok.as_str() => {
+                    summary.ok += 1;
+                    *delivered = true;
                 }
-                None => {
-                    summary.quarantined += 1;
-                    let mut answer =
-                        aws_lambda_events::event::firehose::KinesisFirehoseResponseRecord::default(
-                        );
-                    answer.record_id = record.record_id.clone();
-                    answer.result = Some(TransformResult::Dropped.as_str().to_owned());
-                    answer
+                Some(r) if r == TransformResult::Dropped.as_str() => {
+                    summary.duplicates += 1;
+                    *delivered = true;
                 }
-            };
-            response.records.push(answer);
+                _ => summary.processing_failed += 1,
+            }
         }
         summary.readings = stream_summary.readings;
         summary.stream = stream_summary;

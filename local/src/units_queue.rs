@@ -26,9 +26,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use analytics::fanout::{BatchEntry, FailedEntry, UnitQueue, UnitsHandled};
 use analytics::worker::UnitReport;
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use aws_lambda_events::event::sqs::SqsEvent;
 use object_store::ObjectStore;
 
 use crate::meter::Meter;
@@ -90,8 +88,6 @@ pub struct Drained {
     /// Units that failed with an error (the message comes back at the next drain), with
     /// the error.
     pub errors: Vec<String>,
-    /// Messages left for the next drain (failed, busy or deferred units).
-    pub left: usize,
     /// Messages moved to the dead-letter queue by this drain.
     pub dead_lettered: usize,
 }
@@ -168,7 +164,10 @@ impl UnitsQueue {
         };
         let mut drained = Drained::default();
         let cfg = Arc::new(cfg.clone());
-        let mut running = FuturesUnordered::new();
+        // Each invocation is a task of its own, as each is its own Lambda: on a
+        // multi-threaded runtime the workers run on as many cores, and each one's Duration is
+        // its own (futures polled by one task would take turns). Dropping the set aborts them.
+        let mut running = tokio::task::JoinSet::new();
         loop {
             while running.len() < concurrency.max(1) {
                 let batch = self.receive();
@@ -179,11 +178,8 @@ impl UnitsQueue {
                 let owner = format!("worker-local-{}", drained.invocations);
                 let (store, cfg, meter) = (store.clone(), cfg.clone(), meter.clone());
                 let event = sqs_event(&batch);
-                // A task of its own, as each invocation is its own Lambda: on a
-                // multi-threaded runtime the workers run on as many cores, and each one's
-                // Duration is its own (futures polled by one task would take turns).
-                let task = tokio::spawn(async move {
-                    meter
+                running.spawn(async move {
+                    let handled = meter
                         .invoke(
                             &WORKER,
                             |_: &UnitsHandled| false,
@@ -191,32 +187,25 @@ impl UnitsQueue {
                                 event, &store, &cfg, &owner, None,
                             ),
                         )
-                        .await
-                });
-                running.push(async move {
-                    let mut task = AbortOnDrop(task);
-                    let handled = match (&mut task.0).await {
-                        Ok(handled) => handled,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                        // Cancelled (the runtime is shutting down): every unit comes back.
-                        Err(_) => UnitsHandled {
-                            response: failed_batch(&batch),
-                            ..UnitsHandled::default()
-                        },
-                    };
+                        .await;
                     (batch, handled)
                 });
             }
-            let Some((batch, handled)) = running.next().await else {
+            let Some(joined) = running.join_next().await else {
                 break;
+            };
+            let (batch, handled) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled: the runtime is shutting down, and the in-memory queue with it
+                // (the partitions' markers keep the units for the next run).
+                Err(_) => continue,
             };
             self.settle(batch, &handled);
             drained.errors.extend(handled.errors);
             drained.units.extend(handled.units);
         }
-        let s = self.lock();
-        drained.left = s.in_flight_failed.len();
-        drained.dead_lettered = s.dead.len() - dead_before;
+        drained.dead_lettered = self.lock().dead.len() - dead_before;
         drained
     }
 
@@ -252,26 +241,6 @@ impl UnitsQueue {
             }
         }
     }
-}
-
-/// A spawned worker invocation, aborted when the drain is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A partial-batch response failing every message of `batch`.
-fn failed_batch(batch: &[Message]) -> SqsBatchResponse {
-    let mut response = SqsBatchResponse::default();
-    for m in batch {
-        let mut failure = BatchItemFailure::default();
-        failure.item_identifier = m.id.clone();
-        response.batch_item_failures.push(failure);
-    }
-    response
 }
 
 /// The event Lambda's SQS poller hands the worker for `batch`, built from the JSON SQS

@@ -28,7 +28,8 @@
 //!   and [`telemetry::QuarantineReason`]s as ingest). Its accepted messages become the same
 //!   stream records ingest would have put, and those go through the stream path
 //!   ([`crate::handler::transform_documents`]): the same long rows, partition keys,
-//!   in-invocation de-duplication on `(device_id, seq, ts)` and response budget.
+//!   in-invocation de-duplication on `(device_id, seq, ts)` and response budget, each
+//!   record's share of the response sized by the record as received.
 //! - A payload with rejected messages is written to `quarantine/` (one
 //!   [`telemetry::quarantine::QuarantineRecord`] per payload, raw bytes and reasons, the
 //!   format ingest writes). A payload with no accepted message is answered `Dropped`:

@@ -1057,8 +1057,9 @@ async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
         lease_ttl: a.lease_ttl,
         ..analytics::RollupConfig::default()
     };
-    let report =
-        scheduler::scheduled_rollup_with(&store, &meter, &stack::Counters::default(), &cfg).await?;
+    let report = scheduler::LocalRollup::in_process(cfg)
+        .run(&store, &meter, &stack::Counters::default())
+        .await?;
     for f in meter.report() {
         eprintln!(
             "REPORT Function: {} Duration: {:.2} ms Billed Duration: {} ms Memory Size: {} MB Max Memory Used: {} MB",

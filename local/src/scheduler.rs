@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use futures::FutureExt;
-use lambda_runtime::{Context, LambdaEvent};
 use object_store::ObjectStore;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -114,6 +113,17 @@ impl LocalRollup {
             min_units: analytics::fanout::DEFAULT_FANOUT_MIN_UNITS,
             workers: crate::units_queue::worker_concurrency(),
         })
+    }
+
+    /// The rollup in this process alone (`iotpipe rollup`): the planner runs every plan
+    /// itself, `cfg.workers` units at once, and nothing is queued.
+    pub fn in_process(cfg: analytics::RollupConfig) -> Self {
+        Self {
+            cfg,
+            queue: UnitsQueue::default(),
+            min_units: usize::MAX,
+            workers: 1,
+        }
     }
 
     /// One scheduled rollup, as on AWS: the scheduler invokes the planner (metered as
@@ -254,48 +264,6 @@ pub fn local_rollup_config(
         })?;
     }
     Ok(cfg)
-}
-
-/// Invokes the rollup handler as the scheduler would, metered, with the rollup settings
-/// `cfg`, every unit in this process with `cfg.workers` at once (`iotpipe rollup
-/// --workers N`; the local stack runs [`LocalRollup::run`], which fans out as on AWS).
-pub async fn scheduled_rollup_with(
-    store: &Arc<dyn ObjectStore>,
-    meter: &Meter,
-    counters: &Counters,
-    cfg: &analytics::RollupConfig,
-) -> anyhow::Result<analytics::RollupReport> {
-    counters
-        .scheduler_invocations
-        .fetch_add(1, Ordering::Relaxed);
-    let event = LambdaEvent::new(scheduled_event(), Context::default());
-    let started_at_ms = chrono::Utc::now().timestamp_millis();
-    let report = meter
-        .invoke(
-            &ROLLUP,
-            |r: &Result<_, _>| r.is_err(),
-            analytics::handler::handle(event, store.clone(), cfg),
-        )
-        .await;
-    if let Ok(mut runs) = counters.rollup_runs.lock() {
-        runs.push(RollupRun {
-            started_at_ms,
-            ended_at_ms: chrono::Utc::now().timestamp_millis(),
-            ok: report.is_ok(),
-        });
-    }
-    let report = report.map_err(|e| anyhow::anyhow!("rollup failed: {e}"))?;
-    counters.rollup_objects.fetch_add(
-        (report.stats_files_written + report.state_objects_written + report.coarse.files_written)
-            as u64,
-        Ordering::Relaxed,
-    );
-    tracing::debug!(
-        windows_updated = report.windows_updated,
-        new_files = report.new_files,
-        "rollup"
-    );
-    Ok(report)
 }
 
 #[cfg(test)]

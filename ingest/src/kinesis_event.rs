@@ -40,7 +40,7 @@ impl<S: RecordSink> Ingest<S> {
             match RuleRecord::decode(&r.kinesis.data.0) {
                 Ok((payload, topic)) => payloads.push(RawPayload {
                     payload,
-                    topic,
+                    topic: topic.into_owned(),
                     received_at,
                 }),
                 Err(detail) => bad.push(QuarantineRecord::other(

@@ -286,7 +286,7 @@ fn from_document(line: &[u8]) -> Option<(String, Vec<u8>, i64)> {
 fn from_error_record(e: &ErrorRecord) -> Option<Vec<(String, Vec<u8>, i64)>> {
     let data = e.raw();
     if let Ok((payload, topic)) = RuleRecord::decode(&data) {
-        return Some(vec![(topic, payload, e.arrival_timestamp)]);
+        return Some(vec![(topic.into_owned(), payload, e.arrival_timestamp)]);
     }
     let docs: Option<Vec<_>> = lines(&data).map(from_document).collect();
     docs.filter(|d| !d.is_empty())

@@ -1591,10 +1591,10 @@ fn esm_on_failure(
             use base64::Engine as _;
             for r in records {
                 let (payload, topic) = transform::RuleRecord::decode(&r.data)
-                    .unwrap_or_else(|_| (r.data.to_vec(), String::new()));
+                    .unwrap_or_else(|_| (r.data.to_vec(), Default::default()));
                 let event = IotRuleEvent {
                     payload: base64::engine::general_purpose::STANDARD.encode(&payload),
-                    topic,
+                    topic: topic.into_owned(),
                     received_at: r.approximate_arrival_ms,
                     device_from_topic: None,
                 };

@@ -186,6 +186,51 @@ impl StreamRecord {
         })
     }
 
+    /// Appends the record's readings as newline-terminated JSON rows and returns how many:
+    /// byte for byte what `serde_json::to_writer` of each of [`StreamRecord::reading_refs`]
+    /// followed by `\n` writes (a test holds them equal), with the fields every reading of
+    /// the message shares (device, seq, times, firmware) encoded once per message instead
+    /// of once per reading. The transform's rows were a fifth of its time.
+    pub fn write_rows(&self, out: &mut Vec<u8>) -> usize {
+        // seq is validated to fit in i64 (Parquet int64).
+        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
+        // Writing to a Vec cannot fail, and every value here serializes (finite floats).
+        let head_start = out.len();
+        out.extend_from_slice(b"{\"device_id\":");
+        let _ = serde_json::to_writer(&mut *out, &self.device_id);
+        out.extend_from_slice(b",\"seq\":");
+        let _ = serde_json::to_writer(&mut *out, &seq);
+        out.extend_from_slice(b",\"event_time\":");
+        let _ = serde_json::to_writer(&mut *out, &self.ts);
+        out.extend_from_slice(b",\"received_at\":");
+        let _ = serde_json::to_writer(&mut *out, &self.received_at);
+        out.extend_from_slice(b",\"metric\":");
+        let head = head_start..out.len();
+        let mut tail = None;
+        for (i, (metric, value)) in self.metrics.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_within(head.clone());
+            }
+            let _ = serde_json::to_writer(&mut *out, metric);
+            out.extend_from_slice(b",\"value\":");
+            let _ = serde_json::to_writer(&mut *out, value);
+            match &tail {
+                Some(range) => out.extend_from_within(std::ops::Range::clone(range)),
+                None => {
+                    let start = out.len();
+                    out.extend_from_slice(b",\"fw\":");
+                    let _ = serde_json::to_writer(&mut *out, &self.fw);
+                    out.extend_from_slice(b"}\n");
+                    tail = Some(start..out.len());
+                }
+            }
+        }
+        if self.metrics.is_empty() {
+            out.truncate(head_start);
+        }
+        self.metrics.len()
+    }
+
     /// Explodes the record into one [`Reading`] per metric (the long layout).
     pub fn to_readings(&self) -> impl Iterator<Item = Reading> + '_ {
         // seq is validated to fit in i64 (Parquet int64).
@@ -225,11 +270,60 @@ mod tests {
             assert_eq!(back, borrowed);
             assert_eq!(serde_json::from_str::<Reading>(&json).unwrap(), owned);
         }
+        let mut rows = Vec::new();
+        assert_eq!(rec.write_rows(&mut rows), 2);
+        assert_eq!(rows, serde_rows(&rec));
         // Without fw, and with an escape that cannot be borrowed.
         let back: ReadingRef<'_> = serde_json::from_str(
             r#"{"device_id":"d","seq":1,"event_time":2,"received_at":3,"metric":"a\nb","value":1.0}"#,
         )
         .unwrap();
         assert_eq!((back.metric.as_ref(), back.fw), ("a\nb", None));
+    }
+
+    /// The rows as serde writes them: each reading's JSON and a newline.
+    fn serde_rows(rec: &StreamRecord) -> Vec<u8> {
+        let mut out = Vec::new();
+        for reading in rec.reading_refs() {
+            serde_json::to_writer(&mut out, &reading).unwrap();
+            out.push(b'\n');
+        }
+        out
+    }
+
+    #[test]
+    fn rows_are_written_as_serde_writes_them() {
+        let mut rec = StreamRecord {
+            device_id: "sensor-\u{e9}\"7\\".into(),
+            seq: u64::MAX,
+            ts: -1,
+            received_at: i64::MAX,
+            metrics: [
+                ("a".to_owned(), -0.0),
+                ("b\n\u{1}".to_owned(), 1e300),
+                ("c".to_owned(), 1e-7),
+                ("d".to_owned(), 40.0),
+                ("e".to_owned(), -67.123_456_789_012_34),
+            ]
+            .into_iter()
+            .collect(),
+            fw: Some("1.\"4\"".into()),
+        };
+        for fw in [Some("1.\"4\"".to_owned()), None] {
+            rec.fw = fw;
+            // Appends: what the buffer held stays.
+            let mut rows = b"x\n".to_vec();
+            assert_eq!(rec.write_rows(&mut rows), 5);
+            let mut expected = b"x\n".to_vec();
+            expected.extend(serde_rows(&rec));
+            assert_eq!(
+                String::from_utf8(rows).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+        rec.metrics.clear();
+        let mut rows = b"x".to_vec();
+        assert_eq!(rec.write_rows(&mut rows), 0);
+        assert_eq!(rows, b"x");
     }
 }

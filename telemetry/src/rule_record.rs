@@ -7,6 +7,8 @@
 //! device segment is what an IoT policy authenticated (validation checks the payload's
 //! `device_id` against it). The receive time is the record's arrival time in the stream.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
@@ -39,15 +41,25 @@ impl RuleRecord {
         out
     }
 
-    /// Reads a record's data back: the payload's bytes and the topic, or what is wrong
-    /// with the data (it is not the rule's record: check the rule's SQL).
-    pub fn decode(data: &[u8]) -> Result<(Vec<u8>, String), String> {
-        let r: RuleRecord = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    /// Reads a record's data back: the payload's bytes and the topic (borrowed from `data`
+    /// unless it holds an escape), or what is wrong with the data (it is not the rule's
+    /// record: check the rule's SQL).
+    pub fn decode(data: &[u8]) -> Result<(Vec<u8>, Cow<'_, str>), String> {
+        let r: Borrowed<'_> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
         let payload = STANDARD
             .decode(r.payload.as_bytes())
             .map_err(|e| format!("payload is not base64: {e}"))?;
         Ok((payload, r.topic))
     }
+}
+
+/// A [`RuleRecord`] read without copying its strings (the base64 text is only decoded).
+#[derive(Deserialize)]
+struct Borrowed<'a> {
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
 }
 
 /// The message AWS IoT's rules engine hands the rule's error action when an action failed

@@ -1,17 +1,20 @@
 //! Cost of the transform handler per record: a 500-record Firehose event of 4-metric
 //! stream records (a typical device message), transformed end to end (parse, checks,
-//! de-duplication, long-layout JSON, response budget).
+//! de-duplication, long-layout JSON, response budget); and the same messages as the
+//! `firehose` topology's raw rule records (the default: the rule's base64 record decoded,
+//! the payload validated, then the same stream path).
 //!
 //! Run: `cargo bench -p transform --bench transform`. Criterion reports the time per
 //! event; divide by 500 for the time per record (the throughput line gives records/s).
 
 use std::hint::black_box;
 
+use aws_lambda_events::encodings::MillisecondTimestamp;
 use aws_lambda_events::event::firehose::{
     KinesisFirehoseEvent, KinesisFirehoseEventRecord, KinesisFirehoseRecordMetadata,
 };
 use criterion::{Criterion, Throughput, criterion_main};
-use telemetry::StreamRecord;
+use telemetry::{RuleRecord, StreamRecord, Telemetry, ValidationConfig};
 
 /// Records per event: Firehose's processor buffer holds a few hundred typical records.
 const RECORDS: usize = 500;
@@ -54,12 +57,46 @@ fn event() -> KinesisFirehoseEvent {
     event
 }
 
+/// The same messages as the rule's raw records (the `firehose` topology): the device's
+/// payload (a [`telemetry::Telemetry`] object) base64 in a [`RuleRecord`] with its topic.
+fn raw_event() -> KinesisFirehoseEvent {
+    let mut event = event();
+    for r in &mut event.records {
+        let rec: StreamRecord = serde_json::from_slice(&r.data.0).unwrap();
+        let topic = telemetry::topic::telemetry_topic("acme", &rec.device_id);
+        let message = Telemetry {
+            device_id: rec.device_id,
+            seq: rec.seq,
+            ts: rec.ts,
+            metrics: rec.metrics,
+            fw: rec.fw,
+        };
+        let payload = serde_json::to_vec(&message).unwrap();
+        r.data.0 = RuleRecord::new(&payload, &topic).to_json();
+        r.approximate_arrival_timestamp =
+            MillisecondTimestamp(chrono::DateTime::from_timestamp_millis(rec.received_at).unwrap());
+        r.kinesis_firehose_record_metadata = None;
+    }
+    event
+}
+
 fn bench_transform(c: &mut Criterion) {
     let event = event();
     let mut group = c.benchmark_group("transform");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.bench_function("500 records x 4 metrics", |b| {
         b.iter(|| transform::transform(black_box(&event)))
+    });
+    let raw = raw_event();
+    let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let t = transform::raw::RawTransform::new(store, ValidationConfig::default(), "quarantine");
+    let (response, summary) = rt.block_on(t.transform(&raw)).unwrap();
+    assert_eq!((summary.ok, response.records.len()), (RECORDS, RECORDS));
+    group.bench_function("raw: 500 rule records x 4 metrics", |b| {
+        b.iter(|| rt.block_on(t.transform(black_box(&raw))).unwrap())
     });
     group.finish();
 }

@@ -208,13 +208,6 @@ pub enum FailureReason {
         /// The partition of document `line`.
         other: String,
     },
-    /// The readings could not be encoded as JSON (not expected to happen: every value was
-    /// checked to be finite).
-    #[error("could not encode the readings as JSON: {detail}")]
-    Encode {
-        /// The encoder's message.
-        detail: String,
-    },
     /// The record's answer is larger than the share of the response its data is entitled
     /// to ([`RESPONSE_TENTHS_PER_DATA_BYTE`]): no message the contract allows does that, so
     /// the record reached the stream without ingest's validation (or packed records of
@@ -255,7 +248,6 @@ impl FailureReason {
             FailureReason::BadDeviceId { .. } => "bad_device_id",
             FailureReason::SeqOutOfRange { .. } => "seq_out_of_range",
             FailureReason::SpansPartitions { .. } => "spans_partitions",
-            FailureReason::Encode { .. } => "encode",
             FailureReason::OverResponseShare { .. } => "over_response_share",
             FailureReason::ResponseSizeLimit { .. } => "response_size_limit",
         }
@@ -592,15 +584,7 @@ fn judge_documents(
     let mut rows = Vec::with_capacity(fresh.iter().map(|d| d.readings()).sum::<usize>() * 160);
     let mut readings = 0;
     for doc in fresh {
-        for reading in doc.reading_refs() {
-            if let Err(e) = serde_json::to_writer(&mut rows, &reading) {
-                return Outcome::Failed(FailureReason::Encode {
-                    detail: e.to_string(),
-                });
-            }
-            rows.push(b'\n');
-            readings += 1;
-        }
+        readings += doc.write_rows(&mut rows);
     }
     Outcome::Ok {
         rows,

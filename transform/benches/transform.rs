@@ -7,6 +7,8 @@
 //! Run: `cargo bench -p transform --bench transform`. Criterion reports the time per
 //! event; divide by 500 for the time per record (the throughput line gives records/s).
 
+#![allow(clippy::expect_used)]
+
 use std::hint::black_box;
 
 use aws_lambda_events::encodings::MillisecondTimestamp;
@@ -62,7 +64,7 @@ fn event() -> KinesisFirehoseEvent {
 fn raw_event() -> KinesisFirehoseEvent {
     let mut event = event();
     for r in &mut event.records {
-        let rec: StreamRecord = serde_json::from_slice(&r.data.0).unwrap();
+        let rec: StreamRecord = serde_json::from_slice(&r.data.0).expect("a stream record");
         let topic = telemetry::topic::telemetry_topic("acme", &rec.device_id);
         let message = Telemetry {
             device_id: rec.device_id,
@@ -71,10 +73,11 @@ fn raw_event() -> KinesisFirehoseEvent {
             metrics: rec.metrics,
             fw: rec.fw,
         };
-        let payload = serde_json::to_vec(&message).unwrap();
+        let payload = serde_json::to_vec(&message).expect("a message serializes");
         r.data.0 = RuleRecord::new(&payload, &topic).to_json();
-        r.approximate_arrival_timestamp =
-            MillisecondTimestamp(chrono::DateTime::from_timestamp_millis(rec.received_at).unwrap());
+        r.approximate_arrival_timestamp = MillisecondTimestamp(
+            chrono::DateTime::from_timestamp_millis(rec.received_at).expect("a time in range"),
+        );
         r.kinesis_firehose_record_metadata = None;
     }
     event
@@ -91,12 +94,14 @@ fn bench_transform(c: &mut Criterion) {
     let store = std::sync::Arc::new(object_store::memory::InMemory::new());
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
-        .unwrap();
+        .expect("a runtime");
     let t = transform::raw::RawTransform::new(store, ValidationConfig::default(), "quarantine");
-    let (response, summary) = rt.block_on(t.transform(&raw)).unwrap();
+    let (response, summary) = rt
+        .block_on(t.transform(&raw))
+        .expect("the raw transform answers");
     assert_eq!((summary.ok, response.records.len()), (RECORDS, RECORDS));
     group.bench_function("raw: 500 rule records x 4 metrics", |b| {
-        b.iter(|| rt.block_on(t.transform(black_box(&raw))).unwrap())
+        b.iter(|| rt.block_on(t.transform(black_box(&raw))).expect("answers"))
     });
     group.finish();
 }

@@ -338,14 +338,44 @@ pub fn transform_documents(
     })
 }
 
+/// The de-duplication keys of an invocation: `(device_id, seq, ts)` of every message
+/// answered `Ok` so far.
+type Seen = HashSet<(DeviceKey, u64, i64)>;
+
+/// A device id as a set key, held inline when it is short (as thing names typically are),
+/// so that recording a message's key allocates nothing.
+#[derive(PartialEq, Eq, Hash)]
+enum DeviceKey {
+    /// An id of at most [`DeviceKey::INLINE`] bytes: its length and bytes.
+    Inline(u8, [u8; DeviceKey::INLINE]),
+    /// A longer id. The variant depends on the length only, so equal ids are equal keys.
+    Heap(Box<str>),
+}
+
+impl DeviceKey {
+    const INLINE: usize = 38;
+
+    fn new(id: &str) -> Self {
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= Self::INLINE => {
+                let mut bytes = [0; Self::INLINE];
+                bytes[..id.len()].copy_from_slice(id.as_bytes());
+                DeviceKey::Inline(len, bytes)
+            }
+            _ => DeviceKey::Heap(id.into()),
+        }
+    }
+}
+
 /// The transform with `judge_one(index, data, seen)` deciding each record.
 fn transform_judged(
     event: &KinesisFirehoseEvent,
-    mut judge_one: impl FnMut(usize, &[u8], &mut HashSet<(String, u64, i64)>) -> Outcome,
+    mut judge_one: impl FnMut(usize, &[u8], &mut Seen) -> Outcome,
 ) -> (KinesisFirehoseResponse, Summary) {
     let n = event.records.len();
     // Keys already answered Ok in this invocation: the de-duplication scope.
-    let mut seen: HashSet<(String, u64, i64)> = HashSet::with_capacity(n);
+    let mut seen: Seen = HashSet::with_capacity(n);
+    let mut sizes = Sizes::default();
     let mut planned: Vec<Planned> = Vec::with_capacity(n);
     for (i, record) in event.records.iter().enumerate() {
         let outcome = judge_one(i, &record.data, &mut seen);
@@ -353,6 +383,7 @@ fn transform_judged(
             record.record_id.clone(),
             outcome,
             &record.data,
+            &mut sizes,
         ));
     }
 
@@ -480,12 +511,12 @@ struct Planned {
 }
 
 impl Planned {
-    fn new(record_id: Option<String>, outcome: Outcome, input: &[u8]) -> Self {
-        let mut record = KinesisFirehoseResponseRecord::default();
-        record.record_id = record_id;
-        record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
-        let min_len = json_len(&record);
-        let (result, data, partition_keys, verdict) = match outcome {
+    fn new(record_id: Option<String>, outcome: Outcome, input: &[u8], sizes: &mut Sizes) -> Self {
+        // Sizes are measured with empty data plus the base64 length, so that the data is
+        // encoded once (by the runtime), not twice.
+        let id_len = json_len(&record_id);
+        let min_len = id_len + sizes.shape(TransformResult::ProcessingFailed, None);
+        let (mut result, mut data, mut partition, mut verdict) = match outcome {
             Outcome::Ok {
                 rows,
                 partition,
@@ -493,39 +524,35 @@ impl Planned {
             } => (
                 TransformResult::Ok,
                 rows,
-                partition_keys(&partition),
+                Some(partition),
                 Verdict::Ok { readings },
             ),
-            Outcome::Dropped => (
-                TransformResult::Dropped,
-                Vec::new(),
-                HashMap::new(),
-                Verdict::Dropped,
-            ),
+            Outcome::Dropped => (TransformResult::Dropped, Vec::new(), None, Verdict::Dropped),
             // Echo the input so that its raw bytes survive whichever copy Firehose keeps.
             Outcome::Failed(reason) => (
                 TransformResult::ProcessingFailed,
                 input.to_vec(),
-                HashMap::new(),
+                None,
                 Verdict::Failed(reason),
             ),
         };
-        record.result = Some(result.as_str().to_string());
-        record.metadata.partition_keys = partition_keys;
-        // Measured with empty data plus the base64 length, so that the data is encoded
-        // once (by the runtime), not twice.
-        let mut full_len = json_len(&record) + base64_len(data.len());
-        let mut verdict = verdict;
-        let mut data = data;
+        let mut full_len =
+            id_len + sizes.shape(result, partition.as_ref()) + base64_len(data.len());
         if matches!(verdict, Verdict::Ok { .. }) && !within_share(full_len, input.len()) {
             verdict = Verdict::Failed(FailureReason::OverResponseShare {
                 answer_bytes: full_len,
                 data_bytes: input.len(),
             });
-            record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
-            record.metadata = KinesisFirehoseResponseRecordMetadata::default();
+            result = TransformResult::ProcessingFailed;
+            partition = None;
             data = input.to_vec();
-            full_len = json_len(&record) + base64_len(data.len());
+            full_len = min_len + base64_len(data.len());
+        }
+        let mut record = KinesisFirehoseResponseRecord::default();
+        record.record_id = record_id;
+        record.result = Some(result.as_str().to_string());
+        if let Some(p) = &partition {
+            record.metadata.partition_keys = partition_keys(p);
         }
         record.data.0 = data;
         Self {
@@ -550,6 +577,50 @@ impl Planned {
     }
 }
 
+/// The encoded sizes of response records without serializing each one (the flattened
+/// fields make the serializer slow: a tenth of the transform's time went there). A record's
+/// JSON is its `recordId`'s JSON plus a shape that depends only on its result and on the
+/// lengths of its partition keys' values (`dt` and `hour` are digits and dashes: nothing
+/// to escape), its data counted apart as the base64 length. Each shape is measured once,
+/// by serializing a record of that shape. The tests hold the sum equal to the encoded
+/// response.
+#[derive(Default)]
+struct Sizes {
+    /// The shapes without partition keys, by result.
+    plain: [Option<usize>; 3],
+    /// The `Ok` shape of the last partition keys' lengths.
+    last_ok: Option<((usize, usize), usize)>,
+}
+
+impl Sizes {
+    /// The length of a record answered `result` with `partition`'s keys (or none), empty
+    /// data, without its `recordId`'s JSON.
+    fn shape(&mut self, result: TransformResult, partition: Option<&Partition>) -> usize {
+        let measure = |partition: Option<&Partition>| {
+            let mut record = KinesisFirehoseResponseRecord::default();
+            record.result = Some(result.as_str().to_string());
+            if let Some(p) = partition {
+                record.metadata.partition_keys = partition_keys(p);
+            }
+            json_len(&record) - json_len(&record.record_id)
+        };
+        match partition {
+            None => *self.plain[result as usize].get_or_insert_with(|| measure(None)),
+            Some(p) => {
+                let key = (p.dt.len(), p.hour.len());
+                match self.last_ok {
+                    Some((last, len)) if last == key => len,
+                    _ => {
+                        let len = measure(Some(p));
+                        self.last_ok = Some((key, len));
+                        len
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn partition_keys(p: &Partition) -> HashMap<String, String> {
     HashMap::from([
         (PARTITION_KEY_DT.to_string(), p.dt.clone()),
@@ -559,7 +630,7 @@ fn partition_keys(p: &Partition) -> HashMap<String, String> {
 
 /// Decides one record. `seen` holds the keys of earlier records of the invocation and
 /// receives this record's keys when it is answered Ok.
-fn judge(data: &[u8], seen: &mut HashSet<(String, u64, i64)>) -> Outcome {
+fn judge(data: &[u8], seen: &mut Seen) -> Outcome {
     match parse_documents(data) {
         Ok((docs, partition)) => judge_documents(&docs, partition, seen),
         Err(reason) => Outcome::Failed(reason),
@@ -567,15 +638,11 @@ fn judge(data: &[u8], seen: &mut HashSet<(String, u64, i64)>) -> Outcome {
 }
 
 /// [`judge`] of a record's checked documents, all of `partition`.
-fn judge_documents(
-    docs: &[StreamRecord],
-    partition: Partition,
-    seen: &mut HashSet<(String, u64, i64)>,
-) -> Outcome {
+fn judge_documents(docs: &[StreamRecord], partition: Partition, seen: &mut Seen) -> Outcome {
     // `insert` is false for a key seen earlier in the invocation or in this record.
     let fresh: Vec<&StreamRecord> = docs
         .iter()
-        .filter(|d| seen.insert((d.device_id.clone(), d.seq, d.ts)))
+        .filter(|d| seen.insert((DeviceKey::new(&d.device_id), d.seq, d.ts)))
         .collect();
     if fresh.is_empty() {
         return Outcome::Dropped;

@@ -609,3 +609,66 @@ fn pre_parsed_documents_are_answered_as_their_json_is() {
         assert!(want_summary.ok > 0, "{name}: the fixture has Ok records");
     }
 }
+
+#[test]
+fn the_response_size_is_exact_across_hours_record_ids_and_answers() {
+    // Records of three hours interleaved (each shape's size is measured once per hour run),
+    // record ids absent, escaped and non-ASCII, and every kind of answer.
+    let hour = 3_600_000;
+    let t0 = 1_764_078_300_123;
+    let doc = |device: &str, seq: u64, ts: i64| {
+        StreamRecord {
+            device_id: device.into(),
+            seq,
+            ts,
+            metrics: [("t".to_owned(), 1.5), ("rh".to_owned(), 40.0)]
+                .into_iter()
+                .collect(),
+            fw: None,
+            received_at: ts + 5,
+        }
+        .to_json()
+    };
+    let data: Vec<Vec<u8>> = vec![
+        doc("a", 1, t0),
+        doc("b", 1, t0 + hour),
+        doc("a", 2, t0),
+        doc("a", 1, t0), // duplicate: Dropped
+        doc("c", 1, t0 + 2 * hour),
+        b"not json".to_vec(), // ProcessingFailed
+        doc("b", 2, t0 + hour),
+        doc("c", 2, t0 - 10 * hour),
+    ];
+    let ids = [
+        None,
+        Some("q\"uote\\d".to_owned()),
+        Some("\u{e9}t\u{e9}-\u{1}".to_owned()),
+        Some(String::new()),
+    ];
+    let mut event = KinesisFirehoseEvent::default();
+    event.records = data
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut r = aws_lambda_events::event::firehose::KinesisFirehoseEventRecord::default();
+            r.record_id = ids[i % ids.len()].clone();
+            r.data.0 = d;
+            r
+        })
+        .collect();
+    let (response, summary) = transform_with_summary(&event);
+    assert_eq!(
+        results(&response),
+        [
+            TransformResult::Ok,
+            TransformResult::Ok,
+            TransformResult::Ok,
+            TransformResult::Dropped,
+            TransformResult::Ok,
+            TransformResult::ProcessingFailed,
+            TransformResult::Ok,
+            TransformResult::Ok,
+        ]
+    );
+    assert_accounting(&summary, &response);
+}

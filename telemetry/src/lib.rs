@@ -38,11 +38,14 @@ pub mod synced;
 pub mod topic;
 pub mod validate;
 
-pub use message::{Reading, ReadingRef, StreamRecord, Telemetry};
+pub use message::{MessageRef, Reading, ReadingRef, StreamRecord, StreamRecordRef, Telemetry};
 pub use partition::Partition;
 pub use quarantine::QuarantineReason;
 pub use rule_record::{RuleError, RuleRecord};
-pub use validate::{Rejected, Rejection, Validated, ValidationConfig, validate_payload};
+pub use validate::{
+    Rejected, Rejection, Validated, ValidatedRef, ValidationConfig, validate_payload,
+    validate_payload_borrowed,
+};
 
 /// Re-exported so that every crate uses the same `object_store` version.
 pub use object_store;

@@ -120,6 +120,250 @@ pub struct ReadingRef<'a> {
     pub fw: Option<Cow<'a, str>>,
 }
 
+/// A [`Telemetry`] message as validation reads it from a payload: its strings borrowed from
+/// the payload where they hold no escape, and its metrics a list sorted by name (a map's
+/// semantics: each name once, the last value written wins, as `serde_json` fills a
+/// [`BTreeMap`]) instead of a map of owned names. What the raw transform validates and
+/// explodes without a `String` per field; [`MessageRef::into_owned`] gives the
+/// [`Telemetry`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct MessageRef<'a> {
+    /// The device.
+    #[serde(borrow)]
+    pub device_id: Cow<'a, str>,
+    /// Per-device sequence number.
+    pub seq: u64,
+    /// Event time, epoch milliseconds (UTC).
+    pub ts: i64,
+    /// Readings, sorted by metric name, each name once.
+    #[serde(borrow, deserialize_with = "sorted_metrics")]
+    pub metrics: Vec<(Cow<'a, str>, f64)>,
+    /// Firmware version, when the device reports it.
+    #[serde(borrow, default, deserialize_with = "optional_str")]
+    pub fw: Option<Cow<'a, str>>,
+}
+
+impl MessageRef<'_> {
+    /// The owned message.
+    pub fn into_owned(self) -> Telemetry {
+        Telemetry {
+            device_id: self.device_id.into_owned(),
+            seq: self.seq,
+            ts: self.ts,
+            metrics: self
+                .metrics
+                .into_iter()
+                .map(|(k, v)| (k.into_owned(), v))
+                .collect(),
+            fw: self.fw.map(Cow::into_owned),
+        }
+    }
+}
+
+impl From<Telemetry> for MessageRef<'_> {
+    fn from(m: Telemetry) -> Self {
+        Self {
+            device_id: Cow::Owned(m.device_id),
+            seq: m.seq,
+            ts: m.ts,
+            // A BTreeMap iterates sorted, each name once.
+            metrics: m
+                .metrics
+                .into_iter()
+                .map(|(k, v)| (Cow::Owned(k), v))
+                .collect(),
+            fw: m.fw.map(Cow::Owned),
+        }
+    }
+}
+
+/// A [`StreamRecord`] read without copying its strings (see [`MessageRef`]): what the
+/// transform explodes into rows, parsed from a stream record's data or built from a
+/// validated raw payload ([`StreamRecordRef::new`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StreamRecordRef<'a> {
+    /// The device.
+    #[serde(borrow)]
+    pub device_id: Cow<'a, str>,
+    /// Per-device sequence number.
+    pub seq: u64,
+    /// Event time, epoch milliseconds (UTC).
+    pub ts: i64,
+    /// Readings, sorted by metric name, each name once.
+    #[serde(borrow, deserialize_with = "sorted_metrics")]
+    pub metrics: Vec<(Cow<'a, str>, f64)>,
+    /// Firmware version, when reported.
+    #[serde(borrow, default, deserialize_with = "optional_str")]
+    pub fw: Option<Cow<'a, str>>,
+    /// Receive time at the IoT rule (epoch milliseconds, UTC).
+    pub received_at: i64,
+}
+
+impl<'a> StreamRecordRef<'a> {
+    /// Attaches the receive time to a validated message.
+    pub fn new(msg: MessageRef<'a>, received_at: i64) -> Self {
+        Self {
+            device_id: msg.device_id,
+            seq: msg.seq,
+            ts: msg.ts,
+            metrics: msg.metrics,
+            fw: msg.fw,
+            received_at,
+        }
+    }
+
+    /// Number of readings (one Parquet row each).
+    pub fn readings(&self) -> usize {
+        self.metrics.len()
+    }
+
+    /// Explodes the record into one [`ReadingRef`] per metric, borrowing its strings.
+    pub fn reading_refs(&self) -> impl Iterator<Item = ReadingRef<'_>> + '_ {
+        // seq is validated to fit in i64 (Parquet int64).
+        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
+        self.metrics.iter().map(move |(metric, value)| ReadingRef {
+            device_id: Cow::Borrowed(&self.device_id),
+            seq,
+            event_time: self.ts,
+            received_at: self.received_at,
+            metric: Cow::Borrowed(metric),
+            value: *value,
+            fw: self.fw.as_deref().map(Cow::Borrowed),
+        })
+    }
+
+    /// Appends the record's readings as newline-terminated JSON rows and returns how many:
+    /// byte for byte what `serde_json::to_writer` of each of [`StreamRecordRef::reading_refs`]
+    /// (the [`Reading`] JSON) followed by `\n` writes (a test holds them equal), with the
+    /// fields every reading of the message shares (device, seq, times, firmware) encoded
+    /// once per message instead of once per reading. The transform's rows were a fifth of
+    /// its time.
+    pub fn write_rows(&self, out: &mut Vec<u8>) -> usize {
+        // seq is validated to fit in i64 (Parquet int64).
+        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
+        // Writing to a Vec cannot fail, and every value here serializes (finite floats).
+        let head_start = out.len();
+        out.extend_from_slice(b"{\"device_id\":");
+        let _ = serde_json::to_writer(&mut *out, self.device_id.as_ref());
+        out.extend_from_slice(b",\"seq\":");
+        let _ = serde_json::to_writer(&mut *out, &seq);
+        out.extend_from_slice(b",\"event_time\":");
+        let _ = serde_json::to_writer(&mut *out, &self.ts);
+        out.extend_from_slice(b",\"received_at\":");
+        let _ = serde_json::to_writer(&mut *out, &self.received_at);
+        out.extend_from_slice(b",\"metric\":");
+        let head = head_start..out.len();
+        let mut tail = None;
+        for (i, (metric, value)) in self.metrics.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_within(head.clone());
+            }
+            let _ = serde_json::to_writer(&mut *out, metric.as_ref());
+            out.extend_from_slice(b",\"value\":");
+            let _ = serde_json::to_writer(&mut *out, value);
+            match &tail {
+                Some(range) => out.extend_from_within(std::ops::Range::clone(range)),
+                None => {
+                    let start = out.len();
+                    out.extend_from_slice(b",\"fw\":");
+                    let _ = serde_json::to_writer(&mut *out, &self.fw);
+                    out.extend_from_slice(b"}\n");
+                    tail = Some(start..out.len());
+                }
+            }
+        }
+        if self.metrics.is_empty() {
+            out.truncate(head_start);
+        }
+        self.metrics.len()
+    }
+}
+
+impl StreamRecord {
+    /// The record borrowed as a [`StreamRecordRef`] (its metrics listed in name order).
+    pub fn borrowed(&self) -> StreamRecordRef<'_> {
+        StreamRecordRef {
+            device_id: Cow::Borrowed(&self.device_id),
+            seq: self.seq,
+            ts: self.ts,
+            metrics: self
+                .metrics
+                .iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), *v))
+                .collect(),
+            fw: self.fw.as_deref().map(Cow::Borrowed),
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// Deserializes a JSON object of `name: number` into a list sorted by name with each name
+/// once, the last value written winning (what deserializing into a [`BTreeMap`] keeps),
+/// borrowing the names that hold no escape.
+fn sorted_metrics<'de, D>(d: D) -> Result<Vec<(Cow<'de, str>, f64)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Metrics;
+    impl<'de> serde::de::Visitor<'de> for Metrics {
+        type Value = Vec<(Cow<'de, str>, f64)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object of name: number")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(Cow<'de, str>, f64)> =
+                Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
+            while let Some(CowStr(name)) = map.next_key()? {
+                out.push((name, map.next_value()?));
+            }
+            // Stable sort of the reversed list: of equal names the last written comes
+            // first, and `dedup_by` keeps the first of each run.
+            out.reverse();
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            out.dedup_by(|later, first| later.0 == first.0);
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Metrics)
+}
+
+/// An optional string (`null` or absent: `None`), borrowed when it holds no escape
+/// (`serde(borrow)` borrows a `Cow` but not one inside an `Option`).
+fn optional_str<'de, D>(d: D) -> Result<Option<Cow<'de, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<CowStr<'de>>::deserialize(d)?.map(|s| s.0))
+}
+
+/// A string deserialized borrowed when the input allows it (no escape), owned otherwise.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> serde::de::Visitor<'de> for Str {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(Str).map(CowStr)
+    }
+}
+
 /// The columns of a reading, whichever way its strings are held: what
 /// [`crate::schema::readings_to_batch`] builds a batch from.
 pub trait ReadingColumns {
@@ -186,51 +430,6 @@ impl StreamRecord {
         })
     }
 
-    /// Appends the record's readings as newline-terminated JSON rows and returns how many:
-    /// byte for byte what `serde_json::to_writer` of each of [`StreamRecord::reading_refs`]
-    /// followed by `\n` writes (a test holds them equal), with the fields every reading of
-    /// the message shares (device, seq, times, firmware) encoded once per message instead
-    /// of once per reading. The transform's rows were a fifth of its time.
-    pub fn write_rows(&self, out: &mut Vec<u8>) -> usize {
-        // seq is validated to fit in i64 (Parquet int64).
-        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
-        // Writing to a Vec cannot fail, and every value here serializes (finite floats).
-        let head_start = out.len();
-        out.extend_from_slice(b"{\"device_id\":");
-        let _ = serde_json::to_writer(&mut *out, &self.device_id);
-        out.extend_from_slice(b",\"seq\":");
-        let _ = serde_json::to_writer(&mut *out, &seq);
-        out.extend_from_slice(b",\"event_time\":");
-        let _ = serde_json::to_writer(&mut *out, &self.ts);
-        out.extend_from_slice(b",\"received_at\":");
-        let _ = serde_json::to_writer(&mut *out, &self.received_at);
-        out.extend_from_slice(b",\"metric\":");
-        let head = head_start..out.len();
-        let mut tail = None;
-        for (i, (metric, value)) in self.metrics.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_within(head.clone());
-            }
-            let _ = serde_json::to_writer(&mut *out, metric);
-            out.extend_from_slice(b",\"value\":");
-            let _ = serde_json::to_writer(&mut *out, value);
-            match &tail {
-                Some(range) => out.extend_from_within(std::ops::Range::clone(range)),
-                None => {
-                    let start = out.len();
-                    out.extend_from_slice(b",\"fw\":");
-                    let _ = serde_json::to_writer(&mut *out, &self.fw);
-                    out.extend_from_slice(b"}\n");
-                    tail = Some(start..out.len());
-                }
-            }
-        }
-        if self.metrics.is_empty() {
-            out.truncate(head_start);
-        }
-        self.metrics.len()
-    }
-
     /// Explodes the record into one [`Reading`] per metric (the long layout).
     pub fn to_readings(&self) -> impl Iterator<Item = Reading> + '_ {
         // seq is validated to fit in i64 (Parquet int64).
@@ -271,7 +470,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<Reading>(&json).unwrap(), owned);
         }
         let mut rows = Vec::new();
-        assert_eq!(rec.write_rows(&mut rows), 2);
+        assert_eq!(rec.borrowed().write_rows(&mut rows), 2);
         assert_eq!(rows, serde_rows(&rec));
         // Without fw, and with an escape that cannot be borrowed.
         let back: ReadingRef<'_> = serde_json::from_str(
@@ -313,7 +512,7 @@ mod tests {
             rec.fw = fw;
             // Appends: what the buffer held stays.
             let mut rows = b"x\n".to_vec();
-            assert_eq!(rec.write_rows(&mut rows), 5);
+            assert_eq!(rec.borrowed().write_rows(&mut rows), 5);
             let mut expected = b"x\n".to_vec();
             expected.extend(serde_rows(&rec));
             assert_eq!(
@@ -323,7 +522,66 @@ mod tests {
         }
         rec.metrics.clear();
         let mut rows = b"x".to_vec();
-        assert_eq!(rec.write_rows(&mut rows), 0);
+        assert_eq!(rec.borrowed().write_rows(&mut rows), 0);
         assert_eq!(rows, b"x");
+    }
+
+    #[test]
+    fn a_message_ref_reads_what_telemetry_reads_borrowing_what_it_can() {
+        let cases = [
+            r#"{"device_id":"d-1","seq":7,"ts":5,"metrics":{"t":1.5,"a":2,"t":3.5},"fw":"1.2"}"#,
+            r#"{"device_id":"d\u002d1","seq":7,"ts":5,"metrics":{"b\n":1e300},"fw":null,"x":[1]}"#,
+            r#"{"metrics":{"z":-0.0,"y":1,"x":2},"ts":-1,"seq":0,"device_id":"d"}"#,
+        ];
+        for json in cases {
+            let owned: Telemetry = serde_json::from_str(json).unwrap();
+            let borrowed: MessageRef<'_> = serde_json::from_str(json).unwrap();
+            assert_eq!(borrowed.clone().into_owned(), owned, "{json}");
+            assert_eq!(MessageRef::from(owned), borrowed, "{json}");
+        }
+        let first: MessageRef<'_> = serde_json::from_str(cases[0]).unwrap();
+        assert!(matches!(first.device_id, Cow::Borrowed("d-1")));
+        assert!(matches!(first.fw, Some(Cow::Borrowed("1.2"))));
+        assert!(matches!(first.metrics[0].0, Cow::Borrowed("a")));
+        assert_eq!(
+            first.metrics[1],
+            (Cow::Borrowed("t"), 3.5),
+            "the last value wins"
+        );
+        // What Telemetry refuses, MessageRef refuses.
+        for bad in [
+            r#"{"device_id":"d","seq":1,"ts":1,"metrics":{"t":"x"}}"#,
+            r#"{"device_id":"d","device_id":"e","seq":1,"ts":1,"metrics":{}}"#,
+            r#"{"device_id":"d","seq":-1,"ts":1,"metrics":{}}"#,
+            r#"{"device_id":"d","seq":1,"ts":1,"metrics":[]}"#,
+            r#"{"device_id":"d","seq":1,"ts":1,"metrics":{},"fw":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Telemetry>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<MessageRef<'_>>(bad).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stream_record_ref_reads_what_a_stream_record_reads() {
+        let rec = StreamRecord {
+            device_id: "d-1".into(),
+            seq: 7,
+            ts: 1_764_000_000_000,
+            received_at: 1_764_000_000_500,
+            metrics: [("b".to_owned(), 1.0), ("a\"".to_owned(), 2.0)]
+                .into_iter()
+                .collect(),
+            fw: None,
+        };
+        let json = rec.to_json();
+        let back: StreamRecordRef<'_> = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, rec.borrowed());
+        assert_eq!(back.reading_refs().count(), 2);
+        assert!(back.reading_refs().zip(rec.to_readings()).all(|(r, o)| {
+            serde_json::to_string(&r).unwrap() == serde_json::to_string(&o).unwrap()
+        }));
     }
 }

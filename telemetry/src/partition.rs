@@ -18,6 +18,13 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// The hour an event time falls in, as whole hours since the epoch: two times have the
+    /// same partition exactly when they have the same hour, so comparing these avoids
+    /// building partitions (two strings each) only to compare them.
+    pub const fn hour_of_millis(ms: i64) -> i64 {
+        ms.div_euclid(3_600_000)
+    }
+
     /// The partition of an event time in epoch milliseconds. Times outside chrono's range
     /// (impossible after validation) fall into the epoch partition.
     pub fn of_millis(ms: i64) -> Self {
@@ -28,7 +35,7 @@ impl Partition {
             static LAST: std::cell::RefCell<Option<(i64, Partition)>> =
                 const { std::cell::RefCell::new(None) };
         }
-        let hour_start = ms.div_euclid(3_600_000);
+        let hour_start = Self::hour_of_millis(ms);
         LAST.with(|last| {
             let mut last = last.borrow_mut();
             if let Some((h, p)) = last.as_ref()

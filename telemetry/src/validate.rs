@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::message::Telemetry;
+use crate::message::{MessageRef, Telemetry};
 use crate::quarantine::QuarantineReason;
 use crate::topic::parse_topic;
 
@@ -244,6 +244,35 @@ impl Validated {
     pub fn messages(&self) -> usize {
         self.accepted.len() + self.rejected.len()
     }
+}
+
+/// The outcome of validating one payload, its accepted messages borrowing from the
+/// payload ([`validate_payload_borrowed`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ValidatedRef<'a> {
+    /// Messages that satisfy the contract, in payload order.
+    pub accepted: Vec<MessageRef<'a>>,
+    /// Messages that do not, each with its reason.
+    pub rejected: Vec<Rejected>,
+}
+
+impl ValidatedRef<'_> {
+    /// Number of messages the payload counted as (accepted + rejected).
+    pub fn messages(&self) -> usize {
+        self.accepted.len() + self.rejected.len()
+    }
+
+    /// The owned outcome.
+    pub fn into_owned(self) -> Validated {
+        Validated {
+            accepted: self
+                .accepted
+                .into_iter()
+                .map(MessageRef::into_owned)
+                .collect(),
+            rejected: self.rejected,
+        }
+    }
 
     fn reject_whole(raw: &[u8], reason: Rejection) -> Self {
         Self {
@@ -267,8 +296,20 @@ pub fn validate_payload(
     received_at: i64,
     cfg: &ValidationConfig,
 ) -> Validated {
+    validate_payload_borrowed(raw, topic, received_at, cfg).into_owned()
+}
+
+/// [`validate_payload`] with the accepted messages borrowing their strings from `raw`
+/// where they hold no escape: the same judgement, without a `String` per field (the raw
+/// transform explodes them into rows and drops them).
+pub fn validate_payload_borrowed<'a>(
+    raw: &'a [u8],
+    topic: &str,
+    received_at: i64,
+    cfg: &ValidationConfig,
+) -> ValidatedRef<'a> {
     if raw.len() > cfg.max_payload_bytes {
-        return Validated::reject_whole(
+        return ValidatedRef::reject_whole(
             raw,
             Rejection::Oversize {
                 len: raw.len(),
@@ -277,7 +318,7 @@ pub fn validate_payload(
         );
     }
     if let Err(e) = std::str::from_utf8(raw) {
-        return Validated::reject_whole(
+        return ValidatedRef::reject_whole(
             raw,
             Rejection::InvalidUtf8 {
                 offset: e.valid_up_to(),
@@ -285,7 +326,7 @@ pub fn validate_payload(
         );
     }
     let Some(parts) = parse_topic(topic) else {
-        return Validated::reject_whole(
+        return ValidatedRef::reject_whole(
             raw,
             Rejection::BadTopic {
                 topic: truncate(topic),
@@ -293,7 +334,7 @@ pub fn validate_payload(
         );
     };
     if let Some(accepted) = fast_accept(raw, parts.device_id, received_at, cfg) {
-        return Validated {
+        return ValidatedRef {
             accepted,
             rejected: Vec::new(),
         };
@@ -303,12 +344,12 @@ pub fn validate_payload(
 
 /// [`validate_payload`] of a UTF-8 payload of accepted size on a valid topic, through a
 /// `serde_json::Value` tree: judges every message and names each rejection's reason.
-fn validate_general(
+fn validate_general<'a>(
     raw: &[u8],
     topic_device: &str,
     received_at: i64,
     cfg: &ValidationConfig,
-) -> Validated {
+) -> ValidatedRef<'a> {
     let value: Value = match serde_json::from_slice(raw) {
         Ok(v) => v,
         Err(e) => {
@@ -318,17 +359,17 @@ fn validate_general(
             } else {
                 Rejection::MalformedJson { detail }
             };
-            return Validated::reject_whole(raw, reason);
+            return ValidatedRef::reject_whole(raw, reason);
         }
     };
     let check = |obj: &Value| check_message(obj, topic_device, received_at, cfg);
     match value {
         Value::Array(items) => {
             if items.is_empty() {
-                return Validated::reject_whole(raw, Rejection::EmptyBatch);
+                return ValidatedRef::reject_whole(raw, Rejection::EmptyBatch);
             }
             if items.len() > MAX_BATCH_MESSAGES {
-                return Validated::reject_whole(
+                return ValidatedRef::reject_whole(
                     raw,
                     Rejection::BatchTooLarge {
                         count: items.len(),
@@ -336,10 +377,10 @@ fn validate_general(
                     },
                 );
             }
-            let mut out = Validated::default();
+            let mut out = ValidatedRef::default();
             for (i, item) in items.iter().enumerate() {
                 match check(item) {
-                    Ok(msg) => out.accepted.push(msg),
+                    Ok(msg) => out.accepted.push(msg.into()),
                     Err(reason) => out.rejected.push(Rejected {
                         raw: serde_json::to_vec(item).unwrap_or_default(),
                         index: Some(i),
@@ -350,11 +391,11 @@ fn validate_general(
             out
         }
         other => match check(&other) {
-            Ok(msg) => Validated {
-                accepted: vec![msg],
+            Ok(msg) => ValidatedRef {
+                accepted: vec![msg.into()],
                 rejected: Vec::new(),
             },
-            Err(reason) => Validated::reject_whole(raw, reason),
+            Err(reason) => ValidatedRef::reject_whole(raw, reason),
         },
     }
 }
@@ -367,20 +408,20 @@ fn validate_general(
 /// path judges the payload and names the reason, so the outcome is the same either way
 /// (`tests::the_fast_path_agrees_with_the_general_one`). A payload it does not accept is
 /// parsed twice; that cost falls on bad input only, which is quarantined anyway.
-fn fast_accept(
-    raw: &[u8],
+fn fast_accept<'a>(
+    raw: &'a [u8],
     topic_device: &str,
     received_at: i64,
     cfg: &ValidationConfig,
-) -> Option<Vec<Telemetry>> {
-    let holds = |m: &Telemetry| contract_holds(m, topic_device, received_at, cfg);
+) -> Option<Vec<MessageRef<'a>>> {
+    let holds = |m: &MessageRef<'_>| contract_holds(m, topic_device, received_at, cfg);
     match raw.iter().find(|b| !b.is_ascii_whitespace())? {
         b'{' => {
-            let msg: Telemetry = serde_json::from_slice(raw).ok()?;
+            let msg: MessageRef<'a> = serde_json::from_slice(raw).ok()?;
             holds(&msg).then(|| vec![msg])
         }
         b'[' => {
-            let msgs: Vec<Telemetry> = serde_json::from_slice(raw).ok()?;
+            let msgs: Vec<MessageRef<'a>> = serde_json::from_slice(raw).ok()?;
             let size_ok = (1..=MAX_BATCH_MESSAGES).contains(&msgs.len());
             (size_ok && msgs.iter().all(holds)).then_some(msgs)
         }
@@ -391,7 +432,7 @@ fn fast_accept(
 /// Whether a well-typed message satisfies every rule [`check_message`] enforces (the same
 /// predicates; `check_message` decides the reason when one fails).
 fn contract_holds(
-    m: &Telemetry,
+    m: &MessageRef<'_>,
     topic_device: &str,
     received_at: i64,
     cfg: &ValidationConfig,
@@ -647,7 +688,7 @@ mod tests {
         for p in &payloads {
             assert_eq!(
                 validate_payload(p.as_bytes(), TOPIC, NOW, &cfg),
-                validate_general(p.as_bytes(), "sensor-000042", NOW, &cfg),
+                validate_general(p.as_bytes(), "sensor-000042", NOW, &cfg).into_owned(),
                 "{p}"
             );
         }

@@ -54,7 +54,7 @@ use aws_lambda_events::event::firehose::{
 use lambda_runtime::LambdaEvent;
 use serde::{Deserialize, Serialize};
 use telemetry::validate::valid_device_id;
-use telemetry::{Partition, StreamRecord};
+use telemetry::{Partition, StreamRecordRef};
 
 /// Lambda's payload limit for a synchronous invocation's response: 6 MiB. A larger response
 /// fails the invocation, so the handler keeps its encoded response within it.
@@ -326,7 +326,7 @@ pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseR
 /// received, and a failed record echoing that data; no second parse.
 pub fn transform_documents(
     event: &KinesisFirehoseEvent,
-    docs: &[Vec<StreamRecord>],
+    docs: &[Vec<StreamRecordRef<'_>>],
 ) -> (KinesisFirehoseResponse, Summary) {
     transform_judged(event, |i, _, seen| match docs.get(i) {
         Some(d) if d.is_empty() => Outcome::Dropped,
@@ -376,15 +376,17 @@ fn transform_judged(
     // Keys already answered Ok in this invocation: the de-duplication scope.
     let mut seen: Seen = HashSet::with_capacity(n);
     let mut sizes = Sizes::default();
+    // The response records are built in place (a second vector of them, moved record by
+    // record, cost a large allocation and a copy per invocation); `planned[i]` holds
+    // record `i`'s verdict and sizes.
+    let mut records: Vec<KinesisFirehoseResponseRecord> = Vec::with_capacity(n);
     let mut planned: Vec<Planned> = Vec::with_capacity(n);
     for (i, record) in event.records.iter().enumerate() {
         let outcome = judge_one(i, &record.data, &mut seen);
-        planned.push(Planned::new(
-            record.record_id.clone(),
-            outcome,
-            &record.data,
-            &mut sizes,
-        ));
+        let (answer, plan) =
+            Planned::new(record.record_id.clone(), outcome, &record.data, &mut sizes);
+        records.push(answer);
+        planned.push(plan);
     }
 
     // The response budget. Each record is entitled to a share of the response in
@@ -413,7 +415,7 @@ fn transform_judged(
             let p = &mut planned[i];
             if p.full_len > p.min_len {
                 used -= p.full_len - p.min_len;
-                p.cut_for_size();
+                p.cut_for_size(&mut records[i]);
                 cut += 1;
             }
         }
@@ -435,8 +437,7 @@ fn transform_judged(
         response_bytes: envelope + n.saturating_sub(1),
         ..Summary::default()
     };
-    let mut records = Vec::with_capacity(n);
-    for (index, p) in planned.into_iter().enumerate() {
+    for (index, (p, record)) in planned.into_iter().zip(&records).enumerate() {
         summary.response_bytes += p.full_len;
         match p.verdict {
             Verdict::Ok { readings } => {
@@ -449,7 +450,7 @@ fn transform_judged(
                 // Records cut for size were logged above, as one line.
                 if !matches!(reason, FailureReason::ResponseSizeLimit { .. }) {
                     tracing::warn!(
-                        record_id = p.record.record_id.as_deref().unwrap_or(""),
+                        record_id = record.record_id.as_deref().unwrap_or(""),
                         reason_code = reason.code(),
                         reason = %reason,
                         "record answered ProcessingFailed"
@@ -457,12 +458,11 @@ fn transform_judged(
                 }
                 summary.failures.push(RecordFailure {
                     index,
-                    record_id: p.record.record_id.clone(),
+                    record_id: record.record_id.clone(),
                     reason,
                 });
             }
         }
-        records.push(p.record);
     }
     tracing::info!(
         invocation_id = event.invocation_id.as_deref().unwrap_or(""),
@@ -500,18 +500,23 @@ enum Verdict {
     Failed(FailureReason),
 }
 
-/// A response record with its encoded sizes.
+/// A response record's verdict and encoded sizes.
 struct Planned {
-    record: KinesisFirehoseResponseRecord,
     verdict: Verdict,
-    /// Encoded size of `record` as planned.
+    /// Encoded size of the record as planned.
     full_len: usize,
     /// Encoded size of the record answered `ProcessingFailed` with empty data.
     min_len: usize,
 }
 
 impl Planned {
-    fn new(record_id: Option<String>, outcome: Outcome, input: &[u8], sizes: &mut Sizes) -> Self {
+    /// The answer to a record and its plan.
+    fn new(
+        record_id: Option<String>,
+        outcome: Outcome,
+        input: &[u8],
+        sizes: &mut Sizes,
+    ) -> (KinesisFirehoseResponseRecord, Self) {
         // Sizes are measured with empty data plus the base64 length, so that the data is
         // encoded once (by the runtime), not twice.
         let id_len = json_len(&record_id);
@@ -555,19 +560,19 @@ impl Planned {
             record.metadata.partition_keys = partition_keys(p);
         }
         record.data.0 = data;
-        Self {
-            record,
+        let plan = Self {
             verdict,
             full_len,
             min_len,
-        }
+        };
+        (record, plan)
     }
 
     /// Turns the record into its minimal failure answer (it lies past the size limit).
-    fn cut_for_size(&mut self) {
-        self.record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
-        self.record.data.0 = Vec::new();
-        self.record.metadata = KinesisFirehoseResponseRecordMetadata::default();
+    fn cut_for_size(&mut self, record: &mut KinesisFirehoseResponseRecord) {
+        record.result = Some(TransformResult::ProcessingFailed.as_str().to_string());
+        record.data.0 = Vec::new();
+        record.metadata = KinesisFirehoseResponseRecordMetadata::default();
         self.full_len = self.min_len;
         if !matches!(self.verdict, Verdict::Failed(_)) {
             self.verdict = Verdict::Failed(FailureReason::ResponseSizeLimit {
@@ -638,9 +643,9 @@ fn judge(data: &[u8], seen: &mut Seen) -> Outcome {
 }
 
 /// [`judge`] of a record's checked documents, all of `partition`.
-fn judge_documents(docs: &[StreamRecord], partition: Partition, seen: &mut Seen) -> Outcome {
+fn judge_documents(docs: &[StreamRecordRef<'_>], partition: Partition, seen: &mut Seen) -> Outcome {
     // `insert` is false for a key seen earlier in the invocation or in this record.
-    let fresh: Vec<&StreamRecord> = docs
+    let fresh: Vec<&StreamRecordRef<'_>> = docs
         .iter()
         .filter(|d| seen.insert((DeviceKey::new(&d.device_id), d.seq, d.ts)))
         .collect();
@@ -661,7 +666,7 @@ fn judge_documents(docs: &[StreamRecord], partition: Partition, seen: &mut Seen)
 }
 
 /// Parses and checks the newline-separated documents of one record.
-fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), FailureReason> {
+fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, Partition), FailureReason> {
     let text = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -672,7 +677,7 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
             continue;
         }
         let line_no = i + 1;
-        let doc: StreamRecord =
+        let doc: StreamRecordRef<'_> =
             serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?;
         shared.check(line_no, &doc)?;
         docs.push(doc);
@@ -682,7 +687,7 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecord>, Partition), Failur
 
 /// Checks a record's documents (each as on its own line: line numbers from 1) and returns
 /// the one partition they share.
-fn check_documents(docs: &[StreamRecord]) -> Result<Partition, FailureReason> {
+fn check_documents(docs: &[StreamRecordRef<'_>]) -> Result<Partition, FailureReason> {
     let mut shared = SharedPartition::default();
     for (doc, line_no) in docs.iter().zip(1..) {
         shared.check(line_no, doc)?;
@@ -690,23 +695,24 @@ fn check_documents(docs: &[StreamRecord]) -> Result<Partition, FailureReason> {
     shared.finish()
 }
 
-/// The checks of a record's documents, one at a time, and the one partition they share.
+/// The checks of a record's documents, one at a time, and the one partition they share
+/// (with its hour, [`Partition::hour_of_millis`], which the next documents are compared by).
 #[derive(Default)]
-struct SharedPartition(Option<Partition>);
+struct SharedPartition(Option<(i64, Partition)>);
 
 impl SharedPartition {
     /// Checks the document on `line_no` ([`check_document`]) and that its partition is the
     /// record's.
-    fn check(&mut self, line_no: usize, doc: &StreamRecord) -> Result<(), FailureReason> {
+    fn check(&mut self, line_no: usize, doc: &StreamRecordRef<'_>) -> Result<(), FailureReason> {
         check_document(line_no, doc)?;
-        let partition = Partition::of_millis(doc.ts);
+        let hour = Partition::hour_of_millis(doc.ts);
         match &self.0 {
-            None => self.0 = Some(partition),
-            Some(p) if *p != partition => {
+            None => self.0 = Some((hour, Partition::of_millis(doc.ts))),
+            Some((first, p)) if *first != hour => {
                 return Err(FailureReason::SpansPartitions {
                     line: line_no,
                     first: p.path(),
-                    other: partition.path(),
+                    other: Partition::of_millis(doc.ts).path(),
                 });
             }
             Some(_) => {}
@@ -716,7 +722,7 @@ impl SharedPartition {
 
     /// The partition, or [`FailureReason::Empty`] for a record without documents.
     fn finish(self) -> Result<Partition, FailureReason> {
-        self.0.ok_or(FailureReason::Empty)
+        self.0.map(|(_, p)| p).ok_or(FailureReason::Empty)
     }
 }
 
@@ -733,7 +739,7 @@ fn classify_parse_error(line: usize, e: &serde_json::Error) -> FailureReason {
 
 /// The checks the long layout depends on. Ingest validated the full contract already;
 /// these guard against records that reached the stream another way.
-fn check_document(line: usize, doc: &StreamRecord) -> Result<(), FailureReason> {
+fn check_document(line: usize, doc: &StreamRecordRef<'_>) -> Result<(), FailureReason> {
     if !valid_device_id(&doc.device_id) {
         return Err(FailureReason::BadDeviceId {
             line,

@@ -67,7 +67,8 @@ use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter, WrittenF
 use telemetry::quarantine::{self, QuarantineRecord};
 use telemetry::schema::{readings_to_batch, telemetry_schema};
 use telemetry::{
-    Partition, QuarantineReason, Reading, StreamRecord, ValidationConfig, validate_payload,
+    Partition, QuarantineReason, ReadingRef, StreamRecordRef, ValidationConfig,
+    validate_payload_borrowed,
 };
 
 use crate::handler::{Summary, TransformResult, transform_documents};
@@ -233,18 +234,13 @@ impl RawTransform {
             ..RawSummary::default()
         };
         let mut quarantined: Vec<QuarantineRecord> = Vec::new();
-        // For each input record: the stream records of its accepted messages in its first
-        // message's hour, as ingest would put them (empty when none was accepted: the
-        // record is answered Dropped).
-        let mut docs: Vec<Vec<StreamRecord>> = Vec::with_capacity(n);
-        // For each input record with messages outside its first message's hour: those.
-        let mut splits: Vec<(usize, Vec<StreamRecord>)> = Vec::new();
-        let mut first_arrival = None;
-        for (index, record) in event.records.iter().enumerate() {
+        // Each record's payload and topic, decoded first: the accepted messages borrow
+        // their strings from them.
+        let mut decoded = Vec::with_capacity(n);
+        for record in &event.records {
             let arrival = record.approximate_arrival_timestamp.timestamp_millis();
-            first_arrival.get_or_insert(arrival);
-            let (payload, topic) = match RuleRecord::decode(&record.data.0) {
-                Ok(decoded) => decoded,
+            match RuleRecord::decode(&record.data.0) {
+                Ok((payload, topic)) => decoded.push(Some((payload, topic, arrival))),
                 Err(detail) => {
                     summary.messages += 1;
                     summary.rejected_messages += 1;
@@ -259,11 +255,23 @@ impl RawTransform {
                         arrival,
                         &record.data.0,
                     ));
-                    docs.push(Vec::new());
-                    continue;
+                    decoded.push(None);
                 }
+            }
+        }
+        // For each input record: the stream records of its accepted messages in its first
+        // message's hour, as ingest would put them (empty when none was accepted: the
+        // record is answered Dropped).
+        let mut docs: Vec<Vec<StreamRecordRef<'_>>> = Vec::with_capacity(n);
+        // For each input record with messages outside its first message's hour: those.
+        let mut splits: Vec<(usize, Vec<StreamRecordRef<'_>>)> = Vec::new();
+        for (index, decoded) in decoded.iter().enumerate() {
+            let Some((payload, topic, arrival)) = decoded else {
+                docs.push(Vec::new());
+                continue;
             };
-            let v = validate_payload(&payload, &topic, arrival, &self.validation);
+            let arrival = *arrival;
+            let v = validate_payload_borrowed(payload, topic, arrival, &self.validation);
             summary.messages += v.messages();
             summary.rejected_messages += v.rejected.len();
             if let Some(first) = v.rejected.first() {
@@ -275,21 +283,21 @@ impl RawTransform {
                     "payload quarantined"
                 );
                 quarantined.push(QuarantineRecord::from_payload(
-                    &payload,
+                    payload,
                     &v.rejected,
-                    &topic,
+                    topic,
                     arrival,
                 ));
             }
-            let Some(hour) = v.accepted.first().map(|m| Partition::of_millis(m.ts)) else {
+            let Some(hour) = v.accepted.first().map(|m| Partition::hour_of_millis(m.ts)) else {
                 docs.push(Vec::new());
                 continue;
             };
             let mut split = Vec::new();
             let mut kept = Vec::with_capacity(v.accepted.len());
             for msg in v.accepted {
-                let rec = StreamRecord::new(msg, arrival);
-                if Partition::of_millis(rec.ts) == hour {
+                let rec = StreamRecordRef::new(msg, arrival);
+                if Partition::hour_of_millis(rec.ts) == hour {
                     kept.push(rec);
                 } else {
                     split.push(rec);
@@ -300,6 +308,10 @@ impl RawTransform {
             }
             docs.push(kept);
         }
+        let first_arrival = event
+            .records
+            .first()
+            .map(|r| r.approximate_arrival_timestamp.timestamp_millis());
         summary.quarantine_records = quarantined.len();
         if let Some(arrival) = first_arrival {
             self.write_quarantine(arrival, &quarantined).await?;
@@ -332,14 +344,14 @@ impl RawTransform {
         }
         summary.readings = stream_summary.readings;
         summary.stream = stream_summary;
-        let split: Vec<StreamRecord> = splits
+        let split: Vec<StreamRecordRef<'_>> = splits
             .into_iter()
             .filter(|(index, _)| delivered.get(*index).copied().unwrap_or(false))
             .flat_map(|(_, records)| records)
             .collect();
         if !split.is_empty() {
             summary.split_messages = split.len();
-            summary.split_readings = split.iter().map(StreamRecord::readings).sum();
+            summary.split_readings = split.iter().map(StreamRecordRef::readings).sum();
             summary.split_files = self.write_split(&split).await?;
         }
         tracing::info!(
@@ -358,13 +370,16 @@ impl RawTransform {
 
     /// Writes the readings of `records` as Parquet, one object per event hour, complete
     /// when this returns.
-    async fn write_split(&self, records: &[StreamRecord]) -> Result<Vec<WrittenFile>, RawError> {
-        let mut by_hour: BTreeMap<Partition, Vec<Reading>> = BTreeMap::new();
+    async fn write_split(
+        &self,
+        records: &[StreamRecordRef<'_>],
+    ) -> Result<Vec<WrittenFile>, RawError> {
+        let mut by_hour: BTreeMap<Partition, Vec<ReadingRef<'_>>> = BTreeMap::new();
         for r in records {
             by_hour
                 .entry(Partition::of_millis(r.ts))
                 .or_default()
-                .extend(r.to_readings());
+                .extend(r.reading_refs());
         }
         let mut writer = PartitionedWriter::new(
             self.store.clone(),

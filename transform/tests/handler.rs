@@ -582,7 +582,7 @@ fn one_enormous_record_among_500_normal_ones_fails_alone() {
 fn pre_parsed_documents_are_answered_as_their_json_is() {
     for name in ["firehose-good-batch.json", "firehose-duplicates.json"] {
         let event = fixture(name);
-        let docs: Vec<Vec<StreamRecord>> = event
+        let records: Vec<Vec<StreamRecord>> = event
             .records
             .iter()
             .map(|r| {
@@ -593,6 +593,10 @@ fn pre_parsed_documents_are_answered_as_their_json_is() {
                     .map(|l| serde_json::from_str(l).unwrap())
                     .collect()
             })
+            .collect();
+        let docs: Vec<Vec<_>> = records
+            .iter()
+            .map(|r| r.iter().map(StreamRecord::borrowed).collect())
             .collect();
         let (want, want_summary) = transform_with_summary(&event);
         let (got, got_summary) = transform::transform_documents(&event, &docs);

@@ -13,7 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use telemetry::QuarantineReason;
 use telemetry::quarantine::{self, QuarantineRecord};
-use telemetry::{Partition, StreamRecord, ValidationConfig, validate_payload};
+use telemetry::{Partition, StreamRecordRef, ValidationConfig, validate_payload_borrowed};
 
 use crate::event::{IngestReport, IotRuleEvent, RawPayload};
 use crate::pack::{Message, Pack, pack};
@@ -150,7 +150,12 @@ impl<S: RecordSink> Ingest<S> {
         // Each message remembers its payload (for the quarantine's topic) and readings.
         let mut messages: Vec<Message<(usize, u64)>> = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
-            let v = validate_payload(&p.payload, &p.topic, p.received_at, &self.config.validation);
+            let v = validate_payload_borrowed(
+                &p.payload,
+                &p.topic,
+                p.received_at,
+                &self.config.validation,
+            );
             report.messages += v.messages() as u64;
             if let Some(first) = v.rejected.first() {
                 // One record (and log line) per payload, whatever its shape: a hostile batch
@@ -170,10 +175,10 @@ impl<S: RecordSink> Ingest<S> {
                 ));
             }
             for msg in v.accepted {
-                let rec = StreamRecord::new(msg, p.received_at);
+                let rec = StreamRecordRef::new(msg, p.received_at);
                 messages.push(Message {
-                    key: rec.device_id.clone(),
-                    hour: Partition::of_millis(rec.ts),
+                    key: rec.device_id.clone().into_owned(),
+                    hour: Partition::hour_of_millis(rec.ts),
                     data: Bytes::from(rec.to_json()),
                     tag: (i, rec.readings() as u64),
                 });

@@ -72,8 +72,9 @@ impl Pack {
 pub struct Message<T> {
     /// Partition key: the device id.
     pub key: String,
-    /// Event hour (`dt`/`hour` partition) the message belongs to.
-    pub hour: telemetry::Partition,
+    /// Event hour the message belongs to ([`telemetry::Partition::hour_of_millis`]: equal
+    /// hours, equal `dt`/`hour` partitions).
+    pub hour: i64,
     /// The message's stream-record JSON.
     pub data: Bytes,
     /// What the caller needs back for this message (its origin, its readings).
@@ -107,7 +108,7 @@ pub fn pack<T>(messages: Vec<Message<T>>, target: Option<usize>) -> Vec<Packed<T
     let mut out = Vec::new();
     // The open pack of each device: its position in `out` once closed would break order,
     // so open packs are kept apart and closed in place.
-    let mut open: HashMap<String, (telemetry::Partition, usize, Vec<Message<T>>)> = HashMap::new();
+    let mut open: HashMap<String, (i64, usize, Vec<Message<T>>)> = HashMap::new();
     // Order in which packs were opened, to flush the remainder deterministically.
     let mut opened: Vec<(String, u64)> = Vec::new();
     let mut generation: HashMap<String, u64> = HashMap::new();
@@ -128,7 +129,7 @@ pub fn pack<T>(messages: Vec<Message<T>>, target: Option<usize>) -> Vec<Packed<T
         let g = generation.entry(m.key.clone()).or_default();
         *g += 1;
         opened.push((m.key.clone(), *g));
-        open.insert(m.key.clone(), (m.hour.clone(), m.data.len(), vec![m]));
+        open.insert(m.key.clone(), (m.hour, m.data.len(), vec![m]));
     }
     // Flush what is still open, in the order those packs were opened.
     for (key, g) in opened {
@@ -167,7 +168,7 @@ mod tests {
         let pad = "x".repeat(len.saturating_sub(body.len()));
         Message {
             key: key.into(),
-            hour: Partition::of_millis(hour * 3_600_000),
+            hour: Partition::hour_of_millis(hour * 3_600_000),
             data: Bytes::from(format!("{body}{pad}")),
             tag: i,
         }

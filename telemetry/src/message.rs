@@ -115,8 +115,10 @@ pub struct ReadingRef<'a> {
     pub metric: Cow<'a, str>,
     /// Reading value (finite).
     pub value: f64,
-    /// Firmware version, when reported.
-    #[serde(borrow, default)]
+    /// Firmware version, when reported (borrowed too: a `serde(borrow)` `Cow` inside an
+    /// `Option` is copied, which was a `String` per reading in the emulated Firehose's
+    /// conversion).
+    #[serde(borrow, default, deserialize_with = "optional_str")]
     pub fw: Option<Cow<'a, str>>,
 }
 
@@ -180,7 +182,7 @@ impl From<Telemetry> for MessageRef<'_> {
 /// A [`StreamRecord`] read without copying its strings (see [`MessageRef`]): what the
 /// transform explodes into rows, parsed from a stream record's data or built from a
 /// validated raw payload ([`StreamRecordRef::new`]).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamRecordRef<'a> {
     /// The device.
     #[serde(borrow)]
@@ -190,10 +192,19 @@ pub struct StreamRecordRef<'a> {
     /// Event time, epoch milliseconds (UTC).
     pub ts: i64,
     /// Readings, sorted by metric name, each name once.
-    #[serde(borrow, deserialize_with = "sorted_metrics")]
+    #[serde(
+        borrow,
+        deserialize_with = "sorted_metrics",
+        serialize_with = "metrics_map"
+    )]
     pub metrics: Vec<(Cow<'a, str>, f64)>,
     /// Firmware version, when reported.
-    #[serde(borrow, default, deserialize_with = "optional_str")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "optional_str",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub fw: Option<Cow<'a, str>>,
     /// Receive time at the IoT rule (epoch milliseconds, UTC).
     pub received_at: i64,
@@ -215,6 +226,15 @@ impl<'a> StreamRecordRef<'a> {
     /// Number of readings (one Parquet row each).
     pub fn readings(&self) -> usize {
         self.metrics.len()
+    }
+
+    /// The compact JSON that is the stream record's data: the same bytes as
+    /// [`StreamRecord::to_json`] of the owned record.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Sized up front, as StreamRecord::to_json; serializing cannot fail.
+        let mut out = Vec::with_capacity(96 + self.device_id.len() + 32 * self.metrics.len());
+        let _ = serde_json::to_writer(&mut out, self);
+        out
     }
 
     /// Explodes the record into one [`ReadingRef`] per metric, borrowing its strings.
@@ -328,6 +348,14 @@ where
         }
     }
     d.deserialize_map(Metrics)
+}
+
+/// Serializes a sorted metrics list as the JSON object a [`BTreeMap`] of them makes.
+fn metrics_map<S: serde::Serializer>(
+    metrics: &[(Cow<'_, str>, f64)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(metrics.iter().map(|(k, v)| (k.as_ref(), v)))
 }
 
 /// An optional string (`null` or absent: `None`), borrowed when it holds no escape
@@ -478,6 +506,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!((back.metric.as_ref(), back.fw), ("a\nb", None));
+        let back: ReadingRef<'_> = serde_json::from_str(
+            r#"{"device_id":"d","seq":1,"event_time":2,"received_at":3,"metric":"m","value":1.0,"fw":"1.2"}"#,
+        )
+        .unwrap();
+        assert!(matches!(back.fw, Some(Cow::Borrowed("1.2"))));
     }
 
     /// The rows as serde writes them: each reading's JSON and a newline.
@@ -579,6 +612,12 @@ mod tests {
         let json = rec.to_json();
         let back: StreamRecordRef<'_> = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, rec.borrowed());
+        assert_eq!(back.to_json(), json);
+        let with_fw = StreamRecord {
+            fw: Some("1.0".into()),
+            ..rec.clone()
+        };
+        assert_eq!(with_fw.borrowed().to_json(), with_fw.to_json());
         assert_eq!(back.reading_refs().count(), 2);
         assert!(back.reading_refs().zip(rec.to_readings()).all(|(r, o)| {
             serde_json::to_string(&r).unwrap() == serde_json::to_string(&o).unwrap()

@@ -44,18 +44,6 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
-    /// Attaches the receive time to a validated message.
-    pub fn new(msg: Telemetry, received_at: i64) -> Self {
-        Self {
-            device_id: msg.device_id,
-            seq: msg.seq,
-            ts: msg.ts,
-            metrics: msg.metrics,
-            fw: msg.fw,
-            received_at,
-        }
-    }
-
     /// The compact JSON that is the stream record's data.
     pub fn to_json(&self) -> Vec<u8> {
         // Sized up front for typical ids and names (a growing buffer is reallocated a few
@@ -443,21 +431,6 @@ reading_columns!(Reading);
 reading_columns!(ReadingRef<'_>);
 
 impl StreamRecord {
-    /// Explodes the record into one [`ReadingRef`] per metric, borrowing its strings.
-    pub fn reading_refs(&self) -> impl Iterator<Item = ReadingRef<'_>> + '_ {
-        // seq is validated to fit in i64 (Parquet int64).
-        let seq = i64::try_from(self.seq).unwrap_or(i64::MAX);
-        self.metrics.iter().map(move |(metric, value)| ReadingRef {
-            device_id: Cow::Borrowed(&self.device_id),
-            seq,
-            event_time: self.ts,
-            received_at: self.received_at,
-            metric: Cow::Borrowed(metric),
-            value: *value,
-            fw: self.fw.as_deref().map(Cow::Borrowed),
-        })
-    }
-
     /// Explodes the record into one [`Reading`] per metric (the long layout).
     pub fn to_readings(&self) -> impl Iterator<Item = Reading> + '_ {
         // seq is validated to fit in i64 (Parquet int64).
@@ -490,7 +463,8 @@ mod tests {
                 .collect(),
             fw: Some("1.2.3".into()),
         };
-        for (owned, borrowed) in rec.to_readings().zip(rec.reading_refs()) {
+        let borrowed_rec = rec.borrowed();
+        for (owned, borrowed) in rec.to_readings().zip(borrowed_rec.reading_refs()) {
             let json = serde_json::to_string(&owned).unwrap();
             assert_eq!(serde_json::to_string(&borrowed).unwrap(), json);
             let back: ReadingRef<'_> = serde_json::from_str(&json).unwrap();
@@ -516,7 +490,7 @@ mod tests {
     /// The rows as serde writes them: each reading's JSON and a newline.
     fn serde_rows(rec: &StreamRecord) -> Vec<u8> {
         let mut out = Vec::new();
-        for reading in rec.reading_refs() {
+        for reading in rec.borrowed().reading_refs() {
             serde_json::to_writer(&mut out, &reading).unwrap();
             out.push(b'\n');
         }

@@ -5,17 +5,17 @@
 //!   [`TransformResult`]: `Ok`, `Dropped` or `ProcessingFailed`. One bad record never
 //!   fails the invocation (a failed invocation makes Firehose retry the whole batch and
 //!   then send all of it to the error prefix).
-//! - Input data: one [`StreamRecord`] as compact JSON, or several of them separated by
-//!   newlines ("record packing"; blank lines are ignored). All documents of one record
-//!   must fall in the same hour, because a record has one set of partition keys.
+//! - Input data: one [`telemetry::StreamRecord`] as compact JSON, or several of them
+//!   separated by newlines ("record packing"; blank lines are ignored). All documents of
+//!   one record must fall in the same hour, because a record has one set of partition keys.
 //! - `Ok` data: one [`telemetry::Reading`] JSON document per metric, each followed by a
 //!   newline (Firehose's record-format conversion reads concatenated JSON documents), with
 //!   `metadata.partitionKeys` = `{"dt": "YYYY-MM-DD", "hour": "HH"}` of the event time.
 //! - `ProcessingFailed`, with the reason logged and counted in the [`Summary`], for: empty
-//!   data, data that is not UTF-8, a document that is not a [`StreamRecord`], no metrics, a
-//!   metric value that is not finite (`1e999` overflows), a device id that is not an AWS IoT
-//!   thing name, a `seq` over 2^63-1, documents spanning hours, and records past the
-//!   response size limit (below). The response echoes the original data of a record that
+//!   data, data that is not UTF-8, a document that is not a [`telemetry::StreamRecord`], no
+//!   metrics, a metric value that is not finite (`1e999` overflows), a device id that is
+//!   not an AWS IoT thing name, a `seq` over 2^63-1, documents spanning hours, and records
+//!   past the response size limit (below). The response echoes the original data of a record that
 //!   failed on its content, so its raw bytes reach the error prefix whichever copy Firehose
 //!   keeps.
 //! - `Dropped`: a record whose every `(device_id, seq, ts)` already appeared earlier in the
@@ -156,7 +156,8 @@ pub enum FailureReason {
         /// Byte offset of the first invalid sequence.
         offset: usize,
     },
-    /// A document is not a [`StreamRecord`] (bad JSON, missing field, wrong type).
+    /// A document is not a [`telemetry::StreamRecord`] (bad JSON, missing field, wrong
+    /// type).
     #[error("line {line}: not a StreamRecord: {detail}")]
     NotAStreamRecord {
         /// The document's line.

@@ -15,9 +15,9 @@
 //!   data, data that is not UTF-8, a document that is not a [`telemetry::StreamRecord`], no
 //!   metrics, a metric value that is not finite (`1e999` overflows), a device id that is
 //!   not an AWS IoT thing name, a `seq` over 2^63-1, documents spanning hours, and records
-//!   past the response size limit (below). The response echoes the original data of a record that
-//!   failed on its content, so its raw bytes reach the error prefix whichever copy Firehose
-//!   keeps.
+//!   past the response size limit (below). The response echoes the original data of a
+//!   record that failed on its content, so its raw bytes reach the error prefix whichever
+//!   copy Firehose keeps.
 //! - `Dropped`: a record whose every `(device_id, seq, ts)` already appeared earlier in the
 //!   same invocation (a duplicate document inside a packed record is left out of its
 //!   output). `ts` is part of the key because a device that reboots restarts its `seq`: a
@@ -821,6 +821,34 @@ mod tests {
             );
         }
         assert!("TransformedStateOk".parse::<TransformResult>().is_err());
+    }
+
+    #[test]
+    fn device_keys_are_equal_exactly_when_the_ids_are() {
+        let long = "d".repeat(128);
+        let ids = [
+            "",
+            "a",
+            "a\0",
+            "sensor-000042",
+            &long[..DeviceKey::INLINE],
+            &long[..DeviceKey::INLINE + 1],
+            &long,
+        ];
+        for a in ids {
+            for b in ids {
+                assert_eq!(
+                    DeviceKey::new(a) == DeviceKey::new(b),
+                    a == b,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        let mut seen: Seen = HashSet::new();
+        assert!(seen.insert((DeviceKey::new(&long), 1, 2)));
+        assert!(!seen.insert((DeviceKey::new(&long.clone()), 1, 2)));
+        assert!(seen.insert((DeviceKey::new("a"), 1, 2)));
+        assert!(!seen.insert((DeviceKey::new("a"), 1, 2)));
     }
 
     #[test]

@@ -583,8 +583,10 @@ impl Planned {
     }
 }
 
-/// The encoded sizes of response records without serializing each one (the flattened
-/// fields make the serializer slow: a tenth of the transform's time went there). A record's
+/// What an invocation's answers share, worked out once: their partition-key maps (copied
+/// from the last partition's) and their encoded sizes, without serializing each answer (the
+/// flattened fields make the serializer slow: a tenth of the transform's time went there).
+/// A record's
 /// JSON is its `recordId`'s JSON plus a shape that depends only on its result and on the
 /// lengths of its partition keys' values (`dt` and `hour` are digits and dashes: nothing
 /// to escape), its data counted apart as the base64 length. Each shape is measured once,

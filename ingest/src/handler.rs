@@ -79,6 +79,17 @@ pub enum IngestError {
     },
 }
 
+/// A message on its way to the stream, tagged with its payload's index in the invocation
+/// and its number of readings.
+type Tagged = Message<(usize, u64)>;
+
+/// A raw payload borrowed from the event or batch that carries it.
+struct PayloadRef<'a> {
+    payload: &'a [u8],
+    topic: &'a str,
+    received_at: i64,
+}
+
 /// The ingest function's dependencies: a record sink and the object store that holds the
 /// quarantine. Built once per cold start.
 pub struct Ingest<S> {
@@ -112,12 +123,12 @@ impl<S: RecordSink> Ingest<S> {
     pub async fn handle_event(&self, event: &IotRuleEvent) -> Result<IngestReport, IngestError> {
         match STANDARD.decode(event.payload.as_bytes()) {
             Ok(payload) => {
-                let raw = RawPayload {
-                    payload,
-                    topic: event.topic.clone(),
+                let raw = PayloadRef {
+                    payload: &payload,
+                    topic: &event.topic,
                     received_at: event.received_at,
                 };
-                self.ingest(std::slice::from_ref(&raw)).await
+                self.ingest_refs(std::slice::from_ref(&raw)).await
             }
             Err(e) => {
                 let q = QuarantineRecord::other(
@@ -145,14 +156,28 @@ impl<S: RecordSink> Ingest<S> {
     /// by message, so the counts stay in messages: `messages = accepted + quarantined`. A
     /// record the sink refuses for its own reasons fails the call ([`IngestError::Sink`]).
     pub async fn ingest(&self, payloads: &[RawPayload]) -> Result<IngestReport, IngestError> {
+        let refs: Vec<PayloadRef<'_>> = payloads
+            .iter()
+            .map(|p| PayloadRef {
+                payload: &p.payload,
+                topic: &p.topic,
+                received_at: p.received_at,
+            })
+            .collect();
+        self.ingest_refs(&refs).await
+    }
+
+    /// [`Ingest::ingest`] of payloads the caller holds (one IoT rule event's decoded
+    /// payload is not copied into a [`RawPayload`]).
+    async fn ingest_refs(&self, payloads: &[PayloadRef<'_>]) -> Result<IngestReport, IngestError> {
         let mut report = IngestReport::default();
         let mut quarantined = Vec::new();
         // Each message remembers its payload (for the quarantine's topic) and readings.
-        let mut messages: Vec<Message<(usize, u64)>> = Vec::new();
+        let mut messages: Vec<Tagged> = Vec::new();
         for (i, p) in payloads.iter().enumerate() {
             let v = validate_payload_borrowed(
-                &p.payload,
-                &p.topic,
+                p.payload,
+                p.topic,
                 p.received_at,
                 &self.config.validation,
             );
@@ -168,9 +193,9 @@ impl<S: RecordSink> Ingest<S> {
                     "payload quarantined"
                 );
                 quarantined.push(QuarantineRecord::from_payload(
-                    &p.payload,
+                    p.payload,
                     &v.rejected,
-                    &p.topic,
+                    p.topic,
                     p.received_at,
                 ));
             }
@@ -193,16 +218,15 @@ impl<S: RecordSink> Ingest<S> {
                 .pack
                 .target(limits.metering_unit_bytes, limits.max_record_bytes),
         );
-        // Maps a record back to its messages, to quarantine them if the sink cannot take
-        // it. Record data is unique (each message has its device id, seq and times).
-        let mut parts: HashMap<Bytes, Vec<Message<(usize, u64)>>> = HashMap::new();
+        // Each record's messages, to quarantine them if the sink cannot take it.
+        let mut parts: Vec<(Bytes, Vec<Tagged>)> = Vec::with_capacity(packed.len());
         let mut records = Vec::with_capacity(packed.len());
         for p in packed {
             records.push(SinkRecord {
                 partition_key: p.key,
                 data: p.data.clone(),
             });
-            parts.insert(p.data, p.parts);
+            parts.push((p.data, p.parts));
         }
         let record_count = records.len();
         let delivery = deliver(&self.sink, records, &self.config.retry).await;
@@ -223,14 +247,21 @@ impl<S: RecordSink> Ingest<S> {
             });
         }
         let mut undelivered_messages = 0u64;
+        // A record is found back by its data, which is unique (each message has its device
+        // id, seq and times); the map is built only when something was not delivered.
+        let by_data: HashMap<&Bytes, &Vec<Tagged>> = if delivery.undelivered.is_empty() {
+            HashMap::new()
+        } else {
+            parts.iter().map(|(data, msgs)| (data, msgs)).collect()
+        };
         for u in &delivery.undelivered {
-            for m in parts.get(&u.record.data).into_iter().flatten() {
+            for m in by_data.get(&u.record.data).into_iter().copied().flatten() {
                 undelivered_messages += 1;
                 // The message's own readings are no longer on their way.
                 report.readings -= m.tag.1;
                 let (topic, received_at) = payloads
                     .get(m.tag.0)
-                    .map(|p| (p.topic.as_str(), p.received_at))
+                    .map(|p| (p.topic, p.received_at))
                     .unwrap_or(("", 0));
                 quarantined.push(QuarantineRecord::other(
                     QuarantineReason::SinkFailed,

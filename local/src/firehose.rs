@@ -463,6 +463,8 @@ fn convert(
     // The last record's partition keys and their group: records come in runs of one hour,
     // and checking the keys (two strings, a date) per record was ~3 % of a replay's CPU.
     let mut last: Option<(&HashMap<String, String>, usize)> = None;
+    // Reads the transform's spelling of a row directly; serde reads any other.
+    let mut rows_reader = telemetry::row::RowReader::new();
     for (record, answer) in event.records.iter().zip(&answers) {
         let arrival = record.approximate_arrival_timestamp.timestamp_millis();
         let failure = |code: &str, message: String, raw: &[u8], lambda: bool| ErrorRecord {
@@ -520,7 +522,11 @@ fn convert(
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    match serde_json::from_slice::<ReadingRef<'_>>(line) {
+                    let read = match rows_reader.read(line) {
+                        Some(reading) => Ok(reading),
+                        None => serde_json::from_slice::<ReadingRef<'_>>(line),
+                    };
+                    match read {
                         Ok(reading) => rows.push(reading),
                         Err(e) => {
                             counts.conversion_failures += 1;

@@ -9,6 +9,8 @@
 //! - [`quarantine`]: how a rejected payload is kept, with its reason and raw bytes.
 //! - [`rule_record`]: the topic rule's `{payload (base64), topic}` record (topologies
 //!   firehose and kinesis).
+//! - [`row`]: reads the transform's rows back without a general JSON parser (the emulated
+//!   Firehose's conversion; anything else is left to `serde_json`).
 //! - [`schema`]: the Arrow schema of the Parquet files (the source of the Glue table).
 //! - [`stream`]: a record as a Kinesis stream holds it ([`stream::StreamEntry`]).
 //! - [`layout`]: the object layout — every key prefix (`telemetry/`, `stats/`,
@@ -30,6 +32,7 @@ pub mod metering;
 pub mod parquet_writer;
 pub mod partition;
 pub mod quarantine;
+pub mod row;
 pub mod rule_record;
 pub mod schema;
 pub mod store;

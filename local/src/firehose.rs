@@ -760,7 +760,7 @@ impl DeliveryStream {
         metadata.approximate_arrival_timestamp = arrival.clone();
         let mut record = KinesisFirehoseEventRecord::default();
         // Opaque and unique within the run, like Firehose's record ids.
-        record.record_id = Some(zero_padded_20(self.next_record));
+        record.record_id = Some(crate::stream::padded_decimal("", self.next_record, 20));
         self.next_record += 1;
         record.approximate_arrival_timestamp = arrival;
         record.kinesis_firehose_record_metadata = Some(metadata);
@@ -1047,14 +1047,6 @@ fn partition_of(keys: &HashMap<String, String>) -> Option<Partition> {
 
 /// `n` as 20 decimal digits, zero-padded (`format!("{n:020}")` without the formatter: one
 /// per record).
-fn zero_padded_20(mut n: u64) -> String {
-    let mut digits = [b'0'; 20];
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    digits.iter().map(|&d| char::from(d)).collect()
-}
 
 fn now_millis() -> i64 {
     SystemTime::now()
@@ -1074,13 +1066,6 @@ fn run_tag() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn record_ids_are_twenty_digits() {
-        for n in [0, 7, 1_234_567_890, u64::MAX] {
-            assert_eq!(zero_padded_20(n), format!("{n:020}"));
-        }
-    }
 
     #[test]
     fn partition_keys_must_name_a_real_date_and_hour() {

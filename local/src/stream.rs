@@ -45,18 +45,29 @@ pub struct LocalStream {
 /// A local stream's sequence number: Kinesis-style, a large decimal string that grows per
 /// shard (all of one width, so that [`crate::journal::seq_cmp`] orders them).
 fn sequence_number(n: u64) -> String {
-    // `format!("49{n:038}")`, without the formatter's padding loop (one per put).
-    let mut digits = [b'0'; 40];
-    digits[..2].copy_from_slice(b"49");
+    padded_decimal("49", n, 38)
+}
+
+/// `prefix` then `n` in decimal, zero-padded to `width` digits (`format!("{prefix}{n:0width$}")`
+/// without the formatter's padding loop: the emulated services number every record so).
+pub(crate) fn padded_decimal(prefix: &str, n: u64, width: usize) -> String {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut start = digits.len();
     let mut rest = n;
-    for d in digits[2..].iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
             break;
         }
     }
-    digits.iter().map(|&b| char::from(b)).collect()
+    let digits = &digits[start..];
+    let mut out = String::with_capacity(prefix.len() + width.max(digits.len()));
+    out.push_str(prefix);
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.extend(digits.iter().map(|&d| char::from(d)));
+    out
 }
 
 /// The consumer side of one shard.

@@ -975,17 +975,31 @@ struct Counts {
 /// Matches the response to the event: one answer per input record, in input order.
 fn check_contract(event: &KinesisFirehoseEvent, response: KinesisFirehoseResponse) -> Vec<Answer> {
     let n = event.records.len();
-    let position: HashMap<&str, usize> = event
-        .records
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r.record_id.as_deref().map(|id| (id, i)))
-        .collect();
+    // A function answers in the event's order as a rule: each answer is first checked
+    // against the record at its own position, and a map of the record ids is built only
+    // for the first answer out of place.
+    let mut position: Option<HashMap<&str, usize>> = None;
     let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
     let mut duplicated = vec![false; n];
     let mut unknown = 0usize;
-    for answer in response.records {
-        let Some(&i) = answer.record_id.as_deref().and_then(|id| position.get(id)) else {
+    for (k, answer) in response.records.into_iter().enumerate() {
+        let id = answer.record_id.as_deref();
+        let in_place =
+            id.is_some() && event.records.get(k).and_then(|r| r.record_id.as_deref()) == id;
+        let found = if in_place {
+            Some(k)
+        } else {
+            let position = position.get_or_insert_with(|| {
+                event
+                    .records
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.record_id.as_deref().map(|id| (id, i)))
+                    .collect()
+            });
+            id.and_then(|id| position.get(id).copied())
+        };
+        let Some(i) = found else {
             unknown += 1;
             continue;
         };

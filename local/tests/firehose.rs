@@ -374,6 +374,27 @@ async fn an_invoke_that_answers_a_record_twice_or_omits_one_fails_only_those_rec
 }
 
 #[tokio::test]
+async fn answers_in_another_order_than_the_events_are_matched_by_record_id() {
+    // Rotated, so that no answer is at its record's position (the check's fast path).
+    // The first record's answer says it failed: its error record must carry its data.
+    let invoke = tampering(|mut response| {
+        response.records[0].result = Some("ProcessingFailed".into());
+        response.records.rotate_left(2);
+        response
+    });
+    let entries: Vec<StreamEntry> = (0..5).map(|i| entry("sensor-000001", i, T0, 4)).collect();
+    let first_raw = entries[0].data.to_vec();
+    let store = Arc::new(InMemory::new());
+    let report = run_with(config(), entries, store.clone(), invoke).await;
+    assert_eq!((report.ok, report.processing_failed), (4, 1));
+    assert_eq!(report.rows_written, 16);
+    let errors = error_records(&store).await;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].raw(), first_raw);
+    assert_accounting(&report);
+}
+
+#[tokio::test]
 async fn an_invocation_that_keeps_failing_is_retried_then_written_as_function_errors() {
     let calls = Arc::new(Mutex::new(0));
     let counted = calls.clone();

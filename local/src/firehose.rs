@@ -563,6 +563,43 @@ fn into_owned(event: Arc<KinesisFirehoseEvent>) -> KinesisFirehoseEvent {
     Arc::try_unwrap(event).unwrap_or_else(|shared| (*shared).clone())
 }
 
+/// What the encoded size of an event record without its data depends on, when none of its
+/// strings needs an escape: the strings' lengths and the arrival time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecordShape {
+    record_id: usize,
+    shard_id: usize,
+    partition_key: usize,
+    sequence_number: usize,
+    arrival_ms: i64,
+}
+
+impl RecordShape {
+    /// The shape of `record` (`None` when a string needs an escape, or a field this shape
+    /// does not cover is set).
+    fn of(record: &KinesisFirehoseEventRecord) -> Option<Self> {
+        let plain = |s: &Option<String>| {
+            let s = s.as_deref().unwrap_or("");
+            (!s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).then_some(s.len())
+        };
+        let meta = record.kinesis_firehose_record_metadata.as_ref()?;
+        let arrival_ms = record.approximate_arrival_timestamp.timestamp_millis();
+        if meta.approximate_arrival_timestamp.timestamp_millis() != arrival_ms
+            || meta.subsequence_number != 0
+            || !record.data.0.is_empty()
+        {
+            return None;
+        }
+        Some(Self {
+            record_id: plain(&record.record_id)?,
+            shard_id: plain(&meta.shard_id)?,
+            partition_key: plain(&meta.partition_key)?,
+            sequence_number: plain(&meta.sequence_number)?,
+            arrival_ms,
+        })
+    }
+}
+
 /// Invokes the function with `event` until it answers, at most
 /// [`MAX_INVOKE_RETRIES`] times more; returns the event, the last result and the attempts.
 async fn invoke_with_retries(
@@ -653,6 +690,10 @@ struct DeliveryStream {
     /// Tells this run's object names and invocation ids apart from other runs'.
     run_tag: String,
     next_record: u64,
+    /// The last event record's shape (its strings' lengths, all without escapes, and its
+    /// arrival time) and encoded size without data: the next record of the same shape has
+    /// the same size, and most do (one arrival millisecond holds many records).
+    last_shape: Option<(RecordShape, usize)>,
     next_invocation: u64,
     /// Per shard, the last record whose invocation has been delivered (to the Parquet
     /// writer or the error prefix); durable once no Parquet file is open.
@@ -696,6 +737,7 @@ impl DeliveryStream {
             lambda_arn,
             run_tag: run_tag(),
             next_record: 0,
+            last_shape: None,
             next_invocation: 0,
             handled: DurablePositions::new(),
             published: DurablePositions::new(),
@@ -765,7 +807,16 @@ impl DeliveryStream {
         record.approximate_arrival_timestamp = arrival;
         record.kinesis_firehose_record_metadata = Some(metadata);
         // Measured without the data plus its base64 length: the data is encoded only once.
-        let encoded_len = json_len(&record) + base64_len(entry.data.len());
+        let shape = RecordShape::of(&record);
+        let without_data = match (&self.last_shape, shape) {
+            (Some((last, len)), Some(shape)) if *last == shape => *len,
+            (_, shape) => {
+                let len = json_len(&record);
+                self.last_shape = shape.map(|s| (s, len));
+                len
+            }
+        };
+        let encoded_len = without_data + base64_len(entry.data.len());
         record.data.0 = entry.data.to_vec();
         (record, encoded_len)
     }
@@ -1059,9 +1110,6 @@ fn partition_of(keys: &HashMap<String, String>) -> Option<Partition> {
     Partition::new(keys.get(PARTITION_KEY_DT)?, keys.get(PARTITION_KEY_HOUR)?)
 }
 
-/// `n` as 20 decimal digits, zero-padded (`format!("{n:020}")` without the formatter: one
-/// per record).
-
 fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1080,6 +1128,56 @@ fn run_tag() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_records_size_is_its_encoded_length_whatever_its_shape() {
+        const T0: i64 = 1_764_078_300_123;
+        let invoke: Invoke = Arc::new(|_| Box::pin(async { Err("not invoked".to_string()) }));
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let mut stream = DeliveryStream::new(FirehoseConfig::default(), store, invoke);
+        let entry = |shard: &str, key: &str, seq: &str, ms: i64, data: &[u8]| StreamEntry {
+            shard_id: shard.into(),
+            sequence_number: seq.into(),
+            partition_key: key.into(),
+            data: bytes::Bytes::copy_from_slice(data),
+            approximate_arrival_ms: ms,
+        };
+        // Repeated shapes (the remembered size), then each part changed in turn: a key of
+        // another length, one with escapes, another arrival time (also of another width),
+        // another shard, another sequence number length.
+        let entries = [
+            entry("shardId-000000000000", "sensor-000001", "49001", T0, b"{}"),
+            entry(
+                "shardId-000000000000",
+                "sensor-000002",
+                "49002",
+                T0,
+                b"{\"a\":1}",
+            ),
+            entry("shardId-000000000000", "sensor-3", "49003", T0, b""),
+            entry("shardId-000000000000", "se\"n\\s\u{1}", "49004", T0, b"x"),
+            entry("shardId-000000000000", "sensor-000002", "49005", T0, b"x"),
+            entry(
+                "shardId-000000000000",
+                "sensor-000002",
+                "49006",
+                T0 + 1,
+                b"x",
+            ),
+            entry("shardId-000000000000", "sensor-000002", "49007", 5, b"x"),
+            entry("shardId-000000000001", "sensor-000002", "49008", 5, b"xyz"),
+            entry("shardId-000000000001", "sensor-000002", "490099", 5, b"xyz"),
+            entry("shardId-000000000001", "sensor-000002", "490100", 5, b"xyz"),
+        ];
+        for e in entries {
+            let (record, len) = stream.event_record(e);
+            assert_eq!(
+                len,
+                serde_json::to_vec(&record).unwrap().len(),
+                "{record:?}"
+            );
+        }
+    }
 
     #[test]
     fn partition_keys_must_name_a_real_date_and_hour() {

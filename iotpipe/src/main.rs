@@ -957,7 +957,9 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         };
         pending[lane].push((event, payload.len()));
         if pending[lane].len() >= REPLAY_LANE_BATCH {
-            let batch = std::mem::take(&mut pending[lane]);
+            // The next batch is allocated whole, not grown push by push.
+            let batch =
+                std::mem::replace(&mut pending[lane], Vec::with_capacity(REPLAY_LANE_BATCH));
             senders[lane]
                 .send(batch)
                 .await

@@ -37,9 +37,11 @@ impl RuleRecord {
         // Sized up front: `{"payload":"…","topic":"…"}` (a growing buffer reallocated
         // twice per record). A struct of two strings always serializes.
         let mut out = Vec::with_capacity(self.payload.len() + self.topic.len() + 32);
-        // Base64 needs no escape: copied as it is, where serde would check every byte.
-        let base64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
-        if self.payload.bytes().all(base64) {
+        // A payload without a byte JSON escapes (base64 never has one) is copied as it is.
+        // The check has no early exit, so that it compiles to vector instructions: serde's
+        // own check, byte by byte, was 4 % of a replay's CPU.
+        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        if !self.payload.bytes().fold(false, |any, b| any | escaped(b)) {
             out.extend_from_slice(b"{\"payload\":\"");
             out.extend_from_slice(self.payload.as_bytes());
             out.extend_from_slice(b"\",\"topic\":");
@@ -187,12 +189,19 @@ mod tests {
             let r = RuleRecord::new(payload, topic);
             assert_eq!(r.to_json(), serde_json::to_vec(&r).unwrap());
         }
-        // A payload that is not base64 (the fields are public) is escaped as serde does.
-        let odd = RuleRecord {
-            payload: "a\"b\\c\n".into(),
-            topic: "t".into(),
-        };
-        assert_eq!(odd.to_json(), serde_json::to_vec(&odd).unwrap());
+        // Payloads that are not base64 (the fields are public): with bytes JSON escapes,
+        // and without (non-ASCII, DEL), each written as serde writes it.
+        for payload in ["a\"b\\c\n", "\u{1f}", "é\u{7f}ü", "plain"] {
+            let odd = RuleRecord {
+                payload: payload.into(),
+                topic: "t".into(),
+            };
+            assert_eq!(
+                odd.to_json(),
+                serde_json::to_vec(&odd).unwrap(),
+                "{payload:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Criterion benchmarks of the data contract: validating payloads and writing Parquet.
+//! Criterion benchmarks of the data contract: validating payloads, writing Parquet, and
+//! reading the transform's rows back.
 //!
 //! `cargo bench -p telemetry --bench contract`
 
@@ -10,10 +11,14 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use object_store::memory::InMemory;
+use std::borrow::Cow;
 use telemetry::parquet_writer::{ParquetWriterConfig, PartitionedWriter};
 use telemetry::schema::{readings_to_batch, telemetry_schema};
+
+use telemetry::row::RowReader;
 use telemetry::{
-    Partition, Reading, ValidationConfig, validate_payload, validate_payload_borrowed,
+    MessageRef, Partition, Reading, ReadingRef, StreamRecordRef, ValidationConfig,
+    validate_payload, validate_payload_borrowed,
 };
 
 const NOW: i64 = 1_764_078_300_123;
@@ -103,5 +108,51 @@ fn parquet(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, validation, parquet);
+/// Reading the transform's rows back (the emulated Firehose's conversion): 500 messages of
+/// 4 metrics as `StreamRecordRef::write_rows` writes them, by `serde_json` and by
+/// [`RowReader`] (which reads that spelling directly).
+fn rows(c: &mut Criterion) {
+    let mut data = Vec::new();
+    for i in 0..500u64 {
+        let msg = MessageRef {
+            device_id: Cow::Owned(format!("sensor-{:06}", i % 100)),
+            seq: 10_000 + i,
+            ts: NOW + i as i64 * 10,
+            metrics: [("battery", 3.712), ("humidity", 40.1), ("rssi", -67.0)]
+                .into_iter()
+                .chain([("temperature", 21.53 + i as f64 / 100.0)])
+                .map(|(k, v)| (Cow::Borrowed(k), v))
+                .collect(),
+            fw: Some(Cow::Borrowed("1.4.2")),
+        };
+        StreamRecordRef::new(msg, NOW + 80).write_rows(&mut data);
+    }
+    let lines: Vec<&[u8]> = data
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len(), 2000);
+    let mut g = c.benchmark_group("rows");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("2000 rows, serde_json", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .map(|l| serde_json::from_slice::<ReadingRef<'_>>(black_box(l)).unwrap().value)
+                .sum::<f64>()
+        })
+    });
+    g.bench_function("2000 rows, RowReader", |b| {
+        b.iter(|| {
+            let mut reader = RowReader::new();
+            lines
+                .iter()
+                .map(|l| reader.read(black_box(l)).unwrap().value)
+                .sum::<f64>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, validation, parquet, rows);
 criterion_main!(benches);

@@ -138,7 +138,11 @@ fn rows(c: &mut Criterion) {
         b.iter(|| {
             lines
                 .iter()
-                .map(|l| serde_json::from_slice::<ReadingRef<'_>>(black_box(l)).unwrap().value)
+                .map(|l| {
+                    serde_json::from_slice::<ReadingRef<'_>>(black_box(l))
+                        .unwrap()
+                        .value
+                })
                 .sum::<f64>()
         })
     });

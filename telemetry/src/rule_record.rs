@@ -57,6 +57,35 @@ impl RuleRecord {
     /// unless it holds an escape), or what is wrong with the data (it is not the rule's
     /// record: check the rule's SQL).
     pub fn decode(data: &[u8]) -> Result<(Vec<u8>, Cow<'_, str>), String> {
+        match Self::decode_plain(data) {
+            Some(decoded) => Ok(decoded),
+            None => Self::decode_json(data),
+        }
+    }
+
+    /// [`RuleRecord::decode`] of a record spelled as [`RuleRecord::to_json`] writes it, with
+    /// a topic without escapes: the payload's end found by a vectorized search instead of
+    /// serde's byte-by-byte string scan (a fifth of the raw transform's parsing). `None`
+    /// for anything else (another spelling, an escape, a payload that is not base64),
+    /// which [`RuleRecord::decode_json`] reads, or says what is wrong with.
+    fn decode_plain(data: &[u8]) -> Option<(Vec<u8>, Cow<'_, str>)> {
+        let rest = data.strip_prefix(b"{\"payload\":\"")?;
+        // Base64 has no quote, and a payload with an escape fails to decode below.
+        let (base64, rest) = rest.split_at(memchr::memchr(b'"', rest)?);
+        let rest = rest.strip_prefix(b"\",\"topic\":\"")?;
+        let end = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[end] != b'"' || &rest[end + 1..] != b"}" {
+            return None;
+        }
+        let topic = std::str::from_utf8(&rest[..end]).ok()?;
+        let payload = STANDARD.decode(base64).ok()?;
+        Some((payload, Cow::Borrowed(topic)))
+    }
+
+    /// [`RuleRecord::decode`] through `serde_json`: any spelling of the record.
+    fn decode_json(data: &[u8]) -> Result<(Vec<u8>, Cow<'_, str>), String> {
         let r: Borrowed<'_> = serde_json::from_slice(data).map_err(|e| e.to_string())?;
         let payload = STANDARD
             .decode(r.payload.as_bytes())
@@ -202,6 +231,43 @@ mod tests {
                 "{payload:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_rule_record_is_read_as_serde_reads_it_whatever_its_spelling() {
+        let ours = |payload: &[u8], topic: &str| RuleRecord::new(payload, topic).to_json();
+        let mut inputs: Vec<Vec<u8>> = vec![
+            ours(b"{\"device_id\":\"d\"}", "dt/f/d/telemetry"),
+            ours(b"", ""),
+            ours(b"\xff\x00", "dt/f/\u{e9}/telemetry"),
+            // A topic with escapes, then other spellings serde reads too.
+            ours(b"x", "dt/f/\"q\\/telemetry"),
+            br#"{"payload":"eA==","topic":"t"} "#.to_vec(),
+            br#"{"topic":"t","payload":"eA=="}"#.to_vec(),
+            br#"{"payload":"e\u0041==","topic":"t"}"#.to_vec(),
+            br#"{"payload":"eA\/=","topic":"t"}"#.to_vec(),
+            br#"{ "payload":"eA==","topic":"t"}"#.to_vec(),
+            // And what neither reads: not base64, a quote cut short, no topic, not JSON.
+            br#"{"payload":"e!==","topic":"t"}"#.to_vec(),
+            br#"{"payload":"eA==","topic":"t"#.to_vec(),
+            br#"{"payload":"eA=="}"#.to_vec(),
+            b"not json".to_vec(),
+            br#"{"payload":"eA==","topic":"t","x":1}"#.to_vec(),
+        ];
+        inputs.push(b"{\"payload\":\"eA==\",\"topic\":\"t\x01\"}".to_vec());
+        let mut plain = 0;
+        for data in &inputs {
+            let json = RuleRecord::decode_json(data);
+            plain += usize::from(RuleRecord::decode_plain(data).is_some());
+            assert_eq!(
+                RuleRecord::decode(data),
+                json,
+                "{}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        // The records `to_json` writes with a plain topic take the short way.
+        assert_eq!(plain, 3);
     }
 
     #[test]

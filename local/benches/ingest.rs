@@ -20,38 +20,21 @@ use ingest::{Ingest, IngestConfig, IotRuleEvent};
 use local::journal::Journal;
 use local::meter::{INGEST, Meter};
 use local::stream::{LocalStream, ShardReader, merge_shards};
-use telemetry::Telemetry;
+use test_support::fixtures::device_message;
 
 /// Messages (invocations) per iteration.
 const MESSAGES: usize = 500;
-/// 2025-11-25T13:45:00.123Z
-const T0: i64 = 1_764_078_300_123;
 
 /// What the rule sends for a typical 4-metric device message.
 fn events() -> Vec<IotRuleEvent> {
     (0..MESSAGES)
         .map(|i| {
-            let device = format!("sensor-{:06}", i % 100);
-            let message = Telemetry {
-                device_id: device.clone(),
-                seq: 10_000 + i as u64,
-                ts: T0 + i as i64 * 10,
-                metrics: [
-                    ("temperature", 21.53 + i as f64 / 100.0),
-                    ("humidity", 40.1),
-                    ("battery", 3.712),
-                    ("rssi", -67.0),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-                fw: Some("1.4.2".into()),
-            };
+            let message = device_message(i);
             let payload = serde_json::to_vec(&message).expect("a message serializes");
             IotRuleEvent {
                 payload: STANDARD.encode(payload),
-                topic: telemetry::topic::telemetry_topic("acme", &device),
-                received_at: T0 + i as i64 * 10 + 80,
+                topic: telemetry::topic::telemetry_topic("acme", &message.device_id),
+                received_at: message.ts + 80,
                 device_from_topic: None,
             }
         })

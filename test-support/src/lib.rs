@@ -4,6 +4,7 @@
 //! - [`moto`]: the moto server that `tests/setup/services.sh` starts (`IOTPIPE_TEST_MOTO`):
 //!   its endpoint, an SDK configuration and the `AWS_*` variables pointing at it, bucket
 //!   creation, unique resource names, SQS queues and S3 → SQS notifications.
+//! - [`fixtures`]: the typical device message the benchmarks feed the handlers.
 //! - [`free_port`]: a loopback port nothing listens on.
 //! - [`package_dir`], [`workspace_root`]: the checkout the tests run in.
 //!
@@ -13,6 +14,7 @@
 // Test helpers: a failure to reach a test server is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fixtures;
 pub mod moto;
 
 use std::path::PathBuf;

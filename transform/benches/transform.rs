@@ -17,33 +17,24 @@ use aws_lambda_events::event::firehose::{
 };
 use criterion::{Criterion, Throughput, criterion_main};
 use telemetry::{RuleRecord, StreamRecord, Telemetry, ValidationConfig};
+use test_support::fixtures::device_message;
 
 /// Records per event: Firehose's processor buffer holds a few hundred typical records.
 const RECORDS: usize = 500;
-/// 2025-11-25T13:45:00.123Z
-const T0: i64 = 1_764_078_300_123;
-
 fn event() -> KinesisFirehoseEvent {
     let mut event = KinesisFirehoseEvent::default();
     event.invocation_id = Some("bench".into());
     event.records = (0..RECORDS)
         .map(|i| {
-            let device = format!("sensor-{:06}", i % 100);
+            let m = device_message(i);
+            let device = m.device_id.clone();
             let record = StreamRecord {
-                device_id: device.clone(),
-                seq: 10_000 + i as u64,
-                ts: T0 + i as i64 * 10,
-                metrics: [
-                    ("temperature", 21.53 + i as f64 / 100.0),
-                    ("humidity", 40.1),
-                    ("battery", 3.712),
-                    ("rssi", -67.0),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-                fw: Some("1.4.2".into()),
-                received_at: T0 + i as i64 * 10 + 80,
+                received_at: m.ts + 80,
+                device_id: m.device_id,
+                seq: m.seq,
+                ts: m.ts,
+                metrics: m.metrics,
+                fw: m.fw,
             };
             let mut metadata = KinesisFirehoseRecordMetadata::default();
             metadata.shard_id = Some("shardId-000000000000".into());

@@ -575,8 +575,9 @@ struct RecordShape {
 }
 
 impl RecordShape {
-    /// The shape of `record` (`None` when a string needs an escape, or a field this shape
-    /// does not cover is set).
+    /// The shape of a record as `DeliveryStream::event_record` builds it, before its data
+    /// is set (`None` when a string needs an escape, the two arrival times differ, or the
+    /// record has a sub-sequence number or data: then its size is measured as it is).
     fn of(record: &KinesisFirehoseEventRecord) -> Option<Self> {
         let plain = |s: &Option<String>| {
             let s = s.as_deref().unwrap_or("");

@@ -65,8 +65,8 @@ impl RuleRecord {
 
     /// [`RuleRecord::decode`] of a record spelled as [`RuleRecord::to_json`] writes it, with
     /// a topic without escapes: the payload's end found by a vectorized search instead of
-    /// serde's byte-by-byte string scan (a fifth of the raw transform's parsing). `None`
-    /// for anything else (another spelling, an escape, a payload that is not base64),
+    /// serde's byte-by-byte scan of the long base64 string (which showed in the raw
+    /// transform's profile). `None` for anything else (another spelling, an escape, a payload that is not base64),
     /// which [`RuleRecord::decode_json`] reads, or says what is wrong with.
     fn decode_plain(data: &[u8]) -> Option<(Vec<u8>, Cow<'_, str>)> {
         let rest = data.strip_prefix(b"{\"payload\":\"")?;

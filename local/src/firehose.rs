@@ -581,7 +581,7 @@ impl RecordShape {
     fn of(record: &KinesisFirehoseEventRecord) -> Option<Self> {
         let plain = |s: &Option<String>| {
             let s = s.as_deref().unwrap_or("");
-            (!s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)).then_some(s.len())
+            (!s.bytes().any(telemetry::row::escaped_in_json)).then_some(s.len())
         };
         let meta = record.kinesis_firehose_record_metadata.as_ref()?;
         let arrival_ms = record.approximate_arrival_timestamp.timestamp_millis();

@@ -40,7 +40,7 @@ impl RuleRecord {
         // A payload without a byte JSON escapes (base64 never has one) is copied as it is.
         // The check has no early exit, so that it compiles to vector instructions: serde's
         // own check, byte by byte, was 4 % of a replay's CPU.
-        let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        let escaped = crate::row::escaped_in_json;
         if !self.payload.bytes().fold(false, |any, b| any | escaped(b)) {
             out.extend_from_slice(b"{\"payload\":\"");
             out.extend_from_slice(self.payload.as_bytes());
@@ -73,9 +73,7 @@ impl RuleRecord {
         // Base64 has no quote, and a payload with an escape fails to decode below.
         let (base64, rest) = rest.split_at(memchr::memchr(b'"', rest)?);
         let rest = rest.strip_prefix(b"\",\"topic\":\"")?;
-        let end = rest
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        let end = rest.iter().position(|&b| crate::row::escaped_in_json(b))?;
         if rest[end] != b'"' || &rest[end + 1..] != b"}" {
             return None;
         }

@@ -150,6 +150,21 @@ impl MessageRef<'_> {
     }
 }
 
+impl<'a> MessageRef<'a> {
+    /// The message in `raw` when it is spelled exactly as `serde_json` writes a
+    /// [`Telemetry`] (compact, fields in declaration order, floats with a fraction or an
+    /// exponent, metric names in increasing order, no escapes) — what device-sim and most
+    /// device firmware send; `None` for any other spelling (whitespace, another order, an
+    /// integer value, an escape, a repeated name, an unknown field, …), which the caller
+    /// then gives to `serde_json`. For every payload it reads, the result is what
+    /// `serde_json` gives (tests hold them equal), so validation does not depend on it; it
+    /// only skips serde's general machinery for the common spelling.
+    pub fn read_plain(raw: &'a [u8]) -> Option<Self> {
+        let (message, rest) = read_plain_message(raw)?;
+        (rest == b"}").then_some(message)
+    }
+}
+
 impl From<Telemetry> for MessageRef<'_> {
     fn from(m: Telemetry) -> Self {
         Self {
@@ -209,6 +224,15 @@ impl<'a> StreamRecordRef<'a> {
             fw: msg.fw,
             received_at,
         }
+    }
+
+    /// The stream record in `data` when it is spelled as [`StreamRecordRef::to_json`]
+    /// writes it (see [`MessageRef::read_plain`]: `None` for any other spelling, which the
+    /// caller then gives to `serde_json`; what it reads, `serde_json` reads the same).
+    pub fn read_plain(data: &'a [u8]) -> Option<Self> {
+        let (message, rest) = read_plain_message(data)?;
+        let (received_at, rest) = crate::row::read_int(rest.strip_prefix(b",\"received_at\":")?)?;
+        (rest == b"}").then(|| Self::new(message, received_at))
     }
 
     /// Number of readings (one Parquet row each).
@@ -303,6 +327,54 @@ impl StreamRecord {
             received_at: self.received_at,
         }
     }
+}
+
+/// `{"device_id":…,"seq":…,"ts":…,"metrics":{…}` and an optional `,"fw":…` as serde writes
+/// them (see [`MessageRef::read_plain`]), and what follows: the fields a device message and
+/// a stream record share, in the order both declare them.
+fn read_plain_message(raw: &[u8]) -> Option<(MessageRef<'_>, &[u8])> {
+    use crate::row::{read_float, read_int, read_str};
+    let (device_id, rest) = read_str(raw.strip_prefix(b"{\"device_id\":")?)?;
+    let (seq, rest) = read_int(rest.strip_prefix(b",\"seq\":")?)?;
+    let seq = u64::try_from(seq).ok()?;
+    let (ts, rest) = read_int(rest.strip_prefix(b",\"ts\":")?)?;
+    let mut rest = rest.strip_prefix(b",\"metrics\":{")?;
+    let mut metrics: Vec<(Cow<'_, str>, f64)> = Vec::with_capacity(4);
+    loop {
+        let (name, after) = read_str(rest)?;
+        let (value, after) = read_float(after.strip_prefix(b":")?)?;
+        // Increasing names: serde's sort and de-duplication would change nothing.
+        if metrics.last().is_some_and(|(last, _)| *last >= name) {
+            return None;
+        }
+        metrics.push((name, value));
+        match after.split_first()? {
+            (b',', after) => rest = after,
+            (b'}', after) => {
+                rest = after;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    let (fw, rest) = match rest.strip_prefix(b",\"fw\":") {
+        None => (None, rest),
+        Some(after) => match after.strip_prefix(b"null") {
+            Some(after) => (None, after),
+            None => {
+                let (fw, after) = read_str(after)?;
+                (Some(fw), after)
+            }
+        },
+    };
+    let message = MessageRef {
+        device_id,
+        seq,
+        ts,
+        metrics,
+        fw,
+    };
+    Some((message, rest))
 }
 
 /// Deserializes a JSON object of `name: number` into a list sorted by name with each name
@@ -450,6 +522,7 @@ impl StreamRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn a_reading_ref_has_the_json_of_its_reading_both_ways() {
@@ -596,5 +669,201 @@ mod tests {
         assert!(back.reading_refs().zip(rec.to_readings()).all(|(r, o)| {
             serde_json::to_string(&r).unwrap() == serde_json::to_string(&o).unwrap()
         }));
+    }
+
+    /// A message spelled by hand: `fw` absent (`None`), `null` (`Some(None)`) or a string;
+    /// metrics in the given order, repeats included; strings and numbers as serde writes them.
+    fn spell(
+        device: &str,
+        seq: u64,
+        ts: i64,
+        metrics: &[(String, f64)],
+        fw: Option<Option<&str>>,
+    ) -> Vec<u8> {
+        let json = |s: &str| serde_json::to_string(s).unwrap();
+        let mut out = format!(
+            "{{\"device_id\":{},\"seq\":{seq},\"ts\":{ts},\"metrics\":{{",
+            json(device)
+        );
+        for (i, (name, value)) in metrics.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out += &format!("{}:{}", json(name), serde_json::to_string(value).unwrap());
+        }
+        out.push('}');
+        match fw {
+            None => {}
+            Some(None) => out += ",\"fw\":null",
+            Some(Some(fw)) => out += &format!(",\"fw\":{}", json(fw)),
+        }
+        out.push('}');
+        out.into_bytes()
+    }
+
+    /// Equal as serde reads them, values to the bit (`-0.0` is not `0.0`).
+    fn same(a: &MessageRef<'_>, b: &MessageRef<'_>) -> bool {
+        a == b
+            && a.metrics
+                .iter()
+                .zip(&b.metrics)
+                .all(|((_, x), (_, y))| x.to_bits() == y.to_bits())
+    }
+
+    fn serde_message(raw: &[u8]) -> Option<MessageRef<'_>> {
+        serde_json::from_slice(raw).ok()
+    }
+
+    #[test]
+    fn a_plain_message_is_read_as_serde_reads_it() {
+        let m = |pairs: &[(&str, f64)]| -> Vec<(String, f64)> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        for raw in [
+            spell(
+                "sensor-000001",
+                7,
+                1_764_078_300_123,
+                &m(&[("battery", 3.712), ("rssi", -67.0)]),
+                Some(Some("1.4.2")),
+            ),
+            spell(
+                "d",
+                0,
+                -5,
+                &m(&[("a", -0.0), ("b", 5e-324), ("c", 1.7976931348623157e308)]),
+                None,
+            ),
+            spell(
+                "é-ü",
+                u64::try_from(i64::MAX).unwrap(),
+                0,
+                &m(&[("x", 1e-7)]),
+                Some(None),
+            ),
+        ] {
+            let fast = MessageRef::read_plain(&raw).expect("the plain spelling is read");
+            let slow = serde_message(&raw).expect("serde reads it");
+            assert!(same(&fast, &slow), "{fast:?} != {slow:?}");
+        }
+        // Device-sim's own spelling.
+        let sent = Telemetry {
+            device_id: "sensor-000042".into(),
+            seq: 3,
+            ts: 1_764_078_300_123,
+            metrics: [
+                ("temperature".to_owned(), 21.5),
+                ("humidity".to_owned(), 40.1),
+            ]
+            .into_iter()
+            .collect(),
+            fw: Some("1.4.2".into()),
+        };
+        let raw = serde_json::to_vec(&sent).unwrap();
+        let fast = MessageRef::read_plain(&raw).expect("device-sim's spelling is read");
+        assert_eq!(fast.into_owned(), sent);
+    }
+
+    #[test]
+    fn other_spellings_of_a_message_are_left_to_serde() {
+        for raw in [
+            // Unsorted names, a repeated name (serde keeps the last), an integer value, an
+            // escape, whitespace, another field order, a negative seq, a seq past i64, an
+            // unknown field, no metrics, trailing bytes, a value out of range.
+            &br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"b":1.0,"a":2.0}}"#[..],
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"a":1.0,"a":2.0}}"#,
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"a":1}}"#,
+            br#"{"device_id":"d\u0041","seq":1,"ts":2,"metrics":{"a":1.0}}"#,
+            br#"{"device_id": "d","seq":1,"ts":2,"metrics":{"a":1.0}}"#,
+            br#"{"seq":1,"device_id":"d","ts":2,"metrics":{"a":1.0}}"#,
+            br#"{"device_id":"d","seq":-1,"ts":2,"metrics":{"a":1.0}}"#,
+            br#"{"device_id":"d","seq":9223372036854775808,"ts":2,"metrics":{"a":1.0}}"#,
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"a":1.0},"x":1}"#,
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{}}"#,
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"a":1.0}} "#,
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"a":1e999}}"#,
+        ] {
+            assert!(
+                MessageRef::read_plain(raw).is_none(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // What serde makes of the first two: sorted, the last value of a name.
+        let sorted = serde_message(
+            br#"{"device_id":"d","seq":1,"ts":2,"metrics":{"b":1.0,"a":2.0,"b":3.0}}"#,
+        )
+        .unwrap();
+        assert_eq!(sorted.metrics, vec![("a".into(), 2.0), ("b".into(), 3.0)]);
+    }
+
+    /// A message's fields: device, seq, ts, metrics in order, fw absent / null / a string.
+    type Fields = (String, u64, i64, Vec<(String, f64)>, Option<Option<String>>);
+
+    fn message() -> impl Strategy<Value = Fields> {
+        (
+            "\\PC{0,12}|[a-z0-9-]{1,16}",
+            prop_oneof![any::<u64>(), 0..1000u64],
+            any::<i64>(),
+            proptest::collection::vec(
+                (
+                    "[a-d]{1,2}|\\PC{0,4}",
+                    any::<f64>().prop_filter("finite", |v| v.is_finite()),
+                ),
+                0..6,
+            ),
+            proptest::option::of(proptest::option::of("\\PC{0,6}|[0-9.]{1,8}")),
+        )
+    }
+
+    proptest! {
+        /// Whatever the message, the shortcut reads it as serde does or declines it; a
+        /// plain one (no escapes, names increasing, seq within i64) is always read; a
+        /// mangled one is never read differently from serde. The same for stream records.
+        #[test]
+        fn messages_are_read_as_serde_reads_them(
+            (device, seq, ts, metrics, fw) in message(),
+            received_at in any::<i64>(),
+            cut in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let raw = spell(&device, seq, ts, &metrics, fw.as_ref().map(|f| f.as_deref()));
+            let slow = serde_message(&raw).expect("serde reads a message of any spelling");
+            let plain = |s: &str| !s.bytes().any(crate::row::escaped_in_json);
+            let increasing = metrics.windows(2).all(|w| w[0].0 < w[1].0);
+            let expected = plain(&device)
+                && i64::try_from(seq).is_ok()
+                && !metrics.is_empty()
+                && increasing
+                && metrics.iter().all(|(k, _)| plain(k))
+                && fw.as_ref().and_then(|f| f.as_deref()).is_none_or(plain);
+            match MessageRef::read_plain(&raw) {
+                Some(fast) => prop_assert!(same(&fast, &slow), "{:?} != {:?}", fast, slow),
+                None => prop_assert!(!expected, "declined {}", String::from_utf8_lossy(&raw)),
+            }
+            let record = StreamRecordRef::new(slow.clone(), received_at).to_json();
+            let slow_record: StreamRecordRef<'_> = serde_json::from_slice(&record).expect("serde reads a record");
+            match StreamRecordRef::read_plain(&record) {
+                Some(fast) => prop_assert!(
+                    fast == slow_record && same(&MessageRef { device_id: fast.device_id.clone(), seq: fast.seq, ts: fast.ts, metrics: fast.metrics.clone(), fw: fast.fw.clone() }, &slow),
+                    "{:?} != {:?}", fast, slow_record
+                ),
+                None => prop_assert!(!expected, "declined {}", String::from_utf8_lossy(&record)),
+            }
+            let mut mangled = raw.clone();
+            let at = cut.index(mangled.len());
+            mangled[at] = byte;
+            if let Some(fast) = MessageRef::read_plain(&mangled) {
+                let slow = serde_message(&mangled);
+                prop_assert!(slow.as_ref().is_some_and(|s| same(&fast, s)), "{:?} vs {:?}", fast, slow);
+            }
+            let mut mangled = record.clone();
+            let at = cut.index(mangled.len());
+            mangled[at] = byte;
+            if let Some(fast) = StreamRecordRef::read_plain(&mangled) {
+                let slow: Option<StreamRecordRef<'_>> = serde_json::from_slice(&mangled).ok();
+                prop_assert!(slow.as_ref().is_some_and(|s| *s == fast), "{:?} vs {:?}", fast, slow);
+            }
+        }
     }
 }

@@ -119,7 +119,7 @@ fn read_tail(tail: &[u8]) -> Option<Option<Cow<'_, str>>> {
 
 /// A string without escapes or control characters (those are serde's to read), and what
 /// follows its closing quote.
-fn read_str(s: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
+pub(crate) fn read_str(s: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
     let s = s.strip_prefix(b"\"")?;
     let end = s.iter().position(|&b| escaped_in_json(b))?;
     if s[end] != b'"' {
@@ -130,7 +130,7 @@ fn read_str(s: &[u8]) -> Option<(Cow<'_, str>, &[u8])> {
 }
 
 /// A JSON integer (`-?(0|[1-9][0-9]*)`) that fits in `i64`, and what follows it.
-fn read_int(s: &[u8]) -> Option<(i64, &[u8])> {
+pub(crate) fn read_int(s: &[u8]) -> Option<(i64, &[u8])> {
     let digits_from = usize::from(s.first() == Some(&b'-'));
     let len = digits_from
         + s[digits_from..]
@@ -147,7 +147,7 @@ fn read_int(s: &[u8]) -> Option<(i64, &[u8])> {
 
 /// A JSON number with a fraction or an exponent (`serde_json` writes every `f64` so; an
 /// integer literal is left to serde), finite, and what follows it.
-fn read_float(s: &[u8]) -> Option<(f64, &[u8])> {
+pub(crate) fn read_float(s: &[u8]) -> Option<(f64, &[u8])> {
     let digits = |from: usize| s[from..].iter().take_while(|b| b.is_ascii_digit()).count();
     let mut i = usize::from(s.first() == Some(&b'-'));
     let int = digits(i);

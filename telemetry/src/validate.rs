@@ -407,7 +407,9 @@ fn validate_general<'a>(
 /// else — a duplicate key, a wrong type, a rule broken — returns `None`, and the general
 /// path judges the payload and names the reason, so the outcome is the same either way
 /// (`tests::the_fast_path_agrees_with_the_general_one`). A payload it does not accept is
-/// parsed twice; that cost falls on bad input only, which is quarantined anyway.
+/// parsed twice; that cost falls on bad input only, which is quarantined anyway. A single
+/// message spelled as serde writes one is read by [`MessageRef::read_plain`] (what it
+/// reads, serde reads the same), anything else by serde.
 fn fast_accept<'a>(
     raw: &'a [u8],
     topic_device: &str,
@@ -417,7 +419,10 @@ fn fast_accept<'a>(
     let holds = |m: &MessageRef<'_>| contract_holds(m, topic_device, received_at, cfg);
     match raw.iter().find(|b| !b.is_ascii_whitespace())? {
         b'{' => {
-            let msg: MessageRef<'a> = serde_json::from_slice(raw).ok()?;
+            let msg: MessageRef<'a> = match MessageRef::read_plain(raw) {
+                Some(msg) => msg,
+                None => serde_json::from_slice(raw).ok()?,
+            };
             holds(&msg).then(|| vec![msg])
         }
         b'[' => {

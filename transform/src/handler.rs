@@ -695,8 +695,10 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, Partition),
             continue;
         }
         let line_no = i + 1;
-        let doc: StreamRecordRef<'_> =
-            serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?;
+        let doc: StreamRecordRef<'_> = match StreamRecordRef::read_plain(line.as_bytes()) {
+            Some(doc) => doc,
+            None => serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?,
+        };
         shared.check(line_no, &doc)?;
         docs.push(doc);
     }

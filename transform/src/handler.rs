@@ -325,11 +325,11 @@ pub fn transform_with_summary(event: &KinesisFirehoseEvent) -> (KinesisFirehoseR
 /// list answers its record `Dropped` (none of its messages was accepted). The same checks,
 /// answers and budget, with each record's share of the response sized by its data as
 /// received, and a failed record echoing that data; no second parse.
-pub fn transform_documents(
+pub fn transform_documents<'a, D: AsRef<[StreamRecordRef<'a>]>>(
     event: &KinesisFirehoseEvent,
-    docs: &[Vec<StreamRecordRef<'_>>],
+    docs: &[D],
 ) -> (KinesisFirehoseResponse, Summary) {
-    transform_judged(event, |i, _, seen| match docs.get(i) {
+    transform_judged(event, |i, _, seen| match docs.get(i).map(AsRef::as_ref) {
         Some(d) if d.is_empty() => Outcome::Dropped,
         Some(d) => match check_documents(d) {
             Ok(partition) => judge_documents(d, partition, seen),
@@ -662,19 +662,23 @@ fn judge(data: &[u8], seen: &mut Seen) -> Outcome {
 
 /// [`judge`] of a record's checked documents, all of `partition`.
 fn judge_documents(docs: &[StreamRecordRef<'_>], partition: Partition, seen: &mut Seen) -> Outcome {
-    // `insert` is false for a key seen earlier in the invocation or in this record.
-    let fresh: Vec<&StreamRecordRef<'_>> = docs
-        .iter()
-        .filter(|d| seen.insert((DeviceKey::new(&d.device_id), d.seq, d.ts)))
-        .collect();
-    if fresh.is_empty() {
-        return Outcome::Dropped;
-    }
-    // About 150 bytes per reading for typical ids and names.
-    let mut rows = Vec::with_capacity(fresh.iter().map(|d| d.readings()).sum::<usize>() * 160);
+    let mut rows = Vec::new();
     let mut readings = 0;
-    for doc in fresh {
+    let mut fresh = false;
+    for doc in docs {
+        // `insert` is false for a key seen earlier in the invocation or in this record.
+        if !seen.insert((DeviceKey::new(&doc.device_id), doc.seq, doc.ts)) {
+            continue;
+        }
+        if !fresh {
+            // About 150 bytes per reading for typical ids and names.
+            rows.reserve(docs.iter().map(|d| d.readings()).sum::<usize>() * 160);
+            fresh = true;
+        }
         readings += doc.write_rows(&mut rows);
+    }
+    if !fresh {
+        return Outcome::Dropped;
     }
     Outcome::Ok {
         rows,

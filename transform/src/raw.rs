@@ -259,15 +259,17 @@ impl RawTransform {
                 }
             }
         }
-        // For each input record: the stream records of its accepted messages in its first
-        // message's hour, as ingest would put them (empty when none was accepted: the
+        // The stream records of the accepted messages in their record's first message's
+        // hour, as ingest would put them, record after record in one vector (a vector per
+        // record was an allocation each); record `i`'s end is `ends[i]` (none accepted: the
         // record is answered Dropped).
-        let mut docs: Vec<Vec<StreamRecordRef<'_>>> = Vec::with_capacity(n);
+        let mut accepted: Vec<StreamRecordRef<'_>> = Vec::with_capacity(n);
+        let mut ends: Vec<usize> = Vec::with_capacity(n);
         // For each input record with messages outside its first message's hour: those.
         let mut splits: Vec<(usize, Vec<StreamRecordRef<'_>>)> = Vec::new();
         for (index, decoded) in decoded.iter().enumerate() {
             let Some((payload, topic, arrival)) = decoded else {
-                docs.push(Vec::new());
+                ends.push(accepted.len());
                 continue;
             };
             let arrival = *arrival;
@@ -290,15 +292,14 @@ impl RawTransform {
                 ));
             }
             let Some(hour) = v.accepted.first().map(|m| Partition::hour_of_millis(m.ts)) else {
-                docs.push(Vec::new());
+                ends.push(accepted.len());
                 continue;
             };
             let mut split = Vec::new();
-            let mut kept = Vec::with_capacity(v.accepted.len());
             for msg in v.accepted {
                 let rec = StreamRecordRef::new(msg, arrival);
                 if Partition::hour_of_millis(rec.ts) == hour {
-                    kept.push(rec);
+                    accepted.push(rec);
                 } else {
                     split.push(rec);
                 }
@@ -306,8 +307,16 @@ impl RawTransform {
             if !split.is_empty() {
                 splits.push((index, split));
             }
-            docs.push(kept);
+            ends.push(accepted.len());
         }
+        let docs: Vec<&[StreamRecordRef<'_>]> = ends
+            .iter()
+            .scan(0, |start, &end| {
+                let doc = &accepted[*start..end];
+                *start = end;
+                Some(doc)
+            })
+            .collect();
         let first_arrival = event
             .records
             .first()

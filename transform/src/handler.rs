@@ -330,7 +330,7 @@ pub fn transform_documents<'a, D: AsRef<[StreamRecordRef<'a>]>>(
     docs: &[D],
 ) -> (KinesisFirehoseResponse, Summary) {
     transform_judged(event, |i, _, seen| match docs.get(i).map(AsRef::as_ref) {
-        Some(d) if d.is_empty() => Outcome::Dropped,
+        Some([]) => Outcome::Dropped,
         Some(d) => match check_documents(d) {
             Ok(partition) => judge_documents(d, partition, seen),
             Err(reason) => Outcome::Failed(reason),

@@ -467,7 +467,7 @@ fn init_tracing(verbose: u8) {
 }
 
 fn main() -> std::process::ExitCode {
-    limit_malloc_arenas();
+    tune_malloc();
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -480,21 +480,35 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Caps glibc's malloc arenas at one per core (glibc's default: eight per core), unless
-/// the user set `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES`.
+/// Tunes glibc's malloc for a process that runs every stage at once, unless the user set
+/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES`:
 ///
-/// glibc gives each thread that allocates an arena of its own, up to its cap, and each
-/// arena keeps what was freed in it. This process runs every emulated service on the
-/// runtime's worker threads plus the blocking pool's (file I/O and fsync), so the memory
-/// freed by one stage was kept in arenas the next stage's threads did not use: measured
-/// in BENCHMARKS.md (session 8), `replay` of 5 M messages peaked at 104 MB with the default
-/// and 71 MB with 2 arenas on this 2-core machine, in the same time (1 arena: twice the
-/// time). The Lambda binaries are separate processes with their own default.
+/// - **arenas capped at one per core** (glibc's default: eight per core). glibc gives each
+///   thread that allocates an arena of its own, up to its cap, and each arena keeps what
+///   was freed in it. This process runs every emulated service on the runtime's worker
+///   threads plus the blocking pool's (file I/O and fsync), so the memory freed by one
+///   stage was kept in arenas the next stage's threads did not use: measured in
+///   BENCHMARKS.md (session 8), `replay` of 5 M messages peaked at 104 MB with the default
+///   and 71 MB with 2 arenas on this 2-core machine, in the same time (1 arena: twice the
+///   time).
+/// - **blocks of 128 KiB and more always mapped on their own** (glibc's starting
+///   threshold, fixed). By default glibc raises the threshold to the size of each large
+///   block freed (up to 32 MiB), and later blocks of that size then come from the arenas,
+///   where they stay resident once freed: after the final rollup freed its first column
+///   chunks, the next ones stayed, so a 5 M-message replay peaked 30 MB higher than a 1 M
+///   one. Fixed, both peak at about the same (BENCHMARKS.md, session 12), in the same time.
+///
+/// The Lambda binaries are separate processes with glibc's defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some()
-        || std::env::var_os("GLIBC_TUNABLES").is_some()
+fn tune_malloc() {
+    if [
+        "MALLOC_ARENA_MAX",
+        "MALLOC_MMAP_THRESHOLD_",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|var| std::env::var_os(var).is_some())
     {
         return;
     }
@@ -504,12 +518,18 @@ fn limit_malloc_arenas() {
     // glibc's default); it runs before the runtime starts any thread.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 
+/// The size from which glibc maps a block on its own ([`tune_malloc`]): its default
+/// starting threshold, 128 KiB.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
+
 /// Other allocators keep their defaults.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+fn tune_malloc() {}
 
 async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -1057,6 +1077,7 @@ async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
         pass_readings: a.pass_readings,
         full_scan: a.full_scan,
         lease_ttl: a.lease_ttl,
+        read_concurrency: scheduler::read_concurrency_for(&a.data.data),
         ..analytics::RollupConfig::default()
     };
     let report = scheduler::LocalRollup::in_process(cfg)

@@ -246,6 +246,20 @@ impl LocalRollup {
     }
 }
 
+/// How many telemetry objects a rollup unit reads at once from the data location `data`
+/// (what `--data` names): the functions' default from S3, where a few requests in flight
+/// hide its latency; one from a local directory, which has no latency to hide. Each object
+/// in flight holds a row group's column chunks, so reading the objects of a large hour
+/// eight at a time raised the local peak with the hour's object count (a 5 M-message replay
+/// writes three per hour, a 1 M one writes one: BENCHMARKS.md, session 12), for no gain in
+/// time: the objects are decoded on the unit's task either way.
+pub fn read_concurrency_for(data: &str) -> usize {
+    match telemetry::store::StoreLocation::parse(data) {
+        Ok(telemetry::store::StoreLocation::Local(_)) => 1,
+        _ => analytics::config::DEFAULT_READ_CONCURRENCY,
+    }
+}
+
 /// The local rollup's settings: the defaults, with the pass budget of
 /// `IOTPIPE_ROLLUP_PASS_READINGS` (`lookup` reads the environment) as the rollup function
 /// takes it — more readings per pass, fewer passes over a large hour, more memory.
@@ -268,7 +282,17 @@ pub fn local_rollup_config(
 
 #[cfg(test)]
 mod tests {
-    use super::local_rollup_config;
+    use super::{local_rollup_config, read_concurrency_for};
+
+    #[test]
+    fn a_local_directory_is_read_one_object_at_a_time_and_s3_as_the_functions_read_it() {
+        assert_eq!(read_concurrency_for("/tmp/iotpipe-data"), 1);
+        assert_eq!(read_concurrency_for("data"), 1);
+        assert_eq!(
+            read_concurrency_for("s3://bucket/prefix"),
+            analytics::config::DEFAULT_READ_CONCURRENCY
+        );
+    }
 
     #[test]
     fn the_local_rollup_takes_the_functions_pass_budget() {

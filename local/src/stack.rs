@@ -703,7 +703,9 @@ impl Stack {
     pub async fn start(cfg: StackConfig) -> anyhow::Result<Self> {
         check_other_journals(&cfg)?;
         // A bad rollup setting fails now, not after the run's data went through.
-        let rollup = Arc::new(LocalRollup::from_env(|var| std::env::var(var).ok())?);
+        let mut rollup = LocalRollup::from_env(|var| std::env::var(var).ok())?;
+        rollup.cfg.read_concurrency = crate::scheduler::read_concurrency_for(&cfg.data);
+        let rollup = Arc::new(rollup);
         let store = crate::crash::from_env(open_store(&cfg.data)?)?;
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());

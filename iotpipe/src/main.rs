@@ -480,44 +480,33 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Tunes glibc's malloc for a process that runs every stage at once, unless the user set
-/// `MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES`:
+/// Fixes glibc's mmap threshold at 128 KiB (its starting value), unless the user set
+/// `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES`: blocks of that size and more are always
+/// mapped on their own and returned when freed.
 ///
-/// - **arenas capped at one per core** (glibc's default: eight per core). glibc gives each
-///   thread that allocates an arena of its own, up to its cap, and each arena keeps what
-///   was freed in it. This process runs every emulated service on the runtime's worker
-///   threads plus the blocking pool's (file I/O and fsync), so the memory freed by one
-///   stage was kept in arenas the next stage's threads did not use: measured in
-///   BENCHMARKS.md (session 8), `replay` of 5 M messages peaked at 104 MB with the default
-///   and 71 MB with 2 arenas on this 2-core machine, in the same time (1 arena: twice the
-///   time).
-/// - **blocks of 128 KiB and more always mapped on their own** (glibc's starting
-///   threshold, fixed). By default glibc raises the threshold to the size of each large
-///   block freed (up to 32 MiB), and later blocks of that size then come from the arenas,
-///   where they stay resident once freed: after the final rollup freed its first column
-///   chunks, the next ones stayed, so a 5 M-message replay peaked 30 MB higher than a 1 M
-///   one. Fixed, both peak at about the same (BENCHMARKS.md, session 12), in the same time.
+/// By default glibc raises the threshold to the size of each large block freed (up to 32
+/// MiB), and later blocks of that size then come from the arenas, where they stay resident
+/// once freed. In this process, which runs every stage at once on many threads, that kept
+/// the final rollup's column chunks and the stages' buffers in arenas the next stage did
+/// not use: a 5 M-message replay peaked 20–30 MB higher than a 1 M one. Fixed, the two
+/// peak within a few MB of each other, in the same time (BENCHMARKS.md, session 12).
+/// Sessions 8–11 capped the arenas at one per core instead (`M_ARENA_MAX`); with the
+/// threshold fixed the cap no longer lowers the peak and costs 15 % of a replay's time
+/// (two arenas shared by every thread), so it is gone.
 ///
 /// The Lambda binaries are separate processes with glibc's defaults.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_malloc() {
-    if [
-        "MALLOC_ARENA_MAX",
-        "MALLOC_MMAP_THRESHOLD_",
-        "GLIBC_TUNABLES",
-    ]
-    .iter()
-    .any(|var| std::env::var_os(var).is_some())
+    if ["MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some())
     {
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
     // SAFETY: `mallopt` only sets an allocator parameter (a failure returns 0 and leaves
     // glibc's default); it runs before the runtime starts any thread.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, arenas);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }

@@ -332,7 +332,7 @@ pub fn transform_documents<'a, D: AsRef<[StreamRecordRef<'a>]>>(
     transform_judged(event, |i, _, seen| match docs.get(i).map(AsRef::as_ref) {
         Some([]) => Outcome::Dropped,
         Some(d) => match check_documents(d) {
-            Ok(partition) => judge_documents(d, partition, seen),
+            Ok(hour) => judge_documents(d, hour, seen),
             Err(reason) => Outcome::Failed(reason),
         },
         None => Outcome::Failed(FailureReason::Empty),
@@ -486,7 +486,9 @@ enum Outcome {
     Ok {
         /// Newline-terminated Reading JSON documents.
         rows: Vec<u8>,
-        partition: Partition,
+        /// The partition's hour ([`Partition::hour_of_millis`]): its keys are built once
+        /// per hour of the invocation, not per record.
+        hour: i64,
         readings: usize,
     },
     Dropped,
@@ -525,12 +527,12 @@ impl Planned {
         let (mut result, mut data, mut partition, mut verdict) = match outcome {
             Outcome::Ok {
                 rows,
-                partition,
+                hour,
                 readings,
             } => (
                 TransformResult::Ok,
                 rows,
-                Some(partition),
+                Some(hour),
                 Verdict::Ok { readings },
             ),
             Outcome::Dropped => (TransformResult::Dropped, Vec::new(), None, Verdict::Dropped),
@@ -542,8 +544,7 @@ impl Planned {
                 Verdict::Failed(reason),
             ),
         };
-        let mut full_len =
-            id_len + sizes.shape(result, partition.as_ref()) + base64_len(data.len());
+        let mut full_len = id_len + sizes.shape(result, partition) + base64_len(data.len());
         if matches!(verdict, Verdict::Ok { .. }) && !within_share(full_len, input.len()) {
             verdict = Verdict::Failed(FailureReason::OverResponseShare {
                 answer_bytes: full_len,
@@ -557,8 +558,8 @@ impl Planned {
         let mut record = KinesisFirehoseResponseRecord::default();
         record.record_id = record_id;
         record.result = Some(result.as_str().to_string());
-        if let Some(p) = &partition {
-            record.metadata.partition_keys = sizes.keys(p);
+        if let Some(hour) = partition {
+            record.metadata.partition_keys = sizes.keys(hour);
         }
         record.data.0 = data;
         let plan = Self {
@@ -596,29 +597,30 @@ impl Planned {
 struct Sizes {
     /// The shapes without partition keys, by result.
     plain: [Option<usize>; 3],
-    /// The `Ok` shape of the last partition keys' lengths.
-    last_ok: Option<((usize, usize), usize)>,
-    /// The last partition's keys: an answer's map is a copy of it (building each map
-    /// anew, with its hasher and the keys' hashes, was 5 % of a replay's samples).
-    last_keys: Option<(Partition, HashMap<String, String>)>,
+    /// The `Ok` shape of the last partition's hour.
+    last_ok: Option<(i64, usize)>,
+    /// The last partition's hour ([`Partition::hour_of_millis`]) and keys: an answer's map
+    /// is a copy of it (building each map anew, with its hasher and the keys' hashes, was
+    /// 5 % of a replay's samples).
+    last_keys: Option<(i64, HashMap<String, String>)>,
 }
 
 impl Sizes {
-    /// The partition keys of an answer in `partition`.
-    fn keys(&mut self, partition: &Partition) -> HashMap<String, String> {
+    /// The partition keys of an answer in the partition of `hour`.
+    fn keys(&mut self, hour: i64) -> HashMap<String, String> {
         match &self.last_keys {
-            Some((p, keys)) if p == partition => keys.clone(),
+            Some((h, keys)) if *h == hour => keys.clone(),
             _ => {
-                let keys = partition_keys(partition);
-                self.last_keys = Some((partition.clone(), keys.clone()));
+                let keys = partition_keys(&partition_of_hour(hour));
+                self.last_keys = Some((hour, keys.clone()));
                 keys
             }
         }
     }
 
-    /// The length of a record answered `result` with `partition`'s keys (or none), empty
-    /// data, without its `recordId`'s JSON.
-    fn shape(&mut self, result: TransformResult, partition: Option<&Partition>) -> usize {
+    /// The length of a record answered `result` with the keys of the partition of `hour`
+    /// (or none), empty data, without its `recordId`'s JSON.
+    fn shape(&mut self, result: TransformResult, hour: Option<i64>) -> usize {
         let measure = |partition: Option<&Partition>| {
             let mut record = KinesisFirehoseResponseRecord::default();
             record.result = Some(result.as_str().to_string());
@@ -627,21 +629,23 @@ impl Sizes {
             }
             json_len(&record) - json_len(&record.record_id)
         };
-        match partition {
+        match hour {
             None => *self.plain[result as usize].get_or_insert_with(|| measure(None)),
-            Some(p) => {
-                let key = (p.dt.len(), p.hour.len());
-                match self.last_ok {
-                    Some((last, len)) if last == key => len,
-                    _ => {
-                        let len = measure(Some(p));
-                        self.last_ok = Some((key, len));
-                        len
-                    }
+            Some(hour) => match self.last_ok {
+                Some((last, len)) if last == hour => len,
+                _ => {
+                    let len = measure(Some(&partition_of_hour(hour)));
+                    self.last_ok = Some((hour, len));
+                    len
                 }
-            }
+            },
         }
     }
+}
+
+/// The partition of an hour as [`Partition::hour_of_millis`] numbers it.
+fn partition_of_hour(hour: i64) -> Partition {
+    Partition::of_millis(hour.saturating_mul(3_600_000))
 }
 
 fn partition_keys(p: &Partition) -> HashMap<String, String> {
@@ -654,14 +658,23 @@ fn partition_keys(p: &Partition) -> HashMap<String, String> {
 /// Decides one record. `seen` holds the keys of earlier records of the invocation and
 /// receives this record's keys when it is answered Ok.
 fn judge(data: &[u8], seen: &mut Seen) -> Outcome {
+    // A record of one line (a Kinesis record holds one stream record) needs no list of
+    // documents: the same reading and checks as [`parse_documents`], without its vector.
+    let body = data.strip_suffix(b"\n").unwrap_or(data);
+    if !body.contains(&b'\n') {
+        return match parse_line(body) {
+            Ok((doc, hour)) => judge_documents(std::slice::from_ref(&doc), hour, seen),
+            Err(reason) => Outcome::Failed(reason),
+        };
+    }
     match parse_documents(data) {
-        Ok((docs, partition)) => judge_documents(&docs, partition, seen),
+        Ok((docs, hour)) => judge_documents(&docs, hour, seen),
         Err(reason) => Outcome::Failed(reason),
     }
 }
 
-/// [`judge`] of a record's checked documents, all of `partition`.
-fn judge_documents(docs: &[StreamRecordRef<'_>], partition: Partition, seen: &mut Seen) -> Outcome {
+/// [`judge`] of a record's checked documents, all of the partition of `hour`.
+fn judge_documents(docs: &[StreamRecordRef<'_>], hour: i64, seen: &mut Seen) -> Outcome {
     let mut rows = Vec::new();
     let mut readings = 0;
     let mut fresh = false;
@@ -682,13 +695,14 @@ fn judge_documents(docs: &[StreamRecordRef<'_>], partition: Partition, seen: &mu
     }
     Outcome::Ok {
         rows,
-        partition,
+        hour,
         readings,
     }
 }
 
-/// Parses and checks the newline-separated documents of one record.
-fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, Partition), FailureReason> {
+/// Parses and checks the newline-separated documents of one record; returns them with the
+/// hour of the one partition they share.
+fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, i64), FailureReason> {
     let text = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
         offset: e.valid_up_to(),
     })?;
@@ -699,19 +713,39 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, Partition),
             continue;
         }
         let line_no = i + 1;
-        let doc: StreamRecordRef<'_> = match StreamRecordRef::read_plain(line.as_bytes()) {
-            Some(doc) => doc,
-            None => serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e))?,
-        };
+        let doc = read_document(line_no, line)?;
         shared.check(line_no, &doc)?;
         docs.push(doc);
     }
     Ok((docs, shared.finish()?))
 }
 
+/// [`parse_documents`] of a record without a newline (but perhaps a final one, stripped).
+fn parse_line(data: &[u8]) -> Result<(StreamRecordRef<'_>, i64), FailureReason> {
+    let line = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    if line.trim().is_empty() {
+        return Err(FailureReason::Empty);
+    }
+    let mut shared = SharedPartition::default();
+    let doc = read_document(1, line)?;
+    shared.check(1, &doc)?;
+    Ok((doc, shared.finish()?))
+}
+
+/// Reads the stream record on line `line_no`: its common spelling without serde's
+/// machinery ([`StreamRecordRef::read_plain`]), anything else through serde.
+fn read_document(line_no: usize, line: &str) -> Result<StreamRecordRef<'_>, FailureReason> {
+    match StreamRecordRef::read_plain(line.as_bytes()) {
+        Some(doc) => Ok(doc),
+        None => serde_json::from_str(line).map_err(|e| classify_parse_error(line_no, &e)),
+    }
+}
+
 /// Checks a record's documents (each as on its own line: line numbers from 1) and returns
-/// the one partition they share.
-fn check_documents(docs: &[StreamRecordRef<'_>]) -> Result<Partition, FailureReason> {
+/// the hour ([`Partition::hour_of_millis`]) of the one partition they share.
+fn check_documents(docs: &[StreamRecordRef<'_>]) -> Result<i64, FailureReason> {
     let mut shared = SharedPartition::default();
     for (doc, line_no) in docs.iter().zip(1..) {
         shared.check(line_no, doc)?;
@@ -719,10 +753,11 @@ fn check_documents(docs: &[StreamRecordRef<'_>]) -> Result<Partition, FailureRea
     shared.finish()
 }
 
-/// The checks of a record's documents, one at a time, and the one partition they share
-/// (with its hour, [`Partition::hour_of_millis`], which the next documents are compared by).
+/// The checks of a record's documents, one at a time, and the hour of the one partition
+/// they share ([`Partition::hour_of_millis`]: hours compare as partitions do, without
+/// building one per record).
 #[derive(Default)]
-struct SharedPartition(Option<(i64, Partition)>);
+struct SharedPartition(Option<i64>);
 
 impl SharedPartition {
     /// Checks the document on `line_no` ([`check_document`]) and that its partition is the
@@ -730,12 +765,12 @@ impl SharedPartition {
     fn check(&mut self, line_no: usize, doc: &StreamRecordRef<'_>) -> Result<(), FailureReason> {
         check_document(line_no, doc)?;
         let hour = Partition::hour_of_millis(doc.ts);
-        match &self.0 {
-            None => self.0 = Some((hour, Partition::of_millis(doc.ts))),
-            Some((first, p)) if *first != hour => {
+        match self.0 {
+            None => self.0 = Some(hour),
+            Some(first) if first != hour => {
                 return Err(FailureReason::SpansPartitions {
                     line: line_no,
-                    first: p.path(),
+                    first: partition_of_hour(first).path(),
                     other: Partition::of_millis(doc.ts).path(),
                 });
             }
@@ -744,9 +779,9 @@ impl SharedPartition {
         Ok(())
     }
 
-    /// The partition, or [`FailureReason::Empty`] for a record without documents.
-    fn finish(self) -> Result<Partition, FailureReason> {
-        self.0.map(|(_, p)| p).ok_or(FailureReason::Empty)
+    /// The partition's hour, or [`FailureReason::Empty`] for a record without documents.
+    fn finish(self) -> Result<i64, FailureReason> {
+        self.0.ok_or(FailureReason::Empty)
     }
 }
 
@@ -829,6 +864,39 @@ mod tests {
             );
         }
         assert!("TransformedStateOk".parse::<TransformResult>().is_err());
+    }
+
+    #[test]
+    fn a_record_of_one_line_is_read_and_checked_as_a_record_of_several_lines_is() {
+        let good = r#"{"device_id":"sensor-1","seq":7,"ts":1700000000000,"metrics":{"t":1.5},"received_at":1700000000100}"#;
+        let spaced = r#" { "ts": 1700000000000, "seq": 7, "device_id": "sensor-1", "metrics": {"t": 1}, "received_at": 1 } "#;
+        let cases: [&[u8]; 12] = [
+            good.as_bytes(),
+            format!("{good}\n").leak().as_bytes(),
+            spaced.as_bytes(),
+            format!("{good}\r").leak().as_bytes(),
+            b"",
+            b"  \t",
+            b"\xff\xfe",
+            b"{\"device_id\":",
+            br#"{"device_id":"bad id!","seq":1,"ts":1,"metrics":{"t":1.0},"received_at":2}"#,
+            br#"{"device_id":"d","seq":1,"ts":1,"metrics":{},"received_at":2}"#,
+            br#"{"device_id":"d","seq":1,"ts":1,"metrics":{"t":1e999},"received_at":2}"#,
+            br#"{"device_id":"d","seq":18446744073709551615,"ts":1,"metrics":{"t":1.0},"received_at":2}"#,
+        ];
+        for data in cases {
+            let body = data.strip_suffix(b"\n").unwrap_or(data);
+            assert!(!body.contains(&b'\n'));
+            let one = parse_line(body).map(|(doc, hour)| (vec![doc], hour));
+            assert_eq!(
+                one,
+                parse_documents(data),
+                "{:?}",
+                String::from_utf8_lossy(data)
+            );
+        }
+        assert!(parse_line(good.as_bytes()).is_ok());
+        assert!(parse_line(spaced.as_bytes()).is_ok());
     }
 
     #[test]

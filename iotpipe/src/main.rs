@@ -494,7 +494,8 @@ fn main() -> std::process::ExitCode {
 /// threshold fixed the cap no longer lowers the peak and costs 15 % of a replay's time
 /// (two arenas shared by every thread), so it is gone.
 ///
-/// The Lambda binaries are separate processes with glibc's defaults.
+/// The Lambda binaries are separate processes with glibc's defaults, but for the transform
+/// function's trim threshold, which the template sets (ARCHITECTURE.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_malloc() {

@@ -8,6 +8,9 @@ pub const DT_KEY: &str = "dt";
 /// The partition key (and folder name) of the event hour, `HH` (00–23, UTC).
 pub const HOUR_KEY: &str = "hour";
 
+/// Milliseconds in an hour: a partition's span.
+const MILLIS_PER_HOUR: i64 = 3_600_000;
+
 /// The partition a reading belongs to, by its event time (UTC).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Partition {
@@ -22,7 +25,13 @@ impl Partition {
     /// same partition exactly when they have the same hour, so comparing these avoids
     /// building partitions (two strings each) only to compare them.
     pub const fn hour_of_millis(ms: i64) -> i64 {
-        ms.div_euclid(3_600_000)
+        ms.div_euclid(MILLIS_PER_HOUR)
+    }
+
+    /// The partition of an hour as [`Partition::hour_of_millis`] numbers it: that of every
+    /// event time in the hour.
+    pub fn of_hour(hour: i64) -> Self {
+        Self::of_millis(hour.saturating_mul(MILLIS_PER_HOUR))
     }
 
     /// The partition of an event time in epoch milliseconds. Times outside chrono's range
@@ -144,6 +153,25 @@ mod tests {
         ];
         for ms in times {
             assert_eq!(Partition::of_millis(ms), Partition::compute(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn the_partition_of_an_event_times_hour_is_the_event_times() {
+        let times = [
+            1_700_000_000_000,
+            1_703_980_799_999,
+            1_703_980_800_000,
+            -1,
+            -3_600_000,
+            -3_600_001,
+            0,
+            i64::MIN,
+            i64::MAX,
+        ];
+        for ms in times {
+            let hour = Partition::hour_of_millis(ms);
+            assert_eq!(Partition::of_hour(hour), Partition::compute(ms), "{ms}");
         }
     }
 

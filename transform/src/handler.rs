@@ -587,65 +587,72 @@ impl Planned {
 /// What an invocation's answers share, worked out once: their partition-key maps (copied
 /// from the last partition's) and their encoded sizes, without serializing each answer (the
 /// flattened fields make the serializer slow: a tenth of the transform's time went there).
-/// A record's
-/// JSON is its `recordId`'s JSON plus a shape that depends only on its result and on the
-/// lengths of its partition keys' values (`dt` and `hour` are digits and dashes: nothing
-/// to escape), its data counted apart as the base64 length. Each shape is measured once,
-/// by serializing a record of that shape. The tests hold the sum equal to the encoded
-/// response.
+/// A record's JSON is its `recordId`'s JSON plus a shape that depends only on its result
+/// and on the lengths of its partition keys' values (`dt` and `hour` are digits and dashes:
+/// nothing to escape), its data counted apart as the base64 length. Each shape is measured
+/// once, by serializing a record of that shape ([`measure_shape`]). The tests hold the sum
+/// equal to the encoded response.
 #[derive(Default)]
 struct Sizes {
     /// The shapes without partition keys, by result.
     plain: [Option<usize>; 3],
-    /// The `Ok` shape of the last partition's hour.
-    last_ok: Option<(i64, usize)>,
-    /// The last partition's hour ([`Partition::hour_of_millis`]) and keys: an answer's map
-    /// is a copy of it (building each map anew, with its hasher and the keys' hashes, was
-    /// 5 % of a replay's samples).
-    last_keys: Option<(i64, HashMap<String, String>)>,
+    /// The `Ok` shape by the lengths of the partition keys' values (`dt`, `hour`).
+    ok_by_lengths: Option<((usize, usize), usize)>,
+    /// The last partition's hour ([`Partition::hour_of_millis`]), keys and `Ok` shape: an
+    /// answer's map is a copy of these keys (building each map anew, with its hasher and
+    /// the keys' hashes, was 5 % of a replay's samples).
+    last: Option<(i64, HashMap<String, String>, usize)>,
 }
 
 impl Sizes {
     /// The partition keys of an answer in the partition of `hour`.
     fn keys(&mut self, hour: i64) -> HashMap<String, String> {
-        match &self.last_keys {
-            Some((h, keys)) if *h == hour => keys.clone(),
-            _ => {
-                let keys = partition_keys(&partition_of_hour(hour));
-                self.last_keys = Some((hour, keys.clone()));
-                keys
-            }
-        }
+        self.of_hour(hour).1.clone()
     }
 
     /// The length of a record answered `result` with the keys of the partition of `hour`
     /// (or none), empty data, without its `recordId`'s JSON.
     fn shape(&mut self, result: TransformResult, hour: Option<i64>) -> usize {
-        let measure = |partition: Option<&Partition>| {
-            let mut record = KinesisFirehoseResponseRecord::default();
-            record.result = Some(result.as_str().to_string());
-            if let Some(p) = partition {
-                record.metadata.partition_keys = partition_keys(p);
-            }
-            json_len(&record) - json_len(&record.record_id)
-        };
         match hour {
-            None => *self.plain[result as usize].get_or_insert_with(|| measure(None)),
-            Some(hour) => match self.last_ok {
-                Some((last, len)) if last == hour => len,
+            None => *self.plain[result as usize].get_or_insert_with(|| measure_shape(result, None)),
+            Some(hour) if result == TransformResult::Ok => self.of_hour(hour).2,
+            // Only `Ok` answers carry keys; any other is measured as it is.
+            Some(hour) => measure_shape(result, Some(&Partition::of_hour(hour))),
+        }
+    }
+
+    /// The hour, keys and `Ok` shape of the partition of `hour`, worked out when the hour
+    /// differs from the last answer's (the shape only when the keys' lengths differ too).
+    fn of_hour(&mut self, hour: i64) -> &(i64, HashMap<String, String>, usize) {
+        if !matches!(&self.last, Some((last, ..)) if *last == hour) {
+            self.last = None;
+        }
+        let ok_by_lengths = &mut self.ok_by_lengths;
+        self.last.get_or_insert_with(|| {
+            let p = Partition::of_hour(hour);
+            let lengths = (p.dt.len(), p.hour.len());
+            let len = match *ok_by_lengths {
+                Some((last, len)) if last == lengths => len,
                 _ => {
-                    let len = measure(Some(&partition_of_hour(hour)));
-                    self.last_ok = Some((hour, len));
+                    let len = measure_shape(TransformResult::Ok, Some(&p));
+                    *ok_by_lengths = Some((lengths, len));
                     len
                 }
-            },
-        }
+            };
+            (hour, partition_keys(&p), len)
+        })
     }
 }
 
-/// The partition of an hour as [`Partition::hour_of_millis`] numbers it.
-fn partition_of_hour(hour: i64) -> Partition {
-    Partition::of_millis(hour.saturating_mul(3_600_000))
+/// The length of a record answered `result` with `partition`'s keys (or none) and empty
+/// data, without its `recordId`'s JSON: measured by serializing one.
+fn measure_shape(result: TransformResult, partition: Option<&Partition>) -> usize {
+    let mut record = KinesisFirehoseResponseRecord::default();
+    record.result = Some(result.as_str().to_string());
+    if let Some(p) = partition {
+        record.metadata.partition_keys = partition_keys(p);
+    }
+    json_len(&record) - json_len(&record.record_id)
 }
 
 fn partition_keys(p: &Partition) -> HashMap<String, String> {
@@ -703,9 +710,7 @@ fn judge_documents(docs: &[StreamRecordRef<'_>], hour: i64, seen: &mut Seen) -> 
 /// Parses and checks the newline-separated documents of one record; returns them with the
 /// hour of the one partition they share.
 fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, i64), FailureReason> {
-    let text = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
-        offset: e.valid_up_to(),
-    })?;
+    let text = utf8(data)?;
     let mut docs = Vec::new();
     let mut shared = SharedPartition::default();
     for (i, line) in text.split('\n').enumerate() {
@@ -722,9 +727,7 @@ fn parse_documents(data: &[u8]) -> Result<(Vec<StreamRecordRef<'_>>, i64), Failu
 
 /// [`parse_documents`] of a record without a newline (but perhaps a final one, stripped).
 fn parse_line(data: &[u8]) -> Result<(StreamRecordRef<'_>, i64), FailureReason> {
-    let line = std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
-        offset: e.valid_up_to(),
-    })?;
+    let line = utf8(data)?;
     if line.trim().is_empty() {
         return Err(FailureReason::Empty);
     }
@@ -732,6 +735,13 @@ fn parse_line(data: &[u8]) -> Result<(StreamRecordRef<'_>, i64), FailureReason> 
     let doc = read_document(1, line)?;
     shared.check(1, &doc)?;
     Ok((doc, shared.finish()?))
+}
+
+/// A record's data as text, or where it stops being UTF-8.
+fn utf8(data: &[u8]) -> Result<&str, FailureReason> {
+    std::str::from_utf8(data).map_err(|e| FailureReason::InvalidUtf8 {
+        offset: e.valid_up_to(),
+    })
 }
 
 /// Reads the stream record on line `line_no`: its common spelling without serde's
@@ -770,7 +780,7 @@ impl SharedPartition {
             Some(first) if first != hour => {
                 return Err(FailureReason::SpansPartitions {
                     line: line_no,
-                    first: partition_of_hour(first).path(),
+                    first: Partition::of_hour(first).path(),
                     other: Partition::of_millis(doc.ts).path(),
                 });
             }

@@ -294,48 +294,70 @@ pub struct OwnMosquitto {
 }
 
 impl OwnMosquitto {
-    /// Writes the config and starts the broker; returns once it accepts connections.
+    /// Writes the config and starts the broker; returns once it accepts connections. A port
+    /// taken between `free_port` and the broker's bind (another test's broker restarting on
+    /// it, or a client's ephemeral port) is replaced by another, a few times.
     pub async fn start(tls: bool) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let d = dir.path().display();
-        let mut conf = format!(
-            "# Written by device-sim's tests. As root mosquitto would switch to user\n\
-             # 'mosquitto', which cannot write this root-owned directory.\n\
-             user root\n\
-             per_listener_settings false\n\
-             allow_anonymous true\n\
-             persistence true\n\
-             persistence_location {d}/\n\
-             set_tcp_nodelay true\n\
-             max_inflight_messages 1000\n\
-             max_queued_messages 0\n\
-             log_dest file {d}/mosquitto.log\n\
-             connection_messages false\n\
-             listener {port} 127.0.0.1\n"
-        );
-        if tls {
-            let c = test_certs();
-            let c = c.display();
-            conf.push_str(&format!(
-                "cafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
-                 require_certificate true\n"
-            ));
-        }
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).unwrap();
-        let scheme = if tls { "mqtts" } else { "mqtt" };
-        let url = format!("{scheme}://127.0.0.1:{port}").parse().unwrap();
         let mut broker = Self {
-            url,
-            dir,
+            url: "mqtt://127.0.0.1:1".parse().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
             child: None,
         };
-        broker.spawn().await;
+        for attempt in 1.. {
+            let port = free_port();
+            let d = broker.dir.path().display();
+            let mut conf = format!(
+                "# Written by device-sim's tests. As root mosquitto would switch to user\n\
+                 # 'mosquitto', which cannot write this root-owned directory.\n\
+                 user root\n\
+                 per_listener_settings false\n\
+                 allow_anonymous true\n\
+                 persistence true\n\
+                 persistence_location {d}/\n\
+                 set_tcp_nodelay true\n\
+                 max_inflight_messages 1000\n\
+                 max_queued_messages 0\n\
+                 log_dest file {d}/mosquitto.log\n\
+                 connection_messages false\n\
+                 listener {port} 127.0.0.1\n"
+            );
+            if tls {
+                let c = test_certs();
+                let c = c.display();
+                conf.push_str(&format!(
+                    "cafile {c}/ca.pem\ncertfile {c}/server.pem\nkeyfile {c}/server.key\n\
+                     require_certificate true\n"
+                ));
+            }
+            std::fs::write(broker.dir.path().join("mosquitto.conf"), conf).unwrap();
+            let scheme = if tls { "mqtts" } else { "mqtt" };
+            broker.url = format!("{scheme}://127.0.0.1:{port}").parse().unwrap();
+            match broker.spawn().await {
+                Ok(()) => break,
+                Err(log) if log.contains("Address already in use") && attempt < 5 => {}
+                Err(log) => panic!("mosquitto exited: {log}"),
+            }
+        }
         broker
     }
 
-    async fn spawn(&mut self) {
+    /// Lines of the broker's log saying it runs: one per start, written once every listener
+    /// is bound.
+    fn runs_logged(&self) -> usize {
+        std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("mosquitto version") && l.ends_with(" running"))
+            .count()
+    }
+
+    /// Starts mosquitto on the configured port and waits until this broker runs and accepts
+    /// connections; the log when it exits instead. (A connection alone proves only that
+    /// something listens on the port: another test's broker may, and this one then fails
+    /// to bind.)
+    async fn spawn(&mut self) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
+        let runs_before = self.runs_logged();
         let child = std::process::Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -352,11 +374,15 @@ impl OwnMosquitto {
         self.child = Some(child);
         let addr = format!("127.0.0.1:{}", self.url.port);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(&addr).await.is_err() {
+        loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                self.child = None;
                 let log = std::fs::read_to_string(self.dir.path().join("mosquitto.log"))
                     .unwrap_or_default();
-                panic!("mosquitto exited ({status}): {log}");
+                return Err(format!("({status}) {log}"));
+            }
+            if self.runs_logged() > runs_before && TcpStream::connect(&addr).await.is_ok() {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
@@ -390,7 +416,9 @@ impl OwnMosquitto {
     /// Starts it again on the same port, from its persistence file.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.spawn().await;
+        if let Err(log) = self.spawn().await {
+            panic!("mosquitto did not start again on its port: {log}");
+        }
     }
 }
 

@@ -684,7 +684,13 @@ async fn a_rollup_killed_mid_run_then_rerun_yields_the_same_stats() {
         drop(run);
         // Leases of the killed run expire; then a rerun completes the work.
         tokio::time::sleep(ttl).await;
-        let rerun = rollup_with(&store, &cfg).await;
+        // The rerun's own leases last as in production: with the killed run's short TTL, a
+        // unit slower than it on a loaded machine lost its lease mid-write.
+        let rerun_cfg = RollupConfig {
+            lease_ttl: RollupConfig::default().lease_ttl,
+            ..cfg.clone()
+        };
+        let rerun = rollup_with(&store, &rerun_cfg).await;
         assert_eq!(rerun.units_busy, 0, "polls = {polls}");
         assert_eq!(
             query_all(&store).await,

@@ -494,6 +494,11 @@ fn main() -> std::process::ExitCode {
 /// threshold fixed the cap no longer lowers the peak and costs 15 % of a replay's time
 /// (two arenas shared by every thread), so it is gone.
 ///
+/// The trim threshold stays glibc's 128 KiB (fixing the mmap threshold stops glibc from
+/// raising it): 8 MiB took 15–20 % off a 1 M-message replay but raised a 5 M one's peak by
+/// ~8 MB, against the goal of a peak flat in the input size (BENCHMARKS.md, session 14). A
+/// user who prefers the time sets `MALLOC_TRIM_THRESHOLD_`, which this leaves alone.
+///
 /// The Lambda binaries are separate processes with glibc's defaults, but for the transform
 /// function's trim threshold, which the template sets (ARCHITECTURE.md).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -495,9 +495,10 @@ fn main() -> std::process::ExitCode {
 /// (two arenas shared by every thread), so it is gone.
 ///
 /// The trim threshold stays glibc's 128 KiB (fixing the mmap threshold stops glibc from
-/// raising it): 8 MiB took 15–20 % off a 1 M-message replay but raised a 5 M one's peak by
-/// ~8 MB, against the goal of a peak flat in the input size (BENCHMARKS.md, session 14). A
-/// user who prefers the time sets `MALLOC_TRIM_THRESHOLD_`, which this leaves alone.
+/// raising it): 8 MiB raised a 5 M-message replay's peak by 3–8 MB, against the goal of a
+/// peak flat in the input size, and since the rollup reads its slices as runs it no longer
+/// saves a 1 M replay measurable time (it took 15–20 % off before; BENCHMARKS.md, session
+/// 14). A user's `MALLOC_TRIM_THRESHOLD_` is left alone.
 ///
 /// The Lambda binaries are separate processes with glibc's defaults, but for the transform
 /// function's trim threshold, which the template sets (ARCHITECTURE.md).

@@ -276,7 +276,7 @@ impl<'a> StreamRecordRef<'a> {
         // Writing to a Vec cannot fail, and every value here serializes (finite floats).
         let head_start = out.len();
         out.extend_from_slice(b"{\"device_id\":");
-        let _ = serde_json::to_writer(&mut *out, self.device_id.as_ref());
+        crate::row::write_json_str(out, &self.device_id);
         out.extend_from_slice(b",\"seq\":");
         let _ = serde_json::to_writer(&mut *out, &seq);
         out.extend_from_slice(b",\"event_time\":");
@@ -290,7 +290,7 @@ impl<'a> StreamRecordRef<'a> {
             if i > 0 {
                 out.extend_from_within(head.clone());
             }
-            let _ = serde_json::to_writer(&mut *out, metric.as_ref());
+            crate::row::write_json_str(out, metric);
             out.extend_from_slice(b",\"value\":");
             let _ = serde_json::to_writer(&mut *out, value);
             match &tail {

@@ -30,8 +30,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use clap::{Parser, Subcommand};
 use device_sim::BrokerUrl;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -929,7 +927,10 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
     let mut lines = 0u64;
-    let mut devices = std::collections::HashSet::new();
+    // Each device's topic and lane, computed once (a topic built and the id hashed twice
+    // per line showed in the reader's profile).
+    let mut devices: std::collections::HashMap<String, (String, usize), ahash::RandomState> =
+        std::collections::HashMap::default();
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     loop {
@@ -959,14 +960,18 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             continue;
         }
         lines += 1;
-        let device = device_of(payload).unwrap_or_else(|| "unknown".into());
-        let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
-        let lane = lane_of(&device, lanes);
-        if !devices.contains(&device) {
-            devices.insert(device);
-        }
+        let device = device_of(payload).unwrap_or(std::borrow::Cow::Borrowed("unknown"));
+        let (topic, lane) = match devices.get(device.as_ref()) {
+            Some((topic, lane)) => (topic.clone(), *lane),
+            None => {
+                let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
+                let lane = lane_of(&device, lanes);
+                devices.insert(device.into_owned(), (topic.clone(), lane));
+                (topic, lane)
+            }
+        };
         let event = IotRuleEvent {
-            payload: STANDARD.encode(payload),
+            payload: telemetry::RuleRecord::encode_payload(payload),
             topic,
             received_at: chrono::Utc::now().timestamp_millis(),
             device_from_topic: None,
@@ -1034,7 +1039,7 @@ fn lane_of(device: &str, lanes: usize) -> usize {
 }
 
 /// The device a replayed payload claims to come from (its topic is derived from it).
-fn device_of(payload: &[u8]) -> Option<String> {
+fn device_of(payload: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
     /// Only the device id of a payload, borrowed: every other field is skipped unparsed
     /// (a full `serde_json::Value` of each line cost more than the ingest handler).
     #[derive(serde::Deserialize)]
@@ -1054,7 +1059,7 @@ fn device_of(payload: &[u8]) -> Option<String> {
     let id = head.device_id?;
     // A device id that would break the topic shape is attributed to "unknown": validation
     // then rejects the payload with the mismatch as its reason.
-    (!id.is_empty() && !id.contains(['/', '+', '#'])).then(|| id.into_owned())
+    (!id.is_empty() && !id.contains(['/', '+', '#'])).then_some(id)
 }
 
 async fn rollup(a: RollupArgs) -> anyhow::Result<()> {

@@ -35,8 +35,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use device_sim::BrokerUrl;
 use ingest::IotRuleEvent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -217,7 +215,7 @@ impl IotRule {
                             devices.insert(d.clone());
                         }
                         let event = IotRuleEvent {
-                            payload: STANDARD.encode(&p.payload),
+                            payload: telemetry::RuleRecord::encode_payload(&p.payload),
                             device_from_topic,
                             topic: topic.to_owned(),
                             received_at,

@@ -927,10 +927,9 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
     let mut lines = 0u64;
-    // Each device's topic and lane, computed once (a topic built and the id hashed twice
-    // per line showed in the reader's profile).
-    let mut devices: std::collections::HashMap<String, (String, usize), ahash::RandomState> =
-        std::collections::HashMap::default();
+    // The devices seen (their number goes into the bill's connectivity).
+    let mut devices: std::collections::HashSet<String, ahash::RandomState> =
+        std::collections::HashSet::default();
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     loop {
@@ -961,15 +960,11 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         }
         lines += 1;
         let device = device_of(payload).unwrap_or(std::borrow::Cow::Borrowed("unknown"));
-        let (topic, lane) = match devices.get(device.as_ref()) {
-            Some((topic, lane)) => (topic.clone(), *lane),
-            None => {
-                let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
-                let lane = lane_of(&device, lanes);
-                devices.insert(device.into_owned(), (topic.clone(), lane));
-                (topic, lane)
-            }
-        };
+        let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
+        let lane = lane_of(&device, lanes);
+        if !devices.contains(device.as_ref()) {
+            devices.insert(device.into_owned());
+        }
         let event = IotRuleEvent {
             payload: telemetry::RuleRecord::encode_payload(payload),
             topic,

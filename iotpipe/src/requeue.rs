@@ -420,7 +420,7 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
             devices.insert(t.device_id.to_string());
         }
         let event = IotRuleEvent {
-            payload: STANDARD.encode(&item.raw),
+            payload: telemetry::RuleRecord::encode_payload(&item.raw),
             topic: item.topic.clone(),
             received_at: item.received_at,
             device_from_topic: None,

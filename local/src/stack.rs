@@ -1590,12 +1590,11 @@ fn esm_on_failure(
         let store = store.clone();
         let counters = counters.clone();
         async move {
-            use base64::Engine as _;
             for r in records {
                 let (payload, topic) = transform::RuleRecord::decode(&r.data)
                     .unwrap_or_else(|_| (r.data.to_vec(), Default::default()));
                 let event = IotRuleEvent {
-                    payload: base64::engine::general_purpose::STANDARD.encode(&payload),
+                    payload: transform::RuleRecord::encode_payload(&payload),
                     topic: topic.into_owned(),
                     received_at: r.approximate_arrival_ms,
                     device_from_topic: None,

@@ -5,8 +5,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use lambda_runtime::LambdaEvent;
 use object_store::path::Path;
@@ -121,7 +119,7 @@ impl<S: RecordSink> Ingest<S> {
 
     /// Handles one IoT rule event (one MQTT message).
     pub async fn handle_event(&self, event: &IotRuleEvent) -> Result<IngestReport, IngestError> {
-        match STANDARD.decode(event.payload.as_bytes()) {
+        match telemetry::RuleRecord::decode_payload(&event.payload) {
             Ok(payload) => {
                 let raw = PayloadRef {
                     payload: &payload,

@@ -594,13 +594,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
              configure TLS on that broker instead"
         );
     }
-    let broker = match &a.broker {
+    let (broker, rule_link) = match &a.broker {
         Some(url) if url.scheme != device_sim::Scheme::Mqtt => bail!(
             "--broker {url}: the emulated IoT rule connects over plain MQTT only; \
              pass an mqtt://HOST:PORT broker (or none, for the embedded one)"
         ),
-        Some(url) => url.clone(),
-        None => broker::start_embedded(a.broker_port)?,
+        Some(url) => (url.clone(), None),
+        None => {
+            let embedded = broker::start_embedded(a.broker_port)?;
+            (embedded.url, Some(embedded.rule_link))
+        }
     };
     let tls_broker = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => Some(broker::start_tls_listener(
@@ -641,12 +644,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     // An external broker outlives the run: the rule's session there is persistent, so what
     // the devices publish while the pipeline is down (stopped, killed) waits for the next run
-    // on the same --data. The embedded broker lives and dies with the run.
-    let session = match &a.broker {
-        Some(_) => iot_rule::RuleSession::for_data(&a.data.data),
-        None => iot_rule::RuleSession::Clean,
+    // on the same --data. The embedded broker lives and dies with the run, and the rule takes
+    // its messages through the broker's in-process link (local::iot_rule).
+    let feed = match rule_link {
+        None => iot_rule::RuleFeed::Broker {
+            url: broker.clone(),
+            session: iot_rule::RuleSession::for_data(&a.data.data),
+        },
+        Some(link) => iot_rule::RuleFeed::Embedded(link),
     };
-    let rule = iot_rule::IotRule::start(&broker, stack.clone(), basic_ingest, session).await?;
+    let rule = iot_rule::IotRule::start(feed, stack.clone(), basic_ingest).await?;
     // Announced once the rule's subscription is acknowledged: a device (or a test) that
     // publishes as soon as it reads the broker's address would otherwise race the rule's
     // subscription, and the broker drops a message nobody subscribes to.

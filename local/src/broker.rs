@@ -24,9 +24,29 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 /// at the broker.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
 
+/// The running embedded broker: where clients connect, and the in-process link the
+/// emulated IoT rule takes its messages through.
+pub struct EmbeddedBroker {
+    /// The URL clients connect to (`mqtt://127.0.0.1:PORT`).
+    pub url: BrokerUrl,
+    /// The rule's link into the broker's router ([`crate::iot_rule::RuleFeed::Embedded`]).
+    pub rule_link: RuleLink,
+}
+
+/// A client of the embedded broker's router inside the process: no socket, no MQTT
+/// encoding, no acknowledgements — the broker's router hands over the publishes it routes
+/// to the link's subscriptions, as it would hand them to a network connection.
+pub struct RuleLink {
+    pub(crate) tx: rumqttd::local::LinkTx,
+    pub(crate) rx: rumqttd::local::LinkRx,
+}
+
+/// Client id of the rule's link.
+const RULE_LINK_ID: &str = "iotpipe-rule";
+
 /// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads; it lives
-/// until the process exits. Returns the URL clients connect to.
-pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
+/// until the process exits. Returns the URL clients connect to and the rule's link.
+pub fn start_embedded(port: u16) -> anyhow::Result<EmbeddedBroker> {
     let port = if port == 0 { free_port()? } else { port };
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     // Fail here, with a clear message, rather than inside the broker's thread.
@@ -68,6 +88,11 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
         metrics: None,
     };
     let mut broker = Broker::new(config);
+    // The router runs from `Broker::new`; the link is its connection from now on.
+    let (tx, rx) = broker
+        .link(RULE_LINK_ID)
+        .map_err(|e| anyhow::anyhow!("linking the IoT rule to the embedded broker: {e}"))?;
+    let rule_link = RuleLink { tx, rx };
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -79,7 +104,10 @@ pub fn start_embedded(port: u16) -> anyhow::Result<BrokerUrl> {
     // Wait until the listener accepts connections.
     for _ in 0..200 {
         if std::net::TcpStream::connect(listen).is_ok() {
-            return Ok(BrokerUrl::mqtt("127.0.0.1", port));
+            return Ok(EmbeddedBroker {
+                url: BrokerUrl::mqtt("127.0.0.1", port),
+                rule_link,
+            });
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

@@ -21,9 +21,18 @@
 //! out-of-order ack and stalls the subscription) — and the rule subscribes again after every
 //! reconnect (a restarted broker may have forgotten the subscription).
 //!
-//! [`RuleSession`] says what the broker keeps while the rule is away. With a broker of its
-//! own that lives and dies with the run, the session is clean. With an external broker the
-//! session is persistent, under a client id named after the data location
+//! [`RuleFeed`] says how the messages reach the rule. From an MQTT broker (`--broker`) the
+//! rule is a client like any other, over loopback. From the embedded broker it takes them
+//! through an in-process link into rumqttd's router ([`crate::broker::RuleLink`]), as IoT
+//! Core's rules engine sits inside the broker rather than behind a socket: no MQTT
+//! encoding, no read and write per message, no acknowledgement. The acknowledgement had
+//! nothing to protect there — the embedded broker and everything it holds die with the
+//! run, whatever the rule acknowledged — and the pacing it gave is kept: the router
+//! forwards a bounded batch and waits until the link asks for more, and the link is read
+//! only while an invocation slot is free.
+//!
+//! [`RuleSession`] says what an external broker keeps while the rule is away: the session is
+//! persistent, under a client id named after the data location
 //! ([`RuleSession::for_data`]): when the pipeline stops or is killed, the broker keeps the
 //! subscription and queues what the devices go on publishing, and resends what the rule
 //! had not acknowledged; the next run on the same data location picks it all up. Nothing
@@ -38,11 +47,12 @@ use anyhow::Context as _;
 use device_sim::BrokerUrl;
 use ingest::IotRuleEvent;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttd::Notification;
 use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, basic_ingest_filter, rule_topic};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::MAX_PAYLOAD;
+use crate::broker::{MAX_PAYLOAD, RuleLink};
 use crate::stack::Stack;
 
 /// Concurrent ingest invocations at most (a reserved-concurrency stand-in). While all are
@@ -63,15 +73,11 @@ pub enum BasicIngest {
     Off,
 }
 
-/// The rule's MQTT session (module doc).
+/// The rule's MQTT session with an external broker (module doc): persistent, under this
+/// client id, so the broker keeps the subscription and the unacknowledged and queued
+/// messages for the next run.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RuleSession {
-    /// A clean session under a random client id: the broker forgets the rule when it goes.
-    Clean,
-    /// A persistent session under this client id: the broker keeps the subscription and
-    /// the unacknowledged and queued messages for the next run.
-    Persistent(String),
-}
+pub struct RuleSession(pub String);
 
 impl RuleSession {
     /// The persistent session of the pipeline storing into `data` (the `--data` location as
@@ -88,8 +94,22 @@ impl RuleSession {
         };
         let digest = Md5::digest(location.as_bytes());
         let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-        Self::Persistent(format!("iotpipe-rule-{hex}"))
+        Self(format!("iotpipe-rule-{hex}"))
     }
+}
+
+/// Where the rule takes its messages from.
+pub enum RuleFeed {
+    /// An MQTT broker, through a client connection: the rule subscribes at QoS 1 in
+    /// `session` and acknowledges each message once ingest ran on it.
+    Broker {
+        /// The broker (`mqtt://` only).
+        url: BrokerUrl,
+        /// What the broker keeps while the rule is away.
+        session: RuleSession,
+    },
+    /// The embedded broker, through its in-process link (module doc).
+    Embedded(RuleLink),
 }
 
 /// The running rule.
@@ -102,180 +122,29 @@ pub struct IotRule {
 }
 
 impl IotRule {
-    /// Connects to `broker`, subscribes, and returns once the subscription is acknowledged
-    /// (so that no message published afterwards is missed). Messages a persistent session
-    /// delivers before that are kept and ingested first.
+    /// Subscribes through `feed` and returns once the subscription is acknowledged (so that
+    /// no message published afterwards is missed). Messages a persistent session delivers
+    /// before that are kept and ingested first.
     pub async fn start(
-        broker: &BrokerUrl,
+        feed: RuleFeed,
         stack: Arc<Stack>,
         basic_ingest: BasicIngest,
-        session: RuleSession,
     ) -> anyhow::Result<Self> {
-        let (client_id, clean) = match session {
-            RuleSession::Clean => (format!("iotpipe-rule-{:08x}", rand_u32()), true),
-            RuleSession::Persistent(id) => (id, false),
-        };
-        let mut opts = MqttOptions::new(client_id, broker.host.clone(), broker.port);
-        opts.set_keep_alive(Duration::from_secs(30));
-        opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
-        opts.set_clean_session(clean);
-        // A QoS 1 message is acknowledged only after ingest ran on it, so the broker's
-        // in-flight window paces the devices instead of the rule buffering what it acked.
-        opts.set_manual_acks(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        let mut filters = vec![TOPIC_FILTER.to_owned()];
-        if basic_ingest == BasicIngest::Routed {
-            filters.push(basic_ingest_filter(DEFAULT_RULE_NAME));
-        }
-        for f in &filters {
-            client.subscribe(f, QoS::AtLeastOnce).await?;
-        }
-        // Drive the connection until both SUBACKs arrive. A persistent session may deliver
-        // messages first (queued while the rule was away, or unacknowledged by the last
-        // run): they are kept for the loop below.
-        let mut early = std::collections::VecDeque::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut acked = 0;
-        while acked < filters.len() {
-            let ev = tokio::time::timeout_at(deadline, eventloop.poll())
-                .await
-                .with_context(|| format!("no SUBACK from {broker} within 10 s"))?
-                .with_context(|| {
-                    format!("cannot connect to the broker at {broker}: is it running? (omit --broker to use the embedded one)")
-                })?;
-            if let Event::Incoming(Packet::SubAck(ack)) = ev {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    anyhow::bail!(
-                        "the broker at {broker} refused the rule's subscriptions ({filters:?}): \
-                         allow this client to subscribe to them"
-                    );
-                }
-                acked += 1;
-            } else if let Event::Incoming(Packet::Publish(p)) = ev {
-                early.push_back(p);
-            }
-        }
         let received = Arc::new(AtomicU64::new(0));
-        let (stop, mut stop_rx) = watch::channel(false);
-        let counter = received.clone();
-        let task = tokio::spawn(async move {
-            // Acks in arrival order: each message's ingest signals a oneshot, and one task
-            // acknowledges them first-in first-out. Unbounded, but what it holds is bounded
-            // by the broker's in-flight window (it sends no more until acked).
-            let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel::<(
-                rumqttc::Publish,
-                tokio::sync::oneshot::Receiver<()>,
-            )>();
-            let acker_client = client.clone();
-            let acker = tokio::spawn(async move {
-                while let Some((p, done)) = ack_rx.recv().await {
-                    // A dropped sender (the invocation panicked) is not acked: the broker
-                    // redelivers it if the session survives.
-                    if done.await.is_ok()
-                        && let Err(e) = acker_client.ack(&p).await
-                    {
-                        tracing::warn!(error = %e, "could not acknowledge a message");
-                    }
-                }
-            });
-            let permits = Arc::new(Semaphore::new(MAX_CONCURRENCY));
-            // Distinct device ids in the topics: the fleet size of the run's cost.
-            let mut devices = std::collections::HashSet::new();
-            loop {
-                let ev = match early.pop_front() {
-                    Some(p) => Ok(Event::Incoming(Packet::Publish(p))),
-                    None => tokio::select! {
-                        ev = eventloop.poll() => ev,
-                        _ = stop_rx.changed() => break,
-                    },
-                };
-                match ev {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        let received_at = chrono::Utc::now().timestamp_millis();
-                        let Some((topic, via_basic_ingest)) =
-                            rule_topic(&p.topic, DEFAULT_RULE_NAME)
-                        else {
-                            // Not this rule's (the subscriptions should not deliver it).
-                            tracing::warn!(topic = %p.topic, "message on a topic the rule does not take");
-                            if let Err(e) = client.ack(&p).await {
-                                tracing::warn!(error = %e, "could not acknowledge a message");
-                            }
-                            continue;
-                        };
-                        let device_from_topic =
-                            telemetry::topic::parse_topic(topic).map(|t| t.device_id.to_string());
-                        if let Some(d) = &device_from_topic
-                            && !devices.contains(d)
-                        {
-                            devices.insert(d.clone());
-                        }
-                        let event = IotRuleEvent {
-                            payload: telemetry::RuleRecord::encode_payload(&p.payload),
-                            device_from_topic,
-                            topic: topic.to_owned(),
-                            received_at,
-                        };
-                        let permit = permits.clone().acquire_owned().await?;
-                        let stack = stack.clone();
-                        let len = p.payload.len();
-                        let (done, done_rx) = tokio::sync::oneshot::channel();
-                        // The acker outlives this loop's sender; a send fails only if it
-                        // panicked, and then nothing is acked any more: say so.
-                        if ack_tx.send((p, done_rx)).is_err() {
-                            tracing::error!("the rule's acknowledging task is gone");
-                        }
-                        tokio::spawn(async move {
-                            let unmetered =
-                                via_basic_ingest || basic_ingest == BasicIngest::StandIn;
-                            stack.on_message(event, len, unmetered).await;
-                            // Acknowledged once ingest has streamed or quarantined it (a
-                            // failed ingest fails the run: `Stack::finish`).
-                            let _ = done.send(());
-                            // Release the stack before the permit: once every permit is
-                            // back, the caller may take sole ownership of the stack.
-                            drop(stack);
-                            drop(permit);
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        // A reconnect (the first CONNACK was read before this loop): a
-                        // restarted broker may have forgotten the subscription (always, with
-                        // a clean session), so subscribe again.
-                        tracing::info!("rule reconnected to the broker; subscribing again");
-                        for f in &filters {
-                            if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
-                                tracing::error!(error = %e, "could not subscribe again after a reconnect");
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        tracing::info!("rule subscribed again: messages flow");
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "rule lost the broker connection; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
+        let (stop, stop_rx) = watch::channel(false);
+        let dispatcher = Dispatcher {
+            stack,
+            basic_ingest,
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENCY)),
+            received: received.clone(),
+            devices: std::collections::HashSet::new(),
+        };
+        let task = match feed {
+            RuleFeed::Broker { url, session } => {
+                mqtt_feed(&url, session, basic_ingest, dispatcher, stop_rx).await?
             }
-            // Wait for every in-flight invocation.
-            let _all = permits.acquire_many(MAX_CONCURRENCY as u32).await?;
-            // Put the last acks on the wire: the acker queues them, the event loop sends.
-            drop(ack_tx);
-            let flush = async { while eventloop.poll().await.is_ok() {} };
-            tokio::select! {
-                _ = acker => {}
-                _ = flush => {}
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-            let _ = client.disconnect().await;
-            Ok(devices.len() as u64)
-        });
+            RuleFeed::Embedded(link) => link_feed(link, dispatcher, stop_rx).await?,
+        };
         Ok(Self {
             received,
             stop,
@@ -291,7 +160,259 @@ impl IotRule {
     }
 }
 
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::process::id()) as u32
+/// What the rule does with each message, whichever feed it came through.
+struct Dispatcher {
+    stack: Arc<Stack>,
+    basic_ingest: BasicIngest,
+    /// One per concurrent ingest invocation ([`MAX_CONCURRENCY`]).
+    permits: Arc<Semaphore>,
+    received: Arc<AtomicU64>,
+    /// Distinct device ids in the topics: the fleet size of the run's cost.
+    devices: std::collections::HashSet<String>,
+}
+
+impl Dispatcher {
+    /// Hands the message published on `topic` to an ingest invocation of its own, once one of
+    /// the [`MAX_CONCURRENCY`] slots is free (until then the feed is not read: backpressure);
+    /// `done` fires when ingest has streamed or quarantined it. Returns `false`, having
+    /// invoked nothing, for a topic that is not this rule's.
+    async fn dispatch(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        done: Option<oneshot::Sender<()>>,
+    ) -> anyhow::Result<bool> {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        let received_at = chrono::Utc::now().timestamp_millis();
+        let Some((topic, via_basic_ingest)) = rule_topic(topic, DEFAULT_RULE_NAME) else {
+            // Not this rule's (the subscriptions should not deliver it).
+            tracing::warn!(topic, "message on a topic the rule does not take");
+            return Ok(false);
+        };
+        let device_from_topic =
+            telemetry::topic::parse_topic(topic).map(|t| t.device_id.to_string());
+        if let Some(d) = &device_from_topic
+            && !self.devices.contains(d)
+        {
+            self.devices.insert(d.clone());
+        }
+        let event = IotRuleEvent {
+            payload: telemetry::RuleRecord::encode_payload(payload),
+            device_from_topic,
+            topic: topic.to_owned(),
+            received_at,
+        };
+        let permit = self.permits.clone().acquire_owned().await?;
+        let stack = self.stack.clone();
+        let len = payload.len();
+        let unmetered = via_basic_ingest || self.basic_ingest == BasicIngest::StandIn;
+        tokio::spawn(async move {
+            stack.on_message(event, len, unmetered).await;
+            // Acknowledged once ingest has streamed or quarantined it (a failed ingest fails
+            // the run: `Stack::finish`).
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            // Release the stack before the permit: once every permit is back, the caller
+            // may take sole ownership of the stack.
+            drop(stack);
+            drop(permit);
+        });
+        Ok(true)
+    }
+
+    /// Waits for every in-flight invocation; returns the number of distinct devices seen.
+    async fn drain(self) -> anyhow::Result<u64> {
+        let _all = self.permits.acquire_many(MAX_CONCURRENCY as u32).await?;
+        Ok(self.devices.len() as u64)
+    }
+}
+
+/// The embedded broker's feed: the rule's link subscribes to the telemetry topics (rumqttd
+/// routes no `$` topic, so there is no Basic Ingest filter to add) and reads what the
+/// router forwards. The router forwards at most ~200 publishes before it waits for the link
+/// to ask for more (`Unschedule`, answered by `wake`), and the link is not read while every
+/// invocation slot is taken: what the devices publish meanwhile waits in the broker's log,
+/// as it waits behind a connection's full in-flight window.
+async fn link_feed(
+    link: RuleLink,
+    mut dispatcher: Dispatcher,
+    mut stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
+    let RuleLink { mut tx, mut rx } = link;
+    tx.subscribe(TOPIC_FILTER)
+        .map_err(|e| anyhow::anyhow!("the rule's link cannot subscribe: {e}"))?;
+    // Until the SUBACK, so that nothing published after `start` returns is missed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = tokio::time::timeout_at(deadline, rx.next())
+            .await
+            .context("no SUBACK from the embedded broker within 10 s")?
+            .map_err(|e| anyhow::anyhow!("the embedded broker's router is gone: {e}"))?;
+        match n {
+            // The link's only request is the subscription (its CONNACK was taken when it
+            // was made), so its first acknowledgement is the SUBACK. rumqttd exports no
+            // name for the ack's type to match on.
+            Some(Notification::DeviceAck(_)) => break,
+            Some(Notification::Unschedule) => wake(&rx).await?,
+            _ => {}
+        }
+    }
+    Ok(tokio::spawn(async move {
+        // The link is kept (not dropped) until the loop ends: dropping it disconnects.
+        let _tx = tx;
+        loop {
+            let n = tokio::select! {
+                n = rx.next() => n,
+                _ = stop_rx.changed() => break,
+            };
+            match n.map_err(|e| anyhow::anyhow!("the embedded broker's router is gone: {e}"))? {
+                Some(Notification::Forward(f)) => {
+                    let topic = std::str::from_utf8(&f.publish.topic)
+                        .context("the broker forwarded a topic that is not UTF-8")?;
+                    dispatcher.dispatch(topic, &f.publish.payload, None).await?;
+                }
+                Some(Notification::Unschedule) => wake(&rx).await?,
+                _ => {}
+            }
+        }
+        dispatcher.drain().await
+    }))
+}
+
+/// Asks the router for more of what the link subscribes to.
+async fn wake(rx: &rumqttd::local::LinkRx) -> anyhow::Result<()> {
+    rx.wake()
+        .await
+        .map_err(|e| anyhow::anyhow!("the embedded broker's router is gone: {e}"))
+}
+
+/// An MQTT broker's feed (module doc): connects, subscribes at QoS 1, and acknowledges each
+/// message in arrival order once ingest ran on it.
+async fn mqtt_feed(
+    broker: &BrokerUrl,
+    session: RuleSession,
+    basic_ingest: BasicIngest,
+    mut dispatcher: Dispatcher,
+    mut stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
+    let mut opts = MqttOptions::new(session.0, broker.host.clone(), broker.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(MAX_PAYLOAD + 1024, 64 * 1024);
+    opts.set_clean_session(false);
+    // A QoS 1 message is acknowledged only after ingest ran on it, so the broker's
+    // in-flight window paces the devices instead of the rule buffering what it acked.
+    opts.set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut filters = vec![TOPIC_FILTER.to_owned()];
+    if basic_ingest == BasicIngest::Routed {
+        filters.push(basic_ingest_filter(DEFAULT_RULE_NAME));
+    }
+    for f in &filters {
+        client.subscribe(f, QoS::AtLeastOnce).await?;
+    }
+    // Drive the connection until both SUBACKs arrive. A persistent session may deliver
+    // messages first (queued while the rule was away, or unacknowledged by the last
+    // run): they are kept for the loop below.
+    let mut early = std::collections::VecDeque::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut acked = 0;
+    while acked < filters.len() {
+        let ev = tokio::time::timeout_at(deadline, eventloop.poll())
+            .await
+            .with_context(|| format!("no SUBACK from {broker} within 10 s"))?
+            .with_context(|| {
+                format!("cannot connect to the broker at {broker}: is it running? (omit --broker to use the embedded one)")
+            })?;
+        if let Event::Incoming(Packet::SubAck(ack)) = ev {
+            if ack
+                .return_codes
+                .iter()
+                .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+            {
+                anyhow::bail!(
+                    "the broker at {broker} refused the rule's subscriptions ({filters:?}): \
+                     allow this client to subscribe to them"
+                );
+            }
+            acked += 1;
+        } else if let Event::Incoming(Packet::Publish(p)) = ev {
+            early.push_back(p);
+        }
+    }
+    Ok(tokio::spawn(async move {
+        // Acks in arrival order: each message's ingest signals a oneshot, and one task
+        // acknowledges them first-in first-out. Unbounded, but what it holds is bounded
+        // by the broker's in-flight window (it sends no more until acked).
+        let (ack_tx, mut ack_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(rumqttc::Publish, oneshot::Receiver<()>)>();
+        let acker_client = client.clone();
+        let acker = tokio::spawn(async move {
+            while let Some((p, done)) = ack_rx.recv().await {
+                // A dropped sender (the invocation panicked) is not acked: the broker
+                // redelivers it if the session survives.
+                if done.await.is_ok()
+                    && let Err(e) = acker_client.ack(&p).await
+                {
+                    tracing::warn!(error = %e, "could not acknowledge a message");
+                }
+            }
+        });
+        loop {
+            let ev = match early.pop_front() {
+                Some(p) => Ok(Event::Incoming(Packet::Publish(p))),
+                None => tokio::select! {
+                    ev = eventloop.poll() => ev,
+                    _ = stop_rx.changed() => break,
+                },
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let (done, done_rx) = oneshot::channel();
+                    if dispatcher
+                        .dispatch(&p.topic, &p.payload, Some(done))
+                        .await?
+                    {
+                        // The acker outlives this loop's sender; a send fails only if it
+                        // panicked, and then nothing is acked any more: say so.
+                        if ack_tx.send((p, done_rx)).is_err() {
+                            tracing::error!("the rule's acknowledging task is gone");
+                        }
+                    } else if let Err(e) = client.ack(&p).await {
+                        tracing::warn!(error = %e, "could not acknowledge a message");
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    // A reconnect (the first CONNACK was read before this loop): a
+                    // restarted broker may have forgotten the subscription (always, with
+                    // a clean session), so subscribe again.
+                    tracing::info!("rule reconnected to the broker; subscribing again");
+                    for f in &filters {
+                        if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                            tracing::error!(error = %e, "could not subscribe again after a reconnect");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    tracing::info!("rule subscribed again: messages flow");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "rule lost the broker connection; reconnecting");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        let devices = dispatcher.drain().await?;
+        // Put the last acks on the wire: the acker queues them, the event loop sends.
+        drop(ack_tx);
+        let flush = async { while eventloop.poll().await.is_ok() {} };
+        tokio::select! {
+            _ = acker => {}
+            _ = flush => {}
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let _ = client.disconnect().await;
+        Ok(devices)
+    }))
 }

@@ -1,6 +1,7 @@
 //! The Firehose processor buffer follows from the transform's response budget: the
 //! template's `BufferSizeInMBs` and the emulator's default may not exceed the bound for
 //! which any event the contract allows fits Lambda's 6 MiB response.
+//! The emulated conversion compresses Parquet as the template's delivery stream does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,4 +34,32 @@ fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
     );
     assert!(value >= 0.2, "AWS accepts 0.2 to 3 MB");
     assert_eq!(DEFAULT_PROCESSOR_BUFFER_BYTES, MAX_PROCESSOR_BUFFER_BYTES);
+}
+
+#[test]
+fn the_emulated_conversion_compresses_parquet_as_the_templates_delivery_stream() {
+    let path = test_support::workspace_root().join("infra/template.yaml");
+    let template = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<&str> = template.lines().collect();
+    let serde = lines
+        .iter()
+        .position(|l| l.trim() == "ParquetSerDe:")
+        .expect("the delivery stream converts to Parquet");
+    let codec = lines[serde + 1]
+        .trim()
+        .strip_prefix("Compression:")
+        .expect("ParquetSerDe names its Compression")
+        .trim();
+    // parquet's codec names are Firehose's (SNAPPY, GZIP, UNCOMPRESSED).
+    assert_eq!(
+        format!("{:?}", local::firehose::PARQUET_COMPRESSION),
+        codec,
+        "local::firehose::PARQUET_COMPRESSION must be the template's ParquetSerDe Compression"
+    );
+    assert_eq!(
+        local::firehose::FirehoseConfig::default()
+            .parquet
+            .compression,
+        local::firehose::PARQUET_COMPRESSION
+    );
 }

@@ -8,17 +8,21 @@
 use local::firehose::DEFAULT_PROCESSOR_BUFFER_BYTES;
 use transform::handler::MAX_PROCESSOR_BUFFER_BYTES;
 
-#[test]
-fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
+/// The line after the template's line that reads `line` (trimmed), trimmed.
+fn template_line_after(line: &str) -> String {
     let path = test_support::workspace_root().join("infra/template.yaml");
     let template = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<&str> = template.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.trim() == "- ParameterName: BufferSizeInMBs")
-        .expect("the processor sets BufferSizeInMBs");
-    let value: f64 = lines[at + 1]
-        .trim()
+    let mut lines = template.lines().map(str::trim);
+    lines
+        .by_ref()
+        .find(|l| *l == line)
+        .unwrap_or_else(|| panic!("infra/template.yaml has no line {line:?}"));
+    lines.next().unwrap().to_owned()
+}
+
+#[test]
+fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
+    let value: f64 = template_line_after("- ParameterName: BufferSizeInMBs")
         .strip_prefix("ParameterValue:")
         .unwrap()
         .trim()
@@ -38,15 +42,8 @@ fn the_templates_processor_buffer_fits_the_transforms_response_budget() {
 
 #[test]
 fn the_emulated_conversion_compresses_parquet_as_the_templates_delivery_stream() {
-    let path = test_support::workspace_root().join("infra/template.yaml");
-    let template = std::fs::read_to_string(path).unwrap();
-    let lines: Vec<&str> = template.lines().collect();
-    let serde = lines
-        .iter()
-        .position(|l| l.trim() == "ParquetSerDe:")
-        .expect("the delivery stream converts to Parquet");
-    let codec = lines[serde + 1]
-        .trim()
+    let after = template_line_after("ParquetSerDe:");
+    let codec = after
         .strip_prefix("Compression:")
         .expect("ParquetSerDe names its Compression")
         .trim();

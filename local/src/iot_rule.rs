@@ -16,10 +16,11 @@
 //! publish it stands for ([`BasicIngest::StandIn`]) when the topology's devices would use
 //! Basic Ingest.
 //!
-//! A message is acknowledged (QoS 1 PUBACK) only after ingest ran on it — in the order the
-//! messages arrived, as MQTT 3.1.1 (§4.6) asks and rumqttd enforces (it drops an
-//! out-of-order ack and stalls the subscription) — and the rule subscribes again after every
-//! reconnect (a restarted broker may have forgotten the subscription).
+//! Over an MQTT connection, a message is acknowledged (QoS 1 PUBACK) only after ingest ran
+//! on it — in the order the messages arrived, as MQTT 3.1.1 (§4.6) asks and brokers enforce
+//! (rumqttd drops an out-of-order ack and stalls the subscription) — and the rule
+//! subscribes again after every reconnect (a restarted broker may have forgotten the
+//! subscription).
 //!
 //! [`RuleFeed`] says how the messages reach the rule. From an MQTT broker (`--broker`) the
 //! rule is a client like any other, over loopback. From the embedded broker it takes them

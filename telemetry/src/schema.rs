@@ -6,7 +6,7 @@ use std::sync::{Arc, LazyLock};
 use std::collections::HashMap;
 
 use arrow_array::builder::{
-    Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, DictionaryArray, Int32Array, RecordBatch};
@@ -85,9 +85,10 @@ struct DictColumn<'a> {
     values: StringBuilder,
     /// The previous row's value and key.
     last: Option<(&'a str, i32)>,
-    /// The values so far, by key.
-    seen: Vec<&'a str>,
-    /// Key by value, once there are more than [`DictColumn::FEW`] values.
+    /// The values while there are at most [`DictColumn::FEW`], searched in order (their
+    /// keys are their positions).
+    few: Vec<&'a str>,
+    /// Key by value, once there are more (`few` is then empty).
     index: HashMap<&'a str, i32, ahash::RandomState>,
 }
 
@@ -99,7 +100,7 @@ impl<'a> DictColumn<'a> {
             keys: Vec::with_capacity(rows),
             values: StringBuilder::new(),
             last: None,
-            seen: Vec::new(),
+            few: Vec::with_capacity(Self::FEW),
             index: HashMap::default(),
         }
     }
@@ -118,24 +119,25 @@ impl<'a> DictColumn<'a> {
 
     /// The key of `value`, added when new.
     fn key_of(&mut self, value: &'a str) -> i32 {
-        let known = if self.seen.len() <= Self::FEW {
-            self.seen.iter().position(|v| *v == value).map(|i| i as i32)
+        let known = if self.index.is_empty() {
+            self.few.iter().position(|v| *v == value).map(|i| i as i32)
         } else {
             self.index.get(value).copied()
         };
         if let Some(key) = known {
             return key;
         }
-        let key = self.seen.len() as i32;
-        self.seen.push(value);
+        let key = self.values.len() as i32;
         self.values.append_value(value);
-        if self.seen.len() > Self::FEW {
-            if self.index.is_empty() {
-                self.index
-                    .extend(self.seen.iter().enumerate().map(|(i, v)| (*v, i as i32)));
-            } else {
-                self.index.insert(value, key);
-            }
+        if !self.index.is_empty() {
+            self.index.insert(value, key);
+        } else if self.few.len() < Self::FEW {
+            self.few.push(value);
+        } else {
+            // The dictionary outgrew a linear search: hashed from now on.
+            self.index
+                .extend(self.few.drain(..).enumerate().map(|(i, v)| (v, i as i32)));
+            self.index.insert(value, key);
         }
         key
     }

@@ -934,19 +934,8 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
     let mut lines = 0u64;
-    // The devices seen (their number goes into the bill's connectivity), as 128-bit
-    // fingerprints of their ids: a set of the ids themselves was 4 % of a replay's CPU in
-    // perf (a pointer chase and a string compare per line, on the reader that feeds every
-    // lane). Two of n devices share a fingerprint with probability about n²/2^129.
-    let fingerprint = {
-        let (hi, lo) = (
-            ahash::RandomState::with_seeds(1, 2, 3, 4),
-            ahash::RandomState::with_seeds(5, 6, 7, 8),
-        );
-        move |id: &str| (u128::from(hi.hash_one(id)) << 64) | u128::from(lo.hash_one(id))
-    };
-    let mut devices: std::collections::HashSet<u128, ahash::RandomState> =
-        std::collections::HashSet::default();
+    // The devices seen (their number goes into the bill's connectivity).
+    let mut devices = local::meter::DeviceCount::default();
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     loop {
@@ -979,7 +968,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         let device = device_of(payload).unwrap_or(std::borrow::Cow::Borrowed("unknown"));
         let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
         let lane = lane_of(&device, lanes);
-        devices.insert(fingerprint(&device));
+        devices.add(&device);
         let event = IotRuleEvent {
             payload: telemetry::RuleRecord::encode_payload(payload),
             topic,
@@ -1020,7 +1009,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let stack = Arc::try_unwrap(stack)
         .map_err(|_| anyhow::anyhow!("internal: the stack is still in use after the lanes"))?;
     let meter = stack.meter.clone();
-    let report = stack.finish(devices.len() as u64).await?;
+    let report = stack.finish(devices.len()).await?;
     let s = summary::Summary::new(
         summary::Source::Replay {
             file: a.file.display().to_string(),

@@ -413,11 +413,11 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
     let cfg = stack_config(&a.data, &a.tuning);
     let sel = select(&store, &a, &cfg.ingest.validation).await?;
     let stack = Stack::start(cfg).await?;
-    let mut devices = std::collections::HashSet::new();
+    let mut devices = local::meter::DeviceCount::default();
     let count = |o: Origin| sel.items.iter().filter(|i| i.origin == o).count() as u64;
     for item in &sel.items {
         if let Some(t) = telemetry::topic::parse_topic(&item.topic) {
-            devices.insert(t.device_id.to_string());
+            devices.add(t.device_id);
         }
         let event = IotRuleEvent {
             payload: telemetry::RuleRecord::encode_payload(&item.raw),
@@ -430,7 +430,7 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
             .await;
     }
     let meter = stack.meter.clone();
-    let report = stack.finish(devices.len() as u64).await?;
+    let report = stack.finish(devices.len()).await?;
     let s = summary::Summary::new(
         summary::Source::Requeue {
             from_quarantine: count(Origin::Quarantine),

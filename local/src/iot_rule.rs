@@ -54,6 +54,7 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{MAX_PAYLOAD, RuleLink};
+use crate::meter::DeviceCount;
 use crate::stack::Stack;
 
 /// Concurrent ingest invocations at most (a reserved-concurrency stand-in). While all are
@@ -138,7 +139,7 @@ impl IotRule {
             basic_ingest,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENCY)),
             received: received.clone(),
-            devices: std::collections::HashSet::new(),
+            devices: DeviceCount::default(),
         };
         let task = match feed {
             RuleFeed::Broker { url, session } => {
@@ -169,7 +170,7 @@ struct Dispatcher {
     permits: Arc<Semaphore>,
     received: Arc<AtomicU64>,
     /// Distinct device ids in the topics: the fleet size of the run's cost.
-    devices: std::collections::HashSet<String>,
+    devices: DeviceCount,
 }
 
 impl Dispatcher {
@@ -192,10 +193,8 @@ impl Dispatcher {
         };
         let device_from_topic =
             telemetry::topic::parse_topic(topic).map(|t| t.device_id.to_string());
-        if let Some(d) = &device_from_topic
-            && !self.devices.contains(d)
-        {
-            self.devices.insert(d.clone());
+        if let Some(d) = &device_from_topic {
+            self.devices.add(d);
         }
         let event = IotRuleEvent {
             payload: telemetry::RuleRecord::encode_payload(payload),
@@ -225,7 +224,7 @@ impl Dispatcher {
     /// Waits for every in-flight invocation; returns the number of distinct devices seen.
     async fn drain(self) -> anyhow::Result<u64> {
         let _all = self.permits.acquire_many(MAX_CONCURRENCY as u32).await?;
-        Ok(self.devices.len() as u64)
+        Ok(self.devices.len())
     }
 }
 

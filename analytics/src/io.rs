@@ -3,6 +3,7 @@
 //! Only the object-store trait is used, so the same code reads the local data directory,
 //! the in-memory store of the tests and S3.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -10,7 +11,8 @@ use arrow_array::{BooleanArray, RecordBatch};
 use arrow_schema::{DataType, FieldRef, Schema};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryFutureExt, TryStreamExt};
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use parquet::arrow::arrow_reader::{
@@ -203,25 +205,41 @@ pub async fn open_telemetry(
 }
 
 /// Which devices a read keeps: those of device-hash bucket `bucket` of `buckets`, and of
-/// those, the ones of pass `pass` of `passes` (a unit too large for one pass of its memory
-/// budget is aggregated in several, each over its own share of the devices:
-/// [`crate::units::slice_of`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// those, the ones of pass `pass`: the range of ids that `bounds` gives it (a unit too
+/// large for one pass of its memory budget is aggregated in several, each over its own
+/// range of the devices: [`crate::units::pass_bounds`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
     /// The bucket, `0..buckets`.
     pub bucket: u32,
     /// Buckets per hour (at least 1).
     pub buckets: u32,
-    /// The pass, `0..passes`.
+    /// The pass, `0..=bounds.len()`.
     pub pass: u32,
-    /// Passes of the unit (at least 1).
-    pub passes: u32,
+    /// Where the unit's passes split its devices' ids (empty: one pass).
+    pub bounds: Arc<[String]>,
 }
 
 impl Slice {
+    /// The whole of bucket `bucket` of `buckets`, in one pass.
+    pub fn bucket(bucket: u32, buckets: u32) -> Self {
+        Self {
+            bucket,
+            buckets,
+            pass: 0,
+            bounds: Arc::new([]),
+        }
+    }
+
     /// Whether the slice is every device (nothing to filter).
     fn is_everything(&self) -> bool {
-        self.buckets <= 1 && self.passes <= 1
+        self.buckets <= 1 && self.bounds.is_empty()
+    }
+
+    /// Whether `device_id` is one of the slice's devices.
+    pub fn contains(&self, device_id: &str) -> bool {
+        crate::units::bucket_of(device_id, self.buckets) == self.bucket
+            && crate::units::pass_of(device_id, &self.bounds) == self.pass
     }
 }
 
@@ -251,7 +269,7 @@ pub async fn read_slice(
         let device_only = ProjectionMask::columns(stream_builder.parquet_schema(), ["device_id"]);
         let mut memo = DictMemo::default();
         let predicate = ArrowPredicateFn::new(device_only, move |batch: RecordBatch| {
-            in_slice(&batch, slice, &mut memo)
+            in_slice(&batch, &slice, &mut memo)
         });
         // No predicate cache: it keeps the decoded `device_id` of the row group, to spare
         // decoding it again for the few rows the slice keeps. Without it the standalone
@@ -272,6 +290,70 @@ pub async fn read_slice(
     }
     let stream = stream_builder.build()?;
     Ok(stream.try_collect().await?)
+}
+
+/// The distinct device ids of bucket `bucket` of `buckets` in a telemetry object opened
+/// with [`open_telemetry`]: what a unit's pass ranges are drawn from
+/// ([`crate::units::pass_bounds`]). Decodes the `device_id` column alone, and of a
+/// dictionary column looks at each dictionary once rather than at every row.
+pub async fn bucket_devices(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    footer: ArrowReaderMetadata,
+    bucket: u32,
+    buckets: u32,
+) -> Result<Vec<String>, ReadError> {
+    let reader = StoreReader {
+        store: store.clone(),
+        path: meta.location.clone(),
+        size: meta.size,
+    };
+    let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["device_id"]);
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut keep = |id: &str| {
+        if !seen.contains(id) && crate::units::bucket_of(id, buckets) == bucket {
+            seen.insert(id.to_string());
+        }
+    };
+    // The batches of a column chunk share its dictionary.
+    let mut last_dict: Option<arrow_array::ArrayRef> = None;
+    while let Some(batch) = stream.try_next().await? {
+        let ids = Strings::new("device_id", crate::columns::required(&batch, "device_id")?)?;
+        match &ids {
+            Strings::Dict { values, dict, .. } => {
+                if last_dict.as_ref().is_some_and(|d| Arc::ptr_eq(d, dict)) {
+                    continue;
+                }
+                last_dict = Some((*dict).clone());
+                (0..values.len()).for_each(|i| keep(values.value(i)));
+            }
+            plain => (0..plain.len()).for_each(|i| keep(plain.value(i))),
+        }
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// The batches of a Parquet object, one at a time (all columns): for reading a file too
+/// large to hold whole next to what is being computed from it.
+pub async fn stream_parquet(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+) -> Result<BoxStream<'static, Result<RecordBatch, ReadError>>, ReadError> {
+    let reader = StoreReader {
+        store: store.clone(),
+        path: meta.location.clone(),
+        size: meta.size,
+    };
+    let stream = ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .with_batch_size(BATCH_ROWS)
+        .build()?;
+    Ok(stream.map_err(ReadError::from).boxed())
 }
 
 /// `footer` with the string columns `names` decoded as dictionaries (`Int32` keys): a
@@ -314,7 +396,7 @@ fn with_dictionaries(
 /// remembers the answer per dictionary value.
 fn in_slice(
     batch: &RecordBatch,
-    slice: Slice,
+    slice: &Slice,
     memo: &mut DictMemo<bool>,
 ) -> Result<BooleanArray, arrow_schema::ArrowError> {
     let to_arrow = |e: ColumnError| arrow_schema::ArrowError::ExternalError(Box::new(e));
@@ -322,9 +404,7 @@ fn in_slice(
     let ids = Strings::new("device_id", col).map_err(to_arrow)?;
     // Hashing every row was a tenth of a 16-bucket rollup's CPU in perf (each unit hashes
     // the whole hour); the memo hashes each device once per dictionary.
-    let ours = memo.per_row(&ids, |id| {
-        crate::units::slice_of(id, slice.buckets, slice.passes) == (slice.bucket, slice.pass)
-    });
+    let ours = memo.per_row(&ids, |id| slice.contains(id));
     Ok(BooleanArray::from(ours))
 }
 
@@ -409,24 +489,45 @@ pub async fn write_parquet(
 /// `batch` as the bytes of a Snappy-compressed Parquet file, as [`write_parquet`] writes
 /// it: the same rows always give the same bytes.
 pub fn encode_parquet(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
-    // Dictionary encoding only where values repeat (names); on the statistics' floats,
-    // times and sketches it built a dictionary per page only to fall back to plain (an
-    // eighth of a rollup's CPU went to encoding). Snappy, not zstd: stats files are
-    // written by every rollup and read back by the 1h/1d derivation and every query, and
-    // zstd's compression was ~9 % of a rollup's CPU for files only 1.4× smaller
-    // (BENCHMARKS.md, "The reference query fixed").
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_dictionary_enabled(false);
-    for name in ["device_id", "metric"] {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(name), true);
+    let mut file = ParquetBuffer::new(batch.schema())?;
+    file.write(batch)?;
+    file.finish()
+}
+
+/// A Parquet file encoded in memory a batch at a time, as [`encode_parquet`] encodes one
+/// batch: the file's rows need not all be held at once, only its compressed bytes.
+pub struct ParquetBuffer {
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl ParquetBuffer {
+    /// An empty file of `schema`.
+    pub fn new(schema: arrow_schema::SchemaRef) -> Result<Self, ParquetError> {
+        // Dictionary encoding only where values repeat (names); on the statistics' floats,
+        // times and sketches it built a dictionary per page only to fall back to plain (an
+        // eighth of a rollup's CPU went to encoding). Snappy, not zstd: stats files are
+        // written by every rollup and read back by the 1h/1d derivation and every query, and
+        // zstd's compression was ~9 % of a rollup's CPU for files only 1.4× smaller
+        // (BENCHMARKS.md, "The reference query fixed").
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_dictionary_enabled(false);
+        for name in ["device_id", "metric"] {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name), true);
+        }
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(props.build()))?;
+        Ok(Self { writer })
     }
-    let props = props.build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
-    writer.write(batch)?;
-    writer.close()?;
-    Ok(buf)
+
+    /// Appends `batch`'s rows.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
+        self.writer.write(batch)
+    }
+
+    /// The file's bytes.
+    pub fn finish(self) -> Result<Vec<u8>, ParquetError> {
+        self.writer.into_inner()
+    }
 }
 
 #[cfg(test)]
@@ -473,6 +574,23 @@ mod tests {
         let (buckets, passes) = (4, 3);
         let mut times_read = vec![0u32; n];
         for bucket in 0..buckets {
+            // The pass ranges, drawn from the object's own ids of the bucket.
+            let footer = open_telemetry(&store, &meta, &["seq"]).await.unwrap();
+            let devices = bucket_devices(&store, &meta, footer, bucket, buckets)
+                .await
+                .unwrap();
+            let mut expected: Vec<String> = ids
+                .iter()
+                .filter(|id| crate::units::bucket_of(id, buckets) == bucket)
+                .cloned()
+                .collect();
+            expected.sort();
+            expected.dedup();
+            let mut got = devices.clone();
+            got.sort();
+            assert_eq!(got, expected, "bucket {bucket}'s devices");
+            let bounds: Arc<[String]> = crate::units::pass_bounds(devices, passes).into();
+            assert_eq!(bounds.len(), passes as usize - 1);
             for pass in 0..passes {
                 let footer = open_telemetry(&store, &meta, &["seq"]).await.unwrap();
                 assert_eq!(footer.metadata().num_row_groups(), 8);
@@ -480,9 +598,9 @@ mod tests {
                     bucket,
                     buckets,
                     pass,
-                    passes,
+                    bounds: bounds.clone(),
                 };
-                let read = read_slice(&store, &meta, footer, &["device_id", "seq"], slice)
+                let read = read_slice(&store, &meta, footer, &["device_id", "seq"], slice.clone())
                     .await
                     .unwrap();
                 for b in &read {
@@ -492,10 +610,16 @@ mod tests {
                         let i = usize::try_from(*s).unwrap();
                         assert_eq!(devices.value(row), ids[i], "row {i}: another row's device");
                         assert_eq!(
-                            crate::units::slice_of(&ids[i], buckets, passes),
-                            (bucket, pass),
-                            "row {i} read by another slice"
+                            crate::units::bucket_of(&ids[i], buckets),
+                            bucket,
+                            "row {i} read by another bucket"
                         );
+                        assert_eq!(
+                            crate::units::pass_of(&ids[i], &bounds),
+                            pass,
+                            "row {i} read by another pass"
+                        );
+                        assert!(slice.contains(&ids[i]));
                         times_read[i] += 1;
                     }
                 }

@@ -13,8 +13,9 @@
 //!    not be read keeps a marker, so later runs retry it. After a full scan that reached every
 //!    unit, the `_initialized` object is written, so later runs trust the markers.
 //!
-//! Memory is bounded by the unit, not by the fleet: about `workers` × (readings of one
-//! bucket of one hour) × ~300 bytes at the peak (see BENCHMARKS.md).
+//! Memory is bounded by configuration, not by the fleet: about `workers` × (readings of one
+//! pass, at most [`RollupConfig::pass_readings`]) × ~300 bytes at the peak, plus each
+//! unit's compressed stats file (see [`crate::worker`] and BENCHMARKS.md).
 //!
 //! # Time limit
 //! A Lambda invocation has a deadline, and a backlog may not fit in one.

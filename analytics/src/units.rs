@@ -9,9 +9,9 @@
 //! [`crate::stats::BYTES_PER_READING`] per reading of its bucket. The bucket count is
 //! fixed per deployment while a fleet grows, so a unit whose hour holds more readings than
 //! [`RollupConfig::pass_readings`] is aggregated in several passes, each over its own share
-//! of the bucket's devices ([`slice_of`]) and each reading every object again: memory is
-//! bounded by that setting, whatever the fleet size, and time grows by a decode of the
-//! `device_id` column per extra pass.
+//! of the bucket's devices (a range of their ids, [`pass_bounds`]) and each reading every
+//! object again: memory is bounded by that setting, whatever the fleet size, and time
+//! grows by a decode of the `device_id` column per extra pass (and one to draw the ranges).
 //!
 //! Each unit writes its own stats file and its own state object:
 //! ```text
@@ -34,26 +34,42 @@ use crate::rollup::ROLLUP_WINDOW;
 /// modulo `buckets`. A fixed, documented hash, so that every worker, process and version
 /// agrees on it.
 pub fn bucket_of(device_id: &str, buckets: u32) -> u32 {
-    slice_of(device_id, buckets, 1).0
-}
-
-/// The bucket of `device_id` among `buckets`, and its pass among the `passes` of a unit
-/// aggregated in several ([`crate::RollupConfig::pass_readings`]): with `h` the FNV-1a
-/// hash of [`bucket_of`], the bucket is `h mod buckets` and the pass
-/// `(h div buckets) mod passes`, so the passes split a bucket's devices evenly and the
-/// bucket does not depend on the pass count.
-pub fn slice_of(device_id: &str, buckets: u32, passes: u32) -> (u32, u32) {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     let hash = device_id
         .bytes()
         .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME));
-    let buckets = u64::from(buckets.max(1));
-    // Both remainders are below a u32.
-    (
-        (hash % buckets) as u32,
-        ((hash / buckets) % u64::from(passes.max(1))) as u32,
-    )
+    // The remainder is below a u32.
+    (hash % u64::from(buckets.max(1))) as u32
+}
+
+/// Where the passes of a unit aggregated in several ([`crate::RollupConfig::pass_readings`])
+/// split its bucket's devices: pass `p` takes the device ids in
+/// `[bounds[p - 1], bounds[p])` (the first from the smallest id, the last to the largest).
+/// The passes are ranges of ids in their sort order, so each pass's windows follow the
+/// previous pass's in the stats file's order (device, metric, window start) and can be
+/// written as they come, instead of being held until the last pass.
+///
+/// `ids` are the bucket's distinct device ids (in any order, repeats allowed); the bounds
+/// split them into `passes` ranges of as equal a count as they allow. Fewer bounds than
+/// `passes - 1` come back when there are fewer distinct ids than passes (a range is
+/// never empty of known ids).
+pub fn pass_bounds(mut ids: Vec<String>, passes: u32) -> Vec<String> {
+    ids.sort_unstable();
+    ids.dedup();
+    let n = ids.len();
+    // Each range at least one id: `n / parts >= 1`, so the indices strictly increase.
+    let parts = usize::try_from(passes.max(1)).unwrap_or(usize::MAX).min(n);
+    (1..parts)
+        .filter_map(|p| ids.get(p * n / parts).cloned())
+        .collect()
+}
+
+/// Which range of [`pass_bounds`] `device_id` falls in: its pass.
+pub fn pass_of(device_id: &str, bounds: &[String]) -> u32 {
+    // Ranges are `[from, to)`: an id equal to a bound starts that bound's pass.
+    let pass = bounds.partition_point(|b| b.as_str() <= device_id);
+    u32::try_from(pass).unwrap_or(u32::MAX)
 }
 
 /// One unit of work: bucket `bucket` of `buckets` of the hour `partition`.
@@ -146,23 +162,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn passes_split_a_bucket_evenly_without_moving_devices_between_buckets() {
-        let (buckets, passes) = (16, 5);
-        let mut counts = [0u32; 5];
-        for i in 0..80_000 {
-            let id = format!("sensor-{i:06}");
-            let (bucket, pass) = slice_of(&id, buckets, passes);
-            assert_eq!(bucket, bucket_of(&id, buckets), "{id}");
-            assert_eq!(slice_of(&id, buckets, 1), (bucket, 0));
-            if bucket == 3 {
-                counts[pass as usize] += 1;
-            }
+    fn passes_split_a_bucket_into_ordered_ranges_of_even_counts() {
+        let buckets = 16;
+        let ids: Vec<String> = (0..80_000)
+            .map(|i| format!("sensor-{i:06}"))
+            .filter(|id| bucket_of(id, buckets) == 3)
+            .collect();
+        let n = ids.len();
+        // Given in any order and with repeats, as the objects of an hour hold them.
+        let mut given: Vec<String> = ids.iter().rev().cloned().collect();
+        given.extend(ids.iter().take(100).cloned());
+        let bounds = pass_bounds(given, 5);
+        assert_eq!(bounds.len(), 4, "{bounds:?}");
+        assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
+        let mut counts = [0usize; 5];
+        let mut last_pass = 0;
+        let mut sorted = ids.clone();
+        sorted.sort();
+        for id in &sorted {
+            let pass = pass_of(id, &bounds);
+            // In sort order, the passes follow each other.
+            assert!(pass >= last_pass, "{id}");
+            last_pass = pass;
+            counts[pass as usize] += 1;
         }
-        // 1,000 devices per pass on average.
         assert!(
-            counts.iter().all(|&c| (900..1100).contains(&c)),
-            "{counts:?}"
+            counts.iter().all(|&c| c.abs_diff(n / 5) <= 1),
+            "{counts:?} of {n}"
         );
+        // Ids no object held when the bounds were drawn still fall in one range.
+        assert_eq!(pass_of("", &bounds), 0);
+        assert_eq!(pass_of("zzz", &bounds), 4);
+        assert_eq!(pass_of(&bounds[1], &bounds), 2);
+    }
+
+    #[test]
+    fn fewer_ids_than_passes_give_fewer_passes_and_one_pass_none() {
+        let ids = |n: usize| (0..n).map(|i| format!("d{i}")).collect::<Vec<_>>();
+        assert_eq!(
+            pass_bounds(ids(3), 5),
+            vec!["d1".to_string(), "d2".to_string()]
+        );
+        assert!(pass_bounds(ids(100), 1).is_empty());
+        assert!(pass_bounds(Vec::new(), 4).is_empty());
+        assert_eq!(pass_of("d0", &[]), 0);
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //!    arrived first and stays so in later runs; each read keeps only the unit's bucket.
 //!    The objects' footers come first: when their row counts put more than
 //!    [`RollupConfig::pass_readings`] readings in the unit, it is aggregated in several
-//!    passes, each reading every object for its share of the bucket's devices
-//!    ([`crate::units::slice_of`]), so that memory stays bounded as the fleet grows.
-//! 4. Compute every window of the unit and compare with the unit's stats file: write it
-//!    with one put only if a row changed (a redelivered duplicate file costs no write).
+//!    passes, each reading every object for its range of the bucket's device ids
+//!    ([`crate::units::pass_bounds`]), so that memory stays bounded as the fleet grows.
+//! 4. Compute the windows pass by pass, in the file's order; compare each pass's with the
+//!    unit's stats file (read along, a batch at a time) and encode them into the new file,
+//!    so that memory holds one pass's windows and the compressed file, never every window
+//!    of the unit. Write the file with one put only if a row changed (a redelivered
+//!    duplicate file costs no write).
 //! 5. Write the state, then release the lease. A crash before the state is written
 //!    leaves the old state: the next run recomputes the unit, with the same result.
 //!
@@ -29,8 +32,14 @@
 //! - Readings whose event time lies outside the hour of their folder (a writer bug) are
 //!   counted in [`UnitReport::rows_outside_partition`], logged and left out.
 
-use std::collections::BTreeSet;
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+
+use arrow_array::RecordBatch;
+use futures::stream::BoxStream;
+use object_store::PutPayload;
+use parquet::errors::ParquetError;
 
 use futures::StreamExt;
 use object_store::path::Path;
@@ -42,10 +51,10 @@ use crate::config::RollupConfig;
 use crate::io::{self, ReadError, Slice, TelemetryFile};
 use crate::lease::{self, LeaseError};
 use crate::rollup::{HOUR_MS, ROLLUP_WINDOW, RollupError, SkippedFile};
-use crate::schema::{stats_from_batch, stats_to_batch};
+use crate::schema::{stats_from_batch, stats_schema, stats_to_batch};
 use crate::state::{self, UnitState};
 use crate::stats::{Aggregator, INPUT_COLUMNS, WindowStats};
-use crate::units::Unit;
+use crate::units::{Unit, pass_bounds};
 
 /// How a unit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -236,20 +245,51 @@ async fn aggregate_unit(
         .iter()
         .map(|(_, f)| u64::try_from(f.metadata().file_metadata().num_rows()).unwrap_or(0))
         .sum();
-    let passes = if blocked.is_some() {
+    let mut passes = if blocked.is_some() {
         0
     } else {
         passes_for(hour_rows, unit.buckets, cfg.pass_readings)
     };
+    // Several passes take ranges of the bucket's device ids, drawn from every object's ids,
+    // so that each pass's windows follow the previous pass's in the file's order.
+    let mut bounds: Arc<[String]> = Arc::new([]);
+    if passes > 1 {
+        let mut pending = Vec::with_capacity(opened.len());
+        for (file, footer) in &opened {
+            let footer = footer.clone();
+            pending.push(async move {
+                io::bucket_devices(store, &file.meta, footer, unit.bucket, unit.buckets).await
+            });
+        }
+        let mut lists = futures::stream::iter(pending).buffered(concurrency);
+        let mut ids: HashSet<String> = HashSet::new();
+        while let Some(list) = lists.next().await {
+            // An object unreadable here is the first pass's to report or defer on; the
+            // ranges are drawn from the others' ids.
+            ids.extend(list.into_iter().flatten());
+        }
+        drop(lists);
+        bounds = pass_bounds(ids.into_iter().collect(), passes).into();
+        passes = u32::try_from(bounds.len() + 1).unwrap_or(u32::MAX);
+    }
     report.passes = passes;
 
-    let mut rows: Vec<WindowStats> = Vec::new();
+    // Each pass's windows are compared with the stored ones and encoded as they come: the
+    // unit holds one pass's windows (at most its readings), never all of them.
+    let stats_path = unit.stats_path(cfg);
+    let mut existing = Existing::open(store, &stats_path).await;
+    let encode_error = |source: ParquetError| RollupError::WriteStats {
+        path: stats_path.clone(),
+        source: source.into(),
+    };
+    let mut output = io::ParquetBuffer::new(stats_schema()).map_err(encode_error)?;
+    let mut last_key: Option<(String, String, i64)> = None;
     for pass in 0..passes {
         let slice = Slice {
             bucket: unit.bucket,
             buckets: unit.buckets,
             pass,
-            passes,
+            bounds: bounds.clone(),
         };
         let mut agg = Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS);
         let mut pending = Vec::with_capacity(opened.len());
@@ -259,6 +299,7 @@ async fn aggregate_unit(
                 continue;
             }
             let footer = footer.clone();
+            let slice = slice.clone();
             pending.push(async move {
                 let read = io::read_slice(store, &file.meta, footer, &INPUT_COLUMNS, slice).await;
                 (*file, read)
@@ -287,8 +328,31 @@ async fn aggregate_unit(
         if blocked.is_some() {
             break;
         }
-        rows.extend(agg.finish());
+        let windows = agg.finish();
         report.duplicates_dropped += agg.duplicates;
+        // Sorted within the pass; the passes' id ranges ascend.
+        debug_assert!(
+            windows
+                .first()
+                .is_none_or(|w| last_key.as_ref().is_none_or(|k| (
+                    k.0.as_str(),
+                    k.1.as_str(),
+                    k.2
+                ) < key_of(w))),
+            "pass {pass} of {unit} begins before the previous pass's last window"
+        );
+        if let Some(w) = windows.last() {
+            last_key = Some(w.key());
+        }
+        report.windows += windows.len();
+        report.windows_updated += existing.changed(&windows).await;
+        for chunk in windows.chunks(io::BATCH_ROWS) {
+            let batch = stats_to_batch(chunk).map_err(|source| RollupError::Encode {
+                path: stats_path.clone(),
+                source,
+            })?;
+            output.write(&batch).map_err(encode_error)?;
+        }
     }
     if report.rows_outside_partition > 0 {
         warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
@@ -308,23 +372,16 @@ async fn aggregate_unit(
         // Every new object failed to read: nothing to recompute.
         return Ok(report);
     }
-    if passes > 1 {
-        // Each pass is sorted; together they are the unit's windows in file order.
-        rows.sort_by(|a, b| {
-            (&a.device_id, &a.metric, a.window_start).cmp(&(
-                &b.device_id,
-                &b.metric,
-                b.window_start,
-            ))
-        });
-    }
-    report.windows = rows.len();
-    let stats_path = unit.stats_path(cfg);
-    let existing = read_existing(store, &stats_path).await;
-    report.windows_updated = changed_rows(existing.as_deref(), &rows);
-    if report.windows_updated > 0 || (existing.is_none() && !rows.is_empty()) {
+    // The stored rows after the last window computed are gone.
+    report.windows_updated += existing.rest().await;
+    if report.windows_updated > 0 || (!existing.intact() && report.windows > 0) {
+        let file = if report.windows == 0 {
+            None
+        } else {
+            Some(output.finish().map_err(encode_error)?)
+        };
         lease.check().map_err(lease_error)?;
-        write_stats(store, &stats_path, &rows).await?;
+        write_stats(store, &stats_path, file).await?;
         report.stats_written = true;
     }
     lease.check().map_err(lease_error)?;
@@ -346,86 +403,175 @@ async fn aggregate_unit(
     Ok(report)
 }
 
-/// Rows of `new` that differ from `old` (added, changed or removed), both sorted by key.
-fn changed_rows(old: Option<&[WindowStats]>, new: &[WindowStats]) -> usize {
-    let Some(old) = old else {
-        return new.len();
-    };
-    let (mut i, mut j, mut changed) = (0, 0, 0);
-    loop {
-        match (old.get(i), new.get(j)) {
-            (None, None) => return changed,
-            (Some(_), None) => (i, changed) = (i + 1, changed + 1),
-            (None, Some(_)) => (j, changed) = (j + 1, changed + 1),
-            (Some(a), Some(b)) => match a.key().cmp(&b.key()) {
-                std::cmp::Ordering::Less => (i, changed) = (i + 1, changed + 1),
-                std::cmp::Ordering::Greater => (j, changed) = (j + 1, changed + 1),
-                std::cmp::Ordering::Equal => {
-                    changed += usize::from(a != b);
-                    (i, j) = (i + 1, j + 1);
-                }
-            },
-        }
-    }
+/// A window's identity, borrowed: the stats files' order.
+fn key_of(w: &WindowStats) -> (&str, &str, i64) {
+    (&w.device_id, &w.metric, w.window_start)
 }
 
-/// Writes the unit's rows, or removes its file when the bucket holds no reading (no
-/// empty files for readers to open).
+/// Writes the unit's stats file, or removes it when the bucket holds no reading (`None`: no
+/// stale stats left behind).
 async fn write_stats(
     store: &Arc<dyn ObjectStore>,
     path: &str,
-    rows: &[WindowStats],
+    file: Option<Vec<u8>>,
 ) -> Result<(), RollupError> {
-    if rows.is_empty() {
-        return match store.delete(&Path::from(path)).await {
+    let written = match file {
+        Some(bytes) => store
+            .put(&Path::from(path), PutPayload::from(bytes))
+            .await
+            .map(drop),
+        None => match store.delete(&Path::from(path)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(RollupError::WriteStats {
-                path: path.to_string(),
-                source: source.into(),
-            }),
-        };
-    }
-    let batch = stats_to_batch(rows).map_err(|source| RollupError::Encode {
+            Err(e) => Err(e),
+        },
+    };
+    written.map_err(|source| RollupError::WriteStats {
         path: path.to_string(),
-        source,
-    })?;
-    io::write_parquet(store, path, &batch)
-        .await
-        .map_err(|source| RollupError::WriteStats {
-            path: path.to_string(),
-            source,
-        })
+        source: source.into(),
+    })
 }
 
-/// The rows of the unit's existing stats file, sorted by key; `None` when it is missing
-/// or unreadable (logged) — the file is then rewritten.
-async fn read_existing(store: &Arc<dyn ObjectStore>, path: &str) -> Option<Vec<WindowStats>> {
-    let meta = match store.head(&Path::from(path)).await {
-        Ok(meta) => meta,
-        Err(object_store::Error::NotFound { .. }) => return None,
-        Err(error) => {
-            warn!(path, %error, "existing stats unreadable; rewriting them");
-            return None;
+/// The unit's existing stats file, read a batch at a time while the new windows are
+/// compared with it in key order (it was written in that order): only one batch of it is
+/// held. A missing file, or one that cannot be read or is not in key order (logged), is
+/// not [`Existing::intact`]: the unit's file is then rewritten.
+struct Existing {
+    path: String,
+    found: bool,
+    failed: bool,
+    stream: Option<BoxStream<'static, Result<RecordBatch, ReadError>>>,
+    /// The rest of the current batch's rows.
+    rows: std::vec::IntoIter<WindowStats>,
+    /// The next row, read but not yet compared.
+    head: Option<WindowStats>,
+    /// The last row compared: the next must follow it.
+    prev: Option<WindowStats>,
+}
+
+impl Existing {
+    async fn open(store: &Arc<dyn ObjectStore>, path: &str) -> Self {
+        let mut existing = Self {
+            path: path.to_string(),
+            found: false,
+            failed: false,
+            stream: None,
+            rows: Vec::new().into_iter(),
+            head: None,
+            prev: None,
+        };
+        let meta = match store.head(&Path::from(path)).await {
+            Ok(meta) => meta,
+            Err(object_store::Error::NotFound { .. }) => return existing,
+            Err(error) => {
+                existing.fail(&error);
+                return existing;
+            }
+        };
+        existing.found = true;
+        match io::stream_parquet(store, &meta).await {
+            Ok(stream) => existing.stream = Some(stream),
+            Err(error) => existing.fail(&error),
         }
-    };
-    let rows = match io::read_parquet(store, &meta, None).await {
-        Ok(batches) => batches
-            .iter()
-            .map(stats_from_batch)
-            .collect::<Result<Vec<_>, _>>()
-            .map(|parts| parts.concat())
-            .map_err(ReadError::from),
-        Err(e) => Err(e),
-    };
-    match rows {
-        Ok(mut rows) => {
-            rows.sort_by_key(WindowStats::key);
-            Some(rows)
+        existing
+    }
+
+    /// Whether the file was there and read whole, in order (so far).
+    fn intact(&self) -> bool {
+        self.found && !self.failed
+    }
+
+    fn fail(&mut self, error: &dyn std::fmt::Display) {
+        warn!(path = %self.path, %error, "existing stats unreadable; rewriting them");
+        self.failed = true;
+        self.stream = None;
+        self.rows = Vec::new().into_iter();
+        self.head = None;
+    }
+
+    async fn peek(&mut self) -> Option<&WindowStats> {
+        if self.head.is_none() {
+            self.head = self.next_row().await;
         }
-        Err(error) => {
-            warn!(path, %error, "existing stats unreadable; rewriting them");
-            None
+        self.head.as_ref()
+    }
+
+    /// Marks the peeked row compared.
+    fn take(&mut self) {
+        self.prev = self.head.take();
+    }
+
+    async fn next_row(&mut self) -> Option<WindowStats> {
+        loop {
+            if let Some(row) = self.rows.next() {
+                if self
+                    .prev
+                    .as_ref()
+                    .is_some_and(|p| key_of(p) >= key_of(&row))
+                {
+                    self.fail(&"rows not in (device_id, metric, window_start) order");
+                    return None;
+                }
+                return Some(row);
+            }
+            let next = self.stream.as_mut()?.next().await;
+            match next {
+                None => {
+                    self.stream = None;
+                    return None;
+                }
+                Some(Ok(batch)) => match stats_from_batch(&batch) {
+                    Ok(rows) => self.rows = rows.into_iter(),
+                    Err(error) => {
+                        self.fail(&error);
+                        return None;
+                    }
+                },
+                Some(Err(error)) => {
+                    self.fail(&error);
+                    return None;
+                }
+            }
         }
+    }
+
+    /// Rows of `new` (sorted by key, and after every window of earlier calls) added or
+    /// changed, plus the stored rows before `new`'s last that it no longer holds.
+    async fn changed(&mut self, new: &[WindowStats]) -> usize {
+        let mut changed = 0;
+        for b in new {
+            loop {
+                let Some(a) = self.peek().await else {
+                    changed += 1;
+                    break;
+                };
+                match key_of(a).cmp(&key_of(b)) {
+                    Ordering::Less => {
+                        changed += 1;
+                        self.take();
+                    }
+                    Ordering::Equal => {
+                        changed += usize::from(a != b);
+                        self.take();
+                        break;
+                    }
+                    Ordering::Greater => {
+                        changed += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
+    /// Stored rows not compared yet: removed.
+    async fn rest(&mut self) -> usize {
+        let mut removed = 0;
+        while self.peek().await.is_some() {
+            removed += 1;
+            self.take();
+        }
+        removed
     }
 }
 

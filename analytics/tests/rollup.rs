@@ -846,3 +846,69 @@ async fn a_unit_over_its_pass_budget_is_aggregated_in_passes_with_the_same_resul
         assert_eq!(query_all(&store).await, query_all(&reference).await);
     }
 }
+
+#[tokio::test]
+async fn late_data_in_a_unit_of_several_passes_updates_only_its_windows_and_a_disordered_file_is_rewritten()
+ {
+    // The late readings: one more in an existing window of the first device in id order,
+    // one in a new window of the last (so the first and the last pass each change a row).
+    let late = [
+        reading("sensor-0000", 100, H16 + 1_000, "temperature", 42.0),
+        reading("sensor-0199", 100, H16 + 59 * MINUTE, "humidity", 7.0),
+    ];
+    let buckets = 4;
+    let reference = store();
+    fleet_hour(&reference, 200, 12).await;
+    put_file(&reference, "late.parquet", &late).await;
+    let one_pass = RollupConfig {
+        buckets,
+        ..RollupConfig::default()
+    };
+    rollup_with(&reference, &one_pass).await;
+    let expected = stats_files(&reference, H16).await;
+
+    let cfg = RollupConfig {
+        pass_readings: 300,
+        ..one_pass
+    };
+    let store = store();
+    fleet_hour(&store, 200, 12).await;
+    let first = rollup_with(&store, &cfg).await;
+    assert!(first.unit_passes >= 8, "{first:?}");
+    let before = stats_files(&store, H16).await;
+    put_file(&store, "late.parquet", &late).await;
+    let report = rollup_with(&store, &cfg).await;
+    assert!(report.unit_passes >= 4, "{report:?}");
+    assert_eq!(report.windows_updated, 2, "{report:?}");
+    let after = stats_files(&store, H16).await;
+    assert_eq!(after, expected);
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(path, rows)| before.get(*path) != Some(rows))
+        .map(|(path, _)| path.clone())
+        .collect();
+    assert_eq!(report.stats_files_written, changed.len(), "{changed:?}");
+
+    // A unit's stats file whose rows are not in key order (not one this rollup writes) is
+    // not trusted for the comparison: the unit rewrites it whole.
+    let (path, rows) = after.iter().next().unwrap();
+    let reversed: Vec<_> = rows.iter().rev().cloned().collect();
+    let bytes =
+        analytics::io::encode_parquet(&analytics::schema::stats_to_batch(&reversed).unwrap())
+            .unwrap();
+    store
+        .put(&Path::from(path.as_str()), bytes.into())
+        .await
+        .unwrap();
+    let state = path
+        .replace("stats/window=1m/", "stats/_state/window=1m/")
+        .replace(".parquet", ".json");
+    store.delete(&Path::from(state)).await.unwrap();
+    let full_scan = RollupConfig {
+        full_scan: true,
+        ..cfg
+    };
+    let report = rollup_with(&store, &full_scan).await;
+    assert_eq!(report.stats_files_written, 1, "{report:?}");
+    assert_eq!(stats_files(&store, H16).await, expected);
+}

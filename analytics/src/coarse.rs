@@ -35,7 +35,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::FutureExt;
+use arrow_array::RecordBatch;
+use futures::stream::BoxStream;
+use futures::{FutureExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
@@ -509,7 +511,8 @@ async fn derive_hour_file(
     let mut report = CoarseReport::default();
     let mut per_device = Runs::default();
     let mut fleet = Groups::default();
-    for batch in read_batches(store, meta, &mut report).await? {
+    let mut batches = read_batches(store, meta).await?;
+    while let Some(batch) = next_batch(meta, &mut batches, &mut report).await? {
         for row in rows_of(meta, &batch)? {
             let sketch = row.decode_sketch().map_err(|source| CoarseError::Sketch {
                 path: meta.location.to_string(),
@@ -538,7 +541,8 @@ async fn add_file(
     groups: &mut Groups,
     report: &mut CoarseReport,
 ) -> Result<(), CoarseError> {
-    for batch in read_batches(store, meta, report).await? {
+    let mut batches = read_batches(store, meta).await?;
+    while let Some(batch) = next_batch(meta, &mut batches, report).await? {
         for row in rows_of(meta, &batch)? {
             let id = device.unwrap_or(row.device_id.as_str());
             groups
@@ -622,23 +626,41 @@ async fn visible_files(
     Ok(files)
 }
 
-/// The record batches of one stats file, decoded to rows one batch at a time by the
-/// caller ([`rows_of`]): Arrow's columns are far more compact than the rows, so a file's
-/// peak is one batch of rows.
+/// The record batches of one stats file, read one at a time ([`next_batch`]) and decoded
+/// to rows one batch at a time by the caller ([`rows_of`]): a file's peak is one batch,
+/// whatever the unit's number of windows.
 async fn read_batches(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
-    report: &mut CoarseReport,
-) -> Result<Vec<arrow_array::RecordBatch>, CoarseError> {
-    let batches = io::read_parquet(store, meta, None)
+) -> Result<BoxStream<'static, Result<RecordBatch, ReadError>>, CoarseError> {
+    io::stream_parquet(store, meta)
         .await
         .map_err(|source| CoarseError::Read {
             path: meta.location.to_string(),
             source,
-        })?;
-    report.files_read += 1;
-    report.rows_read += batches.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-    Ok(batches)
+        })
+}
+
+/// The next batch of [`read_batches`], counted in `report` (the file when it ends).
+async fn next_batch(
+    meta: &ObjectMeta,
+    batches: &mut BoxStream<'static, Result<RecordBatch, ReadError>>,
+    report: &mut CoarseReport,
+) -> Result<Option<RecordBatch>, CoarseError> {
+    match batches.try_next().await {
+        Ok(Some(batch)) => {
+            report.rows_read += batch.num_rows() as u64;
+            Ok(Some(batch))
+        }
+        Ok(None) => {
+            report.files_read += 1;
+            Ok(None)
+        }
+        Err(source) => Err(CoarseError::Read {
+            path: meta.location.to_string(),
+            source,
+        }),
+    }
 }
 
 /// The rows of one batch of the stats file `meta`.

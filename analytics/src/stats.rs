@@ -302,10 +302,15 @@ pub(crate) struct Aggregator {
     device_memo: DictMemo<u32>,
     metric_memo: DictMemo<u32>,
     readings: Vec<Compact>,
+    /// Whether `readings` were sorted (input has ended), and their names' ids by rank.
+    sorted: bool,
+    by_name: Vec<u32>,
+    /// The next reading [`Aggregator::next_windows`] looks at.
+    cursor: usize,
     /// Rows fed in.
     pub(crate) rows: u64,
     /// Rows dropped as repeats of an earlier (device, seq, event time, metric); known
-    /// after [`Aggregator::finish`].
+    /// after [`Aggregator::finish`] (or the last [`Aggregator::next_windows`]).
     pub(crate) duplicates: u64,
     /// Rows ignored because their event time is outside `bounds`.
     pub(crate) outside: u64,
@@ -321,6 +326,9 @@ impl Aggregator {
             device_memo: DictMemo::default(),
             metric_memo: DictMemo::default(),
             readings: Vec::new(),
+            sorted: false,
+            by_name: Vec::new(),
+            cursor: 0,
             rows: 0,
             duplicates: 0,
             outside: 0,
@@ -347,6 +355,7 @@ impl Aggregator {
     }
 
     fn add_rows(&mut self, rows: &Rows<'_>) {
+        debug_assert!(!self.sorted, "input after the first window was given");
         let devices = self.names.column(&rows.device, &mut self.device_memo);
         let metrics = self.names.column(&rows.metric, &mut self.metric_memo);
         let readings = devices
@@ -381,32 +390,27 @@ impl Aggregator {
     /// The statistics of every window, sorted by (`device_id`, `metric`,
     /// `window_start`); counts the duplicates dropped.
     pub(crate) fn finish(&mut self) -> Vec<WindowStats> {
+        self.next_windows(usize::MAX)
+    }
+
+    /// The next (at most) `max` windows in (`device_id`, `metric`, `window_start`) order,
+    /// empty once every window was given: the caller holds a chunk of windows at a time,
+    /// never every window of the input (a window's row is ~10× a reading's). The first call
+    /// ends the input; [`Aggregator::duplicates`] is known once the last window is given.
+    pub(crate) fn next_windows(&mut self, max: usize) -> Vec<WindowStats> {
+        self.sort();
         let names = &self.names;
-        // Sort on the names' ranks rather than the names: integer comparisons instead of
-        // string comparisons, and the output comes out in file order.
-        let mut by_name: Vec<u32> = (0..names.names.len() as u32).collect();
-        by_name.sort_unstable_by(|&a, &b| names.name(a).cmp(names.name(b)));
-        let mut rank = vec![0u32; by_name.len()];
-        for (r, &id) in by_name.iter().enumerate() {
-            if let Some(slot) = rank.get_mut(id as usize) {
-                *slot = r as u32;
-            }
-        }
-        let rank_of = |id: u32| rank.get(id as usize).copied().unwrap_or(u32::MAX);
-        let mut readings = std::mem::take(&mut self.readings);
-        for r in &mut readings {
-            r.device = rank_of(r.device);
-            r.metric = rank_of(r.metric);
-        }
-        readings.sort_unstable_by_key(|r| (r.device, r.metric, r.event_time, r.seq, r.order));
+        let by_name = &self.by_name;
         // Names by rank, for the output.
         let name_of = |r: u32| by_name.get(r as usize).map_or("", |&id| names.name(id));
-
+        let readings = &self.readings;
         let mut out = Vec::new();
         let mut values: Vec<f64> = Vec::new();
         let mut duplicates = 0;
-        let mut i = 0;
-        while let Some(first) = readings.get(i) {
+        let mut i = self.cursor;
+        while out.len() < max
+            && let Some(first) = readings.get(i)
+        {
             let start = self.window.start_of(first.event_time);
             let end = start.saturating_add(self.window.millis());
             values.clear();
@@ -438,8 +442,42 @@ impl Aggregator {
                 out.push(stats);
             }
         }
+        self.cursor = i;
         self.duplicates += duplicates;
+        if self.cursor >= self.readings.len() {
+            // Every window given: the readings' memory goes back now, not when the
+            // aggregator is dropped.
+            self.readings = Vec::new();
+            self.cursor = 0;
+        }
         out
+    }
+
+    /// Sorts the readings once, before the first window is given.
+    fn sort(&mut self) {
+        if self.sorted {
+            return;
+        }
+        self.sorted = true;
+        let names = &self.names;
+        // Sort on the names' ranks rather than the names: integer comparisons instead of
+        // string comparisons, and the output comes out in file order.
+        let mut by_name: Vec<u32> = (0..names.names.len() as u32).collect();
+        by_name.sort_unstable_by(|&a, &b| names.name(a).cmp(names.name(b)));
+        let mut rank = vec![0u32; by_name.len()];
+        for (r, &id) in by_name.iter().enumerate() {
+            if let Some(slot) = rank.get_mut(id as usize) {
+                *slot = r as u32;
+            }
+        }
+        let rank_of = |id: u32| rank.get(id as usize).copied().unwrap_or(u32::MAX);
+        for r in &mut self.readings {
+            r.device = rank_of(r.device);
+            r.metric = rank_of(r.metric);
+        }
+        self.readings
+            .sort_unstable_by_key(|r| (r.device, r.metric, r.event_time, r.seq, r.order));
+        self.by_name = by_name;
     }
 }
 
@@ -555,6 +593,44 @@ mod tests {
         assert!((stats[0].stddev.unwrap() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
         assert_eq!(stats[1].count, 1);
         assert_eq!(stats[1].stddev, None);
+    }
+
+    #[test]
+    fn windows_given_in_chunks_are_the_windows_given_at_once() {
+        // 7 devices × 2 metrics × 3 minutes, each reading twice (a redelivery), given in
+        // device order reversed so that the sort has work to do.
+        let mut readings = Vec::new();
+        for d in (0..7).rev() {
+            for seq in 0..9 {
+                for metric in ["t", "h"] {
+                    let r = reading(&format!("d{d}"), seq, seq * 20_000, metric, seq as f64);
+                    readings.push(r.clone());
+                    readings.push(r);
+                }
+            }
+        }
+        let batch = readings_to_batch(&readings).unwrap();
+        let mut whole = Aggregator::new(Window::M1);
+        whole.add_file(std::slice::from_ref(&batch)).unwrap();
+        let expected = whole.finish();
+        assert_eq!(expected.len(), 7 * 2 * 3);
+        for chunk in [1, 4, 5, 42, 1000] {
+            let mut agg = Aggregator::new(Window::M1);
+            agg.add_file(std::slice::from_ref(&batch)).unwrap();
+            let mut got = Vec::new();
+            loop {
+                let windows = agg.next_windows(chunk);
+                assert!(windows.len() <= chunk);
+                if windows.is_empty() {
+                    break;
+                }
+                got.extend(windows);
+            }
+            assert_eq!(got, expected, "chunks of {chunk}");
+            assert_eq!(agg.duplicates, whole.duplicates, "chunks of {chunk}");
+            assert_eq!(agg.duplicates, 7 * 2 * 9);
+            assert!(agg.next_windows(chunk).is_empty());
+        }
     }
 
     #[test]

@@ -13,9 +13,9 @@
 //!    passes, each reading every object for its range of the bucket's device ids
 //!    ([`crate::units::pass_bounds`]), so that memory stays bounded as the fleet grows.
 //! 4. Compute the windows pass by pass, in the file's order; compare each pass's with the
-//!    unit's stats file (read along, a batch at a time) and encode them into the new file,
-//!    so that memory holds one pass's windows and the compressed file, never every window
-//!    of the unit. Write the file with one put only if a row changed (a redelivered
+//!    unit's stats file (read along, a batch at a time) and encode them into the new file
+//!    a chunk at a time, so that memory holds one pass's readings, a chunk of windows and
+//!    the compressed file, never every window of the unit. Write the file with one put only if a row changed (a redelivered
 //!    duplicate file costs no write).
 //! 5. Write the state, then release the lease. A crash before the state is written
 //!    leaves the old state: the next run recomputes the unit, with the same result.
@@ -274,8 +274,9 @@ async fn aggregate_unit(
     }
     report.passes = passes;
 
-    // Each pass's windows are compared with the stored ones and encoded as they come: the
-    // unit holds one pass's windows (at most its readings), never all of them.
+    // Each pass's windows are compared with the stored ones and encoded as they come, a
+    // chunk at a time: the unit holds one pass's readings and a chunk of windows, never
+    // every window of the unit.
     let stats_path = unit.stats_path(cfg);
     let mut existing = Existing::open(store, &stats_path).await;
     let encode_error = |source: ParquetError| RollupError::WriteStats {
@@ -328,31 +329,33 @@ async fn aggregate_unit(
         if blocked.is_some() {
             break;
         }
-        let windows = agg.finish();
-        report.duplicates_dropped += agg.duplicates;
-        // Sorted within the pass; the passes' id ranges ascend.
-        debug_assert!(
-            windows
-                .first()
-                .is_none_or(|w| last_key.as_ref().is_none_or(|k| (
-                    k.0.as_str(),
-                    k.1.as_str(),
-                    k.2
-                ) < key_of(w))),
-            "pass {pass} of {unit} begins before the previous pass's last window"
-        );
-        if let Some(w) = windows.last() {
-            last_key = Some(w.key());
-        }
-        report.windows += windows.len();
-        report.windows_updated += existing.changed(&windows).await;
-        for chunk in windows.chunks(io::BATCH_ROWS) {
-            let batch = stats_to_batch(chunk).map_err(|source| RollupError::Encode {
+        // A chunk of windows at a time: compared, encoded, dropped.
+        loop {
+            let windows = agg.next_windows(io::BATCH_ROWS);
+            let Some(last) = windows.last() else {
+                break;
+            };
+            // Sorted within the pass; the passes' id ranges ascend.
+            debug_assert!(
+                windows
+                    .first()
+                    .is_none_or(|w| last_key.as_ref().is_none_or(|k| (
+                        k.0.as_str(),
+                        k.1.as_str(),
+                        k.2
+                    ) < key_of(w))),
+                "windows of pass {pass} of {unit} out of order"
+            );
+            last_key = Some(last.key());
+            report.windows += windows.len();
+            report.windows_updated += existing.changed(&windows).await;
+            let batch = stats_to_batch(&windows).map_err(|source| RollupError::Encode {
                 path: stats_path.clone(),
                 source,
             })?;
             output.write(&batch).map_err(encode_error)?;
         }
+        report.duplicates_dropped += agg.duplicates;
     }
     if report.rows_outside_partition > 0 {
         warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");

@@ -158,11 +158,7 @@ pub async fn read_parquet(
     meta: &ObjectMeta,
     columns: Option<&[&'static str]>,
 ) -> Result<Vec<RecordBatch>, ReadError> {
-    let reader = StoreReader {
-        store: store.clone(),
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let reader = StoreReader::new(store, meta);
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let mask = match columns {
         Some(names) => {
@@ -190,11 +186,7 @@ pub async fn open_telemetry(
     meta: &ObjectMeta,
     columns: &[&'static str],
 ) -> Result<ArrowReaderMetadata, ReadError> {
-    let mut reader = StoreReader {
-        store: store.clone(),
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let mut reader = StoreReader::new(store, meta);
     let footer = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new()).await?;
     for name in columns.iter().chain(&["device_id"]) {
         if footer.schema().field_with_name(name).is_err() {
@@ -257,11 +249,7 @@ pub async fn read_slice(
     columns: &[&'static str],
     slice: Slice,
 ) -> Result<Vec<RecordBatch>, ReadError> {
-    let reader = StoreReader {
-        store: store.clone(),
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let reader = StoreReader::new(store, meta);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
     let mask = ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     let mut stream_builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
@@ -303,11 +291,7 @@ pub async fn bucket_devices(
     bucket: u32,
     buckets: u32,
 ) -> Result<Vec<String>, ReadError> {
-    let reader = StoreReader {
-        store: store.clone(),
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let reader = StoreReader::new(store, meta);
     let builder = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, footer);
     let mask = ProjectionMask::columns(builder.parquet_schema(), ["device_id"]);
     let mut stream = builder
@@ -344,11 +328,7 @@ pub async fn stream_parquet(
     store: &Arc<dyn ObjectStore>,
     meta: &ObjectMeta,
 ) -> Result<BoxStream<'static, Result<RecordBatch, ReadError>>, ReadError> {
-    let reader = StoreReader {
-        store: store.clone(),
-        path: meta.location.clone(),
-        size: meta.size,
-    };
+    let reader = StoreReader::new(store, meta);
     let stream = ParquetRecordBatchStreamBuilder::new(reader)
         .await?
         .with_batch_size(BATCH_ROWS)
@@ -421,6 +401,16 @@ struct StoreReader {
 
 fn external(e: object_store::Error) -> ParquetError {
     ParquetError::External(Box::new(e))
+}
+
+impl StoreReader {
+    fn new(store: &Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Self {
+        Self {
+            store: store.clone(),
+            path: meta.location.clone(),
+            size: meta.size,
+        }
+    }
 }
 
 impl AsyncFileReader for StoreReader {

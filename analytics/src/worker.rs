@@ -360,6 +360,10 @@ async fn aggregate_unit(
     if report.rows_outside_partition > 0 {
         warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
     }
+    if blocked.is_some() || next == previous {
+        // Computed but not stored: no window was written or changed.
+        (report.windows, report.windows_updated) = (0, 0);
+    }
     if let Some((path, error)) = blocked {
         warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
         report.skipped_files.push(SkippedFile {

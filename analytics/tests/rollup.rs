@@ -297,6 +297,7 @@ async fn a_corrupt_file_is_reported_and_retried_by_later_runs() {
     assert_eq!(second.new_files, 1);
     assert_eq!(second.skipped_files.len(), second.units_planned);
     assert_eq!(second.state_objects_written, 0);
+    assert_eq!(second.windows_updated, 0);
     assert_eq!(snapshot(&store).await, before);
 
     // Readable now (the failure was transient): its readings are aggregated.
@@ -375,6 +376,7 @@ async fn an_aggregated_file_that_cannot_be_reread_defers_its_partition() {
         .expect("a is reported");
     assert!(d_unit.reason.contains("deferred"), "{}", d_unit.reason);
     assert!(report.units_deferred >= 1);
+    assert_eq!(report.windows_updated, 0);
     assert_eq!(
         report.stats_files_written, 0,
         "windows must not lose a's readings"

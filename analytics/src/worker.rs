@@ -15,8 +15,8 @@
 //! 4. Compute the windows pass by pass, in the file's order; compare each pass's with the
 //!    unit's stats file (read along, a batch at a time) and encode them into the new file
 //!    a chunk at a time, so that memory holds one pass's readings, a chunk of windows and
-//!    the compressed file, never every window of the unit. Write the file with one put only if a row changed (a redelivered
-//!    duplicate file costs no write).
+//!    the compressed file, never every window of the unit. Write the file with one put
+//!    only if a row changed (a redelivered duplicate file costs no write).
 //! 5. Write the state, then release the lease. A crash before the state is written
 //!    leaves the old state: the next run recomputes the unit, with the same result.
 //!

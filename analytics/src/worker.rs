@@ -37,13 +37,11 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
-use futures::stream::BoxStream;
-use object_store::PutPayload;
-use parquet::errors::ParquetError;
-
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::errors::ParquetError;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 

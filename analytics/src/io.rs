@@ -213,16 +213,6 @@ pub struct Slice {
 }
 
 impl Slice {
-    /// The whole of bucket `bucket` of `buckets`, in one pass.
-    pub fn bucket(bucket: u32, buckets: u32) -> Self {
-        Self {
-            bucket,
-            buckets,
-            pass: 0,
-            bounds: Arc::new([]),
-        }
-    }
-
     /// Whether the slice is every device (nothing to filter).
     fn is_everything(&self) -> bool {
         self.buckets <= 1 && self.bounds.is_empty()

@@ -177,8 +177,8 @@ struct RollupArgs {
     data: DataArg,
     /// Units (one device-hash bucket of one hour) aggregated at once, each on a core of
     /// its own [default: the number of cores, at most 8]. Each holds about 300 bytes per
-    /// reading of its unit at its peak, so memory grows with this; time shrinks with it up
-    /// to the number of cores. The rollup Lambda runs one (`--workers 1` predicts its
+    /// reading of its current pass (at most `--pass-readings`) at its peak, so memory grows
+    /// with this; time shrinks with it up to the number of cores. The rollup Lambda runs one (`--workers 1` predicts its
     /// REPORT line's Max Memory Used).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,

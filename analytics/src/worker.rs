@@ -438,8 +438,9 @@ async fn write_stats(
 
 /// The unit's existing stats file, read a batch at a time while the new windows are
 /// compared with it in key order (it was written in that order): only one batch of it is
-/// held. A missing file, or one that cannot be read or is not in key order (logged), is
-/// not [`Existing::intact`]: the unit's file is then rewritten.
+/// held. A missing file, or one that cannot be read (logged), is not
+/// [`Existing::intact`]: the unit's file is then rewritten. (A file out of key order needs
+/// no check: its rows do not line up with the new ones, so they count as changed.)
 struct Existing {
     path: String,
     found: bool,
@@ -449,8 +450,6 @@ struct Existing {
     rows: std::vec::IntoIter<WindowStats>,
     /// The next row, read but not yet compared.
     head: Option<WindowStats>,
-    /// The last row compared: the next must follow it.
-    prev: Option<WindowStats>,
 }
 
 impl Existing {
@@ -462,7 +461,6 @@ impl Existing {
             stream: None,
             rows: Vec::new().into_iter(),
             head: None,
-            prev: None,
         };
         let meta = match store.head(&Path::from(path)).await {
             Ok(meta) => meta,
@@ -502,20 +500,12 @@ impl Existing {
 
     /// Marks the peeked row compared.
     fn take(&mut self) {
-        self.prev = self.head.take();
+        self.head = None;
     }
 
     async fn next_row(&mut self) -> Option<WindowStats> {
         loop {
             if let Some(row) = self.rows.next() {
-                if self
-                    .prev
-                    .as_ref()
-                    .is_some_and(|p| key_of(p) >= key_of(&row))
-                {
-                    self.fail(&"rows not in (device_id, metric, window_start) order");
-                    return None;
-                }
                 return Some(row);
             }
             let next = self.stream.as_mut()?.next().await;

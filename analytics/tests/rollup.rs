@@ -891,8 +891,8 @@ async fn late_data_in_a_unit_of_several_passes_updates_only_its_windows_and_a_di
         .collect();
     assert_eq!(report.stats_files_written, changed.len(), "{changed:?}");
 
-    // A unit's stats file whose rows are not in key order (not one this rollup writes) is
-    // not trusted for the comparison: the unit rewrites it whole.
+    // A unit's stats file whose rows are not in key order (not one this rollup writes)
+    // does not line up with the new windows: the unit rewrites it, in order.
     let (path, rows) = after.iter().next().unwrap();
     let reversed: Vec<_> = rows.iter().rev().cloned().collect();
     let bytes =

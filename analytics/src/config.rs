@@ -25,9 +25,10 @@ pub const DEFAULT_PENDING_PREFIX: &str = telemetry::layout::ROLLUP_PENDING_PREFI
 /// 80 MB per unit. See BENCHMARKS.md for the ceiling per Lambda memory size.
 pub const DEFAULT_BUCKETS: u32 = 16;
 /// Default most readings one pass of a unit aggregates ([`RollupConfig::pass_readings`])
-/// in a local run: at [`PASS_BYTES_PER_READING`], about 60 MB; the seeded 10,000-device
-/// file of `bench/compare.sh` (3 M readings in one hour, 16 buckets) needs one pass per
-/// unit. The rollup functions size it from their memory ([`pass_readings_for_memory`]).
+/// in a local `iotpipe rollup`: at [`PASS_BYTES_PER_READING`], about 60 MB per worker; the
+/// seeded 10,000-device file of `bench/compare.sh` (3 M readings in one hour, 16 buckets)
+/// needs one pass per unit. The rollup functions, and the local stack that emulates them,
+/// size it from their memory ([`pass_readings_for_memory`]).
 pub const DEFAULT_PASS_READINGS: u64 = 200_000;
 /// Memory one reading of a unit's pass takes at the pass's peak, measured (the compact row,
 /// the decoded batches and the sort; BENCHMARKS.md): sizes the passes from a memory budget.

@@ -7,7 +7,7 @@
 //!                 SendMessageBatch (≤ 10 entries, ≤ 256 KiB) ─▶ units queue ─▶ event-source mapping
 //!                                                                    (MaximumConcurrency cap)
 //!                                                                          ▼
-//!                         rollup-worker: one unit per record ─▶ worker::run_unit under its lease
+//!                         rollup-worker: one unit per record ─▶ worker::run_hour under their leases
 //!                         → SqsBatchResponse (only the failed units are retried; after
 //!                           maxReceiveCount they go to the dead-letter queue)
 //! ```
@@ -345,8 +345,10 @@ impl UnitQueue for SqsUnitQueue {
     }
 }
 
-/// The worker invocation: one unit per SQS record, one after the other (memory stays one
-/// unit's), each under its lease. A unit that failed, was busy (another worker holds it)
+/// The worker invocation: one unit per SQS record, each under its lease; the units of an
+/// hour are read together when they fit one pass of [`RollupConfig::pass_readings`]
+/// ([`worker::run_hour`]: each object decoded once for them all), otherwise one after the
+/// other (memory stays one pass's). A unit that failed, was busy (another worker holds it)
 /// or deferred — and a record whose body is not a unit — is reported in
 /// `batchItemFailures`, so SQS redelivers only those after the visibility timeout (and
 /// moves them to the dead-letter queue after `maxReceiveCount`). Records not started
@@ -389,24 +391,22 @@ pub async fn handle_units_reporting(
     let mut response = SqsBatchResponse::default();
     let mut units = Vec::new();
     let mut errors = Vec::new();
-    let mut slowest = Duration::ZERO;
-    for (i, record) in event.records.into_iter().enumerate() {
+    let fail = |response: &mut SqsBatchResponse, id: &str, reason: &str| {
+        warn!(message_id = %id, reason, "unit not done; SQS redelivers it");
+        let mut failure = BatchItemFailure::default();
+        failure.item_identifier = id.to_string();
+        response.batch_item_failures.push(failure);
+    };
+    // The batch's units by hour, in order (a unit given twice goes to a later group):
+    // the units of an hour are read together ([`worker::run_hour`]).
+    let mut groups: Vec<Vec<(String, Unit)>> = Vec::new();
+    for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
-        let mut fail = |reason: &str| {
-            warn!(message_id = %id, reason, "unit not done; SQS redelivers it");
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id.clone();
-            response.batch_item_failures.push(failure);
-        };
-        if i > 0 && !crate::rollup::time_for_another(deadline, slowest) {
-            fail("deadline near");
-            continue;
-        }
         let message: UnitMessage =
             match serde_json::from_str(record.body.as_deref().unwrap_or_default()) {
                 Ok(m) => m,
                 Err(e) => {
-                    fail(&format!("not a unit message: {e}"));
+                    fail(&mut response, &id, &format!("not a unit message: {e}"));
                     continue;
                 }
             };
@@ -417,30 +417,59 @@ pub async fn handle_units_reporting(
             warn!(unit = %message.unit, buckets = cfg.buckets, "unit of another bucket count; dropped");
             continue;
         }
-        let started = Instant::now();
-        let result = worker::run_unit(store, cfg, &message.unit, owner).await;
-        slowest = slowest.max(started.elapsed());
-        match result {
-            Ok(report) => {
-                for skipped in &report.skipped_files {
-                    if let Err(e) = pending::ensure(store, &cfg.pending_prefix, &skipped.path).await
-                    {
-                        warn!(path = %skipped.path, error = %e, "cannot mark a skipped object");
-                    }
-                }
-                match report.outcome {
-                    UnitOutcome::Done | UnitOutcome::UpToDate => {
-                        info!(unit = %message.unit, outcome = ?report.outcome, "unit rolled up");
-                    }
-                    UnitOutcome::Busy => fail("busy: another worker holds its lease"),
-                    UnitOutcome::Deferred => fail("deferred: an aggregated object is unreadable"),
-                }
-                units.push(report);
+        let unit = message.unit;
+        let group = groups.iter_mut().find(|g| {
+            g.first()
+                .is_some_and(|(_, u)| u.partition == unit.partition)
+                && g.iter().all(|(_, u)| *u != unit)
+        });
+        match group {
+            Some(group) => group.push((id, unit)),
+            None => groups.push(vec![(id, unit)]),
+        }
+    }
+    let mut slowest = Duration::ZERO;
+    for (g, group) in groups.into_iter().enumerate() {
+        if g > 0 && !crate::rollup::time_for_another(deadline, slowest) {
+            for (id, _) in &group {
+                fail(&mut response, id, "deadline near");
             }
-            Err(e) => {
-                let e = e.to_string();
-                fail(&e);
-                errors.push(format!("unit {}: {e}", message.unit));
+            continue;
+        }
+        let started = Instant::now();
+        let hour: Vec<Unit> = group.iter().map(|(_, u)| u.clone()).collect();
+        let results = worker::run_hour(store, cfg, &hour, owner).await;
+        slowest = slowest.max(started.elapsed());
+        for ((id, unit), result) in group.into_iter().zip(results) {
+            match result {
+                Ok(report) => {
+                    for skipped in &report.skipped_files {
+                        if let Err(e) =
+                            pending::ensure(store, &cfg.pending_prefix, &skipped.path).await
+                        {
+                            warn!(path = %skipped.path, error = %e, "cannot mark a skipped object");
+                        }
+                    }
+                    match report.outcome {
+                        UnitOutcome::Done | UnitOutcome::UpToDate => {
+                            info!(%unit, outcome = ?report.outcome, "unit rolled up");
+                        }
+                        UnitOutcome::Busy => {
+                            fail(&mut response, &id, "busy: another worker holds its lease");
+                        }
+                        UnitOutcome::Deferred => fail(
+                            &mut response,
+                            &id,
+                            "deferred: an aggregated object is unreadable",
+                        ),
+                    }
+                    units.push(report);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    fail(&mut response, &id, &e);
+                    errors.push(format!("unit {unit}: {e}"));
+                }
             }
         }
     }

@@ -196,14 +196,15 @@ pub async fn open_telemetry(
     Ok(with_dictionaries(footer, &["device_id", "metric"])?)
 }
 
-/// Which devices a read keeps: those of device-hash bucket `bucket` of `buckets`, and of
+/// Which devices a read keeps: those of the device-hash buckets `members` (of `buckets`;
+/// one unit's bucket, or the buckets of several units of an hour read together), and of
 /// those, the ones of pass `pass`: the range of ids that `bounds` gives it (a unit too
 /// large for one pass of its memory budget is aggregated in several, each over its own
 /// range of the devices: [`crate::units::pass_bounds`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Slice {
-    /// The bucket, `0..buckets`.
-    pub bucket: u32,
+    /// The buckets read, each in `0..buckets`, ascending.
+    pub members: Arc<[u32]>,
     /// Buckets per hour (at least 1).
     pub buckets: u32,
     /// The pass, `0..=bounds.len()`.
@@ -215,14 +216,51 @@ pub struct Slice {
 impl Slice {
     /// Whether the slice is every device (nothing to filter).
     fn is_everything(&self) -> bool {
-        self.buckets <= 1 && self.bounds.is_empty()
+        self.bounds.is_empty()
+            && (0..self.buckets.max(1)).all(|b| self.members.binary_search(&b).is_ok())
+    }
+
+    /// The position in `members` of `device_id`'s bucket, if the slice reads it in its pass.
+    pub fn member_of(&self, device_id: &str) -> Option<usize> {
+        let bucket = crate::units::bucket_of(device_id, self.buckets);
+        let member = self.members.binary_search(&bucket).ok()?;
+        (crate::units::pass_of(device_id, &self.bounds) == self.pass).then_some(member)
     }
 
     /// Whether `device_id` is one of the slice's devices.
     pub fn contains(&self, device_id: &str) -> bool {
-        crate::units::bucket_of(device_id, self.buckets) == self.bucket
-            && crate::units::pass_of(device_id, &self.bounds) == self.pass
+        self.member_of(device_id).is_some()
     }
+}
+
+/// The rows of `batches` (read with a [`Slice`] of several buckets) split by bucket: one
+/// list of batches per member of `slice`, in the order of `members`, each holding the rows
+/// of that bucket alone, in their order. A slice of one bucket is handed back as it is.
+pub fn split_by_member(
+    batches: Vec<RecordBatch>,
+    slice: &Slice,
+) -> Result<Vec<Vec<RecordBatch>>, ReadError> {
+    let mut out: Vec<Vec<RecordBatch>> = vec![Vec::new(); slice.members.len()];
+    if slice.members.len() == 1 {
+        out[0] = batches;
+        return Ok(out);
+    }
+    let mut memo = DictMemo::default();
+    for batch in batches {
+        let ids = Strings::new("device_id", crate::columns::required(&batch, "device_id")?)?;
+        // Rows of a device outside the slice were filtered out by the read; `usize::MAX`
+        // keeps them out of every member if a caller passes other batches.
+        let member = memo.per_row(&ids, |id| slice.member_of(id).unwrap_or(usize::MAX));
+        for (m, rows) in out.iter_mut().enumerate() {
+            let keep = BooleanArray::from_iter(member.iter().map(|&x| Some(x == m)));
+            if keep.true_count() > 0 {
+                let kept = arrow_select::filter::filter_record_batch(&batch, &keep)
+                    .map_err(ParquetError::from)?;
+                rows.push(kept);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the telemetry rows of one [`Slice`] of the devices of a Parquet object opened with
@@ -575,7 +613,7 @@ mod tests {
                 let footer = open_telemetry(&store, &meta, &["seq"]).await.unwrap();
                 assert_eq!(footer.metadata().num_row_groups(), 8);
                 let slice = Slice {
-                    bucket,
+                    members: Arc::new([bucket]),
                     buckets,
                     pass,
                     bounds: bounds.clone(),
@@ -607,6 +645,35 @@ mod tests {
         }
         let wrong: Vec<_> = (0..n).filter(|&i| times_read[i] != 1).collect();
         assert!(wrong.is_empty(), "rows not read exactly once: {wrong:?}");
+
+        // Several buckets read at once and split: each part holds its bucket's rows alone,
+        // in file order; all of them read no filter at all.
+        for members in [vec![1, 3], vec![0, 1, 2, 3]] {
+            let slice = Slice {
+                members: members.clone().into(),
+                buckets,
+                pass: 0,
+                bounds: Arc::new([]),
+            };
+            assert_eq!(slice.is_everything(), members.len() == 4);
+            let footer = open_telemetry(&store, &meta, &["seq"]).await.unwrap();
+            let read = read_slice(&store, &meta, footer, &["device_id", "seq"], slice.clone())
+                .await
+                .unwrap();
+            let parts = split_by_member(read, &slice).unwrap();
+            assert_eq!(parts.len(), members.len());
+            for (bucket, part) in members.iter().zip(&parts) {
+                let got: Vec<i64> = part
+                    .iter()
+                    .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
+                    .collect();
+                let expected: Vec<i64> = (0..n)
+                    .filter(|&i| crate::units::bucket_of(&ids[i], buckets) == *bucket)
+                    .map(|i| i as i64)
+                    .collect();
+                assert_eq!(got, expected, "bucket {bucket} of {members:?}");
+            }
+        }
     }
 
     #[test]

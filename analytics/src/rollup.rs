@@ -84,6 +84,10 @@ pub struct RollupReport {
     /// bucket held more readings than one pass may ([`RollupConfig::pass_readings`]).
     #[serde(default)]
     pub unit_passes: u64,
+    /// Units whose rows were read together with other units' of their hour: each object
+    /// decoded once for several units ([`crate::worker::run_hour`]).
+    #[serde(default)]
+    pub units_read_together: u64,
     /// Hour partitions with at least one unit that needed work.
     pub partitions_touched: usize,
     /// Units that needed work.
@@ -194,6 +198,7 @@ impl RollupReport {
         self.duplicates_dropped += u.duplicates_dropped;
         self.rows_outside_partition += u.rows_outside_partition;
         self.unit_passes += u64::from(u.passes);
+        self.units_read_together += u64::from(u.read_with > 1);
         self.windows_updated += u.windows_updated;
         self.stats_files_written += usize::from(u.stats_written);
         self.state_objects_written += usize::from(u.state_written);
@@ -235,6 +240,7 @@ impl RollupReport {
         self.duplicates_dropped += later.duplicates_dropped;
         self.rows_outside_partition += later.rows_outside_partition;
         self.unit_passes += later.unit_passes;
+        self.units_read_together += later.units_read_together;
         self.partitions_touched = self.partitions_touched.max(later.partitions_touched);
         self.units_planned += later.units_planned;
         self.units_done += later.units_done;
@@ -384,8 +390,15 @@ pub async fn run_plan(
     Ok(report)
 }
 
-/// Runs `units` with up to `cfg.workers` at once ([`spread`]: on the runtime's threads when
-/// there are several); `None` for a unit not started because of the deadline.
+/// Units of one hour an in-process task takes at most: as many as a worker invocation's
+/// batch (the template's `BatchSize`), so that the deadline is checked as often and the
+/// hour's units still spread over the workers.
+const UNITS_PER_TASK: usize = 4;
+
+/// Runs `units` with up to `cfg.workers` tasks at once ([`spread`]: on the runtime's
+/// threads when there are several), each on up to [`UNITS_PER_TASK`] units of one hour,
+/// which it reads together when they fit one pass ([`worker::run_hour`]); `None` for a
+/// unit not started because of the deadline.
 async fn run_units(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
@@ -397,10 +410,26 @@ async fn run_units(
     let started_any = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = Arc::new(cfg.clone());
     let owner: Arc<str> = Arc::from(owner);
-    let mut tasks = Vec::with_capacity(units.len());
-    for unit in units {
+    // The units of each hour, in order, in runs of at most UNITS_PER_TASK.
+    let mut hours: Vec<Vec<usize>> = Vec::new();
+    for (i, unit) in units.iter().enumerate() {
+        match hours.iter_mut().find(|h| {
+            h.first()
+                .is_some_and(|&j| units[j].partition == unit.partition)
+        }) {
+            Some(hour) => hour.push(i),
+            None => hours.push(vec![i]),
+        }
+    }
+    let chunks: Vec<Vec<usize>> = hours
+        .iter()
+        .flat_map(|h| h.chunks(UNITS_PER_TASK).map(<[usize]>::to_vec))
+        .collect();
+    let mut tasks = Vec::with_capacity(chunks.len());
+    for chunk in &chunks {
         let (slowest, started_any) = (slowest.clone(), started_any.clone());
-        let (store, cfg, owner, unit) = (store.clone(), cfg.clone(), owner.clone(), unit.clone());
+        let (store, cfg, owner) = (store.clone(), cfg.clone(), owner.clone());
+        let hour: Vec<Unit> = chunk.iter().map(|&i| units[i].clone()).collect();
         tasks.push(
             async move {
                 let so_far = slowest.lock().map(|s| *s).unwrap_or_default();
@@ -410,20 +439,32 @@ async fn run_units(
                     return None;
                 }
                 let started = Instant::now();
-                let result = worker::run_unit(&store, &cfg, &unit, &owner).await;
+                let results = worker::run_hour(&store, &cfg, &hour, &owner).await;
                 if let Ok(mut s) = slowest.lock() {
                     *s = (*s).max(started.elapsed());
                 }
-                Some(result)
+                Some(results)
             }
             .boxed(),
         );
     }
-    spread(tasks, cfg.workers)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Some(Err(RollupError::Aborted))))
-        .collect()
+    let mut results: Vec<Option<Result<UnitReport, RollupError>>> =
+        units.iter().map(|_| None).collect();
+    for (chunk, done) in chunks.iter().zip(spread(tasks, cfg.workers).await) {
+        match done {
+            Some(Some(reports)) => {
+                for (&i, report) in chunk.iter().zip(reports) {
+                    results[i] = Some(report);
+                }
+            }
+            // Not started: the deadline was near.
+            Some(None) => {}
+            None => chunk
+                .iter()
+                .for_each(|&i| results[i] = Some(Err(RollupError::Aborted))),
+        }
+    }
+    results
 }
 
 /// For every partition whose units are all done: removes the stats files of its hour that

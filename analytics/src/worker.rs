@@ -41,6 +41,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::errors::ParquetError;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -90,6 +91,11 @@ pub struct UnitReport {
     /// readings per bucket than one pass may hold; 0 when it was not aggregated.
     #[serde(default)]
     pub passes: u32,
+    /// Units whose rows were read together with this one's, itself included: each object
+    /// of the hour was decoded once for all of them. 1 when it was read alone; 0 when it
+    /// was not aggregated.
+    #[serde(default)]
+    pub read_with: u32,
     /// Windows of the unit computed.
     pub windows: usize,
     /// Windows whose stored row was added, changed or removed.
@@ -113,6 +119,7 @@ impl UnitReport {
             duplicates_dropped: 0,
             rows_outside_partition: 0,
             passes: 0,
+            read_with: 0,
             windows: 0,
             windows_updated: 0,
             stats_written: false,
@@ -155,69 +162,350 @@ pub async fn run_unit(
     unit: &Unit,
     owner: &str,
 ) -> Result<UnitReport, RollupError> {
-    let Some(lease) = lease::acquire(store, &unit.lease_prefix(cfg), owner, cfg.lease_ttl)
-        .await
-        .map_err(lease_error)?
-    else {
-        info!(%unit, "unit busy: another worker holds its lease");
-        return Ok(UnitReport::new(unit, UnitOutcome::Busy));
-    };
-    let result = aggregate_unit(store, cfg, unit, &lease).await;
-    // Released whatever happened: a failed unit is retried at once by the next run
-    // instead of after the lease's time to live.
-    let released = lease.release().await;
-    let report = result?;
-    released.map_err(lease_error)?;
-    Ok(report)
+    let mut results = run_hour(store, cfg, std::slice::from_ref(unit), owner).await;
+    // `run_hour` answers once per unit given.
+    results
+        .pop()
+        .unwrap_or_else(|| Ok(UnitReport::new(unit, UnitOutcome::Busy)))
 }
 
-async fn aggregate_unit(
+/// Aggregates `units` — distinct units of one hour, such as a worker invocation's batch —
+/// each under its lease and each as [`run_unit`] would: see the [module documentation](self).
+/// Units small enough to share a pass (their share of the hour's readings together within
+/// [`RollupConfig::pass_readings`]) are read together: each object of the hour is decoded
+/// once for all of them, and its rows are split by bucket, instead of once per unit.
+/// Returns one result per unit, in order.
+pub async fn run_hour(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
-    unit: &Unit,
-    lease: &lease::Lease,
-) -> Result<UnitReport, RollupError> {
-    let prefix = cfg.telemetry_prefix.trim_matches('/');
-    let mut files = io::list_partition(store, prefix, &unit.partition)
-        .await
-        .map_err(|source| RollupError::List {
-            prefix: format!("{prefix}/{}", unit.partition.path()),
-            source,
-        })?;
-    let state_path = unit.state_path(cfg);
-    let previous =
-        state::load(store, &state_path)
+    units: &[Unit],
+    owner: &str,
+) -> Vec<Result<UnitReport, RollupError>> {
+    let mut results: Vec<Option<Result<UnitReport, RollupError>>> =
+        units.iter().map(|_| None).collect();
+    let mut held = Vec::with_capacity(units.len());
+    for (i, unit) in units.iter().enumerate() {
+        match lease::acquire(store, &unit.lease_prefix(cfg), owner, cfg.lease_ttl).await {
+            Ok(Some(lease)) => held.push((i, lease)),
+            Ok(None) => {
+                info!(%unit, "unit busy: another worker holds its lease");
+                results[i] = Some(Ok(UnitReport::new(unit, UnitOutcome::Busy)));
+            }
+            Err(e) => results[i] = Some(Err(lease_error(e))),
+        }
+    }
+    let jobs: Vec<(&Unit, &lease::Lease)> = held.iter().map(|(i, l)| (&units[*i], l)).collect();
+    let reports = aggregate_units(store, cfg, &jobs).await;
+    drop(jobs);
+    // Released whatever happened: a failed unit is retried at once by the next run
+    // instead of after the lease's time to live.
+    for ((i, lease), report) in held.into_iter().zip(reports) {
+        let released = lease.release().await;
+        results[i] = Some(report.and_then(|r| released.map(|()| r).map_err(lease_error)));
+    }
+    // Every unit was answered above: busy, failed to lease, or aggregated.
+    results.into_iter().flatten().collect()
+}
+
+/// One unit being aggregated: what it had, what it reads, what it writes.
+struct Job<'a> {
+    unit: &'a Unit,
+    lease: &'a lease::Lease,
+    previous: UnitState,
+    next: UnitState,
+    report: UnitReport,
+    /// An already aggregated object that could not be re-read (its path, the error): the
+    /// unit is deferred.
+    blocked: Option<(String, String)>,
+    /// A failure that is not the input's (encoding the stats file).
+    error: Option<RollupError>,
+    state_path: String,
+    stats_path: String,
+    /// The stored stats file and the new one, opened when the unit's read begins.
+    existing: Option<Existing>,
+    output: Option<io::ParquetBuffer>,
+    last_key: Option<(String, String, i64)>,
+}
+
+fn encode_error(path: &str, source: ParquetError) -> RollupError {
+    RollupError::WriteStats {
+        path: path.to_string(),
+        source: source.into(),
+    }
+}
+
+impl<'a> Job<'a> {
+    /// The unit's job, or its report when its state already names exactly `files`.
+    async fn start(
+        store: &Arc<dyn ObjectStore>,
+        cfg: &RollupConfig,
+        (unit, lease): (&'a Unit, &'a lease::Lease),
+        files: &[TelemetryFile],
+    ) -> Result<Result<Self, UnitReport>, RollupError> {
+        let state_path = unit.state_path(cfg);
+        let previous =
+            state::load(store, &state_path)
+                .await
+                .map_err(|source| RollupError::ReadState {
+                    path: state_path.clone(),
+                    source,
+                })?;
+        let mut report = UnitReport::new(unit, UnitOutcome::Done);
+        report.files_listed = files.len();
+        let listed: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let known: BTreeSet<&str> = previous.objects.iter().map(String::as_str).collect();
+        if listed == known {
+            report.outcome = UnitOutcome::UpToDate;
+            return Ok(Err(report));
+        }
+        report.new_files = listed.difference(&known).count();
+        Ok(Ok(Self {
+            unit,
+            lease,
+            previous,
+            next: UnitState::new(),
+            report,
+            blocked: None,
+            error: None,
+            state_path,
+            stats_path: unit.stats_path(cfg),
+            existing: None,
+            output: None,
+            last_key: None,
+        }))
+    }
+
+    /// Opens the unit's stored stats file (to compare along) and its new one.
+    async fn open_output(&mut self, store: &Arc<dyn ObjectStore>) -> Result<(), RollupError> {
+        if self.existing.is_none() {
+            self.existing = Some(Existing::open(store, &self.stats_path).await);
+        }
+        if self.output.is_none() {
+            let output = io::ParquetBuffer::new(stats_schema())
+                .map_err(|e| encode_error(&self.stats_path, e))?;
+            self.output = Some(output);
+        }
+        Ok(())
+    }
+
+    /// Whether the unit reads no more (deferred, or failed).
+    fn stopped(&self) -> bool {
+        self.blocked.is_some() || self.error.is_some()
+    }
+
+    /// `file` could not be read (in pass `pass`): a new object is skipped and retried by a
+    /// later run; one read before (by an earlier run, or by this one's first pass) defers
+    /// the unit, since recomputing without its readings would lose them.
+    fn unreadable(&mut self, file: &TelemetryFile, e: &ReadError, pass: u32) {
+        if pass == 0 && !self.previous.objects.contains(&file.name) {
+            skip_new(&mut self.report, file, e);
+        } else if self.blocked.is_none() {
+            self.blocked = Some((file.meta.location.to_string(), e.to_string()));
+        }
+    }
+
+    /// The windows of a pass, a chunk at a time: compared with the stored ones, encoded,
+    /// dropped. The unit holds one pass's readings and a chunk of windows, never every
+    /// window of the unit.
+    async fn emit(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        mut agg: Aggregator,
+        pass: u32,
+    ) -> Result<(), RollupError> {
+        self.open_output(store).await?;
+        let (Some(existing), Some(output)) = (self.existing.as_mut(), self.output.as_mut()) else {
+            return Ok(());
+        };
+        loop {
+            let windows = agg.next_windows(io::BATCH_ROWS);
+            let Some(last) = windows.last() else {
+                break;
+            };
+            // Sorted within the pass; the passes' id ranges ascend.
+            debug_assert!(
+                windows
+                    .first()
+                    .is_none_or(|w| self.last_key.as_ref().is_none_or(|k| (
+                        k.0.as_str(),
+                        k.1.as_str(),
+                        k.2
+                    ) < key_of(w))),
+                "windows of pass {pass} of {} out of order",
+                self.unit
+            );
+            self.last_key = Some(last.key());
+            self.report.windows += windows.len();
+            self.report.windows_updated += existing.changed(&windows).await;
+            let batch = stats_to_batch(&windows).map_err(|source| RollupError::Encode {
+                path: self.stats_path.clone(),
+                source,
+            })?;
+            output
+                .write(&batch)
+                .map_err(|e| encode_error(&self.stats_path, e))?;
+        }
+        self.report.duplicates_dropped += agg.duplicates;
+        Ok(())
+    }
+
+    /// Stores what the unit computed: its stats file if a row changed, then its state.
+    async fn finish(mut self, store: &Arc<dyn ObjectStore>) -> Result<UnitReport, RollupError> {
+        if self.error.is_none() && self.blocked.is_none() && self.next != self.previous {
+            self.open_output(store).await?;
+        }
+        let Self {
+            unit,
+            lease,
+            previous,
+            next,
+            mut report,
+            blocked,
+            error,
+            state_path,
+            stats_path,
+            existing,
+            output,
+            last_key: _,
+        } = self;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if report.rows_outside_partition > 0 {
+            warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
+        }
+        if blocked.is_some() || next == previous {
+            // Computed but not stored: no window was written or changed.
+            (report.windows, report.windows_updated) = (0, 0);
+        }
+        if let Some((path, error)) = blocked {
+            warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
+            report.skipped_files.push(SkippedFile {
+                path: path.clone(),
+                reason: format!(
+                    "already aggregated but could not be re-read ({error}); unit {unit} deferred"
+                ),
+            });
+            report.outcome = UnitOutcome::Deferred;
+            return Ok(report);
+        }
+        if next == previous {
+            // Every new object failed to read: nothing to recompute.
+            return Ok(report);
+        }
+        let (Some(mut existing), Some(output)) = (existing, output) else {
+            // Opened above.
+            return Ok(report);
+        };
+        // The stored rows after the last window computed are gone.
+        report.windows_updated += existing.rest().await;
+        if report.windows_updated > 0 || (!existing.intact() && report.windows > 0) {
+            let file = if report.windows == 0 {
+                None
+            } else {
+                Some(output.finish().map_err(|e| encode_error(&stats_path, e))?)
+            };
+            lease.check().map_err(lease_error)?;
+            write_stats(store, &stats_path, file).await?;
+            report.stats_written = true;
+        }
+        lease.check().map_err(lease_error)?;
+        state::save(store, &state_path, &next)
             .await
-            .map_err(|source| RollupError::ReadState {
+            .map_err(|source| RollupError::WriteState {
                 path: state_path.clone(),
                 source,
             })?;
-    let mut report = UnitReport::new(unit, UnitOutcome::Done);
-    report.files_listed = files.len();
-    let listed: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    let known: BTreeSet<&str> = previous.objects.iter().map(String::as_str).collect();
-    if listed == known {
-        report.outcome = UnitOutcome::UpToDate;
-        return Ok(report);
+        report.state_written = true;
+        info!(
+            %unit,
+            new_files = report.new_files,
+            windows = report.windows,
+            windows_updated = report.windows_updated,
+            read_with = report.read_with,
+            written = report.stats_written,
+            "unit rolled up"
+        );
+        Ok(report)
     }
-    report.new_files = listed.difference(&known).count();
+}
 
+/// Aggregates the leased units `held` (of one hour): one result per unit, in order.
+async fn aggregate_units(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    held: &[(&Unit, &lease::Lease)],
+) -> Vec<Result<UnitReport, RollupError>> {
+    let Some((first, _)) = held.first() else {
+        return Vec::new();
+    };
+    let partition = &first.partition;
+    let prefix = cfg.telemetry_prefix.trim_matches('/');
+    let mut files = match io::list_partition(store, prefix, partition).await {
+        Ok(files) => files,
+        Err(source) => {
+            let prefix = format!("{prefix}/{}", partition.path());
+            let message = source.to_string();
+            let mut source = Some(source);
+            return held
+                .iter()
+                .map(|_| {
+                    Err(RollupError::List {
+                        prefix: prefix.clone(),
+                        source: source
+                            .take()
+                            .unwrap_or_else(|| object_store::Error::Generic {
+                                store: "telemetry listing",
+                                source: message.clone().into(),
+                            }),
+                    })
+                })
+                .collect();
+        }
+    };
     // Arrival order, so that de-duplication keeps the reading that arrived first.
     files.sort_by(|a, b| {
         (a.meta.last_modified, &a.meta.location).cmp(&(b.meta.last_modified, &b.meta.location))
     });
-    // Listing only yields canonical partitions, which always have a start.
-    let start = unit.partition.start_millis().unwrap_or_default();
-    let mut next = UnitState::new();
-    let mut blocked: Option<(String, ReadError)> = None;
-    let concurrency = cfg.read_concurrency.max(1);
 
+    let mut results: Vec<Option<Result<UnitReport, RollupError>>> =
+        held.iter().map(|_| None).collect();
+    let mut jobs: Vec<(usize, Job<'_>)> = Vec::with_capacity(held.len());
+    for (i, &unit) in held.iter().enumerate() {
+        match Job::start(store, cfg, unit, &files).await {
+            Ok(Ok(job)) => jobs.push((i, job)),
+            Ok(Err(up_to_date)) => results[i] = Some(Ok(up_to_date)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    for (i, report) in read_units(store, cfg, &files, jobs).await {
+        results[i] = Some(report);
+    }
+    results.into_iter().flatten().collect()
+}
+
+/// Reads the hour's `files` for `jobs` and finishes each: every object's footer once, then
+/// each group of units that fits one pass together in one read of each object (a unit too
+/// large for one pass alone, in its passes). A group is stored before the next is read, so
+/// memory holds one group's pass and stats files.
+async fn read_units(
+    store: &Arc<dyn ObjectStore>,
+    cfg: &RollupConfig,
+    files: &[TelemetryFile],
+    mut jobs: Vec<(usize, Job<'_>)>,
+) -> Vec<(usize, Result<UnitReport, RollupError>)> {
+    let mut results = Vec::with_capacity(jobs.len());
+    let Some((_, first)) = jobs.first() else {
+        return results;
+    };
+    let buckets = first.unit.buckets;
+    let concurrency = cfg.read_concurrency.max(1);
     // Every object's footer first: their row counts size the passes. Futures are built in
     // loops rather than by closures over `files`: a closure returning a borrowing future
     // is higher-ranked, and rustc then cannot prove the caller's future `Send` (needed to
     // run units on spawned tasks).
     let mut pending = Vec::with_capacity(files.len());
-    for file in &files {
+    for file in files {
         pending.push(async move {
             (
                 file,
@@ -231,11 +519,7 @@ async fn aggregate_unit(
         let file: &TelemetryFile = file;
         match footer {
             Ok(footer) => opened.push((file, footer)),
-            Err(e) if !previous.objects.contains(&file.name) => skip_new(&mut report, file, &e),
-            Err(e) => {
-                blocked = Some((file.meta.location.to_string(), e));
-                break;
-            }
+            Err(e) => jobs.iter_mut().for_each(|(_, j)| j.unreadable(file, &e, 0)),
         }
     }
     drop(footers);
@@ -243,20 +527,63 @@ async fn aggregate_unit(
         .iter()
         .map(|(_, f)| u64::try_from(f.metadata().file_metadata().num_rows()).unwrap_or(0))
         .sum();
-    let mut passes = if blocked.is_some() {
-        0
+    let passes = passes_for(hour_rows, buckets, cfg.pass_readings);
+    // Units that fit one pass together share it: the device hash spreads the hour's
+    // readings evenly over the buckets.
+    let per_unit = hour_rows.div_ceil(u64::from(buckets.max(1))).max(1);
+    let together = if passes > 1 {
+        1
     } else {
-        passes_for(hour_rows, unit.buckets, cfg.pass_readings)
+        usize::try_from(cfg.pass_readings / per_unit)
+            .unwrap_or(usize::MAX)
+            .max(1)
     };
+    // Deferred already (an aggregated object's footer is unreadable): nothing to read.
+    let (stopped, mut live): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, j)| j.stopped());
+    for (i, job) in stopped {
+        results.push((i, job.finish(store).await));
+    }
+    live.sort_by_key(|(_, j)| j.unit.bucket);
+    while !live.is_empty() {
+        let rest = live.split_off(together.min(live.len()));
+        let mut group: Vec<&mut Job<'_>> = live.iter_mut().map(|(_, j)| j).collect();
+        read_group(store, concurrency, &opened, &mut group, passes).await;
+        drop(group);
+        for (i, job) in live {
+            results.push((i, job.finish(store).await));
+        }
+        live = rest;
+    }
+    results
+}
+
+/// Aggregates `group` (units of distinct buckets of one hour; a single unit when
+/// `passes` > 1) from the `opened` objects: one read of each object per pass for the
+/// whole group, its rows split by bucket.
+async fn read_group(
+    store: &Arc<dyn ObjectStore>,
+    concurrency: usize,
+    opened: &[(&TelemetryFile, ArrowReaderMetadata)],
+    group: &mut [&mut Job<'_>],
+    mut passes: u32,
+) {
+    let Some(first) = group.first() else {
+        return;
+    };
+    let (partition, buckets, bucket) =
+        (&first.unit.partition, first.unit.buckets, first.unit.bucket);
+    // Listing only yields canonical partitions, which always have a start.
+    let start = partition.start_millis().unwrap_or_default();
+    let members: Arc<[u32]> = group.iter().map(|j| j.unit.bucket).collect();
     // Several passes take ranges of the bucket's device ids, drawn from every object's ids,
     // so that each pass's windows follow the previous pass's in the file's order.
     let mut bounds: Arc<[String]> = Arc::new([]);
     if passes > 1 {
         let mut pending = Vec::with_capacity(opened.len());
-        for (file, footer) in &opened {
+        for (file, footer) in opened {
             let footer = footer.clone();
             pending.push(async move {
-                io::bucket_devices(store, &file.meta, footer, unit.bucket, unit.buckets).await
+                io::bucket_devices(store, &file.meta, footer, bucket, buckets).await
             });
         }
         let mut lists = futures::stream::iter(pending).buffered(concurrency);
@@ -270,142 +597,78 @@ async fn aggregate_unit(
         bounds = pass_bounds(ids.into_iter().collect(), passes).into();
         passes = u32::try_from(bounds.len() + 1).unwrap_or(u32::MAX);
     }
-    report.passes = passes;
-
-    // Each pass's windows are compared with the stored ones and encoded as they come, a
-    // chunk at a time: the unit holds one pass's readings and a chunk of windows, never
-    // every window of the unit.
-    let stats_path = unit.stats_path(cfg);
-    let mut existing = Existing::open(store, &stats_path).await;
-    let encode_error = |source: ParquetError| RollupError::WriteStats {
-        path: stats_path.clone(),
-        source: source.into(),
-    };
-    let mut output = io::ParquetBuffer::new(stats_schema()).map_err(encode_error)?;
-    let mut last_key: Option<(String, String, i64)> = None;
+    let read_with = u32::try_from(group.len()).unwrap_or(u32::MAX);
+    for job in group.iter_mut() {
+        job.report.passes = passes;
+        job.report.read_with = read_with;
+    }
     for pass in 0..passes {
+        if group.iter().all(|j| j.stopped()) {
+            break;
+        }
         let slice = Slice {
-            bucket: unit.bucket,
-            buckets: unit.buckets,
+            members: members.clone(),
+            buckets,
             pass,
             bounds: bounds.clone(),
         };
-        let mut agg = Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS);
+        let mut aggs: Vec<Aggregator> = group
+            .iter()
+            .map(|_| Aggregator::new(ROLLUP_WINDOW).with_bounds(start, start + HOUR_MS))
+            .collect();
         let mut pending = Vec::with_capacity(opened.len());
-        for (file, footer) in &opened {
+        for (file, footer) in opened {
             // Later passes read what the first one could read.
-            if pass > 0 && !next.objects.contains(&file.name) {
+            if pass > 0 && !group.iter().any(|j| j.next.objects.contains(&file.name)) {
                 continue;
             }
             let footer = footer.clone();
             let slice = slice.clone();
             pending.push(async move {
-                let read = io::read_slice(store, &file.meta, footer, &INPUT_COLUMNS, slice).await;
+                let read = io::read_slice(store, &file.meta, footer, &INPUT_COLUMNS, slice.clone())
+                    .await
+                    .and_then(|batches| io::split_by_member(batches, &slice));
                 (*file, read)
             });
         }
         let mut reads = futures::stream::iter(pending).buffered(concurrency);
         while let Some((file, read)) = reads.next().await {
-            let new = !previous.objects.contains(&file.name);
-            match read.and_then(|batches| Ok(agg.add_file(&batches)?)) {
-                Ok(()) if pass == 0 => {
-                    next.objects.insert(file.name.clone());
+            match read {
+                Ok(parts) => {
+                    for ((job, agg), rows) in group.iter_mut().zip(&mut aggs).zip(parts) {
+                        if job.stopped() {
+                            continue;
+                        }
+                        match agg.add_file(&rows) {
+                            Ok(()) if pass == 0 => {
+                                job.next.objects.insert(file.name.clone());
+                            }
+                            Ok(()) => {}
+                            Err(e) => job.unreadable(file, &e.into(), pass),
+                        }
+                    }
                 }
-                Ok(()) => {}
-                Err(e) if new && pass == 0 => skip_new(&mut report, file, &e),
-                // An object read before (by an earlier run, or by this one's first pass):
-                // recomputing without its readings would lose them.
-                Err(e) => {
-                    blocked = Some((file.meta.location.to_string(), e));
-                    break;
-                }
+                Err(e) => group
+                    .iter_mut()
+                    .filter(|j| !j.stopped())
+                    .for_each(|j| j.unreadable(file, &e, pass)),
+            }
+            if group.iter().all(|j| j.stopped()) {
+                break;
             }
         }
         drop(reads);
-        report.rows_read += agg.rows;
-        report.rows_outside_partition += agg.outside;
-        if blocked.is_some() {
-            break;
+        for (job, agg) in group.iter_mut().zip(aggs) {
+            job.report.rows_read += agg.rows;
+            job.report.rows_outside_partition += agg.outside;
+            if job.stopped() {
+                continue;
+            }
+            if let Err(e) = job.emit(store, agg, pass).await {
+                job.error = Some(e);
+            }
         }
-        // A chunk of windows at a time: compared, encoded, dropped.
-        loop {
-            let windows = agg.next_windows(io::BATCH_ROWS);
-            let Some(last) = windows.last() else {
-                break;
-            };
-            // Sorted within the pass; the passes' id ranges ascend.
-            debug_assert!(
-                windows
-                    .first()
-                    .is_none_or(|w| last_key.as_ref().is_none_or(|k| (
-                        k.0.as_str(),
-                        k.1.as_str(),
-                        k.2
-                    ) < key_of(w))),
-                "windows of pass {pass} of {unit} out of order"
-            );
-            last_key = Some(last.key());
-            report.windows += windows.len();
-            report.windows_updated += existing.changed(&windows).await;
-            let batch = stats_to_batch(&windows).map_err(|source| RollupError::Encode {
-                path: stats_path.clone(),
-                source,
-            })?;
-            output.write(&batch).map_err(encode_error)?;
-        }
-        report.duplicates_dropped += agg.duplicates;
     }
-    if report.rows_outside_partition > 0 {
-        warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
-    }
-    if blocked.is_some() || next == previous {
-        // Computed but not stored: no window was written or changed.
-        (report.windows, report.windows_updated) = (0, 0);
-    }
-    if let Some((path, error)) = blocked {
-        warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
-        report.skipped_files.push(SkippedFile {
-            path: path.clone(),
-            reason: format!(
-                "already aggregated but could not be re-read ({error}); unit {unit} deferred"
-            ),
-        });
-        report.outcome = UnitOutcome::Deferred;
-        return Ok(report);
-    }
-    if next == previous {
-        // Every new object failed to read: nothing to recompute.
-        return Ok(report);
-    }
-    // The stored rows after the last window computed are gone.
-    report.windows_updated += existing.rest().await;
-    if report.windows_updated > 0 || (!existing.intact() && report.windows > 0) {
-        let file = if report.windows == 0 {
-            None
-        } else {
-            Some(output.finish().map_err(encode_error)?)
-        };
-        lease.check().map_err(lease_error)?;
-        write_stats(store, &stats_path, file).await?;
-        report.stats_written = true;
-    }
-    lease.check().map_err(lease_error)?;
-    state::save(store, &state_path, &next)
-        .await
-        .map_err(|source| RollupError::WriteState {
-            path: state_path.clone(),
-            source,
-        })?;
-    report.state_written = true;
-    info!(
-        %unit,
-        new_files = report.new_files,
-        windows = report.windows,
-        windows_updated = report.windows_updated,
-        written = report.stats_written,
-        "unit rolled up"
-    );
-    Ok(report)
 }
 
 /// A window's identity, borrowed: the stats files' order.

@@ -914,3 +914,58 @@ async fn late_data_in_a_unit_of_several_passes_updates_only_its_windows_and_a_di
     assert_eq!(report.stats_files_written, 1, "{report:?}");
     assert_eq!(stats_files(&store, H16).await, expected);
 }
+
+#[tokio::test]
+async fn the_units_of_an_hour_that_fit_one_pass_are_read_together_with_the_same_result() {
+    use analytics::requests::CountingStore;
+    let counted = |inner| {
+        let counting = CountingStore::new(inner);
+        let store: std::sync::Arc<dyn object_store::ObjectStore> =
+            std::sync::Arc::new(counting.clone());
+        (counting, store)
+    };
+    // 200 devices × 20 messages × 2 metrics, with redeliveries, in 12 objects: ~2,300
+    // readings per bucket of 4, so the default budget holds the 4 units in one pass.
+    let buckets = 4;
+    let together = RollupConfig {
+        buckets,
+        ..RollupConfig::default()
+    };
+    let (shared_counts, shared) = counted(store());
+    fleet_hour(&shared, 200, 12).await;
+    shared_counts.reset();
+    let first = rollup_with(&shared, &together).await;
+    assert_eq!(first.units_read_together, 4, "{first:?}");
+    assert_eq!(first.unit_passes, 4, "{first:?}");
+    let hour_rows = first.rows_read;
+
+    // The same hour with a budget that fits one unit a pass but not two: each unit
+    // decodes every object for itself.
+    let per_unit = hour_rows.div_ceil(u64::from(buckets));
+    let alone = RollupConfig {
+        pass_readings: 2 * per_unit - 1,
+        ..together.clone()
+    };
+    let (alone_counts, reference) = counted(store());
+    fleet_hour(&reference, 200, 12).await;
+    alone_counts.reset();
+    let report = rollup_with(&reference, &alone).await;
+    assert_eq!(report.units_read_together, 0, "{report:?}");
+    assert_eq!(report.unit_passes, 4, "{report:?}");
+    assert_eq!(report.rows_read, hour_rows);
+    assert_eq!(
+        (report.duplicates_dropped, report.windows_updated),
+        (first.duplicates_dropped, first.windows_updated)
+    );
+    assert_eq!(
+        stats_files(&shared, H16).await,
+        stats_files(&reference, H16).await
+    );
+    assert_eq!(query_all(&shared).await, query_all(&reference).await);
+    // Read together, the 12 objects' columns were fetched once instead of once per unit.
+    let (shared_gets, alone_gets) = (shared_counts.counts().get, alone_counts.counts().get);
+    assert!(
+        shared_gets + 3 * 12 <= alone_gets,
+        "GETs read together {shared_gets}, alone {alone_gets}"
+    );
+}

@@ -16,6 +16,7 @@ use crate::stack::Counters;
 use crate::units_queue::{MAX_RECEIVE_COUNT, UnitsQueue};
 use analytics::fanout::PlannerReport;
 use telemetry::metering::RollupRun;
+use telemetry::metering::WORKER;
 
 /// A running schedule; [`Scheduler::stop`] ends it after the invocation in progress.
 pub struct Scheduler {
@@ -260,20 +261,27 @@ pub fn read_concurrency_for(data: &str) -> usize {
     }
 }
 
-/// The local rollup's settings: the defaults, with the pass budget of
-/// `IOTPIPE_ROLLUP_PASS_READINGS` (`lookup` reads the environment) as the rollup function
-/// takes it — more readings per pass, fewer passes over a large hour, more memory.
+/// The emulated rollup functions' settings: the defaults, with the pass budget the deployed
+/// worker sizes from its memory ([`analytics::config::pass_readings_for_memory`] of
+/// [`WORKER`]'s), so that the local run passes over an hour and reads its units together
+/// as the functions do, and its REPORT lines predict theirs; or the budget of
+/// `IOTPIPE_ROLLUP_PASS_READINGS` (`lookup` reads the environment), as the functions take
+/// it — more readings per pass, fewer passes over a large hour, more memory.
 pub fn local_rollup_config(
     lookup: impl Fn(&str) -> Option<String>,
 ) -> anyhow::Result<analytics::RollupConfig> {
     let var = analytics::config::PASS_READINGS_ENV;
-    let mut cfg = analytics::RollupConfig::default();
+    let mut cfg = analytics::RollupConfig {
+        pass_readings: analytics::config::pass_readings_for_memory(u64::from(WORKER.memory_mb)),
+        ..analytics::RollupConfig::default()
+    };
     if let Some(v) = lookup(var).filter(|v| !v.is_empty()) {
+        let default = cfg.pass_readings;
         cfg.pass_readings = analytics::config::parse_pass_readings(&v).ok_or_else(|| {
             anyhow::anyhow!(
                 "{var}={v:?} is not a whole number of readings, at least 1: unset it for the \
-                 default ({}) or give the most readings one pass of a rollup unit may hold",
-                analytics::config::DEFAULT_PASS_READINGS
+                 functions' default ({default}) or give the most readings one pass of a \
+                 rollup unit may hold"
             )
         })?;
     }
@@ -298,10 +306,8 @@ mod tests {
     fn the_local_rollup_takes_the_functions_pass_budget() {
         let var = analytics::config::PASS_READINGS_ENV;
         let unset = local_rollup_config(|_| None).unwrap();
-        assert_eq!(
-            unset.pass_readings,
-            analytics::config::DEFAULT_PASS_READINGS
-        );
+        // What the deployed worker of 1,024 MB takes (analytics' `Setup`).
+        assert_eq!(unset.pass_readings, 894_784);
         let set = local_rollup_config(|v| (v == var).then(|| "750000".to_owned())).unwrap();
         assert_eq!(set.pass_readings, 750_000);
         for bad in ["0", "many", "-3"] {

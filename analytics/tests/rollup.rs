@@ -969,3 +969,70 @@ async fn the_units_of_an_hour_that_fit_one_pass_are_read_together_with_the_same_
         "GETs read together {shared_gets}, alone {alone_gets}"
     );
 }
+
+#[tokio::test]
+async fn a_worker_invocation_reads_its_units_of_an_hour_together_and_a_repeated_message_after_them()
+{
+    use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+    let buckets = 4;
+    let cfg = RollupConfig {
+        buckets,
+        ..RollupConfig::default()
+    };
+    let reference = store();
+    fleet_hour(&reference, 200, 12).await;
+    rollup_with(&reference, &cfg).await;
+    let store = store();
+    fleet_hour(&store, 200, 12).await;
+
+    let partition = telemetry::Partition::of_millis(H16);
+    let unit = |bucket| analytics::units::Unit {
+        partition: partition.clone(),
+        bucket,
+        buckets,
+    };
+    // The hour's four units, and the first one's message delivered twice.
+    let mut event = SqsEvent::default();
+    for (i, bucket) in [0, 1, 2, 3, 0].into_iter().enumerate() {
+        let mut m = SqsMessage::default();
+        m.message_id = Some(format!("m{i}"));
+        let body = analytics::fanout::UnitMessage { unit: unit(bucket) };
+        m.body = Some(serde_json::to_string(&body).unwrap());
+        event.records.push(m);
+    }
+    let handled =
+        analytics::fanout::handle_units_reporting(event, &store, &cfg, "worker-test", None).await;
+    assert!(
+        handled.response.batch_item_failures.is_empty(),
+        "{:?}",
+        handled.response
+    );
+    let outcomes: Vec<_> = handled
+        .units
+        .iter()
+        .map(|u| (u.unit.bucket, u.outcome, u.read_with))
+        .collect();
+    use analytics::worker::UnitOutcome::{Done, UpToDate};
+    assert_eq!(
+        outcomes,
+        [
+            (0, Done, 4),
+            (1, Done, 4),
+            (2, Done, 4),
+            (3, Done, 4),
+            // After its first delivery was stored: nothing left to do.
+            (0, UpToDate, 0),
+        ]
+    );
+    let stats = |s| async move {
+        analytics::io::list_objects(&s, "stats/window=1m")
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(stats(store.clone()).await, 4);
+    assert_eq!(
+        stats_files(&store, H16).await,
+        stats_files(&reference, H16).await
+    );
+}

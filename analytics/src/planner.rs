@@ -10,7 +10,7 @@
 //!    listed objects needs work.
 //!
 //! The cost is the new data's partitions, not the history. The planner never writes stats:
-//! it hands units to workers ([`crate::worker::run_unit`]), in-process
+//! it hands units to workers ([`crate::worker::run_hour`]), in-process
 //! ([`crate::rollup::run_rollup`], `iotpipe rollup --workers N`) or as queue messages
 //! ([`crate::fanout`]).
 

@@ -154,23 +154,8 @@ fn lease_error(e: LeaseError) -> RollupError {
     RollupError::Lease(e)
 }
 
-/// Aggregates `unit` if it needs it: see the [module documentation](self). `owner` names
-/// this worker in its lease.
-pub async fn run_unit(
-    store: &Arc<dyn ObjectStore>,
-    cfg: &RollupConfig,
-    unit: &Unit,
-    owner: &str,
-) -> Result<UnitReport, RollupError> {
-    let mut results = run_hour(store, cfg, std::slice::from_ref(unit), owner).await;
-    // `run_hour` answers once per unit given.
-    results
-        .pop()
-        .unwrap_or_else(|| Ok(UnitReport::new(unit, UnitOutcome::Busy)))
-}
-
 /// Aggregates `units` — distinct units of one hour, such as a worker invocation's batch —
-/// each under its lease and each as [`run_unit`] would: see the [module documentation](self).
+/// each under its lease (`owner` names this worker in it): see the [module documentation](self).
 /// Units small enough to share a pass (their share of the hour's readings together within
 /// [`RollupConfig::pass_readings`]) are read together: each object of the hour is decoded
 /// once for all of them, and its rows are split by bucket, instead of once per unit.
@@ -196,7 +181,6 @@ pub async fn run_hour(
     }
     let jobs: Vec<(&Unit, &lease::Lease)> = held.iter().map(|(i, l)| (&units[*i], l)).collect();
     let reports = aggregate_units(store, cfg, &jobs).await;
-    drop(jobs);
     // Released whatever happened: a failed unit is retried at once by the next run
     // instead of after the lease's time to live.
     for ((i, lease), report) in held.into_iter().zip(reports) {

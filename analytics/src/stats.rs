@@ -278,6 +278,16 @@ struct Compact {
     value: f64,
 }
 
+/// A placeholder reading.
+const EMPTY: Compact = Compact {
+    device: 0,
+    metric: 0,
+    event_time: 0,
+    seq: 0,
+    order: 0,
+    value: 0.0,
+};
+
 /// Memory the aggregation holds per reading fed in (the compact row), used to size
 /// units of work.
 pub const BYTES_PER_READING: usize = std::mem::size_of::<Compact>();
@@ -475,9 +485,74 @@ impl Aggregator {
             r.device = rank_of(r.device);
             r.metric = rank_of(r.metric);
         }
-        self.readings
-            .sort_unstable_by_key(|r| (r.device, r.metric, r.event_time, r.seq, r.order));
+        sort_readings(&mut self.readings, by_name.len());
         self.by_name = by_name;
+    }
+}
+
+/// Sorts readings whose `device` and `metric` are name ranks below `names` by (`device`,
+/// `metric`, `event_time`, `seq`, `order`).
+///
+/// A comparison sort of a unit's readings was the rollup's largest cost (a fifth of a
+/// worker's time, on 5-field keys). The readings are a few (device, metric) groups of a
+/// few dozen readings each, so they are first copied to their group's place by counting
+/// (in input order, so a group comes out mostly in time order already), then each group is
+/// sorted on its own, in cache: a sixth less of a standalone rollup's CPU, for a second
+/// copy of the readings while they are placed (40 bytes per reading of one unit). When the
+/// groups would outnumber the readings by far (names that are nearly all distinct),
+/// counting costs more than it saves, and one comparison sort is used.
+fn sort_readings(readings: &mut Vec<Compact>, names: usize) {
+    let key = |r: &Compact| (r.device, r.metric, r.event_time, r.seq, r.order);
+    // The metrics that occur, numbered densely in rank order.
+    let mut metric_slot = vec![u32::MAX; names];
+    for r in readings.iter() {
+        if let Some(slot) = metric_slot.get_mut(r.metric as usize) {
+            *slot = 0;
+        }
+    }
+    let mut metrics = 0u32;
+    for slot in metric_slot.iter_mut().filter(|s| **s == 0) {
+        *slot = metrics;
+        metrics += 1;
+    }
+    let groups = names.saturating_mul(metrics as usize);
+    if readings.len() < 64 || groups > readings.len().saturating_mul(4).max(1 << 16) {
+        readings.sort_unstable_by_key(key);
+        return;
+    }
+    let group_of = |r: &Compact| {
+        let metric = metric_slot.get(r.metric as usize).copied().unwrap_or(0) as usize;
+        (r.device as usize * metrics as usize + metric).min(groups - 1)
+    };
+    // Counting: `next[g]` is where group g's next reading goes, and ends up where its
+    // place ends. The readings are copied to their places in input order, so a group
+    // comes out in its files' order, mostly in time order already.
+    let mut next = vec![0usize; groups];
+    for r in readings.iter() {
+        next[group_of(r)] += 1;
+    }
+    let mut at = 0;
+    for n in next.iter_mut() {
+        let len = *n;
+        *n = at;
+        at += len;
+    }
+    let mut placed = vec![EMPTY; readings.len()];
+    for r in readings.iter() {
+        let g = group_of(r);
+        placed[next[g]] = *r;
+        next[g] += 1;
+    }
+    *readings = placed;
+    let end = next;
+    let mut start = 0;
+    for &e in &end {
+        if let Some(group) = readings.get_mut(start..e)
+            && group.len() > 1
+        {
+            group.sort_unstable_by_key(key);
+        }
+        start = e;
     }
 }
 
@@ -703,5 +778,42 @@ mod tests {
         assert_eq!((stats[0].count, stats[0].sum), (2, 4.0));
         assert_eq!((stats[0].first_event, stats[0].last_event), (1_000, 2_000));
         assert_eq!(agg.duplicates, 1);
+    }
+
+    #[test]
+    fn grouping_readings_in_place_sorts_them_as_one_comparison_sort_does() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        // (readings, names, metrics): counted groups, few readings (one comparison sort),
+        // and groups far outnumbering readings (the fallback).
+        for (n, names, metrics) in [(5_000, 300, 4), (40, 10, 2), (2_000, 3_000, 2_000)] {
+            let mut readings: Vec<Compact> = (0..n)
+                .map(|i| Compact {
+                    device: rng.random_range(0..names),
+                    metric: rng.random_range(0..metrics),
+                    // Few distinct times and seqs, so that ties reach `order`.
+                    event_time: rng.random_range(0..20),
+                    seq: rng.random_range(0..3),
+                    order: i,
+                    value: f64::from(i),
+                })
+                .collect();
+            // Time order, as files mostly are, and then some out of order.
+            readings.sort_by_key(|r| r.event_time);
+            readings.swap(0, n as usize - 1);
+            for (i, r) in readings.iter_mut().enumerate() {
+                r.order = i as u32;
+            }
+            let mut expected = readings.clone();
+            expected.sort_by_key(|r| (r.device, r.metric, r.event_time, r.seq, r.order));
+            sort_readings(&mut readings, names as usize);
+            let order = |v: &[Compact]| v.iter().map(|r| r.order).collect::<Vec<_>>();
+            assert_eq!(
+                order(&readings),
+                order(&expected),
+                "{n} readings, {names} names"
+            );
+        }
     }
 }

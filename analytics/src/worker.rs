@@ -205,9 +205,8 @@ struct Job<'a> {
     error: Option<RollupError>,
     state_path: String,
     stats_path: String,
-    /// The stored stats file and the new one, opened when the unit's read begins.
-    existing: Option<Existing>,
-    output: Option<io::ParquetBuffer>,
+    /// The stored stats file and the new one, opened when the first windows are given.
+    output: Option<Output>,
     last_key: Option<(String, String, i64)>,
 }
 
@@ -253,25 +252,12 @@ impl<'a> Job<'a> {
             error: None,
             state_path,
             stats_path: unit.stats_path(cfg),
-            existing: None,
             output: None,
             last_key: None,
         }))
     }
 
     /// Opens the unit's stored stats file (to compare along) and its new one.
-    async fn open_output(&mut self, store: &Arc<dyn ObjectStore>) -> Result<(), RollupError> {
-        if self.existing.is_none() {
-            self.existing = Some(Existing::open(store, &self.stats_path).await);
-        }
-        if self.output.is_none() {
-            let output = io::ParquetBuffer::new(stats_schema())
-                .map_err(|e| encode_error(&self.stats_path, e))?;
-            self.output = Some(output);
-        }
-        Ok(())
-    }
-
     /// Whether the unit reads no more (deferred, or failed).
     fn stopped(&self) -> bool {
         self.blocked.is_some() || self.error.is_some()
@@ -297,9 +283,9 @@ impl<'a> Job<'a> {
         mut agg: Aggregator,
         pass: u32,
     ) -> Result<(), RollupError> {
-        self.open_output(store).await?;
-        let (Some(existing), Some(output)) = (self.existing.as_mut(), self.output.as_mut()) else {
-            return Ok(());
+        let Output { existing, file } = match &mut self.output {
+            Some(output) => output,
+            slot @ None => slot.insert(Output::open(store, &self.stats_path).await?),
         };
         loop {
             let windows = agg.next_windows(io::BATCH_ROWS);
@@ -325,8 +311,7 @@ impl<'a> Job<'a> {
                 path: self.stats_path.clone(),
                 source,
             })?;
-            output
-                .write(&batch)
+            file.write(&batch)
                 .map_err(|e| encode_error(&self.stats_path, e))?;
         }
         self.report.duplicates_dropped += agg.duplicates;
@@ -334,10 +319,7 @@ impl<'a> Job<'a> {
     }
 
     /// Stores what the unit computed: its stats file if a row changed, then its state.
-    async fn finish(mut self, store: &Arc<dyn ObjectStore>) -> Result<UnitReport, RollupError> {
-        if self.error.is_none() && self.blocked.is_none() && self.next != self.previous {
-            self.open_output(store).await?;
-        }
+    async fn finish(self, store: &Arc<dyn ObjectStore>) -> Result<UnitReport, RollupError> {
         let Self {
             unit,
             lease,
@@ -348,7 +330,6 @@ impl<'a> Job<'a> {
             error,
             state_path,
             stats_path,
-            existing,
             output,
             last_key: _,
         } = self;
@@ -377,9 +358,13 @@ impl<'a> Job<'a> {
             // Every new object failed to read: nothing to recompute.
             return Ok(report);
         }
-        let (Some(mut existing), Some(output)) = (existing, output) else {
-            // Opened above.
-            return Ok(report);
+        // No window given (the unit's readings are all gone): an empty new file.
+        let Output {
+            mut existing,
+            file: output,
+        } = match output {
+            Some(output) => output,
+            None => Output::open(store, &stats_path).await?,
         };
         // The stored rows after the last window computed are gone.
         report.windows_updated += existing.rest().await;
@@ -681,6 +666,23 @@ async fn write_stats(
         path: path.to_string(),
         source: source.into(),
     })
+}
+
+/// A unit's stored stats file, compared with the windows as they are given, and its new
+/// one.
+struct Output {
+    existing: Existing,
+    file: io::ParquetBuffer,
+}
+
+impl Output {
+    async fn open(store: &Arc<dyn ObjectStore>, stats_path: &str) -> Result<Self, RollupError> {
+        Ok(Self {
+            existing: Existing::open(store, stats_path).await,
+            file: io::ParquetBuffer::new(stats_schema())
+                .map_err(|e| encode_error(stats_path, e))?,
+        })
+    }
 }
 
 /// The unit's existing stats file, read a batch at a time while the new windows are

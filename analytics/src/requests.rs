@@ -6,10 +6,13 @@
 //! multipart upload as one PUT (its parts are not counted: the rollup's objects are
 //! small). The benchmark `analytics/examples/rollup_incremental.rs` uses it to show
 //! that an incremental run's requests do not grow with the deployment's history.
+//!
+//! It also keeps the keys written and deleted, in order ([`CountingStore::writes`]): what
+//! a test reads to tell in which order a run stored and released things.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::stream::{BoxStream, StreamExt};
 use object_store::path::Path;
@@ -41,6 +44,16 @@ struct Counters {
     get: AtomicU64,
     put: AtomicU64,
     delete: AtomicU64,
+    writes: Mutex<Vec<Written>>,
+}
+
+/// A key a [`CountingStore`] was asked to write or delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// A PUT (also a multipart upload's start, or a COPY's destination).
+    Put(String),
+    /// A DELETE.
+    Delete(String),
 }
 
 /// An [`ObjectStore`] that forwards every call to `inner` and counts it.
@@ -72,13 +85,32 @@ impl CountingStore {
         }
     }
 
-    /// Sets every count back to zero.
+    /// Sets every count back to zero, and forgets the writes.
     pub fn reset(&self) {
         let c = &self.counts;
         for n in [&c.list, &c.get, &c.put, &c.delete] {
             n.store(0, Ordering::Relaxed);
         }
+        c.writes.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
+
+    /// The keys written and deleted since creation or the last [`reset`](Self::reset), in
+    /// the order they were asked for.
+    pub fn writes(&self) -> Vec<Written> {
+        self.counts
+            .writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn note(counts: &Counters, written: Written) {
+    counts
+        .writes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(written);
 }
 
 impl fmt::Display for CountingStore {
@@ -100,6 +132,7 @@ impl ObjectStore for CountingStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         add(&self.counts.put);
+        note(&self.counts, Written::Put(location.to_string()));
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -109,6 +142,7 @@ impl ObjectStore for CountingStore {
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         add(&self.counts.put);
+        note(&self.counts, Written::Put(location.to_string()));
         self.inner.put_multipart_opts(location, opts).await
     }
 
@@ -128,8 +162,9 @@ impl ObjectStore for CountingStore {
         let counts = self.counts.clone();
         let counted = locations
             .inspect(move |l| {
-                if l.is_ok() {
+                if let Ok(path) = l {
                     add(&counts.delete);
+                    note(&counts, Written::Delete(path.to_string()));
                 }
             })
             .boxed();
@@ -164,6 +199,7 @@ impl ObjectStore for CountingStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         add(&self.counts.put);
+        note(&self.counts, Written::Put(to.to_string()));
         self.inner.copy_opts(from, to, options).await
     }
 }
@@ -202,7 +238,12 @@ mod tests {
                 delete: 1,
             }
         );
+        let writes = store.writes();
+        assert_eq!(writes.len(), 1002);
+        assert_eq!(writes[1], Written::Put("a/0001".into()));
+        assert_eq!(writes[1001], Written::Delete("a/0003".into()));
         store.reset();
         assert_eq!(store.counts(), RequestCounts::default());
+        assert!(store.writes().is_empty());
     }
 }

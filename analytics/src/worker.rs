@@ -179,22 +179,33 @@ pub async fn run_hour(
             Err(e) => results[i] = Some(Err(lease_error(e))),
         }
     }
-    let jobs: Vec<(&Unit, &lease::Lease)> = held.iter().map(|(i, l)| (&units[*i], l)).collect();
-    let reports = aggregate_units(store, cfg, &jobs).await;
-    // Released whatever happened: a failed unit is retried at once by the next run
-    // instead of after the lease's time to live.
-    for ((i, lease), report) in held.into_iter().zip(reports) {
-        let released = lease.release().await;
-        results[i] = Some(report.and_then(|r| released.map(|()| r).map_err(lease_error)));
+    let (index, jobs): (Vec<usize>, Vec<(&Unit, lease::Lease)>) =
+        held.into_iter().map(|(i, l)| (i, (&units[i], l))).unzip();
+    for (i, report) in index
+        .into_iter()
+        .zip(aggregate_units(store, cfg, jobs).await)
+    {
+        results[i] = Some(report);
     }
     // Every unit was answered above: busy, failed to lease, or aggregated.
     results.into_iter().flatten().collect()
 }
 
+/// Releases a unit's lease as soon as the unit is done, whatever happened (a failed unit is
+/// then retried at once by the next run instead of after the lease's time to live, and a
+/// unit done early in a batch is not kept busy while the rest of the batch runs).
+async fn release(
+    lease: lease::Lease,
+    result: Result<UnitReport, RollupError>,
+) -> Result<UnitReport, RollupError> {
+    let released = lease.release().await;
+    result.and_then(|r| released.map(|()| r).map_err(lease_error))
+}
+
 /// One unit being aggregated: what it had, what it reads, what it writes.
 struct Job<'a> {
     unit: &'a Unit,
-    lease: &'a lease::Lease,
+    lease: lease::Lease,
     previous: UnitState,
     next: UnitState,
     report: UnitReport,
@@ -218,31 +229,35 @@ fn encode_error(path: &str, source: ParquetError) -> RollupError {
 }
 
 impl<'a> Job<'a> {
-    /// The unit's job, or its report when its state already names exactly `files`.
+    /// The unit's job, or (its lease released) its report when its state already names
+    /// exactly `files`, or the failure to read its state.
     async fn start(
         store: &Arc<dyn ObjectStore>,
         cfg: &RollupConfig,
-        (unit, lease): (&'a Unit, &'a lease::Lease),
+        (unit, lease): (&'a Unit, lease::Lease),
         files: &[TelemetryFile],
-    ) -> Result<Result<Self, UnitReport>, RollupError> {
+    ) -> Result<Self, Result<UnitReport, RollupError>> {
         let state_path = unit.state_path(cfg);
-        let previous =
-            state::load(store, &state_path)
-                .await
-                .map_err(|source| RollupError::ReadState {
+        let previous = match state::load(store, &state_path).await {
+            Ok(previous) => previous,
+            Err(source) => {
+                let error = RollupError::ReadState {
                     path: state_path.clone(),
                     source,
-                })?;
+                };
+                return Err(release(lease, Err(error)).await);
+            }
+        };
         let mut report = UnitReport::new(unit, UnitOutcome::Done);
         report.files_listed = files.len();
         let listed: BTreeSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
         let known: BTreeSet<&str> = previous.objects.iter().map(String::as_str).collect();
         if listed == known {
             report.outcome = UnitOutcome::UpToDate;
-            return Ok(Err(report));
+            return Err(release(lease, Ok(report)).await);
         }
         report.new_files = listed.difference(&known).count();
-        Ok(Ok(Self {
+        Ok(Self {
             unit,
             lease,
             previous,
@@ -254,10 +269,9 @@ impl<'a> Job<'a> {
             stats_path: unit.stats_path(cfg),
             output: None,
             last_key: None,
-        }))
+        })
     }
 
-    /// Opens the unit's stored stats file (to compare along) and its new one.
     /// Whether the unit reads no more (deferred, or failed).
     fn stopped(&self) -> bool {
         self.blocked.is_some() || self.error.is_some()
@@ -318,7 +332,8 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
-    /// Stores what the unit computed: its stats file if a row changed, then its state.
+    /// Stores what the unit computed: its stats file if a row changed, then its state;
+    /// then releases its lease, whatever happened.
     async fn finish(self, store: &Arc<dyn ObjectStore>) -> Result<UnitReport, RollupError> {
         let Self {
             unit,
@@ -333,79 +348,84 @@ impl<'a> Job<'a> {
             output,
             last_key: _,
         } = self;
-        if let Some(e) = error {
-            return Err(e);
-        }
-        if report.rows_outside_partition > 0 {
-            warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
-        }
-        if blocked.is_some() || next == previous {
-            // Computed but not stored: no window was written or changed.
-            (report.windows, report.windows_updated) = (0, 0);
-        }
-        if let Some((path, error)) = blocked {
-            warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
-            report.skipped_files.push(SkippedFile {
-                path: path.clone(),
-                reason: format!(
-                    "already aggregated but could not be re-read ({error}); unit {unit} deferred"
-                ),
-            });
-            report.outcome = UnitOutcome::Deferred;
-            return Ok(report);
-        }
-        if next == previous {
-            // Every new object failed to read: nothing to recompute.
-            return Ok(report);
-        }
-        // No window given (the unit's readings are all gone): an empty new file.
-        let Output {
-            mut existing,
-            file: output,
-        } = match output {
-            Some(output) => output,
-            None => Output::open(store, &stats_path).await?,
-        };
-        // The stored rows after the last window computed are gone.
-        report.windows_updated += existing.rest().await;
-        if report.windows_updated > 0 || (!existing.intact() && report.windows > 0) {
-            let file = if report.windows == 0 {
-                None
-            } else {
-                Some(output.finish().map_err(|e| encode_error(&stats_path, e))?)
+        let result: Result<UnitReport, RollupError> = async {
+            if let Some(e) = error {
+                return Err(e);
+            }
+            if report.rows_outside_partition > 0 {
+                warn!(%unit, rows = report.rows_outside_partition, "rows whose event time is outside their hour folder were left out");
+            }
+            if blocked.is_some() || next == previous {
+                // Computed but not stored: no window was written or changed.
+                (report.windows, report.windows_updated) = (0, 0);
+            }
+            if let Some((path, error)) = blocked {
+                warn!(%unit, %path, %error, "an aggregated file could not be re-read; unit deferred");
+                report.skipped_files.push(SkippedFile {
+                    path: path.clone(),
+                    reason: format!(
+                        "already aggregated but could not be re-read ({error}); unit {unit} deferred"
+                    ),
+                });
+                report.outcome = UnitOutcome::Deferred;
+                return Ok(report);
+            }
+            if next == previous {
+                // Every new object failed to read: nothing to recompute.
+                return Ok(report);
+            }
+            // No window given (the unit's readings are all gone): an empty new file.
+            let Output {
+                mut existing,
+                file: output,
+            } = match output {
+                Some(output) => output,
+                None => Output::open(store, &stats_path).await?,
             };
+            // The stored rows after the last window computed are gone.
+            report.windows_updated += existing.rest().await;
+            if report.windows_updated > 0 || (!existing.intact() && report.windows > 0) {
+                let file = if report.windows == 0 {
+                    None
+                } else {
+                    Some(output.finish().map_err(|e| encode_error(&stats_path, e))?)
+                };
+                lease.check().map_err(lease_error)?;
+                write_stats(store, &stats_path, file).await?;
+                report.stats_written = true;
+            }
             lease.check().map_err(lease_error)?;
-            write_stats(store, &stats_path, file).await?;
-            report.stats_written = true;
+            state::save(store, &state_path, &next)
+                .await
+                .map_err(|source| RollupError::WriteState {
+                    path: state_path.clone(),
+                    source,
+                })?;
+            report.state_written = true;
+            info!(
+                %unit,
+                new_files = report.new_files,
+                windows = report.windows,
+                windows_updated = report.windows_updated,
+                read_with = report.read_with,
+                written = report.stats_written,
+                "unit rolled up"
+            );
+            Ok(report)
         }
-        lease.check().map_err(lease_error)?;
-        state::save(store, &state_path, &next)
-            .await
-            .map_err(|source| RollupError::WriteState {
-                path: state_path.clone(),
-                source,
-            })?;
-        report.state_written = true;
-        info!(
-            %unit,
-            new_files = report.new_files,
-            windows = report.windows,
-            windows_updated = report.windows_updated,
-            read_with = report.read_with,
-            written = report.stats_written,
-            "unit rolled up"
-        );
-        Ok(report)
+        .await;
+        release(lease, result).await
     }
 }
 
-/// Aggregates the leased units `held` (of one hour): one result per unit, in order.
+/// Aggregates the leased units `held` (of one hour), releasing each lease when its unit is
+/// done: one result per unit, in order.
 async fn aggregate_units(
     store: &Arc<dyn ObjectStore>,
     cfg: &RollupConfig,
-    held: &[(&Unit, &lease::Lease)],
+    held: Vec<(&Unit, lease::Lease)>,
 ) -> Vec<Result<UnitReport, RollupError>> {
-    let Some((first, _)) = held.first() else {
+    let Some(&(first, _)) = held.first() else {
         return Vec::new();
     };
     let partition = &first.partition;
@@ -416,20 +436,20 @@ async fn aggregate_units(
             let prefix = format!("{prefix}/{}", partition.path());
             let message = source.to_string();
             let mut source = Some(source);
-            return held
-                .iter()
-                .map(|_| {
-                    Err(RollupError::List {
-                        prefix: prefix.clone(),
-                        source: source
-                            .take()
-                            .unwrap_or_else(|| object_store::Error::Generic {
-                                store: "telemetry listing",
-                                source: message.clone().into(),
-                            }),
-                    })
-                })
-                .collect();
+            let mut results = Vec::with_capacity(held.len());
+            for (_, lease) in held {
+                let error = RollupError::List {
+                    prefix: prefix.clone(),
+                    source: source
+                        .take()
+                        .unwrap_or_else(|| object_store::Error::Generic {
+                            store: "telemetry listing",
+                            source: message.clone().into(),
+                        }),
+                };
+                results.push(release(lease, Err(error)).await);
+            }
+            return results;
         }
     };
     // Arrival order, so that de-duplication keeps the reading that arrived first.
@@ -440,11 +460,10 @@ async fn aggregate_units(
     let mut results: Vec<Option<Result<UnitReport, RollupError>>> =
         held.iter().map(|_| None).collect();
     let mut jobs: Vec<(usize, Job<'_>)> = Vec::with_capacity(held.len());
-    for (i, &unit) in held.iter().enumerate() {
+    for (i, unit) in held.into_iter().enumerate() {
         match Job::start(store, cfg, unit, &files).await {
-            Ok(Ok(job)) => jobs.push((i, job)),
-            Ok(Err(up_to_date)) => results[i] = Some(Ok(up_to_date)),
-            Err(e) => results[i] = Some(Err(e)),
+            Ok(job) => jobs.push((i, job)),
+            Err(up_to_date_or_failed) => results[i] = Some(up_to_date_or_failed),
         }
     }
     for (i, report) in read_units(store, cfg, &files, jobs).await {

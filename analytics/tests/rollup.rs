@@ -1036,3 +1036,51 @@ async fn a_worker_invocation_reads_its_units_of_an_hour_together_and_a_repeated_
         stats_files(&reference, H16).await
     );
 }
+
+#[tokio::test]
+async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
+    use analytics::requests::{CountingStore, Written};
+    let buckets = 2;
+    let cfg = RollupConfig {
+        buckets,
+        ..RollupConfig::default()
+    };
+    let inner = store();
+    fleet_hour(&inner, 40, 3).await;
+    let counting = CountingStore::new(inner);
+    let store: std::sync::Arc<dyn object_store::ObjectStore> =
+        std::sync::Arc::new(counting.clone());
+    let partition = telemetry::Partition::of_millis(H16);
+    let units: Vec<_> = (0..buckets)
+        .map(|bucket| analytics::units::Unit {
+            partition: partition.clone(),
+            bucket,
+            buckets,
+        })
+        .collect();
+    let reports = analytics::worker::run_hour(&store, &cfg, &units, "worker-test").await;
+    let read_with: Vec<_> = reports
+        .iter()
+        .map(|r| r.as_ref().unwrap().read_with)
+        .collect();
+    // Read together, stored one after the other.
+    assert_eq!(read_with, [2, 2]);
+    let writes = counting.writes();
+    let at = |w: &dyn Fn(&Written) -> bool| writes.iter().position(w).unwrap();
+    let released_first =
+        at(&|w| matches!(w, Written::Delete(p) if p.starts_with(&units[0].lease_prefix(&cfg))));
+    let second_state = at(&|w| matches!(w, Written::Put(p) if *p == units[1].state_path(&cfg)));
+    let first_state = at(&|w| matches!(w, Written::Put(p) if *p == units[0].state_path(&cfg)));
+    assert!(
+        first_state < released_first && released_first < second_state,
+        "the first unit's lease is released after its state is stored and before the \
+         second unit's is: {writes:?}"
+    );
+    // Both leases are gone.
+    for unit in &units {
+        let left = analytics::io::list_objects(&store, &unit.lease_prefix(&cfg))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{unit}: {left:?}");
+    }
+}

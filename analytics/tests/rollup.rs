@@ -970,6 +970,15 @@ async fn the_units_of_an_hour_that_fit_one_pass_are_read_together_with_the_same_
     );
 }
 
+/// Unit `bucket` of `buckets` of the hour starting at `H16`.
+fn unit_of_h16(bucket: u32, buckets: u32) -> analytics::units::Unit {
+    analytics::units::Unit {
+        partition: telemetry::Partition::of_millis(H16),
+        bucket,
+        buckets,
+    }
+}
+
 #[tokio::test]
 async fn a_worker_invocation_reads_its_units_of_an_hour_together_and_a_repeated_message_after_them()
 {
@@ -985,12 +994,7 @@ async fn a_worker_invocation_reads_its_units_of_an_hour_together_and_a_repeated_
     let store = store();
     fleet_hour(&store, 200, 12).await;
 
-    let partition = telemetry::Partition::of_millis(H16);
-    let unit = |bucket| analytics::units::Unit {
-        partition: partition.clone(),
-        bucket,
-        buckets,
-    };
+    let unit = |bucket| unit_of_h16(bucket, buckets);
     // The hour's four units, and the first one's message delivered twice.
     let mut event = SqsEvent::default();
     for (i, bucket) in [0, 1, 2, 3, 0].into_iter().enumerate() {
@@ -1050,14 +1054,7 @@ async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
     let counting = CountingStore::new(inner);
     let store: std::sync::Arc<dyn object_store::ObjectStore> =
         std::sync::Arc::new(counting.clone());
-    let partition = telemetry::Partition::of_millis(H16);
-    let units: Vec<_> = (0..buckets)
-        .map(|bucket| analytics::units::Unit {
-            partition: partition.clone(),
-            bucket,
-            buckets,
-        })
-        .collect();
+    let units: Vec<_> = (0..buckets).map(|b| unit_of_h16(b, buckets)).collect();
     let reports = analytics::worker::run_hour(&store, &cfg, &units, "worker-test").await;
     let read_with: Vec<_> = reports
         .iter()

@@ -7,8 +7,9 @@
 //! small). The benchmark `analytics/examples/rollup_incremental.rs` uses it to show
 //! that an incremental run's requests do not grow with the deployment's history.
 //!
-//! It also keeps the keys written and deleted, in order ([`CountingStore::writes`]): what
-//! a test reads to tell in which order a run stored and released things.
+//! Made with [`CountingStore::keeping_writes`], it also keeps the keys written and deleted,
+//! in order ([`CountingStore::writes`]): what a test reads to tell in which order a run
+//! stored and released things. (Only then: the list grows with every write.)
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +45,8 @@ struct Counters {
     get: AtomicU64,
     put: AtomicU64,
     delete: AtomicU64,
-    writes: Mutex<Vec<Written>>,
+    /// The keys written, when kept.
+    writes: Option<Mutex<Vec<Written>>>,
 }
 
 /// A key a [`CountingStore`] was asked to write or delete.
@@ -85,32 +87,46 @@ impl CountingStore {
         }
     }
 
+    /// Wraps `inner` like [`CountingStore::new`], and also keeps every key written or
+    /// deleted, in order ([`CountingStore::writes`]).
+    pub fn keeping_writes(inner: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            inner,
+            counts: Arc::new(Counters {
+                writes: Some(Mutex::default()),
+                ..Counters::default()
+            }),
+        }
+    }
+
     /// Sets every count back to zero, and forgets the writes.
     pub fn reset(&self) {
         let c = &self.counts;
         for n in [&c.list, &c.get, &c.put, &c.delete] {
             n.store(0, Ordering::Relaxed);
         }
-        c.writes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        if let Some(writes) = &c.writes {
+            writes.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 
     /// The keys written and deleted since creation or the last [`reset`](Self::reset), in
-    /// the order they were asked for.
+    /// the order they were asked for; empty unless made with
+    /// [`CountingStore::keeping_writes`].
     pub fn writes(&self) -> Vec<Written> {
-        self.counts
-            .writes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.counts.writes.as_ref().map_or_else(Vec::new, |w| {
+            w.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        })
     }
 }
 
 fn note(counts: &Counters, written: Written) {
-    counts
-        .writes
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(written);
+    if let Some(writes) = &counts.writes {
+        writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(written);
+    }
 }
 
 impl fmt::Display for CountingStore {
@@ -213,7 +229,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_request_class_is_counted_and_listings_by_page() {
-        let store = CountingStore::new(Arc::new(InMemory::new()));
+        let store = CountingStore::keeping_writes(Arc::new(InMemory::new()));
         for i in 0..1001 {
             store
                 .put(
@@ -245,5 +261,14 @@ mod tests {
         store.reset();
         assert_eq!(store.counts(), RequestCounts::default());
         assert!(store.writes().is_empty());
+        // Counting alone keeps no list that grows with every write.
+        let counting_only = CountingStore::new(Arc::new(InMemory::new()));
+        let key = Path::from("a");
+        counting_only
+            .put(&key, PutPayload::from_static(b"x"))
+            .await
+            .unwrap();
+        assert_eq!(counting_only.counts().put, 1);
+        assert!(counting_only.writes().is_empty());
     }
 }

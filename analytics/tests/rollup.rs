@@ -1051,7 +1051,7 @@ async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
     };
     let inner = store();
     fleet_hour(&inner, 40, 3).await;
-    let counting = CountingStore::new(inner);
+    let counting = CountingStore::keeping_writes(inner);
     let store: std::sync::Arc<dyn object_store::ObjectStore> =
         std::sync::Arc::new(counting.clone());
     let units: Vec<_> = (0..buckets).map(|b| unit_of_h16(b, buckets)).collect();

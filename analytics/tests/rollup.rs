@@ -1043,7 +1043,7 @@ async fn a_worker_invocation_reads_its_units_of_an_hour_together_and_a_repeated_
 
 #[tokio::test]
 async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
-    use analytics::requests::{CountingStore, Written};
+    use analytics::requests::CountingStore;
     let buckets = 2;
     let cfg = RollupConfig {
         buckets,
@@ -1062,16 +1062,12 @@ async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
         .collect();
     // Read together, stored one after the other.
     assert_eq!(read_with, [2, 2]);
-    let writes = counting.writes();
-    let at = |w: &dyn Fn(&Written) -> bool| writes.iter().position(w).unwrap();
-    let released_first =
-        at(&|w| matches!(w, Written::Delete(p) if p.starts_with(&units[0].lease_prefix(&cfg))));
-    let second_state = at(&|w| matches!(w, Written::Put(p) if *p == units[1].state_path(&cfg)));
-    let first_state = at(&|w| matches!(w, Written::Put(p) if *p == units[0].state_path(&cfg)));
+    let (released_first, first_state, second_state) = order_of_writes(&counting, &units, &cfg);
     assert!(
-        first_state < released_first && released_first < second_state,
+        first_state.is_some() && first_state < released_first && released_first < second_state,
         "the first unit's lease is released after its state is stored and before the \
-         second unit's is: {writes:?}"
+         second unit's is: {:?}",
+        counting.writes()
     );
     // Both leases are gone.
     for unit in &units {
@@ -1080,4 +1076,44 @@ async fn a_unit_of_a_batch_releases_its_lease_as_soon_as_it_is_stored() {
             .unwrap();
         assert!(left.is_empty(), "{unit}: {left:?}");
     }
+
+    // The second unit's state lost: the first is up to date and is released before the
+    // second is recomputed.
+    store
+        .delete(&Path::from(units[1].state_path(&cfg)))
+        .await
+        .unwrap();
+    counting.reset();
+    let reports = analytics::worker::run_hour(&store, &cfg, &units, "worker-test").await;
+    let outcomes: Vec<_> = reports
+        .iter()
+        .map(|r| r.as_ref().unwrap().outcome)
+        .collect();
+    use analytics::worker::UnitOutcome::{Done, UpToDate};
+    assert_eq!(outcomes, [UpToDate, Done]);
+    let (released_first, first_state, second_state) = order_of_writes(&counting, &units, &cfg);
+    assert!(
+        first_state.is_none() && released_first.is_some() && released_first < second_state,
+        "the up-to-date unit stores nothing and is released before the other is stored: {:?}",
+        counting.writes()
+    );
+}
+
+/// Where in `counting`'s writes the first unit's lease was released, and the first and
+/// second units' states were stored (`None`: not written).
+fn order_of_writes(
+    counting: &analytics::requests::CountingStore,
+    units: &[analytics::units::Unit],
+    cfg: &RollupConfig,
+) -> (Option<usize>, Option<usize>, Option<usize>) {
+    use analytics::requests::Written;
+    let writes = counting.writes();
+    let at = |w: &dyn Fn(&Written) -> bool| writes.iter().position(w);
+    let lease = units[0].lease_prefix(cfg);
+    let state = |i: usize| units[i].state_path(cfg);
+    (
+        at(&|w| matches!(w, Written::Delete(p) if p.starts_with(&lease))),
+        at(&|w| matches!(w, Written::Put(p) if *p == state(0))),
+        at(&|w| matches!(w, Written::Put(p) if *p == state(1))),
+    )
 }

@@ -397,9 +397,9 @@ pub async fn handle_units_reporting(
         failure.item_identifier = id.to_string();
         response.batch_item_failures.push(failure);
     };
-    // The batch's units by hour, in order (a unit given twice goes to a later group):
-    // the units of an hour are read together ([`worker::run_hour`]).
-    let mut groups: Vec<Vec<(String, Unit)>> = Vec::new();
+    // The batch's units, then grouped by hour ([`crate::units::hour_groups`]): the units
+    // of an hour are read together ([`worker::run_hour`]).
+    let mut given: Vec<(String, Unit)> = Vec::new();
     for record in event.records {
         let id = record.message_id.clone().unwrap_or_default();
         let message: UnitMessage =
@@ -417,17 +417,13 @@ pub async fn handle_units_reporting(
             warn!(unit = %message.unit, buckets = cfg.buckets, "unit of another bucket count; dropped");
             continue;
         }
-        let unit = message.unit;
-        let group = groups.iter_mut().find(|g| {
-            g.first()
-                .is_some_and(|(_, u)| u.partition == unit.partition)
-                && g.iter().all(|(_, u)| *u != unit)
-        });
-        match group {
-            Some(group) => group.push((id, unit)),
-            None => groups.push(vec![(id, unit)]),
-        }
+        given.push((id, message.unit));
     }
+    let refs: Vec<&Unit> = given.iter().map(|(_, u)| u).collect();
+    let groups: Vec<Vec<(String, Unit)>> = crate::units::hour_groups(&refs, usize::MAX)
+        .into_iter()
+        .map(|g| g.into_iter().map(|i| given[i].clone()).collect())
+        .collect();
     let mut slowest = Duration::ZERO;
     for (g, group) in groups.into_iter().enumerate() {
         if g > 0 && !crate::rollup::time_for_another(deadline, slowest) {

@@ -410,21 +410,9 @@ async fn run_units(
     let started_any = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cfg = Arc::new(cfg.clone());
     let owner: Arc<str> = Arc::from(owner);
-    // The units of each hour, in order, in runs of at most UNITS_PER_TASK.
-    let mut hours: Vec<Vec<usize>> = Vec::new();
-    for (i, unit) in units.iter().enumerate() {
-        match hours.iter_mut().find(|h| {
-            h.first()
-                .is_some_and(|&j| units[j].partition == unit.partition)
-        }) {
-            Some(hour) => hour.push(i),
-            None => hours.push(vec![i]),
-        }
-    }
-    let chunks: Vec<Vec<usize>> = hours
-        .iter()
-        .flat_map(|h| h.chunks(UNITS_PER_TASK).map(<[usize]>::to_vec))
-        .collect();
+    // The units of each hour, in runs of at most UNITS_PER_TASK.
+    let refs: Vec<&Unit> = units.iter().collect();
+    let chunks = crate::units::hour_groups(&refs, UNITS_PER_TASK);
     let mut tasks = Vec::with_capacity(chunks.len());
     for chunk in &chunks {
         let (slowest, started_any) = (slowest.clone(), started_any.clone());

@@ -22,6 +22,7 @@
 //! The bucket count is part of every name; it is fixed per deployment (changing it
 //! means recomputing: delete `stats/` and run the rollup again).
 
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -157,9 +158,60 @@ impl Unit {
     }
 }
 
+/// Groups `units` for [`crate::worker::run_hour`]: each group holds distinct units of one
+/// hour, at most `max` of them (at least 1), in their given order; a unit given again goes
+/// to a later group, so it runs after its first delivery is stored. Groups are lists of
+/// positions in `units`, in the order of their first unit.
+pub fn hour_groups(units: &[&Unit], max: usize) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    // The group each hour's units go to now.
+    let mut open: HashMap<&Partition, usize> = HashMap::new();
+    for (i, unit) in units.iter().enumerate() {
+        let fits = |g: &Vec<usize>| g.len() < max.max(1) && g.iter().all(|&j| units[j] != *unit);
+        match open.get(&unit.partition) {
+            Some(&g) if fits(&groups[g]) => groups[g].push(i),
+            _ => {
+                open.insert(&unit.partition, groups.len());
+                groups.push(vec![i]);
+            }
+        }
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_grouped_by_hour_in_runs_of_at_most_max_and_a_repeat_runs_later() {
+        let hour = |h: i64| Partition::of_millis(1_780_000_000_000 + h * 3_600_000);
+        let unit = |h, bucket| Unit {
+            partition: hour(h),
+            bucket,
+            buckets: 16,
+        };
+        let units = [
+            unit(0, 0),
+            unit(1, 0),
+            unit(0, 1),
+            unit(0, 0), // a repeat
+            unit(0, 2),
+            unit(0, 3),
+            unit(0, 4),
+            unit(1, 1),
+        ];
+        let refs: Vec<&Unit> = units.iter().collect();
+        assert_eq!(
+            hour_groups(&refs, usize::MAX),
+            [vec![0, 2], vec![1, 7], vec![3, 4, 5, 6]]
+        );
+        assert_eq!(
+            hour_groups(&refs, 2),
+            [vec![0, 2], vec![1, 7], vec![3, 4], vec![5, 6]]
+        );
+        assert_eq!(hour_groups(&refs, 0).len(), units.len());
+    }
 
     #[test]
     fn passes_split_a_bucket_into_ordered_ranges_of_even_counts() {

@@ -37,7 +37,7 @@ use ingest::IotRuleEvent;
 use tokio::sync::watch;
 
 use local::broker;
-use local::stack::{self, Stack, StackConfig, StreamTarget, local_firehose};
+use local::stack::{self, RuleMessage, Stack, StackConfig, StreamTarget, local_firehose};
 use local::topology::Topology;
 use local::{iot_rule, meter, scheduler};
 
@@ -921,18 +921,16 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     // the per-message baseline (IoT Core meters no message for them).
     let basic_ingest = stack.topology().basic_ingest();
     for _ in 0..lanes {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(IotRuleEvent, usize)>>(8);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<RuleMessage>>(8);
         let stack = stack.clone();
         workers.push(tokio::spawn(async move {
             while let Some(batch) = rx.recv().await {
-                for (event, len) in batch {
-                    stack.on_message(event, len, basic_ingest).await;
-                }
+                stack.on_messages(batch).await;
             }
         }));
         senders.push(tx);
     }
-    let mut pending: Vec<Vec<(IotRuleEvent, usize)>> = vec![Vec::new(); lanes];
+    let mut pending: Vec<Vec<RuleMessage>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut lines = 0u64;
     // The devices seen (their number goes into the bill's connectivity).
     let mut devices = local::meter::DeviceCount::default();
@@ -975,7 +973,11 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             received_at: chrono::Utc::now().timestamp_millis(),
             device_from_topic: None,
         };
-        pending[lane].push((event, payload.len()));
+        pending[lane].push(RuleMessage {
+            event,
+            payload_len: payload.len(),
+            basic_ingest,
+        });
         if pending[lane].len() >= REPLAY_LANE_BATCH {
             // The next batch is allocated whole, not grown push by push.
             let batch =

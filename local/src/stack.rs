@@ -168,6 +168,17 @@ pub struct DirectPut {
     journal: Option<Arc<Journal>>,
 }
 
+/// One message for the emulated IoT rule ([`Stack::on_messages`]).
+#[derive(Debug)]
+pub struct RuleMessage {
+    /// The event IoT Core would send.
+    pub event: IotRuleEvent,
+    /// The payload's size in bytes (what IoT Core meters a message by).
+    pub payload_len: usize,
+    /// It was published to the rule's Basic Ingest topic (not metered as a message).
+    pub basic_ingest: bool,
+}
+
 /// A DirectPut that stored nothing: Firehose's error code and message.
 struct PutFailed {
     code: &'static str,
@@ -215,29 +226,61 @@ impl DirectPut {
         data: bytes::Bytes,
         arrival_ms: i64,
     ) -> Result<(), PutFailed> {
+        self.put_many(vec![(partition_key.to_owned(), data, arrival_ms)])
+            .await
+            .map_err(|(_, f)| f)
+    }
+
+    /// Stores `records` (partition key, data, arrival) in order, numbered together and
+    /// journaled with one write (waits while the delivery stream's input is full). Each
+    /// record is still a put of its own to the stream it stands for; only the emulator's
+    /// bookkeeping is shared. On a failure, the index of the first record not stored: none
+    /// when the journal could not be written, the ones before it when the delivery stream
+    /// stopped.
+    async fn put_many(
+        &self,
+        records: Vec<(String, bytes::Bytes, i64)>,
+    ) -> Result<(), (usize, PutFailed)> {
         let _order = match &self.journal {
             Some(_) => Some(self.order.lock().await),
             None => None,
         };
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let entry = StreamEntry {
-            shard_id: DIRECT_PUT_SHARD.to_owned(),
-            sequence_number: n.to_string(),
-            partition_key: partition_key.to_owned(),
-            data,
-            approximate_arrival_ms: arrival_ms,
-        };
+        let first = self.next.fetch_add(records.len() as u64, Ordering::Relaxed);
+        let entries: Vec<StreamEntry> = records
+            .into_iter()
+            .zip(first..)
+            .map(|((partition_key, data, arrival_ms), n)| StreamEntry {
+                shard_id: DIRECT_PUT_SHARD.to_owned(),
+                sequence_number: n.to_string(),
+                partition_key,
+                data,
+                approximate_arrival_ms: arrival_ms,
+            })
+            .collect();
         if let Some(j) = &self.journal {
-            j.append(std::slice::from_ref(&entry))
-                .map_err(|e| PutFailed {
-                    code: "ServiceUnavailableException",
-                    message: format!("the emulated Firehose's journal could not be written: {e}"),
-                })?;
+            j.append(&entries).map_err(|e| {
+                (
+                    0,
+                    PutFailed {
+                        code: "ServiceUnavailableException",
+                        message: format!(
+                            "the emulated Firehose's journal could not be written: {e}"
+                        ),
+                    },
+                )
+            })?;
         }
-        self.tx.send(entry).await.map_err(|_| PutFailed {
-            code: "ServiceUnavailableException",
-            message: "the emulated Firehose delivery stream has stopped".into(),
-        })?;
+        for (i, entry) in entries.into_iter().enumerate() {
+            self.tx.send(entry).await.map_err(|_| {
+                (
+                    i,
+                    PutFailed {
+                        code: "ServiceUnavailableException",
+                        message: "the emulated Firehose delivery stream has stopped".into(),
+                    },
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -257,19 +300,28 @@ impl RecordSink for DirectPutInput {
 
     async fn put_batch(&self, batch: &[SinkRecord]) -> Result<Vec<EntryOutcome>, SinkError> {
         let now = chrono::Utc::now().timestamp_millis();
+        let records = batch
+            .iter()
+            .map(|r| (r.partition_key.clone(), r.data.clone(), now))
+            .collect();
+        let (stored, failed) = match self.put.put_many(records).await {
+            Ok(()) => (batch.len(), None),
+            Err((stored, f)) => (stored, Some(f)),
+        };
         let mut outcomes = Vec::with_capacity(batch.len());
-        for r in batch {
-            match self.put.put(&r.partition_key, r.data.clone(), now).await {
-                Ok(()) => {
-                    count_direct_put(&self.counters, r.data.len());
-                    outcomes.push(EntryOutcome::Ok);
-                }
-                Err(f) => outcomes.push(EntryOutcome::Failed {
+        for r in &batch[..stored] {
+            count_direct_put(&self.counters, r.data.len());
+            outcomes.push(EntryOutcome::Ok);
+        }
+        if let Some(f) = failed {
+            outcomes.resize(
+                batch.len(),
+                EntryOutcome::Failed {
                     code: f.code.into(),
                     message: f.message,
                     retriable: false,
-                }),
-            }
+                },
+            );
         }
         Ok(outcomes)
     }
@@ -1032,13 +1084,7 @@ impl Stack {
         payload_len: usize,
         basic_ingest: bool,
     ) -> IngestReport {
-        self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
-        if !basic_ingest {
-            self.counters.iot_message_units.fetch_add(
-                units(payload_len, IOT_MESSAGE_UNIT_BYTES),
-                Ordering::Relaxed,
-            );
-        }
+        self.count_trigger(payload_len, basic_ingest);
         let ingest = match &self.action {
             RuleAction::DirectPut(put) => {
                 self.put_raw(put, event).await;
@@ -1078,6 +1124,69 @@ impl Stack {
                 count_ingest_failure(&self.counters, &e.to_string());
                 IngestReport::default()
             }
+        }
+    }
+
+    /// What [`Stack::on_message`] does, for each of `messages` in order. In topology
+    /// firehose, unless faults are injected, the rule's Firehose actions are stored together
+    /// (one journal write, one lock); each message is still its own
+    /// rule trigger, action and Firehose record, metered as such.
+    pub async fn on_messages(&self, messages: Vec<RuleMessage>) {
+        let RuleAction::DirectPut(put) = &self.action else {
+            for m in messages {
+                self.on_message(m.event, m.payload_len, m.basic_ingest)
+                    .await;
+            }
+            return;
+        };
+        if self.faults.is_some() {
+            for m in messages {
+                self.on_message(m.event, m.payload_len, m.basic_ingest)
+                    .await;
+            }
+            return;
+        }
+        let mut records = Vec::with_capacity(messages.len());
+        let mut puts = Vec::with_capacity(messages.len());
+        for m in messages {
+            self.count_trigger(m.payload_len, m.basic_ingest);
+            let record = transform::RuleRecord {
+                payload: m.event.payload,
+                topic: m.event.topic,
+            };
+            puts.push((
+                String::new(),
+                bytes::Bytes::from(record.to_json()),
+                m.event.received_at,
+            ));
+            records.push((record, m.event.received_at));
+        }
+        let lens: Vec<usize> = puts.iter().map(|(_, data, _)| data.len()).collect();
+        let (stored, failed) = match put.put_many(puts).await {
+            Ok(()) => (records.len(), None),
+            Err((stored, f)) => (stored, Some(format!("{}: {}", f.code, f.message))),
+        };
+        let bytes: usize = lens[..stored].iter().sum();
+        self.counters
+            .firehose_put_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(error) = failed {
+            for (record, received_at) in &records[stored..] {
+                self.rule_error(record, *received_at, "FirehoseAction", &error)
+                    .await;
+            }
+        }
+    }
+
+    /// Counts a rule trigger for a message of `payload_len` bytes, and the message itself
+    /// unless it came through Basic Ingest.
+    fn count_trigger(&self, payload_len: usize, basic_ingest: bool) {
+        self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        if !basic_ingest {
+            self.counters.iot_message_units.fetch_add(
+                units(payload_len, IOT_MESSAGE_UNIT_BYTES),
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -1656,5 +1765,117 @@ mod tests {
             .checkpoint(&[(entry.shard_id.clone(), entry.sequence_number.clone())].into())
             .unwrap();
         assert!(check_other_journals(&cfg).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_direct_put_of_many_records_numbers_journals_and_sends_them_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, recovered) = Journal::open(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let put = DirectPut::start(tx, Some((Arc::new(journal), recovered)))
+            .await
+            .unwrap();
+        let record = |i: i64| (format!("k{i}"), bytes::Bytes::from(format!("r{i}")), i);
+        assert!(put.put_many((0..3).map(record).collect()).await.is_ok());
+        assert!(put.put("k3", bytes::Bytes::from("r3"), 3).await.is_ok());
+        let sent: Vec<StreamEntry> = (0..4).map(|_| rx.try_recv().unwrap()).collect();
+        let seen = |entries: &[StreamEntry]| -> Vec<(String, String, String, i64)> {
+            entries
+                .iter()
+                .map(|e| {
+                    (
+                        e.sequence_number.clone(),
+                        e.partition_key.clone(),
+                        String::from_utf8(e.data.to_vec()).unwrap(),
+                        e.approximate_arrival_ms,
+                    )
+                })
+                .collect()
+        };
+        let expected: Vec<_> = (0..4)
+            .map(|i: i64| (i.to_string(), format!("k{i}"), format!("r{i}"), i))
+            .collect();
+        assert_eq!(seen(&sent), expected);
+        // The delivery stream stopped: nothing of the batch is stored, and it says so.
+        drop(rx);
+        let Err((stored, failed)) = put.put_many((4..6).map(record).collect()).await else {
+            panic!("a put into a stopped delivery stream succeeded");
+        };
+        assert_eq!((stored, failed.code), (0, "ServiceUnavailableException"));
+        drop(put);
+        // The journal has every record, in order; a new input sends them first and numbers
+        // on after them.
+        let (journal, recovered) = Journal::open(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        let put = DirectPut::start(tx, Some((Arc::new(journal), recovered)))
+            .await
+            .unwrap();
+        let recovered: Vec<StreamEntry> = (0..6).map(|_| rx.try_recv().unwrap()).collect();
+        let mut expected = expected;
+        expected.extend((4..6).map(|i: i64| (i.to_string(), format!("k{i}"), format!("r{i}"), i)));
+        assert_eq!(seen(&recovered), expected);
+        assert!(put.put_many(vec![record(6)]).await.is_ok());
+        assert_eq!(rx.try_recv().unwrap().sequence_number, "6");
+    }
+
+    /// Runs `messages` through a firehose-topology stack, by [`Stack::on_messages`] in
+    /// batches of `batch` or by [`Stack::on_message`] one at a time (`batch` 0).
+    async fn firehose_run(messages: &[Vec<u8>], batch: usize) -> StackReport {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = Stack::start(config(dir.path(), Topology::Firehose))
+            .await
+            .unwrap();
+        let rule_message = |(i, payload): (usize, &Vec<u8>)| RuleMessage {
+            event: IotRuleEvent {
+                payload: telemetry::RuleRecord::encode_payload(payload),
+                topic: format!("dt/fleet/sensor-{:06}/telemetry", i % 100),
+                received_at: 1_764_078_300_000,
+                device_from_topic: None,
+            },
+            payload_len: payload.len(),
+            basic_ingest: true,
+        };
+        if batch == 0 {
+            for m in messages.iter().enumerate().map(rule_message) {
+                stack
+                    .on_message(m.event, m.payload_len, m.basic_ingest)
+                    .await;
+            }
+        } else {
+            let all: Vec<RuleMessage> = messages.iter().enumerate().map(rule_message).collect();
+            let mut all = all.into_iter().peekable();
+            while all.peek().is_some() {
+                stack.on_messages(all.by_ref().take(batch).collect()).await;
+            }
+        }
+        stack.finish(100).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rules_batched_firehose_actions_store_and_meter_what_one_at_a_time_would() {
+        let mut messages: Vec<Vec<u8>> = (0..250)
+            .map(|i| serde_json::to_vec(&test_support::fixtures::device_message(i)).unwrap())
+            .collect();
+        messages[7] = b"{\"device_id\": 42}".to_vec();
+        let one = firehose_run(&messages, 0).await;
+        let batched = firehose_run(&messages, 16).await;
+        let figures = |r: &StackReport| {
+            (
+                r.usage.rule_triggers,
+                r.usage.iot_message_units,
+                r.usage.firehose_5kb_units,
+                r.usage.firehose_bytes,
+                r.firehose.records_in,
+                r.firehose.ok,
+                r.firehose.processing_failed,
+                r.firehose.rows_written,
+                r.ingest.quarantined,
+            )
+        };
+        assert_eq!(figures(&batched), figures(&one));
+        let f = figures(&batched);
+        assert_eq!((f.0, f.4, f.7), (250, 250, 249 * 4), "{f:?}");
+        assert!(f.3 > 0 && f.8 == 1, "{f:?}");
+        assert!(batched.rule_errors.is_none());
     }
 }

@@ -41,6 +41,17 @@ pub struct RuleLink {
     pub(crate) rx: rumqttd::local::LinkRx,
 }
 
+/// The broker's in-memory log of each subscription filter (the rule's, and any other
+/// subscriber's): `LOG_SEGMENTS` segments of `LOG_SEGMENT_BYTES`, counted as rumqttd counts
+/// a message (topic + payload + 4). What the rule has not read yet waits there; once the log
+/// is full rumqttd drops its oldest segment, read or not, so it stays full: its size is the
+/// broker's memory at any rate that filled it once. A backlog larger than the log is lost,
+/// and `up` fails on the ledger's missing count. 10 × 32 MiB holds ~1.4 M messages of the
+/// simulated fleet (~28 s of backlog at 50,000 msg/s).
+const LOG_SEGMENT_BYTES: usize = 32 * 1024 * 1024;
+/// See [`LOG_SEGMENT_BYTES`].
+const LOG_SEGMENTS: usize = 10;
+
 /// Client id of the rule's link.
 const RULE_LINK_ID: &str = "iotpipe-rule";
 
@@ -72,8 +83,8 @@ pub fn start_embedded(port: u16) -> anyhow::Result<EmbeddedBroker> {
         router: RouterConfig {
             max_connections: 20_010,
             max_outgoing_packet_count: 1000,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: LOG_SEGMENT_BYTES,
+            max_segment_count: LOG_SEGMENTS,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),

@@ -754,13 +754,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
 
     // Let the rule catch up with what the broker acknowledged, then stop it.
+    let mut pace = None;
     match &sim {
         Some(sim) => {
             // As long as the rule makes progress: under overload the broker still holds
             // what it acknowledged, and stopping at a fixed deadline would drop it (a clean
             // session forgets it). Only a rule that stalls for RULE_STALL_TIMEOUT stops short.
+            let devices_stopped = tokio::time::Instant::now();
             let mut last = rule.received.load(std::sync::atomic::Ordering::Relaxed);
-            let mut stalled_since = tokio::time::Instant::now();
+            let behind = sim.sent.saturating_sub(last);
+            let mut stalled_since = devices_stopped;
             while last < sim.sent && stalled_since.elapsed() < RULE_STALL_TIMEOUT {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let now = rule.received.load(std::sync::atomic::Ordering::Relaxed);
@@ -769,6 +772,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     stalled_since = tokio::time::Instant::now();
                 }
             }
+            pace = Some(summary::Pace {
+                send_rate: sim.send_rate,
+                rule_rate: rule.window.rate(last),
+                behind_at_stop: behind,
+                caught_up_s: (last >= sim.sent).then(|| devices_stopped.elapsed().as_secs_f64()),
+            });
             if last < sim.acknowledged {
                 tracing::error!(
                     received = last,
@@ -807,6 +816,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             sent: sim.sent,
             acknowledged: sim.acknowledged,
             received,
+            pace,
         },
         None => summary::Source::Devices {
             broker: broker.to_string(),

@@ -25,6 +25,9 @@ pub enum Source {
         acknowledged: u64,
         /// Messages the IoT rule received from the broker.
         received: u64,
+        /// Whether the pipeline kept pace with the devices (`None`: not measured).
+        #[serde(flatten)]
+        pace: Option<Pace>,
     },
     /// Devices of the user's own (`iotpipe up --devices 0`) over MQTT.
     Devices {
@@ -61,6 +64,47 @@ pub enum Source {
         /// reading (left where they are; see the warnings).
         unreadable_errors: u64,
     },
+}
+
+/// Whether the pipeline kept pace with the simulated devices: the rate it sustained is
+/// the rule's, as long as it was not behind when the devices stopped. (The run's
+/// `messages_per_s` also counts start-up, the final flush and the rollup.)
+#[derive(Debug, Clone, Serialize)]
+pub struct Pace {
+    /// Messages per second the devices sent, first write to last (device-sim's figure).
+    pub send_rate: f64,
+    /// Messages per second the rule received, first message to last.
+    pub rule_rate: Option<f64>,
+    /// Messages the devices had sent that the rule had not received yet when they stopped
+    /// (the broker held them).
+    pub behind_at_stop: u64,
+    /// Seconds after the devices stopped until the rule had received as many messages as
+    /// they sent; `None` when it never did.
+    pub caught_up_s: Option<f64>,
+}
+
+impl Pace {
+    /// The summary's line.
+    fn line(&self) -> String {
+        let rule = self
+            .rule_rate
+            .map_or_else(|| "—".to_owned(), |r| format!("{r:.0}"));
+        let caught_up = match self.caught_up_s {
+            _ if self.behind_at_stop == 0 => "kept up".to_owned(),
+            Some(s) => format!(
+                "{} message(s) behind when the devices stopped, caught up {s:.1} s later",
+                self.behind_at_stop
+            ),
+            None => format!(
+                "{} message(s) behind when the devices stopped, never caught up",
+                self.behind_at_stop
+            ),
+        };
+        format!(
+            "pace: the devices sent {:.0} msg/s, the rule received {rule} msg/s (first message to last); {caught_up}\n",
+            self.send_rate
+        )
+    }
 }
 
 /// Everything a run reports.
@@ -206,8 +250,12 @@ impl Summary {
                 sent,
                 acknowledged,
                 received,
+                pace,
             } => {
                 out.push_str(&format!("MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}\n"));
+                if let Some(p) = pace {
+                    out.push_str(&p.line());
+                }
             }
             Source::Devices {
                 broker,
@@ -383,4 +431,32 @@ impl Summary {
 pub fn print_line(s: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{s}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+
+    #[test]
+    fn the_pace_line_says_whether_the_rule_kept_up() {
+        let pace = |behind_at_stop, caught_up_s| Pace {
+            send_rate: 50_000.0,
+            rule_rate: Some(46_512.4),
+            behind_at_stop,
+            caught_up_s,
+        };
+        assert!(pace(0, Some(0.0)).line().ends_with(
+            "the devices sent 50000 msg/s, the rule received 46512 msg/s (first message to last); kept up\n"
+        ));
+        assert!(
+            pace(120_000, Some(2.46)).line().contains(
+                "120000 message(s) behind when the devices stopped, caught up 2.5 s later"
+            )
+        );
+        assert!(
+            pace(7, None)
+                .line()
+                .contains("7 message(s) behind when the devices stopped, never caught up")
+        );
+    }
 }

@@ -43,7 +43,7 @@
 //! broker keeps the session (mosquitto: `max_queued_messages`, `persistent_client_expiration`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -121,6 +121,8 @@ pub enum RuleFeed {
 pub struct IotRule {
     /// Messages received from the broker.
     pub received: Arc<AtomicU64>,
+    /// When the first and the latest of them arrived.
+    pub window: Arc<ReceiveWindow>,
     stop: watch::Sender<bool>,
     /// The rule's loop; ends with the number of distinct devices seen in the topics.
     task: JoinHandle<anyhow::Result<u64>>,
@@ -136,12 +138,14 @@ impl IotRule {
         basic_ingest: BasicIngest,
     ) -> anyhow::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
+        let window = Arc::new(ReceiveWindow::default());
         let (stop, stop_rx) = watch::channel(false);
         let dispatcher = Dispatcher {
             stack,
             basic_ingest,
             permits: Arc::new(Semaphore::new(MAX_CONCURRENCY)),
             received: received.clone(),
+            window: window.clone(),
             devices: DeviceCount::default(),
         };
         let task = match feed {
@@ -152,6 +156,7 @@ impl IotRule {
         };
         Ok(Self {
             received,
+            window,
             stop,
             task,
         })
@@ -165,6 +170,35 @@ impl IotRule {
     }
 }
 
+/// When the rule received its first and its latest message: the pace at which the
+/// pipeline took what the devices sent (`iotpipe up`'s summary), start-up and the final
+/// flush left out.
+#[derive(Debug, Default)]
+pub struct ReceiveWindow {
+    /// Epoch ms of the first message; 0 until one arrives.
+    first_ms: AtomicI64,
+    /// Epoch ms of the latest message.
+    last_ms: AtomicI64,
+}
+
+impl ReceiveWindow {
+    /// Notes a message received at `at_ms` (epoch ms).
+    pub fn mark(&self, at_ms: i64) {
+        let _ = self
+            .first_ms
+            .compare_exchange(0, at_ms, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
+
+    /// Messages per second from the first message to the latest, for `received` messages;
+    /// `None` before two milliseconds apart arrived.
+    pub fn rate(&self, received: u64) -> Option<f64> {
+        let first = self.first_ms.load(Ordering::Relaxed);
+        let span_ms = self.last_ms.load(Ordering::Relaxed) - first;
+        (first != 0 && span_ms > 0).then(|| received as f64 * 1000.0 / span_ms as f64)
+    }
+}
+
 /// What the rule does with each message, whichever feed it came through.
 struct Dispatcher {
     stack: Arc<Stack>,
@@ -172,6 +206,7 @@ struct Dispatcher {
     /// One per concurrent ingest invocation ([`MAX_CONCURRENCY`]).
     permits: Arc<Semaphore>,
     received: Arc<AtomicU64>,
+    window: Arc<ReceiveWindow>,
     /// Distinct device ids in the topics: the fleet size of the run's cost.
     devices: DeviceCount,
 }
@@ -189,8 +224,9 @@ impl Dispatcher {
     ) -> anyhow::Result<usize> {
         let received_at = chrono::Utc::now().timestamp_millis();
         let mut taken = Vec::new();
+        let mut received = 0;
         for (topic, payload) in messages {
-            self.received.fetch_add(1, Ordering::Relaxed);
+            received += 1;
             let Some((topic, via_basic_ingest)) = rule_topic(topic, DEFAULT_RULE_NAME) else {
                 // Not this rule's (the subscriptions should not deliver it).
                 tracing::warn!(topic, "message on a topic the rule does not take");
@@ -211,6 +247,10 @@ impl Dispatcher {
                 payload_len: payload.len(),
                 basic_ingest: via_basic_ingest || self.basic_ingest == BasicIngest::StandIn,
             });
+        }
+        if received > 0 {
+            self.received.fetch_add(received, Ordering::Relaxed);
+            self.window.mark(received_at);
         }
         let n = taken.len();
         if n == 0 {
@@ -461,4 +501,23 @@ async fn mqtt_feed(
         let _ = client.disconnect().await;
         Ok(devices)
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReceiveWindow;
+
+    #[test]
+    fn the_receive_window_gives_the_rate_from_the_first_message_to_the_latest() {
+        let w = ReceiveWindow::default();
+        assert_eq!(w.rate(0), None, "nothing received yet");
+        w.mark(10_000);
+        assert_eq!(w.rate(5), None, "one instant is no span");
+        w.mark(12_000);
+        // A batch dispatched late (another task's clock read earlier) moves neither end back.
+        w.mark(11_000);
+        assert_eq!(w.rate(5), Some(2.5));
+        w.mark(14_000);
+        assert_eq!(w.rate(40_000), Some(10_000.0));
+    }
 }

@@ -44,6 +44,12 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
     assert_eq!(s["accepted"].as_u64(), Some(received), "{s}");
     assert_eq!(s["ledger"]["missing"].as_u64(), Some(0), "{s}");
     assert_eq!(s["ledger"]["received"].as_u64(), Some(acknowledged), "{s}");
-    // It fell behind and caught up: the run outlasted the devices.
+    // It fell behind and caught up: the run outlasted the devices, and its summary says so.
     assert!(s["elapsed_s"].as_f64().unwrap() > 5.0, "{s}");
+    assert!(s["behind_at_stop"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["caught_up_s"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(
+        s["rule_rate"].as_f64().unwrap() < s["send_rate"].as_f64().unwrap(),
+        "the rule took less per second than the devices sent: {s}"
+    );
 }

@@ -43,6 +43,11 @@ fn check_run(data: &Path, s: &Value) {
         "the rule must receive every QoS 1 message: {s}"
     );
     assert_eq!(s["input"], s["received"]);
+    // The pace: a rule that received everything caught up, and it took messages at a rate.
+    assert!(s["caught_up_s"].is_f64(), "{s}");
+    assert!(s["behind_at_stop"].as_u64().unwrap() <= sent, "{s}");
+    assert!(s["rule_rate"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["send_rate"].as_f64().unwrap() > 0.0, "{s}");
     assert_eq!(s["quarantined"], 0, "simulated payloads are valid: {s}");
     assert_eq!(s["accepted"], s["input"]);
     let readings = s["readings"].as_u64().unwrap();

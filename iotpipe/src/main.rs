@@ -225,6 +225,13 @@ struct UpArgs {
     /// Port of the embedded broker's plain MQTT listener on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     broker_port: u16,
+    /// How much the embedded broker keeps of what the rule has not read yet, in MiB: the
+    /// backlog a burst can build before the broker drops the oldest messages (and the run
+    /// fails on them). The default holds ~1.4 M messages of the simulated fleet (~28 s of
+    /// backlog at 50,000 msg/s); once filled it stays resident (~1.7× its size in memory).
+    #[arg(long, value_name = "MIB", default_value_t = broker::DEFAULT_LOG_MIB,
+          value_parser = clap::value_parser!(u32).range(1..=65_536), conflicts_with = "broker")]
+    broker_log_mib: u32,
     /// Also listen for MQTT over TLS: the broker's certificate chain (PEM). Needs --tls-key.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -601,7 +608,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         ),
         Some(url) => (url.clone(), None),
         None => {
-            let embedded = broker::start_embedded(a.broker_port)?;
+            let embedded = broker::start_embedded(a.broker_port, a.broker_log_mib)?;
             (embedded.url, Some(embedded.rule_link))
         }
     };
@@ -810,6 +817,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     };
     let report = stack.finish(devices).await?;
     pb.finish_and_clear();
+    let behind_at_stop = pace.as_ref().map_or(0, |p| p.behind_at_stop);
     let source = match &sim {
         Some(sim) => summary::Source::Mqtt {
             broker: broker.to_string(),
@@ -858,13 +866,25 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             None => sim.acknowledged.saturating_sub(received),
         };
         if missing > 0 {
+            let why = if a.broker.is_some() {
+                "A broker restarted without persistence drops what it held for the rule \
+                 (mosquitto: `persistence true`, and `user root` if it runs as root, or it \
+                 cannot save), and a broker whose queue for a slow subscriber is full drops \
+                 the excess (mosquitto: max_queued_messages, 1000 by default): lower --rate \
+                 or --devices, or raise the broker's queue limit"
+                    .to_owned()
+            } else {
+                format!(
+                    "The rule was {behind_at_stop} messages behind the devices when they \
+                     stopped (the pace line); the embedded broker keeps {} MiB of what the \
+                     rule has not read and drops the oldest beyond that: lower --rate or \
+                     --devices, or raise --broker-log-mib (memory: ~1.7× the log)",
+                    a.broker_log_mib
+                )
+            };
             anyhow::bail!(
                 "{missing} of {} messages the broker acknowledged never reached the rule (the \
-                 ledger counts them missing). A broker restarted without persistence drops \
-                 what it held for the rule (mosquitto: `persistence true`, and `user root` if \
-                 it runs as root, or it cannot save), and a broker whose queue for a slow \
-                 subscriber is full drops the excess (mosquitto: max_queued_messages, 1000 by \
-                 default): lower --rate or --devices, or raise the broker's queue limit",
+                 ledger counts them missing). {why}",
                 sim.acknowledged
             );
         }

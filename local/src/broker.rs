@@ -42,22 +42,28 @@ pub struct RuleLink {
 }
 
 /// The broker's in-memory log of each subscription filter (the rule's, and any other
-/// subscriber's): `LOG_SEGMENTS` segments of `LOG_SEGMENT_BYTES`, counted as rumqttd counts
-/// a message (topic + payload + 4). What the rule has not read yet waits there; once the log
-/// is full rumqttd drops its oldest segment, read or not, so it stays full: its size is the
-/// broker's memory at any rate that filled it once. A backlog larger than the log is lost,
-/// and `up` fails on the ledger's missing count. 10 × 32 MiB holds ~1.4 M messages of the
-/// simulated fleet (~28 s of backlog at 50,000 msg/s).
-const LOG_SEGMENT_BYTES: usize = 32 * 1024 * 1024;
-/// See [`LOG_SEGMENT_BYTES`].
+/// subscriber's), in MiB, unless `iotpipe up --broker-log-mib` says otherwise. It is counted
+/// as rumqttd counts a message (topic + payload + 4) and split into [`LOG_SEGMENTS`]
+/// segments. What the rule has not read yet waits there; once the log is full rumqttd drops
+/// its oldest segment, read or not, so it stays full: its size is the broker's memory at any
+/// rate that filled it once (~400 B resident per 234 B counted). A backlog larger than the
+/// log is lost, and `up` fails on the ledger's missing count. 320 MiB holds ~1.4 M messages
+/// of the simulated fleet (~28 s of backlog at 50,000 msg/s).
+pub const DEFAULT_LOG_MIB: u32 = 320;
+/// How many segments the log is split into: rumqttd drops one at a time, so the log keeps
+/// at least nine tenths of its size once it is full.
 const LOG_SEGMENTS: usize = 10;
 
 /// Client id of the rule's link.
 const RULE_LINK_ID: &str = "iotpipe-rule";
 
-/// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads; it lives
-/// until the process exits. Returns the URL clients connect to and the rule's link.
-pub fn start_embedded(port: u16) -> anyhow::Result<EmbeddedBroker> {
+/// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads, keeping
+/// up to `log_mib` MiB of unread messages per filter ([`DEFAULT_LOG_MIB`]); it lives until
+/// the process exits. Returns the URL clients connect to and the rule's link.
+pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker> {
+    if log_mib == 0 {
+        bail!("the embedded broker's log needs at least 1 MiB (--broker-log-mib)");
+    }
     let port = if port == 0 { free_port()? } else { port };
     let listen: SocketAddr = ([127, 0, 0, 1], port).into();
     // Fail here, with a clear message, rather than inside the broker's thread.
@@ -83,7 +89,7 @@ pub fn start_embedded(port: u16) -> anyhow::Result<EmbeddedBroker> {
         router: RouterConfig {
             max_connections: 20_010,
             max_outgoing_packet_count: 1000,
-            max_segment_size: LOG_SEGMENT_BYTES,
+            max_segment_size: log_mib as usize * 1024 * 1024 / LOG_SEGMENTS,
             max_segment_count: LOG_SEGMENTS,
             custom_segment: None,
             initialized_filters: None,

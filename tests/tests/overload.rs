@@ -53,3 +53,50 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
         "the rule took less per second than the devices sent: {s}"
     );
 }
+
+/// The embedded broker keeps a bounded log of what the rule has not read
+/// (`--broker-log-mib`); a backlog larger than that is dropped by the broker, oldest first.
+/// Nothing in the pipeline can bring those messages back, so the run must say so: the
+/// ledger counts them missing, `up` fails, and its error names the log and what to change.
+#[test]
+fn a_backlog_larger_than_the_brokers_log_fails_the_run_and_names_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1 MiB holds ~4,500 of the fleet's messages; 50,000 msg/s for 2 s is far more than a
+    // debug build's rule takes in that time (the test above: tens of thousands behind).
+    let out = iotpipe(&[
+        "up",
+        "--devices",
+        "1000",
+        "--rate",
+        "50",
+        "--duration",
+        "2s",
+        "--broker-log-mib",
+        "1",
+        "--rollup-every",
+        "1h",
+        "--summary-json",
+        "--data",
+    ])
+    .arg(dir.path())
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run hid its loss:\n{stderr}");
+    // The summary is still printed, with every figure.
+    let s = last_json_line(&out);
+    let sent = s["sent"].as_u64().unwrap();
+    let ledger = &s["ledger"];
+    let missing = ledger["missing"].as_u64().unwrap();
+    assert!(missing > 0, "{s}");
+    // What came in = what was stored + what the broker dropped: nothing else went astray.
+    assert_eq!(ledger["received"].as_u64().unwrap() + missing, sent, "{s}");
+    assert!(s["behind_at_stop"].as_u64().unwrap() > 4_500, "{s}");
+    assert_eq!(s["caught_up_s"], serde_json::Value::Null, "{s}");
+    assert!(
+        stderr.contains(&format!("{missing} of {}", s["acknowledged"]))
+            && stderr.contains("keeps 1 MiB")
+            && stderr.contains("--broker-log-mib"),
+        "the error does not say what was lost and why:\n{stderr}"
+    );
+}

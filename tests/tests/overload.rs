@@ -7,7 +7,32 @@
 // Test helpers outside #[test] functions unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::path::Path;
+use std::process::Command;
+
 use iotpipe_tests::{iotpipe, last_json_line, run};
+
+/// `iotpipe up` with 1,000 devices at 50 msg/s each (50,000 msg/s offered) for `duration`,
+/// its summary as JSON on the last line, data in `data`; `extra` adds options.
+fn up_at_50k(duration: &str, extra: &[&str], data: &Path) -> Command {
+    let mut args = vec![
+        "up",
+        "--devices",
+        "1000",
+        "--rate",
+        "50",
+        "--duration",
+        duration,
+        "--rollup-every",
+        "1h",
+        "--summary-json",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--data");
+    let mut cmd = iotpipe(&args);
+    cmd.arg(data);
+    cmd
+}
 
 #[test]
 fn up_past_its_capacity_loses_no_acknowledged_message() {
@@ -15,22 +40,11 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
     // 50,000 msg/s offered for 5 s: several times what a debug build ingests per second,
     // so that the backlog outlasts the old 15-second wait (measured before the fix: 124,810
     // of 250,000 acknowledged messages missing; after: none, in about 40 s).
-    let s = last_json_line(&run(iotpipe(&[
-        "up",
-        "--devices",
-        "1000",
-        "--rate",
-        "50",
-        "--duration",
+    let s = last_json_line(&run(&mut up_at_50k(
         "5s",
-        "--flush-every",
-        "2s",
-        "--rollup-every",
-        "1h",
-        "--summary-json",
-        "--data",
-    ])
-    .arg(dir.path())));
+        &["--flush-every", "2s"],
+        dir.path(),
+    )));
     let acknowledged = s["acknowledged"].as_u64().unwrap();
     assert!(
         acknowledged >= 100_000,
@@ -63,24 +77,9 @@ fn a_backlog_larger_than_the_brokers_log_fails_the_run_and_names_the_log() {
     let dir = tempfile::tempdir().unwrap();
     // 1 MiB holds ~4,500 of the fleet's messages; 50,000 msg/s for 2 s is far more than a
     // debug build's rule takes in that time (the test above: tens of thousands behind).
-    let out = iotpipe(&[
-        "up",
-        "--devices",
-        "1000",
-        "--rate",
-        "50",
-        "--duration",
-        "2s",
-        "--broker-log-mib",
-        "1",
-        "--rollup-every",
-        "1h",
-        "--summary-json",
-        "--data",
-    ])
-    .arg(dir.path())
-    .output()
-    .unwrap();
+    let out = up_at_50k("2s", &["--broker-log-mib", "1"], dir.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the run hid its loss:\n{stderr}");
     // The summary is still printed, with every figure.

@@ -710,8 +710,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let pb = spinner();
     let progress = {
         let (pb, stack, received) = (pb.clone(), stack.clone(), rule.received.clone());
+        let dropped = rule.dropped.clone();
+        let log_mib = a.broker_log_mib;
         tokio::spawn(async move {
             let mut last = (tokio::time::Instant::now(), 0u64);
+            let mut told = false;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let i = stack.ingested();
@@ -723,8 +726,25 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     .counters
                     .scheduler_invocations
                     .load(std::sync::atomic::Ordering::Relaxed);
+                let d = dropped.load(std::sync::atomic::Ordering::Relaxed);
+                if d > 0 && !told {
+                    told = true;
+                    pb.suspend(|| {
+                        tracing::error!(
+                            "the embedded broker is dropping messages the rule has not read: \
+                             its {log_mib} MiB log is full (the devices publish faster than \
+                             the pipeline takes them); the run will fail: publish more slowly \
+                             or raise --broker-log-mib"
+                        );
+                    });
+                }
+                let dropped = if d > 0 {
+                    format!(" · DROPPED by the broker {d}")
+                } else {
+                    String::new()
+                };
                 pb.set_message(format!(
-                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}",
+                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}{dropped}",
                     i.accepted, i.quarantined
                 ));
             }
@@ -803,6 +823,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         None => wait_quiet(&rule.received).await,
     }
     let received = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+    // Only the embedded broker's drops can be seen (local::iot_rule::BrokerDrops).
+    let broker_dropped = a
+        .broker
+        .is_none()
+        .then(|| rule.dropped.load(std::sync::atomic::Ordering::Relaxed));
     let devices_seen = rule.stop().await?;
     pb.set_message("flushing the stream, Firehose and a final rollup…");
     progress.abort();
@@ -824,12 +849,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             sent: sim.sent,
             acknowledged: sim.acknowledged,
             received,
+            broker_dropped,
             pace,
         },
         None => summary::Source::Devices {
             broker: broker.to_string(),
             tls_broker: tls_broker.as_ref().map(ToString::to_string),
             received,
+            broker_dropped,
         },
     };
     let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;
@@ -875,10 +902,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     .to_owned()
             } else {
                 format!(
-                    "The rule was {behind_at_stop} messages behind the devices when they \
-                     stopped (the pace line); the embedded broker keeps {} MiB of what the \
-                     rule has not read and drops the oldest beyond that: lower --rate or \
-                     --devices, or raise --broker-log-mib (memory: ~1.7× the log)",
+                    "The embedded broker dropped {} of them unread: it keeps {} MiB of what \
+                     the rule has not read and drops the oldest beyond that, and the rule was \
+                     {behind_at_stop} messages behind the devices when they stopped (the pace \
+                     line). Lower --rate or --devices, or raise --broker-log-mib (memory: \
+                     ~1.7× the log)",
+                    broker_dropped.unwrap_or(0),
                     a.broker_log_mib
                 )
             };
@@ -888,6 +917,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 sim.acknowledged
             );
         }
+    }
+    // Real devices: nobody else knows what they sent, but the embedded broker's drops are
+    // counted, and they are as lost as a missing seq.
+    if sim.is_none()
+        && let Some(dropped) = broker_dropped.filter(|&d| d > 0)
+    {
+        anyhow::bail!(
+            "the embedded broker dropped {dropped} of the messages your devices published \
+             before the rule read them (it received {received}): it keeps {} MiB of what the \
+             rule has not read and drops the oldest beyond that. Publish more slowly, or raise \
+             --broker-log-mib (memory: ~1.7× the log)",
+            a.broker_log_mib
+        );
     }
     Ok(())
 }

@@ -25,6 +25,10 @@ pub enum Source {
         acknowledged: u64,
         /// Messages the IoT rule received from the broker.
         received: u64,
+        /// Messages the embedded broker dropped from its full log before the rule read
+        /// them (`--broker-log-mib`); `None` with an external broker, whose drops no
+        /// subscriber can see (the ledger finds them as missing seqs).
+        broker_dropped: Option<u64>,
         /// Whether the pipeline kept pace with the devices (`None`: not measured).
         #[serde(flatten)]
         pace: Option<Pace>,
@@ -37,6 +41,10 @@ pub enum Source {
         tls_broker: Option<String>,
         /// Messages the IoT rule received from the broker.
         received: u64,
+        /// Messages the embedded broker dropped from its full log before the rule read
+        /// them (`--broker-log-mib`); `None` with an external broker, whose drops no
+        /// subscriber can see (the ledger finds them as missing seqs).
+        broker_dropped: Option<u64>,
     },
     /// A replay file.
     Replay {
@@ -64,6 +72,15 @@ pub enum Source {
         /// reading (left where they are; see the warnings).
         unreadable_errors: u64,
     },
+}
+
+/// What the summary's MQTT line adds about the embedded broker's drops: nothing unless it
+/// dropped some.
+fn dropped_note(broker_dropped: Option<u64>) -> String {
+    match broker_dropped {
+        Some(n) if n > 0 => format!(", dropped unread by the broker (its log was full) {n}"),
+        _ => String::new(),
+    }
 }
 
 /// Whether the pipeline kept pace with the simulated devices: the rate it sustained is
@@ -250,9 +267,13 @@ impl Summary {
                 sent,
                 acknowledged,
                 received,
+                broker_dropped,
                 pace,
             } => {
-                out.push_str(&format!("MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}\n"));
+                out.push_str(&format!(
+                    "MQTT ({broker}): sent {sent}, acknowledged {acknowledged}, received by the rule {received}{}\n",
+                    dropped_note(*broker_dropped)
+                ));
                 if let Some(p) = pace {
                     out.push_str(&p.line());
                 }
@@ -261,13 +282,15 @@ impl Summary {
                 broker,
                 tls_broker,
                 received,
+                broker_dropped,
             } => {
                 let tls = tls_broker
                     .as_ref()
                     .map(|t| format!(", {t}"))
                     .unwrap_or_default();
                 out.push_str(&format!(
-                    "MQTT ({broker}{tls}): received by the rule {received} from your devices\n"
+                    "MQTT ({broker}{tls}): received by the rule {received} from your devices{}\n",
+                    dropped_note(*broker_dropped)
                 ));
             }
             Source::Replay { file, lines } => {

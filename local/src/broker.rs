@@ -43,12 +43,13 @@ pub struct RuleLink {
 
 /// The broker's in-memory log of each subscription filter (the rule's, and any other
 /// subscriber's), in MiB, unless `iotpipe up --broker-log-mib` says otherwise. It is counted
-/// as rumqttd counts a message (topic + payload + 4) and split into [`LOG_SEGMENTS`]
-/// segments. What the rule has not read yet waits there; once the log is full rumqttd drops
-/// its oldest segment, read or not, so it stays full: its size is the broker's memory at any
-/// rate that filled it once (~400 B resident per 234 B counted). A backlog larger than the
-/// log is lost, and `up` fails on the ledger's missing count. 320 MiB holds ~1.4 M messages
-/// of the simulated fleet (~28 s of backlog at 50,000 msg/s).
+/// as rumqttd counts a message (topic + payload + 4) and split into ten segments
+/// (`LOG_SEGMENTS`). What the rule has not read yet waits there; once the log is full
+/// rumqttd drops its oldest segment, read or not, so it stays full: its size is the broker's
+/// memory at any rate that filled it once (~400 B resident per 234 B counted). A backlog
+/// larger than the log is lost: the rule counts it
+/// ([`IotRule::dropped`](crate::iot_rule::IotRule::dropped)) and `up` fails. 320 MiB holds
+/// ~1.4 M messages of the simulated fleet (~28 s of backlog at 50,000 msg/s).
 pub const DEFAULT_LOG_MIB: u32 = 320;
 /// How many segments the log is split into: rumqttd drops one at a time, so the log keeps
 /// at least nine tenths of its size once it is full.

@@ -123,6 +123,10 @@ pub struct IotRule {
     pub received: Arc<AtomicU64>,
     /// When the first and the latest of them arrived.
     pub window: Arc<ReceiveWindow>,
+    /// Messages the embedded broker dropped from its full log before the rule read them:
+    /// its numbering of the log jumps past them (`BrokerDrops`). Always 0 from an external
+    /// broker, whose drops no subscriber can see (the ledger finds them as missing seqs).
+    pub dropped: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
     /// The rule's loop; ends with the number of distinct devices seen in the topics.
     task: JoinHandle<anyhow::Result<u64>>,
@@ -139,6 +143,7 @@ impl IotRule {
     ) -> anyhow::Result<Self> {
         let received = Arc::new(AtomicU64::new(0));
         let window = Arc::new(ReceiveWindow::default());
+        let dropped = Arc::new(AtomicU64::new(0));
         let (stop, stop_rx) = watch::channel(false);
         let dispatcher = Dispatcher {
             stack,
@@ -152,11 +157,18 @@ impl IotRule {
             RuleFeed::Broker { url, session } => {
                 mqtt_feed(&url, session, basic_ingest, dispatcher, stop_rx).await?
             }
-            RuleFeed::Embedded(link) => link_feed(link, dispatcher, stop_rx).await?,
+            RuleFeed::Embedded(link) => {
+                let drops = BrokerDrops {
+                    dropped: dropped.clone(),
+                    next: None,
+                };
+                link_feed(link, dispatcher, drops, stop_rx).await?
+            }
         };
         Ok(Self {
             received,
             window,
+            dropped,
             stop,
             task,
         })
@@ -290,6 +302,7 @@ impl Dispatcher {
 async fn link_feed(
     link: RuleLink,
     mut dispatcher: Dispatcher,
+    mut drops: BrokerDrops,
     mut stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
     let RuleLink { mut tx, mut rx } = link;
@@ -326,7 +339,12 @@ async fn link_feed(
             let mut batch = Vec::with_capacity(LINK_BATCH);
             while let Some(n) = next.take() {
                 match n.map_err(|e| anyhow::anyhow!("the embedded broker's router is gone: {e}"))? {
-                    Some(Notification::Forward(f)) => batch.push(f.publish),
+                    Some(Notification::Forward(f)) => {
+                        if let Some((_, offset)) = f.cursor {
+                            drops.forwarded(offset);
+                        }
+                        batch.push(f.publish);
+                    }
                     Some(Notification::Unschedule) => wake(&rx).await?,
                     _ => {}
                 }
@@ -338,6 +356,32 @@ async fn link_feed(
         }
         dispatcher.drain().await
     }))
+}
+
+/// Counts what the embedded broker dropped before the rule read it. rumqttd keeps what it
+/// routes to a filter in a log of segments and numbers each message by its place in that
+/// log (the `cursor` of what it forwards); when the log is full it drops its oldest
+/// segment, read or not, and a reader behind it jumps to the oldest message left (rumqttd
+/// only logs that, as a warning). A jump in the numbers the rule's link receives is
+/// therefore exactly the number of messages dropped unread.
+struct BrokerDrops {
+    /// Messages dropped so far ([`IotRule::dropped`]).
+    dropped: Arc<AtomicU64>,
+    /// The number the next message should have; `None` before the first.
+    next: Option<u64>,
+}
+
+impl BrokerDrops {
+    /// Notes a forwarded message at `offset` in the filter's log.
+    fn forwarded(&mut self, offset: u64) {
+        if let Some(next) = self.next
+            && offset > next
+        {
+            self.dropped.fetch_add(offset - next, Ordering::Relaxed);
+        }
+        // A message forwarded again (an earlier offset) does not move the expectation back.
+        self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+    }
 }
 
 /// Messages from the embedded broker's link dispatched together, at most: a quarter of the
@@ -505,7 +549,33 @@ async fn mqtt_feed(
 
 #[cfg(test)]
 mod tests {
-    use super::ReceiveWindow;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::{BrokerDrops, ReceiveWindow};
+
+    #[test]
+    fn a_jump_in_the_brokers_numbering_counts_the_messages_it_dropped() {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut d = BrokerDrops {
+            dropped: dropped.clone(),
+            next: None,
+        };
+        // The first message sets the start, wherever the log was.
+        for offset in [40, 41, 42] {
+            d.forwarded(offset);
+        }
+        assert_eq!(dropped.load(Ordering::Relaxed), 0);
+        // The oldest segment went while the rule was behind: 43..=99 were never forwarded.
+        d.forwarded(100);
+        assert_eq!(dropped.load(Ordering::Relaxed), 57);
+        // A message forwarded again is no jump, and does not reopen the gap.
+        d.forwarded(70);
+        d.forwarded(101);
+        assert_eq!(dropped.load(Ordering::Relaxed), 57);
+        d.forwarded(103);
+        assert_eq!(dropped.load(Ordering::Relaxed), 58);
+    }
 
     #[test]
     fn the_receive_window_gives_the_rate_from_the_first_message_to_the_latest() {

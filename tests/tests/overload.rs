@@ -58,6 +58,7 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
     assert_eq!(s["accepted"].as_u64(), Some(received), "{s}");
     assert_eq!(s["ledger"]["missing"].as_u64(), Some(0), "{s}");
     assert_eq!(s["ledger"]["received"].as_u64(), Some(acknowledged), "{s}");
+    assert_eq!(s["broker_dropped"].as_u64(), Some(0), "{s}");
     // It fell behind and caught up: the run outlasted the devices, and its summary says so.
     assert!(s["elapsed_s"].as_f64().unwrap() > 5.0, "{s}");
     assert!(s["behind_at_stop"].as_u64().unwrap() > 0, "{s}");
@@ -90,10 +91,20 @@ fn a_backlog_larger_than_the_brokers_log_fails_the_run_and_names_the_log() {
     assert!(missing > 0, "{s}");
     // What came in = what was stored + what the broker dropped: nothing else went astray.
     assert_eq!(ledger["received"].as_u64().unwrap() + missing, sent, "{s}");
+    // The run counted the broker's drops itself (its numbering jumped past them): every
+    // missing message is among them, and every message the broker acknowledged either
+    // reached the rule or was dropped (a copy a device sent again may be dropped too).
+    let dropped = s["broker_dropped"].as_u64().unwrap();
+    assert!(dropped >= missing, "{s}");
+    assert!(
+        s["received"].as_u64().unwrap() + dropped >= s["acknowledged"].as_u64().unwrap(),
+        "{s}"
+    );
     assert!(s["behind_at_stop"].as_u64().unwrap() > 4_500, "{s}");
     assert_eq!(s["caught_up_s"], serde_json::Value::Null, "{s}");
     assert!(
         stderr.contains(&format!("{missing} of {}", s["acknowledged"]))
+            && stderr.contains(&format!("dropped {dropped} of them unread"))
             && stderr.contains("keeps 1 MiB")
             && stderr.contains("--broker-log-mib"),
         "the error does not say what was lost and why:\n{stderr}"

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iotpipe_tests::{iotpipe, need_env, query_json, total_count};
+use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, query_json, total_count};
 use serde_json::Value;
 
 /// A running `iotpipe up`, its stderr lines arriving on a channel.
@@ -83,8 +83,20 @@ impl Up {
         }
     }
 
-    /// Sends SIGINT (what Ctrl-C sends) and returns the summary JSON once it exits.
-    fn interrupt(mut self) -> Value {
+    /// Sends SIGINT (what Ctrl-C sends) and returns the summary JSON once it exits; the
+    /// run must succeed.
+    fn interrupt(self) -> Value {
+        let (exit, summary, stderr) = self.interrupt_with_status();
+        assert!(
+            exit.success(),
+            "iotpipe up exited with {exit} after SIGINT\n--- summary\n{summary}\n--- stderr\n{stderr}"
+        );
+        summary
+    }
+
+    /// Sends SIGINT and returns, once it exits, its exit status, the summary JSON (the
+    /// last stdout line) and everything it wrote to stderr.
+    fn interrupt_with_status(mut self) -> (std::process::ExitStatus, Value, String) {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
         assert!(status.success(), "kill -INT {pid} failed");
@@ -106,15 +118,16 @@ impl Up {
             .unwrap()
             .read_to_string(&mut stdout)
             .unwrap();
-        self.seen.extend(self.stderr.try_iter());
-        assert!(
-            exit.success(),
-            "iotpipe up exited with {exit} after SIGINT\n--- stdout\n{stdout}\n--- stderr\n{}",
-            self.seen.join("\n")
-        );
+        // The reader thread ends with the process's stderr.
+        while let Ok(line) = self.stderr.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let stderr = self.seen.join("\n");
         let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
-        serde_json::from_str(last.unwrap_or_default())
-            .unwrap_or_else(|e| panic!("no summary JSON on stdout ({e}):\n{stdout}"))
+        let summary = serde_json::from_str(last.unwrap_or_default()).unwrap_or_else(|e| {
+            panic!("no summary JSON on stdout ({e}), exit {exit}:\n{stdout}\n--- stderr\n{stderr}")
+        });
+        (exit, summary, stderr)
     }
 }
 
@@ -284,4 +297,72 @@ fn up_without_simulated_devices_ends_after_an_explicit_duration() {
     let s = iotpipe_tests::last_json_line(&out);
     assert_eq!(s["received"], 0, "{s}");
     assert_eq!(s["rows"], 0, "{s}");
+}
+
+/// Real devices that publish faster than the pipeline takes them, into a 1 MiB broker log:
+/// the embedded broker drops what the rule has not read, oldest first. Nobody told `up`
+/// what the devices sent, yet nothing may vanish silently: the rule counts the drops (the
+/// broker's numbering of its log jumps past them), the live status and the summary show
+/// them, and the run fails naming the log and the option that sizes it.
+#[test]
+fn real_devices_outrunning_the_brokers_log_fail_the_run_with_the_drops_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut up = Up::start(dir.path(), &["--broker-log-mib", "1"]);
+    let url = up.broker_urls(1).remove(0);
+    // Two device-sims play 2,000 devices at 50 msg/s each for 2 s: ~100,000 msg/s offered
+    // on two cores, more than a debug build's rule takes while they run (one device-sim
+    // alone, ~50,000 msg/s, it sometimes kept up), and 1 MiB holds only ~4,500 of their
+    // messages.
+    let sims: Vec<_> = ["a-", "b-"]
+        .iter()
+        .map(|prefix| {
+            Command::new(bin("device-sim"))
+                .args([
+                    "--broker",
+                    &url,
+                    "--device-prefix",
+                    prefix,
+                    "--devices",
+                    "1000",
+                    "--rate",
+                    "50",
+                    "--duration",
+                    "2s",
+                    "--summary-json",
+                    "--quiet",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // What the broker acknowledged to the devices (a device-sim whose publishes were not
+    // all acknowledged in time exits non-zero; its summary still counts them).
+    let acknowledged: u64 = sims
+        .into_iter()
+        .map(|sim| {
+            let out = sim.wait_with_output().unwrap();
+            last_json_line(&out)["acknowledged"].as_u64().unwrap()
+        })
+        .sum();
+    assert!(acknowledged >= 100_000, "the devices were not driven hard");
+    let (exit, s, stderr) = up.interrupt_with_status();
+    assert!(
+        !exit.success(),
+        "the run hid the broker's drops (acknowledged {acknowledged}): {s}\n{stderr}"
+    );
+    let dropped = s["broker_dropped"].as_u64().unwrap();
+    let received = s["received"].as_u64().unwrap();
+    assert!(dropped > 0, "{s}");
+    // Every message the broker acknowledged reached the rule or was counted dropped (a
+    // copy a device sent again counts twice), and everything received was stored.
+    assert!(received + dropped >= acknowledged, "{s}");
+    assert_eq!(s["accepted"].as_u64(), Some(received), "{s}");
+    assert!(
+        stderr.contains(&format!("dropped {dropped} of the messages"))
+            && stderr.contains("keeps 1 MiB")
+            && stderr.contains("--broker-log-mib"),
+        "the error does not say what was dropped and why:\n{stderr}"
+    );
 }

@@ -295,10 +295,11 @@ impl Dispatcher {
 
 /// The embedded broker's feed: the rule's link subscribes to the telemetry topics (rumqttd
 /// routes no `$` topic, so there is no Basic Ingest filter to add) and reads what the
-/// router forwards. The router forwards at most ~200 publishes before it waits for the link
-/// to ask for more (`Unschedule`, answered by `wake`), and the link is not read while every
-/// invocation slot is taken: what the devices publish meanwhile waits in the broker's log,
-/// as it waits behind a connection's full in-flight window.
+/// router forwards. The router forwards a bounded batch per turn (up to 10,000 publishes:
+/// `broker::start_embedded`), then waits for the link to ask for more (`Unschedule`,
+/// answered by `wake`) and serves the other connections first; the link is not read while
+/// every invocation slot is taken: what the devices publish meanwhile waits in the broker's
+/// log, as it waits behind a connection's full in-flight window.
 async fn link_feed(
     link: RuleLink,
     mut dispatcher: Dispatcher,

@@ -731,10 +731,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     told = true;
                     pb.suspend(|| {
                         tracing::error!(
-                            "the embedded broker is dropping messages the rule has not read: \
-                             its {log_mib} MiB log is full (the devices publish faster than \
-                             the pipeline takes them); the run will fail: publish more slowly \
-                             or raise --broker-log-mib"
+                            "the embedded broker is dropping messages the rule has not read \
+                             (the devices publish faster than the pipeline takes them), and \
+                             the run will fail: {}",
+                            broker_log_advice(log_mib)
                         );
                     });
                 }
@@ -905,13 +905,11 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     .to_owned()
             } else {
                 format!(
-                    "The embedded broker dropped {} of them unread: it keeps {} MiB of what \
-                     the rule has not read and drops the oldest beyond that, and the rule was \
+                    "The embedded broker dropped {} of them unread, and the rule was \
                      {behind_at_stop} messages behind the devices when they stopped (the pace \
-                     line). Lower --rate or --devices, or raise --broker-log-mib (memory: \
-                     ~1.7× the log)",
+                     line): {}",
                     broker_dropped.unwrap_or(0),
-                    a.broker_log_mib
+                    broker_log_advice(a.broker_log_mib)
                 )
             };
             anyhow::bail!(
@@ -928,13 +926,20 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!(
             "the embedded broker dropped {dropped} of the messages your devices published \
-             before the rule read them (it received {received}): it keeps {} MiB of what the \
-             rule has not read and drops the oldest beyond that. Publish more slowly, or raise \
-             --broker-log-mib (memory: ~1.7× the log)",
-            a.broker_log_mib
+             before the rule read them (it received {received}): {}",
+            broker_log_advice(a.broker_log_mib)
         );
     }
     Ok(())
+}
+
+/// What every report of the embedded broker's drops says about its log and what to change.
+fn broker_log_advice(log_mib: u32) -> String {
+    format!(
+        "the embedded broker keeps {log_mib} MiB of what the rule has not read and drops the \
+         oldest beyond that. Publish more slowly (--rate, --devices), or raise \
+         --broker-log-mib (memory: ~1.7× the log)"
+    )
 }
 
 /// Waits for Ctrl-C, or for `duration` when given.

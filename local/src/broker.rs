@@ -92,7 +92,7 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
             // What the router forwards a QoS 0 subscriber (the rule's link) per turn.
             // It serves connections in turn, the rule's link among 1,000 devices' ones, and
             // the link waits for its next turn once it asked for more: with 1,000 per turn
-            // the rule fell behind 1,000 devices at ~40,000–48,000 msg/s, with 10,000 it
+            // the rule fell behind 1,000 devices at ~39,000–48,000 msg/s, with 10,000 it
             // took 53,000–58,000 (BENCHMARKS.md, session 22). The devices subscribe to
             // nothing; the link's channel holds a turn's publishes (~3 MB of them).
             max_outgoing_packet_count: 10_000,

@@ -302,8 +302,8 @@ fn up_without_simulated_devices_ends_after_an_explicit_duration() {
 /// Real devices that publish faster than the pipeline takes them, into a 1 MiB broker log:
 /// the embedded broker drops what the rule has not read, oldest first. Nobody told `up`
 /// what the devices sent, yet nothing may vanish silently: the rule counts the drops (the
-/// broker's numbering of its log jumps past them), the live status and the summary show
-/// them, and the run fails naming the log and the option that sizes it.
+/// broker's numbering of its log jumps past them), the summary shows them, and the run
+/// fails naming the log and the option that sizes it.
 #[test]
 fn real_devices_outrunning_the_brokers_log_fail_the_run_with_the_drops_counted() {
     let dir = tempfile::tempdir().unwrap();

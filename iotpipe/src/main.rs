@@ -790,6 +790,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             let devices_stopped = tokio::time::Instant::now();
             let mut last = rule.received.load(std::sync::atomic::Ordering::Relaxed);
             let behind = sim.sent.saturating_sub(last);
+            let rule_rate_while_sending = rule.window.rate(last);
             let mut stalled_since = devices_stopped;
             // What the embedded broker dropped unread will never come: waiting for it would
             // only stall for RULE_STALL_TIMEOUT (the run fails on it below).
@@ -805,6 +806,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             pace = Some(summary::Pace {
                 send_rate: sim.send_rate,
                 rule_rate: rule.window.rate(last),
+                rule_rate_while_sending,
                 behind_at_stop: behind,
                 caught_up_s: (last >= sim.sent).then(|| devices_stopped.elapsed().as_secs_f64()),
             });

@@ -92,6 +92,11 @@ pub struct Pace {
     pub send_rate: f64,
     /// Messages per second the rule received, first message to last.
     pub rule_rate: Option<f64>,
+    /// Messages per second the rule received from its first message until the devices
+    /// stopped: what it took while they sent. Lower than `rule_rate` when the rule was
+    /// starved while they sent and drained the broker's backlog fast after (1,000
+    /// connections: BENCHMARKS.md, session 22).
+    pub rule_rate_while_sending: Option<f64>,
     /// Messages the devices had sent that the rule had not received yet when they stopped
     /// (the broker held them).
     pub behind_at_stop: u64,
@@ -103,9 +108,16 @@ pub struct Pace {
 impl Pace {
     /// The summary's line.
     fn line(&self) -> String {
-        let rule = self
-            .rule_rate
-            .map_or_else(|| "—".to_owned(), |r| format!("{r:.0}"));
+        let rate = |r: Option<f64>| r.map_or_else(|| "—".to_owned(), |r| format!("{r:.0}"));
+        let rule = rate(self.rule_rate);
+        let rule = if self.behind_at_stop == 0 {
+            format!("{rule} msg/s (first message to last)")
+        } else {
+            format!(
+                "{} msg/s while they sent, {rule} msg/s first message to last",
+                rate(self.rule_rate_while_sending)
+            )
+        };
         let caught_up = match self.caught_up_s {
             _ if self.behind_at_stop == 0 => "kept up".to_owned(),
             Some(s) => format!(
@@ -118,7 +130,7 @@ impl Pace {
             ),
         };
         format!(
-            "pace: the devices sent {:.0} msg/s, the rule received {rule} msg/s (first message to last); {caught_up}\n",
+            "pace: the devices sent {:.0} msg/s, the rule received {rule}; {caught_up}\n",
             self.send_rate
         )
     }
@@ -465,17 +477,17 @@ mod tests {
         let pace = |behind_at_stop, caught_up_s| Pace {
             send_rate: 50_000.0,
             rule_rate: Some(46_512.4),
+            rule_rate_while_sending: Some(15_500.2),
             behind_at_stop,
             caught_up_s,
         };
         assert!(pace(0, Some(0.0)).line().ends_with(
             "the devices sent 50000 msg/s, the rule received 46512 msg/s (first message to last); kept up\n"
         ));
-        assert!(
-            pace(120_000, Some(2.46)).line().contains(
-                "120000 message(s) behind when the devices stopped, caught up 2.5 s later"
-            )
-        );
+        assert!(pace(120_000, Some(2.46)).line().contains(
+            "the rule received 15500 msg/s while they sent, 46512 msg/s first message to \
+                 last; 120000 message(s) behind when the devices stopped, caught up 2.5 s later"
+        ));
         assert!(
             pace(7, None)
                 .line()

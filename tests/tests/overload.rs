@@ -67,6 +67,10 @@ fn up_past_its_capacity_loses_no_acknowledged_message() {
         s["rule_rate"].as_f64().unwrap() < s["send_rate"].as_f64().unwrap(),
         "the rule took less per second than the devices sent: {s}"
     );
+    assert!(
+        s["rule_rate_while_sending"].as_f64().unwrap() < s["send_rate"].as_f64().unwrap(),
+        "while they sent, the rule fell behind: {s}"
+    );
 }
 
 /// The embedded broker keeps a bounded log of what the rule has not read

@@ -47,6 +47,7 @@ fn check_run(data: &Path, s: &Value) {
     assert!(s["caught_up_s"].is_f64(), "{s}");
     assert!(s["behind_at_stop"].as_u64().unwrap() <= sent, "{s}");
     assert!(s["rule_rate"].as_f64().unwrap() > 0.0, "{s}");
+    assert!(s["rule_rate_while_sending"].as_f64().unwrap() > 0.0, "{s}");
     assert!(s["send_rate"].as_f64().unwrap() > 0.0, "{s}");
     assert_eq!(s["quarantined"], 0, "simulated payloads are valid: {s}");
     assert_eq!(s["accepted"], s["input"]);

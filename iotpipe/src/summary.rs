@@ -92,8 +92,8 @@ pub struct Pace {
     pub send_rate: f64,
     /// Messages per second the rule received, first message to last.
     pub rule_rate: Option<f64>,
-    /// Messages per second the rule received from its first message until the devices
-    /// stopped: what it took while they sent. Lower than `rule_rate` when the rule was
+    /// Messages per second the rule received from its first message to its latest one
+    /// before the devices stopped: what it took while they sent. Lower than `rule_rate` when the rule was
     /// starved while they sent and drained the broker's backlog fast after (1,000
     /// connections: BENCHMARKS.md, session 22).
     pub rule_rate_while_sending: Option<f64>,

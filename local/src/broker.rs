@@ -94,7 +94,7 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
             // the link waits for its next turn once it asked for more: with 1,000 per turn
             // the rule fell behind 1,000 devices at ~39,000–48,000 msg/s, with 10,000 it
             // took 53,000–58,000 (BENCHMARKS.md, session 22). The devices subscribe to
-            // nothing; the link's channel holds a turn's publishes (~3 MB of them).
+            // nothing; the link's channel holds a turn's publishes (~3 MB, estimated).
             max_outgoing_packet_count: 10_000,
             max_segment_size: log_mib as usize * 1024 * 1024 / LOG_SEGMENTS,
             max_segment_count: LOG_SEGMENTS,

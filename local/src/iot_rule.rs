@@ -158,10 +158,7 @@ impl IotRule {
                 mqtt_feed(&url, session, basic_ingest, dispatcher, stop_rx).await?
             }
             RuleFeed::Embedded(link) => {
-                let drops = BrokerDrops {
-                    dropped: dropped.clone(),
-                    next: None,
-                };
+                let drops = BrokerDrops::new(dropped.clone());
                 link_feed(link, dispatcher, drops, stop_rx).await?
             }
         };
@@ -373,6 +370,14 @@ struct BrokerDrops {
 }
 
 impl BrokerDrops {
+    /// Counts into `dropped`, from the first message forwarded on.
+    fn new(dropped: Arc<AtomicU64>) -> Self {
+        Self {
+            dropped,
+            next: None,
+        }
+    }
+
     /// Notes a forwarded message at `offset` in the filter's log.
     fn forwarded(&mut self, offset: u64) {
         if let Some(next) = self.next
@@ -558,10 +563,7 @@ mod tests {
     #[test]
     fn a_jump_in_the_brokers_numbering_counts_the_messages_it_dropped() {
         let dropped = Arc::new(AtomicU64::new(0));
-        let mut d = BrokerDrops {
-            dropped: dropped.clone(),
-            next: None,
-        };
+        let mut d = BrokerDrops::new(dropped.clone());
         // The first message sets the start, wherever the log was.
         for offset in [40, 41, 42] {
             d.forwarded(offset);

@@ -711,6 +711,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let progress = {
         let (pb, stack, received) = (pb.clone(), stack.clone(), rule.received.clone());
         let dropped = rule.dropped.clone();
+        let backlog = rule.backlog.clone();
         let log_mib = a.broker_log_mib;
         tokio::spawn(async move {
             let mut last = (tokio::time::Instant::now(), 0u64);
@@ -743,8 +744,17 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 } else {
                     String::new()
                 };
+                // What the rule has not read yet, against the log that holds it: the broker
+                // drops the oldest once the log is full.
+                let waiting = match backlog.as_ref().map(|b| (b.waiting(), b.waiting_bytes())) {
+                    Some((n, bytes)) if n > 0 => format!(
+                        " · {n} waiting in the broker (~{:.0} of its {log_mib} MiB log)",
+                        bytes as f64 / (1024.0 * 1024.0)
+                    ),
+                    _ => String::new(),
+                };
                 pb.set_message(format!(
-                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}{dropped}",
+                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}{waiting}{dropped}",
                     i.accepted, i.quarantined
                 ));
             }
@@ -782,6 +792,9 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
 
     // Let the rule catch up with what the broker acknowledged, then stop it.
     let mut pace = None;
+    // What the embedded broker still held for the rule when it stopped receiving.
+    let mut unread = None;
+    let mut received_at_stop = 0;
     match &sim {
         Some(sim) => {
             // As long as the rule makes progress: under overload the broker still holds
@@ -824,8 +837,18 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 wait_quiet(&rule.received).await;
             }
         }
-        // Real devices: take what the broker is still forwarding until it goes quiet.
-        None => wait_quiet(&rule.received).await,
+        // Real devices: take everything the embedded broker holds (however much, as long as
+        // the rule makes progress), then what the broker still forwards until it goes quiet.
+        None => {
+            received_at_stop = rule.received.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(backlog) = &rule.backlog {
+                let left = drain_backlog(backlog, &rule.received).await;
+                if left > 0 {
+                    unread = Some(left);
+                }
+            }
+            wait_quiet(&rule.received).await;
+        }
     }
     let received = rule.received.load(std::sync::atomic::Ordering::Relaxed);
     // Only the embedded broker's drops can be seen (local::iot_rule::BrokerDrops).
@@ -833,6 +856,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         .broker
         .is_none()
         .then(|| rule.dropped.load(std::sync::atomic::Ordering::Relaxed));
+    let backlog = rule.backlog.clone();
     let devices_seen = rule.stop().await?;
     pb.set_message("flushing the stream, Firehose and a final rollup…");
     progress.abort();
@@ -862,6 +886,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             tls_broker: tls_broker.as_ref().map(ToString::to_string),
             received,
             broker_dropped,
+            received_after_stop: received.saturating_sub(received_at_stop),
+            broker_appended: backlog.as_ref().map(iot_rule::Backlog::appended),
         },
     };
     let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;
@@ -921,6 +947,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(left) = unread {
+        anyhow::bail!(
+            "the rule stopped receiving for {} s with {left} of your devices' messages still \
+             in the embedded broker: they never reached the pipeline. The summary above has \
+             what it did take; the log (-v) says where ingest stalled",
+            RULE_STALL_TIMEOUT.as_secs()
+        );
+    }
     // Real devices: nobody else knows what they sent, but the embedded broker's drops are
     // counted, and they are as lost as a missing seq.
     if sim.is_none()
@@ -961,6 +995,32 @@ async fn wait_for_stop(mut stop: watch::Receiver<bool>, duration: Option<Duratio
 /// How long the rule may receive nothing, after the simulated devices stopped and before
 /// it has every message they sent, until `up` stops waiting for the rest.
 const RULE_STALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Waits until the rule has taken everything the embedded broker appended for it before now
+/// (read it, or counted it dropped), however large that backlog, as long as the rule
+/// receives something every [`RULE_STALL_TIMEOUT`]. Returns what still waited when it
+/// stalled (0: drained).
+async fn drain_backlog(
+    backlog: &iot_rule::Backlog,
+    received: &std::sync::atomic::AtomicU64,
+) -> u64 {
+    let now_ms = || chrono::Utc::now().timestamp_millis();
+    let since = now_ms();
+    let mut last = received.load(std::sync::atomic::Ordering::Relaxed);
+    let mut stalled_since = tokio::time::Instant::now();
+    while !backlog.drained_since(since, now_ms()) {
+        if stalled_since.elapsed() >= RULE_STALL_TIMEOUT {
+            return backlog.waiting();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = received.load(std::sync::atomic::Ordering::Relaxed);
+        if now > last {
+            last = now;
+            stalled_since = tokio::time::Instant::now();
+        }
+    }
+    0
+}
 
 /// Waits until no message arrived for 300 ms (at most 5 s): what devices published just
 /// before the stop is still taken in.

@@ -45,6 +45,13 @@ pub enum Source {
         /// them (`--broker-log-mib`); `None` with an external broker, whose drops no
         /// subscriber can see (the ledger finds them as missing seqs).
         broker_dropped: Option<u64>,
+        /// Of `received`, what the rule took after the stop (Ctrl-C, `--duration`): what the
+        /// broker still held for it then, and what the devices published while it drained.
+        received_after_stop: u64,
+        /// Messages the embedded broker took on the rule's topics (its meter of the rule's
+        /// log): `received` + `broker_dropped` + what arrived after the rule stopped
+        /// reading. `None` with an external broker.
+        broker_appended: Option<u64>,
     },
     /// A replay file.
     Replay {
@@ -81,6 +88,12 @@ fn dropped_note(broker_dropped: Option<u64>) -> String {
         Some(n) if n > 0 => format!(", dropped unread by the broker (its log was full) {n}"),
         _ => String::new(),
     }
+}
+
+/// What the embedded broker took on the rule's topics and neither forwarded to the rule nor
+/// dropped: what the devices published after the rule stopped reading.
+pub fn unread_after_stop(appended: Option<u64>, received: u64, dropped: Option<u64>) -> u64 {
+    appended.map_or(0, |a| a.saturating_sub(received + dropped.unwrap_or(0)))
 }
 
 /// Whether the pipeline kept pace with the simulated devices: the rate it sustained is
@@ -295,13 +308,29 @@ impl Summary {
                 tls_broker,
                 received,
                 broker_dropped,
+                received_after_stop,
+                broker_appended,
             } => {
                 let tls = tls_broker
                     .as_ref()
                     .map(|t| format!(", {t}"))
                     .unwrap_or_default();
+                let after = if *received_after_stop > 0 {
+                    format!(" ({received_after_stop} of them after the stop, from the broker's backlog)")
+                } else {
+                    String::new()
+                };
+                let unread = unread_after_stop(*broker_appended, *received, *broker_dropped);
+                let unread = if unread > 0 {
+                    format!(
+                        ", left in the broker {unread} (published after the rule stopped \
+                         reading: not in the pipeline)"
+                    )
+                } else {
+                    String::new()
+                };
                 out.push_str(&format!(
-                    "MQTT ({broker}{tls}): received by the rule {received} from your devices{}\n",
+                    "MQTT ({broker}{tls}): received by the rule {received} from your devices{after}{}{unread}\n",
                     dropped_note(*broker_dropped)
                 ));
             }
@@ -470,7 +499,17 @@ pub fn print_line(s: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::Pace;
+    use super::{Pace, unread_after_stop};
+
+    #[test]
+    fn what_the_broker_took_and_neither_forwarded_nor_dropped_is_left_in_it() {
+        assert_eq!(unread_after_stop(Some(100), 90, Some(10)), 0);
+        assert_eq!(unread_after_stop(Some(100), 80, Some(5)), 15);
+        // The meter is up to a second old: the rule may have read past it.
+        assert_eq!(unread_after_stop(Some(100), 101, Some(0)), 0);
+        // An external broker's log is not seen.
+        assert_eq!(unread_after_stop(None, 5, None), 0);
+    }
 
     #[test]
     fn the_pace_line_says_whether_the_rule_kept_up() {

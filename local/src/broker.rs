@@ -9,15 +9,20 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use device_sim::BrokerUrl;
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, Meter, MetricSettings, MetricType, RouterConfig,
+    ServerSettings,
+};
 use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use telemetry::topic::TOPIC_FILTER;
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
 /// oversize payload reaches ingest and is quarantined with its reason instead of vanishing
@@ -39,6 +44,51 @@ pub struct EmbeddedBroker {
 pub struct RuleLink {
     pub(crate) tx: rumqttd::local::LinkTx,
     pub(crate) rx: rumqttd::local::LinkRx,
+    /// What the broker appended to the log of the rule's filter.
+    pub(crate) log: Arc<BrokerLog>,
+}
+
+/// How often the embedded broker's router reports what it appended to each filter's log
+/// ([`BrokerLog`]): rumqttd's meters, whose period is whole seconds.
+pub const METER_PERIOD: Duration = Duration::from_secs(1);
+
+/// What the embedded broker appended to the log of the rule's filter (every message a
+/// device published on the telemetry topics), as its router last reported it. The router
+/// reports once a [`METER_PERIOD`], and only when something was appended since its last
+/// report: the figures are up to a period old, and a report with nothing new never comes.
+/// Against what the rule read of the log (its numbering: [`crate::iot_rule::Backlog`]) it
+/// gives what still waits in the broker.
+#[derive(Debug, Default)]
+pub struct BrokerLog {
+    appended: AtomicU64,
+    appended_bytes: AtomicU64,
+    /// Epoch ms at which the router made its latest report; 0 before the first.
+    reported_ms: AtomicI64,
+}
+
+impl BrokerLog {
+    /// Messages appended to the log since the broker started, as of the latest report.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// Their size as the log counts it (topic + payload + 4 bytes each).
+    pub fn appended_bytes(&self) -> u64 {
+        self.appended_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Epoch ms at which the router made its latest report (0 before the first).
+    pub fn reported_ms(&self) -> i64 {
+        self.reported_ms.load(Ordering::Relaxed)
+    }
+
+    /// Adds a report: `count` messages of `bytes` appended since the last one, made at
+    /// `at_ms`.
+    fn add(&self, count: u64, bytes: u64, at_ms: i64) {
+        self.appended.fetch_add(count, Ordering::Relaxed);
+        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.reported_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
 }
 
 /// The broker's in-memory log of each subscription filter (the rule's, and any other
@@ -109,14 +159,45 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
         console: None,
         bridge: None,
         prometheus: None,
-        metrics: None,
+        // The router's meters, read below ([`BrokerLog`]). Alerts get a period too: rumqttd's
+        // timer unwraps both periods whenever either is set (and nobody reads the alerts,
+        // which the router keeps at most 100 of). The period's field is private: its serde
+        // form is the only way to set it.
+        metrics: Some(HashMap::from([
+            (MetricType::Meters, meter_settings()?),
+            (MetricType::Alerts, meter_settings()?),
+        ])),
     };
     let mut broker = Broker::new(config);
     // The router runs from `Broker::new`; the link is its connection from now on.
     let (tx, rx) = broker
         .link(RULE_LINK_ID)
         .map_err(|e| anyhow::anyhow!("linking the IoT rule to the embedded broker: {e}"))?;
-    let rule_link = RuleLink { tx, rx };
+    let log = Arc::new(BrokerLog::default());
+    let meters = broker
+        .meters()
+        .map_err(|e| anyhow::anyhow!("reading the embedded broker's meters: {e}"))?;
+    let reports = log.clone();
+    std::thread::Builder::new()
+        .name("rumqttd-meters".into())
+        .spawn(move || {
+            // Until the router is gone (the process exits).
+            while let Ok(batch) = futures::executor::block_on(meters.next()) {
+                for m in batch {
+                    if let Meter::Subscription(filter, m) = m
+                        && filter == TOPIC_FILTER
+                    {
+                        reports.add(
+                            m.count as u64,
+                            m.total_size as u64,
+                            i64::try_from(m.timestamp).unwrap_or(i64::MAX),
+                        );
+                    }
+                }
+            }
+        })
+        .context("starting the embedded broker's meter thread")?;
+    let rule_link = RuleLink { tx, rx, log };
     std::thread::Builder::new()
         .name("rumqttd".into())
         .spawn(move || {
@@ -136,6 +217,12 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     bail!("the embedded broker did not start listening on {listen} within 2 s")
+}
+
+/// rumqttd's settings for a report every [`METER_PERIOD`].
+fn meter_settings() -> anyhow::Result<MetricSettings> {
+    serde_json::from_value(serde_json::json!({ "push_interval": METER_PERIOD.as_secs() }))
+        .context("internal: rumqttd's meter settings changed shape")
 }
 
 /// The embedded broker's TLS listener (`iotpipe up --tls-cert …`).

@@ -56,7 +56,7 @@ use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, basic_ingest_filter, rul
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::{MAX_PAYLOAD, RuleLink};
+use crate::broker::{BrokerLog, MAX_PAYLOAD, METER_PERIOD, RuleLink};
 use crate::meter::DeviceCount;
 use crate::stack::{RuleMessage, Stack};
 
@@ -127,6 +127,9 @@ pub struct IotRule {
     /// its numbering of the log jumps past them (`BrokerDrops`). Always 0 from an external
     /// broker, whose drops no subscriber can see (the ledger finds them as missing seqs).
     pub dropped: Arc<AtomicU64>,
+    /// What waits for the rule in the embedded broker; `None` with an external broker,
+    /// whose queue a subscriber cannot see.
+    pub backlog: Option<Backlog>,
     stop: watch::Sender<bool>,
     /// The rule's loop; ends with the number of distinct devices seen in the topics.
     task: JoinHandle<anyhow::Result<u64>>,
@@ -153,19 +156,28 @@ impl IotRule {
             window: window.clone(),
             devices: DeviceCount::default(),
         };
-        let task = match feed {
-            RuleFeed::Broker { url, session } => {
-                mqtt_feed(&url, session, basic_ingest, dispatcher, stop_rx).await?
-            }
+        let (task, backlog) = match feed {
+            RuleFeed::Broker { url, session } => (
+                mqtt_feed(&url, session, basic_ingest, dispatcher, stop_rx).await?,
+                None,
+            ),
             RuleFeed::Embedded(link) => {
                 let drops = BrokerDrops::new(dropped.clone());
-                link_feed(link, dispatcher, drops, stop_rx).await?
+                let backlog = Backlog {
+                    log: link.log.clone(),
+                    read_to: drops.read_to.clone(),
+                };
+                (
+                    link_feed(link, dispatcher, drops, stop_rx).await?,
+                    Some(backlog),
+                )
             }
         };
         Ok(Self {
             received,
             window,
             dropped,
+            backlog,
             stop,
             task,
         })
@@ -177,6 +189,65 @@ impl IotRule {
         let _ = self.stop.send(true);
         self.task.await.context("the IoT rule task panicked")?
     }
+}
+
+/// What waits for the rule in the embedded broker's log: what the broker appended to it
+/// ([`BrokerLog`], as its router last reported, up to a [`METER_PERIOD`] ago) against how far
+/// the rule's link got in the log's numbering (read, or dropped unread: `BrokerDrops`).
+#[derive(Debug, Clone)]
+pub struct Backlog {
+    log: Arc<BrokerLog>,
+    /// The log's number of the next message the rule expects: every message before it was
+    /// read or dropped.
+    read_to: Arc<AtomicU64>,
+}
+
+impl Backlog {
+    /// Messages the broker appended to the rule's log since it started (as of the router's
+    /// latest report): each was read by the rule, dropped unread, or still waits.
+    pub fn appended(&self) -> u64 {
+        self.log.appended()
+    }
+
+    /// Messages in the broker's log the rule has not read yet, as of the router's latest
+    /// report (what was appended since is not counted yet).
+    pub fn waiting(&self) -> u64 {
+        self.log
+            .appended()
+            .saturating_sub(self.read_to.load(Ordering::Relaxed))
+    }
+
+    /// Their size as the log counts it, estimated at the average size of what was appended.
+    pub fn waiting_bytes(&self) -> u64 {
+        let appended = self.log.appended();
+        if appended == 0 {
+            return 0;
+        }
+        (self.log.appended_bytes() as f64 * self.waiting() as f64 / appended as f64) as u64
+    }
+
+    /// Whether the rule has taken everything the broker appended before `since_ms` (epoch
+    /// ms): read it, or counted it dropped. The router reports only when something was
+    /// appended, so that is known once a report made after `since_ms` came, or once a whole
+    /// [`METER_PERIOD`] (and some slack) passed after it without one.
+    pub fn drained_since(&self, since_ms: i64, now_ms: i64) -> bool {
+        drained(self.waiting(), self.log.reported_ms(), since_ms, now_ms)
+    }
+}
+
+/// How late a router's report may come after its period ends ([`drained`]).
+const REPORT_SLACK_MS: i64 = 500;
+
+/// Whether nothing the broker appended before `since_ms` still waits for the rule, given
+/// `waiting` as of the router's latest report, made at `reported_ms`. The router reports
+/// once a [`METER_PERIOD`] and only when something was appended since its last report, so
+/// the count covers everything appended before `since_ms` once a report made after it came,
+/// or once a whole period (and some slack) passed since `since_ms` with no new report:
+/// then nothing was appended in between.
+fn drained(waiting: u64, reported_ms: i64, since_ms: i64, now_ms: i64) -> bool {
+    let period = METER_PERIOD.as_millis() as i64 + REPORT_SLACK_MS;
+    let current = reported_ms >= since_ms || now_ms - since_ms > period;
+    current && waiting == 0
 }
 
 /// When the rule received its first and its latest message: the pace at which the
@@ -303,7 +374,7 @@ async fn link_feed(
     mut drops: BrokerDrops,
     mut stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<u64>>> {
-    let RuleLink { mut tx, mut rx } = link;
+    let RuleLink { mut tx, mut rx, .. } = link;
     tx.subscribe(TOPIC_FILTER)
         .map_err(|e| anyhow::anyhow!("the rule's link cannot subscribe: {e}"))?;
     // Until the SUBACK, so that nothing published after `start` returns is missed.
@@ -365,28 +436,29 @@ async fn link_feed(
 struct BrokerDrops {
     /// Messages dropped so far ([`IotRule::dropped`]).
     dropped: Arc<AtomicU64>,
-    /// The number the next message should have; `None` before the first.
-    next: Option<u64>,
+    /// The number the next message should have, shared ([`Backlog`]).
+    read_to: Arc<AtomicU64>,
 }
 
 impl BrokerDrops {
-    /// Counts into `dropped`, from the first message forwarded on.
+    /// Counts into `dropped`. The log starts at 0 with the rule's subscription (its link
+    /// subscribes before `up` tells anyone the broker's address), so what went before the
+    /// first message the rule reads was dropped too.
     fn new(dropped: Arc<AtomicU64>) -> Self {
         Self {
             dropped,
-            next: None,
+            read_to: Arc::default(),
         }
     }
 
     /// Notes a forwarded message at `offset` in the filter's log.
     fn forwarded(&mut self, offset: u64) {
-        if let Some(next) = self.next
-            && offset > next
-        {
+        let next = self.read_to.load(Ordering::Relaxed);
+        if offset > next {
             self.dropped.fetch_add(offset - next, Ordering::Relaxed);
         }
         // A message forwarded again (an earlier offset) does not move the expectation back.
-        self.next = Some(self.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        self.read_to.store(next.max(offset + 1), Ordering::Relaxed);
     }
 }
 
@@ -558,26 +630,53 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use super::{BrokerDrops, ReceiveWindow};
+    use super::{BrokerDrops, ReceiveWindow, drained};
 
     #[test]
     fn a_jump_in_the_brokers_numbering_counts_the_messages_it_dropped() {
         let dropped = Arc::new(AtomicU64::new(0));
         let mut d = BrokerDrops::new(dropped.clone());
-        // The first message sets the start, wherever the log was.
-        for offset in [40, 41, 42] {
+        for offset in [0, 1, 2] {
             d.forwarded(offset);
         }
         assert_eq!(dropped.load(Ordering::Relaxed), 0);
+        // The oldest segment went before the rule read it: 3..=39 were never forwarded.
+        d.forwarded(40);
+        assert_eq!(dropped.load(Ordering::Relaxed), 37);
+        d.forwarded(41);
+        d.forwarded(42);
+        assert_eq!(dropped.load(Ordering::Relaxed), 37);
         // The oldest segment went while the rule was behind: 43..=99 were never forwarded.
         d.forwarded(100);
-        assert_eq!(dropped.load(Ordering::Relaxed), 57);
+        assert_eq!(dropped.load(Ordering::Relaxed), 37 + 57);
         // A message forwarded again is no jump, and does not reopen the gap.
         d.forwarded(70);
         d.forwarded(101);
-        assert_eq!(dropped.load(Ordering::Relaxed), 57);
+        assert_eq!(dropped.load(Ordering::Relaxed), 37 + 57);
         d.forwarded(103);
-        assert_eq!(dropped.load(Ordering::Relaxed), 58);
+        assert_eq!(dropped.load(Ordering::Relaxed), 37 + 58);
+        // The backlog's view: everything before 104 was read or dropped.
+        assert_eq!(d.read_to.load(Ordering::Relaxed), 104);
+    }
+
+    #[test]
+    fn the_backlog_is_drained_only_on_a_report_that_covers_the_stop() {
+        let stop = 100_000;
+        // Nothing waits per a report made after the stop: drained at once.
+        assert!(drained(0, stop + 300, stop, stop + 350));
+        // ... unless something still waits.
+        assert!(!drained(5, stop + 300, stop, stop + 350));
+        // The latest report is older than the stop: messages appended just before the stop
+        // may not be in it yet.
+        assert!(!drained(0, stop - 200, stop, stop + 400));
+        assert!(!drained(0, stop - 200, stop, stop + 1_400));
+        // A whole period and the slack passed after the stop without a report: nothing was
+        // appended since the latest one, which is then complete.
+        assert!(drained(0, stop - 200, stop, stop + 1_600));
+        assert!(
+            drained(0, 0, stop, stop + 1_600),
+            "no report ever: nothing appended"
+        );
     }
 
     #[test]

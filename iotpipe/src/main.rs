@@ -998,8 +998,8 @@ const RULE_STALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Waits until the rule has taken everything the embedded broker appended for it before now
 /// (read it, or counted it dropped), however large that backlog, as long as the rule
-/// receives something every [`RULE_STALL_TIMEOUT`]. Returns what still waited when it
-/// stalled (0: drained).
+/// receives something every [`RULE_STALL_TIMEOUT`]; what devices publish from now on does
+/// not keep the run going. Returns what still waited when the rule stalled (0: drained).
 async fn drain_backlog(
     backlog: &iot_rule::Backlog,
     received: &std::sync::atomic::AtomicU64,
@@ -1008,9 +1008,18 @@ async fn drain_backlog(
     let since = now_ms();
     let mut last = received.load(std::sync::atomic::Ordering::Relaxed);
     let mut stalled_since = tokio::time::Instant::now();
-    while !backlog.drained_since(since, now_ms()) {
+    // The log's count including everything appended before `since`, once a report says.
+    let mut target = None;
+    loop {
+        target = target.or_else(|| backlog.appended_before(since, now_ms()));
+        let read = backlog.read_to();
+        if target.is_some_and(|t| read >= t) {
+            return 0;
+        }
         if stalled_since.elapsed() >= RULE_STALL_TIMEOUT {
-            return backlog.waiting();
+            return target
+                .unwrap_or_else(|| backlog.appended())
+                .saturating_sub(read);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = received.load(std::sync::atomic::Ordering::Relaxed);
@@ -1019,7 +1028,6 @@ async fn drain_backlog(
             stalled_since = tokio::time::Instant::now();
         }
     }
-    0
 }
 
 /// Waits until no message arrived for 300 ms (at most 5 s): what devices published just

@@ -226,28 +226,35 @@ impl Backlog {
         (self.log.appended_bytes() as f64 * self.waiting() as f64 / appended as f64) as u64
     }
 
-    /// Whether the rule has taken everything the broker appended before `since_ms` (epoch
-    /// ms): read it, or counted it dropped. The router reports only when something was
-    /// appended, so that is known once a report made after `since_ms` came, or once a whole
-    /// [`METER_PERIOD`] (and some slack) passed after it without one.
-    pub fn drained_since(&self, since_ms: i64, now_ms: i64) -> bool {
-        drained(self.waiting(), self.log.reported_ms(), since_ms, now_ms)
+    /// How far into the log's numbering the rule has got: every message before it was read
+    /// or dropped.
+    pub fn read_to(&self) -> u64 {
+        self.read_to.load(Ordering::Relaxed)
+    }
+
+    /// The log's count of messages once it includes everything appended before `since_ms`
+    /// (epoch ms; it may include some appended after), or `None` while the router's latest
+    /// report may still miss some of them: the router reports only when something was
+    /// appended, so the count is complete once a report made after `since_ms` came, or
+    /// once a whole [`METER_PERIOD`] (and some slack) passed after it without one. Once the
+    /// rule's [`Backlog::read_to`] reaches it, the rule has taken all that the broker held
+    /// before `since_ms`.
+    pub fn appended_before(&self, since_ms: i64, now_ms: i64) -> Option<u64> {
+        covers(self.log.reported_ms(), since_ms, now_ms).then(|| self.log.appended())
     }
 }
 
-/// How late a router's report may come after its period ends ([`drained`]).
+/// How late a router's report may come after its period ends ([`covers`]).
 const REPORT_SLACK_MS: i64 = 500;
 
-/// Whether nothing the broker appended before `since_ms` still waits for the rule, given
-/// `waiting` as of the router's latest report, made at `reported_ms`. The router reports
-/// once a [`METER_PERIOD`] and only when something was appended since its last report, so
-/// the count covers everything appended before `since_ms` once a report made after it came,
-/// or once a whole period (and some slack) passed since `since_ms` with no new report:
-/// then nothing was appended in between.
-fn drained(waiting: u64, reported_ms: i64, since_ms: i64, now_ms: i64) -> bool {
+/// Whether the router's latest report, made at `reported_ms`, counts everything appended
+/// before `since_ms`. The router reports once a [`METER_PERIOD`] and only when something
+/// was appended since its last report: so once a report made after `since_ms` came, or
+/// once a whole period (and some slack) passed since `since_ms` with no new report —
+/// nothing was appended in between.
+fn covers(reported_ms: i64, since_ms: i64, now_ms: i64) -> bool {
     let period = METER_PERIOD.as_millis() as i64 + REPORT_SLACK_MS;
-    let current = reported_ms >= since_ms || now_ms - since_ms > period;
-    current && waiting == 0
+    reported_ms >= since_ms || now_ms - since_ms > period
 }
 
 /// When the rule received its first and its latest message: the pace at which the
@@ -630,7 +637,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use super::{BrokerDrops, ReceiveWindow, drained};
+    use super::{BrokerDrops, ReceiveWindow, covers};
 
     #[test]
     fn a_jump_in_the_brokers_numbering_counts_the_messages_it_dropped() {
@@ -660,21 +667,20 @@ mod tests {
     }
 
     #[test]
-    fn the_backlog_is_drained_only_on_a_report_that_covers_the_stop() {
+    fn a_report_covers_the_stop_once_made_after_it_or_a_period_passed_without_one() {
         let stop = 100_000;
-        // Nothing waits per a report made after the stop: drained at once.
-        assert!(drained(0, stop + 300, stop, stop + 350));
-        // ... unless something still waits.
-        assert!(!drained(5, stop + 300, stop, stop + 350));
+        // A report made after the stop counts everything appended before it.
+        assert!(covers(stop + 300, stop, stop + 350));
+        assert!(covers(stop, stop, stop + 10));
         // The latest report is older than the stop: messages appended just before the stop
         // may not be in it yet.
-        assert!(!drained(0, stop - 200, stop, stop + 400));
-        assert!(!drained(0, stop - 200, stop, stop + 1_400));
+        assert!(!covers(stop - 200, stop, stop + 400));
+        assert!(!covers(stop - 200, stop, stop + 1_400));
         // A whole period and the slack passed after the stop without a report: nothing was
         // appended since the latest one, which is then complete.
-        assert!(drained(0, stop - 200, stop, stop + 1_600));
+        assert!(covers(stop - 200, stop, stop + 1_600));
         assert!(
-            drained(0, 0, stop, stop + 1_600),
+            covers(0, stop, stop + 1_600),
             "no report ever: nothing appended"
         );
     }

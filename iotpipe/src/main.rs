@@ -838,16 +838,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             }
         }
         // Real devices: take everything the embedded broker holds (however much, as long as
-        // the rule makes progress), then what the broker still forwards until it goes quiet.
+        // the rule makes progress); from an external broker, what it still forwards until it
+        // goes quiet (what it holds beyond that waits in the rule's session for the next run).
         None => {
             received_at_stop = rule.received.load(std::sync::atomic::Ordering::Relaxed);
-            if let Some(backlog) = &rule.backlog {
-                let left = drain_backlog(backlog, &rule.received).await;
-                if left > 0 {
-                    unread = Some(left);
+            match &rule.backlog {
+                Some(backlog) => {
+                    let left = drain_backlog(backlog, &rule.received).await;
+                    if left > 0 {
+                        unread = Some(left);
+                    }
                 }
+                None => wait_quiet(&rule.received).await,
             }
-            wait_quiet(&rule.received).await;
         }
     }
     let received = rule.received.load(std::sync::atomic::Ordering::Relaxed);
@@ -858,6 +861,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         .then(|| rule.dropped.load(std::sync::atomic::Ordering::Relaxed));
     let backlog = rule.backlog.clone();
     let devices_seen = rule.stop().await?;
+    let rule_stopped_ms = chrono::Utc::now().timestamp_millis();
     pb.set_message("flushing the stream, Firehose and a final rollup…");
     progress.abort();
     let _ = progress.await;
@@ -870,6 +874,12 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         None => devices_seen,
     };
     let report = stack.finish(devices).await?;
+    // What the embedded broker took, counted up to the rule's stop at least (usually long
+    // since reported: the flush takes longer than a meter period).
+    let broker_appended = match &backlog {
+        Some(b) => Some(appended_before(b, rule_stopped_ms).await),
+        None => None,
+    };
     pb.finish_and_clear();
     let behind_at_stop = pace.as_ref().map_or(0, |p| p.behind_at_stop);
     let source = match &sim {
@@ -887,7 +897,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             received,
             broker_dropped,
             received_after_stop: received.saturating_sub(received_at_stop),
-            broker_appended: backlog.as_ref().map(iot_rule::Backlog::appended),
+            broker_appended,
         },
     };
     let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;
@@ -1027,6 +1037,17 @@ async fn drain_backlog(
             last = now;
             stalled_since = tokio::time::Instant::now();
         }
+    }
+}
+
+/// The embedded broker's count of what it appended to the rule's log, once it includes
+/// everything appended before `since_ms` (at most a meter period and some slack later).
+async fn appended_before(backlog: &iot_rule::Backlog, since_ms: i64) -> u64 {
+    loop {
+        if let Some(n) = backlog.appended_before(since_ms, chrono::Utc::now().timestamp_millis()) {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -49,8 +49,9 @@ pub enum Source {
         /// broker still held for it then, and what the devices published while it drained.
         received_after_stop: u64,
         /// Messages the embedded broker took on the rule's topics (its meter of the rule's
-        /// log): `received` + `broker_dropped` + what arrived after the rule stopped
-        /// reading. `None` with an external broker.
+        /// log, counted at least up to the moment the rule stopped reading): `received` +
+        /// `broker_dropped` + what arrived after the rule stopped. `None` with an external
+        /// broker.
         broker_appended: Option<u64>,
     },
     /// A replay file.
@@ -316,7 +317,7 @@ impl Summary {
                     .map(|t| format!(", {t}"))
                     .unwrap_or_default();
                 let after = if *received_after_stop > 0 {
-                    format!(" ({received_after_stop} of them after the stop, from the broker's backlog)")
+                    format!(" ({received_after_stop} of them after the stop)")
                 } else {
                     String::new()
                 };

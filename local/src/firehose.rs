@@ -927,7 +927,9 @@ impl DeliveryStream {
         if self.writer.pending_rows() == 0 {
             self.publish_durable();
         }
-        tracing::info!(
+        // One line per invocation: with `-v`, beside the REPORT lines (1,137 of them for a
+        // million-message replay would bury the progress bar by default).
+        tracing::debug!(
             invocation_id = event.invocation_id.as_deref().unwrap_or(""),
             cut = cut.as_str(),
             records = event.records.len(),
@@ -1008,7 +1010,7 @@ impl DeliveryStream {
     /// (what S3 event notifications do on AWS).
     async fn completed(&mut self, files: Vec<WrittenFile>) -> Result<(), EmulatorError> {
         for f in files {
-            tracing::info!(path = %f.path, rows = f.rows, bytes = f.bytes, "parquet file written");
+            tracing::debug!(path = %f.path, rows = f.rows, bytes = f.bytes, "parquet file written");
             analytics::pending::mark(
                 &self.store,
                 analytics::config::DEFAULT_PENDING_PREFIX,

@@ -93,7 +93,7 @@ fn dropped_note(broker_dropped: Option<u64>) -> String {
 
 /// What the embedded broker took on the rule's topics and neither forwarded to the rule nor
 /// dropped: what the devices published after the rule stopped reading.
-pub fn unread_after_stop(appended: Option<u64>, received: u64, dropped: Option<u64>) -> u64 {
+fn unread_after_stop(appended: Option<u64>, received: u64, dropped: Option<u64>) -> u64 {
     appended.map_or(0, |a| a.saturating_sub(received + dropped.unwrap_or(0)))
 }
 
@@ -506,7 +506,7 @@ mod tests {
     fn what_the_broker_took_and_neither_forwarded_nor_dropped_is_left_in_it() {
         assert_eq!(unread_after_stop(Some(100), 90, Some(10)), 0);
         assert_eq!(unread_after_stop(Some(100), 80, Some(5)), 15);
-        // The meter is up to a second old: the rule may have read past it.
+        // Never below zero, whatever the counts.
         assert_eq!(unread_after_stop(Some(100), 101, Some(0)), 0);
         // An external broker's log is not seen.
         assert_eq!(unread_after_stop(None, 5, None), 0);

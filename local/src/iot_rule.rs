@@ -212,9 +212,7 @@ impl Backlog {
     /// Messages in the broker's log the rule has not read yet, as of the router's latest
     /// report (what was appended since is not counted yet).
     pub fn waiting(&self) -> u64 {
-        self.log
-            .appended()
-            .saturating_sub(self.read_to.load(Ordering::Relaxed))
+        self.appended().saturating_sub(self.read_to())
     }
 
     /// Their size as the log counts it, estimated at the average size of what was appended.

@@ -801,21 +801,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             // what it acknowledged, and stopping at a fixed deadline would drop it (a clean
             // session forgets it). Only a rule that stalls for RULE_STALL_TIMEOUT stops short.
             let devices_stopped = tokio::time::Instant::now();
-            let mut last = rule.received.load(std::sync::atomic::Ordering::Relaxed);
-            let behind = sim.sent.saturating_sub(last);
-            let rule_rate_while_sending = rule.window.rate(last);
-            let mut stalled_since = devices_stopped;
+            let mut watch = StallWatch::new(&rule.received);
+            let behind = sim.sent.saturating_sub(watch.last);
+            let rule_rate_while_sending = rule.window.rate(watch.last);
             // What the embedded broker dropped unread will never come: waiting for it would
             // only stall for RULE_STALL_TIMEOUT (the run fails on it below).
             let dropped = || rule.dropped.load(std::sync::atomic::Ordering::Relaxed);
-            while last + dropped() < sim.sent && stalled_since.elapsed() < RULE_STALL_TIMEOUT {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let now = rule.received.load(std::sync::atomic::Ordering::Relaxed);
-                if now > last {
-                    last = now;
-                    stalled_since = tokio::time::Instant::now();
-                }
+            while watch.last + dropped() < sim.sent && !watch.stalled() {
+                watch.tick().await;
             }
+            let last = watch.last;
             pace = Some(summary::Pace {
                 send_rate: sim.send_rate,
                 rule_rate: rule.window.rate(last),
@@ -1030,8 +1025,7 @@ async fn drain_backlog(
 ) -> u64 {
     let now_ms = || chrono::Utc::now().timestamp_millis();
     let since = now_ms();
-    let mut last = received.load(std::sync::atomic::Ordering::Relaxed);
-    let mut stalled_since = tokio::time::Instant::now();
+    let mut watch = StallWatch::new(received);
     // The log's count including everything appended before `since`, once a report says.
     let mut target = None;
     loop {
@@ -1040,17 +1034,45 @@ async fn drain_backlog(
         if target.is_some_and(|t| read >= t) {
             return 0;
         }
-        if stalled_since.elapsed() >= RULE_STALL_TIMEOUT {
+        if watch.stalled() {
             return target
                 .unwrap_or_else(|| backlog.appended())
                 .saturating_sub(read);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = received.load(std::sync::atomic::Ordering::Relaxed);
-        if now > last {
-            last = now;
-            stalled_since = tokio::time::Instant::now();
+        watch.tick().await;
+    }
+}
+
+/// Whether the rule still makes progress while `up` waits for it: stalled once it received
+/// nothing for [`RULE_STALL_TIMEOUT`].
+struct StallWatch<'a> {
+    received: &'a std::sync::atomic::AtomicU64,
+    /// The rule's count at the latest progress.
+    last: u64,
+    since: tokio::time::Instant,
+}
+
+impl<'a> StallWatch<'a> {
+    fn new(received: &'a std::sync::atomic::AtomicU64) -> Self {
+        Self {
+            received,
+            last: received.load(std::sync::atomic::Ordering::Relaxed),
+            since: tokio::time::Instant::now(),
         }
+    }
+
+    /// Waits a poll interval (50 ms) and notes any progress.
+    async fn tick(&mut self) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = self.received.load(std::sync::atomic::Ordering::Relaxed);
+        if now > self.last {
+            self.last = now;
+            self.since = tokio::time::Instant::now();
+        }
+    }
+
+    fn stalled(&self) -> bool {
+        self.since.elapsed() >= RULE_STALL_TIMEOUT
     }
 }
 

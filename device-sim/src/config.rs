@@ -89,8 +89,10 @@ pub struct SimConfig {
     /// are in progress at once, so a broker that handshakes slower than this (mutual TLS
     /// on a small broker) slows the ramp down instead of timing clients out.
     pub connect_rate: f64,
-    /// How long a device waits for outstanding QoS 1 acknowledgements after its last
-    /// publish (or after shutdown) before it gives up on them and disconnects. Default 5 s.
+    /// How long the broker may leave a device's publishes unanswered (no PUBACK) after the
+    /// device's last message was due before the device gives up on what is outstanding and
+    /// disconnects; while acknowledgements keep arriving it keeps waiting. After shutdown
+    /// the wait is at most this long. Default 5 s.
     #[serde(with = "humantime_serde_compat")]
     pub ack_timeout: Duration,
     /// Most messages a device holds back while it cannot publish (connection down,

@@ -6,8 +6,15 @@
 //!   being written can lose that packet. It counts writes and PUBACKs and reconnects with
 //!   backoff and jitter.
 //! - the **publisher** paces the device's [`DeviceStream`], hands each message to the
-//!   [`rumqttc::AsyncClient`], then waits (bounded) for the acknowledgements and
-//!   disconnects.
+//!   [`rumqttc::AsyncClient`], then waits for the acknowledgements and disconnects.
+//!
+//! # Giving up
+//! A device gives up (stops publishing, stops waiting for acknowledgements, counts what is
+//! left as failed) when the broker has answered none of its publishes for `ack_timeout`
+//! after its last message was due: a broker that is slow but still acknowledging (a busy
+//! machine, a throttled link) is waited for as long as it keeps answering, and only one
+//! that went silent costs messages. After a shutdown request the wait is at most
+//! `ack_timeout`, answered or not.
 //!
 //! # Sessions and republishing
 //! Devices connect with a clean session by default, so a simulation leaves no session
@@ -121,6 +128,9 @@ struct DeviceShared {
     /// First and last write, µs after `t0` (`u64::MAX` / 0 until the first write).
     first_write_us: AtomicU64,
     last_write_us: AtomicU64,
+    /// The broker's last answer to a publish (a PUBACK, or a QoS 0 write), µs after `t0`
+    /// (0 until the first): how long it has been silent.
+    last_answer_us: AtomicU64,
     /// Woken by the driver after every write or PUBACK (the publisher's drain waits on it).
     progress: Notify,
     /// Messages in each publish handed to the client, in hand-off order (the event loop
@@ -140,6 +150,7 @@ impl Default for DeviceShared {
             acked: AtomicU64::new(0),
             first_write_us: AtomicU64::new(u64::MAX),
             last_write_us: AtomicU64::new(0),
+            last_answer_us: AtomicU64::new(0),
             progress: Notify::new(),
             weights: std::sync::Mutex::new(VecDeque::new()),
             disconnects: AtomicU64::new(0),
@@ -169,6 +180,7 @@ impl DeviceShared {
         self.first_write_us.fetch_min(us, Ordering::AcqRel);
         self.last_write_us.fetch_max(us, Ordering::AcqRel);
         if ctx.qos == QoS::AtMostOnce {
+            self.last_answer_us.fetch_max(us, Ordering::AcqRel);
             let w = self.next_weight();
             self.sent.fetch_add(w, Ordering::AcqRel);
             self.acked.fetch_add(w, Ordering::AcqRel);
@@ -194,12 +206,34 @@ impl DeviceShared {
     /// A PUBACK arrived; `ok` is false for an MQTT 5 error reason code.
     fn on_ack(&self, ctx: &FleetCtx, inflight: &mut Inflight, pkid: u16, ok: bool) {
         if let Some((at, w)) = inflight.remove(&pkid) {
+            let us = u64::try_from(ctx.t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.last_answer_us.fetch_max(us, Ordering::AcqRel);
             if ok {
                 ctx.latency.record(at.elapsed());
                 self.acked.fetch_add(w, Ordering::AcqRel);
                 LiveCounters::add(&ctx.live.acknowledged, w);
             }
             self.progress.notify_one();
+        }
+    }
+
+    /// When the device gives up (see the module docs): `ack_timeout` after the broker's
+    /// last answer, and not before `schedule_end` (its last message's due time plus
+    /// `ack_timeout`).
+    fn give_up_at(&self, ctx: &FleetCtx, schedule_end: Instant) -> Instant {
+        let last = Duration::from_micros(self.last_answer_us.load(Ordering::Acquire));
+        (ctx.t0 + last + ctx.ack_timeout).max(schedule_end)
+    }
+
+    /// Returns once the device gives up ([`Self::give_up_at`], re-read after every
+    /// sleep: an answer meanwhile moves it).
+    async fn gave_up(&self, ctx: &FleetCtx, schedule_end: Instant) {
+        loop {
+            let at = self.give_up_at(ctx, schedule_end);
+            if Instant::now() >= at {
+                return;
+            }
+            tokio::time::sleep_until(at).await;
         }
     }
 
@@ -302,9 +336,10 @@ pub(crate) async fn run_device(
     let t0 = ctx.t0;
     let readings = stream.readings().clone();
     let count = readings.total();
-    // Past this instant the device stops trying: its last message was due (at the latest,
-    // with jitter) ack_timeout ago.
-    let give_up = t0 + readings.due(count.saturating_sub(1)) + readings.jitter() + ctx.ack_timeout;
+    // The device gives up no earlier than ack_timeout after its last message was due (at
+    // the latest, with jitter), and later while the broker keeps answering.
+    let schedule_end =
+        t0 + readings.due(count.saturating_sub(1)) + readings.jitter() + ctx.ack_timeout;
     let mut stop = ctx.stop.clone();
     let (mut handed_off, mut dropped) = (0u64, 0u64);
 
@@ -316,7 +351,7 @@ pub(crate) async fn run_device(
         tokio::select! {
             biased;
             () = stopped(&mut stop) => break End::Shutdown(Instant::now()),
-            () = tokio::time::sleep_until(give_up) => break End::GaveUp,
+            () = shared.gave_up(&ctx, schedule_end) => break End::GaveUp,
             () = tokio::time::sleep_until(t0 + msg.due) => {}
         }
         // The offline buffer: with `offline_buffer` later messages already due, the device
@@ -333,7 +368,7 @@ pub(crate) async fn run_device(
         let cancelled = tokio::select! {
             biased;
             () = stopped(&mut stop) => Some(End::Shutdown(Instant::now())),
-            () = tokio::time::sleep_until(give_up) => Some(End::GaveUp),
+            () = shared.gave_up(&ctx, schedule_end) => Some(End::GaveUp),
             r = client.publish(msg.topic, qos, msg.payload) => match r {
                 Ok(()) => {
                     handed_off += msg.messages;
@@ -358,10 +393,11 @@ pub(crate) async fn run_device(
         debug!(device = %device_id, dropped, "offline buffer overflowed");
     }
 
-    // Wait for the outstanding confirmations, bounded.
-    let drain_until = match end {
-        End::Shutdown(at) => (at + ctx.ack_timeout).min(give_up.max(at)),
-        End::Completed | End::GaveUp => give_up,
+    // Wait for the outstanding confirmations: while the broker answers, or at most
+    // ack_timeout after a shutdown request.
+    let drain_until = |s: &DeviceShared| match end {
+        End::Shutdown(at) => (at + ctx.ack_timeout).min(schedule_end.max(at)),
+        End::Completed | End::GaveUp => s.give_up_at(&ctx, schedule_end),
         End::DriverGone => now,
     };
     let confirmed = |s: &DeviceShared| match ctx.qos {
@@ -371,9 +407,10 @@ pub(crate) async fn run_device(
     while confirmed(&shared) < handed_off {
         // `notify_one` stores a permit, so a confirmation between the check and this wait
         // is not lost.
-        if tokio::time::timeout_at(drain_until, shared.progress.notified())
+        if tokio::time::timeout_at(drain_until(&shared), shared.progress.notified())
             .await
             .is_err()
+            && Instant::now() >= drain_until(&shared)
         {
             break;
         }

@@ -191,7 +191,7 @@ struct Cli {
     #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_CONNECT_RATE)]
     connect_rate: f64,
 
-    /// How long to wait at the end for QoS 1 acknowledgements still outstanding.
+    /// How long the broker may go without acknowledging anything at the end before a device gives up on its outstanding QoS 1 messages (a broker still acknowledging is waited for; after Ctrl-C, at most this long).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     ack_timeout: Duration,
 
@@ -721,7 +721,7 @@ fn human_summary(s: &SimSummary, cfg: &SimConfig) -> String {
         "every message confirmed".to_owned()
     } else {
         format!(
-            "{} messages FAILED (not acknowledged within --ack-timeout {})",
+            "{} messages FAILED (the broker acknowledged nothing for --ack-timeout {})",
             s.failed,
             humantime::format_duration(cfg.ack_timeout)
         )

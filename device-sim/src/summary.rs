@@ -91,7 +91,8 @@ pub struct SimSummary {
     pub acknowledged: u64,
     /// Scheduled messages not acknowledged by the end: dropped by the offline buffer,
     /// never handed to the client in time (broker unreachable), never written, or written
-    /// but not PUBACKed within the ack timeout.
+    /// but not PUBACKed before the device gave up (the broker answered nothing for the ack
+    /// timeout).
     pub failed: u64,
     /// Of `failed`, the messages dropped by full offline buffers (oldest first).
     pub dropped: u64,

@@ -310,6 +310,103 @@ async fn a_connection_that_stalls_and_drops_mid_run_loses_no_qos1_message() {
     }
 }
 
+/// A TCP proxy that forwards what clients send at once and what the broker answers at
+/// 4 bytes (one MQTT 3.1.1 PUBACK) per 10 ms: a broker that keeps acknowledging, slower
+/// than the devices publish.
+async fn slow_answers_proxy(upstream: &BrokerUrl) -> BrokerUrl {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let upstream = format!("{}:{}", upstream.host, upstream.port);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                return;
+            };
+            let (mut client_rx, mut client_tx) = client.into_split();
+            let (mut server_rx, mut server_tx) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_rx, &mut server_tx).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4];
+                while let Ok(n @ 1..) = server_rx.read(&mut buf).await {
+                    if client_tx.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+    });
+    BrokerUrl::mqtt("127.0.0.1", port)
+}
+
+/// A device waits for a broker that is slow but still acknowledging, however long past
+/// `--ack-timeout` that takes: 400 messages in 2 s against ~100 PUBACKs a second is ~4 s
+/// of acknowledgements, where the device's last message was due at 2 s and the ack
+/// timeout is 1 s. (Before, the device gave up 1 s after its last message was due and
+/// counted about 100 as failed, though the broker had most of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_broker_that_keeps_acknowledging_is_waited_for() {
+    let broker = embedded_broker().await;
+    let sub = Subscriber::start(&broker).await;
+    let proxy = slow_answers_proxy(&broker).await;
+    let cfg = SimConfig {
+        devices: 1,
+        rate: 200.0,
+        duration: Duration::from_secs(2),
+        ack_timeout: Duration::from_secs(1),
+        ..test_fleet(proxy, QoS::AtLeastOnce)
+    };
+
+    let summary = device_sim::run(cfg.clone(), never_shut_down())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.scheduled, 400, "{summary:#?}");
+    assert_eq!(summary.failed, 0, "{summary:#?}");
+    assert_eq!(summary.acknowledged, 400, "{summary:#?}");
+    // The acknowledgements took longer than the schedule plus the ack timeout.
+    assert!(
+        summary.elapsed > Duration::from_millis(3500),
+        "{summary:#?}"
+    );
+    let received = sub.wait_for(&cfg.fleet, 400).await;
+    let seqs = seqs_by_device(&received);
+    let want: Vec<u64> = (cfg.first_seq..cfg.first_seq + 400).collect();
+    assert_eq!(seqs.values().next(), Some(&want));
+}
+
+/// A broker that goes silent (connections open, nothing answered) costs what was
+/// outstanding, and no more than `--ack-timeout` past the schedule: the devices give up,
+/// count it as failed, and the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_broker_is_given_up_on_after_the_ack_timeout() {
+    let broker = embedded_broker().await;
+    let proxy = FlakyProxy::start(&broker).await;
+    let cfg = SimConfig {
+        devices: 2,
+        rate: 20.0,
+        duration: Duration::from_secs(2),
+        ack_timeout: Duration::from_secs(1),
+        ..test_fleet(proxy.url.clone(), QoS::AtLeastOnce)
+    };
+    let run = tokio::spawn(device_sim::run(cfg.clone(), never_shut_down()));
+    sleep(Duration::from_millis(1000)).await;
+    proxy.freeze();
+
+    let summary = run.await.unwrap().unwrap();
+
+    assert_eq!(summary.scheduled, 80, "{summary:#?}");
+    assert!(summary.acknowledged > 0, "{summary:#?}");
+    assert!(summary.failed >= 2 * 15, "{summary:#?}");
+    assert_eq!(summary.scheduled, summary.acknowledged + summary.failed);
+    // The last message was due at ~1.95 s (plus the ramp): given up on 1 s later.
+    assert!(summary.elapsed < Duration::from_secs(5), "{summary:#?}");
+    proxy.cut_all();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offline_device_drops_its_oldest_messages_beyond_the_offline_buffer() {
     let broker = embedded_broker().await;

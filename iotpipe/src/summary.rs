@@ -404,10 +404,11 @@ impl Summary {
             ));
         }
         let f = &self.firehose;
+        let dropped = dropped_label(&self.topology);
         match &self.note {
             Some(note) => out.push_str(&format!("firehose: {note}\n")),
             None => out.push_str(&format!(
-                "firehose: {} record(s) in = {} ok + {} dropped (duplicates) + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
+                "firehose: {} record(s) in = {} ok + {} {dropped} + {} processing-failed; {} row(s) in {} Parquet file(s)\n",
                 f.records_in, f.ok, f.dropped, f.processing_failed, f.rows_written, f.files
             )),
         }
@@ -498,9 +499,29 @@ pub fn print_line(s: &str) {
     let _ = writeln!(stdout, "{s}");
 }
 
+/// What the Firehose line calls the records the transform answered `Dropped` in
+/// `topology`. Topology firehose has no ingest function: its transform validates, and
+/// answers `Dropped` for a record whose messages it all quarantined, as for a duplicate.
+fn dropped_label(topology: &str) -> &'static str {
+    if topology == local::topology::Topology::Firehose.name() {
+        "dropped (duplicates, or all of the record quarantined)"
+    } else {
+        "dropped (duplicates)"
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{Pace, unread_after_stop};
+    use super::{Pace, dropped_label, unread_after_stop};
+    use local::topology::Topology;
+
+    #[test]
+    fn only_the_validating_transform_drops_quarantined_records() {
+        assert!(dropped_label(Topology::Firehose.name()).contains("quarantined"));
+        for t in [Topology::Kinesis, Topology::PerMessage] {
+            assert_eq!(dropped_label(t.name()), "dropped (duplicates)");
+        }
+    }
 
     #[test]
     fn what_the_broker_took_and_neither_forwarded_nor_dropped_is_left_in_it() {

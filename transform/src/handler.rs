@@ -273,7 +273,8 @@ pub struct Summary {
     pub records: usize,
     /// Records answered `Ok`.
     pub ok: usize,
-    /// Records answered `Dropped` (duplicates within the invocation).
+    /// Records answered `Dropped`: duplicates within the invocation (and, in the raw
+    /// transform's summary, records whose messages were all quarantined).
     pub dropped: usize,
     /// Records answered `ProcessingFailed`.
     pub processing_failed: usize,

@@ -437,7 +437,7 @@ fn main() -> ExitCode {
     let cfg = match cli.sim_config(given) {
         Ok(cfg) => cfg,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", telemetry::logging::error_chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -473,7 +473,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", telemetry::logging::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -550,7 +550,7 @@ async fn run() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", telemetry::logging::error_chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

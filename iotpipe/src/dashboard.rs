@@ -72,7 +72,7 @@ pub(crate) struct DashboardArgs {
 
 /// `iotpipe dashboard`.
 pub(crate) async fn run(a: DashboardArgs) -> anyhow::Result<()> {
-    let store = stack::open_store(&a.data.data)?;
+    let store = stack::open_existing_store(&a.data.data)?;
     let to =
         a.to.unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let opts = Options {

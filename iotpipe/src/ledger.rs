@@ -83,7 +83,7 @@ pub(crate) async fn run(a: LedgerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let store = stack::open_store(&a.data.data)?;
+    let store = stack::open_existing_store(&a.data.data)?;
     let cfg = LedgerConfig {
         window: a.window,
         allowed_lateness_ms: i64::try_from(a.allowed_lateness.as_millis()).unwrap_or(i64::MAX),

@@ -1271,7 +1271,7 @@ fn device_of(payload: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
-    let store = stack::open_store(&a.data.data)?;
+    let store = stack::open_existing_store(&a.data.data)?;
     let meter = meter::Meter::new();
     let cfg = analytics::RollupConfig {
         workers: a.workers.map_or_else(
@@ -1307,7 +1307,7 @@ async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
 }
 
 async fn query(a: QueryArgs) -> anyhow::Result<()> {
-    let store = stack::open_store(&a.data.data)?;
+    let store = stack::open_existing_store(&a.data.data)?;
     let window: analytics::Window = a.window.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let group: analytics::Group = a.group_by.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let q = analytics::query::Query {
@@ -1414,7 +1414,7 @@ fn cost_cmd(a: CostArgs) -> anyhow::Result<()> {
 }
 
 async fn compact(a: CompactArgs) -> anyhow::Result<()> {
-    let store = stack::open_store(&a.data.data)?;
+    let store = stack::open_existing_store(&a.data.data)?;
     let mib = |m: u64| usize::try_from(m.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let cfg = analytics::compact::CompactConfig {
         target_file_bytes: mib(a.target_mib),

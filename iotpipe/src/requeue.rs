@@ -409,7 +409,7 @@ async fn select(
 
 /// Runs `iotpipe requeue`.
 pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
-    let store = local::stack::open_store(&a.data.data)?;
+    let store = local::stack::open_existing_store(&a.data.data)?;
     let cfg = stack_config(&a.data, &a.tuning);
     let sel = select(&store, &a, &cfg.ingest.validation).await?;
     let stack = Stack::start(cfg).await?;

@@ -538,6 +538,23 @@ pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     telemetry::store::open_store(data).with_context(|| format!("opening the data location {data}"))
 }
 
+/// [`open_store`] for commands that read what a run wrote (query, ledger, rollup, compact,
+/// requeue, dashboard): a local directory that does not exist is a mistyped `--data`, not
+/// an empty pipeline, so it is an error that says so instead of being created.
+pub fn open_existing_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    if let Ok(telemetry::store::StoreLocation::Local(dir)) =
+        telemetry::store::StoreLocation::parse(data)
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "the data location {data} is not a directory: give --data (or IOTPIPE_DATA) the \
+             directory `iotpipe up` or `iotpipe replay` wrote (default ./data), or an \
+             s3://bucket/prefix"
+        );
+    }
+    open_store(data)
+}
+
 /// Counters of what crossed the emulated services, in AWS's metering units.
 #[derive(Debug, Default)]
 pub struct Counters {

@@ -216,6 +216,37 @@ fn a_second_rollup_does_nothing_and_late_data_updates_only_its_windows() {
     assert_matches_reference(&data, &all);
 }
 
+/// The commands that read what a run wrote refuse a `--data` directory that does not
+/// exist (a typo) with an error naming it, instead of reporting an empty pipeline or
+/// creating the directory.
+#[test]
+fn reading_a_data_directory_that_does_not_exist_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("dta");
+    let name = missing.to_str().unwrap();
+    for args in [
+        &["query"][..],
+        &["rollup"],
+        &["ledger"],
+        &["compact"],
+        &["requeue"],
+        &[
+            "dashboard",
+            "--out",
+            dir.path().join("site").to_str().unwrap(),
+        ],
+    ] {
+        let out = iotpipe(args).args(["--data", name]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains(&format!("the data location {name} is not a directory")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!missing.exists(), "{args:?} created {name}");
+    }
+}
+
 fn ts_of(line: &str) -> i64 {
     serde_json::from_str::<Value>(line).unwrap()["ts"]
         .as_i64()

@@ -7,7 +7,8 @@ use clap::ValueEnum;
 #[derive(Debug, clap::Args)]
 pub(crate) struct DataArg {
     /// Where the data lives: a directory standing in for the S3 bucket, or
-    /// s3://bucket/prefix (AWS_REGION, credentials and AWS_ENDPOINT_URL from the environment).
+    /// s3://bucket/prefix (AWS_REGION and AWS_ENDPOINT_URL from the environment; credentials
+    /// as the AWS SDK finds them: AWS_ACCESS_KEY_ID/…, AWS_PROFILE, a role).
     #[arg(long, default_value = "./data", env = "IOTPIPE_DATA")]
     pub(crate) data: String,
 }

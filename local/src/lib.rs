@@ -34,6 +34,7 @@
 //!   metering units.
 //! - [`topology`]: which path a run takes (`--topology firehose|kinesis|per-message`).
 //! - [`stack`]: the wiring, start-up and orderly shutdown.
+//! - [`s3_credentials`]: the SDK's credential chain (profiles too) for `--data s3://…`.
 //! - [`faults`]: seeded AWS-side faults (`--inject`): throttling, partial failures, timeouts,
 //!   transform errors.
 //! - [`journal`]: the write-ahead journal that keeps what the local stream and Firehose's
@@ -49,6 +50,7 @@ pub mod iot_rule;
 pub mod journal;
 pub mod kinesis_reader;
 pub mod meter;
+pub mod s3_credentials;
 pub mod scheduler;
 pub mod stack;
 pub mod stream;

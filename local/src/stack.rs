@@ -534,8 +534,12 @@ async fn faulty_put(
 
 /// Opens the data location: a directory (created if needed) or `s3://bucket/prefix`
 /// (configured by the standard `AWS_*` environment: region, credentials, `AWS_ENDPOINT_URL`).
+/// S3 takes its credentials from the AWS SDK's default chain, profiles included
+/// ([`crate::s3_credentials`]), like the run's Kinesis and Firehose clients.
 pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    telemetry::store::open_store(data).with_context(|| format!("opening the data location {data}"))
+    let credentials = Arc::new(crate::s3_credentials::SdkCredentials::default());
+    telemetry::store::open_store_with_credentials(data, credentials)
+        .with_context(|| format!("opening the data location {data}"))
 }
 
 /// [`open_store`] for commands that read what a run wrote (query, ledger, rollup, compact,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use futures::stream::{self, BoxStream, StreamExt};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsCredentialProvider};
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{
@@ -142,6 +142,30 @@ where
     K: AsRef<str>,
     V: Into<String>,
 {
+    open(url, aws_env, None)
+}
+
+/// [`open_store`], with S3's credentials from `credentials` instead of object_store's own
+/// chain (which reads no `~/.aws` profile): the command line passes the AWS SDK's.
+pub fn open_store_with_credentials(
+    url: &str,
+    credentials: AwsCredentialProvider,
+) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let aws_env = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+    open(url, aws_env, Some(credentials))
+}
+
+fn open<I, K, V>(
+    url: &str,
+    aws_env: I,
+    credentials: Option<AwsCredentialProvider>,
+) -> Result<Arc<dyn ObjectStore>, StoreError>
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
     let open_err = |source| StoreError::Open {
         url: url.into(),
         source,
@@ -165,6 +189,9 @@ where
                 if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
                     builder = builder.with_config(k, value);
                 }
+            }
+            if let Some(credentials) = credentials {
+                builder = builder.with_credentials(credentials);
             }
             let plain_http = [AmazonS3ConfigKey::S3Endpoint, AmazonS3ConfigKey::Endpoint]
                 .iter()

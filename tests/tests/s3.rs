@@ -61,3 +61,55 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
         "a second rollup on S3 does nothing: {again}"
     );
 }
+
+/// `--data s3://…` takes its credentials from the AWS SDK's chain, as `--stream` does: a
+/// named profile in a credentials file, no `AWS_ACCESS_KEY_ID` in the environment. (Before,
+/// the S3 client did not read profiles and failed at the instance metadata service.)
+#[test]
+fn an_aws_profile_is_enough_for_an_s3_data_location() {
+    let bucket = format!("iotpipe-profile-{}", std::process::id());
+    moto::create_bucket(&bucket);
+    let data = format!("s3://{bucket}/run");
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[iotpipe-test]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            moto::ACCESS_KEY,
+            moto::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "").unwrap();
+    let profile = |cmd: &mut std::process::Command| {
+        for (k, v) in moto::s3_env() {
+            if !matches!(k, "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY") {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_PROFILE", "iotpipe-test")
+            // Never the instance metadata service: all traffic stays on loopback.
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+    };
+    let raw = dir.path().join("raw.jsonl");
+    dump(&raw, 2, "1m", 2, chrono::Utc::now().timestamp_millis());
+
+    let mut replay = iotpipe(&["replay", "--summary-json", "--data", &data]);
+    replay.arg(&raw);
+    profile(&mut replay);
+    let s = last_json_line(&run(&mut replay));
+    assert_eq!(s["input"], 2 * 60, "{s}");
+    let readings = s["readings"].as_u64().unwrap();
+
+    let mut query = iotpipe(&["query", "--format", "json", "--data", &data]);
+    profile(&mut query);
+    let rows = stdout_json(&run(&mut query));
+    assert_eq!(total_count(rows.as_array().unwrap()), readings);
+}

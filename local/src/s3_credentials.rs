@@ -62,7 +62,7 @@ impl CredentialProvider for SdkCredentials {
                 source: format!(
                     "no AWS credentials: {}. Set AWS_PROFILE (a profile in ~/.aws), or \
                      AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-                    telemetry::logging::error_chain(&e)
+                    telemetry::logging::error_chain(&e).trim_end_matches('.')
                 )
                 .into(),
             })?;

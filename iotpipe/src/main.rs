@@ -341,7 +341,8 @@ fn parse_faults(s: &str) -> Result<local::faults::FaultPlan, String> {
 #[derive(Debug, clap::Args)]
 struct ReplayArgs {
     /// File with one JSON payload per line (a payload may be a JSON array: a device-side
-    /// batch). Blank lines are skipped.
+    /// batch). Blank lines are skipped. `-` reads standard input, e.g. `zcat
+    /// archive.jsonl.gz | iotpipe replay -`, or `device-sim --dump - | iotpipe replay -`.
     file: PathBuf,
     #[command(flatten)]
     data: DataArg,
@@ -1103,19 +1104,37 @@ async fn wait_quiet(received: &std::sync::atomic::AtomicU64) {
 }
 
 async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&a.file).with_context(|| {
-        format!(
-            "cannot open {}: give a file with one JSON payload per line",
-            a.file.display()
-        )
-    })?;
-    let total_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let stdin = a.file.as_os_str() == "-";
+    let source = if stdin {
+        "standard input".to_owned()
+    } else {
+        a.file.display().to_string()
+    };
+    // The input's size, when it has one (not a pipe): the progress bar's length.
+    let (input, total_bytes): (Box<dyn std::io::Read + Send>, Option<u64>) = if stdin {
+        (Box::new(std::io::stdin()), None)
+    } else {
+        let file = std::fs::File::open(&a.file).with_context(|| {
+            format!("cannot open {source}: give a file with one JSON payload per line (or - for standard input)")
+        })?;
+        let len = file
+            .metadata()
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .map(|m| m.len());
+        (Box::new(file), len)
+    };
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
-    let pb = ProgressBar::new(total_bytes);
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = match total_bytes {
+        Some(len) => ProgressBar::new(len).with_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ),
+        None => ProgressBar::no_length().with_style(
+            ProgressStyle::with_template("{spinner} {bytes} read, {bytes_per_sec} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ),
+    };
     // Concurrent ingest invocations, as Lambda runs them: one lane per core, each device
     // always in the same lane, so a device's messages reach the stream in file order.
     // Batches of lines cross to a lane, so that a lane is not woken per message.
@@ -1141,7 +1160,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let mut lines = 0u64;
     // The devices seen (their number goes into the bill's connectivity).
     let mut devices = local::meter::DeviceCount::default();
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     loop {
         // What was read so far goes to the lanes before a read that may block (a pipe that
@@ -1159,7 +1178,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         line.clear();
         let n = reader
             .read_until(b'\n', &mut line)
-            .with_context(|| format!("reading {}", a.file.display()))?;
+            .with_context(|| format!("reading {source}"))?;
         if n == 0 {
             break;
         }
@@ -1221,7 +1240,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     let report = stack.finish(devices.len()).await?;
     let s = summary::Summary::new(
         summary::Source::Replay {
-            file: a.file.display().to_string(),
+            file: source,
             lines,
         },
         &report,

@@ -216,6 +216,45 @@ fn a_second_rollup_does_nothing_and_late_data_updates_only_its_windows() {
     assert_matches_reference(&data, &all);
 }
 
+/// `iotpipe replay -` reads standard input (an archive through `zcat`, device-sim's
+/// `--dump -`): the same messages give the same rows and windows as the file did.
+#[test]
+fn replay_reads_standard_input_as_it_reads_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = seeded_lines(4, 3, 21);
+    let file = dir.path().join("raw.jsonl");
+    write_lines(&file, &lines);
+    let from_file = replay(&file, &dir.path().join("a"));
+
+    let data = dir.path().join("b");
+    // Through a pipe, as from zcat: no length to show progress against.
+    let mut child = iotpipe(&["replay", "--summary-json", "--rollup-every", "1h", "--data"])
+        .arg(&data)
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let text = std::fs::read(&file).unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&text).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_stdin = last_json_line(&out);
+
+    assert_eq!(from_stdin["input"].as_u64(), Some(lines.len() as u64));
+    for k in ["input", "accepted", "quarantined", "readings", "rows"] {
+        assert_eq!(from_stdin[k], from_file[k], "{k}: {from_stdin}");
+    }
+    assert_eq!(query_json(&data), query_json(&dir.path().join("a")));
+}
+
 /// The commands that read what a run wrote refuse a `--data` directory that does not
 /// exist (a typo) with an error naming it, instead of reporting an empty pipeline or
 /// creating the directory.

@@ -91,8 +91,8 @@ impl BrokerLog {
     }
 }
 
-/// The broker's in-memory log of each subscription filter (the rule's, and any other
-/// subscriber's), in MiB, unless `iotpipe up --broker-log-mib` says otherwise. It is counted
+/// The broker's in-memory log of the rule's subscription filter, in MiB, unless `iotpipe up
+/// --broker-log-mib` says otherwise (every other filter keeps 16 MiB). It is counted
 /// as rumqttd counts a message (topic + payload + 4) and split into ten segments
 /// (`LOG_SEGMENTS`). What the rule has not read yet waits there; once the log is full
 /// rumqttd drops its oldest segment, read or not, so it stays full: its size is the broker's
@@ -104,12 +104,21 @@ pub const DEFAULT_LOG_MIB: u32 = 320;
 /// How many segments the log is split into: rumqttd drops one at a time, so the log keeps
 /// at least nine tenths of its size once it is full.
 const LOG_SEGMENTS: usize = 10;
+/// The log of every other subscription filter, in bytes: what a tool watching the broker
+/// subscribes to (`mosquitto_sub -t 'dt/#'`). rumqttd keeps a log per distinct filter and
+/// keeps it full once traffic filled it, read or not; with the rule's 320 MiB a watcher
+/// grew the broker by up to ~550 MB. 16 MiB (4 segments) is ~70,000 messages of the
+/// simulated fleet: a watcher further behind than that misses the oldest. (A topic that
+/// no filter matches is kept nowhere.)
+const OTHER_LOG_BYTES: usize = 16 * 1024 * 1024;
+/// Segments of [`OTHER_LOG_BYTES`].
+const OTHER_LOG_SEGMENTS: usize = 4;
 
 /// Client id of the rule's link.
 const RULE_LINK_ID: &str = "iotpipe-rule";
 
 /// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads, keeping
-/// up to `log_mib` MiB of unread messages per filter ([`DEFAULT_LOG_MIB`]); it lives until
+/// up to `log_mib` MiB of what the rule has not read ([`DEFAULT_LOG_MIB`]); it lives until
 /// the process exits. Returns the URL clients connect to and the rule's link.
 pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker> {
     if log_mib == 0 {
@@ -146,9 +155,17 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
             // took 53,000–58,000 (BENCHMARKS.md, session 22). The devices subscribe to
             // nothing; the link's channel holds a turn's publishes (~3 MB, estimated).
             max_outgoing_packet_count: 10_000,
-            max_segment_size: log_mib as usize * 1024 * 1024 / LOG_SEGMENTS,
-            max_segment_count: LOG_SEGMENTS,
-            custom_segment: None,
+            max_segment_size: OTHER_LOG_BYTES / OTHER_LOG_SEGMENTS,
+            max_segment_count: OTHER_LOG_SEGMENTS,
+            // The rule's filter keeps the large log (rumqttd matches the filter's own text
+            // against these keys).
+            custom_segment: Some(HashMap::from([(
+                TOPIC_FILTER.to_owned(),
+                rumqttd::SegmentConfig {
+                    max_segment_size: log_mib as usize * 1024 * 1024 / LOG_SEGMENTS,
+                    max_segment_count: LOG_SEGMENTS,
+                },
+            )])),
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },

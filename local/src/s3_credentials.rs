@@ -11,35 +11,26 @@
 //! touches, as the README promises. The Lambda functions keep object_store's own chain
 //! (their role's credentials are in the environment).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
 use aws_sdk_kinesis::config::ProvideCredentials;
 use object_store::CredentialProvider;
 use object_store::aws::AwsCredential;
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
 /// Temporary credentials are fetched again this long before they expire.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
 
 /// An object_store credential provider backed by the SDK's default chain, built at the
 /// first request (building it reads the profile files) and cached until shortly before
-/// the credentials expire.
+/// the credentials expire; concurrent requests wait for one fetch.
 #[derive(Debug, Default)]
 pub struct SdkCredentials {
     chain: OnceCell<DefaultCredentialsChain>,
+    /// The credentials and when they expire (`None`: never).
     cached: Mutex<Option<(Arc<AwsCredential>, Option<SystemTime>)>>,
-}
-
-impl SdkCredentials {
-    /// The cached credentials, unless they expire within [`REFRESH_BEFORE`].
-    fn fresh(&self) -> Option<Arc<AwsCredential>> {
-        let cached = self.cached.lock().ok()?;
-        let (credential, expiry) = cached.as_ref()?;
-        let fresh = expiry.is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE);
-        fresh.then(|| Arc::clone(credential))
-    }
 }
 
 #[async_trait::async_trait]
@@ -47,8 +38,11 @@ impl CredentialProvider for SdkCredentials {
     type Credential = AwsCredential;
 
     async fn get_credential(&self) -> object_store::Result<Arc<AwsCredential>> {
-        if let Some(credential) = self.fresh() {
-            return Ok(credential);
+        let mut cached = self.cached.lock().await;
+        if let Some((credential, expiry)) = cached.as_ref()
+            && expiry.is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE)
+        {
+            return Ok(Arc::clone(credential));
         }
         let chain = self
             .chain
@@ -71,9 +65,7 @@ impl CredentialProvider for SdkCredentials {
             secret_key: c.secret_access_key().to_owned(),
             token: c.session_token().map(str::to_owned),
         });
-        if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some((Arc::clone(&credential), c.expiry()));
-        }
+        *cached = Some((Arc::clone(&credential), c.expiry()));
         Ok(credential)
     }
 }

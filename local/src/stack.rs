@@ -533,9 +533,9 @@ async fn faulty_put(
 }
 
 /// Opens the data location: a directory (created if needed) or `s3://bucket/prefix`
-/// (configured by the standard `AWS_*` environment: region, credentials, `AWS_ENDPOINT_URL`).
-/// S3 takes its credentials from the AWS SDK's default chain, profiles included
-/// ([`crate::s3_credentials`]), like the run's Kinesis and Firehose clients.
+/// (region and `AWS_ENDPOINT_URL` from the `AWS_*` environment; credentials from the AWS
+/// SDK's default chain, profiles included ([`crate::s3_credentials`]), like the run's
+/// Kinesis and Firehose clients).
 pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     let credentials = Arc::new(crate::s3_credentials::SdkCredentials::default());
     telemetry::store::open_store_with_credentials(data, credentials)

@@ -127,9 +127,13 @@ pub enum StoreError {
 /// A local directory is created if it does not exist. Opening S3 makes no request: a
 /// wrong bucket or missing credentials show up at the first read or write.
 pub fn open_store(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let aws_env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    open_store_with(url, aws_env)
+    open_store_with(url, process_env())
+}
+
+/// The process's environment variables that are valid UTF-8 (the S3 client's settings
+/// are among them).
+fn process_env() -> impl Iterator<Item = (String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
 }
 
 /// [`open_store`] with the `AWS_*` variables given instead of read from the process
@@ -151,11 +155,10 @@ pub fn open_store_with_credentials(
     url: &str,
     credentials: AwsCredentialProvider,
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let aws_env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    open(url, aws_env, Some(credentials))
+    open(url, process_env(), Some(credentials))
 }
 
+/// [`open_store_with`], with S3's credentials from `credentials` when given.
 fn open<I, K, V>(
     url: &str,
     aws_env: I,
@@ -220,9 +223,7 @@ where
 /// store that is rarely used — ingest's quarantine — should not pay that on every cold
 /// start. A client that cannot be built makes each request fail with the reason.
 pub fn open_store_lazy(url: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    let aws_env = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .filter(|(k, _)| k.starts_with("AWS_"));
+    let aws_env = process_env().filter(|(k, _)| k.starts_with("AWS_"));
     open_store_lazy_with(url, aws_env)
 }
 

@@ -754,8 +754,16 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                     ),
                     _ => String::new(),
                 };
+                // Publishes the rule never sees: a device on the wrong topic.
+                let other = match backlog.as_ref().map(iot_rule::Backlog::other_topics) {
+                    Some(n) if n > 0 => format!(
+                        " · {n} on other topics than {}",
+                        telemetry::topic::TOPIC_FILTER
+                    ),
+                    _ => String::new(),
+                };
                 pb.set_message(format!(
-                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}{waiting}{dropped}",
+                    "received {r} ({rate:.0}/s) · accepted {} · quarantined {} · rollups {rollups}{waiting}{other}{dropped}",
                     i.accepted, i.quarantined
                 ));
             }
@@ -876,6 +884,8 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(b) => Some(appended_before(b, rule_stopped_ms).await),
         None => None,
     };
+    // Read after that report: the router counts every topic in the same report.
+    let other_topics = backlog.as_ref().map(iot_rule::Backlog::other_topics);
     pb.finish_and_clear();
     let behind_at_stop = pace.as_ref().map_or(0, |p| p.behind_at_stop);
     let source = match &sim {
@@ -894,6 +904,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             broker_dropped,
             received_after_stop: received.saturating_sub(received_at_stop),
             broker_appended,
+            other_topics,
         },
     };
     let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;

@@ -10,6 +10,7 @@ use crate::cost::{Estimate, estimate};
 use crate::prices;
 use local::meter::FnReport;
 use local::stack::{FirehoseSummary, KinesisSummary, StackReport};
+use telemetry::topic::TOPIC_FILTER;
 
 /// Where the messages came from.
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +54,10 @@ pub enum Source {
         /// `broker_dropped` + what arrived after the rule stopped. `None` with an external
         /// broker.
         broker_appended: Option<u64>,
+        /// Publishes the embedded broker took on topics the rule does not take (a device
+        /// on the wrong topic: in no pipeline, as an IoT rule never sees them), counted
+        /// like `broker_appended`. `None` with an external broker.
+        other_topics: Option<u64>,
     },
     /// A replay file.
     Replay {
@@ -311,6 +316,7 @@ impl Summary {
                 broker_dropped,
                 received_after_stop,
                 broker_appended,
+                other_topics,
             } => {
                 let tls = tls_broker
                     .as_ref()
@@ -330,8 +336,15 @@ impl Summary {
                 } else {
                     String::new()
                 };
+                let other = match other_topics {
+                    Some(n) if *n > 0 => format!(
+                        "; {n} published to other topics than {TOPIC_FILTER} (not the \
+                         rule's: not in the pipeline)"
+                    ),
+                    _ => String::new(),
+                };
                 out.push_str(&format!(
-                    "MQTT ({broker}{tls}): received by the rule {received} from your devices{after}{}{unread}\n",
+                    "MQTT ({broker}{tls}): received by the rule {received} from your devices{after}{}{unread}{other}\n",
                     dropped_note(*broker_dropped)
                 ));
             }

@@ -62,6 +62,8 @@ pub const METER_PERIOD: Duration = Duration::from_secs(1);
 pub struct BrokerLog {
     appended: AtomicU64,
     appended_bytes: AtomicU64,
+    /// Every publish the router took, on any topic (its router meter).
+    published: AtomicU64,
     /// Epoch ms at which the router made its latest report; 0 before the first.
     reported_ms: AtomicI64,
 }
@@ -82,12 +84,26 @@ impl BrokerLog {
         self.reported_ms.load(Ordering::Relaxed)
     }
 
-    /// Adds a report: `count` messages of `bytes` appended since the last one, made at
-    /// `at_ms`.
-    fn add(&self, count: u64, bytes: u64, at_ms: i64) {
-        self.appended.fetch_add(count, Ordering::Relaxed);
-        self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
-        self.reported_ms.fetch_max(at_ms, Ordering::Relaxed);
+    /// Publishes the broker took on topics the rule does not take (not [`TOPIC_FILTER`]: a
+    /// device publishing to the wrong topic), as of the latest report. They are in no
+    /// pipeline, as an IoT rule never sees them.
+    pub fn other_topics(&self) -> u64 {
+        // The router's count first: a report adds the rule's log before it (`add_batch`),
+        // so this never counts a rule message as another topic's.
+        let published = self.published.load(Ordering::Acquire);
+        published.saturating_sub(self.appended.load(Ordering::Acquire))
+    }
+
+    /// Adds one report of the router: `count` messages of `bytes` appended to the rule's
+    /// log and `published` publishes taken on any topic since the last one, made at
+    /// `at_ms` (`None`: nothing was appended to the rule's log).
+    fn add_batch(&self, rule_log: Option<(u64, u64, i64)>, published: u64) {
+        if let Some((count, bytes, at_ms)) = rule_log {
+            self.appended.fetch_add(count, Ordering::Release);
+            self.appended_bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.reported_ms.fetch_max(at_ms, Ordering::Relaxed);
+        }
+        self.published.fetch_add(published, Ordering::Release);
     }
 }
 
@@ -200,17 +216,21 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
         .spawn(move || {
             // Until the router is gone (the process exits).
             while let Ok(batch) = futures::executor::block_on(meters.next()) {
+                let (mut rule_log, mut published) = (None, 0);
                 for m in batch {
-                    if let Meter::Subscription(filter, m) = m
-                        && filter == TOPIC_FILTER
-                    {
-                        reports.add(
-                            m.count as u64,
-                            m.total_size as u64,
-                            i64::try_from(m.timestamp).unwrap_or(i64::MAX),
-                        );
+                    match m {
+                        Meter::Subscription(filter, m) if filter == TOPIC_FILTER => {
+                            rule_log = Some((
+                                m.count as u64,
+                                m.total_size as u64,
+                                i64::try_from(m.timestamp).unwrap_or(i64::MAX),
+                            ));
+                        }
+                        Meter::Router(_, r) => published += r.total_publishes as u64,
+                        Meter::Subscription(..) => {}
                     }
                 }
+                reports.add_batch(rule_log, published);
             }
         })
         .context("starting the embedded broker's meter thread")?;

@@ -209,6 +209,12 @@ impl Backlog {
         self.log.appended()
     }
 
+    /// Publishes the broker took on topics the rule does not take, as of the router's
+    /// latest report ([`BrokerLog::other_topics`]).
+    pub fn other_topics(&self) -> u64 {
+        self.log.other_topics()
+    }
+
     /// Messages in the broker's log the rule has not read yet, as of the router's latest
     /// report (what was appended since is not counted yet).
     pub fn waiting(&self) -> u64 {

@@ -207,6 +207,13 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_un
     assert!(publish(plain, a, &reading("sensor-a", 2, now + 1000), &[]));
     let malformed = r#"{"device_id":"sensor-a","seq":3,"ts":"#;
     assert!(publish(plain, a, malformed, &[]));
+    // A device on the wrong topic: the broker takes it, the rule never sees it.
+    assert!(publish(
+        plain,
+        "sensors/sensor-a/telemetry",
+        &reading("sensor-a", 4, now),
+        &[]
+    ));
     let ca = cert("ca.pem");
     let (client_cert, client_key) = (cert("client.pem"), cert("client.key"));
     let mtls = [
@@ -249,6 +256,7 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_un
         "the broker's meter of the rule's log: {s}"
     );
     assert_eq!(s["received_after_stop"], 0, "{s}");
+    assert_eq!(s["other_topics"], 1, "the publish to sensors/…: {s}");
     assert_eq!(s["accepted"], 3, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
     assert_eq!(s["rows"], 6, "three messages of two readings: {s}");

@@ -537,7 +537,12 @@ async fn faulty_put(
 /// SDK's default chain, profiles included ([`crate::s3_credentials`]), like the run's
 /// Kinesis and Firehose clients).
 pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    let credentials = Arc::new(crate::s3_credentials::SdkCredentials::default());
+    // One provider for the process: a run opens its data location several times (the
+    // stack, the ledger, the run record, the dashboard), and each provider would build the
+    // chain (reading the profile files) and fetch the credentials again.
+    static CREDENTIALS: std::sync::OnceLock<Arc<crate::s3_credentials::SdkCredentials>> =
+        std::sync::OnceLock::new();
+    let credentials = Arc::clone(CREDENTIALS.get_or_init(Arc::default));
     telemetry::store::open_store_with_credentials(data, credentials)
         .with_context(|| format!("opening the data location {data}"))
 }

@@ -1,4 +1,5 @@
-//! The AWS SDK's credential chain for the command line's `--data s3://…` store.
+//! The AWS SDK's credential chain and profile region for the command line's
+//! `--data s3://…` store.
 //!
 //! object_store's S3 client finds credentials in `AWS_ACCESS_KEY_ID`/… variables, a web
 //! identity token or a container endpoint, and otherwise asks the EC2 instance metadata
@@ -10,11 +11,17 @@
 //! instance metadata — in that order): one set of credentials for everything a run
 //! touches, as the README promises. The Lambda functions keep object_store's own chain
 //! (their role's credentials are in the environment).
+//!
+//! The region likewise: object_store reads `AWS_REGION` / `AWS_DEFAULT_REGION` and
+//! otherwise signs for `us-east-1`, where the SDK clients take the profile's `region`.
+//! [`profile_region`] reads it the SDK's way, so that a profile with a region is enough
+//! for S3 too (a bucket elsewhere than us-east-1 otherwise refuses every request).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_config::default_provider::credentials::DefaultCredentialsChain;
+use aws_config::meta::region::ProvideRegion;
 use aws_sdk_kinesis::config::ProvideCredentials;
 use object_store::CredentialProvider;
 use object_store::aws::AwsCredential;
@@ -68,4 +75,27 @@ impl CredentialProvider for SdkCredentials {
         *cached = Some((Arc::clone(&credential), c.expiry()));
         Ok(credential)
     }
+}
+
+/// The selected profile's `region` (`AWS_PROFILE`, else `default`, in `AWS_CONFIG_FILE` or
+/// `~/.aws/config`, following `source_profile`), read as the SDK's clients read it; `None`
+/// when the profile names none. Never asks the instance metadata service.
+pub fn profile_region() -> Option<String> {
+    // The SDK's provider is async; a thread of its own with a small runtime lets any
+    // caller wait for it, inside a runtime or not. It runs once per process.
+    std::thread::spawn(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let region = rt.block_on(async {
+            aws_config::profile::ProfileFileRegionProvider::new()
+                .region()
+                .await
+        })?;
+        Some(region.to_string())
+    })
+    .join()
+    .ok()
+    .flatten()
 }

@@ -543,8 +543,50 @@ pub fn open_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
     static CREDENTIALS: std::sync::OnceLock<Arc<crate::s3_credentials::SdkCredentials>> =
         std::sync::OnceLock::new();
     let credentials = Arc::clone(CREDENTIALS.get_or_init(Arc::default));
-    telemetry::store::open_store_with_credentials(data, credentials)
+    let region = match telemetry::store::StoreLocation::parse(data) {
+        Ok(telemetry::store::StoreLocation::S3 { .. }) => s3_fallback_region(data),
+        _ => None,
+    };
+    telemetry::store::open_store_with_credentials(data, credentials, region)
         .with_context(|| format!("opening the data location {data}"))
+}
+
+/// S3's region when no `AWS_REGION` / `AWS_DEFAULT_REGION` is set: the profile's, as the
+/// run's SDK clients take it. Looked up once per process, and said once, with where it
+/// came from: a wrong region fails every request, so the user should see which was used.
+fn s3_fallback_region(data: &str) -> Option<String> {
+    static REGION: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    REGION
+        .get_or_init(|| {
+            let from_env = ["AWS_REGION", "AWS_DEFAULT_REGION"].iter().find_map(|k| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (*k, v))
+            });
+            if let Some((key, region)) = from_env {
+                tracing::info!("data location {data}: S3 region {region} (from {key})");
+                return None;
+            }
+            let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+            match crate::s3_credentials::profile_region() {
+                Some(region) => {
+                    tracing::info!(
+                        "data location {data}: S3 region {region} (from the profile {profile})"
+                    );
+                    Some(region)
+                }
+                None => {
+                    tracing::warn!(
+                        "data location {data}: no AWS_REGION and no region in the profile \
+                         {profile}, so S3 requests are signed for us-east-1: set AWS_REGION to \
+                         the bucket's region if it is elsewhere"
+                    );
+                    None
+                }
+            }
+        })
+        .clone()
 }
 
 /// [`open_store`] for commands that read what a run wrote (query, ledger, rollup, compact,

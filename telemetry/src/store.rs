@@ -3,7 +3,8 @@
 //! keys (`telemetry/dt=…`, `stats/…`, `quarantine/…`) wherever the data lives.
 //!
 //! S3 is configured the standard AWS way, from `AWS_*` environment variables: region
-//! (`AWS_REGION` / `AWS_DEFAULT_REGION`, default `us-east-1`), credentials (static keys,
+//! (`AWS_REGION` / `AWS_DEFAULT_REGION`, else a region the caller passes — the command
+//! line's profile region — else `us-east-1`), credentials (static keys,
 //! web identity, container or instance credentials) and `AWS_ENDPOINT_URL` (or
 //! `AWS_ENDPOINT_URL_S3`) for an AWS-compatible server such as moto. An `http://` endpoint
 //! is allowed without further settings, since it can only be a deliberate local server.
@@ -151,11 +152,25 @@ where
 
 /// [`open_store`], with S3's credentials from `credentials` instead of object_store's own
 /// chain (which reads no `~/.aws` profile): the command line passes the AWS SDK's.
+/// `fallback_region` is S3's region when neither `AWS_REGION` nor `AWS_DEFAULT_REGION`
+/// names one (the command line passes the profile's; without it, `us-east-1`).
 pub fn open_store_with_credentials(
     url: &str,
     credentials: AwsCredentialProvider,
+    fallback_region: Option<String>,
 ) -> Result<Arc<dyn ObjectStore>, StoreError> {
-    open(url, process_env(), Some(credentials))
+    let env = with_fallback_region(process_env(), fallback_region);
+    open(url, env, Some(credentials))
+}
+
+/// `aws_env`, then `region` as the last `AWS_DEFAULT_REGION`: object_store takes a default
+/// region only when no variable before it set one, so `AWS_REGION` and
+/// `AWS_DEFAULT_REGION` keep precedence.
+fn with_fallback_region(
+    aws_env: impl Iterator<Item = (String, String)>,
+    region: Option<String>,
+) -> impl Iterator<Item = (String, String)> {
+    aws_env.chain(region.map(|r| ("AWS_DEFAULT_REGION".to_owned(), r)))
 }
 
 /// [`open_store_with`], with S3's credentials from `credentials` when given.
@@ -182,17 +197,7 @@ where
             crate::synced::local_dir_store(&dir).map_err(open_err)
         }
         StoreLocation::S3 { bucket, prefix } => {
-            let mut builder = AmazonS3Builder::new();
-            for (key, value) in aws_env {
-                let key = key.as_ref();
-                if !key.starts_with("AWS_") {
-                    continue;
-                }
-                // The same mapping `AmazonS3Builder::from_env` applies.
-                if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
-                    builder = builder.with_config(k, value);
-                }
-            }
+            let mut builder = s3_builder(aws_env);
             if let Some(credentials) = credentials {
                 builder = builder.with_credentials(credentials);
             }
@@ -212,6 +217,29 @@ where
             }
         }
     }
+}
+
+/// An S3 client's builder configured from the `AWS_*` variables among `aws_env`, in
+/// order (a later variable overrides an earlier one; `AWS_DEFAULT_REGION` only applies
+/// when no region is set yet).
+fn s3_builder<I, K, V>(aws_env: I) -> AmazonS3Builder
+where
+    I: IntoIterator<Item = (K, V)>,
+    K: AsRef<str>,
+    V: Into<String>,
+{
+    let mut builder = AmazonS3Builder::new();
+    for (key, value) in aws_env {
+        let key = key.as_ref();
+        if !key.starts_with("AWS_") {
+            continue;
+        }
+        // The same mapping `AmazonS3Builder::from_env` applies.
+        if let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+            builder = builder.with_config(k, value);
+        }
+    }
+    builder
 }
 
 /// Opens `url` like [`open_store`], but builds an S3 client only at the first request.
@@ -445,5 +473,26 @@ mod tests {
             ("NOT_AWS", "ignored"),
         ];
         assert!(open_store_with("s3://bucket/prefix", env).is_ok());
+    }
+
+    #[test]
+    fn the_fallback_region_applies_only_when_no_variable_names_one() {
+        let region = |env: &[(&str, &str)], fallback: Option<&str>| {
+            let env = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()));
+            s3_builder(with_fallback_region(env, fallback.map(str::to_owned)))
+                .get_config_value(&AmazonS3ConfigKey::Region)
+        };
+        let profile = Some("eu-west-3");
+        assert_eq!(region(&[], profile).as_deref(), Some("eu-west-3"));
+        assert_eq!(
+            region(&[("AWS_REGION", "ap-south-1")], profile).as_deref(),
+            Some("ap-south-1")
+        );
+        assert_eq!(
+            region(&[("AWS_DEFAULT_REGION", "sa-east-1")], profile).as_deref(),
+            Some("sa-east-1")
+        );
+        // Without either, object_store's own default (us-east-1) is decided at build.
+        assert_eq!(region(&[], None), None);
     }
 }

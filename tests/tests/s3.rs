@@ -64,7 +64,10 @@ fn replay_rollup_query_and_ledger_work_on_an_s3_bucket() {
 
 /// `--data s3://…` takes its credentials from the AWS SDK's chain, as `--stream` does: a
 /// named profile in a credentials file, no `AWS_ACCESS_KEY_ID` in the environment. (Before,
-/// the S3 client did not read profiles and failed at the instance metadata service.)
+/// the S3 client did not read profiles and failed at the instance metadata service.) The
+/// region too: the profile's, with no `AWS_REGION`, and each command says which it used
+/// (before, S3 signed for us-east-1 whatever the profile said). moto checks no signature,
+/// so the region is seen in what the commands print.
 #[test]
 fn an_aws_profile_is_enough_for_an_s3_data_location() {
     let bucket = format!("iotpipe-profile-{}", std::process::id());
@@ -82,21 +85,28 @@ fn an_aws_profile_is_enough_for_an_s3_data_location() {
     )
     .unwrap();
     let config = dir.path().join("config");
-    std::fs::write(&config, "").unwrap();
+    std::fs::write(&config, "[profile iotpipe-test]\nregion = eu-west-3\n").unwrap();
     let profile = |cmd: &mut std::process::Command| {
         for (k, v) in moto::s3_env() {
-            if !matches!(k, "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY") {
+            if !matches!(
+                k,
+                "AWS_ACCESS_KEY_ID" | "AWS_SECRET_ACCESS_KEY" | "AWS_REGION"
+            ) {
                 cmd.env(k, v);
             }
         }
         cmd.env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
             .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
             .env("AWS_CONFIG_FILE", &config)
             .env("AWS_PROFILE", "iotpipe-test")
             // Never the instance metadata service: all traffic stays on loopback.
-            .env("AWS_EC2_METADATA_DISABLED", "true");
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // The line that names the region is at `info`, the commands' default.
+            .env("RUST_LOG", "warn,local=info");
     };
     let raw = dir.path().join("raw.jsonl");
     dump(&raw, 2, "1m", 2, chrono::Utc::now().timestamp_millis());
@@ -104,12 +114,23 @@ fn an_aws_profile_is_enough_for_an_s3_data_location() {
     let mut replay = iotpipe(&["replay", "--summary-json", "--data", &data]);
     replay.arg(&raw);
     profile(&mut replay);
-    let s = last_json_line(&run(&mut replay));
+    let out = run(&mut replay);
+    let s = last_json_line(&out);
     assert_eq!(s["input"], 2 * 60, "{s}");
     let readings = s["readings"].as_u64().unwrap();
+    let said = "S3 region eu-west-3 (from the profile iotpipe-test)";
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(said), "{stderr}");
 
     let mut query = iotpipe(&["query", "--format", "json", "--data", &data]);
     profile(&mut query);
-    let rows = stdout_json(&run(&mut query));
+    let out = run(&mut query);
+    let rows = stdout_json(&out);
     assert_eq!(total_count(rows.as_array().unwrap()), readings);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches(said).count(),
+        1,
+        "said once per process: {stderr}"
+    );
 }

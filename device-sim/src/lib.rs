@@ -90,6 +90,7 @@ pub mod faults;
 pub mod fleet;
 pub mod model;
 pub mod mqtt;
+pub mod progress;
 pub mod publish;
 pub mod schedule;
 pub mod summary;

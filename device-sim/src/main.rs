@@ -16,12 +16,12 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use device_sim::config::{DEFAULT_BROKER, DEFAULT_CONNECT_RATE};
 use device_sim::fleet::FleetLayout;
+use device_sim::progress::BarWriter;
 use device_sim::{BrokerUrl, LiveCounters, MqttVersion, QoS, SimConfig, SimSummary};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
 
 const AFTER_HELP: &str = "\
 What it publishes:
@@ -524,33 +524,10 @@ fn init_tracing(verbose: u8, bar: ProgressBar) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(BarWriter(bar))
+        .with_writer(BarWriter::new(bar))
         .with_ansi(io::stderr().is_terminal())
         .with_target(verbose >= 3)
         .init();
-}
-
-/// Writes log lines to stderr with the progress bar suspended, so they do not tear it.
-#[derive(Clone)]
-struct BarWriter(ProgressBar);
-
-impl Write for BarWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.suspend(|| io::stderr().write_all(buf))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
-    }
-}
-
-impl<'a> MakeWriter<'a> for BarWriter {
-    type Writer = BarWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 /// The `--summary-json` object of a `--dump` run.

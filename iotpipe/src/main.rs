@@ -32,6 +32,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use device_sim::BrokerUrl;
+use device_sim::progress::BarWriter;
 use indicatif::{ProgressBar, ProgressStyle};
 use ingest::IotRuleEvent;
 use tokio::sync::watch;
@@ -468,8 +469,22 @@ fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer().clone())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Where log lines go: stderr, around the progress bar or status line of the moment
+/// ([`show_progress`]), so that a line logged while it is drawn does not tear it.
+fn log_writer() -> &'static BarWriter {
+    static WRITER: std::sync::OnceLock<BarWriter> = std::sync::OnceLock::new();
+    WRITER.get_or_init(BarWriter::default)
+}
+
+/// Draws `pb` from now on, with log lines written around it.
+fn show_progress(pb: ProgressBar) -> ProgressBar {
+    log_writer().show(&pb);
+    pb
 }
 
 fn main() -> std::process::ExitCode {
@@ -586,7 +601,7 @@ fn spinner() -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     pb.enable_steady_tick(Duration::from_millis(200));
-    pb
+    show_progress(pb)
 }
 
 /// Default `--duration` of a run with simulated devices.
@@ -1136,7 +1151,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         (Box::new(file), len)
     };
     let stack = Arc::new(Stack::start(stack_config(&a.data, &a.tuning)).await?);
-    let pb = match total_bytes {
+    let pb = show_progress(match total_bytes {
         Some(len) => ProgressBar::new(len).with_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -1145,7 +1160,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             ProgressStyle::with_template("{spinner} {bytes} read, {bytes_per_sec} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         ),
-    };
+    });
     // Concurrent ingest invocations, as Lambda runs them: one lane per core, each device
     // always in the same lane, so a device's messages reach the stream in file order.
     // Batches of lines cross to a lane, so that a lane is not woken per message.

@@ -235,3 +235,79 @@ fn the_kinesis_topology_against_mosquitto_takes_basic_ingest_topics_without_a_me
         "{pm}"
     );
 }
+
+/// Log lines go around the status line. In a terminal (a pseudo-terminal from `script`),
+/// the line the Firehose emulator logs at the default level during the final flush starts
+/// on a cleared line; before, it was written after the status line's text and the next
+/// redraw left the two torn together on one line. Piped, the log has no colour codes.
+#[test]
+fn log_lines_go_around_the_status_line_and_carry_no_colour_codes_when_piped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let typescript = dir.path().join("typescript");
+    let cmd = format!(
+        "'{}' up --devices 2 --rate 5 --duration 2s --data '{}'",
+        iotpipe_tests::bin("iotpipe").display(),
+        data.display()
+    );
+    let status = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd])
+        .arg(&typescript)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("script (util-linux) on PATH, for a pseudo-terminal");
+    assert!(status.success(), "iotpipe up under script failed: {status}");
+    let text = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    let logged = "emulated Firehose delivery stream finished";
+    let at = text
+        .find(logged)
+        .unwrap_or_else(|| panic!("no {logged:?} in {text}"));
+    // What is on screen of the log's terminal line when its text starts: what follows the
+    // last carriage return or erase-line since the last newline, colour codes removed.
+    let line = &text[text[..at].rfind('\n').map_or(0, |i| i + 1)..at];
+    let from = [
+        line.rfind('\r').map(|i| i + 1),
+        line.rfind("\x1b[2K").map(|i| i + 4),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or(0);
+    let on_screen = strip_colour(&line[from..]);
+    assert!(
+        !on_screen.contains("flushing") && on_screen.trim_end().ends_with("local::firehose:"),
+        "the log line shares its terminal line with the status line: {on_screen:?}"
+    );
+
+    let mut piped = iotpipe(&["up", "--devices", "2", "--rate", "5", "--duration", "1s"]);
+    piped
+        .arg("--data")
+        .arg(dir.path().join("piped"))
+        .env("RUST_LOG", "info");
+    let stderr = String::from_utf8_lossy(&run(&mut piped).stderr).into_owned();
+    assert!(stderr.contains(logged), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "colour codes in piped logs: {stderr}"
+    );
+}
+
+/// `s` without its ANSI escape sequences (`ESC [` … a letter).
+fn strip_colour(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

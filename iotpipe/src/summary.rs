@@ -215,6 +215,29 @@ pub struct Summary {
     pub ledger: Option<analytics::ledger::LedgerTotals>,
 }
 
+/// What one item of a function's handler time is: ingest handles messages, the transform
+/// Firehose records, every other function whole runs (invocations).
+fn item_of(function: &str) -> &'static str {
+    match function {
+        "ingest" => "message",
+        "transform" => "record",
+        _ => "run",
+    }
+}
+
+/// A rate for people: whole numbers from 10 up, two significant digits below (a run of a
+/// few real devices takes 0.2 messages/s, not 0).
+fn rate(per_s: f64) -> String {
+    if per_s >= 10.0 || per_s == 0.0 {
+        format!("{per_s:.0}")
+    } else if per_s >= 1.0 {
+        format!("{per_s:.1}")
+    } else {
+        let decimals = (1 - per_s.log10().floor() as i32).clamp(2, 6) as usize;
+        format!("{per_s:.decimals$}")
+    }
+}
+
 impl Summary {
     /// Assembles the summary of a run.
     pub fn new(
@@ -234,13 +257,13 @@ impl Summary {
         } else {
             0.0
         };
-        // Per item each function handles: ingest a message, transform a record.
+        // Per item each function handles ([`item_of`]).
         let us_per_item = functions
             .iter()
             .map(|f| {
-                let items = match f.function.as_str() {
-                    "ingest" => r.ingest.messages,
-                    "transform" => r.firehose.records_in,
+                let items = match item_of(&f.function) {
+                    "message" => r.ingest.messages,
+                    "record" => r.firehose.records_in,
                     _ => f.invocations,
                 };
                 let us = if items > 0 {
@@ -484,11 +507,14 @@ impl Summary {
         let per_item: Vec<String> = self
             .us_per_item
             .iter()
-            .map(|(f, us)| format!("{f} {us:.1} µs"))
+            .map(|(f, us)| match item_of(f) {
+                "run" => format!("{f} {:.1} ms per run", us / 1000.0),
+                item => format!("{f} {us:.1} µs per {item}"),
+            })
             .collect();
         out.push_str(&format!(
-            "throughput: {:.0} messages/s over {:.1} s; handler time per item: {}; peak RSS {} MB\n",
-            self.messages_per_s,
+            "throughput: {} messages/s over {:.1} s; handler time: {}; peak RSS {} MB\n",
+            rate(self.messages_per_s),
             self.elapsed_s,
             per_item.join(", "),
             self.peak_rss_mb
@@ -526,7 +552,7 @@ fn dropped_label(topology: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{Pace, dropped_label, unread_after_stop};
+    use super::{Pace, dropped_label, rate, unread_after_stop};
     use local::topology::Topology;
 
     #[test]
@@ -568,5 +594,14 @@ mod tests {
                 .line()
                 .contains("7 message(s) behind when the devices stopped, never caught up")
         );
+    }
+
+    #[test]
+    fn rates_below_ten_keep_two_significant_digits() {
+        let shown: Vec<String> = [303_860.8, 10.4, 9.96, 2.45, 0.208, 0.0213, 0.0]
+            .into_iter()
+            .map(rate)
+            .collect();
+        assert_eq!(shown, ["303861", "10", "10.0", "2.5", "0.21", "0.021", "0"]);
     }
 }

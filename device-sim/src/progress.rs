@@ -12,6 +12,10 @@ use tracing_subscriber::fmt::MakeWriter;
 /// A `tracing` writer to stderr that hides the current progress bar while it writes (the
 /// formatter writes each event in one call). The bar can be set later ([`BarWriter::show`]),
 /// when the command has one; until then, lines are written as they are.
+///
+/// Hiding the bar takes its lock: an event logged inside the bar's own
+/// [`ProgressBar::suspend`] would wait for that lock forever. Log outside it — the writer
+/// hides the bar anyway.
 #[derive(Clone, Default)]
 pub struct BarWriter(Arc<Mutex<Option<ProgressBar>>>);
 

@@ -746,14 +746,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 let d = dropped.load(std::sync::atomic::Ordering::Relaxed);
                 if d > 0 && !told {
                     told = true;
-                    pb.suspend(|| {
-                        tracing::error!(
-                            "the embedded broker is dropping messages the rule has not read \
-                             (the devices publish faster than the pipeline takes them), and \
-                             the run will fail: {}",
-                            broker_log_advice(log_mib)
-                        );
-                    });
+                    // The log writer hides the status line itself (`show_progress`).
+                    tracing::error!(
+                        "the embedded broker is dropping messages the rule has not read (the \
+                         devices publish faster than the pipeline takes them), and the run \
+                         will fail: {}",
+                        broker_log_advice(log_mib)
+                    );
                 }
                 let dropped = if d > 0 {
                     format!(" · DROPPED by the broker {d}")

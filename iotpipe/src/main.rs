@@ -223,7 +223,8 @@ struct UpArgs {
     /// pipeline is down (stopped or killed) is ingested by the next run on the same --data.
     #[arg(long)]
     broker: Option<BrokerUrl>,
-    /// Port of the embedded broker's plain MQTT listener on 127.0.0.1 (0 picks a free one).
+    /// Port of the embedded broker's plain MQTT listener on 127.0.0.1 (0 picks a free one);
+    /// it takes MQTT 3.1.1 and MQTT 5 clients, as the TLS one does.
     #[arg(long, default_value_t = 0)]
     broker_port: u16,
     /// How much the embedded broker keeps of what the rule has not read yet, in MiB: the
@@ -617,20 +618,24 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
              configure TLS on that broker instead"
         );
     }
-    let (broker, rule_link) = match &a.broker {
+    let (broker, rule_link, listeners) = match &a.broker {
         Some(url) if url.scheme != device_sim::Scheme::Mqtt => bail!(
             "--broker {url}: the emulated IoT rule connects over plain MQTT only; \
              pass an mqtt://HOST:PORT broker (or none, for the embedded one)"
         ),
-        Some(url) => (url.clone(), None),
+        Some(url) => (url.clone(), None, None),
         None => {
             let embedded = broker::start_embedded(a.broker_port, a.broker_log_mib)?;
-            (embedded.url, Some(embedded.rule_link))
+            (
+                embedded.url,
+                Some(embedded.rule_link),
+                Some(embedded.listeners),
+            )
         }
     };
-    let tls_broker = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => Some(broker::start_tls_listener(
-            &broker,
+    let tls_broker = match (&a.tls_cert, &a.tls_key, &listeners) {
+        (Some(cert), Some(key), Some(listeners)) => Some(broker::start_tls_listener(
+            listeners,
             &broker::TlsListenerConfig {
                 port: a.tls_port,
                 cert: cert.clone(),
@@ -683,7 +688,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let kind = if a.broker.is_some() {
         ""
     } else {
-        " (embedded rumqttd)"
+        " (embedded rumqttd, MQTT 3.1.1 and 5)"
     };
     eprintln!("broker: {broker}{kind}");
     if let Some(tls) = &tls_broker {
@@ -788,7 +793,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         None
     } else {
         let sim_cfg = device_sim::SimConfig {
-            broker: broker.clone(),
+            // In this process: rumqttd's own listener, with no forwarding hop in the way.
+            broker: listeners
+                .as_ref()
+                .map_or_else(|| broker.clone(), broker::Listeners::direct),
             fleet: a.fleet.clone(),
             devices: a.devices,
             rate: a.rate,

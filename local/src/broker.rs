@@ -1,9 +1,14 @@
-//! The embedded MQTT broker (rumqttd), with an optional TLS listener in front of it.
+//! The embedded MQTT broker (rumqttd), with its listeners in front of it.
 //!
-//! rumqttd serves plain MQTT on `127.0.0.1`. The TLS listener ([`start_tls_listener`])
-//! terminates TLS — mutual TLS when a client CA is given, as AWS IoT Core requires — with
-//! the workspace's rustls (aws-lc-rs) and forwards each connection's MQTT bytes to the
-//! plain listener. (rumqttd's own TLS feature would build a second rustls on ring.)
+//! rumqttd serves MQTT 3.1.1 and MQTT 5 on separate listeners. Devices reach both through
+//! one port, as with AWS IoT Core and mosquitto: the plain listener clients connect to
+//! reads the protocol level of each connection's CONNECT packet and forwards the
+//! connection to rumqttd's listener of that version ([`Listeners`]). The TLS listener
+//! ([`start_tls_listener`]) terminates TLS — mutual TLS when a client CA is given, as AWS
+//! IoT Core requires — with the workspace's rustls (aws-lc-rs), then forwards the same
+//! way. (rumqttd's own TLS feature would build a second rustls on ring.) The simulated
+//! devices of `iotpipe up`, in the same process, connect to rumqttd's MQTT 3.1.1 listener
+//! directly ([`Listeners::direct`]): no hop in the way of the pipeline's throughput.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -23,6 +28,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use telemetry::topic::TOPIC_FILTER;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
 /// oversize payload reaches ingest and is quarantined with its reason instead of vanishing
@@ -32,10 +38,35 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 /// The running embedded broker: where clients connect, and the in-process link the
 /// emulated IoT rule takes its messages through.
 pub struct EmbeddedBroker {
-    /// The URL clients connect to (`mqtt://127.0.0.1:PORT`).
+    /// The URL clients connect to (`mqtt://127.0.0.1:PORT`), MQTT 3.1.1 or 5.
     pub url: BrokerUrl,
+    /// rumqttd's own listeners behind it.
+    pub listeners: Listeners,
     /// The rule's link into the broker's router ([`crate::iot_rule::RuleFeed::Embedded`]).
     pub rule_link: RuleLink,
+}
+
+/// rumqttd's listeners on 127.0.0.1, one per MQTT version: what the listeners clients
+/// connect to forward each connection to.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    v4: SocketAddr,
+    v5: SocketAddr,
+}
+
+impl Listeners {
+    /// rumqttd's MQTT 3.1.1 listener itself, for clients in this process that speak 3.1.1
+    /// (`iotpipe up`'s simulated devices): no forwarding hop.
+    pub fn direct(&self) -> BrokerUrl {
+        BrokerUrl::mqtt("127.0.0.1", self.v4.port())
+    }
+
+    /// The listener of a connection whose CONNECT packet has protocol level `level`: MQTT
+    /// 5's for 5, MQTT 3.1.1's for anything else (3.1.1, 3.1, or not a CONNECT at all,
+    /// which rumqttd then refuses).
+    fn for_level(&self, level: Option<u8>) -> SocketAddr {
+        if level == Some(5) { self.v5 } else { self.v4 }
+    }
 }
 
 /// A client of the embedded broker's router inside the process: no socket, no MQTT
@@ -133,21 +164,24 @@ const OTHER_LOG_SEGMENTS: usize = 4;
 /// Client id of the rule's link.
 const RULE_LINK_ID: &str = "iotpipe-rule";
 
-/// Starts rumqttd on `127.0.0.1:port` (`0` picks a free port) in its own threads, keeping
-/// up to `log_mib` MiB of what the rule has not read ([`DEFAULT_LOG_MIB`]); it lives until
-/// the process exits. Returns the URL clients connect to and the rule's link.
+/// Starts rumqttd in its own threads, keeping up to `log_mib` MiB of what the rule has not
+/// read ([`DEFAULT_LOG_MIB`]), and its listener for clients on `127.0.0.1:port` (`0` picks a
+/// free port) on the current tokio runtime; they live until the process exits. Returns
+/// the URL clients connect to (MQTT 3.1.1 or 5) and the rule's link.
 pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker> {
     if log_mib == 0 {
         bail!("the embedded broker's log needs at least 1 MiB (--broker-log-mib)");
     }
-    let port = if port == 0 { free_port()? } else { port };
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    // Fail here, with a clear message, rather than inside the broker's thread.
-    TcpListener::bind(listen).with_context(|| {
+    let front = listen(port).with_context(|| {
         format!("port {port} on 127.0.0.1 is taken: pass --broker-port 0 to pick a free one")
     })?;
-    let server = ServerSettings {
-        name: "v4-local".into(),
+    let port = front.local_addr()?.port();
+    let listeners = Listeners {
+        v4: ([127, 0, 0, 1], free_port()?).into(),
+        v5: ([127, 0, 0, 1], free_port()?).into(),
+    };
+    let server = |name: &str, listen| ServerSettings {
+        name: name.into(),
         listen,
         tls: None,
         next_connection_delay_ms: 0,
@@ -185,8 +219,14 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
         },
-        v4: Some(HashMap::from([("1".to_string(), server)])),
-        v5: None,
+        v4: Some(HashMap::from([(
+            "1".to_string(),
+            server("v4-local", listeners.v4),
+        )])),
+        v5: Some(HashMap::from([(
+            "1".to_string(),
+            server("v5-local", listeners.v5),
+        )])),
         ws: None,
         cluster: None,
         console: None,
@@ -243,17 +283,172 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
             }
         })
         .context("starting the embedded broker thread")?;
-    // Wait until the listener accepts connections.
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(listen).is_ok() {
-            return Ok(EmbeddedBroker {
-                url: BrokerUrl::mqtt("127.0.0.1", port),
-                rule_link,
+    // Wait until rumqttd's listeners accept connections.
+    for listen in [listeners.v4, listeners.v5] {
+        let mut tries = 0;
+        while std::net::TcpStream::connect(listen).is_err() {
+            tries += 1;
+            if tries == 200 {
+                bail!("the embedded broker did not start listening on {listen} within 2 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    tracing::debug!(
+        v4 = %listeners.v4,
+        v5 = %listeners.v5,
+        "the embedded broker's own listeners (clients connect to port {port})"
+    );
+    serve(
+        front,
+        listeners,
+        "the embedded broker's listener",
+        |tcp| async move { Ok::<_, std::io::Error>(tcp) },
+    )?;
+    Ok(EmbeddedBroker {
+        url: BrokerUrl::mqtt("127.0.0.1", port),
+        listeners,
+        rule_link,
+    })
+}
+
+/// Connections a listener holds before it accepts them: as many as rumqttd's own listeners
+/// (tokio's default). The system's default of 128 refused connections when a fleet of
+/// 2,000 devices connected at once.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A listener on `127.0.0.1:port` (`0`: a free port) on the current tokio runtime.
+fn listen(port: u16) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::runtime::Handle::try_current()
+        .map_err(|_| std::io::Error::other("the listener needs a tokio runtime"))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    // As tokio's `TcpListener::bind` does: a port in TIME_WAIT from a run just stopped is
+    // taken again.
+    socket.set_reuseaddr(true)?;
+    socket.bind(([127, 0, 0, 1], port).into())?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accepts connections on `listener` until the process exits: `open` turns each into a
+/// stream (a TLS handshake, say), which is then forwarded to the rumqttd listener of its
+/// MQTT version ([`route`]). `what` names the listener in errors.
+fn serve<S, F, Fut>(
+    listener: tokio::net::TcpListener,
+    listeners: Listeners,
+    what: &'static str,
+    open: F,
+) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<S, std::io::Error>> + Send + 'static,
+{
+    let open = Arc::new(open);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let open = Arc::clone(&open);
+            tokio::spawn(async move {
+                let routed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(tcp)).await {
+                    Ok(Ok(stream)) => route(stream, listeners).await,
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("TLS handshake failed")),
+                    Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                };
+                if let Err(e) = routed {
+                    tracing::info!(%peer, error = %format!("{e:#}"), "{what}: client refused or disconnected");
+                }
             });
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
+    });
+    Ok(())
+}
+
+/// What the start of a client's first packet says about its MQTT version.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// A CONNECT packet of this protocol level (3: MQTT 3.1, 4: 3.1.1, 5: 5.0).
+    Level(u8),
+    /// Not a CONNECT packet.
+    NotConnect,
+    /// Too few bytes yet to tell.
+    NeedMore,
+}
+
+/// The protocol level of the CONNECT packet `head` starts with: the fixed header (type 1,
+/// no flags), its remaining length (1–4 bytes), the protocol name (`MQTT`, or `MQIsdp` for
+/// 3.1) with its 2-byte length, then the level byte.
+fn sniff(head: &[u8]) -> Sniffed {
+    match head.first() {
+        None => return Sniffed::NeedMore,
+        Some(&0x10) => {}
+        Some(_) => return Sniffed::NotConnect,
     }
-    bail!("the embedded broker did not start listening on {listen} within 2 s")
+    let mut at = 1;
+    loop {
+        let Some(&b) = head.get(at) else {
+            return Sniffed::NeedMore;
+        };
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Sniffed::NotConnect;
+        }
+    }
+    let (Some(&hi), Some(&lo)) = (head.get(at), head.get(at + 1)) else {
+        return Sniffed::NeedMore;
+    };
+    let name_len = usize::from(u16::from_be_bytes([hi, lo]));
+    if name_len > 6 {
+        return Sniffed::NotConnect;
+    }
+    match head.get(at + 2 + name_len) {
+        Some(&level) => Sniffed::Level(level),
+        None => Sniffed::NeedMore,
+    }
+}
+
+/// Reads a client's CONNECT far enough to know its MQTT version, connects to rumqttd's
+/// listener of that version, hands it what was read, then copies bytes both ways until
+/// either side closes.
+async fn route<S>(mut client: S, listeners: Listeners) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = Vec::with_capacity(16);
+    let level = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        loop {
+            match sniff(&head) {
+                Sniffed::Level(level) => return Ok(Some(level)),
+                Sniffed::NotConnect => return Ok(None),
+                Sniffed::NeedMore => {}
+            }
+            let mut buf = [0u8; 16];
+            let n = client.read(&mut buf).await?;
+            if n == 0 {
+                bail!("the client closed the connection before its CONNECT");
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .context("no MQTT CONNECT within 10 s")??;
+    let mut broker = tokio::net::TcpStream::connect(listeners.for_level(level))
+        .await
+        .context("connecting to the embedded broker")?;
+    let _ = broker.set_nodelay(true);
+    broker.write_all(&head).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
+    Ok(())
 }
 
 /// rumqttd's settings for a report every [`METER_PERIOD`].
@@ -280,68 +475,30 @@ pub struct TlsListenerConfig {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starts a TLS listener on `127.0.0.1:cfg.port` that forwards every connection, once its
-/// handshake (and client certificate, with a client CA) is accepted, to the plain MQTT
-/// listener at `plain`. Runs on the current tokio runtime until the process exits; returns
-/// the `mqtts://` URL clients connect to.
-pub fn start_tls_listener(plain: &BrokerUrl, cfg: &TlsListenerConfig) -> anyhow::Result<BrokerUrl> {
+/// handshake (and client certificate, with a client CA) is accepted, to the embedded
+/// broker's listener of its MQTT version. Runs on the current tokio runtime until the
+/// process exits; returns the `mqtts://` URL clients connect to.
+pub fn start_tls_listener(
+    listeners: &Listeners,
+    cfg: &TlsListenerConfig,
+) -> anyhow::Result<BrokerUrl> {
     let server = server_config(cfg)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-    let std_listener = TcpListener::bind(("127.0.0.1", cfg.port)).with_context(|| {
+    let listener = listen(cfg.port).with_context(|| {
         format!(
             "port {} on 127.0.0.1 is taken: pass --tls-port 0 to pick a free one",
             cfg.port
         )
     })?;
-    let port = std_listener.local_addr()?.port();
-    std_listener
-        .set_nonblocking(true)
-        .context("configuring the TLS listener")?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)
-        .context("the TLS listener needs a tokio runtime")?;
-    let upstream = (plain.host.clone(), plain.port);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "TLS listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let acceptor = acceptor.clone();
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if let Err(e) = forward(acceptor, tcp, &upstream).await {
-                    tracing::info!(%peer, error = %e, "TLS client refused or disconnected");
-                }
-            });
-        }
-    });
+    let port = listener.local_addr()?.port();
+    serve(listener, *listeners, "the TLS listener", move |tcp| {
+        acceptor.clone().accept(tcp)
+    })?;
     Ok(BrokerUrl {
         scheme: device_sim::Scheme::Mqtts,
         host: "127.0.0.1".into(),
         port,
     })
-}
-
-/// One TLS connection: handshake, then MQTT bytes both ways to the plain listener.
-async fn forward(
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    upstream: &(String, u16),
-) -> anyhow::Result<()> {
-    let _ = tcp.set_nodelay(true);
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
-        .await
-        .context("TLS handshake timed out")?
-        .context("TLS handshake failed")?;
-    let mut plain = tokio::net::TcpStream::connect((upstream.0.as_str(), upstream.1))
-        .await
-        .context("connecting to the embedded broker")?;
-    let _ = plain.set_nodelay(true);
-    tokio::io::copy_bidirectional(&mut tls, &mut plain).await?;
-    Ok(())
 }
 
 /// The rustls server configuration of the TLS listener.
@@ -406,4 +563,64 @@ fn read_certs(path: &Path, flag: &str) -> anyhow::Result<Vec<CertificateDer<'sta
 fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
     Ok(l.local_addr()?.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Sniffed, sniff};
+
+    /// A CONNECT packet's start: fixed header with `remaining` as its remaining length
+    /// (encoded as MQTT's variable byte integer), protocol name, level, then some bytes of
+    /// the rest.
+    fn connect(name: &str, level: u8, remaining: usize) -> Vec<u8> {
+        let mut p = vec![0x10];
+        let mut n = remaining;
+        loop {
+            let mut b = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                b |= 0x80;
+            }
+            p.push(b);
+            if n == 0 {
+                break;
+            }
+        }
+        p.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        p.extend_from_slice(name.as_bytes());
+        p.extend_from_slice(&[level, 0x02, 0x00, 0x3c]);
+        p
+    }
+
+    #[test]
+    fn the_protocol_level_is_read_from_a_connects_start() {
+        assert_eq!(sniff(&connect("MQTT", 4, 20)), Sniffed::Level(4));
+        assert_eq!(sniff(&connect("MQTT", 5, 20)), Sniffed::Level(5));
+        assert_eq!(sniff(&connect("MQIsdp", 3, 20)), Sniffed::Level(3));
+        // A long CONNECT (a large will message): a remaining length of three bytes.
+        assert_eq!(sniff(&connect("MQTT", 5, 300_000)), Sniffed::Level(5));
+    }
+
+    #[test]
+    fn a_partial_connect_asks_for_more_and_anything_else_is_not_one() {
+        let full = connect("MQTT", 5, 300_000);
+        // Fixed header byte, a 3-byte remaining length, the name's length and the name.
+        let level_at = 1 + 3 + 2 + 4;
+        assert_eq!(sniff(&full[..=level_at]), Sniffed::Level(5));
+        for cut in 0..=level_at {
+            assert_eq!(sniff(&full[..cut]), Sniffed::NeedMore, "cut at {cut}");
+        }
+        assert_eq!(sniff(&[0x30, 0x05]), Sniffed::NotConnect, "a PUBLISH first");
+        assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniffed::NotConnect);
+        assert_eq!(
+            sniff(&[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            Sniffed::NotConnect,
+            "a remaining length of five bytes"
+        );
+        assert_eq!(
+            sniff(&[0x10, 0x10, 0x00, 0x40]),
+            Sniffed::NotConnect,
+            "a 64-byte name"
+        );
+    }
 }

@@ -131,6 +131,17 @@ impl Up {
     }
 }
 
+/// A test that fails before it interrupts the run stops it anyway: a left-over `up` keeps
+/// its broker's connections and ports, and the next tests run beside it.
+impl Drop for Up {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// `host` and `port` of an `mqtt://` / `mqtts://` URL.
 fn host_port(url: &str) -> (String, String) {
     let rest = url.split_once("://").unwrap().1;
@@ -182,7 +193,8 @@ fn quarantine_records(data: &Path) -> Vec<Value> {
 }
 
 #[test]
-fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_until_ctrl_c() {
+fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_in_mqtt_3_and_5_until_ctrl_c()
+ {
     let certs = need_env("IOTPIPE_TEST_CERTS");
     let cert = |f: &str| format!("{certs}/{f}");
     let dir = tempfile::tempdir().unwrap();
@@ -242,36 +254,58 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_un
         ),
         "a TLS client without a certificate is refused"
     );
+    // MQTT 5 clients, as AWS IoT Core takes them, on the same ports (before, the embedded
+    // broker spoke 3.1.1 only and closed their connections).
+    let v5 = ["-V", "mqttv5"];
+    assert!(
+        publish(
+            plain,
+            "dt/fleet/sensor-d/telemetry",
+            &reading("sensor-d", 1, now),
+            &v5
+        ),
+        "an MQTT 5 client publishes on the plain port"
+    );
+    let mtls_v5: Vec<&str> = mtls.iter().chain(&v5).copied().collect();
+    assert!(
+        publish(
+            tls,
+            "dt/fleet/sensor-e/telemetry",
+            &reading("sensor-e", 1, now),
+            &mtls_v5
+        ),
+        "an MQTT 5 client publishes over mutual TLS"
+    );
 
     let s = up.interrupt();
     assert_eq!(s["source"], "devices", "{s}");
     assert_eq!(s["broker"].as_str(), Some(plain.as_str()));
     assert_eq!(s["tls_broker"].as_str(), Some(tls.as_str()));
     assert_eq!(
-        s["received"], 4,
-        "three plain + one mutual-TLS message: {s}"
+        s["received"], 6,
+        "three plain + one mutual-TLS message, and one of each over MQTT 5: {s}"
     );
     assert_eq!(
-        s["broker_appended"], 4,
+        s["broker_appended"], 6,
         "the broker's meter of the rule's log: {s}"
     );
     assert_eq!(s["received_after_stop"], 0, "{s}");
     assert_eq!(s["other_topics"], 1, "the publish to sensors/…: {s}");
-    assert_eq!(s["accepted"], 3, "{s}");
+    assert_eq!(s["accepted"], 5, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
-    assert_eq!(s["rows"], 6, "three messages of two readings: {s}");
+    assert_eq!(s["rows"], 10, "five messages of two readings: {s}");
     assert_eq!(s["firehose"]["files"].as_u64().map(|f| f > 0), Some(true));
 
     // The valid readings are in the aggregates.
     let stats = query_json(dir.path());
-    assert_eq!(total_count(&stats), 6, "{stats:?}");
+    assert_eq!(total_count(&stats), 10, "{stats:?}");
     let mut devices: Vec<&str> = stats
         .iter()
         .map(|r| r["device_id"].as_str().unwrap())
         .collect();
     devices.sort_unstable();
     devices.dedup();
-    assert_eq!(devices, ["sensor-a", "sensor-b"]);
+    assert_eq!(devices, ["sensor-a", "sensor-b", "sensor-d", "sensor-e"]);
 
     // The malformed one is in quarantine/ with its reason and its bytes.
     let q = quarantine_records(dir.path());

@@ -313,8 +313,8 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
 }
 
 /// Connections a listener holds before it accepts them: as many as rumqttd's own listeners
-/// (tokio's default). The system's default of 128 refused connections when a fleet of
-/// 2,000 devices connected at once.
+/// (tokio's default), rather than the standard library's 128, for fleets that connect at
+/// once.
 const LISTEN_BACKLOG: u32 = 1024;
 
 /// A listener on `127.0.0.1:port` (`0`: a free port) on the current tokio runtime.

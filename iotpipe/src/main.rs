@@ -663,8 +663,10 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         _ => "none needed: the stream is on AWS".to_owned(),
     };
     let stack = Arc::new(Stack::start(cfg).await?);
-    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) need a broker that routes `$`
-    // topics: an external one (mosquitto); the embedded rumqttd routes none (local::iot_rule).
+    // Basic Ingest topics (`$aws/rules/<rule>/dt/...`) reach the rule as they are through a
+    // broker that routes `$` topics (mosquitto); the embedded rumqttd routes none, so its
+    // port turns them into the plain topic (local::broker) and the rule counts every message
+    // as the Basic Ingest publish it stands for, in the topologies that use it.
     let basic_ingest = match (a.broker.is_some(), stack.topology().basic_ingest()) {
         (true, _) => iot_rule::BasicIngest::Routed,
         (false, true) => iot_rule::BasicIngest::StandIn,
@@ -707,11 +709,15 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     if a.devices == 0 {
         eprintln!(
-            "no simulated devices: publish JSON payloads to dt/{{fleet}}/{{device_id}}/telemetry, e.g.\n  \
+            "no simulated devices: publish JSON payloads to dt/{{fleet}}/{{device_id}}/telemetry \
+             (or to it behind AWS's Basic Ingest prefix $aws/rules/{}/), e.g.\n  \
              mosquitto_pub -h {} -p {} -q 1 -t dt/{}/sensor-1/telemetry \\\n    \
              -m '{{\"device_id\":\"sensor-1\",\"seq\":1,\"ts\":'$(date +%s%3N)',\"metrics\":{{\"temperature\":21.5}}}}'\n\
              Ctrl-C stops, flushes everything to Parquet, runs a final rollup and prints the summary.",
-            broker.host, broker.port, a.fleet
+            telemetry::topic::DEFAULT_RULE_NAME,
+            broker.host,
+            broker.port,
+            a.fleet
         );
     }
 

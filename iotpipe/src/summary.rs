@@ -361,9 +361,8 @@ impl Summary {
                 };
                 let other = match other_topics {
                     Some(n) if *n > 0 => format!(
-                        "; {n} published to other topics than {TOPIC_FILTER} (not the \
-                         rule's: not in the pipeline; the embedded broker routes no Basic \
-                         Ingest $aws/rules/… topic, so devices publish to dt/… here)"
+                        "; {n} published to other topics than {TOPIC_FILTER} and the \
+                         rule's Basic Ingest topics (not the rule's: not in the pipeline)"
                     ),
                     _ => String::new(),
                 };

@@ -27,7 +27,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use telemetry::topic::TOPIC_FILTER;
+use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, rule_topic};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
@@ -442,13 +442,166 @@ where
     })
     .await
     .context("no MQTT CONNECT within 10 s")??;
-    let mut broker = tokio::net::TcpStream::connect(listeners.for_level(level))
+    let broker = tokio::net::TcpStream::connect(listeners.for_level(level))
         .await
         .context("connecting to the embedded broker")?;
     let _ = broker.set_nodelay(true);
-    broker.write_all(&head).await?;
-    tokio::io::copy_bidirectional(&mut client, &mut broker).await?;
-    Ok(())
+    let (mut from_broker, to_broker) = broker.into_split();
+    let (from_client, mut to_client) = tokio::io::split(client);
+    // Either way ends the connection: a client that closed sends nothing more, and a broker
+    // that closed the connection answers nothing more.
+    tokio::select! {
+        r = client_to_broker(from_client, to_broker, head) => r,
+        r = tokio::io::copy(&mut from_broker, &mut to_client) => r.map(drop).map_err(Into::into),
+    }
+}
+
+/// Copies a client's MQTT packets to the broker as they come, with one change: a PUBLISH to
+/// the rule's Basic Ingest topic (`$aws/rules/<rule>/dt/…`, what a device configured for
+/// AWS publishes to in the firehose and kinesis topologies) goes on with its plain topic
+/// (`dt/…`). rumqttd routes no `$` topic; the rule takes the plain topic as the Basic Ingest
+/// publish it stands for (`iot_rule::BasicIngest::StandIn`). Another rule's Basic Ingest
+/// topic is left as it is, and reaches no rule here, as on AWS. Only a packet's fixed
+/// header and topic are held; payloads pass through as they arrive. `pending` holds what
+/// was read of the connection already.
+async fn client_to_broker<R, W>(mut from: R, mut to: W, mut pending: Vec<u8>) -> anyhow::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut out = Vec::with_capacity(buf.len());
+    // Bytes of the current packet still to pass through unchanged.
+    let mut passing = 0usize;
+    loop {
+        let mut at = 0;
+        loop {
+            let n = passing.min(pending.len() - at);
+            out.extend_from_slice(&pending[at..at + n]);
+            at += n;
+            passing -= n;
+            if passing > 0 {
+                break;
+            }
+            match packet_head(&pending[at..]) {
+                Head::NeedMore => break,
+                Head::Malformed => {
+                    // Not MQTT as this reads it: the rest goes through as it is, and rumqttd
+                    // answers it.
+                    passing = usize::MAX;
+                }
+                Head::Packet {
+                    head,
+                    rest,
+                    rewritten,
+                } => {
+                    match rewritten {
+                        Some(new_head) => out.extend_from_slice(&new_head),
+                        None => out.extend_from_slice(&pending[at..at + head]),
+                    }
+                    at += head;
+                    passing = rest;
+                }
+            }
+        }
+        pending.drain(..at);
+        if !out.is_empty() {
+            to.write_all(&out).await?;
+            out.clear();
+        }
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+        pending.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// What the start of an MQTT packet says ([`packet_head`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Head {
+    /// A packet whose first `head` bytes are its fixed header (and, for a PUBLISH, its
+    /// topic), followed by `rest` more; `rewritten`: those first bytes as they go on, when
+    /// they change.
+    Packet {
+        head: usize,
+        rest: usize,
+        rewritten: Option<Vec<u8>>,
+    },
+    /// Too few bytes yet.
+    NeedMore,
+    /// Not a packet: a remaining length of more than four bytes, or a topic longer than
+    /// its packet.
+    Malformed,
+}
+
+/// The fixed header of the packet `bytes` starts with (and a PUBLISH's topic, rewritten
+/// from the rule's Basic Ingest topic to the plain one: [`client_to_broker`]).
+fn packet_head(bytes: &[u8]) -> Head {
+    let Some(&first) = bytes.first() else {
+        return Head::NeedMore;
+    };
+    let (mut remaining, mut at, mut shift) = (0usize, 1usize, 0u32);
+    loop {
+        let Some(&b) = bytes.get(at) else {
+            return Head::NeedMore;
+        };
+        remaining |= usize::from(b & 0x7f) << shift;
+        at += 1;
+        shift += 7;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if at > 4 {
+            return Head::Malformed;
+        }
+    }
+    let fixed = at;
+    // Anything but a PUBLISH (type 3) goes on as it is.
+    if first >> 4 != 3 {
+        return Head::Packet {
+            head: fixed,
+            rest: remaining,
+            rewritten: None,
+        };
+    }
+    let (Some(&hi), Some(&lo)) = (bytes.get(fixed), bytes.get(fixed + 1)) else {
+        return Head::NeedMore;
+    };
+    let topic_len = usize::from(u16::from_be_bytes([hi, lo]));
+    if 2 + topic_len > remaining {
+        return Head::Malformed;
+    }
+    let Some(topic) = bytes.get(fixed + 2..fixed + 2 + topic_len) else {
+        return Head::NeedMore;
+    };
+    let head = fixed + 2 + topic_len;
+    let rest = remaining - 2 - topic_len;
+    let plain = std::str::from_utf8(topic)
+        .ok()
+        .and_then(|t| rule_topic(t, DEFAULT_RULE_NAME))
+        .and_then(|(plain, basic_ingest)| basic_ingest.then_some(plain));
+    let rewritten = plain.map(|plain| {
+        let mut h = vec![first];
+        let mut n = rest + 2 + plain.len();
+        loop {
+            let b = (n % 128) as u8;
+            n /= 128;
+            h.push(if n > 0 { b | 0x80 } else { b });
+            if n == 0 {
+                break;
+            }
+        }
+        h.extend_from_slice(&(plain.len() as u16).to_be_bytes());
+        h.extend_from_slice(plain.as_bytes());
+        h
+    });
+    Head::Packet {
+        head,
+        rest,
+        rewritten,
+    }
 }
 
 /// rumqttd's settings for a report every [`METER_PERIOD`].
@@ -567,7 +720,117 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Sniffed, sniff};
+    use super::{Head, Sniffed, client_to_broker, packet_head, sniff};
+
+    /// A PUBLISH packet (QoS 1, packet id 7) of `payload` to `topic`.
+    fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
+        let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+        body.extend_from_slice(topic.as_bytes());
+        body.extend_from_slice(&7u16.to_be_bytes());
+        body.extend_from_slice(payload);
+        let mut p = vec![0x32];
+        let mut n = body.len();
+        loop {
+            let b = (n % 128) as u8;
+            n /= 128;
+            p.push(if n > 0 { b | 0x80 } else { b });
+            if n == 0 {
+                break;
+            }
+        }
+        p.extend(body);
+        p
+    }
+
+    const PLAIN: &str = "dt/fleet/sensor-1/telemetry";
+    const BASIC_INGEST: &str = "$aws/rules/iotpipe_telemetry/dt/fleet/sensor-1/telemetry";
+
+    #[test]
+    fn a_publish_to_the_rules_basic_ingest_topic_goes_on_with_the_plain_topic() {
+        // The remaining length takes two bytes before (140), one after (111).
+        let payload = [b'x'; 80];
+        let packet = publish(BASIC_INGEST, &payload);
+        let Head::Packet {
+            head,
+            rest,
+            rewritten: Some(new_head),
+        } = packet_head(&packet)
+        else {
+            panic!("not rewritten: {:?}", packet_head(&packet));
+        };
+        assert_eq!(head + rest, packet.len());
+        let mut out = new_head;
+        out.extend_from_slice(&packet[head..]);
+        assert_eq!(out, publish(PLAIN, &payload));
+        // Anything else goes on as it is.
+        for topic in [
+            PLAIN,
+            "$aws/rules/another_rule/dt/fleet/sensor-1/telemetry",
+            "x/y",
+        ] {
+            let packet = publish(topic, b"{}");
+            assert!(
+                matches!(packet_head(&packet), Head::Packet { rewritten: None, head, rest } if head + rest == packet.len()),
+                "{topic}"
+            );
+        }
+        let pingreq = [0xc0, 0x00];
+        assert_eq!(
+            packet_head(&pingreq),
+            Head::Packet {
+                head: 2,
+                rest: 0,
+                rewritten: None
+            }
+        );
+        assert_eq!(packet_head(&packet[..5]), Head::NeedMore);
+        assert_eq!(
+            packet_head(&[0x30, 0x03, 0x00, 0x09]),
+            Head::Malformed,
+            "a topic past its packet"
+        );
+    }
+
+    #[tokio::test]
+    async fn packets_arriving_a_few_bytes_at_a_time_are_rewritten_whole() {
+        let connect = {
+            let mut c = vec![0x10, 12, 0, 4];
+            c.extend_from_slice(b"MQTT");
+            c.extend_from_slice(&[4, 2, 0, 60, 0, 0]);
+            c
+        };
+        let big = vec![b'y'; 300_000];
+        let input: Vec<u8> = [
+            connect.clone(),
+            publish(BASIC_INGEST, b"{\"a\":1}"),
+            publish(PLAIN, b"{}"),
+            publish(BASIC_INGEST, &big),
+            vec![0xe0, 0x00],
+        ]
+        .concat();
+        let expected: Vec<u8> = [
+            connect,
+            publish(PLAIN, b"{\"a\":1}"),
+            publish(PLAIN, b"{}"),
+            publish(PLAIN, &big),
+            vec![0xe0, 0x00],
+        ]
+        .concat();
+        // A pipe of 7 bytes: every read gets at most 7, so headers and topics split.
+        let (mut writer, reader) = tokio::io::duplex(7);
+        let feed = tokio::spawn(async move {
+            tokio::io::AsyncWriteExt::write_all(&mut writer, &input)
+                .await
+                .unwrap();
+        });
+        let mut out = Vec::new();
+        client_to_broker(reader, &mut out, Vec::new())
+            .await
+            .unwrap();
+        feed.await.unwrap();
+        assert_eq!(out.len(), expected.len());
+        assert!(out == expected, "the forwarded bytes differ");
+    }
 
     /// A CONNECT packet's start: fixed header with `remaining` as its remaining length
     /// (encoded as MQTT's variable byte integer), protocol name, level, then some bytes of

@@ -12,9 +12,10 @@
 //! [`BasicIngest`] says how: a broker that routes `$` topics (mosquitto, `--broker`) carries
 //! them as they are ([`BasicIngest::Routed`]). The embedded rumqttd refuses any subscription
 //! to a `$` filter and routes no `$` topic (hard-coded in rumqttd 0.20), so with it the
-//! devices publish the plain topic and the rule counts each message as the Basic Ingest
-//! publish it stands for ([`BasicIngest::StandIn`]) when the topology's devices would use
-//! Basic Ingest.
+//! devices publish the plain topic — a device outside the process may publish the Basic
+//! Ingest topic, which the broker's port turns into the plain one ([`crate::broker`]) — and
+//! the rule counts each message as the Basic Ingest publish it stands for
+//! ([`BasicIngest::StandIn`]) when the topology's devices would use Basic Ingest.
 //!
 //! Over an MQTT connection, a message is acknowledged (QoS 1 PUBACK) only after ingest ran
 //! on it — in the order the messages arrived, as MQTT 3.1.1 (§4.6) asks and brokers enforce

@@ -193,7 +193,7 @@ fn quarantine_records(data: &Path) -> Vec<Value> {
 }
 
 #[test]
-fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_in_mqtt_3_and_5_until_ctrl_c()
+fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_mqtt_3_and_5_and_basic_ingest_until_ctrl_c()
  {
     let certs = need_env("IOTPIPE_TEST_CERTS");
     let cert = |f: &str| format!("{certs}/{f}");
@@ -277,35 +277,61 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_in
         "an MQTT 5 client publishes over mutual TLS"
     );
 
+    // A device configured for AWS publishes to the rule's Basic Ingest topic (before, the
+    // embedded broker routed no `$` topic and the message reached no rule); another rule's
+    // Basic Ingest topic reaches no rule of ours, as on AWS.
+    let basic_ingest = "$aws/rules/iotpipe_telemetry/dt/fleet/sensor-f/telemetry";
+    assert!(publish(
+        plain,
+        basic_ingest,
+        &reading("sensor-f", 1, now),
+        &[]
+    ));
+    assert!(publish(
+        plain,
+        basic_ingest,
+        &reading("sensor-f", 2, now + 1000),
+        &v5
+    ));
+    let another = "$aws/rules/another_rule/dt/fleet/sensor-g/telemetry";
+    assert!(publish(plain, another, &reading("sensor-g", 1, now), &[]));
+
     let s = up.interrupt();
     assert_eq!(s["source"], "devices", "{s}");
     assert_eq!(s["broker"].as_str(), Some(plain.as_str()));
     assert_eq!(s["tls_broker"].as_str(), Some(tls.as_str()));
     assert_eq!(
-        s["received"], 6,
-        "three plain + one mutual-TLS message, and one of each over MQTT 5: {s}"
+        s["received"], 8,
+        "three plain + one mutual-TLS message, one of each over MQTT 5, two over Basic \
+         Ingest: {s}"
     );
     assert_eq!(
-        s["broker_appended"], 6,
+        s["broker_appended"], 8,
         "the broker's meter of the rule's log: {s}"
     );
     assert_eq!(s["received_after_stop"], 0, "{s}");
-    assert_eq!(s["other_topics"], 1, "the publish to sensors/…: {s}");
-    assert_eq!(s["accepted"], 5, "{s}");
+    assert_eq!(
+        s["other_topics"], 2,
+        "the publishes to sensors/… and to another rule: {s}"
+    );
+    assert_eq!(s["accepted"], 7, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
-    assert_eq!(s["rows"], 10, "five messages of two readings: {s}");
+    assert_eq!(s["rows"], 14, "seven messages of two readings: {s}");
     assert_eq!(s["firehose"]["files"].as_u64().map(|f| f > 0), Some(true));
 
     // The valid readings are in the aggregates.
     let stats = query_json(dir.path());
-    assert_eq!(total_count(&stats), 10, "{stats:?}");
+    assert_eq!(total_count(&stats), 14, "{stats:?}");
     let mut devices: Vec<&str> = stats
         .iter()
         .map(|r| r["device_id"].as_str().unwrap())
         .collect();
     devices.sort_unstable();
     devices.dedup();
-    assert_eq!(devices, ["sensor-a", "sensor-b", "sensor-d", "sensor-e"]);
+    assert_eq!(
+        devices,
+        ["sensor-a", "sensor-b", "sensor-d", "sensor-e", "sensor-f"]
+    );
 
     // The malformed one is in quarantine/ with its reason and its bytes.
     let q = quarantine_records(dir.path());

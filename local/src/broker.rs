@@ -518,6 +518,19 @@ where
     }
 }
 
+/// Appends `n` as an MQTT remaining length (a variable byte integer: 7 bits a byte, low
+/// first, the high bit set on every byte but the last).
+fn push_remaining_length(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let b = (n % 128) as u8;
+        n /= 128;
+        out.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            return;
+        }
+    }
+}
+
 /// What the start of an MQTT packet says ([`packet_head`]).
 #[derive(Debug, PartialEq, Eq)]
 enum Head {
@@ -584,15 +597,7 @@ fn packet_head(bytes: &[u8]) -> Head {
         .and_then(|(plain, basic_ingest)| basic_ingest.then_some(plain));
     let rewritten = plain.map(|plain| {
         let mut h = vec![first];
-        let mut n = rest + 2 + plain.len();
-        loop {
-            let b = (n % 128) as u8;
-            n /= 128;
-            h.push(if n > 0 { b | 0x80 } else { b });
-            if n == 0 {
-                break;
-            }
-        }
+        push_remaining_length(&mut h, rest + 2 + plain.len());
         h.extend_from_slice(&(plain.len() as u16).to_be_bytes());
         h.extend_from_slice(plain.as_bytes());
         h
@@ -720,7 +725,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, Sniffed, client_to_broker, packet_head, sniff};
+    use super::{Head, Sniffed, client_to_broker, packet_head, push_remaining_length, sniff};
 
     /// A PUBLISH packet (QoS 1, packet id 7) of `payload` to `topic`.
     fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
@@ -729,15 +734,7 @@ mod tests {
         body.extend_from_slice(&7u16.to_be_bytes());
         body.extend_from_slice(payload);
         let mut p = vec![0x32];
-        let mut n = body.len();
-        loop {
-            let b = (n % 128) as u8;
-            n /= 128;
-            p.push(if n > 0 { b | 0x80 } else { b });
-            if n == 0 {
-                break;
-            }
-        }
+        push_remaining_length(&mut p, body.len());
         p.extend(body);
         p
     }
@@ -837,18 +834,7 @@ mod tests {
     /// the rest.
     fn connect(name: &str, level: u8, remaining: usize) -> Vec<u8> {
         let mut p = vec![0x10];
-        let mut n = remaining;
-        loop {
-            let mut b = (n % 128) as u8;
-            n /= 128;
-            if n > 0 {
-                b |= 0x80;
-            }
-            p.push(b);
-            if n == 0 {
-                break;
-            }
-        }
+        push_remaining_length(&mut p, remaining);
         p.extend_from_slice(&(name.len() as u16).to_be_bytes());
         p.extend_from_slice(name.as_bytes());
         p.extend_from_slice(&[level, 0x02, 0x00, 0x3c]);

@@ -359,8 +359,9 @@ where
             tokio::spawn(async move {
                 let routed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(tcp)).await {
                     Ok(Ok(stream)) => route(stream, listeners).await,
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("TLS handshake failed")),
-                    Err(_) => Err(anyhow::anyhow!("TLS handshake timed out")),
+                    // Only a TLS listener's `open` can fail or take time: its handshake.
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("handshake failed")),
+                    Err(_) => Err(anyhow::anyhow!("handshake timed out")),
                 };
                 if let Err(e) = routed {
                     tracing::info!(%peer, error = %format!("{e:#}"), "{what}: client refused or disconnected");

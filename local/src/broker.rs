@@ -392,19 +392,11 @@ fn sniff(head: &[u8]) -> Sniffed {
         Some(&0x10) => {}
         Some(_) => return Sniffed::NotConnect,
     }
-    let mut at = 1;
-    loop {
-        let Some(&b) = head.get(at) else {
-            return Sniffed::NeedMore;
-        };
-        at += 1;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if at > 4 {
-            return Sniffed::NotConnect;
-        }
-    }
+    let at = match remaining_length(head) {
+        Fixed::Header { len, .. } => len,
+        Fixed::NeedMore => return Sniffed::NeedMore,
+        Fixed::Malformed => return Sniffed::NotConnect,
+    };
     let (Some(&hi), Some(&lo)) = (head.get(at), head.get(at + 1)) else {
         return Sniffed::NeedMore;
     };
@@ -519,6 +511,36 @@ where
     }
 }
 
+/// A packet's fixed header, as [`remaining_length`] reads it.
+enum Fixed {
+    /// `len` bytes long (the first byte and the remaining length), followed by `remaining`.
+    Header { len: usize, remaining: usize },
+    /// Too few bytes yet.
+    NeedMore,
+    /// A remaining length of more than four bytes: not MQTT.
+    Malformed,
+}
+
+/// The fixed header `bytes` starts with: its first byte, then the remaining length (a
+/// variable byte integer, [`push_remaining_length`]).
+fn remaining_length(bytes: &[u8]) -> Fixed {
+    let (mut remaining, mut at, mut shift) = (0usize, 1usize, 0u32);
+    loop {
+        let Some(&b) = bytes.get(at) else {
+            return Fixed::NeedMore;
+        };
+        remaining |= usize::from(b & 0x7f) << shift;
+        at += 1;
+        shift += 7;
+        if b & 0x80 == 0 {
+            return Fixed::Header { len: at, remaining };
+        }
+        if at > 4 {
+            return Fixed::Malformed;
+        }
+    }
+}
+
 /// Appends `n` as an MQTT remaining length (a variable byte integer: 7 bits a byte, low
 /// first, the high bit set on every byte but the last).
 fn push_remaining_length(out: &mut Vec<u8>, mut n: usize) {
@@ -556,22 +578,11 @@ fn packet_head(bytes: &[u8]) -> Head {
     let Some(&first) = bytes.first() else {
         return Head::NeedMore;
     };
-    let (mut remaining, mut at, mut shift) = (0usize, 1usize, 0u32);
-    loop {
-        let Some(&b) = bytes.get(at) else {
-            return Head::NeedMore;
-        };
-        remaining |= usize::from(b & 0x7f) << shift;
-        at += 1;
-        shift += 7;
-        if b & 0x80 == 0 {
-            break;
-        }
-        if at > 4 {
-            return Head::Malformed;
-        }
-    }
-    let fixed = at;
+    let (fixed, remaining) = match remaining_length(bytes) {
+        Fixed::Header { len, remaining } => (len, remaining),
+        Fixed::NeedMore => return Head::NeedMore,
+        Fixed::Malformed => return Head::Malformed,
+    };
     // Anything but a PUBLISH (type 3) goes on as it is.
     if first >> 4 != 3 {
         return Head::Packet {

@@ -781,10 +781,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
                 };
                 // Publishes the rule never sees: a device on the wrong topic.
                 let other = match backlog.as_ref().map(iot_rule::Backlog::other_topics) {
-                    Some(n) if n > 0 => format!(
-                        " · {n} on other topics than {}",
-                        telemetry::topic::TOPIC_FILTER
-                    ),
+                    Some(n) if n > 0 => format!(" · {n} on topics the rule does not take"),
                     _ => String::new(),
                 };
                 pb.set_message(format!(

@@ -217,11 +217,20 @@ pub struct Summary {
 
 /// What one item of a function's handler time is: ingest handles messages, the transform
 /// Firehose records, every other function whole runs (invocations).
-fn item_of(function: &str) -> &'static str {
-    match function {
-        "ingest" => "message",
-        "transform" => "record",
-        _ => "run",
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Item {
+    Message,
+    Record,
+    Run,
+}
+
+impl Item {
+    fn of(function: &str) -> Self {
+        match function {
+            "ingest" => Self::Message,
+            "transform" => Self::Record,
+            _ => Self::Run,
+        }
     }
 }
 
@@ -257,14 +266,14 @@ impl Summary {
         } else {
             0.0
         };
-        // Per item each function handles ([`item_of`]).
+        // Per item each function handles ([`Item`]).
         let us_per_item = functions
             .iter()
             .map(|f| {
-                let items = match item_of(&f.function) {
-                    "message" => r.ingest.messages,
-                    "record" => r.firehose.records_in,
-                    _ => f.invocations,
+                let items = match Item::of(&f.function) {
+                    Item::Message => r.ingest.messages,
+                    Item::Record => r.firehose.records_in,
+                    Item::Run => f.invocations,
                 };
                 let us = if items > 0 {
                     f.total_duration_ms * 1000.0 / items as f64
@@ -361,8 +370,8 @@ impl Summary {
                 };
                 let other = match other_topics {
                     Some(n) if *n > 0 => format!(
-                        "; {n} published to other topics than {TOPIC_FILTER} and the \
-                         rule's Basic Ingest topics (not the rule's: not in the pipeline)"
+                        "; {n} published to topics the rule does not take ({TOPIC_FILTER} \
+                         and its Basic Ingest topics): in no pipeline, as on AWS"
                     ),
                     _ => String::new(),
                 };
@@ -506,9 +515,10 @@ impl Summary {
         let per_item: Vec<String> = self
             .us_per_item
             .iter()
-            .map(|(f, us)| match item_of(f) {
-                "run" => format!("{f} {:.1} ms per run", us / 1000.0),
-                item => format!("{f} {us:.1} µs per {item}"),
+            .map(|(f, us)| match Item::of(f) {
+                Item::Message => format!("{f} {us:.1} µs per message"),
+                Item::Record => format!("{f} {us:.1} µs per record"),
+                Item::Run => format!("{f} {:.1} ms per run", us / 1000.0),
             })
             .collect();
         out.push_str(&format!(

@@ -27,7 +27,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
-use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, rule_topic};
+use telemetry::topic::{BASIC_INGEST_PREFIX, DEFAULT_RULE_NAME, TOPIC_FILTER, rule_topic};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Largest payload the embedded broker forwards: above IoT Core's 128 KiB so that an
@@ -603,8 +603,11 @@ fn packet_head(bytes: &[u8]) -> Head {
     };
     let head = fixed + 2 + topic_len;
     let rest = remaining - 2 - topic_len;
-    let plain = std::str::from_utf8(topic)
-        .ok()
+    // Most publishes are on the plain topic: only a `$aws/rules/` one is read further.
+    let plain = topic
+        .starts_with(BASIC_INGEST_PREFIX.as_bytes())
+        .then(|| std::str::from_utf8(topic).ok())
+        .flatten()
         .and_then(|t| rule_topic(t, DEFAULT_RULE_NAME))
         .and_then(|(plain, basic_ingest)| basic_ingest.then_some(plain));
     let rewritten = plain.map(|plain| {

@@ -980,7 +980,7 @@ fn bill(s: &Snapshot) -> Result<String, ChartError> {
             "bill.html"
         ),
         card(
-            "a month at this rate (USD)",
+            "a month of this fleet (USD)",
             &num(run.cost.month_at_this_rate_usd),
             "bill.html"
         ),
@@ -1026,7 +1026,7 @@ fn bill(s: &Snapshot) -> Result<String, ChartError> {
     b.push_str(&table(
         "runs",
         "every recorded run",
-        &["ended", "messages", "USD", "USD / month at its rate"],
+        &["ended", "messages", "USD", "USD / month of its fleet"],
         &rows,
     ));
     Ok(b)

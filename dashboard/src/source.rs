@@ -138,7 +138,8 @@ pub struct RunCost {
     pub lines: Vec<CostItem>,
     /// Total USD for the run.
     pub total_usd: f64,
-    /// The run's rate scaled to a 730-hour month, USD.
+    /// A 730-hour month of the fleet the run showed (`iotpipe cost`'s model), USD; 0 when
+    /// the run priced none (a requeue; records before session 26 scaled the run up).
     pub month_at_this_rate_usd: f64,
     /// Date of the price table.
     #[serde(default)]

@@ -932,7 +932,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             other_topics,
         },
     };
-    let mut s = summary::Summary::new(source, &report, meter.report(), &a.data.data)?;
+    let mut s = summary::Summary::new(
+        source,
+        &report,
+        meter.report(),
+        &a.data.data,
+        summary::MonthOver::RunClock,
+    )?;
     // With a real Firehose delivery stream nothing is written under --data by this run, so a
     // ledger would call every message missing: leave it out (the summary explains the stream).
     // Without the simulator nobody knows what the devices sent: `iotpipe ledger` still
@@ -1194,8 +1200,10 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
     }
     let mut pending: Vec<Vec<RuleMessage>> = (0..lanes).map(|_| Vec::new()).collect();
     let mut lines = 0u64;
-    // The devices seen (their number goes into the bill's connectivity).
+    // The devices seen (their number goes into the bill's connectivity), and the first and
+    // last event time (the month of the file's fleet is priced at its own pace).
     let mut devices = local::meter::DeviceCount::default();
+    let mut event_times: Option<(i64, i64)> = None;
     let mut reader = BufReader::new(input);
     let mut line = Vec::new();
     loop {
@@ -1225,7 +1233,12 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
             continue;
         }
         lines += 1;
-        let device = device_of(payload).unwrap_or(std::borrow::Cow::Borrowed("unknown"));
+        let head = head_of(payload);
+        if let Some((first, last)) = head.ts {
+            event_times =
+                Some(event_times.map_or((first, last), |(a, b)| (a.min(first), b.max(last))));
+        }
+        let device = head.device.unwrap_or(std::borrow::Cow::Borrowed("unknown"));
         let topic = telemetry::topic::telemetry_topic(&a.fleet, &device);
         let lane = lane_of(&device, lanes);
         devices.add(&device);
@@ -1282,6 +1295,7 @@ async fn replay(a: ReplayArgs) -> anyhow::Result<()> {
         &report,
         meter.report(),
         &a.data.data,
+        summary::MonthOver::EventTimes(event_times),
     )?;
     dashboard::record_run(&a.data.data, &s, None).await;
     s.print(a.summary_json)?;
@@ -1302,27 +1316,57 @@ fn lane_of(device: &str, lanes: usize) -> usize {
 }
 
 /// The device a replayed payload claims to come from (its topic is derived from it).
-fn device_of(payload: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    /// Only the device id of a payload, borrowed: every other field is skipped unparsed
-    /// (a full `serde_json::Value` of each line cost more than the ingest handler).
+/// What the replay reads of a payload before ingest does: its device and event times.
+#[derive(Debug, Default, PartialEq)]
+struct PayloadHead<'a> {
+    /// The device id (of a batch's first message); `None` when there is none, or one that
+    /// would break the topic shape.
+    device: Option<std::borrow::Cow<'a, str>>,
+    /// The earliest and latest integer `ts` (epoch ms) of the payload's messages.
+    ts: Option<(i64, i64)>,
+}
+
+/// Reads a payload's device id and event times, borrowed; every other field is skipped
+/// unparsed (a full `serde_json::Value` of each line cost more than the ingest handler). A
+/// `ts` that is not an integer is ignored here (validation rejects it).
+fn head_of(payload: &[u8]) -> PayloadHead<'_> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Ts {
+        Millis(i64),
+        Other(serde::de::IgnoredAny),
+    }
     #[derive(serde::Deserialize)]
     struct Head<'a> {
         #[serde(borrow, default)]
         device_id: Option<std::borrow::Cow<'a, str>>,
+        #[serde(default)]
+        ts: Option<Ts>,
     }
-    let first = payload.iter().find(|b| !b.is_ascii_whitespace())?;
-    let head = if *first == b'[' {
-        serde_json::from_slice::<Vec<Head>>(payload)
-            .ok()?
-            .into_iter()
-            .next()?
-    } else {
-        serde_json::from_slice::<Head>(payload).ok()?
+    let Some(first) = payload.iter().find(|b| !b.is_ascii_whitespace()) else {
+        return PayloadHead::default();
     };
-    let id = head.device_id?;
-    // A device id that would break the topic shape is attributed to "unknown": validation
-    // then rejects the payload with the mismatch as its reason.
-    (!id.is_empty() && !id.contains(['/', '+', '#'])).then_some(id)
+    let heads = if *first == b'[' {
+        serde_json::from_slice::<Vec<Head>>(payload).ok()
+    } else {
+        serde_json::from_slice::<Head>(payload)
+            .ok()
+            .map(|h| vec![h])
+    };
+    let mut out = PayloadHead::default();
+    for (i, h) in heads.into_iter().flatten().enumerate() {
+        if let Some(Ts::Millis(ts)) = h.ts {
+            out.ts = Some(out.ts.map_or((ts, ts), |(a, b)| (a.min(ts), b.max(ts))));
+        }
+        if i == 0 {
+            // A device id that would break the topic shape is attributed to "unknown":
+            // validation then rejects the payload with the mismatch as its reason.
+            out.device = h
+                .device_id
+                .filter(|id| !id.is_empty() && !id.contains(['/', '+', '#']));
+        }
+    }
+    out
 }
 
 async fn rollup(a: RollupArgs) -> anyhow::Result<()> {
@@ -1530,16 +1574,35 @@ fn schema(a: SchemaArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::device_of;
+    use super::head_of;
 
     #[test]
-    fn device_of_reads_only_the_device_id_of_an_object_or_a_batch() {
-        let one = br#"{"seq":1,"metrics":{"t":{"a":[1,2]}},"device_id":"sensor-1","fw":"x"}"#;
-        assert_eq!(device_of(one).as_deref(), Some("sensor-1"));
-        let batch = br#" [{"device_id":"d-2","seq":1},{"device_id":"d-3"}]"#;
-        assert_eq!(device_of(batch).as_deref(), Some("d-2"));
-        let escaped = br#"{"device_id":"d\u002d4"}"#;
-        assert_eq!(device_of(escaped).as_deref(), Some("d-4"));
+    fn head_of_reads_only_the_device_id_and_event_times_of_an_object_or_a_batch() {
+        let device = |p: &[u8]| head_of(p).device.map(|d| d.into_owned());
+        let one =
+            br#"{"seq":1,"metrics":{"t":{"a":[1,2]}},"device_id":"sensor-1","ts":7,"fw":"x"}"#;
+        assert_eq!(device(one).as_deref(), Some("sensor-1"));
+        assert_eq!(head_of(one).ts, Some((7, 7)));
+        let batch =
+            br#" [{"device_id":"d-2","seq":1,"ts":9},{"device_id":"d-3","ts":4},{"ts":"x"}]"#;
+        assert_eq!(device(batch).as_deref(), Some("d-2"));
+        assert_eq!(
+            head_of(batch).ts,
+            Some((4, 9)),
+            "every message's ts, integers only"
+        );
+        let escaped = br#"{"device_id":"d\u002d4","ts":1.5}"#;
+        assert_eq!(device(escaped).as_deref(), Some("d-4"));
+        assert_eq!(
+            head_of(escaped).ts,
+            None,
+            "a ts that is no integer is left to validation"
+        );
+        // A ts of any other shape does not cost the device its id.
+        for ts in [r#""2026-01-01""#, "null", "[1]", r#"{"a":1}"#, "-5"] {
+            let p = format!(r#"{{"device_id":"d-5","ts":{ts}}}"#);
+            assert_eq!(device(p.as_bytes()).as_deref(), Some("d-5"), "{p}");
+        }
         for bad in [
             &br#"{"device_id":"a/b"}"#[..],
             br#"{"seq":1}"#,
@@ -1548,7 +1611,7 @@ mod tests {
             b"not json",
             br#"{"device_id":7}"#,
         ] {
-            assert_eq!(device_of(bad), None, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(device(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 }

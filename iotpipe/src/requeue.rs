@@ -444,6 +444,7 @@ pub(crate) async fn run(a: RequeueArgs) -> anyhow::Result<()> {
         &report,
         meter.report(),
         &a.data.data,
+        summary::MonthOver::Not("a requeue re-sends what earlier runs kept, it is no fleet"),
     )?;
     crate::dashboard::record_run(&a.data.data, &s, None).await;
     s.print(a.summary_json)?;

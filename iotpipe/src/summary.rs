@@ -6,7 +6,7 @@ use std::io::Write;
 use analytics::render::{Column, Table};
 use serde::Serialize;
 
-use crate::cost::{Estimate, estimate};
+use crate::cost::{Estimate, Traffic, estimate, run_fleet};
 use crate::prices;
 use local::meter::FnReport;
 use local::stack::{FirehoseSummary, KinesisSummary, StackReport};
@@ -247,18 +247,48 @@ fn rate(per_s: f64) -> String {
     }
 }
 
+/// What a run's month is priced over ([`crate::cost`]).
+#[derive(Debug, Clone, Copy)]
+pub enum MonthOver {
+    /// The run's wall clock: devices publishing live (`iotpipe up`).
+    RunClock,
+    /// The events' own times, first and last `ts` (epoch ms) when any was read
+    /// (`iotpipe replay`: a backfill runs as fast as the machine, not at the fleet's pace).
+    EventTimes(Option<(i64, i64)>),
+    /// No month: why (`iotpipe requeue` re-sends what a run already had).
+    Not(&'static str),
+}
+
 impl Summary {
-    /// Assembles the summary of a run.
+    /// Assembles the summary of a run; its month is priced over `over`.
     pub fn new(
         source: Source,
         r: &StackReport,
         functions: Vec<FnReport>,
         data: &str,
+        over: MonthOver,
     ) -> anyhow::Result<Self> {
+        let traffic = Traffic {
+            messages: r.ingest.messages,
+            accepted: r.ingest.accepted,
+            readings: r.ingest.readings,
+        };
+        let fleet = match over {
+            MonthOver::RunClock => run_fleet(&r.usage, traffic, r.usage.seconds, "the run"),
+            MonthOver::EventTimes(Some((first, last))) => run_fleet(
+                &r.usage,
+                traffic,
+                (last - first) as f64 / 1000.0,
+                "the events' times",
+            ),
+            MonthOver::EventTimes(None) => Err("no message had an event time (`ts`)".into()),
+            MonthOver::Not(why) => Err(why.to_owned()),
+        };
         let cost = estimate(
             prices::embedded().map_err(anyhow::Error::msg)?,
             &r.usage,
             &functions,
+            fleet,
         );
         let elapsed_s = r.usage.seconds;
         let messages_per_s = if elapsed_s > 0.0 {

@@ -413,6 +413,11 @@ pub struct Usage {
     pub iot_message_units: u64,
     /// Messages that triggered the topic rule.
     pub rule_triggers: u64,
+    /// Those messages in 5 KB units: what rules triggered and actions executed are billed
+    /// in.
+    pub rule_units: u64,
+    /// Bytes of those messages' payloads (MQTT publishes, or replayed lines).
+    pub publish_bytes: u64,
     /// Kinesis data in 1 KB units (records rounded up).
     pub kinesis_kb_units: u64,
     /// Bytes read back from Kinesis by Firehose.

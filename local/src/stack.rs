@@ -611,8 +611,13 @@ pub fn open_existing_store(data: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
 pub struct Counters {
     /// MQTT messages the rule received (or replay lines).
     pub rule_triggers: AtomicU64,
-    /// Those messages in 5 KB units.
+    /// Those messages in 5 KB units (none for a Basic Ingest topic).
     pub iot_message_units: AtomicU64,
+    /// Those messages in 5 KB units whatever their topic: rules triggered and actions
+    /// executed are metered in these.
+    pub rule_units: AtomicU64,
+    /// Bytes of those messages' payloads.
+    pub publish_bytes: AtomicU64,
     /// Records read by Firehose from the stream, in 1 KB units.
     pub kinesis_kb_units: AtomicU64,
     /// Bytes read by Firehose from the stream.
@@ -1249,12 +1254,14 @@ impl Stack {
     /// Counts a rule trigger for a message of `payload_len` bytes, and the message itself
     /// unless it came through Basic Ingest.
     fn count_trigger(&self, payload_len: usize, basic_ingest: bool) {
-        self.counters.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        let c = &self.counters;
+        c.rule_triggers.fetch_add(1, Ordering::Relaxed);
+        c.publish_bytes
+            .fetch_add(payload_len as u64, Ordering::Relaxed);
+        let units = units(payload_len, IOT_MESSAGE_UNIT_BYTES);
+        c.rule_units.fetch_add(units, Ordering::Relaxed);
         if !basic_ingest {
-            self.counters.iot_message_units.fetch_add(
-                units(payload_len, IOT_MESSAGE_UNIT_BYTES),
-                Ordering::Relaxed,
-            );
+            c.iot_message_units.fetch_add(units, Ordering::Relaxed);
         }
     }
 
@@ -1549,6 +1556,8 @@ impl Stack {
             devices,
             iot_message_units: counters.iot_message_units.load(Ordering::Relaxed),
             rule_triggers: counters.rule_triggers.load(Ordering::Relaxed),
+            rule_units: counters.rule_units.load(Ordering::Relaxed),
+            publish_bytes: counters.publish_bytes.load(Ordering::Relaxed),
             kinesis_kb_units: counters.kinesis_kb_units.load(Ordering::Relaxed),
             kinesis_bytes_out: counters.kinesis_bytes.load(Ordering::Relaxed),
             firehose_5kb_units: counters.firehose_5kb_units.load(Ordering::Relaxed),

@@ -253,6 +253,31 @@ fn replay_reads_standard_input_as_it_reads_a_file() {
         assert_eq!(from_stdin[k], from_file[k], "{k}: {from_stdin}");
     }
     assert_eq!(query_json(&data), query_json(&dir.path().join("a")));
+
+    // The month is priced at the devices' own pace, first to last event time (3 minutes
+    // of 1 message/s), not at the replay's speed; the same either way the lines came.
+    let times: Vec<i64> = lines.iter().map(|l| ts_of(l)).collect();
+    let span_s = (times.iter().max().unwrap() - times.iter().min().unwrap()) as f64 / 1000.0;
+    let fleet = &from_file["cost"]["month_fleet"];
+    assert_eq!(fleet["devices"], 4, "{fleet}");
+    assert_eq!(fleet["over"], "the events' times", "{fleet}");
+    assert_eq!(fleet["over_s"].as_f64(), Some(span_s), "{fleet}");
+    let rate = fleet["rate"].as_f64().unwrap();
+    let expected = lines.len() as f64 / 4.0 / span_s;
+    // Three significant digits.
+    assert!(
+        (rate - expected).abs() <= 0.005 * expected,
+        "{fleet}: {expected}"
+    );
+    assert!(
+        rate > 0.99 && rate < 1.02,
+        "1 message/s per device: {fleet}"
+    );
+    assert_eq!(from_stdin["cost"]["month_fleet"], *fleet);
+    assert_eq!(
+        from_stdin["cost"]["month_at_this_rate_usd"],
+        from_file["cost"]["month_at_this_rate_usd"]
+    );
 }
 
 /// The commands that read what a run wrote refuse a `--data` directory that does not

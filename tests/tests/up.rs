@@ -141,6 +141,32 @@ fn check_run(data: &Path, s: &Value) {
     }
     assert!(s["cost"]["total_usd"].as_f64().unwrap() > 0.0);
 
+    // The month is the model's bill of the fleet the run showed: 50 devices at about 5
+    // messages/s each (the run's wall clock includes start and stop), and the command it
+    // prints gives the same total.
+    let fleet = &s["cost"]["month_fleet"];
+    assert_eq!(fleet["devices"], 50, "{fleet}");
+    let rate = fleet["rate"].as_f64().unwrap();
+    assert!(rate > 2.0 && rate <= 5.0, "{fleet}");
+    assert_eq!(
+        fleet["metrics"],
+        s["readings"].as_u64().unwrap() / sent,
+        "{fleet}"
+    );
+    assert_eq!(fleet["batch"], 1, "{fleet}");
+    let command = fleet["command"].as_str().unwrap();
+    let args: Vec<&str> = command
+        .strip_prefix("iotpipe ")
+        .unwrap()
+        .split(' ')
+        .chain(["--format", "json"])
+        .collect();
+    let bills: Value = serde_json::from_slice(&run(&mut iotpipe(&args)).stdout).unwrap();
+    assert_eq!(
+        bills[0]["monthly_usd"], s["cost"]["month_at_this_rate_usd"],
+        "{command}"
+    );
+
     // The delivery ledger of the run: every message the devices sent is in the Parquet,
     // once; the DuckDB reading of the same files agrees.
     let l = &s["ledger"];

@@ -985,6 +985,17 @@ fn bill(s: &Snapshot) -> Result<String, ChartError> {
             "bill.html"
         ),
     );
+    if let Some(f) = &run.cost.month_fleet {
+        b.push_str(&format!(
+            "<p class=\"note\" id=\"month-fleet\">The month is the bill of the fleet the run \
+             showed — {} device(s) × {} msg/s (over {}) — on <code>iotpipe cost</code>'s \
+             model, not the run scaled up. Line by line: <code>{}</code></p>",
+            f.devices,
+            f.rate,
+            esc(&f.over),
+            esc(&f.command)
+        ));
+    }
     b.push_str(&format!(
         "<h2>The run that ended {}</h2>",
         utc(run.finished_at_ms)

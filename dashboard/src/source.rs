@@ -131,6 +131,19 @@ pub struct CostItem {
     pub usd: f64,
 }
 
+/// The fleet a run's month prices (`iotpipe::cost::RunFleet`, the fields shown here).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MonthFleet {
+    /// Devices seen.
+    pub devices: u64,
+    /// Messages per second per device.
+    pub rate: f64,
+    /// What the rate is taken over (`the run`, `the events' times`).
+    pub over: String,
+    /// The `iotpipe cost` command that prints the month line by line.
+    pub command: String,
+}
+
 /// A run's cost estimate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunCost {
@@ -141,6 +154,9 @@ pub struct RunCost {
     /// A 730-hour month of the fleet the run showed (`iotpipe cost`'s model), USD; 0 when
     /// the run priced none (a requeue; records before session 26 scaled the run up).
     pub month_at_this_rate_usd: f64,
+    /// The fleet that month prices (absent in records before session 26 and when none).
+    #[serde(default)]
+    pub month_fleet: Option<MonthFleet>,
     /// Date of the price table.
     #[serde(default)]
     pub prices_as_of: String,

@@ -278,10 +278,16 @@ pub fn estimate(
             + u.firehose_objects as f64 / 1000.0 * pr.firehose_partitioning_objects.usd,
     );
     line(
-        "S3 PUT requests".into(),
-        u.s3_puts as f64,
+        "S3 PUT and LIST requests".into(),
+        (u.s3_puts + u.s3_lists) as f64,
         "requests",
-        u.s3_puts as f64 / 1000.0 * pr.s3_put.usd,
+        (u.s3_puts + u.s3_lists) as f64 / 1000.0 * pr.s3_put.usd,
+    );
+    line(
+        "S3 GET requests".into(),
+        u.s3_gets as f64,
+        "requests",
+        u.s3_gets as f64 / 1000.0 * pr.s3_get.usd,
     );
     line(
         "SQS (rollup units queue)".into(),

@@ -428,8 +428,13 @@ pub struct Usage {
     pub firehose_bytes: u64,
     /// Objects delivered by Firehose (Parquet files and error objects).
     pub firehose_objects: u64,
-    /// S3 PUTs of any kind (Parquet, quarantine, stats, checkpoints).
+    /// S3 PUT-class requests (PUT, COPY, multipart uploads: Parquet, quarantine, stats,
+    /// markers), counted at the bucket ([`analytics::requests::CountingStore`]).
     pub s3_puts: u64,
+    /// S3 LIST requests (pages of 1,000 keys), billed at the PUT-class price.
+    pub s3_lists: u64,
+    /// S3 GET-class requests (GET, HEAD: the rollups reading their hours back).
+    pub s3_gets: u64,
     /// Scheduler invocations.
     pub scheduler_invocations: u64,
     /// SQS requests of the rollup's units queue (send, receive and delete batches).

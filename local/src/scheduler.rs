@@ -155,12 +155,6 @@ impl LocalRollup {
             });
         }
         let report = result?;
-        counters.rollup_objects.fetch_add(
-            (report.stats_files_written
-                + report.state_objects_written
-                + report.coarse.files_written) as u64,
-            Ordering::Relaxed,
-        );
         tracing::debug!(
             windows_updated = report.windows_updated,
             new_files = report.new_files,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use analytics::requests::CountingStore;
 use anyhow::Context as _;
 use aws_lambda_events::firehose::KinesisFirehoseEvent;
 use futures::FutureExt;
@@ -626,10 +627,6 @@ pub struct Counters {
     pub firehose_5kb_units: AtomicU64,
     /// Scheduler invocations.
     pub scheduler_invocations: AtomicU64,
-    /// Quarantine objects written by ingest.
-    pub quarantine_objects: AtomicU64,
-    /// Stats objects and checkpoints written by the rollups.
-    pub rollup_objects: AtomicU64,
     /// Bytes put into a Firehose delivery stream directly (`--stream firehose:NAME`).
     pub firehose_put_bytes: AtomicU64,
     /// Ingest invocations that failed (a sink outage, an unwritable quarantine): their
@@ -682,8 +679,10 @@ struct KinesisReader {
 
 /// The running stack.
 pub struct Stack {
-    /// The object store (the "bucket").
+    /// The object store (the "bucket"), its requests counted as S3 bills them.
     pub store: Arc<dyn ObjectStore>,
+    /// The counts of [`Stack::store`]'s requests.
+    s3: CountingStore,
     /// Per-function invocation figures.
     pub meter: Meter,
     /// Service counters.
@@ -831,7 +830,12 @@ impl Stack {
         let mut rollup = LocalRollup::from_env(|var| std::env::var(var).ok())?;
         rollup.cfg.read_concurrency = crate::scheduler::read_concurrency_for(&cfg.data);
         let rollup = Arc::new(rollup);
-        let store = crate::crash::from_env(open_store(&cfg.data)?)?;
+        // What S3 would bill: every request of the services that use S3 on AWS (Firehose's
+        // delivery, the functions, the new-object markers), counted by class. The Kinesis
+        // reader's checkpoints are this process's own and go to the store uncounted.
+        let bucket = crate::crash::from_env(open_store(&cfg.data)?)?;
+        let s3 = CountingStore::new(bucket.clone());
+        let store: Arc<dyn ObjectStore> = Arc::new(s3.clone());
         let meter = Meter::new();
         let counters = Arc::new(Counters::default());
 
@@ -922,6 +926,7 @@ impl Stack {
             let put = DirectPut::start(tx, journal).await?;
             let mut stack = Self {
                 store,
+                s3,
                 meter,
                 counters,
                 ingested,
@@ -993,6 +998,7 @@ impl Stack {
             }
             let mut stack = Self {
                 store,
+                s3,
                 meter,
                 counters,
                 ingested,
@@ -1045,7 +1051,7 @@ impl Stack {
                 let put = ingest::kinesis::PutPositions::default();
                 let reader = KinesisSource::from_sdk_config(
                     &sdk,
-                    store.clone(),
+                    bucket.clone(),
                     KinesisSourceConfig::new(name),
                 )
                 .with_put_positions(put.clone());
@@ -1060,7 +1066,7 @@ impl Stack {
                     Some(progress_tx),
                 ));
                 let checkpointer = tokio::spawn(kinesis_reader::checkpoint(
-                    store.clone(),
+                    bucket.clone(),
                     kinesis_reader::CHECKPOINT_PREFIX.to_owned(),
                     name.clone(),
                     created,
@@ -1104,6 +1110,7 @@ impl Stack {
         let ingest = Arc::new(Ingest::new(sink, store.clone(), cfg.ingest.clone()));
         let mut stack = Self {
             store,
+            s3,
             meter,
             counters,
             ingested,
@@ -1179,11 +1186,6 @@ impl Stack {
             .await;
         match result {
             Ok(report) => {
-                if report.quarantined > 0 {
-                    self.counters
-                        .quarantine_objects
-                        .fetch_add(1, Ordering::Relaxed);
-                }
                 if let Ok(mut total) = self.ingested.lock() {
                     total.add(&report);
                 }
@@ -1459,6 +1461,7 @@ impl Stack {
     pub async fn finish(self, devices: u64) -> anyhow::Result<StackReport> {
         let Stack {
             store,
+            s3,
             meter,
             counters,
             ingested,
@@ -1533,7 +1536,6 @@ impl Stack {
         }
         let note = matches!(stream, StreamTarget::Firehose(_)).then(|| FIREHOSE_NOTE.to_owned());
         let fh = fh.unwrap_or_default();
-        let checkpoints = kinesis.as_ref().map_or(0, |k| k.checkpoints_written);
         // What Firehose ingested: put directly (firehose, kinesis, a real delivery stream),
         // or read from the stream (per-message).
         let firehose_bytes = match stream {
@@ -1551,6 +1553,8 @@ impl Stack {
             return Err(e);
         }
         let ingest = ingested.lock().map(|r| *r).unwrap_or_default();
+        let s3_requests = s3.counts();
+        tracing::debug!(?s3_requests, "the run's S3 requests");
         let usage = Usage {
             seconds: started.elapsed().as_secs_f64(),
             devices,
@@ -1563,12 +1567,9 @@ impl Stack {
             firehose_5kb_units: counters.firehose_5kb_units.load(Ordering::Relaxed),
             firehose_bytes,
             firehose_objects: fh.files.len() as u64 + fh.error_objects,
-            s3_puts: fh.files.len() as u64
-                + counters.split_files.load(Ordering::Relaxed)
-                + fh.error_objects
-                + checkpoints
-                + counters.quarantine_objects.load(Ordering::Relaxed)
-                + counters.rollup_objects.load(Ordering::Relaxed),
+            s3_puts: s3_requests.put,
+            s3_lists: s3_requests.list,
+            s3_gets: s3_requests.get,
             scheduler_invocations: counters.scheduler_invocations.load(Ordering::Relaxed),
             sqs_requests: rollup.queue.requests(),
             no_kinesis_stream: matches!(stream, StreamTarget::Firehose(_))
@@ -1681,9 +1682,6 @@ fn raw_invoke(
                 .await;
             match result {
                 Ok((response, summary)) => {
-                    if summary.quarantine_records > 0 {
-                        counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
-                    }
                     for f in &summary.split_files {
                         analytics::pending::mark(
                             &store,
@@ -1746,9 +1744,6 @@ fn esm_invoke(
                 .await;
             match result {
                 Ok(report) => {
-                    if report.quarantined > 0 {
-                        counters.quarantine_objects.fetch_add(1, Ordering::Relaxed);
-                    }
                     if let Ok(mut total) = ingested.lock() {
                         total.add(&report);
                     }

@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use iotpipe_tests::{iotpipe, last_json_line, need_env, python_json, query_json, run, total_count};
+use iotpipe_tests::{
+    files_under, iotpipe, last_json_line, need_env, python_json, query_json, run, total_count,
+};
 use serde_json::Value;
 
 /// The tests against the shared mosquitto take turns: the rule subscribes to every
@@ -140,6 +142,22 @@ fn check_run(data: &Path, s: &Value) {
         assert_eq!(functions, ["rollup", "transform"]);
     }
     assert!(s["cost"]["total_usd"].as_f64().unwrap() > 0.0);
+    // S3 requests are counted at the bucket, as S3 bills them: at least a PUT per object
+    // the run left (Parquet, stats, the rollup's state), and the rollups' GETs read every
+    // Parquet object back at least once.
+    let left = |dir: &str| files_under(&data.join(dir)).len() as f64;
+    let parquet = left("telemetry");
+    assert!(parquet > 0.0);
+    assert!(
+        line_quantity(s, "S3 PUT and LIST requests") > parquet + left("stats"),
+        "{}",
+        s["cost"]
+    );
+    assert!(
+        line_quantity(s, "S3 GET requests") >= parquet,
+        "{}",
+        s["cost"]
+    );
 
     // The month is the model's bill of the fleet the run showed: 50 devices at about 5
     // messages/s each (the run's wall clock includes start and stop), and the command it

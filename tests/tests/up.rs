@@ -184,6 +184,34 @@ fn check_run(data: &Path, s: &Value) {
         bills[0]["monthly_usd"], s["cost"]["month_at_this_rate_usd"],
         "{command}"
     );
+    // What grows with the messages agrees between the run's meter, scaled to the month,
+    // and the model's lines: rules triggered and actions executed (the model's rate keeps
+    // three significant digits).
+    let model = |prefix: &str| -> f64 {
+        bills[0]["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["component"].as_str().unwrap().starts_with(prefix))
+            .map(|l| l["usd"].as_f64().unwrap())
+            .sum()
+    };
+    let run_usd = |prefix: &str| -> f64 {
+        s["cost"]["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["item"].as_str().unwrap().starts_with(prefix))
+            .and_then(|l| l["usd"].as_f64())
+            .unwrap()
+    };
+    let scaled =
+        run_usd("IoT rules triggered") * 730.0 * 3600.0 / fleet["over_s"].as_f64().unwrap();
+    let modelled = model("IoT Core rules triggered") + model("IoT Core actions executed");
+    assert!(
+        (scaled - modelled).abs() <= 0.01 * modelled,
+        "rules: run {scaled} vs model {modelled}"
+    );
 
     // The delivery ledger of the run: every message the devices sent is in the Parquet,
     // once; the DuckDB reading of the same files agrees.

@@ -186,7 +186,7 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
         tls: None,
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
-            connection_timeout_ms: 60_000,
+            connection_timeout_ms: CONNECT_TIMEOUT_MS,
             max_payload_size: MAX_PAYLOAD,
             max_inflight_count: 1000,
             auth: None,
@@ -418,7 +418,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut head = Vec::with_capacity(16);
-    let level = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let level = tokio::time::timeout(Duration::from_millis(CONNECT_TIMEOUT_MS.into()), async {
         loop {
             match sniff(&head) {
                 Sniffed::Level(level) => return Ok(Some(level)),
@@ -434,7 +434,7 @@ where
         }
     })
     .await
-    .context("no MQTT CONNECT within 10 s")??;
+    .with_context(|| format!("no MQTT CONNECT within {} s", CONNECT_TIMEOUT_MS / 1000))??;
     let broker = tokio::net::TcpStream::connect(listeners.for_level(level))
         .await
         .context("connecting to the embedded broker")?;
@@ -646,6 +646,10 @@ pub struct TlsListenerConfig {
 
 /// How long a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connected client has to send its CONNECT, on the port devices connect to and
+/// on rumqttd's own listeners behind it (the same wait both ways).
+const CONNECT_TIMEOUT_MS: u16 = 60_000;
 
 /// Starts a TLS listener on `127.0.0.1:cfg.port` that forwards every connection, once its
 /// handshake (and client certificate, with a client CA) is accepted, to the embedded

@@ -902,7 +902,14 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         Some(_) => a.devices as u64,
         None => devices_seen,
     };
-    let report = stack.finish(devices).await?;
+    let mut report = stack.finish(devices).await?;
+    // IoT Core meters what devices outside the process published by its topic, which the
+    // rule cannot tell from the simulated devices' (local::iot_rule::BasicIngest).
+    let port = listeners.as_ref().map(broker::Listeners::port_counts);
+    if let Some(p) = port {
+        report.usage.iot_message_units =
+            basic_ingest.messaging_units(report.usage.iot_message_units, p);
+    }
     // What the embedded broker took, counted up to the rule's stop at least (usually long
     // since reported: the flush takes longer than a meter period).
     let broker_appended = match &backlog {
@@ -930,6 +937,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             received_after_stop: received.saturating_sub(received_at_stop),
             broker_appended,
             other_topics,
+            port,
         },
     };
     let mut s = summary::Summary::new(

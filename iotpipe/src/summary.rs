@@ -58,6 +58,9 @@ pub enum Source {
         /// on the wrong topic: in no pipeline, as an IoT rule never sees them), counted
         /// like `broker_appended`. `None` with an external broker.
         other_topics: Option<u64>,
+        /// What the devices published through the embedded broker's ports, by how IoT
+        /// Core meters it. `None` with an external broker.
+        port: Option<local::broker::PortCounts>,
     },
     /// A replay file.
     Replay {
@@ -379,6 +382,7 @@ impl Summary {
                 received_after_stop,
                 broker_appended,
                 other_topics,
+                port,
             } => {
                 let tls = tls_broker
                     .as_ref()
@@ -409,6 +413,25 @@ impl Summary {
                     "MQTT ({broker}{tls}): received by the rule {received} from your devices{after}{}{unread}{other}\n",
                     dropped_note(*broker_dropped)
                 ));
+                if let Some(p) = port
+                    && p.rule_plain.publishes > 0
+                    && self.topology != "per-message"
+                {
+                    out.push_str(&format!(
+                        "  IoT Core meters your devices' {} publish(es) to {TOPIC_FILTER} as \
+                         messages ({} x 5 KB, in the bill below); published to the rule's Basic \
+                         Ingest topic, {}/<the same topic>, they would not be (topology {} is \
+                         priced for that)\n",
+                        p.rule_plain.publishes,
+                        p.rule_plain.units,
+                        telemetry::topic::basic_ingest_topic(
+                            telemetry::topic::DEFAULT_RULE_NAME,
+                            ""
+                        )
+                        .trim_end_matches('/'),
+                        self.topology
+                    ));
+                }
             }
             Source::Replay { file, lines } => {
                 out.push_str(&format!("replayed {lines} payload line(s) from {file}\n"))

@@ -9,6 +9,8 @@
 //! way. (rumqttd's own TLS feature would build a second rustls on ring.) The simulated
 //! devices of `iotpipe up`, in the same process, connect to rumqttd's MQTT 3.1.1 listener
 //! directly ([`Listeners::direct`]): no hop in the way of the pipeline's throughput.
+//! What the devices outside publish through the ports is counted by topic, as IoT Core
+//! meters it ([`PortPublishes`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -47,11 +49,96 @@ pub struct EmbeddedBroker {
 }
 
 /// rumqttd's listeners on 127.0.0.1, one per MQTT version: what the listeners clients
-/// connect to forward each connection to.
-#[derive(Debug, Clone, Copy)]
+/// connect to forward each connection to; and the tally of what those connections publish.
+#[derive(Debug, Clone)]
 pub struct Listeners {
     v4: SocketAddr,
     v5: SocketAddr,
+    publishes: Arc<PortPublishes>,
+}
+
+/// What devices outside the process publish through the embedded broker's ports (plain and
+/// TLS), by how AWS IoT Core meters it: messaging per 5 KB unit of a publish on any topic
+/// but a Basic Ingest one. The rule cannot tell these from `up`'s simulated devices (which
+/// connect to rumqttd directly) once they reach the router; counted here, they correct its
+/// meter ([`crate::iot_rule::BasicIngest::messaging_units`]).
+#[derive(Debug, Default)]
+pub struct PortPublishes {
+    rule_plain: Tally,
+    rule_basic_ingest: Tally,
+    other_plain: Tally,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    publishes: AtomicU64,
+    units: AtomicU64,
+}
+
+impl Tally {
+    fn add(&self, units: u64) {
+        self.publishes.fetch_add(1, Ordering::Relaxed);
+        self.units.fetch_add(units, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> Published {
+        Published {
+            publishes: self.publishes.load(Ordering::Relaxed),
+            units: self.units.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Publishes, and their size in IoT Core's 5 KB message units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Published {
+    /// PUBLISH packets.
+    pub publishes: u64,
+    /// Their payloads in 5 KB units.
+    pub units: u64,
+}
+
+/// [`PortPublishes`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PortCounts {
+    /// To the rule's plain topic (`dt/+/+/telemetry`): metered as messages.
+    pub rule_plain: Published,
+    /// To the rule's Basic Ingest topic (`$aws/rules/<rule>/dt/…`): not metered.
+    pub rule_basic_ingest: Published,
+    /// To any other topic but a Basic Ingest one: metered, and no rule takes them.
+    pub other_plain: Published,
+}
+
+impl PortPublishes {
+    /// The counts so far.
+    pub fn counts(&self) -> PortCounts {
+        PortCounts {
+            rule_plain: self.rule_plain.read(),
+            rule_basic_ingest: self.rule_basic_ingest.read(),
+            other_plain: self.other_plain.read(),
+        }
+    }
+
+    fn add(&self, class: PublishClass, payload_len: usize) {
+        let units =
+            telemetry::metering::units(payload_len, telemetry::metering::IOT_MESSAGE_UNIT_BYTES);
+        match class {
+            PublishClass::RulePlain => self.rule_plain.add(units),
+            PublishClass::RuleBasicIngest => self.rule_basic_ingest.add(units),
+            PublishClass::OtherPlain => self.other_plain.add(units),
+            PublishClass::OtherBasicIngest => {}
+        }
+    }
+}
+
+/// What a PUBLISH's topic is to IoT Core's meter and to the rule ([`PortPublishes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PublishClass {
+    RulePlain,
+    RuleBasicIngest,
+    OtherPlain,
+    /// Another rule's Basic Ingest topic: neither metered nor taken by this rule.
+    OtherBasicIngest,
 }
 
 impl Listeners {
@@ -66,6 +153,11 @@ impl Listeners {
     /// which rumqttd then refuses).
     fn for_level(&self, level: Option<u8>) -> SocketAddr {
         if level == Some(5) { self.v5 } else { self.v4 }
+    }
+
+    /// What devices outside the process published through the ports so far.
+    pub fn port_counts(&self) -> PortCounts {
+        self.publishes.counts()
     }
 }
 
@@ -179,6 +271,7 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
     let listeners = Listeners {
         v4: ([127, 0, 0, 1], free_port()?).into(),
         v5: ([127, 0, 0, 1], free_port()?).into(),
+        publishes: Arc::default(),
     };
     let server = |name: &str, listen| ServerSettings {
         name: name.into(),
@@ -301,7 +394,7 @@ pub fn start_embedded(port: u16, log_mib: u32) -> anyhow::Result<EmbeddedBroker>
     );
     serve(
         front,
-        listeners,
+        listeners.clone(),
         "the embedded broker's listener",
         |tcp| async move { Ok::<_, std::io::Error>(tcp) },
     )?;
@@ -356,9 +449,10 @@ where
             };
             let _ = tcp.set_nodelay(true);
             let open = Arc::clone(&open);
+            let listeners = listeners.clone();
             tokio::spawn(async move {
                 let routed = match tokio::time::timeout(HANDSHAKE_TIMEOUT, open(tcp)).await {
-                    Ok(Ok(stream)) => route(stream, listeners).await,
+                    Ok(Ok(stream)) => route(stream, &listeners).await,
                     // Only a TLS listener's `open` can fail or take time: its handshake.
                     Ok(Err(e)) => Err(anyhow::Error::new(e).context("handshake failed")),
                     Err(_) => Err(anyhow::anyhow!("handshake timed out")),
@@ -413,7 +507,7 @@ fn sniff(head: &[u8]) -> Sniffed {
 /// Reads a client's CONNECT far enough to know its MQTT version, connects to rumqttd's
 /// listener of that version, hands it what was read, then copies bytes both ways until
 /// either side closes.
-async fn route<S>(mut client: S, listeners: Listeners) -> anyhow::Result<()>
+async fn route<S>(mut client: S, listeners: &Listeners) -> anyhow::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -444,7 +538,7 @@ where
     // Either way ends the connection: a client that closed sends nothing more, and a broker
     // that closed the connection answers nothing more.
     tokio::select! {
-        r = client_to_broker(from_client, to_broker, head) => r,
+        r = client_to_broker(from_client, to_broker, head, &listeners.publishes) => r,
         r = tokio::io::copy(&mut from_broker, &mut to_client) => r.map(drop).map_err(Into::into),
     }
 }
@@ -456,8 +550,14 @@ where
 /// publish it stands for (`iot_rule::BasicIngest::StandIn`). Another rule's Basic Ingest
 /// topic is left as it is, and reaches no rule here, as on AWS. Only a packet's fixed
 /// header and topic are held; payloads pass through as they arrive. `pending` holds what
-/// was read of the connection already.
-async fn client_to_broker<R, W>(mut from: R, mut to: W, mut pending: Vec<u8>) -> anyhow::Result<()>
+/// was read of the connection already. Every PUBLISH is counted into `publishes` by how
+/// IoT Core would meter it.
+async fn client_to_broker<R, W>(
+    mut from: R,
+    mut to: W,
+    mut pending: Vec<u8>,
+    publishes: &PortPublishes,
+) -> anyhow::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -487,7 +587,11 @@ where
                     head,
                     rest,
                     rewritten,
+                    publish,
                 } => {
+                    if let Some((class, payload_len)) = publish {
+                        publishes.add(class, payload_len);
+                    }
                     match rewritten {
                         Some(new_head) => out.extend_from_slice(&new_head),
                         None => out.extend_from_slice(&pending[at..at + head]),
@@ -564,6 +668,10 @@ enum Head {
         head: usize,
         rest: usize,
         rewritten: Option<Vec<u8>>,
+        /// For a PUBLISH: its topic's class and the length of its payload (what follows
+        /// the topic and, above QoS 0, the packet id; an MQTT 5 publish's properties
+        /// count with it).
+        publish: Option<(PublishClass, usize)>,
     },
     /// Too few bytes yet.
     NeedMore,
@@ -589,6 +697,7 @@ fn packet_head(bytes: &[u8]) -> Head {
             head: fixed,
             rest: remaining,
             rewritten: None,
+            publish: None,
         };
     }
     let (Some(&hi), Some(&lo)) = (bytes.get(fixed), bytes.get(fixed + 1)) else {
@@ -603,13 +712,22 @@ fn packet_head(bytes: &[u8]) -> Head {
     };
     let head = fixed + 2 + topic_len;
     let rest = remaining - 2 - topic_len;
-    // Most publishes are on the plain topic: only a `$aws/rules/` one is read further.
-    let plain = topic
-        .starts_with(BASIC_INGEST_PREFIX.as_bytes())
-        .then(|| std::str::from_utf8(topic).ok())
-        .flatten()
-        .and_then(|t| rule_topic(t, DEFAULT_RULE_NAME))
-        .and_then(|(plain, basic_ingest)| basic_ingest.then_some(plain));
+    let rule = std::str::from_utf8(topic)
+        .ok()
+        .and_then(|t| rule_topic(t, DEFAULT_RULE_NAME));
+    let (plain, class) = if topic.starts_with(BASIC_INGEST_PREFIX.as_bytes()) {
+        match rule {
+            Some((plain, true)) => (Some(plain), PublishClass::RuleBasicIngest),
+            _ => (None, PublishClass::OtherBasicIngest),
+        }
+    } else if rule.is_some() {
+        (None, PublishClass::RulePlain)
+    } else {
+        (None, PublishClass::OtherPlain)
+    };
+    // QoS 1 and 2 publishes carry a 2-byte packet id before the payload.
+    let packet_id = if first & 0b0110 != 0 { 2 } else { 0 };
+    let publish = Some((class, rest.saturating_sub(packet_id)));
     let rewritten = plain.map(|plain| {
         let mut h = vec![first];
         push_remaining_length(&mut h, rest + 2 + plain.len());
@@ -621,6 +739,7 @@ fn packet_head(bytes: &[u8]) -> Head {
         head,
         rest,
         rewritten,
+        publish,
     }
 }
 
@@ -668,9 +787,12 @@ pub fn start_tls_listener(
         )
     })?;
     let port = listener.local_addr()?.port();
-    serve(listener, *listeners, "the TLS listener", move |tcp| {
-        acceptor.clone().accept(tcp)
-    })?;
+    serve(
+        listener,
+        listeners.clone(),
+        "the TLS listener",
+        move |tcp| acceptor.clone().accept(tcp),
+    )?;
     Ok(BrokerUrl {
         scheme: device_sim::Scheme::Mqtts,
         host: "127.0.0.1".into(),
@@ -744,7 +866,10 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Head, Sniffed, client_to_broker, packet_head, push_remaining_length, sniff};
+    use super::{
+        Head, PortCounts, PortPublishes, PublishClass, Published, Sniffed, client_to_broker,
+        packet_head, push_remaining_length, sniff,
+    };
 
     /// A PUBLISH packet (QoS 1, packet id 7) of `payload` to `topic`.
     fn publish(topic: &str, payload: &[u8]) -> Vec<u8> {
@@ -770,6 +895,7 @@ mod tests {
             head,
             rest,
             rewritten: Some(new_head),
+            publish: Some((PublishClass::RuleBasicIngest, 80)),
         } = packet_head(&packet)
         else {
             panic!("not rewritten: {:?}", packet_head(&packet));
@@ -778,25 +904,47 @@ mod tests {
         let mut out = new_head;
         out.extend_from_slice(&packet[head..]);
         assert_eq!(out, publish(PLAIN, &payload));
-        // Anything else goes on as it is.
-        for topic in [
-            PLAIN,
-            "$aws/rules/another_rule/dt/fleet/sensor-1/telemetry",
-            "x/y",
+        // Anything else goes on as it is, its payload's length counted after the packet id.
+        for (topic, class) in [
+            (PLAIN, PublishClass::RulePlain),
+            (
+                "$aws/rules/another_rule/dt/fleet/sensor-1/telemetry",
+                PublishClass::OtherBasicIngest,
+            ),
+            ("x/y", PublishClass::OtherPlain),
+            ("dt/fleet/sensor-1/telemetry/more", PublishClass::OtherPlain),
         ] {
             let packet = publish(topic, b"{}");
             assert!(
-                matches!(packet_head(&packet), Head::Packet { rewritten: None, head, rest } if head + rest == packet.len()),
-                "{topic}"
+                matches!(packet_head(&packet), Head::Packet { rewritten: None, head, rest, publish: Some((c, 2)) } if head + rest == packet.len() && c == class),
+                "{topic}: {:?}",
+                packet_head(&packet)
             );
         }
+        // QoS 0: no packet id.
+        let mut qos0 = publish(PLAIN, b"{}");
+        qos0[0] = 0x30;
+        qos0.drain(qos0.len() - 4..qos0.len() - 2);
+        qos0[1] -= 2;
+        assert!(
+            matches!(
+                packet_head(&qos0),
+                Head::Packet {
+                    publish: Some((PublishClass::RulePlain, 2)),
+                    ..
+                }
+            ),
+            "{:?}",
+            packet_head(&qos0)
+        );
         let pingreq = [0xc0, 0x00];
         assert_eq!(
             packet_head(&pingreq),
             Head::Packet {
                 head: 2,
                 rest: 0,
-                rewritten: None
+                rewritten: None,
+                publish: None,
             }
         );
         assert_eq!(packet_head(&packet[..5]), Head::NeedMore);
@@ -840,12 +988,28 @@ mod tests {
                 .unwrap();
         });
         let mut out = Vec::new();
-        client_to_broker(reader, &mut out, Vec::new())
+        let counted = PortPublishes::default();
+        client_to_broker(reader, &mut out, Vec::new(), &counted)
             .await
             .unwrap();
         feed.await.unwrap();
         assert_eq!(out.len(), expected.len());
         assert!(out == expected, "the forwarded bytes differ");
+        // Each publish counted once, in IoT Core's 5 KB units (300,000 B: 59 of them).
+        assert_eq!(
+            counted.counts(),
+            PortCounts {
+                rule_plain: Published {
+                    publishes: 1,
+                    units: 1
+                },
+                rule_basic_ingest: Published {
+                    publishes: 2,
+                    units: 1 + 59
+                },
+                other_plain: Published::default(),
+            }
+        );
     }
 
     /// A CONNECT packet's start: fixed header with `remaining` as its remaining length

@@ -57,7 +57,7 @@ use telemetry::topic::{DEFAULT_RULE_NAME, TOPIC_FILTER, basic_ingest_filter, rul
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::{BrokerLog, MAX_PAYLOAD, METER_PERIOD, RuleLink};
+use crate::broker::{BrokerLog, MAX_PAYLOAD, METER_PERIOD, PortCounts, RuleLink};
 use crate::meter::DeviceCount;
 use crate::stack::{RuleMessage, Stack};
 
@@ -77,6 +77,27 @@ pub enum BasicIngest {
     /// The broker routes no `$` topic and devices publish the plain topic as the
     /// per-message baseline does: each message is metered.
     Off,
+}
+
+impl BasicIngest {
+    /// IoT Core's messaging units of a run on the embedded broker: the rule's own meter
+    /// (`rule_units`: every message it took in [`BasicIngest::Off`], none in
+    /// [`BasicIngest::StandIn`]) corrected by what devices outside the process published
+    /// through the broker's ports (`port`), which the rule cannot tell from the simulated
+    /// devices: there, every publish but a Basic Ingest one is a metered message — one on a
+    /// topic no rule takes too, and one on the plain topic in a topology whose simulated
+    /// devices stand in for Basic Ingest — and one to the rule's Basic Ingest topic is not,
+    /// whatever the topology. [`BasicIngest::Routed`] (an external broker, which carries
+    /// Basic Ingest topics as they are) keeps the rule's meter.
+    pub fn messaging_units(self, rule_units: u64, port: PortCounts) -> u64 {
+        match self {
+            Self::Routed => rule_units,
+            Self::StandIn => rule_units + port.rule_plain.units + port.other_plain.units,
+            Self::Off => {
+                rule_units.saturating_sub(port.rule_basic_ingest.units) + port.other_plain.units
+            }
+        }
+    }
 }
 
 /// The rule's MQTT session with an external broker (module doc): persistent, under this
@@ -642,7 +663,35 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
 
-    use super::{BrokerDrops, ReceiveWindow, covers};
+    use super::{BasicIngest, BrokerDrops, ReceiveWindow, covers};
+    use crate::broker::{PortCounts, Published};
+
+    #[test]
+    fn messaging_is_metered_by_the_topic_each_device_outside_published_to() {
+        let units = |u| Published {
+            publishes: u,
+            units: u,
+        };
+        // Outside devices: 5 on the plain topic, 3 on the rule's Basic Ingest topic, 2 on
+        // another topic; simulated devices: 100 (on the plain topic, through rumqttd).
+        let port = PortCounts {
+            rule_plain: units(5),
+            rule_basic_ingest: units(3),
+            other_plain: units(2),
+        };
+        // firehose and kinesis: the simulated devices stand in for Basic Ingest (the rule
+        // meters none), the outside devices' plain publishes are messages.
+        assert_eq!(BasicIngest::StandIn.messaging_units(0, port), 5 + 2);
+        // per-message: the rule metered the 100, the 5 and the 3 it took; the 3 were Basic
+        // Ingest, the 2 it never saw were not.
+        assert_eq!(BasicIngest::Off.messaging_units(108, port), 100 + 5 + 2);
+        // An external broker carries the topics as they are: the rule's meter stands.
+        assert_eq!(BasicIngest::Routed.messaging_units(42, port), 42);
+        // Nothing from outside: the rule's meter stands in every mode.
+        for mode in [BasicIngest::StandIn, BasicIngest::Off] {
+            assert_eq!(mode.messaging_units(9, PortCounts::default()), 9);
+        }
+    }
 
     #[test]
     fn a_jump_in_the_brokers_numbering_counts_the_messages_it_dropped() {

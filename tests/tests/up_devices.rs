@@ -314,6 +314,26 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_mq
         s["other_topics"], 2,
         "the publishes to sensors/… and to another rule: {s}"
     );
+    // IoT Core meters a message per publish on any topic but a Basic Ingest one: the six
+    // on dt/… and the one on sensors/…, not the three Basic Ingest ones, although the
+    // default topology's rule counts every message it takes as Basic Ingest.
+    let port = &s["port"];
+    assert_eq!(port["rule_plain"]["publishes"], 6, "{port}");
+    assert_eq!(port["rule_basic_ingest"]["publishes"], 2, "{port}");
+    assert_eq!(port["other_plain"]["publishes"], 1, "{port}");
+    let messaging = s["cost"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| {
+            l["item"]
+                .as_str()
+                .unwrap()
+                .starts_with("IoT Core messaging")
+        })
+        .unwrap();
+    assert_eq!(messaging["quantity"].as_f64(), Some(7.0), "{messaging}");
+    assert_eq!(messaging["item"], "IoT Core messaging", "{messaging}");
     assert_eq!(s["accepted"], 7, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
     assert_eq!(s["rows"], 14, "seven messages of two readings: {s}");

@@ -76,7 +76,7 @@ pub struct RunFleet {
     /// times` (`iotpipe replay`: first to last `ts` of the file).
     pub over: String,
     /// The topology priced (the run's).
-    pub topology: String,
+    pub topology: Topology,
     /// The `iotpipe cost` command that prints this month line by line.
     pub command: String,
 }
@@ -142,7 +142,7 @@ pub fn run_fleet(u: &Usage, t: Traffic, over_s: f64, over: &str) -> Result<RunFl
         metrics,
         over_s,
         over: over.to_owned(),
-        topology: topology.name().to_owned(),
+        topology,
         command: format!(
             "iotpipe cost --devices {} --rate {rate} --payload-bytes {payload_bytes} \
              --metrics {metrics}{} --topology {}",
@@ -155,6 +155,7 @@ pub fn run_fleet(u: &Usage, t: Traffic, over_s: f64, over: &str) -> Result<RunFl
             topology.name()
         ),
     };
+    // The service limits (a device batch within IoT Core's 128 KiB); no freshness is read.
     fleet.model(0.0).check()?;
     Ok(fleet)
 }
@@ -171,14 +172,6 @@ impl RunFleet {
             arch: Arch::Arm64,
             freshness_s,
         }
-    }
-
-    /// The topology priced.
-    fn topology(&self) -> Topology {
-        Topology::ALL
-            .into_iter()
-            .find(|t| t.name() == self.topology)
-            .unwrap_or(Topology::Firehose)
     }
 }
 
@@ -308,7 +301,7 @@ pub fn estimate(
             p,
             fleet_cost::template_alarms(),
             &f.model(p.assumptions.freshness_s),
-            f.topology(),
+            f.topology,
         )
         .monthly_usd
     });

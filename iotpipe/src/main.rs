@@ -1323,8 +1323,8 @@ fn lane_of(device: &str, lanes: usize) -> usize {
     (h % lanes as u64) as usize
 }
 
-/// The device a replayed payload claims to come from (its topic is derived from it).
-/// What the replay reads of a payload before ingest does: its device and event times.
+/// What the replay reads of a payload before ingest does: the device it claims to come from
+/// (its topic is derived from it) and its event times.
 #[derive(Debug, Default, PartialEq)]
 struct PayloadHead<'a> {
     /// The device id (of a batch's first message); `None` when there is none, or one that
@@ -1354,25 +1354,28 @@ fn head_of(payload: &[u8]) -> PayloadHead<'_> {
     let Some(first) = payload.iter().find(|b| !b.is_ascii_whitespace()) else {
         return PayloadHead::default();
     };
-    let heads = if *first == b'[' {
-        serde_json::from_slice::<Vec<Head>>(payload).ok()
-    } else {
-        serde_json::from_slice::<Head>(payload)
-            .ok()
-            .map(|h| vec![h])
-    };
-    let mut out = PayloadHead::default();
-    for (i, h) in heads.into_iter().flatten().enumerate() {
+    fn take<'a>(out: &mut PayloadHead<'a>, first: bool, h: Head<'a>) {
         if let Some(Ts::Millis(ts)) = h.ts {
             out.ts = Some(out.ts.map_or((ts, ts), |(a, b)| (a.min(ts), b.max(ts))));
         }
-        if i == 0 {
+        if first {
             // A device id that would break the topic shape is attributed to "unknown":
             // validation then rejects the payload with the mismatch as its reason.
             out.device = h
                 .device_id
                 .filter(|id| !id.is_empty() && !id.contains(['/', '+', '#']));
         }
+    }
+    let mut out = PayloadHead::default();
+    // One message (the common case) without a list.
+    if *first == b'[' {
+        if let Ok(heads) = serde_json::from_slice::<Vec<Head>>(payload) {
+            for (i, h) in heads.into_iter().enumerate() {
+                take(&mut out, i == 0, h);
+            }
+        }
+    } else if let Ok(h) = serde_json::from_slice::<Head>(payload) {
+        take(&mut out, true, h);
     }
     out
 }

@@ -1164,7 +1164,7 @@ impl Stack {
         payload_len: usize,
         basic_ingest: bool,
     ) -> IngestReport {
-        self.count_trigger(payload_len, basic_ingest);
+        self.count_triggers([(payload_len, basic_ingest)]);
         let ingest = match &self.action {
             RuleAction::DirectPut(put) => {
                 self.put_raw(put, event).await;
@@ -1221,10 +1221,10 @@ impl Stack {
             }
             return;
         }
+        self.count_triggers(messages.iter().map(|m| (m.payload_len, m.basic_ingest)));
         let mut records = Vec::with_capacity(messages.len());
         let mut puts = Vec::with_capacity(messages.len());
         for m in messages {
-            self.count_trigger(m.payload_len, m.basic_ingest);
             let record = transform::RuleRecord {
                 payload: m.event.payload,
                 topic: m.event.topic,
@@ -1253,18 +1253,26 @@ impl Stack {
         }
     }
 
-    /// Counts a rule trigger for a message of `payload_len` bytes, and the message itself
-    /// unless it came through Basic Ingest.
-    fn count_trigger(&self, payload_len: usize, basic_ingest: bool) {
-        let c = &self.counters;
-        c.rule_triggers.fetch_add(1, Ordering::Relaxed);
-        c.publish_bytes
-            .fetch_add(payload_len as u64, Ordering::Relaxed);
-        let units = units(payload_len, IOT_MESSAGE_UNIT_BYTES);
-        c.rule_units.fetch_add(units, Ordering::Relaxed);
-        if !basic_ingest {
-            c.iot_message_units.fetch_add(units, Ordering::Relaxed);
+    /// Counts a rule trigger for each message of `(payload_len, basic_ingest)` — the
+    /// message itself too unless it came through Basic Ingest — adding to the shared
+    /// counters once for all of them.
+    fn count_triggers(&self, messages: impl IntoIterator<Item = (usize, bool)>) {
+        let (mut triggers, mut bytes, mut rule_units, mut message_units) = (0, 0, 0, 0);
+        for (payload_len, basic_ingest) in messages {
+            let u = units(payload_len, IOT_MESSAGE_UNIT_BYTES);
+            triggers += 1;
+            bytes += payload_len as u64;
+            rule_units += u;
+            if !basic_ingest {
+                message_units += u;
+            }
         }
+        let c = &self.counters;
+        c.rule_triggers.fetch_add(triggers, Ordering::Relaxed);
+        c.publish_bytes.fetch_add(bytes, Ordering::Relaxed);
+        c.rule_units.fetch_add(rule_units, Ordering::Relaxed);
+        c.iot_message_units
+            .fetch_add(message_units, Ordering::Relaxed);
     }
 
     /// The rule's Kinesis action (topology kinesis): `{payload (base64), topic}` into the

@@ -407,29 +407,23 @@ mod tests {
         }
     }
 
+    /// The USD of the line whose item starts with `prefix`.
+    fn usd(e: &Estimate, prefix: &str) -> f64 {
+        e.lines
+            .iter()
+            .find(|l| l.item.starts_with(prefix))
+            .map(|l| l.usd)
+            .unwrap()
+    }
+
     #[test]
     fn a_million_messages_cost_what_the_price_table_says() {
         let u = usage();
         let p = crate::prices::embedded().unwrap();
         let e = estimate(p, &u, &[], Err("none".into()));
-        let msg = e
-            .lines
-            .iter()
-            .find(|l| l.item == "IoT Core messaging")
-            .unwrap();
-        assert!((msg.usd - 1.0).abs() < 1e-9);
-        let rules = e
-            .lines
-            .iter()
-            .find(|l| l.item.starts_with("IoT rules"))
-            .unwrap();
-        assert!((rules.usd - 0.30).abs() < 1e-9);
-        let stream = e
-            .lines
-            .iter()
-            .find(|l| l.item.starts_with("Kinesis on-demand"))
-            .unwrap();
-        assert!((stream.usd - 0.04).abs() < 1e-9);
+        assert!((usd(&e, "IoT Core messaging") - 1.0).abs() < 1e-9);
+        assert!((usd(&e, "IoT rules") - 0.30).abs() < 1e-9);
+        assert!((usd(&e, "Kinesis on-demand") - 0.04).abs() < 1e-9);
         assert_eq!(e.month_at_this_rate_usd, 0.0);
         assert_eq!(e.no_month.as_deref(), Some("none"));
         assert!(e.to_table().contains("No month priced: none."));
@@ -444,12 +438,7 @@ mod tests {
             &[],
             Err("none".into()),
         );
-        let rules = big
-            .lines
-            .iter()
-            .find(|l| l.item.starts_with("IoT rules"))
-            .unwrap();
-        assert!((rules.usd - 0.90).abs() < 1e-9);
+        assert!((usd(&big, "IoT rules") - 0.90).abs() < 1e-9);
     }
 
     #[test]

@@ -175,6 +175,26 @@ pub fn stats_by_window(
         .collect()
 }
 
+/// The sum of `field` (`quantity`, `usd`) over a run summary's cost lines whose item starts
+/// with `prefix` (`--summary-json` of `iotpipe up` or `replay`).
+///
+/// # Panics
+/// When the summary has no cost lines, or a line lacks the field.
+pub fn cost_lines(summary: &Value, prefix: &str, field: &str) -> f64 {
+    let Some(lines) = summary["cost"]["lines"].as_array() else {
+        panic!("no cost lines in {summary}");
+    };
+    lines
+        .iter()
+        .filter(|l| l["item"].as_str().is_some_and(|i| i.starts_with(prefix)))
+        .map(|l| {
+            l[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {field} in {l}"))
+        })
+        .sum()
+}
+
 /// Sum of `count` over aggregate rows.
 pub fn total_count(rows: &[Value]) -> u64 {
     rows.iter().map(|r| r["count"].as_u64().unwrap_or(0)).sum()

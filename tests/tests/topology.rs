@@ -11,7 +11,8 @@
 use std::path::Path;
 
 use iotpipe_tests::{
-    dump, files_under, iotpipe, last_json_line, query_json, run, stdout_json, total_count,
+    cost_lines, dump, files_under, iotpipe, last_json_line, query_json, run, stdout_json,
+    total_count,
 };
 use serde_json::Value;
 
@@ -46,13 +47,7 @@ fn quarantine(data: &Path) -> Vec<(String, String)> {
 }
 
 fn line_usd(summary: &Value, prefix: &str) -> f64 {
-    summary["cost"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["item"].as_str().unwrap().starts_with(prefix))
-        .map(|l| l["usd"].as_f64().unwrap())
-        .sum()
+    cost_lines(summary, prefix, "usd")
 }
 
 fn invocations(summary: &Value, function: &str) -> u64 {

@@ -8,7 +8,8 @@
 use std::path::Path;
 
 use iotpipe_tests::{
-    files_under, iotpipe, last_json_line, need_env, python_json, query_json, run, total_count,
+    cost_lines, files_under, iotpipe, last_json_line, need_env, python_json, query_json, run,
+    total_count,
 };
 use serde_json::Value;
 
@@ -196,17 +197,8 @@ fn check_run(data: &Path, s: &Value) {
             .map(|l| l["usd"].as_f64().unwrap())
             .sum()
     };
-    let run_usd = |prefix: &str| -> f64 {
-        s["cost"]["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["item"].as_str().unwrap().starts_with(prefix))
-            .and_then(|l| l["usd"].as_f64())
-            .unwrap()
-    };
-    let scaled =
-        run_usd("IoT rules triggered") * 730.0 * 3600.0 / fleet["over_s"].as_f64().unwrap();
+    let scaled = cost_lines(s, "IoT rules triggered", "usd") * 730.0 * 3600.0
+        / fleet["over_s"].as_f64().unwrap();
     let modelled = model("IoT Core rules triggered") + model("IoT Core actions executed");
     assert!(
         (scaled - modelled).abs() <= 0.01 * modelled,
@@ -262,15 +254,9 @@ fn up_against_mosquitto_lands_every_reading_in_parquet_and_the_stats() {
     check_run(dir.path(), &s);
 }
 
-/// The cost line named `prefix`: its quantity.
+/// The quantity of the cost lines named `prefix`.
 fn line_quantity(s: &Value, prefix: &str) -> f64 {
-    s["cost"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["item"].as_str().unwrap().starts_with(prefix))
-        .and_then(|l| l["quantity"].as_f64())
-        .unwrap()
+    cost_lines(s, prefix, "quantity")
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use iotpipe_tests::{bin, iotpipe, last_json_line, need_env, query_json, total_count};
+use iotpipe_tests::{bin, cost_lines, iotpipe, last_json_line, need_env, query_json, total_count};
 use serde_json::Value;
 
 /// A running `iotpipe up`, its stderr lines arriving on a channel.
@@ -321,19 +321,12 @@ fn up_without_simulated_devices_takes_mosquitto_pub_over_plain_and_mutual_tls_mq
     assert_eq!(port["rule_plain"]["publishes"], 6, "{port}");
     assert_eq!(port["rule_basic_ingest"]["publishes"], 2, "{port}");
     assert_eq!(port["other_plain"]["publishes"], 1, "{port}");
-    let messaging = s["cost"]["lines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| {
-            l["item"]
-                .as_str()
-                .unwrap()
-                .starts_with("IoT Core messaging")
-        })
-        .unwrap();
-    assert_eq!(messaging["quantity"].as_f64(), Some(7.0), "{messaging}");
-    assert_eq!(messaging["item"], "IoT Core messaging", "{messaging}");
+    assert_eq!(
+        cost_lines(&s, "IoT Core messaging", "quantity"),
+        7.0,
+        "{}",
+        s["cost"]
+    );
     assert_eq!(s["accepted"], 7, "{s}");
     assert_eq!(s["quarantined"], 1, "{s}");
     assert_eq!(s["rows"], 14, "seven messages of two readings: {s}");

@@ -279,7 +279,8 @@ def render(bills: list[dict], pt: dict, a: argparse.Namespace, out=sys.stdout) -
         c1 = max(len("IDLE per month (stack deployed, no device)"), *(len(r[0]) for r in rows))
         c2 = max(len(r[1]) for r in rows)
         c3 = max(len("USD/month"), *(len(r[2]) for r in rows), len(money(b["monthly_usd"])))
-        w(f"\nTopology {b['topology']}{' (the default; template.yaml deploys per-message until its Topology parameter lands)' if b['default'] else ''}:\n")
+        default = " (the default: template.yaml's Topology parameter)" if b["default"] else ""
+        w(f"\nTopology {b['topology']}{default}:\n")
         w(f"  {'component':<{c1}}  {'usage':<{c2}}  {'USD/month':>{c3}}\n")
         rule = f"  {'-' * c1}  {'-' * c2}  {'-' * c3}\n"
         w(rule)

@@ -61,8 +61,8 @@ pub fn alarms_in(template: &str) -> u32 {
         .count() as u32
 }
 
-/// How the pipeline is deployed on AWS (DESIGN.md; the template's `Topology` parameter once
-/// it has one — today `infra/template.yaml` deploys `per-message`).
+/// How the pipeline is deployed on AWS (DESIGN.md; the template's `Topology` parameter,
+/// `infra/template.yaml`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Topology {
@@ -206,8 +206,8 @@ pub struct Line {
 pub struct Bill {
     /// The topology.
     pub topology: Topology,
-    /// Whether it is the default topology (DESIGN.md: the cheapest correct one).
-    /// `infra/template.yaml` has no `Topology` parameter yet and deploys `per-message`.
+    /// Whether it is the default topology (DESIGN.md: the cheapest correct one; the
+    /// template's `Topology` default).
     pub default: bool,
     /// USD per month for the fleet.
     pub monthly_usd: f64,
@@ -677,7 +677,7 @@ pub fn render(bills: &[Bill], fleet: &Fleet, prices: &Prices) -> String {
             "\nTopology {}{}:\n{}",
             b.topology.name(),
             if b.default {
-                " (the default; template.yaml deploys per-message until its Topology parameter lands)"
+                " (the default: template.yaml's Topology parameter)"
             } else {
                 ""
             },
@@ -946,6 +946,36 @@ mod tests {
         assert!(fresh.monthly_usd > slow.monthly_usd);
         // Freshness costs nothing without devices.
         assert!(close(fresh.idle_usd, slow.idle_usd));
+    }
+
+    #[test]
+    fn the_default_topology_is_the_templates() {
+        // The `Topology` parameter's `Default:` line, a few lines below its name.
+        let lines: Vec<&str> = TEMPLATE_YAML.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| *l == "  Topology:")
+            .expect("the template's Topology parameter");
+        let default = lines[at..at + 4]
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("Default: "))
+            .expect("its Default");
+        let p = crate::prices::embedded().unwrap();
+        let fleet = Fleet {
+            devices: 1,
+            rate: 1.0,
+            payload_bytes: 200,
+            batch: 1,
+            metrics: 3,
+            arch: Arch::Arm64,
+            freshness_s: p.assumptions.freshness_s,
+        };
+        let defaults: Vec<&str> = Topology::ALL
+            .iter()
+            .filter(|t| bill(p, 0, &fleet, **t).default)
+            .map(|t| t.name())
+            .collect();
+        assert_eq!(defaults, [default]);
     }
 
     #[test]

@@ -157,7 +157,10 @@ fn the_reference_fleet_shows_three_bills_and_names_the_cheapest() {
     let out = iotpipe(&["--devices", "1000", "--rate", "0.2", "--topology", "all"]);
     assert_eq!(out.matches("TOTAL per month").count(), 3, "{out}");
     assert_eq!(out.matches("IDLE per month").count(), 3, "{out}");
-    assert!(out.contains("Topology firehose (the default;"), "{out}");
+    assert!(
+        out.contains("Topology firehose (the default: template.yaml's Topology parameter)"),
+        "{out}"
+    );
     assert!(out.contains("Cheapest: firehose"), "{out}");
     let stream = iotpipe(&["--topology", "all", "--need-stream"]);
     assert!(

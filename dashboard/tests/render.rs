@@ -249,7 +249,7 @@ async fn devices_health_latency_and_bill_pages_show_the_fixtures_facts() {
     assert_eq!(lines[0], ["IoT Core messaging", "0.000045"]);
     // The month names the fleet it prices and the command that shows it line by line.
     assert!(
-        bill.contains("3 device(s) × 0.0625 msg/s (over the run)")
+        bill.contains("3 device(s) × 0.0625 msg/s (over their publishing)")
             && bill.contains(
                 "<code>iotpipe cost --devices 3 --rate 0.0625 --payload-bytes 140 --metrics 3 \
                  --topology firehose</code>"

@@ -72,8 +72,9 @@ pub struct RunFleet {
     pub metrics: u64,
     /// Seconds the messages were spread over.
     pub over_s: f64,
-    /// What those seconds are: `the run` (`iotpipe up`: its wall clock), or `the events'
-    /// times` (`iotpipe replay`: first to last `ts` of the file).
+    /// What those seconds are: `their publishing` (`iotpipe up`: the devices' time
+    /// publishing), or `the events' times` (`iotpipe replay`: first to last `ts` of the
+    /// file).
     pub over: String,
     /// The topology priced (the run's).
     pub topology: Topology,
@@ -366,7 +367,7 @@ impl Estimate {
                  (with the template's alarms, logs and schedules); the run's own figures scaled \
                  up would count the local Firehose's short buffer (--flush-every), the final \
                  rollup, or a replay's speed:\n  \
-                 {} device(s) x {} msg/s (their messages over {}, {:.1} s), {} B per message, \
+                 {} device(s) x {} msg/s (over {}, {:.1} s), {} B per message, \
                  {} reading(s), {} per publish\n  line by line: {}\n",
                 f.devices, f.rate, f.over, f.over_s, f.payload_bytes, f.metrics, f.batch, f.command
             ),
@@ -445,7 +446,7 @@ mod tests {
     fn the_month_is_the_models_bill_of_the_fleet_the_run_showed() {
         let p = crate::prices::embedded().unwrap();
         let u = usage();
-        let f = run_fleet(&u, traffic(), u.seconds, "the run").unwrap();
+        let f = run_fleet(&u, traffic(), u.seconds, "their publishing").unwrap();
         // 1,000,000 messages of 1,000 devices in an hour: 0.278 msg/s each.
         assert_eq!(
             (f.devices, f.rate, f.payload_bytes, f.batch, f.metrics),
@@ -480,18 +481,18 @@ mod tests {
             publish_bytes: 100_000 * (10 * 200 + 11),
             ..usage()
         };
-        let f = run_fleet(&batched, traffic(), 3600.0, "the run").unwrap();
+        let f = run_fleet(&batched, traffic(), 3600.0, "their publishing").unwrap();
         assert_eq!((f.payload_bytes, f.batch), (200, 10));
         assert!(f.command.contains(" --batch 10 "), "{}", f.command);
 
         // No fleet to price: no message, no topology, too short a span.
         let none = Traffic::default();
-        assert!(run_fleet(&u, none, 3600.0, "the run").is_err());
+        assert!(run_fleet(&u, none, 3600.0, "their publishing").is_err());
         let other = Usage {
             topology: String::new(),
             ..usage()
         };
-        assert!(run_fleet(&other, traffic(), 3600.0, "the run").is_err());
+        assert!(run_fleet(&other, traffic(), 3600.0, "their publishing").is_err());
         assert!(run_fleet(&u, traffic(), 0.5, "the events' times").is_err());
     }
 

@@ -940,12 +940,19 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             port,
         },
     };
+    // The month is priced at the devices' pace: the simulated fleet's from its first to its
+    // last publish (the run also starts, drains and rolls up), real devices' over the run
+    // until its stop.
+    let publishing_s = match &sim {
+        Some(sim) if sim.send_rate > 0.0 => sim.sent as f64 / sim.send_rate,
+        _ => (rule_stopped_ms - run_started_ms) as f64 / 1000.0,
+    };
     let mut s = summary::Summary::new(
         source,
         &report,
         meter.report(),
         &a.data.data,
-        summary::MonthOver::RunClock,
+        summary::MonthOver::Publishing(publishing_s),
     )?;
     // With a real Firehose delivery stream nothing is written under --data by this run, so a
     // ledger would call every message missing: leave it out (the summary explains the stream).

@@ -253,8 +253,9 @@ fn rate(per_s: f64) -> String {
 /// What a run's month is priced over ([`crate::cost`]).
 #[derive(Debug, Clone, Copy)]
 pub enum MonthOver {
-    /// The run's wall clock: devices publishing live (`iotpipe up`).
-    RunClock,
+    /// The seconds devices published for, live (`iotpipe up`: the simulated fleet's first
+    /// to last publish, or real devices' run until its stop).
+    Publishing(f64),
     /// The events' own times, first and last `ts` (epoch ms) when any was read
     /// (`iotpipe replay`: a backfill runs as fast as the machine, not at the fleet's pace).
     EventTimes(Option<(i64, i64)>),
@@ -277,7 +278,7 @@ impl Summary {
             readings: r.ingest.readings,
         };
         let fleet = match over {
-            MonthOver::RunClock => run_fleet(&r.usage, traffic, r.usage.seconds, "the run"),
+            MonthOver::Publishing(s) => run_fleet(&r.usage, traffic, s, "their publishing"),
             MonthOver::EventTimes(Some((first, last))) => run_fleet(
                 &r.usage,
                 traffic,

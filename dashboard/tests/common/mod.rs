@@ -197,7 +197,7 @@ pub async fn fixture(store: &Arc<dyn ObjectStore>) -> Vec<FnReport> {
                            {"item": "Lambda ingest (128 MB, arm64)", "usd": 0.00001},
                            {"item": "S3 PUT requests", "usd": 0.00002}],
                  "total_usd": 0.000075, "month_at_this_rate_usd": 0.82, "prices_as_of": "2025-11-25",
-                 "month_fleet": {"devices": 3, "rate": 0.0625, "over": "the run",
+                 "month_fleet": {"devices": 3, "rate": 0.0625, "over": "their publishing",
                                  "command": "iotpipe cost --devices 3 --rate 0.0625 --payload-bytes 140 --metrics 3 --topology firehose",
                                  "payload_bytes": 140, "batch": 1}},
         "rollup_runs": rollup_runs,

@@ -10,7 +10,7 @@ use crate::cost::{Estimate, Traffic, estimate, run_fleet};
 use crate::prices;
 use local::meter::FnReport;
 use local::stack::{FirehoseSummary, KinesisSummary, StackReport};
-use telemetry::topic::TOPIC_FILTER;
+use telemetry::topic::{BASIC_INGEST_PREFIX, DEFAULT_RULE_NAME, TOPIC_FILTER};
 
 /// Where the messages came from.
 #[derive(Debug, Clone, Serialize)]
@@ -421,15 +421,10 @@ impl Summary {
                     out.push_str(&format!(
                         "  IoT Core meters your devices' {} publish(es) to {TOPIC_FILTER} as \
                          messages ({} x 5 KB, in the bill below); published to the rule's Basic \
-                         Ingest topic, {}/<the same topic>, they would not be (topology {} is \
-                         priced for that)\n",
+                         Ingest topic, {BASIC_INGEST_PREFIX}{DEFAULT_RULE_NAME}/<the same topic>, \
+                         they would not be (topology {} is priced for that)\n",
                         p.rule_plain.publishes,
                         p.rule_plain.units,
-                        telemetry::topic::basic_ingest_topic(
-                            telemetry::topic::DEFAULT_RULE_NAME,
-                            ""
-                        )
-                        .trim_end_matches('/'),
                         self.topology
                     ));
                 }

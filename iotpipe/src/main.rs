@@ -77,10 +77,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole pipeline: broker, simulated fleet, ingest, stream, Firehose + transform,
-    /// Parquet, scheduled rollups; then print a summary and what it would cost on AWS.
+    /// Parquet, scheduled rollups; then print a summary, what the run would have cost on AWS
+    /// and a month of its fleet (`iotpipe cost`'s model).
     Up(UpArgs),
     /// Feed payloads from a file (one JSON payload per line) through the same pipeline,
-    /// without MQTT.
+    /// without MQTT; the summary prices the run, and a month of the file's fleet at the pace
+    /// of its event times.
     Replay(ReplayArgs),
     /// Feed failed payloads (quarantine, dead letters, Firehose's error output) back through
     /// the pipeline with their original receive time (after a contract bug, a sink outage or

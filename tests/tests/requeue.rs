@@ -80,6 +80,20 @@ fn requeue_brings_every_quarantined_payload_home_and_a_second_one_changes_nothin
 
     let first = requeue(&data, &["--reason", "sink_failed"]);
     assert_eq!(first["input"].as_u64(), Some(lost.len() as u64), "{first}");
+    // A requeue is priced, but it is no fleet: no month (a month of it would price the
+    // devices' messages a second time).
+    assert!(
+        first["cost"]["total_usd"].as_f64().unwrap() > 0.0,
+        "{first}"
+    );
+    assert!(first["cost"]["month_fleet"].is_null(), "{first}");
+    assert_eq!(first["cost"]["month_at_this_rate_usd"], 0.0, "{first}");
+    assert!(
+        first["cost"]["no_month"]
+            .as_str()
+            .is_some_and(|w| w.contains("requeue")),
+        "{first}"
+    );
     assert_eq!(
         first["accepted"].as_u64(),
         Some(lost.len() as u64),

@@ -4,7 +4,8 @@
 //! `iotpipe cost` and `infra/cost.py` read too. No free tier is applied. The local run
 //! counts exactly what AWS meters — messages in 5 KB units, Lambda invocations and billed
 //! GB-seconds per function, Kinesis bytes in 1 KB units, Firehose bytes in 5 KB units, S3
-//! PUTs — and this module prices them.
+//! requests by class (PUT and LIST, GET), counted at the bucket — and this module prices
+//! them.
 //!
 //! A run's month is not its bill scaled up: a local run closes Parquet files every 10 s
 //! (`--flush-every`; the template's Firehose buffers 60 s), runs a final rollup when it
